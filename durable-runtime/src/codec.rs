@@ -1,0 +1,122 @@
+//! The only file that names bincode: every stored record and value goes
+//! through [`encode`] / [`decode`], inside a versioned envelope.
+//!
+//! Envelope: one byte of format version, then the bincode 2 (standard config,
+//! varint) encoding of the serde value. Decoding refuses a newer version,
+//! caps any length prefix at [`DECODE_LIMIT`] so a hostile prefix cannot make
+//! it allocate gigabytes, and requires the whole slice to be consumed, so a
+//! value of another type that happens to parse a prefix is still refused.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The format version written in every envelope (and in the store's meta tree).
+pub(crate) const FORMAT_VERSION: u8 = 1;
+
+/// The most bytes a decoded value may claim.
+pub(crate) const DECODE_LIMIT: usize = 64 << 20;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
+
+/// Encodes `value` behind the current format version.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
+    let mut out = vec![FORMAT_VERSION];
+    bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Why an envelope did not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DecodeError {
+    /// Written by a newer format.
+    TooNew(u8),
+    /// Malformed, truncated, of another type, or over the limit.
+    Invalid(String),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::TooNew(v) => write!(
+                f,
+                "written by format version {v}, this build reads up to {FORMAT_VERSION}"
+            ),
+            DecodeError::Invalid(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// Decodes an envelope written by [`encode`].
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or_else(|| DecodeError::Invalid("empty record".into()))?;
+    if version > FORMAT_VERSION {
+        return Err(DecodeError::TooNew(version));
+    }
+    if version == 0 {
+        return Err(DecodeError::Invalid(
+            "format version 0 is not a record".into(),
+        ));
+    }
+    let (value, read) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    if read != body.len() {
+        return Err(DecodeError::Invalid(format!(
+            "{} trailing bytes after the value",
+            body.len() - read
+        )));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let v: Result<(u32, String), String> = Ok((7, "x".into()));
+        let bytes = encode(&v).unwrap();
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(decode::<Result<(u32, String), String>>(&bytes).unwrap(), v);
+    }
+
+    #[test]
+    fn newer_version_is_refused() {
+        let mut bytes = encode(&5u32).unwrap();
+        bytes[0] = FORMAT_VERSION + 1;
+        assert_eq!(
+            decode::<u32>(&bytes),
+            Err(DecodeError::TooNew(FORMAT_VERSION + 1))
+        );
+    }
+
+    #[test]
+    fn other_type_is_refused() {
+        let bytes = encode(&("a".to_string(), 1u64, 2u64)).unwrap();
+        assert!(decode::<String>(&bytes).is_err());
+        assert!(decode::<u64>(&[]).is_err());
+    }
+
+    #[test]
+    fn huge_length_prefix_does_not_allocate() {
+        // version, then a varint length of u64::MAX-ish for a Vec<u8>.
+        let bytes = [
+            FORMAT_VERSION,
+            253,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0x7f,
+        ];
+        assert!(decode::<Vec<u8>>(&bytes).is_err());
+        assert!(decode::<String>(&bytes).is_err());
+    }
+}

@@ -1,0 +1,224 @@
+//! [`Ctx`]: what a running instance knows about itself.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::engine::Core;
+use crate::error::Error;
+use crate::records::CheckpointRecord;
+use crate::retry::RetryPolicy;
+
+tokio::task_local! {
+    /// Set while a step body runs: the step's idempotency key and its
+    /// "permanent failure" flag.
+    static STEP_SCOPE: Arc<StepScope>;
+}
+
+/// What a step body can see of its own step.
+pub(crate) struct StepScope {
+    pub key: String,
+    pub permanent: AtomicBool,
+}
+
+impl StepScope {
+    /// Runs `fut` with `scope` visible to [`Ctx::idempotency_key`] and [`permanent`].
+    pub async fn enter<F: std::future::Future>(scope: Arc<StepScope>, fut: F) -> F::Output {
+        STEP_SCOPE.scope(scope, fut).await
+    }
+}
+
+/// Marks a step error as permanent: the step is not retried, and the error
+/// becomes the step's checkpointed outcome at once.
+///
+/// Call it inside the step's body; it returns the error unchanged, so it fits
+/// in `map_err`. Outside a step body it does nothing.
+///
+/// ```
+/// use durable_runtime::permanent;
+/// async fn charge(card: &str) -> Result<u64, String> {
+///     if card.is_empty() {
+///         return Err(permanent("no card on file".to_string()));
+///     }
+///     Ok(42)
+/// }
+/// ```
+pub fn permanent<E>(error: E) -> E {
+    let _ = STEP_SCOPE.try_with(|scope| scope.permanent.store(true, Ordering::Relaxed));
+    error
+}
+
+/// The context of one workflow instance: its id, its step counters and its
+/// way into the engine. `#[durable]` fns receive it as their first argument.
+pub struct Ctx {
+    pub(crate) id: String,
+    pub(crate) core: Arc<Core>,
+    pub(crate) policy: RetryPolicy,
+    /// Checkpoints loaded at start, by name then occurrence; taken as replayed.
+    replay: Mutex<HashMap<String, HashMap<u32, CheckpointRecord>>>,
+    /// Next occurrence number per step name.
+    counters: Mutex<HashMap<&'static str, u32>>,
+    /// The error that stopped this instance, if any.
+    abort: Mutex<Option<Error>>,
+    aborted: Notify,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ctx {
+    pub(crate) fn new(
+        id: String,
+        core: Arc<Core>,
+        policy: RetryPolicy,
+        checkpoints: Vec<CheckpointRecord>,
+    ) -> Ctx {
+        let mut replay: HashMap<String, HashMap<u32, CheckpointRecord>> = HashMap::new();
+        for record in checkpoints {
+            replay
+                .entry(record.name.clone())
+                .or_default()
+                .insert(record.occurrence, record);
+        }
+        Ctx {
+            id,
+            core,
+            policy,
+            replay: Mutex::new(replay),
+            counters: Mutex::new(HashMap::new()),
+            abort: Mutex::new(None),
+            aborted: Notify::new(),
+        }
+    }
+
+    /// The instance's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// A key for outside systems to deduplicate this step's side effect.
+    ///
+    /// Inside a step body it is stable for (instance id, step name,
+    /// occurrence) across retries, replays and restarts, and differs between
+    /// any two of those. Outside a step body it names the instance alone.
+    pub fn idempotency_key(&self) -> String {
+        STEP_SCOPE
+            .try_with(|scope| scope.key.clone())
+            .unwrap_or_else(|_| format!("durable:{}:{}", self.id.len(), self.id))
+    }
+
+    pub(crate) fn step_key(&self, name: &str, occurrence: u32) -> String {
+        format!(
+            "durable:{}:{}:{}:{}",
+            self.id.len(),
+            self.id,
+            name,
+            occurrence
+        )
+    }
+
+    /// The next occurrence number of step `name`, assigned when the step is
+    /// created so that `join!`ed steps number in source order.
+    pub(crate) fn next_occurrence(&self, name: &'static str) -> u32 {
+        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counters.entry(name).or_insert(0);
+        let occurrence = *n;
+        *n = n.saturating_add(1);
+        occurrence
+    }
+
+    /// Takes the loaded checkpoint of this step occurrence, if there is one.
+    pub(crate) fn take_checkpoint(&self, name: &str, occurrence: u32) -> Option<CheckpointRecord> {
+        let mut replay = self.replay.lock().unwrap_or_else(|e| e.into_inner());
+        let by_occurrence = replay.get_mut(name)?;
+        let record = by_occurrence.remove(&occurrence);
+        if by_occurrence.is_empty() {
+            replay.remove(name);
+        }
+        record
+    }
+
+    /// Finished checkpoints this run never reached, as `name#occurrence`.
+    pub(crate) fn unreplayed(&self) -> Vec<String> {
+        let replay = self.replay.lock().unwrap_or_else(|e| e.into_inner());
+        let mut left: Vec<String> = replay
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|r| !matches!(r.state, crate::records::CheckpointState::Retrying { .. }))
+            .map(|r| format!("{:?} occurrence {}", r.name, r.occurrence))
+            .collect();
+        left.sort();
+        left
+    }
+
+    /// Stops the instance with `error`: records it and never returns, so the
+    /// engine drops the workflow's future.
+    pub(crate) async fn abort(&self, error: Error) -> ! {
+        {
+            let mut slot = self.abort.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() {
+                *slot = Some(error);
+            }
+        }
+        self.aborted.notify_one();
+        std::future::pending().await
+    }
+
+    /// Resolves with the error once [`abort`](Self::abort) was called.
+    pub(crate) async fn aborted(&self) -> Error {
+        loop {
+            if let Some(e) = self.abort.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return e;
+            }
+            self.aborted.notified().await;
+        }
+    }
+
+    /// Runs one step outside the `step!` macro, for helper fns that receive a
+    /// `&Ctx`. Same semantics as `step!(name, body())`, with the workflow's
+    /// retry policy; the name is not checked at compile time.
+    ///
+    /// ```
+    /// use durable_runtime::Ctx;
+    ///
+    /// async fn notify(ctx: &Ctx, user: &str) -> Result<(), String> {
+    ///     ctx.step("notify", || async { println!("hello {user}"); Ok(()) }).await
+    /// }
+    /// ```
+    pub fn step<'c, T, E, F, Fut>(
+        &'c self,
+        name: &'static str,
+        body: F,
+    ) -> impl std::future::Future<Output = Result<T, E>> + Send + 'c
+    where
+        F: Fn() -> Fut + Send + 'c,
+        Fut: std::future::Future<Output = Result<T, E>> + Send + 'c,
+        T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+        E: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        crate::step::step(self, name, None, body)
+    }
+
+    /// Like [`step`](Self::step), with its own retry policy.
+    pub fn step_with<'c, T, E, F, Fut>(
+        &'c self,
+        name: &'static str,
+        policy: RetryPolicy,
+        body: F,
+    ) -> impl std::future::Future<Output = Result<T, E>> + Send + 'c
+    where
+        F: Fn() -> Fut + Send + 'c,
+        Fut: std::future::Future<Output = Result<T, E>> + Send + 'c,
+        T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+        E: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        crate::step::step(self, name, Some(policy), body)
+    }
+}

@@ -1,0 +1,223 @@
+//! Typed errors: one enum per family and the umbrella [`Error`].
+
+use std::path::PathBuf;
+
+/// Shorthand for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why the store could not be read or written.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another process (or another engine in this process) holds the store.
+    #[error(
+        "store {path} is locked by another process; stop the other process or open a different path"
+    )]
+    Locked {
+        /// The store's directory.
+        path: PathBuf,
+    },
+    /// The store's files are damaged or are not a store.
+    #[error("store {path} is corrupt or unreadable: {reason}")]
+    Corrupt {
+        /// The store's directory.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The store was written by a newer version of this library.
+    #[error(
+        "store format version {found} is newer than the {supported} this build reads; upgrade durable"
+    )]
+    FormatTooNew {
+        /// The version found in the store.
+        found: u32,
+        /// The newest version this build understands.
+        supported: u32,
+    },
+    /// An I/O error while reading or writing the store.
+    #[error("store i/o failed during {op}: {reason}")]
+    Io {
+        /// What the store was doing.
+        op: &'static str,
+        /// The underlying error's text.
+        reason: String,
+    },
+    /// A record in the store could not be decoded.
+    #[error("record {what} in the store does not decode: {reason}")]
+    Decode {
+        /// Which record.
+        what: String,
+        /// The decoder's complaint.
+        reason: String,
+    },
+    /// The store's committer has stopped (the engine was shut down).
+    #[error("the engine is shut down")]
+    Closed,
+}
+
+/// Everything that can go wrong in the engine. Lower-level causes are kept in
+/// their own variants so callers can match on them.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store failed; instances are left resumable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An instance id was empty or too long.
+    #[error("invalid instance id {id:?}: {reason}")]
+    InvalidId {
+        /// The id, truncated for display.
+        id: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The id already names an instance of another workflow or with another input.
+    #[error(
+        "instance {id:?} already exists with {existing}; an id names one instance, use a new id"
+    )]
+    IdConflict {
+        /// The instance id.
+        id: String,
+        /// What differs: the other workflow's name, or "a different input".
+        existing: String,
+    },
+    /// No instance has this id.
+    #[error("no instance {id:?}")]
+    NotFound {
+        /// The instance id.
+        id: String,
+    },
+    /// The workflow was not registered with this engine.
+    #[error(
+        "workflow {workflow:?} is not registered with this engine; add `.register({workflow})` to the builder"
+    )]
+    NotRegistered {
+        /// The workflow's name.
+        workflow: String,
+    },
+    /// Two different workflow definitions were registered under one name.
+    #[error(
+        "two different workflows are registered under the name {workflow:?}; give one a `#[durable(name = \"...\")]`"
+    )]
+    DuplicateWorkflow {
+        /// The clashing name.
+        workflow: String,
+    },
+    /// A stored checkpoint no longer decodes into the step's current type.
+    /// The instance is blocked, not failed: restore the old type (or finish the
+    /// instance with the old build) and it resumes; nothing stored is changed.
+    #[error(
+        "instance {instance:?} is blocked: the checkpoint of step {step:?} (occurrence {occurrence}) was stored as `{stored_type}` and does not decode as `{expected_type}`: {reason}"
+    )]
+    CheckpointDecode {
+        /// The instance id.
+        instance: String,
+        /// The step's name.
+        step: String,
+        /// Which occurrence of the step.
+        occurrence: u32,
+        /// The type the checkpoint was written as.
+        stored_type: String,
+        /// The type the code now expects.
+        expected_type: String,
+        /// The decoder's complaint.
+        reason: String,
+    },
+    /// A stored input or output no longer decodes into the workflow's type.
+    #[error(
+        "instance {instance:?} is blocked: its stored {what} does not decode as `{expected_type}`: {reason}"
+    )]
+    ValueDecode {
+        /// The instance id.
+        instance: String,
+        /// "input" or "output".
+        what: &'static str,
+        /// The type the code expects.
+        expected_type: String,
+        /// The decoder's complaint.
+        reason: String,
+    },
+    /// A value could not be encoded.
+    #[error("instance {instance:?}: {what} does not encode: {reason}")]
+    Encode {
+        /// The instance id.
+        instance: String,
+        /// What was being encoded.
+        what: String,
+        /// The encoder's complaint.
+        reason: String,
+    },
+    /// A step value, input or output is larger than the configured limit.
+    #[error(
+        "instance {instance:?} is blocked: {what} is {size} bytes, over the {limit}-byte limit; raise `max_value_size` or store the data elsewhere and checkpoint a reference"
+    )]
+    ValueTooLarge {
+        /// The instance id.
+        instance: String,
+        /// What was too large: "step \"x\" (occurrence n)", "input" or "output".
+        what: String,
+        /// Its encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A replay did not follow the recorded history: code between steps is
+    /// not deterministic, or the workflow changed while instances were running.
+    #[error("instance {instance:?} is blocked: replay diverged from its history: {detail}")]
+    Nondeterminism {
+        /// The instance id.
+        instance: String,
+        /// What diverged.
+        detail: String,
+    },
+    /// A step's body panicked on its last attempt. The instance is failed.
+    #[error(
+        "instance {instance:?} failed: step {step:?} (occurrence {occurrence}) panicked: {message}"
+    )]
+    StepPanicked {
+        /// The instance id.
+        instance: String,
+        /// The step's name.
+        step: String,
+        /// Which occurrence of the step.
+        occurrence: u32,
+        /// The panic message.
+        message: String,
+    },
+    /// The instance is blocked by an earlier error recorded in the store; it
+    /// is retried when the engine next opens.
+    #[error("instance {instance:?} is blocked: {reason}")]
+    Blocked {
+        /// The instance id.
+        instance: String,
+        /// The recorded error.
+        reason: String,
+    },
+    /// The instance failed earlier; its recorded error.
+    #[error("instance {instance:?} failed: {reason}")]
+    Failed {
+        /// The instance id.
+        instance: String,
+        /// The recorded error.
+        reason: String,
+    },
+    /// The engine was shut down before the instance finished; it resumes at the next open.
+    #[error(
+        "the engine was shut down before instance {instance:?} finished; it resumes when the store is opened again"
+    )]
+    ShutDown {
+        /// The instance id.
+        instance: String,
+    },
+    /// `open()` was called outside a tokio runtime.
+    #[error("the engine must be opened inside a tokio runtime")]
+    NoRuntime,
+}
+
+impl Error {
+    /// Whether the instance that met this error stays resumable (blocked) rather than failed.
+    pub(crate) fn blocks(&self) -> bool {
+        !matches!(self, Error::StepPanicked { .. } | Error::Failed { .. })
+    }
+}

@@ -1,0 +1,240 @@
+//! The audit trail of an instance, as [`Engine::history`](crate::Engine::history) returns it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::records::{
+    CheckpointRecord, CheckpointState, InstanceRecord, InstanceState, TransitionKind as StoredKind,
+};
+
+/// Where an instance stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Status {
+    /// Started and not finished: running now, or resumed at the next open.
+    Running,
+    /// Stopped by an error that needs attention (a checkpoint that no longer
+    /// decodes, a store failure, replay divergence). Nothing was rewritten;
+    /// the instance resumes when the engine next opens.
+    Blocked {
+        /// The error that blocked it.
+        reason: String,
+    },
+    /// Finished; the workflow's output is stored.
+    Completed,
+    /// Finished with an engine-level failure (a step panicked on every attempt).
+    Failed {
+        /// The error.
+        reason: String,
+    },
+}
+
+/// One change of an instance's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransitionKind {
+    /// The instance was created.
+    Started,
+    /// The instance was resumed after a restart or after being blocked.
+    Resumed,
+    /// The instance was blocked by an error.
+    Blocked {
+        /// The error.
+        error: String,
+    },
+    /// The instance finished and its output was stored.
+    Completed,
+    /// The instance failed.
+    Failed {
+        /// The error.
+        error: String,
+    },
+}
+
+/// A timestamped [`TransitionKind`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// When it happened.
+    pub at: SystemTime,
+    /// What happened.
+    pub kind: TransitionKind,
+}
+
+/// How a step occurrence ended, or where it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StepOutcome {
+    /// The body returned `Ok`.
+    Value {
+        /// The Rust type of the checkpointed `Result`.
+        type_name: String,
+        /// Encoded size of the checkpointed outcome in bytes.
+        size: usize,
+    },
+    /// The body returned `Err` on its last attempt (or a permanent error).
+    Error {
+        /// The Rust type of the checkpointed `Result`.
+        type_name: String,
+        /// The error, `Debug`-formatted.
+        message: String,
+    },
+    /// Attempts failed and the step will be retried.
+    Retrying {
+        /// The last attempt's error.
+        last_error: String,
+    },
+    /// The body panicked on its last attempt.
+    Panicked {
+        /// The panic message.
+        message: String,
+    },
+}
+
+/// One step occurrence in an instance's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRecord {
+    /// The step's name.
+    pub name: String,
+    /// Which occurrence of the name (0 for the first; loops count up).
+    pub occurrence: u32,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the first attempt started.
+    pub started_at: SystemTime,
+    /// When the step finished, if it has.
+    pub finished_at: Option<SystemTime>,
+    /// Its outcome.
+    pub outcome: StepOutcome,
+}
+
+/// Everything the store knows about one instance: the postmortem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History {
+    /// The instance id.
+    pub id: String,
+    /// The workflow's name.
+    pub workflow: String,
+    /// Its status now.
+    pub status: Status,
+    /// When it was started.
+    pub created_at: SystemTime,
+    /// Its status changes, oldest first.
+    pub transitions: Vec<Transition>,
+    /// Its step occurrences, in the order they started.
+    pub steps: Vec<StepRecord>,
+}
+
+pub(crate) fn time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+pub(crate) fn status_of(state: &InstanceState) -> Status {
+    match state {
+        InstanceState::Running => Status::Running,
+        InstanceState::Blocked { error } => Status::Blocked {
+            reason: error.clone(),
+        },
+        InstanceState::Completed { .. } => Status::Completed,
+        InstanceState::Failed { error } => Status::Failed {
+            reason: error.clone(),
+        },
+    }
+}
+
+pub(crate) fn history_of(
+    id: &str,
+    record: &InstanceRecord,
+    checkpoints: Vec<CheckpointRecord>,
+) -> History {
+    let transitions = record
+        .transitions
+        .iter()
+        .map(|t| Transition {
+            at: time(t.at_ms),
+            kind: match &t.kind {
+                StoredKind::Started => TransitionKind::Started,
+                StoredKind::Resumed => TransitionKind::Resumed,
+                StoredKind::Blocked { error } => TransitionKind::Blocked {
+                    error: error.clone(),
+                },
+                StoredKind::Completed => TransitionKind::Completed,
+                StoredKind::Failed { error } => TransitionKind::Failed {
+                    error: error.clone(),
+                },
+            },
+        })
+        .collect();
+    let mut steps: Vec<StepRecord> = checkpoints
+        .into_iter()
+        .map(|c| {
+            let (finished_at, outcome) = match c.state {
+                CheckpointState::Retrying { last_error } => {
+                    (None, StepOutcome::Retrying { last_error })
+                }
+                CheckpointState::Done {
+                    finished_at_ms,
+                    ok: true,
+                    type_name,
+                    outcome,
+                    ..
+                } => (
+                    Some(time(finished_at_ms)),
+                    StepOutcome::Value {
+                        type_name,
+                        size: outcome.len(),
+                    },
+                ),
+                CheckpointState::Done {
+                    finished_at_ms,
+                    type_name,
+                    error_text,
+                    ..
+                } => (
+                    Some(time(finished_at_ms)),
+                    StepOutcome::Error {
+                        type_name,
+                        message: error_text.unwrap_or_default(),
+                    },
+                ),
+                CheckpointState::Panicked {
+                    finished_at_ms,
+                    message,
+                } => (
+                    Some(time(finished_at_ms)),
+                    StepOutcome::Panicked { message },
+                ),
+            };
+            StepRecord {
+                name: c.name,
+                occurrence: c.occurrence,
+                attempts: c.attempts,
+                started_at: time(c.started_at_ms),
+                finished_at,
+                outcome,
+            }
+        })
+        .collect();
+    steps.sort_by(|a, b| {
+        (
+            a.started_at,
+            a.finished_at.is_none(),
+            a.finished_at,
+            &a.name,
+            a.occurrence,
+        )
+            .cmp(&(
+                b.started_at,
+                b.finished_at.is_none(),
+                b.finished_at,
+                &b.name,
+                b.occurrence,
+            ))
+    });
+    History {
+        id: id.to_string(),
+        workflow: record.workflow.clone(),
+        status: status_of(&record.state),
+        created_at: time(record.created_at_ms),
+        transitions,
+        steps,
+    }
+}

@@ -1,0 +1,34 @@
+//! The runtime of [`durable`](https://docs.rs/durable): the engine, step
+//! checkpointing, retries, history and storage. Depend on `durable`, which
+//! re-exports everything here.
+#![deny(missing_docs)]
+
+mod codec;
+mod committer;
+mod context;
+mod engine;
+mod error;
+mod history;
+mod records;
+mod retry;
+mod step;
+pub mod store;
+mod workflow;
+
+pub use context::{Ctx, permanent};
+pub use engine::{
+    DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, Handle, MAX_ID_LEN, RecoveryReport,
+};
+pub use error::{Error, Result, StoreError};
+pub use history::{History, Status, StepOutcome, StepRecord, Transition, TransitionKind};
+pub use retry::RetryPolicy;
+pub use workflow::{BoxFuture, Workflow};
+
+/// What `#[durable]` expands to. Not public API: it changes without notice.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::context::Ctx;
+    pub use crate::retry::RetryPolicy;
+    pub use crate::step::step;
+    pub use crate::workflow::{BoxFuture, Workflow};
+}

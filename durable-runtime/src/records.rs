@@ -1,0 +1,119 @@
+//! What the engine stores, and the keys it stores it under.
+//!
+//! Keys are unambiguous for any id or name: the id is length-prefixed, the
+//! step name too, and numbers are big-endian so prefix scans return them in
+//! order. Values go through [`crate::codec`].
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Key of an instance in `Instances` and `Active`: the id's bytes.
+pub(crate) fn instance_key(id: &str) -> Vec<u8> {
+    id.as_bytes().to_vec()
+}
+
+/// Prefix of every checkpoint key of one instance.
+pub(crate) fn checkpoint_prefix(id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4 + id.len() + 16);
+    key.extend_from_slice(&(id.len() as u32).to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// Key of one step occurrence: `len(id) id len(name) name occurrence`.
+pub(crate) fn checkpoint_key(id: &str, name: &str, occurrence: u32) -> Vec<u8> {
+    let mut key = checkpoint_prefix(id);
+    key.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    key.extend_from_slice(name.as_bytes());
+    key.extend_from_slice(&occurrence.to_be_bytes());
+    key
+}
+
+/// An instance's stored state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct InstanceRecord {
+    pub workflow: String,
+    pub input: Vec<u8>,
+    pub state: InstanceState,
+    pub created_at_ms: u64,
+    pub transitions: Vec<TransitionRecord>,
+}
+
+/// Where an instance stands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) enum InstanceState {
+    Running,
+    Completed { output: Vec<u8> },
+    Failed { error: String },
+    Blocked { error: String },
+}
+
+/// One change of an instance's state, for its history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct TransitionRecord {
+    pub at_ms: u64,
+    pub kind: TransitionKind,
+}
+
+/// What happened to the instance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) enum TransitionKind {
+    Started,
+    Resumed,
+    Blocked { error: String },
+    Completed,
+    Failed { error: String },
+}
+
+/// One step occurrence's stored state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct CheckpointRecord {
+    pub name: String,
+    pub occurrence: u32,
+    pub attempts: u32,
+    pub started_at_ms: u64,
+    pub state: CheckpointState,
+}
+
+/// Whether the step finished and how.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum CheckpointState {
+    /// Failed attempts so far; the step is not finished.
+    Retrying { last_error: String },
+    /// The step's final outcome: the encoded `Result<T, E>`.
+    Done {
+        finished_at_ms: u64,
+        ok: bool,
+        type_name: String,
+        outcome: Vec<u8>,
+        error_text: Option<String>,
+    },
+    /// The step's body panicked on its last attempt.
+    Panicked {
+        finished_at_ms: u64,
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_unambiguous() {
+        assert_ne!(checkpoint_key("a", "bc", 0), checkpoint_key("ab", "c", 0));
+        assert_ne!(checkpoint_key("a\0", "b", 0), checkpoint_key("a", "\0b", 0));
+        assert!(checkpoint_key("a", "b", 1).starts_with(&checkpoint_prefix("a")));
+        assert!(!checkpoint_key("ab", "b", 1).starts_with(&checkpoint_prefix("a")));
+        assert!(checkpoint_key("a", "b", 1) < checkpoint_key("a", "b", 256));
+    }
+}

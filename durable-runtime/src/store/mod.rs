@@ -1,0 +1,124 @@
+//! Storage behind a trait: the engine reads and writes byte records in a few
+//! named trees and asks for atomic, durable batches.
+//!
+//! [`SledStore`] is the embedded default. Another store (a shared PostgreSQL,
+//! say) implements [`Store`] and is handed to
+//! [`EngineBuilder::store`](crate::EngineBuilder::store).
+//!
+//! The engine drives every write through one committer thread that gathers
+//! the batches of concurrent instances and hands them to [`Store::apply`] in
+//! one call (group commit), so an implementation pays for one device flush per
+//! call, not per batch.
+
+mod sled;
+
+pub use self::sled::SledStore;
+use crate::error::StoreError;
+
+/// The trees (tables) the engine uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Tree {
+    /// Store-wide facts such as the format version.
+    Meta,
+    /// One record per instance, keyed by id.
+    Instances,
+    /// The ids of unfinished instances, for recovery at open.
+    Active,
+    /// One record per step occurrence, keyed by (id, name, occurrence).
+    Checkpoints,
+}
+
+impl Tree {
+    /// Every tree, in a fixed order.
+    pub const ALL: [Tree; 4] = [Tree::Meta, Tree::Instances, Tree::Active, Tree::Checkpoints];
+
+    /// A stable name for the tree.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tree::Meta => "meta",
+            Tree::Instances => "instances",
+            Tree::Active => "active",
+            Tree::Checkpoints => "checkpoints",
+        }
+    }
+
+    /// The tree's position in [`Tree::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One write in a [`Batch`]: a put, or a delete when `value` is `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op {
+    /// The tree written.
+    pub tree: Tree,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The new value, or `None` to delete.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Writes that must land together or not at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// The writes, applied in order.
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Batch::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, tree: Tree, key: Vec<u8>, value: Vec<u8>) -> &mut Self {
+        self.ops.push(Op {
+            tree,
+            key,
+            value: Some(value),
+        });
+        self
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, tree: Tree, key: Vec<u8>) -> &mut Self {
+        self.ops.push(Op {
+            tree,
+            key,
+            value: None,
+        });
+        self
+    }
+
+    /// Total bytes of keys and values, for accounting.
+    pub fn size(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| op.key.len() + op.value.as_ref().map_or(0, Vec::len))
+            .sum()
+    }
+}
+
+/// Entries returned by [`Store::scan_prefix`]: (key, value) in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A key-value store the engine can drive.
+///
+/// Implementations must make each [`Batch`] atomic and must not return from
+/// [`apply`](Store::apply) before every batch it was given is durable: on the
+/// device, not merely in a cache, so that it survives a process kill and a
+/// power loss. Reads must see every applied batch.
+pub trait Store: Send + Sync + 'static {
+    /// Reads one value.
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Reads every entry whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<Entries, StoreError>;
+
+    /// Applies the batches, each atomically, and makes all of them durable
+    /// before returning. On error, none of them may be reported durable.
+    fn apply(&self, batches: &[Batch]) -> Result<(), StoreError>;
+}
