@@ -1,10 +1,17 @@
 //! Group commit: one thread drains the queue of pending batches, applies them
 //! in one [`Store::apply`] call (one flush and one fsync for all), then wakes
 //! every waiter. No waiter is woken before the apply that covers its batch.
+//!
+//! A failed apply poisons the committer: the store may hold part of what was
+//! asked, or buffer writes it could not make durable, so every later commit
+//! fails with the same error until the engine is reopened (as sled itself
+//! does after an I/O error). The engine stops scheduling steps meanwhile.
 
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
@@ -23,10 +30,11 @@ pub(crate) struct CommitStats {
     pub groups: AtomicU64,
 }
 
-/// The sending side; dropping every clone stops the thread.
-#[derive(Clone)]
+/// The sending side of the committer thread.
 pub(crate) struct Committer {
-    tx: mpsc::Sender<(Batch, Reply)>,
+    tx: Mutex<Option<mpsc::Sender<(Batch, Reply)>>>,
+    failure: Arc<Mutex<Option<StoreError>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
     pub stats: Arc<CommitStats>,
 }
 
@@ -36,23 +44,61 @@ impl Committer {
         let (tx, rx) = mpsc::channel::<(Batch, Reply)>();
         let stats = Arc::new(CommitStats::default());
         let thread_stats = Arc::clone(&stats);
-        std::thread::Builder::new()
+        let failure = Arc::new(Mutex::new(None));
+        let thread_failure = Arc::clone(&failure);
+        let thread = std::thread::Builder::new()
             .name("durable-committer".into())
-            .spawn(move || run(store, rx, thread_stats))?;
-        Ok(Committer { tx, stats })
+            .spawn(move || run(store, rx, thread_stats, thread_failure))?;
+        Ok(Committer {
+            tx: Mutex::new(Some(tx)),
+            failure,
+            thread: Mutex::new(Some(thread)),
+            stats,
+        })
     }
 
     /// Writes `batch` atomically and durably; returns once it is on disk.
     pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        if let Some(failure) = self.failure() {
+            return Err(failure);
+        }
         let (reply, done) = oneshot::channel();
-        self.tx
-            .send((batch, reply))
-            .map_err(|_| StoreError::Closed)?;
+        let sent = match &*self.tx.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(tx) => tx.send((batch, reply)).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(StoreError::Closed);
+        }
         done.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// The error of the first failed apply, if one failed.
+    pub fn failure(&self) -> Option<StoreError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stops the thread once it has written everything queued, and waits for
+    /// it; its reference to the store is dropped by then. Later commits fail
+    /// with [`StoreError::Closed`].
+    pub async fn close(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
     }
 }
 
-fn run(store: Arc<dyn Store>, rx: mpsc::Receiver<(Batch, Reply)>, stats: Arc<CommitStats>) {
+fn run(
+    store: Arc<dyn Store>,
+    rx: mpsc::Receiver<(Batch, Reply)>,
+    stats: Arc<CommitStats>,
+    failure: Arc<Mutex<Option<StoreError>>>,
+) {
     let mut batches = Vec::new();
     let mut replies = Vec::new();
     while let Ok((batch, reply)) = rx.recv() {
@@ -67,7 +113,17 @@ fn run(store: Arc<dyn Store>, rx: mpsc::Receiver<(Batch, Reply)>, stats: Arc<Com
                 Err(_) => break,
             }
         }
-        let result = store.apply(&batches);
+        let poisoned = failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let result = match poisoned {
+            Some(error) => Err(error),
+            None => store.apply(&batches),
+        };
+        if let Err(error) = &result {
+            failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(|| error.clone());
+        }
         stats
             .batches
             .fetch_add(batches.len() as u64, Ordering::Relaxed);

@@ -1,7 +1,7 @@
 //! [`Ctx`]: what a running instance knows about itself.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -60,6 +60,8 @@ pub struct Ctx {
     replay: Mutex<HashMap<String, HashMap<u32, CheckpointRecord>>>,
     /// Next occurrence number per step name.
     counters: Mutex<HashMap<&'static str, u32>>,
+    /// Resumes in a row without finishing a step, as stored in `Active`.
+    recoveries: AtomicU32,
     /// The error that stopped this instance, if any.
     abort: Mutex<Option<Error>>,
     aborted: Notify,
@@ -79,6 +81,7 @@ impl Ctx {
         core: Arc<Core>,
         policy: RetryPolicy,
         checkpoints: Vec<CheckpointRecord>,
+        recoveries: u32,
     ) -> Ctx {
         let mut replay: HashMap<String, HashMap<u32, CheckpointRecord>> = HashMap::new();
         for record in checkpoints {
@@ -93,6 +96,7 @@ impl Ctx {
             policy,
             replay: Mutex::new(replay),
             counters: Mutex::new(HashMap::new()),
+            recoveries: AtomicU32::new(recoveries),
             abort: Mutex::new(None),
             aborted: Notify::new(),
         }
@@ -122,6 +126,17 @@ impl Ctx {
             name,
             occurrence
         )
+    }
+
+    /// Resumes in a row without finishing a step.
+    pub(crate) fn recoveries(&self) -> u32 {
+        self.recoveries.load(Ordering::Relaxed)
+    }
+
+    /// Returns the count of resumes without progress and sets it to zero:
+    /// the caller is about to record progress.
+    pub(crate) fn take_recoveries(&self) -> u32 {
+        self.recoveries.swap(0, Ordering::Relaxed)
     }
 
     /// The next occurrence number of step `name`, assigned when the step is

@@ -16,11 +16,12 @@ use crate::error::{Error, Result, StoreError};
 use crate::history::{self, History, Status};
 use crate::records::{
     CheckpointRecord, InstanceRecord, InstanceState, TransitionKind, TransitionRecord,
-    checkpoint_prefix, instance_key, now_ms,
+    checkpoint_prefix, instance_key, now_ms, recoveries_of, recoveries_value,
 };
 use crate::retry::RetryPolicy;
+use crate::step::{CatchUnwind, panic_message};
 use crate::store::{Batch, SledStore, Store, Tree};
-use crate::workflow::{BoxFuture, Workflow};
+use crate::workflow::{BoxFuture, IntoWorkflow, Workflow};
 
 /// The longest instance id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 1024;
@@ -31,11 +32,32 @@ pub const DEFAULT_MAX_VALUE_SIZE: usize = 1 << 20;
 /// Transitions kept per instance; older `Resumed` entries are dropped first.
 const MAX_TRANSITIONS: usize = 64;
 
+/// The input type of the workflow `I` names.
+type In<I> = <<I as IntoWorkflow>::Workflow as Workflow>::Input;
+/// The output type of the workflow `I` names.
+type Out<I> = <<I as IntoWorkflow>::Workflow as Workflow>::Output;
+
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub retry: RetryPolicy,
     pub max_value_size: usize,
+    pub max_recoveries: u32,
+}
+
+/// The default of [`EngineBuilder::max_recoveries`].
+pub const DEFAULT_MAX_RECOVERIES: u32 = 10;
+
+/// How an instance task begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Begin {
+    /// Just created: nothing to resume.
+    Fresh,
+    /// Resumed by recovery or by a start that found it unfinished; counts
+    /// towards [`Config::max_recoveries`].
+    Resume,
+    /// Resumed by hand with [`Engine::resume`]: the count starts again.
+    ResumeByHand,
 }
 
 /// A registered workflow with its types erased, so the engine can resume
@@ -183,6 +205,16 @@ impl EngineBuilder {
         self
     }
 
+    /// How many times in a row an instance may be resumed (after a crash or a
+    /// block) without finishing a step before it is set aside as
+    /// [`Status::NeedsAttention`] instead of being resumed again: a step that
+    /// kills the process every time it runs must not take the service down
+    /// forever. Default 10. The count is stored before each resume.
+    pub fn max_recoveries(mut self, resumes: u32) -> Self {
+        self.config.max_recoveries = resumes;
+        self
+    }
+
     /// Opens (or creates) the store and resumes, in the background, every
     /// unfinished instance of a registered workflow.
     ///
@@ -304,6 +336,7 @@ impl Engine {
             config: Config {
                 retry: RetryPolicy::default(),
                 max_value_size: DEFAULT_MAX_VALUE_SIZE,
+                max_recoveries: DEFAULT_MAX_RECOVERIES,
             },
         }
     }
@@ -315,19 +348,20 @@ impl Engine {
     /// The id is an idempotency key: if instance `id` exists (running or
     /// finished) with the same workflow and input, this attaches to it;
     /// with another workflow or input it is [`Error::IdConflict`].
-    pub async fn start<W: Workflow>(
+    pub async fn start<I: IntoWorkflow>(
         &self,
-        workflow: W,
+        workflow: I,
         id: impl Into<String>,
-        input: W::Input,
-    ) -> Result<Handle<W::Output>> {
+        input: In<I>,
+    ) -> Result<Handle<Out<I>>> {
         let _ = workflow;
+        type W<I> = <I as IntoWorkflow>::Workflow;
         let id = id.into();
         validate_id(&id)?;
-        let erased = self.core.registered::<W>()?;
+        let erased = self.core.registered::<W<I>>()?;
         let input = encode_value(&self.core.config, &id, "input", &input)?;
         let done = Arc::clone(&self.core)
-            .start_or_attach(W::NAME, erased, id.clone(), input)
+            .start_or_attach(W::<I>::NAME, erased, id.clone(), input, false)
             .await?;
         Ok(Handle {
             id,
@@ -338,32 +372,54 @@ impl Engine {
 
     /// Starts (or attaches to) instance `id` and waits for its output; see
     /// [`start`](Self::start).
-    pub async fn run<W: Workflow>(
+    pub async fn run<I: IntoWorkflow>(
         &self,
-        workflow: W,
+        workflow: I,
         id: impl Into<String>,
-        input: W::Input,
-    ) -> Result<W::Output> {
+        input: In<I>,
+    ) -> Result<Out<I>> {
         self.start(workflow, id, input).await?.result().await
     }
 
-    /// Attaches to instance `id` of `workflow`, whatever its input, and waits
-    /// for its output. [`Error::NotFound`] if there is no such instance.
-    pub async fn attach<W: Workflow>(
+    /// Attaches to instance `id` of `workflow`, whatever its input.
+    /// [`Error::NotFound`] if there is no such instance. An unfinished
+    /// instance that is not running (blocked) is resumed.
+    pub async fn attach<I: IntoWorkflow>(
         &self,
-        workflow: W,
+        workflow: I,
         id: impl Into<String>,
-    ) -> Result<Handle<W::Output>> {
+    ) -> Result<Handle<Out<I>>> {
+        self.attach_or_resume(workflow, id.into(), false).await
+    }
+
+    /// Resumes instance `id` by hand: one that was set aside as
+    /// [`Status::NeedsAttention`], or a blocked one, once its cause is fixed.
+    /// Its count of resumes without progress starts again. A running or
+    /// finished instance is attached to, as with [`attach`](Self::attach).
+    pub async fn resume<I: IntoWorkflow>(
+        &self,
+        workflow: I,
+        id: impl Into<String>,
+    ) -> Result<Handle<Out<I>>> {
+        self.attach_or_resume(workflow, id.into(), true).await
+    }
+
+    async fn attach_or_resume<I: IntoWorkflow>(
+        &self,
+        workflow: I,
+        id: String,
+        manual: bool,
+    ) -> Result<Handle<Out<I>>> {
         let _ = workflow;
-        let id = id.into();
+        type W<I> = <I as IntoWorkflow>::Workflow;
         validate_id(&id)?;
-        let erased = self.core.registered::<W>()?;
+        let erased = self.core.registered::<W<I>>()?;
         let record = self
             .core
             .load(&id)?
             .ok_or_else(|| Error::NotFound { id: id.clone() })?;
         let done = Arc::clone(&self.core)
-            .start_or_attach(W::NAME, erased, id.clone(), record.input)
+            .start_or_attach(W::<I>::NAME, erased, id.clone(), record.input, manual)
             .await?;
         Ok(Handle {
             id,
@@ -398,9 +454,10 @@ impl Engine {
     }
 
     /// Stops every instance running in this process where it stands (each
-    /// resumes at the next open; their handles return [`Error::ShutDown`])
-    /// and waits until they have stopped. The store closes when the last
-    /// clone of this engine is dropped.
+    /// resumes at the next open; their handles return [`Error::ShutDown`]),
+    /// waits until they have stopped and every write is on disk, and closes
+    /// the store, so it can be opened again at once. Other clones of this
+    /// engine can still read status and history but can no longer write.
     pub async fn shutdown(self) {
         let slots: Vec<Arc<Slot>> = {
             let mut running = self.core.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -417,8 +474,11 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        let mut alive_rx = self.core.alive_rx.lock().await;
-        while alive_rx.recv().await.is_some() {}
+        {
+            let mut alive_rx = self.core.alive_rx.lock().await;
+            while alive_rx.recv().await.is_some() {}
+        }
+        self.core.committer.close().await;
     }
 
     /// Batches and group commits written so far, for benchmarks.
@@ -489,6 +549,7 @@ impl Core {
         erased: Arc<dyn Erased>,
         id: String,
         input: Vec<u8>,
+        manual: bool,
     ) -> Result<watch::Receiver<Outcome>> {
         let (slot, fresh) = {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -509,7 +570,15 @@ impl Core {
                                 reason: error.clone(),
                             })));
                         }
-                        InstanceState::Running | InstanceState::Blocked { .. } => Some(record),
+                        InstanceState::NeedsAttention { error } if !manual => {
+                            return Ok(finished(Err(Error::NeedsAttention {
+                                instance: id,
+                                reason: error.clone(),
+                            })));
+                        }
+                        InstanceState::Running
+                        | InstanceState::Blocked { .. }
+                        | InstanceState::NeedsAttention { .. } => Some(record),
                     }
                 }
                 None => None,
@@ -527,8 +596,9 @@ impl Core {
             }
         };
         let done = slot.done.subscribe();
-        let (record, resume) = match fresh {
-            Err(record) => (record, true),
+        let (record, begin) = match fresh {
+            Err(record) if manual => (record, Begin::ResumeByHand),
+            Err(record) => (record, Begin::Resume),
             Ok(()) => {
                 let now = now_ms();
                 let record = InstanceRecord {
@@ -541,14 +611,14 @@ impl Core {
                         kind: TransitionKind::Started,
                     }],
                 };
-                if let Err(e) = self.commit_record(&id, &record, true).await {
+                if let Err(e) = self.commit_record(&id, &record, Some(0)).await {
                     self.finish_slot(&id, &slot, Err(e.clone()));
                     return Err(e);
                 }
-                (record, false)
+                (record, Begin::Fresh)
             }
         };
-        self.spawn(id, erased, record, resume, slot);
+        self.spawn(id, erased, record, begin, slot);
         Ok(done)
     }
 
@@ -557,7 +627,7 @@ impl Core {
         id: String,
         erased: Arc<dyn Erased>,
         record: InstanceRecord,
-        resume: bool,
+        begin: Begin,
         slot: Arc<Slot>,
     ) {
         let Some(alive) = self.alive.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
@@ -577,7 +647,7 @@ impl Core {
                 core: self,
                 _alive: alive,
             };
-            let outcome = guard.core.drive(&id, erased, record, resume).await;
+            let outcome = guard.core.drive(&id, erased, record, begin).await;
             guard.core.finish_slot(&id, &task_slot, outcome);
         });
         *slot.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
@@ -599,23 +669,49 @@ impl Core {
         id: &str,
         erased: Arc<dyn Erased>,
         mut record: InstanceRecord,
-        resume: bool,
+        begin: Begin,
     ) -> Result<Vec<u8>> {
-        if resume {
+        let recoveries = match begin {
+            Begin::Fresh => 0,
+            Begin::ResumeByHand => 1,
+            Begin::Resume => {
+                let stored = self.store.get(Tree::Active, &instance_key(id))?;
+                stored.as_deref().map_or(0, recoveries_of).saturating_add(1)
+            }
+        };
+        if recoveries > self.config.max_recoveries {
+            let error = Error::NeedsAttention {
+                instance: id.to_string(),
+                reason: format!(
+                    "it was resumed {} times in a row without finishing a step (the process may be crashing in it); fix the cause, then call Engine::resume",
+                    self.config.max_recoveries
+                ),
+            };
+            return self.end_with_error(id, record, recoveries - 1, error).await;
+        }
+        if begin != Begin::Fresh {
             record.state = InstanceState::Running;
             push_transition(&mut record, TransitionKind::Resumed);
-            self.commit_record(id, &record, true).await?;
+            self.commit_record(id, &record, Some(recoveries)).await?;
         }
         let checkpoints = match self.load_checkpoints(id) {
             Ok(c) => c,
-            Err(e) => return self.end_with_error(id, record, e).await,
+            Err(e) => return self.end_with_error(id, record, recoveries, e).await,
         };
         let policy = erased.policy().unwrap_or(self.config.retry);
-        let ctx = Ctx::new(id.to_string(), Arc::clone(self), policy, checkpoints);
+        let ctx = Ctx::new(
+            id.to_string(),
+            Arc::clone(self),
+            policy,
+            checkpoints,
+            recoveries,
+        );
         let outcome = tokio::select! {
             biased;
             error = ctx.aborted() => Err(error),
-            output = erased.run(&ctx, &record.input) => output,
+            output = CatchUnwind::new(&|| erased.run(&ctx, &record.input)) => output.unwrap_or_else(|panic| {
+                Err(Error::WorkflowPanicked { instance: id.to_string(), message: panic_message(&*panic) })
+            }),
         };
         let outcome = outcome.and_then(|output| {
             let left = ctx.unreplayed();
@@ -637,10 +733,10 @@ impl Core {
                     output: output.clone(),
                 };
                 push_transition(&mut record, TransitionKind::Completed);
-                self.commit_record(id, &record, false).await?;
+                self.commit_record(id, &record, None).await?;
                 Ok(output)
             }
-            Err(e) => self.end_with_error(id, record, e).await,
+            Err(e) => self.end_with_error(id, record, ctx.recoveries(), e).await,
         }
     }
 
@@ -649,11 +745,17 @@ impl Core {
         &self,
         id: &str,
         mut record: InstanceRecord,
+        recoveries: u32,
         error: Error,
     ) -> Result<Vec<u8>> {
         let text = error.to_string();
-        let active = error.blocks();
-        if active {
+        let active = error.blocks().then_some(recoveries);
+        if let Error::NeedsAttention { reason, .. } = &error {
+            record.state = InstanceState::NeedsAttention {
+                error: reason.clone(),
+            };
+            push_transition(&mut record, TransitionKind::NeedsAttention { error: text });
+        } else if active.is_some() {
             record.state = InstanceState::Blocked {
                 error: text.clone(),
             };
@@ -670,8 +772,14 @@ impl Core {
         Err(error)
     }
 
-    /// Writes the instance record, and its entry in `Active`, durably.
-    async fn commit_record(&self, id: &str, record: &InstanceRecord, active: bool) -> Result<()> {
+    /// Writes the instance record durably, with its entry in `Active`: the
+    /// count of resumes without progress while unfinished, `None` to remove it.
+    async fn commit_record(
+        &self,
+        id: &str,
+        record: &InstanceRecord,
+        active: Option<u32>,
+    ) -> Result<()> {
         let bytes = codec::encode(record).map_err(|reason| Error::Encode {
             instance: id.to_string(),
             what: "the instance record".into(),
@@ -679,8 +787,8 @@ impl Core {
         })?;
         let mut batch = Batch::new();
         batch.put(Tree::Instances, instance_key(id), bytes);
-        if active {
-            batch.put(Tree::Active, instance_key(id), Vec::new());
+        if let Some(recoveries) = active {
+            batch.put(Tree::Active, instance_key(id), recoveries_value(recoveries));
         } else {
             batch.delete(Tree::Active, instance_key(id));
         }
@@ -721,6 +829,12 @@ impl Core {
                     continue;
                 }
             };
+            if let InstanceState::NeedsAttention { error } = &record.state {
+                report
+                    .skipped
+                    .push((id, format!("needs attention: {error}")));
+                continue;
+            }
             let Some(erased) = self.registry.get(record.workflow.as_str()).cloned() else {
                 let reason = format!("workflow {:?} is not registered", record.workflow);
                 report.skipped.push((id, reason));
@@ -741,7 +855,7 @@ impl Core {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(id.clone(), Arc::clone(&slot));
-            Arc::clone(&self).spawn(id, erased, record, true, slot);
+            Arc::clone(&self).spawn(id, erased, record, Begin::Resume, slot);
             report.resumed += 1;
         }
         Ok(report)

@@ -185,6 +185,25 @@ pub enum Error {
         /// The panic message.
         message: String,
     },
+    /// The workflow's own code (between steps) panicked. The instance is
+    /// blocked: replay is deterministic, so it would panic again until the
+    /// code is fixed; it resumes when the engine next opens.
+    #[error("instance {instance:?} is blocked: the workflow panicked outside a step: {message}")]
+    WorkflowPanicked {
+        /// The instance id.
+        instance: String,
+        /// The panic message.
+        message: String,
+    },
+    /// The instance was resumed too many times in a row without finishing a
+    /// step and is set aside; see [`Engine::resume`](crate::Engine::resume).
+    #[error("instance {instance:?} needs attention: {reason}")]
+    NeedsAttention {
+        /// The instance id.
+        instance: String,
+        /// Why it was set aside.
+        reason: String,
+    },
     /// The instance is blocked by an earlier error recorded in the store; it
     /// is retried when the engine next opens.
     #[error("instance {instance:?} is blocked: {reason}")]

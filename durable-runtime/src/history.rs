@@ -26,6 +26,13 @@ pub enum Status {
         /// The error.
         reason: String,
     },
+    /// Resumed too many times in a row without finishing a step (the process
+    /// probably crashes in it): not resumed automatically any more. Fix the
+    /// cause, then call [`Engine::resume`](crate::Engine::resume).
+    NeedsAttention {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// One change of an instance's status.
@@ -46,6 +53,11 @@ pub enum TransitionKind {
     /// The instance failed.
     Failed {
         /// The error.
+        error: String,
+    },
+    /// The instance was set aside after too many resumes without progress.
+    NeedsAttention {
+        /// Why.
         error: String,
     },
 }
@@ -137,6 +149,9 @@ pub(crate) fn status_of(state: &InstanceState) -> Status {
         InstanceState::Failed { error } => Status::Failed {
             reason: error.clone(),
         },
+        InstanceState::NeedsAttention { error } => Status::NeedsAttention {
+            reason: error.clone(),
+        },
     }
 }
 
@@ -158,6 +173,9 @@ pub(crate) fn history_of(
                 },
                 StoredKind::Completed => TransitionKind::Completed,
                 StoredKind::Failed { error } => TransitionKind::Failed {
+                    error: error.clone(),
+                },
+                StoredKind::NeedsAttention { error } => TransitionKind::NeedsAttention {
                     error: error.clone(),
                 },
             },

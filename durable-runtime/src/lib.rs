@@ -22,7 +22,7 @@ pub use engine::{
 pub use error::{Error, Result, StoreError};
 pub use history::{History, Status, StepOutcome, StepRecord, Transition, TransitionKind};
 pub use retry::RetryPolicy;
-pub use workflow::{BoxFuture, Workflow};
+pub use workflow::{BoxFuture, IntoWorkflow, Workflow};
 
 /// What `#[durable]` expands to. Not public API: it changes without notice.
 #[doc(hidden)]
@@ -30,5 +30,5 @@ pub mod __private {
     pub use crate::context::Ctx;
     pub use crate::retry::RetryPolicy;
     pub use crate::step::step;
-    pub use crate::workflow::{BoxFuture, Workflow};
+    pub use crate::workflow::{BoxFuture, Workflow, WorkflowMarker};
 }

@@ -16,6 +16,17 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Value of an instance's entry in `Active`: how many times in a row it was
+/// resumed without finishing a step.
+pub(crate) fn recoveries_value(count: u32) -> Vec<u8> {
+    count.to_be_bytes().to_vec()
+}
+
+/// Reads a value written by [`recoveries_value`]; anything else counts as 0.
+pub(crate) fn recoveries_of(value: &[u8]) -> u32 {
+    value.try_into().map(u32::from_be_bytes).unwrap_or(0)
+}
+
 /// Key of an instance in `Instances` and `Active`: the id's bytes.
 pub(crate) fn instance_key(id: &str) -> Vec<u8> {
     id.as_bytes().to_vec()
@@ -52,9 +63,19 @@ pub(crate) struct InstanceRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) enum InstanceState {
     Running,
-    Completed { output: Vec<u8> },
-    Failed { error: String },
-    Blocked { error: String },
+    Completed {
+        output: Vec<u8>,
+    },
+    Failed {
+        error: String,
+    },
+    Blocked {
+        error: String,
+    },
+    /// Resumed too many times without progress: not resumed automatically.
+    NeedsAttention {
+        error: String,
+    },
 }
 
 /// One change of an instance's state, for its history.
@@ -72,6 +93,7 @@ pub(crate) enum TransitionKind {
     Blocked { error: String },
     Completed,
     Failed { error: String },
+    NeedsAttention { error: String },
 }
 
 /// One step occurrence's stored state.

@@ -15,7 +15,9 @@ use serde::de::DeserializeOwned;
 use crate::codec;
 use crate::context::{Ctx, StepScope};
 use crate::error::Error;
-use crate::records::{CheckpointRecord, CheckpointState, checkpoint_key, now_ms};
+use crate::records::{
+    CheckpointRecord, CheckpointState, checkpoint_key, instance_key, now_ms, recoveries_value,
+};
 use crate::retry::{RetryPolicy, jitter_random};
 use crate::store::{Batch, Tree};
 
@@ -92,6 +94,11 @@ where
         state,
     };
     loop {
+        // While the store is failing, no new attempt starts: its outcome
+        // could not be checkpointed.
+        if let Some(failure) = ctx.core.committer.failure() {
+            return Err(failure.into());
+        }
         attempts += 1;
         let scope = Arc::new(StepScope {
             key: key.clone(),
@@ -167,6 +174,7 @@ async fn write(
     occurrence: u32,
     record: CheckpointRecord,
 ) -> Result<(), Error> {
+    let progress = !matches!(record.state, CheckpointState::Retrying { .. });
     let value = codec::encode(&record).map_err(|reason| Error::Encode {
         instance: ctx.id.clone(),
         what: "a checkpoint record".into(),
@@ -178,6 +186,11 @@ async fn write(
         checkpoint_key(&ctx.id, name, occurrence),
         value,
     );
+    // A finished step is progress: the count of resumes without progress
+    // (kept against crash loops) starts again, in the same atomic batch.
+    if progress && ctx.take_recoveries() > 0 {
+        batch.put(Tree::Active, instance_key(&ctx.id), recoveries_value(0));
+    }
     ctx.core.committer.commit(batch).await.map_err(Error::from)
 }
 
@@ -203,13 +216,13 @@ pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
 
 /// One attempt of a body: calling it and polling its future, with any panic
 /// caught and turned into `Err`.
-struct CatchUnwind<Fut> {
+pub(crate) struct CatchUnwind<Fut> {
     fut: Option<Pin<Box<Fut>>>,
     panic: Option<Box<dyn Any + Send>>,
 }
 
 impl<Fut: Future> CatchUnwind<Fut> {
-    fn new<F: Fn() -> Fut>(body: &F) -> Self {
+    pub(crate) fn new<F: Fn() -> Fut>(body: &F) -> Self {
         match catch_unwind(AssertUnwindSafe(body)) {
             Ok(fut) => CatchUnwind {
                 fut: Some(Box::pin(fut)),
