@@ -611,10 +611,12 @@ impl Core {
                         kind: TransitionKind::Started,
                     }],
                 };
+                crate::crash::point("start.before_record");
                 if let Err(e) = self.commit_record(&id, &record, Some(0)).await {
                     self.finish_slot(&id, &slot, Err(e.clone()));
                     return Err(e);
                 }
+                crate::crash::point("start.after_record");
                 (record, Begin::Fresh)
             }
         };
@@ -690,6 +692,7 @@ impl Core {
             return self.end_with_error(id, record, recoveries - 1, error).await;
         }
         if begin != Begin::Fresh {
+            crate::crash::point("recovery.before_resume");
             record.state = InstanceState::Running;
             push_transition(&mut record, TransitionKind::Resumed);
             self.commit_record(id, &record, Some(recoveries)).await?;
@@ -733,7 +736,9 @@ impl Core {
                     output: output.clone(),
                 };
                 push_transition(&mut record, TransitionKind::Completed);
+                crate::crash::point("complete.before_write");
                 self.commit_record(id, &record, None).await?;
+                crate::crash::point("complete.after_write");
                 Ok(output)
             }
             Err(e) => self.end_with_error(id, record, ctx.recoveries(), e).await,

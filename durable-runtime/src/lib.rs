@@ -6,6 +6,7 @@
 mod codec;
 mod committer;
 mod context;
+mod crash;
 mod engine;
 mod error;
 mod history;
@@ -16,6 +17,8 @@ pub mod store;
 mod workflow;
 
 pub use context::{Ctx, permanent};
+#[doc(hidden)]
+pub use crash::CRASH_POINTS;
 pub use engine::{
     DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, Handle, MAX_ID_LEN, RecoveryReport,
 };

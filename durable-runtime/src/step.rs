@@ -100,11 +100,13 @@ where
             return Err(failure.into());
         }
         attempts += 1;
+        crate::crash::point("step.before_body");
         let scope = Arc::new(StepScope {
             key: key.clone(),
             permanent: AtomicBool::new(false),
         });
         let attempt = StepScope::enter(Arc::clone(&scope), CatchUnwind::new(&body)).await;
+        crate::crash::point("step.after_body");
         let last = attempts >= policy.attempts();
         let retry_error = match attempt {
             Ok(outcome) => {
@@ -191,7 +193,9 @@ async fn write(
     if progress && ctx.take_recoveries() > 0 {
         batch.put(Tree::Active, instance_key(&ctx.id), recoveries_value(0));
     }
-    ctx.core.committer.commit(batch).await.map_err(Error::from)
+    ctx.core.committer.commit(batch).await?;
+    crate::crash::point("step.after_write");
+    Ok(())
 }
 
 fn panicked(ctx: &Ctx, name: &str, occurrence: u32, message: String) -> Error {

@@ -188,11 +188,15 @@ impl Store for SledStore {
                 });
             }
         }
+        crate::crash::point("store.before_flush");
         self.db.flush().map_err(|e| io("flush", e))?;
+        crate::crash::point("store.before_fsync");
         self.log.sync_data().map_err(|e| StoreError::Io {
             op: "fsync",
             reason: e.to_string(),
-        })
+        })?;
+        crate::crash::point("store.after_fsync");
+        Ok(())
     }
 }
 
