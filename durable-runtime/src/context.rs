@@ -8,7 +8,7 @@ use tokio::sync::Notify;
 
 use crate::engine::Core;
 use crate::error::Error;
-use crate::records::CheckpointRecord;
+use crate::records::{CheckpointRecord, CheckpointState};
 use crate::retry::RetryPolicy;
 
 tokio::task_local! {
@@ -160,13 +160,43 @@ impl Ctx {
         record
     }
 
+    /// The error for a checkpoint of another kind than the code now asks for.
+    pub(crate) fn diverged(
+        &self,
+        name: &str,
+        occurrence: u32,
+        found: &CheckpointState,
+        expected: &str,
+    ) -> Error {
+        let found = match found {
+            CheckpointState::Retrying { .. }
+            | CheckpointState::Done { .. }
+            | CheckpointState::Panicked { .. } => "a step",
+            CheckpointState::Sleeping { .. } => "a sleep",
+            CheckpointState::Waiting { .. }
+            | CheckpointState::Received { .. }
+            | CheckpointState::TimedOut { .. } => "a wait for an event",
+        };
+        Error::Nondeterminism {
+            instance: self.id.clone(),
+            detail: format!(
+                "{name:?} (occurrence {occurrence}) was recorded as {found}, and the code now makes it {expected}"
+            ),
+        }
+    }
+
     /// Finished checkpoints this run never reached, as `name#occurrence`.
     pub(crate) fn unreplayed(&self) -> Vec<String> {
         let replay = self.replay.lock().unwrap_or_else(|e| e.into_inner());
         let mut left: Vec<String> = replay
             .values()
             .flat_map(|m| m.values())
-            .filter(|r| !matches!(r.state, crate::records::CheckpointState::Retrying { .. }))
+            .filter(|r| {
+                !matches!(
+                    r.state,
+                    CheckpointState::Retrying { .. } | CheckpointState::Waiting { .. }
+                )
+            })
             .map(|r| format!("{:?} occurrence {}", r.name, r.occurrence))
             .collect();
         left.sort();
@@ -211,7 +241,7 @@ impl Ctx {
         &'c self,
         name: &'static str,
         body: F,
-    ) -> impl std::future::Future<Output = Result<T, E>> + Send + 'c
+    ) -> crate::workflow::BoxFuture<'c, Result<T, E>>
     where
         F: Fn() -> Fut + Send + 'c,
         Fut: std::future::Future<Output = Result<T, E>> + Send + 'c,
@@ -227,7 +257,7 @@ impl Ctx {
         name: &'static str,
         policy: RetryPolicy,
         body: F,
-    ) -> impl std::future::Future<Output = Result<T, E>> + Send + 'c
+    ) -> crate::workflow::BoxFuture<'c, Result<T, E>>
     where
         F: Fn() -> Fut + Send + 'c,
         Fut: std::future::Future<Output = Result<T, E>> + Send + 'c,

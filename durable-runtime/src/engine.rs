@@ -16,7 +16,7 @@ use crate::error::{Error, Result, StoreError};
 use crate::history::{self, History, Status};
 use crate::records::{
     CheckpointRecord, InstanceRecord, InstanceState, TransitionKind, TransitionRecord,
-    checkpoint_prefix, instance_key, now_ms, recoveries_of, recoveries_value,
+    instance_key, instance_prefix, now_ms, recoveries_of, recoveries_value,
 };
 use crate::retry::RetryPolicy;
 use crate::step::{CatchUnwind, panic_message};
@@ -186,9 +186,12 @@ impl EngineBuilder {
     }
 
     /// Registers a workflow so the engine can start it and resume its instances.
-    pub fn register<W: Workflow>(mut self, workflow: W) -> Self {
-        self.workflows
-            .push((W::NAME, Arc::new(Registered(workflow))));
+    pub fn register<I: IntoWorkflow>(mut self, workflow: I) -> Self {
+        let workflow = workflow.into_workflow();
+        self.workflows.push((
+            <I::Workflow as Workflow>::NAME,
+            Arc::new(Registered(workflow)),
+        ));
         self
     }
 
@@ -529,7 +532,7 @@ impl Core {
 
     fn load_checkpoints(&self, id: &str) -> Result<Vec<CheckpointRecord>> {
         self.store
-            .scan_prefix(Tree::Checkpoints, &checkpoint_prefix(id))?
+            .scan_prefix(Tree::Checkpoints, &instance_prefix(id))?
             .into_iter()
             .map(|(_, bytes)| {
                 codec::decode(&bytes).map_err(|e| {
@@ -569,6 +572,9 @@ impl Core {
                                 instance: id,
                                 reason: error.clone(),
                             })));
+                        }
+                        InstanceState::Cancelled => {
+                            return Ok(finished(Err(Error::Cancelled { instance: id })));
                         }
                         InstanceState::NeedsAttention { error } if !manual => {
                             return Ok(finished(Err(Error::NeedsAttention {

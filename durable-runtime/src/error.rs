@@ -204,6 +204,53 @@ pub enum Error {
         /// Why it was set aside.
         reason: String,
     },
+    /// The instance was cancelled with `Engine::cancel`.
+    #[error("instance {instance:?} was cancelled")]
+    Cancelled {
+        /// The instance id.
+        instance: String,
+    },
+    /// The instance has finished, so it takes no more events or cancellation.
+    #[error("instance {instance:?} has already finished ({status})")]
+    InstanceFinished {
+        /// The instance id.
+        instance: String,
+        /// How it finished: "completed", "failed" or "cancelled".
+        status: &'static str,
+    },
+    /// An event's payload type is not the one the instance is waiting for.
+    #[error(
+        "instance {instance:?} waits for event {event:?} with a payload of type `{expected}`, not `{got}`; nothing was delivered"
+    )]
+    EventTypeMismatch {
+        /// The instance id.
+        instance: String,
+        /// The event's name.
+        event: String,
+        /// The payload type the wait expects.
+        expected: String,
+        /// The payload type that was sent.
+        got: String,
+    },
+    /// A stored event no longer decodes into the type its `wait_for!`
+    /// expects. The instance is blocked; nothing is rewritten.
+    #[error(
+        "instance {instance:?} is blocked: event {event:?} (number {occurrence}) was sent as `{stored_type}` and does not decode as `{expected_type}`: {reason}"
+    )]
+    EventDecode {
+        /// The instance id.
+        instance: String,
+        /// The event's name.
+        event: String,
+        /// Which event of that name (0 for the first).
+        occurrence: u32,
+        /// The type it was sent as.
+        stored_type: String,
+        /// The type the wait expects.
+        expected_type: String,
+        /// The decoder's complaint.
+        reason: String,
+    },
     /// The instance is blocked by an earlier error recorded in the store; it
     /// is retried when the engine next opens.
     #[error("instance {instance:?} is blocked: {reason}")]
@@ -237,6 +284,9 @@ pub enum Error {
 impl Error {
     /// Whether the instance that met this error stays resumable (blocked) rather than failed.
     pub(crate) fn blocks(&self) -> bool {
-        !matches!(self, Error::StepPanicked { .. } | Error::Failed { .. })
+        !matches!(
+            self,
+            Error::StepPanicked { .. } | Error::Failed { .. } | Error::Cancelled { .. }
+        )
     }
 }

@@ -26,6 +26,20 @@ pub enum Status {
         /// The error.
         reason: String,
     },
+    /// Parked in a `sleep!` until `until`; it holds no task meanwhile.
+    Sleeping {
+        /// When it wakes.
+        until: SystemTime,
+    },
+    /// Parked in a `wait_for!` until event `event` arrives (or `until`, its timeout).
+    Waiting {
+        /// The event's name.
+        event: String,
+        /// When the wait times out, if it has a timeout.
+        until: Option<SystemTime>,
+    },
+    /// Cancelled with `Engine::cancel`.
+    Cancelled,
     /// Resumed too many times in a row without finishing a step (the process
     /// probably crashes in it): not resumed automatically any more. Fix the
     /// cause, then call [`Engine::resume`](crate::Engine::resume).
@@ -55,6 +69,8 @@ pub enum TransitionKind {
         /// The error.
         error: String,
     },
+    /// The instance was cancelled.
+    Cancelled,
     /// The instance was set aside after too many resumes without progress.
     NeedsAttention {
         /// Why.
@@ -99,6 +115,25 @@ pub enum StepOutcome {
         /// The panic message.
         message: String,
     },
+    /// A `sleep!` that ends (or ended) at `until`.
+    Sleeping {
+        /// Its deadline.
+        until: SystemTime,
+    },
+    /// A `wait_for!` with a timeout, not yet finished.
+    Waiting {
+        /// When it times out.
+        until: SystemTime,
+    },
+    /// A `wait_for!` that received its event.
+    Received {
+        /// The payload's Rust type.
+        type_name: String,
+        /// Encoded size of the payload in bytes.
+        size: usize,
+    },
+    /// A `wait_for!` whose timeout passed first.
+    TimedOut,
 }
 
 /// One step occurrence in an instance's history.
@@ -152,6 +187,7 @@ pub(crate) fn status_of(state: &InstanceState) -> Status {
         InstanceState::NeedsAttention { error } => Status::NeedsAttention {
             reason: error.clone(),
         },
+        InstanceState::Cancelled => Status::Cancelled,
     }
 }
 
@@ -178,6 +214,7 @@ pub(crate) fn history_of(
                 StoredKind::NeedsAttention { error } => TransitionKind::NeedsAttention {
                     error: error.clone(),
                 },
+                StoredKind::Cancelled => TransitionKind::Cancelled,
             },
         })
         .collect();
@@ -220,6 +257,32 @@ pub(crate) fn history_of(
                     Some(time(finished_at_ms)),
                     StepOutcome::Panicked { message },
                 ),
+                CheckpointState::Sleeping { deadline_ms, .. } => (
+                    None,
+                    StepOutcome::Sleeping {
+                        until: time(deadline_ms),
+                    },
+                ),
+                CheckpointState::Waiting { deadline_ms } => (
+                    None,
+                    StepOutcome::Waiting {
+                        until: time(deadline_ms),
+                    },
+                ),
+                CheckpointState::Received {
+                    finished_at_ms,
+                    type_name,
+                    payload,
+                } => (
+                    Some(time(finished_at_ms)),
+                    StepOutcome::Received {
+                        type_name,
+                        size: payload.len(),
+                    },
+                ),
+                CheckpointState::TimedOut { finished_at_ms } => {
+                    (Some(time(finished_at_ms)), StepOutcome::TimedOut)
+                }
             };
             StepRecord {
                 name: c.name,

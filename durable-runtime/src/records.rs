@@ -32,20 +32,27 @@ pub(crate) fn instance_key(id: &str) -> Vec<u8> {
     id.as_bytes().to_vec()
 }
 
-/// Prefix of every checkpoint key of one instance.
-pub(crate) fn checkpoint_prefix(id: &str) -> Vec<u8> {
+/// Prefix of every checkpoint and event key of one instance.
+pub(crate) fn instance_prefix(id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(4 + id.len() + 16);
     key.extend_from_slice(&(id.len() as u32).to_be_bytes());
     key.extend_from_slice(id.as_bytes());
     key
 }
 
-/// Key of one step occurrence: `len(id) id len(name) name occurrence`.
-pub(crate) fn checkpoint_key(id: &str, name: &str, occurrence: u32) -> Vec<u8> {
-    let mut key = checkpoint_prefix(id);
+/// Prefix of the keys of one name of one instance: `len(id) id len(name) name`.
+pub(crate) fn name_prefix(id: &str, name: &str) -> Vec<u8> {
+    let mut key = instance_prefix(id);
     key.extend_from_slice(&(name.len() as u32).to_be_bytes());
     key.extend_from_slice(name.as_bytes());
-    key.extend_from_slice(&occurrence.to_be_bytes());
+    key
+}
+
+/// Key of one occurrence of a step (or sleep or wait) in `Checkpoints`, or
+/// of one event in `Events`: `len(id) id len(name) name n`.
+pub(crate) fn occurrence_key(id: &str, name: &str, n: u32) -> Vec<u8> {
+    let mut key = name_prefix(id, name);
+    key.extend_from_slice(&n.to_be_bytes());
     key
 }
 
@@ -76,6 +83,8 @@ pub(crate) enum InstanceState {
     NeedsAttention {
         error: String,
     },
+    /// Cancelled by `Engine::cancel`.
+    Cancelled,
 }
 
 /// One change of an instance's state, for its history.
@@ -94,6 +103,7 @@ pub(crate) enum TransitionKind {
     Completed,
     Failed { error: String },
     NeedsAttention { error: String },
+    Cancelled,
 }
 
 /// One step occurrence's stored state.
@@ -124,6 +134,18 @@ pub(crate) enum CheckpointState {
         finished_at_ms: u64,
         message: String,
     },
+    /// A `sleep!` and its absolute deadline, recorded when first reached.
+    Sleeping { deadline_ms: u64, duration_ms: u64 },
+    /// A `wait_for!` with a timeout, and the deadline recorded when first reached.
+    Waiting { deadline_ms: u64 },
+    /// A `wait_for!` that consumed an event: its encoded payload.
+    Received {
+        finished_at_ms: u64,
+        type_name: String,
+        payload: Vec<u8>,
+    },
+    /// A `wait_for!` whose timeout passed before an event came.
+    TimedOut { finished_at_ms: u64 },
 }
 
 #[cfg(test)]
@@ -132,10 +154,10 @@ mod tests {
 
     #[test]
     fn keys_are_unambiguous() {
-        assert_ne!(checkpoint_key("a", "bc", 0), checkpoint_key("ab", "c", 0));
-        assert_ne!(checkpoint_key("a\0", "b", 0), checkpoint_key("a", "\0b", 0));
-        assert!(checkpoint_key("a", "b", 1).starts_with(&checkpoint_prefix("a")));
-        assert!(!checkpoint_key("ab", "b", 1).starts_with(&checkpoint_prefix("a")));
-        assert!(checkpoint_key("a", "b", 1) < checkpoint_key("a", "b", 256));
+        assert_ne!(occurrence_key("a", "bc", 0), occurrence_key("ab", "c", 0));
+        assert_ne!(occurrence_key("a\0", "b", 0), occurrence_key("a", "\0b", 0));
+        assert!(occurrence_key("a", "b", 1).starts_with(&instance_prefix("a")));
+        assert!(!occurrence_key("ab", "b", 1).starts_with(&instance_prefix("a")));
+        assert!(occurrence_key("a", "b", 1) < occurrence_key("a", "b", 256));
     }
 }

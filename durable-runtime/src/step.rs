@@ -16,10 +16,11 @@ use crate::codec;
 use crate::context::{Ctx, StepScope};
 use crate::error::Error;
 use crate::records::{
-    CheckpointRecord, CheckpointState, checkpoint_key, instance_key, now_ms, recoveries_value,
+    CheckpointRecord, CheckpointState, instance_key, now_ms, occurrence_key, recoveries_value,
 };
 use crate::retry::{RetryPolicy, jitter_random};
 use crate::store::{Batch, Tree};
+use crate::workflow::BoxFuture;
 
 /// Runs step `name` of the instance behind `ctx`; see [`Ctx::step`].
 ///
@@ -32,7 +33,7 @@ pub fn step<'c, T, E, F, Fut>(
     name: &'static str,
     policy: Option<RetryPolicy>,
     body: F,
-) -> impl Future<Output = Result<T, E>> + Send + 'c
+) -> BoxFuture<'c, Result<T, E>>
 where
     F: Fn() -> Fut + Send + 'c,
     Fut: Future<Output = Result<T, E>> + Send + 'c,
@@ -40,12 +41,12 @@ where
     E: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let occurrence = ctx.next_occurrence(name);
-    async move {
+    Box::pin(async move {
         match run(ctx, name, occurrence, policy, body).await {
             Ok(outcome) => outcome,
             Err(error) => ctx.abort(error).await,
         }
-    }
+    })
 }
 
 async fn run<T, E, F, Fut>(
@@ -81,6 +82,7 @@ where
                 return Err(panicked(ctx, name, occurrence, message));
             }
             CheckpointState::Retrying { .. } => (record.attempts, record.started_at_ms),
+            other => return Err(ctx.diverged(name, occurrence, &other, "a step")),
         },
         None => (0, now_ms()),
     };
@@ -185,7 +187,7 @@ async fn write(
     let mut batch = Batch::new();
     batch.put(
         Tree::Checkpoints,
-        checkpoint_key(&ctx.id, name, occurrence),
+        occurrence_key(&ctx.id, name, occurrence),
         value,
     );
     // A finished step is progress: the count of resumes without progress

@@ -27,11 +27,22 @@ pub enum Tree {
     Active,
     /// One record per step occurrence, keyed by (id, name, occurrence).
     Checkpoints,
+    /// What each parked (sleeping or waiting) instance waits for, keyed by id.
+    Timers,
+    /// Events sent to instances, keyed by (id, name, sequence number).
+    Events,
 }
 
 impl Tree {
     /// Every tree, in a fixed order.
-    pub const ALL: [Tree; 4] = [Tree::Meta, Tree::Instances, Tree::Active, Tree::Checkpoints];
+    pub const ALL: [Tree; 6] = [
+        Tree::Meta,
+        Tree::Instances,
+        Tree::Active,
+        Tree::Checkpoints,
+        Tree::Timers,
+        Tree::Events,
+    ];
 
     /// A stable name for the tree.
     pub fn name(self) -> &'static str {
@@ -40,6 +51,8 @@ impl Tree {
             Tree::Instances => "instances",
             Tree::Active => "active",
             Tree::Checkpoints => "checkpoints",
+            Tree::Timers => "timers",
+            Tree::Events => "events",
         }
     }
 

@@ -1,0 +1,465 @@
+//! The durable benchmark: `cargo bench` (full) or `cargo bench -- --quick`.
+//!
+//! One process, one table, side by side:
+//! 1. floor: append a 100-byte record to a file and `fdatasync` it, per op;
+//! 2. CPU ceiling: the same 5-step workflow as plain async fns, no durability;
+//! 3. sequential: one instance at a time, 5 steps of ~100-byte outputs:
+//!    per-step latency p50/p99 and the ratio to the floor;
+//! 4. concurrent: instances x 5 steps with 1, 16, 64 and 256 in flight:
+//!    durable steps/s and the ratio to the floor's ops/s;
+//! 5. recovery: time from `open()` to all unfinished instances resumed (each
+//!    has 2 of 5 steps done), the cost of a replayed step, and steps/s while
+//!    they finish;
+//! 6. memory: RSS growth per instance parked in a step.
+//!
+//! Each figure is the median of several runs. Store directories live under
+//! `DURABLE_BENCH_DIR` (default: the system temp dir); put it on the disk you
+//! want measured.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use durable::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Payload {
+    text: String,
+}
+
+fn payload(step: u32, n: u64) -> Payload {
+    // ~100 bytes encoded.
+    Payload {
+        text: format!("{step}:{n:020}:{}", "x".repeat(74)),
+    }
+}
+
+async fn effect(step: u32, n: u64) -> Result<Payload, String> {
+    Ok(payload(step, n))
+}
+
+/// Step latencies recorded by `timed`, when enabled.
+static RECORD: AtomicBool = AtomicBool::new(false);
+static LATENCIES: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
+
+/// While set, `parking` waits in its third step.
+static GATE: AtomicBool = AtomicBool::new(false);
+/// Instances that reached the third step of `parking`.
+static REACHED: AtomicU64 = AtomicU64::new(0);
+
+#[durable]
+async fn five(_ctx: &Ctx, n: u64) -> Result<u64, String> {
+    let mut total = 0;
+    let t = Instant::now();
+    total += step!("s1", effect(1, n).await)?.text.len();
+    lap(t);
+    let t = Instant::now();
+    total += step!("s2", effect(2, n).await)?.text.len();
+    lap(t);
+    let t = Instant::now();
+    total += step!("s3", effect(3, n).await)?.text.len();
+    lap(t);
+    let t = Instant::now();
+    total += step!("s4", effect(4, n).await)?.text.len();
+    lap(t);
+    let t = Instant::now();
+    total += step!("s5", effect(5, n).await)?.text.len();
+    lap(t);
+    Ok(total as u64)
+}
+
+fn lap(start: Instant) {
+    if RECORD.load(Ordering::Relaxed) {
+        LATENCIES.lock().unwrap().push(start.elapsed());
+    }
+}
+
+async fn park_at_third(n: u64) -> Result<Payload, String> {
+    REACHED.fetch_add(1, Ordering::Relaxed);
+    while GATE.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(payload(3, n))
+}
+
+#[durable]
+async fn parking(_ctx: &Ctx, n: u64) -> Result<u64, String> {
+    let t = Instant::now();
+    step!("p1", effect(1, n).await)?;
+    lap(t);
+    let t = Instant::now();
+    step!("p2", effect(2, n).await)?;
+    lap(t);
+    step!("p3", park_at_third(n).await)?;
+    step!("p4", effect(4, n).await)?;
+    step!("p5", effect(5, n).await)?;
+    Ok(n)
+}
+
+async fn plain(n: u64) -> Result<u64, String> {
+    let mut total = 0;
+    for step in 1..=5 {
+        total += std::hint::black_box(effect(step, n).await?).text.len();
+    }
+    Ok(total as u64)
+}
+
+struct Profile {
+    runs: usize,
+    floor_ops: usize,
+    sequential_instances: u64,
+    concurrent_instances: u64,
+    recovery_instances: u64,
+    memory_instances: u64,
+}
+
+fn bench_dir() -> PathBuf {
+    std::env::var_os("DURABLE_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+fn fresh_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("durable-bench-{name}-"))
+        .tempdir_in(bench_dir())
+        .unwrap()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn take_latencies() -> Vec<Duration> {
+    let mut v = std::mem::take(&mut *LATENCIES.lock().unwrap());
+    v.sort();
+    v
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// (p50, p99) of one 100-byte append + fdatasync.
+fn floor(dir: &Path, ops: usize) -> (Duration, Duration) {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("floor.log"))
+        .unwrap();
+    let record = [b'x'; 100];
+    let mut lat = Vec::with_capacity(ops);
+    for _ in 0..ops {
+        let t = Instant::now();
+        file.write_all(&record).unwrap();
+        file.sync_data().unwrap();
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    (percentile(&lat, 0.5), percentile(&lat, 0.99))
+}
+
+async fn open(dir: &Path) -> Engine {
+    Engine::builder()
+        .path(dir.join("store"))
+        .register(five)
+        .register(parking)
+        .open()
+        .await
+        .unwrap()
+}
+
+/// Steps/s with `in_flight` instances at a time.
+async fn concurrent(dir: &Path, instances: u64, in_flight: usize) -> f64 {
+    let engine = open(dir).await;
+    let permits = Arc::new(Semaphore::new(in_flight));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(instances as usize);
+    for n in 0..instances {
+        let permit = Arc::clone(&permits).acquire_owned().await.unwrap();
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            engine
+                .run(five, format!("c-{n}"), n)
+                .await
+                .unwrap()
+                .unwrap();
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    engine.shutdown().await;
+    (instances * 5) as f64 / secs
+}
+
+struct Recovery {
+    resume: Duration,
+    replay_p50: Duration,
+    finish_steps_per_sec: f64,
+}
+
+async fn recovery(dir: &Path, instances: u64) -> Recovery {
+    GATE.store(true, Ordering::SeqCst);
+    REACHED.store(0, Ordering::SeqCst);
+    let engine = open(dir).await;
+    let permits = Arc::new(Semaphore::new(512));
+    let mut tasks = Vec::new();
+    for n in 0..instances {
+        let permit = Arc::clone(&permits).acquire_owned().await.unwrap();
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            let handle = engine.start(parking, format!("r-{n}"), n).await.unwrap();
+            drop(permit);
+            handle
+        }));
+    }
+    let mut handles = Vec::new();
+    for t in tasks {
+        handles.push(t.await.unwrap());
+    }
+    while REACHED.load(Ordering::SeqCst) < instances {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    engine.shutdown().await;
+    drop(handles);
+
+    REACHED.store(0, Ordering::SeqCst);
+    take_latencies();
+    RECORD.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    let engine = open(dir).await;
+    assert_eq!(engine.recovery().resumed as u64, instances);
+    while REACHED.load(Ordering::SeqCst) < instances {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let resume = start.elapsed();
+    RECORD.store(false, Ordering::SeqCst);
+    let replays = take_latencies();
+
+    let finish = Instant::now();
+    GATE.store(false, Ordering::SeqCst);
+    let mut handles = Vec::new();
+    for n in 0..instances {
+        handles.push(engine.attach(parking, format!("r-{n}")).await.unwrap());
+    }
+    for h in handles {
+        h.result().await.unwrap().unwrap();
+    }
+    let finish_steps_per_sec = (instances * 3) as f64 / finish.elapsed().as_secs_f64();
+    engine.shutdown().await;
+    Recovery {
+        resume,
+        replay_p50: percentile(&replays, 0.5),
+        finish_steps_per_sec,
+    }
+}
+
+/// RSS growth per instance parked in its third step.
+async fn memory(dir: &Path, instances: u64) -> f64 {
+    GATE.store(true, Ordering::SeqCst);
+    REACHED.store(0, Ordering::SeqCst);
+    let engine = open(dir).await;
+    let before = rss_bytes();
+    let mut handles = Vec::new();
+    for n in 0..instances {
+        handles.push(engine.start(parking, format!("m-{n}"), n).await.unwrap());
+        if n % 1024 == 1023 {
+            while REACHED.load(Ordering::SeqCst) + 2048 < n {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+    while REACHED.load(Ordering::SeqCst) < instances {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(handles);
+    let after = rss_bytes();
+    engine.shutdown().await;
+    GATE.store(false, Ordering::SeqCst);
+    (after.saturating_sub(before)) as f64 / instances as f64
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick")
+        || std::env::var_os("DURABLE_BENCH_QUICK").is_some();
+    let p = if quick {
+        Profile {
+            runs: 1,
+            floor_ops: 300,
+            sequential_instances: 40,
+            concurrent_instances: 500,
+            recovery_instances: 2_000,
+            memory_instances: 2_000,
+        }
+    } else {
+        Profile {
+            runs: 3,
+            floor_ops: 2_000,
+            sequential_instances: 400,
+            concurrent_instances: 10_000,
+            recovery_instances: 100_000,
+            memory_instances: 100_000,
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(p, quick));
+}
+
+async fn run(p: Profile, quick: bool) {
+    println!(
+        "durable benchmark ({} profile)",
+        if quick { "quick" } else { "full" }
+    );
+    println!(
+        "machine: {} cores; bench dir {} on {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        bench_dir().display(),
+        filesystem(&bench_dir()),
+    );
+
+    let mut floors = Vec::new();
+    let mut floor99 = Vec::new();
+    for _ in 0..p.runs {
+        let d = fresh_dir("floor");
+        let (p50, p99) = floor(d.path(), p.floor_ops);
+        floors.push(p50.as_secs_f64());
+        floor99.push(p99.as_secs_f64());
+    }
+    let floor_s = median(floors);
+    println!(
+        "\n1. floor: 100-byte append + fdatasync    p50 {:>8.1} µs   p99 {:>8.1} µs   ({:.0} ops/s)",
+        floor_s * 1e6,
+        median(floor99) * 1e6,
+        1.0 / floor_s
+    );
+
+    let mut ceilings = Vec::new();
+    for _ in 0..p.runs {
+        let n = 200_000u64;
+        let start = Instant::now();
+        for i in 0..n {
+            plain(i).await.unwrap();
+        }
+        ceilings.push((n * 5) as f64 / start.elapsed().as_secs_f64());
+    }
+    println!(
+        "2. CPU ceiling: plain async fns          {:>10.0} steps/s",
+        median(ceilings)
+    );
+
+    let mut p50s = Vec::new();
+    let mut p99s = Vec::new();
+    for _ in 0..p.runs {
+        let d = fresh_dir("seq");
+        let engine = open(d.path()).await;
+        take_latencies();
+        RECORD.store(true, Ordering::SeqCst);
+        for n in 0..p.sequential_instances {
+            engine
+                .run(five, format!("s-{n}"), n)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        RECORD.store(false, Ordering::SeqCst);
+        let lat = take_latencies();
+        p50s.push(percentile(&lat, 0.5).as_secs_f64());
+        p99s.push(percentile(&lat, 0.99).as_secs_f64());
+        engine.shutdown().await;
+    }
+    let seq = median(p50s);
+    println!(
+        "3. sequential step latency              p50 {:>8.1} µs   p99 {:>8.1} µs   ratio to floor {:.2}x",
+        seq * 1e6,
+        median(p99s) * 1e6,
+        seq / floor_s
+    );
+
+    println!(
+        "4. concurrent ({} instances x 5 steps)",
+        p.concurrent_instances
+    );
+    for in_flight in [1usize, 16, 64, 256] {
+        let mut rates = Vec::new();
+        for _ in 0..p.runs {
+            let d = fresh_dir("conc");
+            rates.push(concurrent(d.path(), p.concurrent_instances, in_flight).await);
+        }
+        let rate = median(rates);
+        println!(
+            "   {in_flight:>3} in flight                          {rate:>10.0} steps/s   ratio to floor ops/s {:.2}x",
+            rate * floor_s
+        );
+    }
+
+    let mut resumes = Vec::new();
+    let mut replays = Vec::new();
+    let mut finishes = Vec::new();
+    for _ in 0..p.runs {
+        let d = fresh_dir("rec");
+        let r = recovery(d.path(), p.recovery_instances).await;
+        resumes.push(r.resume.as_secs_f64());
+        replays.push(r.replay_p50.as_secs_f64());
+        finishes.push(r.finish_steps_per_sec);
+    }
+    println!(
+        "5. recovery of {} instances (2 of 5 steps done): open -> all resumed {:.2} s; replayed step p50 {:.1} µs; finishing {:.0} steps/s",
+        p.recovery_instances,
+        median(resumes),
+        median(replays) * 1e6,
+        median(finishes)
+    );
+
+    let mut per = Vec::new();
+    for _ in 0..p.runs {
+        let d = fresh_dir("mem");
+        per.push(memory(d.path(), p.memory_instances).await);
+    }
+    println!(
+        "6. memory: {} instances parked in a step: {:.0} bytes RSS per instance",
+        p.memory_instances,
+        median(per)
+    );
+}
+
+fn filesystem(path: &Path) -> String {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && path.starts_with(f[1]))
+                .then(|| (f[1].len(), format!("{} ({})", f[2], f[1])))
+        })
+        .max()
+        .map(|(_, s)| s)
+        .unwrap_or_else(|| "unknown".into())
+}

@@ -1,0 +1,563 @@
+//! Code generation: the workflow value (the fn, now returning the workflow
+//! definition), the definition's `Workflow` impl, and the rewrite of each
+//! `step!` site in the body.
+//!
+//! Generated code reaches the runtime only through `::durable::__private`
+//! (or the `crate = "..."` path) and std only through `::core` / `::std`, and
+//! every binding it introduces is a `__durable_*` ident with
+//! `Span::mixed_site()`, which user code can neither see nor clash with.
+
+use proc_macro2::{Delimiter, Group, Ident, Span, TokenStream, TokenTree};
+use quote::{ToTokens, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::{Attribute, LitStr, Path};
+
+use crate::args::{self, Args};
+use crate::ast::Workflow;
+use crate::sites::{Body, KindArgs, Node, Position, Site};
+use crate::validate::{self, Errors};
+
+/// `#[durable]`: parse, validate, generate. On any error the item is still
+/// handed back (the workflow value with a body that compiles) together with
+/// every error, so the user sees those errors and not a cascade.
+pub(crate) fn durable(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = Args::parse(args, &mut errors);
+    let workflow = match Workflow::parse(item.clone(), &mut errors) {
+        Ok(workflow) => workflow,
+        Err(error) => {
+            errors.push(error);
+            return with_errors(item, errors);
+        }
+    };
+    let body = Body::scan(workflow.block.clone(), &mut errors);
+    validate::check(&args, &workflow, &body, &mut errors);
+
+    let cx = Cx::new(&args);
+    let expanded = if workflow.is_complete() && body.is_expandable() {
+        generate(&cx, &args, &workflow, &body)
+    } else {
+        fallback(&cx, &args, &workflow, &body)
+    };
+    with_errors(expanded, errors)
+}
+
+/// What every generator needs: where the runtime is and the hidden idents.
+struct Cx {
+    /// The path of the `durable` crate: `::durable` or `crate = "..."`.
+    krate: Path,
+    /// `__durable_ctx`, the `&Ctx` that `run` receives and steps use.
+    ctx: Ident,
+    /// `__durable_input`, the input that `run` receives.
+    input: Ident,
+    /// `__durable_ret`, the body's value, bound to the output type.
+    ret: Ident,
+}
+
+impl Cx {
+    /// The context for one expansion.
+    fn new(args: &Args) -> Cx {
+        let hidden = |name: &str| Ident::new(name, Span::mixed_site());
+        Cx {
+            krate: args.krate.clone().unwrap_or_else(args::default_crate),
+            ctx: hidden("__durable_ctx"),
+            input: hidden("__durable_input"),
+            ret: hidden("__durable_ret"),
+        }
+    }
+
+    /// `<krate>::__private::<item>`, every token spanned at `span`, so that
+    /// a diagnostic about the path points where the caller wants.
+    fn private(&self, item: &str, span: Span) -> TokenStream {
+        let krate = respan(self.krate.to_token_stream(), span);
+        let item = Ident::new(item, span);
+        quote_spanned!(span=> #krate::__private::#item)
+    }
+}
+
+/// Appends the errors, if any, to the generated tokens.
+fn with_errors(mut tokens: TokenStream, errors: Errors) -> TokenStream {
+    if let Some(error) = errors.into_error() {
+        tokens.extend(error.to_compile_error());
+    }
+    tokens
+}
+
+/// The full expansion.
+fn generate(cx: &Cx, args: &Args, workflow: &Workflow, body: &Body) -> TokenStream {
+    // Input:  /// Docs.
+    //         pub async fn provision(ctx: &Ctx, signup: Signup) -> R { BODY }
+    // Output: pub struct __durable_provision;
+    //         impl Workflow for __durable_provision { .. fn run(..) { BODY, steps rewritten } }
+    //         /// Docs.
+    //         pub fn provision(_: WorkflowMarker) -> __durable_provision { __durable_provision }
+    let run = run(cx, workflow, body);
+    workflow_fn(cx, args, workflow, body, run)
+}
+
+/// The expansion when the fn could not be expanded as a whole (a bad
+/// signature, a malformed or nested step): the same fn and impl, with the
+/// body left out so that the errors already reported are the only ones.
+fn fallback(cx: &Cx, args: &Args, workflow: &Workflow, body: &Body) -> TokenStream {
+    // Input:  #[durable] async fn provision(ctx: &Ctx) { step!("a") }
+    // Output: struct __durable_provision;
+    //         impl Workflow for __durable_provision { type Input = (); .. fn run(..) { unimplemented!() } }
+    //         fn provision(_: WorkflowMarker) -> __durable_provision { __durable_provision }
+    if workflow.is_method {
+        // A method must stay a method: keep it, bodiless.
+        let (attrs, vis, sig) = (&workflow.attrs, &workflow.vis, &workflow.sig);
+        return quote! {
+            #(#attrs)*
+            #[allow(unused_variables)]
+            #vis #sig {
+                ::core::unimplemented!("this #[durable] fn did not compile")
+            }
+        };
+    }
+    let ctx_type = cx.private("Ctx", Span::call_site());
+    let box_future = cx.private("BoxFuture", Span::call_site());
+    let self_ = syn::token::SelfValue(Span::mixed_site());
+    let run = quote! {
+        fn run<'a>(#self_, _: &'a #ctx_type, _: Self::Input) -> #box_future<'a, Self::Output> {
+            ::core::unimplemented!("this #[durable] fn did not compile")
+        }
+    };
+    workflow_fn(cx, args, workflow, body, run)
+}
+
+/// The workflow value: the fn, with its name, visibility and attributes,
+/// now taking a marker that only the engine can build and returning the
+/// workflow definition, a hidden unit struct that implements `Workflow`.
+///
+/// The value is a fn, not a unit struct named like it, because such a
+/// struct would take over every `let provision = ..` and every parameter of
+/// that name in the module. The definition is declared next to the fn (not
+/// inside it) so that the user's types are written once, in its impl, and a
+/// typo in one is reported once.
+fn workflow_fn(
+    cx: &Cx,
+    args: &Args,
+    workflow: &Workflow,
+    body: &Body,
+    run: TokenStream,
+) -> TokenStream {
+    // Input:  #[durable(name = "user-provisioning")]
+    //         pub async fn provision(ctx: &Ctx, signup: Signup) -> R { step!("a", ..); .. }
+    // Output: #[doc(hidden)]
+    //         #[derive(Clone, Copy)]
+    //         pub struct __durable_provision;
+    //         impl ::durable::__private::Workflow for __durable_provision {
+    //             type Input = Signup;
+    //             type Output = R;
+    //             const NAME: &'static str = "user-provisioning";
+    //             const STEPS: &'static [&'static str] = &["a", ..];
+    //             fn run<'a>(..) -> BoxFuture<'a, R> { .. }
+    //         }
+    //         pub fn provision(_: ::durable::__private::WorkflowMarker) -> __durable_provision {
+    //             __durable_provision
+    //         }
+    let (vis, ident) = (&workflow.vis, &workflow.ident);
+    let is =
+        |attr: &&Attribute, names: &[&str]| names.iter().any(|name| attr.path().is_ident(name));
+    let cfgs: Vec<_> = workflow.attrs.iter().filter(|attr| is(attr, CFG)).collect();
+    let impl_attrs = workflow
+        .attrs
+        .iter()
+        .filter(|attr| is(attr, CFG) || is(attr, LINTS));
+    let fn_attrs = workflow.attrs.iter().filter(|attr| !is(attr, &["expect"]));
+    let unraw = ident.unraw().to_string();
+    let definition = Ident::new(&format!("__durable_{unraw}"), Span::mixed_site());
+    let doc = format!("The workflow definition behind `{unraw}`, generated by `#[durable]`.");
+    let marker = cx.private("WorkflowMarker", Span::call_site());
+    let trait_path = cx.private("Workflow", Span::call_site());
+    let unit: syn::Type = syn::parse_quote!(());
+    let input = workflow.input.as_ref().map_or(&unit, |input| &input.ty);
+    let output = workflow.output.as_ref().unwrap_or(&unit);
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| LitStr::new(&unraw, ident.span()));
+    let steps = body.names();
+    let retry_policy = retry_policy(cx, args);
+    quote! {
+        #(#cfgs)*
+        #[doc = #doc]
+        #[doc(hidden)]
+        #[allow(non_camel_case_types)]
+        #[derive(::core::clone::Clone, ::core::marker::Copy)]
+        #vis struct #definition;
+
+        #(#impl_attrs)*
+        impl #trait_path for #definition {
+            type Input = #input;
+            type Output = #output;
+            const NAME: &'static str = #name;
+            const STEPS: &'static [&'static str] = &[#(#steps),*];
+            #retry_policy
+            #run
+        }
+
+        #(#fn_attrs)*
+        #vis fn #ident(_: #marker) -> #definition {
+            #definition
+        }
+    }
+}
+
+/// The attributes that also go on the definition and its impl: a `cfg`
+/// must remove them with the fn.
+const CFG: &[&str] = &["cfg", "cfg_attr"];
+
+/// The lint levels, which also go on the impl, where the user's body is.
+/// `expect` goes there only: on both, one of the two would be unfulfilled.
+const LINTS: &[&str] = &["allow", "warn", "deny", "forbid", "expect"];
+
+/// `retry_policy()`, only when the attribute has `retry = ...`.
+fn retry_policy(cx: &Cx, args: &Args) -> TokenStream {
+    // Input:  #[durable(retry = RetryPolicy::no_retry())]
+    // Output: fn retry_policy(&self) -> Option<RetryPolicy> { Some(RetryPolicy::no_retry()) }
+    let Some(retry) = &args.retry else {
+        return TokenStream::new();
+    };
+    let policy = cx.private("RetryPolicy", Span::call_site());
+    quote! {
+        fn retry_policy(&self) -> ::core::option::Option<#policy> {
+            ::core::option::Option::Some(#retry)
+        }
+    }
+}
+
+/// `run`: the user's parameters re-bound from the hidden ones, then the
+/// user's block, every site rewritten, bound to the output type so that a
+/// wrong value is reported at the user's expression and `?` knows what it
+/// converts to.
+///
+/// Inner attributes of the block (`#![allow(..)]`) move onto that binding,
+/// the only place they still apply to the whole body. The `return` after a
+/// body that always returns early is unreachable, which is ours to allow.
+/// The parameters' re-binding allows clippy's `no_effect_underscore_binding`,
+/// as an `async fn`'s own desugaring is exempt from it (`_ctx: &Ctx` is how a
+/// workflow says its body does not use the context).
+fn run(cx: &Cx, workflow: &Workflow, body: &Body) -> TokenStream {
+    // Input:  async fn provision(ctx: &Ctx, signup: Signup) -> R { #![attr] BODY }
+    // Output: fn run<'a>(self, __durable_ctx: &'a Ctx, __durable_input: Self::Input)
+    //             -> BoxFuture<'a, Self::Output> {
+    //             Box::pin(async move {
+    //                 let ctx: &Ctx = __durable_ctx;
+    //                 let signup: Signup = __durable_input;
+    //                 #[attr]
+    //                 let __durable_ret: R = { BODY };
+    //                 return __durable_ret;
+    //             })
+    //         }
+    let (Some(ctx), Some(input), Some(output)) = (&workflow.ctx, &workflow.input, &workflow.output)
+    else {
+        unreachable!("`generate` runs only on a complete signature");
+    };
+    let Cx {
+        ctx: ctx_ident,
+        input: input_ident,
+        ret,
+        ..
+    } = cx;
+    let ctx_type = cx.private("Ctx", Span::call_site());
+    let box_future = cx.private("BoxFuture", Span::call_site());
+    let self_ = syn::token::SelfValue(Span::mixed_site());
+    let (ctx_attrs, ctx_pat, ctx_ty) = (&ctx.attrs, &ctx.pat, &ctx.ty);
+    let (input_attrs, input_pat, input_ty) = (&input.attrs, &input.pat, &input.ty);
+    let (inner_attrs, nodes) = split_inner_attrs(&body.nodes);
+    let block = rewrite_group(cx, body, &body.group, nodes);
+    quote! {
+        fn run<'a>(#self_, #ctx_ident: &'a #ctx_type, #input_ident: Self::Input)
+            -> #box_future<'a, Self::Output>
+        {
+            ::std::boxed::Box::pin(async move {
+                #(#ctx_attrs)*
+                #[allow(clippy::no_effect_underscore_binding)]
+                let #ctx_pat: #ctx_ty = #ctx_ident;
+                #(#input_attrs)*
+                #[allow(clippy::no_effect_underscore_binding)]
+                let #input_pat: #input_ty = #input_ident;
+                #(#inner_attrs)*
+                let #ret: #output = #block;
+                #[allow(unreachable_code)]
+                return #ret;
+            })
+        }
+    }
+}
+
+/// Splits the body's leading inner attributes (`#![..]`) off, as outer
+/// attributes (`#[..]`).
+fn split_inner_attrs(nodes: &[Node]) -> (Vec<TokenStream>, &[Node]) {
+    let mut attrs = Vec::new();
+    let mut rest = nodes;
+    while let [
+        Node::Tree(TokenTree::Punct(pound)),
+        Node::Tree(TokenTree::Punct(bang)),
+        Node::Tree(TokenTree::Group(group)),
+        tail @ ..,
+    ] = rest
+    {
+        if pound.as_char() != '#'
+            || bang.as_char() != '!'
+            || group.delimiter() != Delimiter::Bracket
+        {
+            break;
+        }
+        attrs.push(quote!(#pound #group));
+        rest = tail;
+    }
+    (attrs, rest)
+}
+
+/// A group of the body, written back with its sites rewritten; its
+/// delimiter and span are the original's.
+fn rewrite_group(cx: &Cx, body: &Body, group: &Group, nodes: &[Node]) -> TokenTree {
+    let mut stream = TokenStream::new();
+    for node in nodes {
+        match node {
+            Node::Tree(tree) => stream.extend([tree.clone()]),
+            Node::Group { group, nodes } => stream.extend([rewrite_group(cx, body, group, nodes)]),
+            Node::Site(index) => stream.extend(site(cx, &body.sites[*index])),
+        }
+    }
+    let mut rewritten = Group::new(group.delimiter(), stream);
+    rewritten.set_span(group.span());
+    TokenTree::Group(rewritten)
+}
+
+/// One site, rewritten to the runtime call. The user's `step` name stays,
+/// so the call goes through their import of the facade's `step!`, whose
+/// `@__durable_expanded` arm hands the call back unchanged.
+fn site(cx: &Cx, site: &Site) -> TokenStream {
+    // Input:  step!("charge-card", retry = EXPR, BODY)
+    // Output: step!(@__durable_expanded (
+    //             ::durable::__private::step(__durable_ctx, "charge-card",
+    //                 Some(EXPR), || async { BODY }).await
+    //         ))
+    let Some(args) = &site.args else {
+        unreachable!("`generate` runs only when every site parsed");
+    };
+    let call = match &args.kind {
+        KindArgs::Step { retry, body } => {
+            step_call(cx, &args.name, retry.as_ref(), body, site.position)
+        }
+    };
+    let marker = Ident::new("__durable_expanded", Span::mixed_site());
+    let mut group = Group::new(site.group.delimiter(), quote!(@#marker (#call)));
+    group.set_span(site.group.span());
+    let (ident, bang) = (&site.ident, &site.bang);
+    quote!(#ident #bang #group)
+}
+
+/// The call behind one `step!`, spanned at its body so that a type error
+/// about the step's value or error (not `Serialize`, not `Send`) points at
+/// the body rather than at `#[durable]`. Awaited, unless the site is in a
+/// position that wants the future (`join!`, `select!`).
+fn step_call(
+    cx: &Cx,
+    name: &LitStr,
+    retry: Option<&TokenStream>,
+    body: &TokenStream,
+    position: Position,
+) -> TokenStream {
+    // Input:  "charge-card", Some(retry = EXPR), BODY, Position::Value
+    // Output: ::durable::__private::step(__durable_ctx, "charge-card", Some(EXPR), || async { BODY }).await
+    // The path's first tokens sit at the body's first token and its last
+    // at the body's last, so the compiler, which spans an expression from
+    // its first token to its last, underlines the whole body. The spans resolve
+    // at the macro's site, so lints treat the call as generated code.
+    let (first, last) = first_and_last_span(body);
+    let span = Span::mixed_site().located_at(first);
+    let end = Span::mixed_site().located_at(last);
+    let krate = respan(cx.krate.to_token_stream(), span);
+    let step = Ident::new("step", end);
+    let path = quote_spanned!(span=> #krate::__private::#step);
+    // Likewise the closure and its async block span the whole body.
+    let mut block = Group::new(Delimiter::Brace, body.clone());
+    block.set_span(end);
+    let ctx = &cx.ctx;
+    let policy = match retry {
+        Some(retry) => quote_spanned!(span=> ::core::option::Option::Some(#retry)),
+        None => quote_spanned!(span=> ::core::option::Option::None),
+    };
+    let call = quote_spanned! {span=>
+        #path(#ctx, #name, #policy, || async #block)
+    };
+    match position {
+        // An unmet bound on the body's future (not a `Result`) is reported
+        // at the call and again at the `await`; at the body's last token
+        // the second report's "add `.await`" hint lands in the right place.
+        Position::Value => {
+            let await_ = Ident::new("await", end);
+            quote_spanned!(span=> #call.#await_)
+        }
+        Position::Future => call,
+    }
+}
+
+/// The spans of the first and last tokens of `tokens`.
+fn first_and_last_span(tokens: &TokenStream) -> (Span, Span) {
+    let mut tokens = tokens.clone().into_iter();
+    let first = tokens
+        .next()
+        .map_or_else(Span::call_site, |tree| tree.span());
+    let last = tokens.last().map_or(first, |tree| tree.span());
+    (first, last)
+}
+
+/// `tokens` with every token (and nested group) spanned at `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tree| {
+            if let TokenTree::Group(group) = &tree {
+                let mut inner = Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                tree = TokenTree::Group(inner);
+            } else {
+                tree.set_span(span);
+            }
+            tree
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The expansion as text, whitespace-normalised by the token printer.
+    fn expand(args: TokenStream, item: TokenStream) -> String {
+        durable(args, item).to_string()
+    }
+
+    /// `tokens` as the token printer writes them.
+    fn text(tokens: TokenStream) -> String {
+        tokens.to_string()
+    }
+
+    #[test]
+    fn generates_the_definition_the_impl_and_the_fn() {
+        let out = expand(
+            quote!(name = "user-provisioning", retry = RetryPolicy::no_retry()),
+            quote! {
+                /// Docs.
+                pub async fn provision(ctx: &Ctx, signup: Signup) -> Result<u32, String> {
+                    let charge = step!("charge-card", charge(&signup).await)?;
+                    Ok(charge)
+                }
+            },
+        );
+        for expected in [
+            quote!(
+                pub struct __durable_provision;
+            ),
+            quote!(impl::durable::__private::Workflow for __durable_provision),
+            quote!(
+                type Input = Signup;
+                type Output = Result<u32, String>;
+            ),
+            quote!(
+                const NAME: &'static str = "user-provisioning";
+            ),
+            quote!(
+                const STEPS: &'static [&'static str] = &["charge-card"];
+            ),
+            quote!(::core::option::Option::Some(RetryPolicy::no_retry())),
+            quote!(let ctx: &Ctx = __durable_ctx;),
+            quote!(let signup: Signup = __durable_input;),
+            quote!(step!(@__durable_expanded (
+                ::durable::__private::step(__durable_ctx, "charge-card", ::core::option::Option::None,
+                    || async { charge(&signup).await }).await
+            ))),
+            quote!(
+                #[doc = r" Docs."]
+                pub fn provision(_: ::durable::__private::WorkflowMarker) -> __durable_provision {
+                    __durable_provision
+                }
+            ),
+        ] {
+            assert!(
+                out.contains(&text(expected.clone())),
+                "missing {expected}\nin {out}"
+            );
+        }
+        assert!(!out.contains("compile_error"));
+    }
+
+    #[test]
+    fn joined_steps_are_futures() {
+        let out = expand(
+            TokenStream::new(),
+            quote! {
+                async fn f(_ctx: &Ctx, _n: u32) {
+                    let (a, b) = tokio::join!(step!("a", g().await), step!("b", g().await));
+                }
+            },
+        );
+        let call = |name: &str| {
+            let name = LitStr::new(name, Span::call_site());
+            text(quote!(
+                ::durable::__private::step(__durable_ctx, #name, ::core::option::Option::None,
+                    || async { g().await })
+            ))
+        };
+        for name in ["a", "b"] {
+            assert!(out.contains(&call(name)), "{out}");
+            assert!(!out.contains(&format!("{} . await", call(name))), "{out}");
+        }
+    }
+
+    #[test]
+    fn inner_attributes_move_onto_the_binding() {
+        let out = expand(
+            TokenStream::new(),
+            quote!(
+                async fn f(_ctx: &Ctx, _n: u32) {
+                    #![allow(unused)]
+                    let x = 1;
+                }
+            ),
+        );
+        let expected = text(quote!(#[allow(unused)] let __durable_ret: () = { let x = 1; };));
+        assert!(out.contains(&expected), "{out}");
+    }
+
+    #[test]
+    fn an_error_keeps_the_item_without_the_body() {
+        let out = expand(
+            quote!(crate = "::renamed"),
+            quote!(
+                async fn f(_ctx: &Ctx, _n: u32) -> Result<u32, String> {
+                    step!("x")
+                }
+            ),
+        );
+        assert!(out.contains("compile_error"), "{out}");
+        assert!(out.contains(&text(
+            quote!(impl::renamed::__private::Workflow for __durable_f)
+        )));
+        assert!(out.contains("unimplemented"));
+        assert!(!out.contains("__durable_expanded"));
+        assert!(out.contains(&text(quote!(fn f(_: ::renamed::__private::WorkflowMarker)))));
+    }
+
+    #[test]
+    fn a_non_fn_is_handed_back_unchanged() {
+        let out = expand(
+            TokenStream::new(),
+            quote!(
+                struct S;
+            ),
+        );
+        assert!(
+            out.starts_with(&text(quote!(
+                struct S;
+            ))),
+            "{out}"
+        );
+        assert!(out.contains("compile_error"));
+    }
+}

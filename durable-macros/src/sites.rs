@@ -1,0 +1,827 @@
+//! The token scan that finds every DSL site (`step!(..)`) in a workflow body.
+//!
+//! A syn `VisitMut` cannot see inside other macros' arguments, and a step is
+//! often written there: `tokio::join!(step!("a", ..), step!("b", ..))`,
+//! `println!("{:?}", step!("c", ..))`. So the body is scanned as tokens: any
+//! `step` `!` `(group)` sequence, at any depth, is a site. The scan keeps the
+//! body as a tree of the original tokens with each site marked, so that
+//! `expand` can write it back with only the sites replaced.
+//!
+//! A site is awaited in place (`step!(..)?` is a `Result`), except where a
+//! future is wanted: a whole argument of `join!` / `try_join!`, or the
+//! future of a `select!` branch (`pat = step!(..) => ..`). There it is left
+//! un-awaited, so that joined steps run concurrently.
+//!
+//! Inside a local `macro_rules!` definition a site's expressions may hold
+//! `$var` fragments, which only parse once the macro is used; there they
+//! are taken as tokens (the name must still be a literal).
+//!
+//! Nested `fn` items cannot reach the workflow's context: their sites are
+//! recorded (to be reported) but never expanded, and a nested `#[durable]`
+//! fn is left to its own attribute. A `$step` macro variable is not a site.
+
+use proc_macro2::{Delimiter, Group, Ident, Punct, Spacing, TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::parse::{ParseStream, Parser};
+use syn::{Expr, LitStr, Token};
+
+use crate::validate::Errors;
+
+/// The kinds of DSL macro. They share one namespace of names: a workflow
+/// cannot have a step and (later) a sleep both called `"x"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SiteKind {
+    /// `step!(name, [retry = policy,] body)`: a checkpointed step.
+    Step,
+}
+
+impl SiteKind {
+    /// The kind whose macro is called `ident`, if any.
+    fn from_ident(ident: &Ident) -> Option<SiteKind> {
+        if ident == "step" {
+            Some(SiteKind::Step)
+        } else {
+            None
+        }
+    }
+
+    /// The macro as users write it, for messages: "`step!`".
+    pub(crate) fn macro_name(self) -> &'static str {
+        match self {
+            SiteKind::Step => "`step!`",
+        }
+    }
+}
+
+/// One DSL macro invocation found in the body, with its original tokens.
+pub(crate) struct Site {
+    /// Which macro this is.
+    pub kind: SiteKind,
+    /// The macro's name token (`step`), kept so the rewrite still goes
+    /// through the user's import of it.
+    pub ident: Ident,
+    /// The `!` token.
+    pub bang: Punct,
+    /// The invocation's argument group as written, delimiter and span kept.
+    pub group: Group,
+    /// The parsed arguments; `None` when they did not parse (the error is
+    /// already reported).
+    pub args: Option<SiteArgs>,
+    /// The index of the site whose arguments contain this one, if any: a
+    /// step nested in another step's body.
+    pub enclosing: Option<usize>,
+    /// Whether the site is inside a nested `fn` item, out of the
+    /// workflow's reach.
+    pub in_nested_fn: bool,
+    /// Whether the site stands for its value or for a future of it.
+    pub position: Position,
+}
+
+impl Site {
+    /// The whole invocation, `step!(..)`, for spanning errors over it.
+    pub(crate) fn tokens(&self) -> TokenStream {
+        let mut tokens = TokenStream::new();
+        tokens.extend([
+            TokenTree::Ident(self.ident.clone()),
+            TokenTree::Punct(self.bang.clone()),
+            TokenTree::Group(self.group.clone()),
+        ]);
+        tokens
+    }
+
+    /// Whether the site is one the expansion rewrites: not nested in
+    /// another site, not in a nested fn.
+    pub(crate) fn is_expanded(&self) -> bool {
+        self.enclosing.is_none() && !self.in_nested_fn
+    }
+
+    /// The site's name literal, when its arguments parsed.
+    pub(crate) fn name(&self) -> Option<&LitStr> {
+        self.args.as_ref().map(|args| &args.name)
+    }
+}
+
+/// What a site's expansion must evaluate to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Position {
+    /// The outcome, awaited in place: `step!(..)?`.
+    Value,
+    /// The future of the outcome: a whole argument of `join!`/`try_join!`,
+    /// or the future of a `select!` branch.
+    Future,
+}
+
+/// Where a token stream sits, as far as the scan cares.
+#[derive(Clone, Copy)]
+struct Scope {
+    /// The macro whose arguments the stream is.
+    context: Context,
+    /// The site whose arguments hold the stream, if any.
+    enclosing: Option<usize>,
+    /// Whether the stream is inside a nested `fn` item.
+    in_nested_fn: bool,
+    /// Whether the stream is inside a `macro_rules!` definition, where
+    /// `$var` fragments make a site's expressions unparsable until the macro
+    /// is used: there they are taken as tokens.
+    in_macro_rules: bool,
+}
+
+/// The macro whose arguments a token stream is, as far as futures go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Context {
+    /// Anything else: sites are values.
+    Plain,
+    /// `join!` or `try_join!` (tokio's or futures'): comma-separated futures.
+    Join,
+    /// `select!`: branches `pattern = future [, if cond] => handler`.
+    Select,
+}
+
+impl Context {
+    /// The context of the arguments of macro `name`.
+    fn of_macro(name: &Ident) -> Context {
+        if name == "join" || name == "try_join" {
+            Context::Join
+        } else if name == "select" {
+            Context::Select
+        } else {
+            Context::Plain
+        }
+    }
+}
+
+/// The parsed arguments of a site.
+pub(crate) struct SiteArgs {
+    /// The name literal; unique within the workflow (checked in `validate`).
+    pub name: LitStr,
+    /// What the kind takes besides the name.
+    pub kind: KindArgs,
+}
+
+/// The arguments that depend on the site's kind.
+pub(crate) enum KindArgs {
+    /// `step!`'s arguments after the name.
+    Step {
+        /// `retry = <expr>`, if given, as its tokens.
+        retry: Option<TokenStream>,
+        /// The body, an expression evaluating to `Result<T, E>`, as its
+        /// tokens.
+        body: TokenStream,
+    },
+}
+
+/// A workflow body as a token tree with its sites marked.
+pub(crate) struct Body {
+    /// The body's braces, with their original span.
+    pub group: Group,
+    /// The tokens inside the braces.
+    pub nodes: Vec<Node>,
+    /// Every site in source order, including ones nested in another site's
+    /// arguments (those are only reported, never expanded).
+    pub sites: Vec<Site>,
+}
+
+/// A piece of the body's token tree.
+pub(crate) enum Node {
+    /// A token, or a group without any site inside: copied through as is.
+    Tree(TokenTree),
+    /// A group with at least one site inside.
+    Group {
+        /// The group as written; its delimiter and span are kept.
+        group: Group,
+        /// Its contents.
+        nodes: Vec<Node>,
+    },
+    /// The site `sites[index]`, standing for its `step ! (..)` tokens.
+    Site(usize),
+}
+
+impl Body {
+    /// Scans the workflow's block (`{ ... }`). Malformed sites are reported
+    /// to `errors` and kept with `args: None`.
+    pub(crate) fn scan(block: Group, errors: &mut Errors) -> Body {
+        let mut sites = Vec::new();
+        let scope = Scope {
+            context: Context::Plain,
+            enclosing: None,
+            in_nested_fn: false,
+            in_macro_rules: false,
+        };
+        let (nodes, _) = scan_stream(block.stream(), scope, &mut sites, errors);
+        Body {
+            group: block,
+            nodes,
+            sites,
+        }
+    }
+
+    /// The sites that get expanded: all but those nested in another site or
+    /// in a nested fn.
+    pub(crate) fn top_level_sites(&self) -> impl Iterator<Item = &Site> {
+        self.sites.iter().filter(|site| site.is_expanded())
+    }
+
+    /// Each distinct name of a top-level site, in source order: the
+    /// workflow's `STEPS`.
+    pub(crate) fn names(&self) -> Vec<&LitStr> {
+        let mut names: Vec<&LitStr> = Vec::new();
+        for name in self.top_level_sites().filter_map(Site::name) {
+            if !names.iter().any(|seen| seen.value() == name.value()) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// Whether every site can be expanded: all parsed, none nested.
+    pub(crate) fn is_expandable(&self) -> bool {
+        self.sites
+            .iter()
+            .all(|site| site.args.is_some() && site.is_expanded())
+    }
+}
+
+/// Scans one token stream; returns its nodes and whether it holds a site.
+fn scan_stream(
+    stream: TokenStream,
+    scope: Scope,
+    sites: &mut Vec<Site>,
+    errors: &mut Errors,
+) -> (Vec<Node>, bool) {
+    let tokens: Vec<TokenTree> = stream.into_iter().collect();
+    let mut nodes = Vec::with_capacity(tokens.len());
+    let mut found = false;
+    let mut i = 0;
+    while i < tokens.len() {
+        if let Some(end) = nested_fn_end(&tokens, i) {
+            if !has_durable_attr(&tokens, i) {
+                // Recorded to be reported; the tokens stay as written.
+                let inner = Scope {
+                    context: Context::Plain,
+                    in_nested_fn: true,
+                    ..scope
+                };
+                let rest: TokenStream = tokens[i + 2..end].iter().cloned().collect();
+                scan_stream(rest, inner, sites, errors);
+            }
+            nodes.extend(tokens[i..end].iter().cloned().map(Node::Tree));
+            i = end;
+            continue;
+        }
+        if let Some((kind, ident, bang, group)) = site_at(&tokens, i) {
+            let index = sites.len();
+            let site = Site {
+                kind,
+                ident: ident.clone(),
+                bang: bang.clone(),
+                group: group.clone(),
+                args: None,
+                enclosing: scope.enclosing,
+                in_nested_fn: scope.in_nested_fn,
+                position: position(&tokens, i, scope.context),
+            };
+            let args = match parse_args(&site, scope.in_macro_rules) {
+                Ok(args) => Some(args),
+                Err(error) => {
+                    errors.push(error);
+                    None
+                }
+            };
+            sites.push(Site { args, ..site });
+            // Sites inside this one's arguments are recorded (to be
+            // reported), but the arguments stay as written.
+            let inner = Scope {
+                context: Context::Plain,
+                enclosing: Some(index),
+                ..scope
+            };
+            scan_stream(group.stream(), inner, sites, errors);
+            nodes.push(Node::Site(index));
+            found = true;
+            i += 3;
+            continue;
+        }
+        match &tokens[i] {
+            TokenTree::Group(group) => {
+                let before = |back: usize| i.checked_sub(back).and_then(|j| tokens.get(j));
+                let context = match (before(2), before(1)) {
+                    (Some(TokenTree::Ident(name)), bang) if is_punct(bang, '!') => {
+                        Context::of_macro(name)
+                    }
+                    _ => Context::Plain,
+                };
+                let defines_macro = matches!(before(3), Some(TokenTree::Ident(word)) if word == "macro_rules")
+                    && is_punct(before(2), '!');
+                let inner = Scope {
+                    context,
+                    in_macro_rules: scope.in_macro_rules || defines_macro,
+                    ..scope
+                };
+                let (inner, inner_found) = scan_stream(group.stream(), inner, sites, errors);
+                if inner_found {
+                    found = true;
+                    nodes.push(Node::Group {
+                        group: group.clone(),
+                        nodes: inner,
+                    });
+                } else {
+                    nodes.push(Node::Tree(tokens[i].clone()));
+                }
+            }
+            tree => nodes.push(Node::Tree(tree.clone())),
+        }
+        i += 1;
+    }
+    (nodes, found)
+}
+
+/// If `tokens[i..]` starts a site (`step` `!` `group`, not `$step`),
+/// returns its pieces.
+fn site_at(tokens: &[TokenTree], i: usize) -> Option<(SiteKind, &Ident, &Punct, &Group)> {
+    let TokenTree::Ident(ident) = tokens.get(i)? else {
+        return None;
+    };
+    let kind = SiteKind::from_ident(ident)?;
+    let TokenTree::Punct(bang) = tokens.get(i + 1)? else {
+        return None;
+    };
+    let TokenTree::Group(group) = tokens.get(i + 2)? else {
+        return None;
+    };
+    if bang.as_char() != '!' || is_punct(tokens.get(i.wrapping_sub(1)), '$') {
+        return None;
+    }
+    Some((kind, ident, bang, group))
+}
+
+/// Where the site starting at `tokens[i]` stands in a `context` macro's
+/// arguments: a future only when it is a whole `join!` argument or a whole
+/// `select!` branch future.
+fn position(tokens: &[TokenTree], i: usize, context: Context) -> Position {
+    // Step back over a path prefix: `durable::step!`, `::durable::step!`.
+    let mut start = i;
+    while start >= 2 && is_punct(tokens.get(start - 1), ':') && is_punct(tokens.get(start - 2), ':')
+    {
+        start -= 2;
+        if matches!(tokens.get(start.wrapping_sub(1)), Some(TokenTree::Ident(_))) {
+            start -= 1;
+        }
+    }
+    let before = start.checked_sub(1).and_then(|j| tokens.get(j));
+    let after = tokens.get(i + 3);
+    let is_future = match context {
+        Context::Plain => false,
+        Context::Join => {
+            (before.is_none() || is_punct(before, ',') || is_punct(before, ';'))
+                && (after.is_none() || is_punct(after, ','))
+        }
+        Context::Select => {
+            let assigned = matches!(before, Some(TokenTree::Punct(eq))
+                if eq.as_char() == '=' && eq.spacing() == Spacing::Alone)
+                && !matches!(start.checked_sub(2).and_then(|j| tokens.get(j)),
+                    Some(TokenTree::Punct(p)) if p.spacing() == Spacing::Joint);
+            let arrow = matches!(after, Some(TokenTree::Punct(eq))
+                if eq.as_char() == '=' && eq.spacing() == Spacing::Joint)
+                && is_punct(tokens.get(i + 4), '>');
+            let guard = is_punct(after, ',')
+                && matches!(tokens.get(i + 4), Some(TokenTree::Ident(word)) if word == "if");
+            assigned && (arrow || guard)
+        }
+    };
+    if is_future {
+        Position::Future
+    } else {
+        Position::Value
+    }
+}
+
+/// If `tokens[i..]` starts a nested fn item (`fn name ...`), returns the
+/// index just past its body (or past its `;` when it has none).
+fn nested_fn_end(tokens: &[TokenTree], i: usize) -> Option<usize> {
+    match (tokens.get(i), tokens.get(i + 1)) {
+        (Some(TokenTree::Ident(keyword)), Some(TokenTree::Ident(_))) if keyword == "fn" => {}
+        _ => return None,
+    }
+    let mut end = i + 2;
+    while let Some(tree) = tokens.get(end) {
+        end += 1;
+        match tree {
+            TokenTree::Group(group) if group.delimiter() == Delimiter::Brace => break,
+            TokenTree::Punct(punct) if punct.as_char() == ';' => break,
+            _ => {}
+        }
+    }
+    Some(end)
+}
+
+/// Whether the fn item whose `fn` is `tokens[i]` has a `#[durable]`
+/// attribute (any path ending in `durable`), looking back over its
+/// qualifiers and visibility.
+fn has_durable_attr(tokens: &[TokenTree], i: usize) -> bool {
+    let mut j = i;
+    while let Some(tree) = j.checked_sub(1).and_then(|k| tokens.get(k)) {
+        let qualifier = match tree {
+            TokenTree::Ident(word) => ["async", "unsafe", "const", "extern", "pub", "safe"]
+                .iter()
+                .any(|q| word == q),
+            TokenTree::Literal(_) => true,
+            TokenTree::Group(group) => group.delimiter() == Delimiter::Parenthesis,
+            TokenTree::Punct(_) => false,
+        };
+        if !qualifier {
+            break;
+        }
+        j -= 1;
+    }
+    while j >= 2 {
+        let (TokenTree::Punct(pound), TokenTree::Group(attr)) = (&tokens[j - 2], &tokens[j - 1])
+        else {
+            break;
+        };
+        if pound.as_char() != '#' || attr.delimiter() != Delimiter::Bracket {
+            break;
+        }
+        let path_end = attr
+            .stream()
+            .into_iter()
+            .take_while(|tree| matches!(tree, TokenTree::Ident(_)) || is_punct(Some(tree), ':'))
+            .last();
+        if matches!(path_end, Some(TokenTree::Ident(last)) if last == "durable") {
+            return true;
+        }
+        j -= 2;
+    }
+    false
+}
+
+/// Whether `tree` is the punctuation `ch`.
+fn is_punct(tree: Option<&TokenTree>, ch: char) -> bool {
+    matches!(tree, Some(TokenTree::Punct(punct)) if punct.as_char() == ch)
+}
+
+/// Parses a site's arguments per its kind; `lenient` inside `macro_rules!`.
+fn parse_args(site: &Site, lenient: bool) -> syn::Result<SiteArgs> {
+    match site.kind {
+        SiteKind::Step => {
+            (|input: ParseStream| parse_step(input, site, lenient)).parse2(site.group.stream())
+        }
+    }
+}
+
+/// Parses `step!`'s arguments: `"name", [retry = <expr>,] body [,]`.
+/// `lenient`: an expression that does not parse (it holds `$var`
+/// fragments) is taken as the tokens up to the next comma.
+fn parse_step(input: ParseStream, site: &Site, lenient: bool) -> syn::Result<SiteArgs> {
+    let name = parse_name(input, site)?;
+    let missing_body = || {
+        syn::Error::new_spanned(
+            site.tokens(),
+            format!(
+                "step {:?} has no body; write `step!({:?}, <expression returning Result>)`",
+                name.value(),
+                name.value()
+            ),
+        )
+    };
+    if input.is_empty() {
+        return Err(missing_body());
+    }
+    if !input.peek(Token![,]) {
+        return Err(input.error("expected `,` after the step name"));
+    }
+    input.parse::<Token![,]>()?;
+    if input.is_empty() {
+        return Err(missing_body());
+    }
+
+    let mut retry = None;
+    if input.peek(syn::Ident) && input.peek2(Token![=]) && !input.peek2(Token![==]) {
+        let key: Ident = input.parse()?;
+        if key != "retry" {
+            return Err(syn::Error::new_spanned(
+                &key,
+                format!(
+                    "unknown step option `{key}`; the only option is `retry = <RetryPolicy>`, \
+                     between the name and the body"
+                ),
+            ));
+        }
+        input.parse::<Token![=]>()?;
+        retry = Some(parse_expr(input, lenient)?);
+        if input.is_empty() {
+            return Err(missing_body());
+        }
+        input.parse::<Token![,]>()?;
+        if input.is_empty() {
+            return Err(missing_body());
+        }
+    } else if is_bare_retry(input) {
+        let key: Ident = input.parse()?;
+        return Err(syn::Error::new_spanned(
+            key,
+            format!(
+                "`retry` needs a policy: `step!({:?}, retry = RetryPolicy::no_retry(), <body>)`",
+                name.value()
+            ),
+        ));
+    }
+
+    let body = parse_expr(input, lenient)?;
+    if input.peek(Token![,]) {
+        input.parse::<Token![,]>()?;
+    }
+    if !input.is_empty() {
+        let rest: TokenStream = input.parse()?;
+        return Err(syn::Error::new_spanned(
+            rest,
+            "unexpected tokens after the step body; `step!` takes a name, an optional \
+             `retry = <RetryPolicy>`, and one body expression",
+        ));
+    }
+    Ok(SiteArgs {
+        name,
+        kind: KindArgs::Step { retry, body },
+    })
+}
+
+/// Parses an expression, as its tokens. `lenient`: if it does not parse,
+/// takes the tokens up to the next top-level comma instead.
+fn parse_expr(input: ParseStream, lenient: bool) -> syn::Result<TokenStream> {
+    if !lenient || input.fork().parse::<Expr>().is_ok() {
+        return Ok(input.parse::<Expr>()?.into_token_stream());
+    }
+    input.step(|cursor| {
+        let mut tokens = TokenStream::new();
+        let mut rest = *cursor;
+        while let Some((tree, next)) = rest.token_tree() {
+            if matches!(&tree, TokenTree::Punct(punct) if punct.as_char() == ',') {
+                break;
+            }
+            tokens.extend([tree]);
+            rest = next;
+        }
+        if tokens.is_empty() {
+            return Err(cursor.error("expected an expression"));
+        }
+        Ok((tokens, rest))
+    })
+}
+
+/// Whether the input is `retry, <more>`: a `retry` option without its
+/// value (a body that is just a variable called `retry` has no comma after).
+fn is_bare_retry(input: ParseStream) -> bool {
+    let fork = input.fork();
+    fork.parse::<Ident>().is_ok_and(|key| key == "retry")
+        && fork.parse::<Token![,]>().is_ok()
+        && !fork.is_empty()
+}
+
+/// Parses a site's name, which must be a string literal.
+fn parse_name(input: ParseStream, site: &Site) -> syn::Result<LitStr> {
+    let usage = match site.kind {
+        SiteKind::Step => "`step!(\"charge-card\", <body>)`",
+    };
+    if input.is_empty() {
+        return Err(syn::Error::new_spanned(
+            site.tokens(),
+            format!(
+                "{} needs a name and a body: {usage}",
+                site.kind.macro_name()
+            ),
+        ));
+    }
+    if input.peek(LitStr) {
+        return input.parse();
+    }
+    // Span the error over the whole offending expression where it parses.
+    let found: TokenStream = match input.fork().parse::<Expr>() {
+        Ok(_) => input.parse::<Expr>()?.into_token_stream(),
+        Err(_) => input.parse::<TokenTree>()?.into_token_stream(),
+    };
+    Err(syn::Error::new_spanned(
+        found,
+        format!(
+            "a step name must be a string literal, e.g. {usage}: names are checked for \
+             uniqueness at compile time and stored with each checkpoint"
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn scan(body: TokenStream) -> (Body, Vec<String>) {
+        let mut errors = Errors::default();
+        let body = Body::scan(Group::new(Delimiter::Brace, body), &mut errors);
+        (body, errors.messages())
+    }
+
+    fn names(body: &Body) -> Vec<String> {
+        body.sites
+            .iter()
+            .map(|site| {
+                site.name()
+                    .map_or_else(|| "<error>".to_string(), LitStr::value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn finds_steps_everywhere_in_source_order() {
+        let (body, errors) = scan(quote! {
+            let a = step!("a", f().await)?;
+            for x in xs { step!("loop", g(x).await)?; }
+            if a { step!("then", h().await)?; } else { match a { _ => step!("arm", h().await)? } }
+            let (b, c) = tokio::join!(step!("join-1", f().await), step!("join-2", f().await));
+            println!("{:?}", step!("print", f().await));
+            let fut = async { step!("async-block", f().await) };
+            let make = || async { step!("closure", f().await) };
+            durable::step!("qualified", f().await)?;
+            step!["brackets", f().await]?;
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            names(&body),
+            [
+                "a",
+                "loop",
+                "then",
+                "arm",
+                "join-1",
+                "join-2",
+                "print",
+                "async-block",
+                "closure",
+                "qualified",
+                "brackets"
+            ]
+        );
+        assert!(body.is_expandable());
+    }
+
+    fn positions(body: &Body) -> Vec<(String, Position)> {
+        body.sites
+            .iter()
+            .map(|site| (site.name().unwrap().value(), site.position))
+            .collect()
+    }
+
+    #[test]
+    fn whole_join_and_select_arguments_are_futures() {
+        use Position::{Future, Value};
+        let (body, errors) = scan(quote! {
+            let (a, b) = tokio::join!(step!("j1", f().await), durable::step!("j2", f().await));
+            let c = futures::try_join!(::durable::step!("tj", f().await), other)?;
+            let d = join!(biased; step!("biased", f().await));
+            let e = tokio::join!(async { step!("in-async", f().await) }, step!("j3", f().await)?);
+            tokio::select! {
+                x = step!("s1", f().await) => { step!("handler", f().await)?; }
+                y = step!("s2", f().await), if ready => {}
+                z = async { step!("s3", f().await) } => {}
+                else => { println!("{:?}", step!("else", f().await)); }
+            }
+            let v = vec![step!("vec", f().await)];
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        let expected = [
+            ("j1", Future),
+            ("j2", Future),
+            ("tj", Future),
+            ("biased", Future),
+            ("in-async", Value),
+            ("j3", Value),
+            ("s1", Future),
+            ("handler", Value),
+            ("s2", Future),
+            ("s3", Value),
+            ("else", Value),
+            ("vec", Value),
+        ];
+        let expected: Vec<(String, Position)> = expected
+            .iter()
+            .map(|(name, position)| (name.to_string(), *position))
+            .collect();
+        assert_eq!(positions(&body), expected);
+    }
+
+    #[test]
+    fn reads_retry_and_body() {
+        let (body, errors) = scan(quote!(step!(
+            "a",
+            retry = RetryPolicy::no_retry(),
+            f(1, 2).await,
+        )));
+        assert!(errors.is_empty(), "{errors:?}");
+        let KindArgs::Step { retry, body: expr } = &body.sites[0].args.as_ref().unwrap().kind;
+        assert_eq!(
+            retry.as_ref().unwrap().to_string(),
+            "RetryPolicy :: no_retry ()"
+        );
+        assert_eq!(quote!(#expr).to_string(), "f (1 , 2) . await");
+    }
+
+    #[test]
+    fn a_body_may_use_turbofish_commas_and_a_variable_called_retry() {
+        let (_, errors) = scan(quote! {
+            step!("a", Ok::<u32, String>(1))?;
+            step!("b", retry)?;
+            step!("b2", retry,)?;
+            step!("c", retry == other)?;
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn sites_in_nested_fns_are_recorded_but_not_expanded() {
+        let (body, errors) = scan(quote! {
+            fn helper() -> u32 { step!("inside-fn", f()) }
+            impl Foo { pub(crate) async fn method(&self) { step!("inside-method", f()) } }
+            #[durable::durable(name = "inner")]
+            pub async fn inner(ctx: &Ctx, x: u32) -> u32 { step!("inner-workflow", f()) }
+            let p: fn(u32) -> u32 = |x| x;
+            let ok = step!("after", f().await);
+            let m = $step!("x", y);
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(names(&body), ["inside-fn", "inside-method", "after"]);
+        let nested: Vec<bool> = body.sites.iter().map(|site| site.in_nested_fn).collect();
+        assert_eq!(nested, [true, true, false]);
+        assert_eq!(body.names().len(), 1);
+        assert!(!body.is_expandable());
+    }
+
+    #[test]
+    fn nested_steps_are_recorded_with_their_enclosing_step() {
+        let (body, errors) = scan(quote!(step!(
+            "outer",
+            async { step!("inner", f().await) }.await
+        )));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(names(&body), ["outer", "inner"]);
+        assert_eq!(body.sites[1].enclosing, Some(0));
+        assert!(!body.is_expandable());
+        assert_eq!(body.names().len(), 1);
+    }
+
+    #[test]
+    fn malformed_sites_are_reported_each() {
+        let (body, errors) = scan(quote! {
+            step!(name_var, f().await)?;
+            step!(123, f().await)?;
+            step!("no-body");
+            step!("no-body-2",);
+            step!();
+            step!("x", retry, f().await)?;
+            step!("y", retri = no_retry(), f().await)?;
+            step!("z", retry = no_retry())?;
+            step!("w" f().await)?;
+            step!("v", f().await, g().await)?;
+        });
+        assert_eq!(body.sites.len(), 10);
+        assert!(body.sites.iter().all(|site| site.args.is_none()));
+        assert_eq!(errors.len(), 10, "{errors:?}");
+        assert!(errors[0].starts_with("a step name must be a string literal"));
+        assert!(errors[1].starts_with("a step name must be a string literal"));
+        assert!(errors[2].starts_with("step \"no-body\" has no body"));
+        assert!(errors[3].starts_with("step \"no-body-2\" has no body"));
+        assert!(errors[4].starts_with("`step!` needs a name and a body"));
+        assert!(errors[5].starts_with("`retry` needs a policy"));
+        assert!(errors[6].starts_with("unknown step option `retri`"));
+        assert!(errors[7].starts_with("step \"z\" has no body"));
+        assert_eq!(errors[8], "expected `,` after the step name");
+        assert!(errors[9].starts_with("unexpected tokens after the step body"));
+    }
+
+    #[test]
+    fn sites_in_macro_rules_may_hold_fragments() {
+        let (body, errors) = scan(quote! {
+            macro_rules! twice {
+                ($x:expr, $p:expr) => { step!("in-macro", retry = $p, f($x * 2).await) };
+            }
+            step!("outside", f($x).await);
+        });
+        assert_eq!(body.sites.len(), 2);
+        let KindArgs::Step {
+            retry,
+            body: tokens,
+        } = &body.sites[0].args.as_ref().unwrap().kind;
+        assert_eq!(retry.as_ref().unwrap().to_string(), "$ p");
+        assert_eq!(tokens.to_string(), "f ($ x * 2) . await");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(body.sites[1].args.is_none());
+    }
+
+    #[test]
+    fn other_macros_and_bangs_are_not_sites() {
+        let (body, errors) = scan(quote! {
+            let steps = step != 3;
+            macro_rules! step { () => {} }
+            other!("a", b);
+            let step = 1;
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(body.sites.is_empty());
+    }
+}

@@ -1,0 +1,336 @@
+//! Guards "clear failure": a locked, corrupt or newer store, a checkpoint that
+//! no longer decodes, and an instance whose workflow is not registered each
+//! give a typed error or report, never a panic, and never damage stored data.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use durable::prelude::*;
+use durable::store::{Batch, SledStore, Store, Tree};
+use durable::{Status, StepOutcome, StoreError};
+
+/// While set, `typed_v1` parks forever after its first step.
+static PARK: AtomicBool = AtomicBool::new(true);
+
+async fn park() -> Result<(), String> {
+    while PARK.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+#[durable(name = "typed")]
+async fn typed_v1(_ctx: &Ctx, _n: u32) -> Result<u64, String> {
+    let v = step!("value", async { Ok::<u64, String>(7) }.await)?;
+    step!("park", park().await)?;
+    Ok(v)
+}
+
+#[durable(name = "typed")]
+async fn typed_v2(_ctx: &Ctx, _n: u32) -> Result<String, String> {
+    let v = step!(
+        "value",
+        async { Ok::<String, String>("seven".into()) }.await
+    )?;
+    Ok(v)
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_checkpoint_of_another_type_blocks_the_instance_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .path(dir.path())
+        .register(typed_v1)
+        .open()
+        .await
+        .unwrap();
+    let _handle = engine.start(typed_v1, "t-1", 0).await.unwrap();
+    wait_until("the first step", || {
+        engine
+            .history("t-1")
+            .map(|h| h.steps.len() == 1)
+            .unwrap_or(false)
+    })
+    .await;
+    engine.shutdown().await;
+
+    // New code: the step now returns a String.
+    let engine = Engine::builder()
+        .path(dir.path())
+        .register(typed_v2)
+        .open()
+        .await
+        .unwrap();
+    assert_eq!(engine.recovery().resumed, 1);
+    let err = engine
+        .attach(typed_v2, "t-1")
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap_err();
+    match &err {
+        Error::CheckpointDecode {
+            instance,
+            step,
+            occurrence,
+            stored_type,
+            expected_type,
+            ..
+        } => {
+            assert_eq!(
+                (instance.as_str(), step.as_str(), *occurrence),
+                ("t-1", "value", 0)
+            );
+            assert!(stored_type.contains("u64"), "{stored_type}");
+            assert!(expected_type.contains("String"), "{expected_type}");
+        }
+        other => panic!("expected CheckpointDecode, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains("t-1") && err.to_string().contains("value"),
+        "{err}"
+    );
+    assert!(matches!(
+        engine.status("t-1").unwrap(),
+        Status::Blocked { .. }
+    ));
+    engine.shutdown().await;
+
+    // The old code resumes the same instance from the untouched checkpoint.
+    PARK.store(false, Ordering::SeqCst);
+    let engine = Engine::builder()
+        .path(dir.path())
+        .register(typed_v1)
+        .open()
+        .await
+        .unwrap();
+    assert_eq!(
+        engine
+            .attach(typed_v1, "t-1")
+            .await
+            .unwrap()
+            .result()
+            .await
+            .unwrap(),
+        Ok(7)
+    );
+    let history = engine.history("t-1").unwrap();
+    assert!(
+        matches!(&history.steps[0].outcome, StepOutcome::Value { type_name, .. } if type_name.contains("u64"))
+    );
+}
+
+#[durable]
+async fn slow_retry(ctx: &Ctx, _n: u32) -> Result<u32, String> {
+    let policy = RetryPolicy::default()
+        .max_attempts(5)
+        .initial_delay(Duration::from_secs(3600));
+    step!(
+        "flaky",
+        retry = policy,
+        async {
+            let attempt_marker = ctx.id().to_string();
+            if !RETRIED.lock().unwrap().contains(&attempt_marker) {
+                RETRIED.lock().unwrap().push(attempt_marker);
+                return Err("first attempt fails".to_string());
+            }
+            Ok(1)
+        }
+        .await
+    )
+}
+
+static RETRIED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+#[tokio::test]
+async fn attempt_counts_survive_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .path(dir.path())
+        .register(slow_retry)
+        .open()
+        .await
+        .unwrap();
+    let _handle = engine.start(slow_retry, "r-1", 0).await.unwrap();
+    wait_until("a recorded failed attempt", || {
+        engine
+            .history("r-1")
+            .map(|h| {
+                h.steps
+                    .first()
+                    .is_some_and(|s| matches!(s.outcome, StepOutcome::Retrying { .. }))
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    engine.shutdown().await;
+    let engine = Engine::builder()
+        .path(dir.path())
+        .register(slow_retry)
+        .open()
+        .await
+        .unwrap();
+    assert_eq!(
+        engine
+            .attach(slow_retry, "r-1")
+            .await
+            .unwrap()
+            .result()
+            .await
+            .unwrap(),
+        Ok(1)
+    );
+    assert_eq!(engine.history("r-1").unwrap().steps[0].attempts, 2);
+}
+
+#[tokio::test]
+async fn unregistered_workflows_are_reported_and_do_not_block_others() {
+    let dir = tempfile::tempdir().unwrap();
+    PARK.store(true, Ordering::SeqCst);
+    let engine = Engine::builder()
+        .path(dir.path())
+        .register(typed_v1)
+        .open()
+        .await
+        .unwrap();
+    let _parked = engine.start(typed_v1, "orphan", 1).await.unwrap();
+    wait_until("the first step", || {
+        engine
+            .history("orphan")
+            .map(|h| h.steps.len() == 1)
+            .unwrap_or(false)
+    })
+    .await;
+    engine.shutdown().await;
+
+    let engine = Engine::builder()
+        .path(dir.path())
+        .register(slow_retry)
+        .open()
+        .await
+        .unwrap();
+    let report = engine.recovery();
+    assert_eq!(report.resumed, 0);
+    assert_eq!(report.skipped.len(), 1);
+    assert_eq!(report.skipped[0].0, "orphan");
+    assert!(report.skipped[0].1.contains("typed"), "{report:?}");
+    assert_eq!(engine.status("orphan").unwrap(), Status::Running);
+    RETRIED.lock().unwrap().push("other".into());
+    assert_eq!(engine.run(slow_retry, "other", 0).await.unwrap(), Ok(1));
+}
+
+#[tokio::test]
+async fn a_newer_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut batch = Batch::new();
+        batch.put(
+            Tree::Meta,
+            b"format_version".to_vec(),
+            99u32.to_be_bytes().to_vec(),
+        );
+        store.apply(&[batch]).unwrap();
+    }
+    let err = Engine::builder().path(dir.path()).open().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Store(StoreError::FormatTooNew { found: 99, .. })
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn corrupt_stores_give_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the store directory should be.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"not a store").unwrap();
+    let err = Engine::builder().path(&file).open().await.unwrap_err();
+    assert!(
+        matches!(err, Error::Store(StoreError::Corrupt { .. })),
+        "{err:?}"
+    );
+
+    // A store whose files are garbage.
+    let garbage = dir.path().join("garbage");
+    std::fs::create_dir(&garbage).unwrap();
+    std::fs::write(garbage.join("conf"), vec![0xA5; 200]).unwrap();
+    std::fs::write(garbage.join("db"), vec![0x5A; 1 << 16]).unwrap();
+    let err = Engine::builder().path(&garbage).open().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Store(StoreError::Corrupt { .. } | StoreError::Io { .. })
+        ),
+        "{err:?}"
+    );
+}
+
+const LOCK_CHILD: &str = "DURABLE_LOCK_CHILD";
+
+/// Runs in the child process only: holds the store open until killed.
+#[tokio::test]
+async fn lock_holder_child() {
+    let Ok(dir) = std::env::var(LOCK_CHILD) else {
+        return;
+    };
+    let _engine = Engine::builder()
+        .path(Path::new(&dir).join("store"))
+        .open()
+        .await
+        .unwrap();
+    std::fs::write(Path::new(&dir).join("ready"), b"").unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+}
+
+#[tokio::test]
+async fn a_store_held_by_another_process_is_locked() {
+    if std::env::var(LOCK_CHILD).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "lock_holder_child",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(LOCK_CHILD, dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the child to open the store", || {
+        dir.path().join("ready").exists()
+    })
+    .await;
+    let store = dir.path().join("store");
+    let err = Engine::builder().path(&store).open().await.unwrap_err();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    match &err {
+        Error::Store(StoreError::Locked { path }) => assert_eq!(path, &store),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains("locked by another process"),
+        "{err}"
+    );
+    // Once the holder is gone, the store opens.
+    Engine::builder().path(&store).open().await.unwrap();
+}

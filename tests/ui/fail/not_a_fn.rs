@@ -1,0 +1,6 @@
+use durable::prelude::*;
+
+#[durable]
+struct Provision;
+
+fn main() {}

@@ -1,0 +1,8 @@
+use durable::prelude::*;
+
+#[durable]
+fn provision(_ctx: &Ctx, input: u32) -> Result<u32, String> {
+    Ok(input)
+}
+
+fn main() {}

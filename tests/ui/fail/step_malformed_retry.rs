@@ -1,0 +1,12 @@
+use durable::prelude::*;
+
+async fn charge() -> Result<u32, String> {
+    Ok(1)
+}
+
+#[durable]
+async fn provision(_ctx: &Ctx, _input: u32) -> Result<u32, String> {
+    step!("charge-card", retry, charge().await)
+}
+
+fn main() {}
