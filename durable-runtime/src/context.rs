@@ -4,11 +4,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::engine::Core;
 use crate::error::Error;
-use crate::records::{CheckpointRecord, CheckpointState};
+use crate::records::{CheckpointRecord, CheckpointState, WaitCond};
 use crate::retry::RetryPolicy;
 
 tokio::task_local! {
@@ -50,12 +50,105 @@ pub fn permanent<E>(error: E) -> E {
     error
 }
 
+/// What the engine and a running instance share besides the store: what it
+/// waits for, whether it was cancelled, and a bell rung when either changes.
+#[derive(Debug)]
+pub(crate) struct Signals {
+    /// The waits (sleeps, `wait_for!`s) the instance is blocked in now.
+    pub waiting: Mutex<Vec<WaitCond>>,
+    /// Set by `Engine::cancel`: no new step starts.
+    pub cancelled: AtomicBool,
+    /// Bumped when an event arrives or the instance is cancelled.
+    pub bell: watch::Sender<u64>,
+    /// Steps and checkpoint writes in progress: while any is, the instance
+    /// is not parked.
+    pub busy: AtomicU32,
+}
+
+impl Signals {
+    pub fn new() -> Signals {
+        Signals {
+            waiting: Mutex::new(Vec::new()),
+            cancelled: AtomicBool::new(false),
+            bell: watch::Sender::new(0),
+            busy: AtomicU32::new(0),
+        }
+    }
+
+    /// Wakes every wait of the instance so it looks again.
+    pub fn ring(&self) {
+        self.bell.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Marks the instance busy until the guard drops.
+    pub fn busy(self: &Arc<Self>) -> BusyGuard {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        BusyGuard(Arc::clone(self))
+    }
+
+    /// Registers a wait until the guard drops.
+    pub fn wait(self: &Arc<Self>, cond: WaitCond) -> WaitGuard {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        waiting.push(cond.clone());
+        WaitGuard {
+            signals: Arc::clone(self),
+            cond,
+        }
+    }
+
+    /// The waits to park on, if the instance is blocked in waits only.
+    pub fn parkable(&self, now_ms: u64, min_ms: u64) -> Option<Vec<WaitCond>> {
+        if self.busy.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let soon = waiting.iter().any(|c| {
+            c.deadline_ms
+                .is_some_and(|d| d < now_ms.saturating_add(min_ms))
+        });
+        (!waiting.is_empty() && !soon).then(|| waiting.clone())
+    }
+}
+
+/// Decrements [`Signals::busy`] when dropped.
+pub(crate) struct BusyGuard(Arc<Signals>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Removes a registered wait when dropped.
+pub(crate) struct WaitGuard {
+    signals: Arc<Signals>,
+    cond: WaitCond,
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        let mut waiting = self
+            .signals
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = waiting.iter().position(|c| *c == self.cond) {
+            waiting.swap_remove(i);
+        }
+    }
+}
+
 /// The context of one workflow instance: its id, its step counters and its
 /// way into the engine. `#[durable]` fns receive it as their first argument.
 pub struct Ctx {
     pub(crate) id: String,
     pub(crate) core: Arc<Core>,
     pub(crate) policy: RetryPolicy,
+    pub(crate) signals: Arc<Signals>,
     /// Checkpoints loaded at start, by name then occurrence; taken as replayed.
     replay: Mutex<HashMap<String, HashMap<u32, CheckpointRecord>>>,
     /// Next occurrence number per step name.
@@ -82,6 +175,7 @@ impl Ctx {
         policy: RetryPolicy,
         checkpoints: Vec<CheckpointRecord>,
         recoveries: u32,
+        signals: Arc<Signals>,
     ) -> Ctx {
         let mut replay: HashMap<String, HashMap<u32, CheckpointRecord>> = HashMap::new();
         for record in checkpoints {
@@ -94,6 +188,7 @@ impl Ctx {
             id,
             core,
             policy,
+            signals,
             replay: Mutex::new(replay),
             counters: Mutex::new(HashMap::new()),
             recoveries: AtomicU32::new(recoveries),
@@ -265,5 +360,49 @@ impl Ctx {
         E: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     {
         crate::step::step(self, name, Some(policy), body)
+    }
+
+    /// Sleeps for `duration`, durably (what `sleep!` does): the absolute
+    /// deadline is checkpointed the first time; after a restart only the
+    /// remainder is waited (never more than `duration`), and a deadline that
+    /// passed while the process was down completes at once. A long sleep
+    /// parks the instance: it holds no task or memory until it wakes.
+    pub fn sleep<'c>(
+        &'c self,
+        name: &'static str,
+        duration: std::time::Duration,
+    ) -> crate::workflow::BoxFuture<'c, ()> {
+        crate::wait::sleep(self, name, duration)
+    }
+
+    /// Sleeps until `until`, durably (what `sleep_until!` does); see [`sleep`](Self::sleep).
+    pub fn sleep_until<'c>(
+        &'c self,
+        name: &'static str,
+        until: std::time::SystemTime,
+    ) -> crate::workflow::BoxFuture<'c, ()> {
+        crate::wait::sleep_until(self, name, until)
+    }
+
+    /// Waits for event `name` (what `wait_for!` does) and returns its
+    /// payload, sent with [`Engine::send_event`](crate::Engine::send_event).
+    /// The n-th wait of a name takes the n-th event of that name, whether it
+    /// was sent before or after the wait was reached; the payload is
+    /// checkpointed. A waiting instance is parked.
+    pub fn wait_for<'c, T: serde::de::DeserializeOwned + Send + 'static>(
+        &'c self,
+        name: &'static str,
+    ) -> crate::workflow::BoxFuture<'c, T> {
+        crate::wait::wait_for(self, name)
+    }
+
+    /// Like [`wait_for`](Self::wait_for), giving up after `timeout` (the
+    /// deadline is checkpointed the first time): `None` if no event came.
+    pub fn wait_for_timeout<'c, T: serde::de::DeserializeOwned + Send + 'static>(
+        &'c self,
+        name: &'static str,
+        timeout: std::time::Duration,
+    ) -> crate::workflow::BoxFuture<'c, Option<T>> {
+        crate::wait::wait_for_timeout(self, name, timeout)
     }
 }

@@ -7,16 +7,23 @@ use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, watch};
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::codec;
 use crate::committer::Committer;
-use crate::context::Ctx;
+use crate::context::{Ctx, Signals};
 use crate::error::{Error, Result, StoreError};
 use crate::history::{self, History, Status};
+use crate::park::ParkTable;
 use crate::records::{
-    CheckpointRecord, InstanceRecord, InstanceState, TransitionKind, TransitionRecord,
-    instance_key, instance_prefix, now_ms, recoveries_of, recoveries_value,
+    CheckpointRecord, EventRecord, InstanceRecord, InstanceState, ParkRecord, TransitionKind,
+    TransitionRecord, WaitCond, instance_key, instance_prefix, name_prefix, now_ms, occurrence_key,
+    recoveries_of, recoveries_value,
 };
 use crate::retry::RetryPolicy;
 use crate::step::{CatchUnwind, panic_message};
@@ -58,6 +65,8 @@ enum Begin {
     Resume,
     /// Resumed by hand with [`Engine::resume`]: the count starts again.
     ResumeByHand,
+    /// Woken from parking by its timer or an event: not a recovery.
+    Wake,
 }
 
 /// A registered workflow with its types erased, so the engine can resume
@@ -118,13 +127,41 @@ fn encode_value<T: serde::Serialize>(
 
 type Outcome = Option<Result<Vec<u8>>>;
 
-/// An instance that is running in this process: starters of the same id
-/// attach to it.
+/// An instance that is live in this process (running, or parked with
+/// someone waiting for its outcome): starters of the same id attach to it.
 struct Slot {
     workflow: &'static str,
     input: Vec<u8>,
     done: watch::Sender<Outcome>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
+    signals: Arc<Signals>,
+    /// Whether a task drives the instance now; changed under the `running` lock.
+    driving: AtomicBool,
+    /// Held while the instance's end is decided and written; `true` once it
+    /// has ended (so a cancel and a completion cannot both win).
+    ended: tokio::sync::Mutex<bool>,
+}
+
+impl Slot {
+    fn new(workflow: &'static str, input: Vec<u8>, driving: bool) -> Arc<Slot> {
+        Arc::new(Slot {
+            workflow,
+            input,
+            done: watch::Sender::new(None),
+            task: Mutex::new(None),
+            signals: Arc::new(Signals::new()),
+            driving: AtomicBool::new(driving),
+            ended: tokio::sync::Mutex::new(false),
+        })
+    }
+}
+
+/// How a task driving an instance stopped.
+enum DriveEnd {
+    /// The instance ended (or was blocked) with this outcome.
+    Finished(Result<Vec<u8>>),
+    /// The instance parked; its table entry will wake it.
+    Parked,
 }
 
 /// What recovery at [`EngineBuilder::open`] did.
@@ -132,6 +169,9 @@ struct Slot {
 pub struct RecoveryReport {
     /// Unfinished instances that were resumed.
     pub resumed: usize,
+    /// Instances parked in a sleep or a wait, put back in the park table
+    /// without running (their timer or event wakes them).
+    pub parked: usize,
     /// Unfinished instances left untouched, with the reason (their workflow
     /// is not registered, or their record does not decode).
     pub skipped: Vec<(String, String)>,
@@ -139,7 +179,14 @@ pub struct RecoveryReport {
 
 /// The engine's shared state.
 pub(crate) struct Core {
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
+    /// Serializes event delivery, timed-out waits and cancellation.
+    pub(crate) event_lock: tokio::sync::Mutex<()>,
+    /// Parked instances; lock after `running` when both are needed.
+    parked: Mutex<ParkTable>,
+    /// Rung when an earlier deadline is parked.
+    timer_bell: Arc<Notify>,
+    timer_task: Mutex<Option<tokio::task::AbortHandle>>,
     pub(crate) committer: Committer,
     pub(crate) config: Config,
     registry: HashMap<&'static str, Arc<dyn Erased>>,
@@ -257,14 +304,23 @@ impl EngineBuilder {
         let (alive, alive_rx) = mpsc::channel(1);
         let core = Arc::new(Core {
             store,
+            event_lock: tokio::sync::Mutex::new(()),
+            parked: Mutex::new(ParkTable::default()),
+            timer_bell: Arc::new(Notify::new()),
+            timer_task: Mutex::new(None),
             committer,
             config: self.config,
             registry,
             running: Mutex::new(HashMap::new()),
             alive: Mutex::new(Some(alive)),
             alive_rx: tokio::sync::Mutex::new(alive_rx),
-            runtime,
+            runtime: runtime.clone(),
         });
+        let timers = runtime.spawn(Core::timers(
+            Arc::downgrade(&core),
+            Arc::clone(&core.timer_bell),
+        ));
+        *core.timer_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(timers.abort_handle());
         let recovery = Arc::clone(&core).recover().await?;
         Ok(Engine {
             core,
@@ -437,7 +493,164 @@ impl Engine {
             .core
             .load(id)?
             .ok_or_else(|| Error::NotFound { id: id.to_string() })?;
-        Ok(history::status_of(&record.state))
+        Ok(self.core.status_of(id, &record))
+    }
+
+    /// Sends event `name` with `payload` to instance `id`, durably: when this
+    /// returns, the event is on disk and will be delivered, even across a
+    /// restart. Events of one name are consumed in the order sent, one per
+    /// `wait_for!` occurrence; an event sent before the workflow reaches its
+    /// wait is kept until then, and one sent after every wait of that name
+    /// was satisfied is kept but never delivered again.
+    ///
+    /// Errors: [`Error::NotFound`], [`Error::InstanceFinished`], and
+    /// [`Error::EventTypeMismatch`] when the instance already waits for this
+    /// event with another payload type (decided atomically with delivery:
+    /// nothing is stored then).
+    pub async fn send_event<P: serde::Serialize>(
+        &self,
+        id: impl Into<String>,
+        name: impl Into<String>,
+        payload: P,
+    ) -> Result<()> {
+        let (id, name) = (id.into(), name.into());
+        validate_id(&id)?;
+        let core = &self.core;
+        let payload = encode_value(&core.config, &id, &format!("event {name:?}"), &payload)?;
+        let type_name = std::any::type_name::<P>();
+        let _events = core.event_lock.lock().await;
+        let record = core
+            .load(&id)?
+            .ok_or_else(|| Error::NotFound { id: id.clone() })?;
+        if let Some(status) = finished_status(&record.state) {
+            return Err(Error::InstanceFinished {
+                instance: id,
+                status,
+            });
+        }
+        // The number this event gets: after every event of the name already
+        // sent, and after every wait of the name that already ended.
+        let events = core
+            .store
+            .scan_prefix(Tree::Events, &name_prefix(&id, &name))?
+            .len();
+        let ended_waits = core
+            .store
+            .scan_prefix(Tree::Checkpoints, &name_prefix(&id, &name))?
+            .iter()
+            .filter(|(_, v)| {
+                codec::decode::<CheckpointRecord>(v).is_ok_and(|c| {
+                    matches!(
+                        c.state,
+                        crate::records::CheckpointState::Received { .. }
+                            | crate::records::CheckpointState::TimedOut { .. }
+                    )
+                })
+            })
+            .count();
+        let seq = u32::try_from(events.max(ended_waits)).unwrap_or(u32::MAX);
+        if let Some(expected) = core.waiting_type(&id, &name, seq)
+            && expected != type_name
+        {
+            return Err(Error::EventTypeMismatch {
+                instance: id,
+                event: name,
+                expected,
+                got: type_name.to_string(),
+            });
+        }
+        let event = EventRecord {
+            type_name: type_name.to_string(),
+            payload,
+            sent_at_ms: now_ms(),
+        };
+        let value = codec::encode(&event).map_err(|reason| Error::Encode {
+            instance: id.clone(),
+            what: format!("event {name:?}"),
+            reason,
+        })?;
+        let mut batch = Batch::new();
+        batch.put(Tree::Events, occurrence_key(&id, &name, seq), value);
+        core.committer.commit(batch).await?;
+        core.deliver(&id, &name, seq);
+        Ok(())
+    }
+
+    /// Cancels instance `id`, durably: no new step starts after this
+    /// returns, a step running now finishes, and the instance ends
+    /// [`Status::Cancelled`] (its handles return [`Error::Cancelled`]). A
+    /// parked instance is cancelled at once, without waiting for its timer.
+    ///
+    /// Errors: [`Error::NotFound`], [`Error::InstanceFinished`].
+    pub async fn cancel(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        let core = &self.core;
+        let _events = core.event_lock.lock().await;
+        let mut record = core
+            .load(id)?
+            .ok_or_else(|| Error::NotFound { id: id.to_string() })?;
+        if let Some(status) = finished_status(&record.state) {
+            return Err(Error::InstanceFinished {
+                instance: id.to_string(),
+                status,
+            });
+        }
+        let slot = core
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        let mut ended = match &slot {
+            Some(slot) => {
+                let ended = slot.ended.lock().await;
+                if *ended {
+                    return Err(Error::InstanceFinished {
+                        instance: id.to_string(),
+                        status: "completed",
+                    });
+                }
+                slot.signals.cancelled.store(true, Ordering::SeqCst);
+                slot.signals.ring();
+                Some(ended)
+            }
+            None => None,
+        };
+        // Reload: the instance may have moved on while we waited for its end lock.
+        if let Some(latest) = core.load(id)? {
+            record = latest;
+        }
+        if let Some(status) = finished_status(&record.state) {
+            return Err(Error::InstanceFinished {
+                instance: id.to_string(),
+                status,
+            });
+        }
+        let was_parked = core
+            .parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+            .is_some();
+        record.state = InstanceState::Cancelled;
+        push_transition(&mut record, TransitionKind::Cancelled);
+        core.commit_record(id, &record, None).await?;
+        if let Some(ended) = ended.as_mut() {
+            **ended = true;
+        }
+        drop(ended);
+        if let Some(slot) = slot
+            && (was_parked || !slot.driving.load(Ordering::SeqCst))
+        {
+            core.finish_slot(
+                id,
+                &slot,
+                Err(Error::Cancelled {
+                    instance: id.to_string(),
+                }),
+            );
+        }
+        Ok(())
     }
 
     /// The audit trail of instance `id`: its transitions and every step
@@ -448,7 +661,9 @@ impl Engine {
             .load(id)?
             .ok_or_else(|| Error::NotFound { id: id.to_string() })?;
         let checkpoints = self.core.load_checkpoints(id)?;
-        Ok(history::history_of(id, &record, checkpoints))
+        let mut history = history::history_of(id, &record, checkpoints);
+        history.status = self.core.status_of(id, &record);
+        Ok(history)
     }
 
     /// What recovery did when this engine opened.
@@ -470,6 +685,15 @@ impl Engine {
             if let Some(task) = slot.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 task.abort();
             }
+        }
+        if let Some(timers) = self
+            .core
+            .timer_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            timers.abort();
         }
         drop(slots);
         self.core
@@ -509,6 +733,80 @@ fn validate_id(id: &str) -> Result<()> {
 }
 
 impl Core {
+    /// The status of `id`, with what it waits for if it is parked.
+    fn status_of(&self, id: &str, record: &InstanceRecord) -> Status {
+        if record.state == InstanceState::Running
+            && let Some(parked) = self
+                .parked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(id)
+        {
+            let until = parked.deadline_ms.map(history::time);
+            return match parked.events.first() {
+                Some(event) => Status::Waiting {
+                    event: event.name.to_string(),
+                    until,
+                },
+                None => Status::Sleeping {
+                    until: until.unwrap_or(std::time::UNIX_EPOCH),
+                },
+            };
+        }
+        history::status_of(&record.state)
+    }
+
+    /// The payload type instance `id` waits for as event `name` number `seq`, if it waits.
+    fn waiting_type(&self, id: &str, name: &str, seq: u32) -> Option<String> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = running.get(id) {
+            let waiting = slot
+                .signals
+                .waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(t) = waiting
+                .iter()
+                .find(|c| c.name == name && c.occurrence == seq)
+                .and_then(|c| c.event_type.clone())
+            {
+                return Some(t);
+            }
+        }
+        drop(running);
+        let parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let wait = parked
+            .get(id)?
+            .events
+            .iter()
+            .find(|e| &*e.name == name && e.occurrence == seq)?;
+        Some(wait.type_name.to_string())
+    }
+
+    /// Tells instance `id` that event `name` number `seq` is stored: wakes it
+    /// if it is parked on it, rings its waits if it is running.
+    fn deliver(self: &Arc<Self>, id: &str, name: &str, seq: u32) {
+        let woken = {
+            let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+            let waits = parked.get(id).is_some_and(|p| {
+                p.events
+                    .iter()
+                    .any(|e| &*e.name == name && e.occurrence == seq)
+            });
+            waits && parked.remove(id).is_some()
+        };
+        if woken {
+            self.wake(id);
+        } else if let Some(slot) = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            slot.signals.ring();
+        }
+    }
+
     fn registered<W: Workflow>(&self) -> Result<Arc<dyn Erased>> {
         match self.registry.get(W::NAME) {
             Some(erased) if erased.type_id() == TypeId::of::<W>() => Ok(Arc::clone(erased)),
@@ -589,13 +887,18 @@ impl Core {
                 }
                 None => None,
             };
-            let slot = Arc::new(Slot {
-                workflow,
-                input: input.clone(),
-                done: watch::Sender::new(None),
-                task: Mutex::new(None),
-            });
+            let parked = record.is_some()
+                && self
+                    .parked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&id);
+            let slot = Slot::new(workflow, input.clone(), !parked);
             running.insert(id.clone(), Arc::clone(&slot));
+            if parked {
+                // Its timer or event wakes it; until then it needs no task.
+                return Ok(slot.done.subscribe());
+            }
             match record {
                 Some(record) => (slot, Err(record)),
                 None => (slot, Ok(())),
@@ -655,8 +958,13 @@ impl Core {
                 core: self,
                 _alive: alive,
             };
-            let outcome = guard.core.drive(&id, erased, record, begin).await;
-            guard.core.finish_slot(&id, &task_slot, outcome);
+            if let DriveEnd::Finished(outcome) = guard
+                .core
+                .drive(&id, erased, record, begin, &task_slot)
+                .await
+            {
+                guard.core.finish_slot(&id, &task_slot, outcome);
+            }
         });
         *slot.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
     }
@@ -671,21 +979,22 @@ impl Core {
         slot.done.send_replace(Some(outcome));
     }
 
-    /// Runs one instance to its end (or until it is blocked) and records the end.
+    /// Runs one instance until it ends, is blocked or parks, and records that.
     async fn drive(
         self: &Arc<Self>,
         id: &str,
         erased: Arc<dyn Erased>,
         mut record: InstanceRecord,
         begin: Begin,
-    ) -> Result<Vec<u8>> {
+        slot: &Arc<Slot>,
+    ) -> DriveEnd {
         let recoveries = match begin {
-            Begin::Fresh => 0,
+            Begin::Fresh | Begin::Wake => 0,
             Begin::ResumeByHand => 1,
-            Begin::Resume => {
-                let stored = self.store.get(Tree::Active, &instance_key(id))?;
-                stored.as_deref().map_or(0, recoveries_of).saturating_add(1)
-            }
+            Begin::Resume => match self.store.get(Tree::Active, &instance_key(id)) {
+                Ok(stored) => stored.as_deref().map_or(0, recoveries_of).saturating_add(1),
+                Err(e) => return DriveEnd::Finished(Err(e.into())),
+            },
         };
         if recoveries > self.config.max_recoveries {
             let error = Error::NeedsAttention {
@@ -695,48 +1004,110 @@ impl Core {
                     self.config.max_recoveries
                 ),
             };
-            return self.end_with_error(id, record, recoveries - 1, error).await;
+            return DriveEnd::Finished(
+                self.end(id, record, recoveries - 1, slot, Err(error)).await,
+            );
         }
-        if begin != Begin::Fresh {
+        if matches!(begin, Begin::Resume | Begin::ResumeByHand) {
             crate::crash::point("recovery.before_resume");
             record.state = InstanceState::Running;
             push_transition(&mut record, TransitionKind::Resumed);
-            self.commit_record(id, &record, Some(recoveries)).await?;
+            if let Err(e) = self.commit_record(id, &record, Some(recoveries)).await {
+                return DriveEnd::Finished(Err(e));
+            }
         }
         let checkpoints = match self.load_checkpoints(id) {
             Ok(c) => c,
-            Err(e) => return self.end_with_error(id, record, recoveries, e).await,
+            Err(e) => {
+                return DriveEnd::Finished(self.end(id, record, recoveries, slot, Err(e)).await);
+            }
         };
         let policy = erased.policy().unwrap_or(self.config.retry);
+        slot.signals
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let ctx = Ctx::new(
             id.to_string(),
             Arc::clone(self),
             policy,
             checkpoints,
             recoveries,
+            Arc::clone(&slot.signals),
         );
-        let outcome = tokio::select! {
-            biased;
-            error = ctx.aborted() => Err(error),
-            output = CatchUnwind::new(&|| erased.run(&ctx, &record.input)) => output.unwrap_or_else(|panic| {
-                Err(Error::WorkflowPanicked { instance: id.to_string(), message: panic_message(&*panic) })
-            }),
+        let flow = {
+            let mut run = pin!(CatchUnwind::new(&|| erased.run(&ctx, &record.input)));
+            let mut aborted = pin!(ctx.aborted());
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(error) = aborted.as_mut().poll(cx) {
+                    return Poll::Ready(Err(error));
+                }
+                match run.as_mut().poll(cx) {
+                    Poll::Ready(Ok(output)) => Poll::Ready(output.map(Ok)),
+                    Poll::Ready(Err(panic)) => Poll::Ready(Err(Error::WorkflowPanicked {
+                        instance: id.to_string(),
+                        message: panic_message(&*panic),
+                    })),
+                    Poll::Pending => {
+                        match slot.signals.parkable(now_ms(), crate::wait::PARK_AFTER_MS) {
+                            Some(conds) => Poll::Ready(Ok(Err(conds))),
+                            None => Poll::Pending,
+                        }
+                    }
+                }
+            })
+            .await
         };
-        let outcome = outcome.and_then(|output| {
-            let left = ctx.unreplayed();
-            if left.is_empty() {
-                Ok(output)
-            } else {
-                Err(Error::Nondeterminism {
-                    instance: id.to_string(),
-                    detail: format!(
-                        "the workflow finished without reaching recorded step(s) {}",
-                        left.join(", ")
-                    ),
-                })
+        let outcome = match flow {
+            Ok(Err(conds)) => {
+                drop(ctx);
+                return match self.park(id, conds, slot).await {
+                    Ok(()) => DriveEnd::Parked,
+                    Err(e) => {
+                        DriveEnd::Finished(self.end(id, record, recoveries, slot, Err(e)).await)
+                    }
+                };
             }
-        });
-        match outcome {
+            Ok(Ok(output)) => {
+                let left = ctx.unreplayed();
+                if left.is_empty() {
+                    Ok(output)
+                } else {
+                    Err(Error::Nondeterminism {
+                        instance: id.to_string(),
+                        detail: format!(
+                            "the workflow finished without reaching recorded step(s) {}",
+                            left.join(", ")
+                        ),
+                    })
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let recoveries = ctx.recoveries();
+        drop(ctx);
+        DriveEnd::Finished(self.end(id, record, recoveries, slot, outcome).await)
+    }
+
+    /// Records how the instance ended: completed, blocked (resumable),
+    /// failed or cancelled. A cancel that was recorded first wins.
+    async fn end(
+        &self,
+        id: &str,
+        mut record: InstanceRecord,
+        recoveries: u32,
+        slot: &Slot,
+        outcome: Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let mut ended = slot.ended.lock().await;
+        if slot.signals.is_cancelled() {
+            *ended = true;
+            return Err(Error::Cancelled {
+                instance: id.to_string(),
+            });
+        }
+        let result = match outcome {
             Ok(output) => {
                 record.state = InstanceState::Completed {
                     output: output.clone(),
@@ -747,7 +1118,140 @@ impl Core {
                 crate::crash::point("complete.after_write");
                 Ok(output)
             }
-            Err(e) => self.end_with_error(id, record, ctx.recoveries(), e).await,
+            Err(error) => self.end_with_error(id, record, recoveries, error).await,
+        };
+        *ended = result.is_ok() || !matches!(&result, Err(e) if e.blocks());
+        result
+    }
+
+    /// Parks the instance on `conds`: records what it waits for, then hands
+    /// it to the park table (or wakes it at once if an awaited event is there).
+    async fn park(
+        self: &Arc<Self>,
+        id: &str,
+        conds: Vec<WaitCond>,
+        slot: &Arc<Slot>,
+    ) -> Result<()> {
+        let parked_at_ms = now_ms();
+        let value = codec::encode(&ParkRecord {
+            parked_at_ms,
+            conds: conds.clone(),
+        })
+        .map_err(|reason| Error::Encode {
+            instance: id.to_string(),
+            what: "a park record".into(),
+            reason,
+        })?;
+        let mut batch = Batch::new();
+        batch.put(Tree::Timers, instance_key(id), value);
+        self.committer.commit(batch).await?;
+        {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            slot.driving.store(false, Ordering::SeqCst);
+            *slot.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            if slot.done.receiver_count() == 0
+                && running.get(id).is_some_and(|s| Arc::ptr_eq(s, slot))
+            {
+                running.remove(id);
+            }
+        }
+        if slot.signals.is_cancelled() {
+            return Err(Error::Cancelled {
+                instance: id.to_string(),
+            });
+        }
+        let earliest = self
+            .parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, &conds, |d| d);
+        if earliest {
+            self.timer_bell.notify_one();
+        }
+        self.wake_if_event_arrived(id, &conds)
+    }
+
+    /// Wakes parked `id` if an event one of `conds` waits for is already stored.
+    fn wake_if_event_arrived(self: &Arc<Self>, id: &str, conds: &[WaitCond]) -> Result<()> {
+        for cond in conds.iter().filter(|c| c.event_type.is_some()) {
+            if self
+                .store
+                .get(
+                    Tree::Events,
+                    &occurrence_key(id, &cond.name, cond.occurrence),
+                )?
+                .is_some()
+            {
+                let woken = self
+                    .parked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(id)
+                    .is_some();
+                if woken {
+                    self.wake(id);
+                }
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a task for parked instance `id`, just taken out of the park table.
+    fn wake(self: &Arc<Self>, id: &str) {
+        let record = match self.load(id) {
+            Ok(Some(record)) if record.state == InstanceState::Running => record,
+            _ => return,
+        };
+        let Some((&workflow, erased)) = self.registry.get_key_value(record.workflow.as_str())
+        else {
+            return;
+        };
+        let slot = {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = running
+                .entry(id.to_string())
+                .or_insert_with(|| Slot::new(workflow, record.input.clone(), false));
+            if slot.driving.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            Arc::clone(slot)
+        };
+        Arc::clone(self).spawn(
+            id.to_string(),
+            Arc::clone(erased),
+            record,
+            Begin::Wake,
+            slot,
+        );
+    }
+
+    /// Wakes parked instances whose deadline has come, until the engine is gone.
+    async fn timers(core: std::sync::Weak<Core>, bell: Arc<Notify>) {
+        loop {
+            let next = {
+                let Some(core) = core.upgrade() else { return };
+                let due = core
+                    .parked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take_due(now_ms());
+                for id in due {
+                    core.wake(&id);
+                }
+                core.parked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .next_deadline()
+            };
+            // Re-read the clock at least once a minute, in case it jumps.
+            let wait = next
+                .map_or(60_000, |d| d.saturating_sub(now_ms()))
+                .min(60_000);
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {}
+                _ = bell.notified() => {}
+            }
         }
     }
 
@@ -761,7 +1265,10 @@ impl Core {
     ) -> Result<Vec<u8>> {
         let text = error.to_string();
         let active = error.blocks().then_some(recoveries);
-        if let Error::NeedsAttention { reason, .. } = &error {
+        if let Error::Cancelled { .. } = &error {
+            record.state = InstanceState::Cancelled;
+            push_transition(&mut record, TransitionKind::Cancelled);
+        } else if let Error::NeedsAttention { reason, .. } = &error {
             record.state = InstanceState::NeedsAttention {
                 error: reason.clone(),
             };
@@ -802,6 +1309,7 @@ impl Core {
             batch.put(Tree::Active, instance_key(id), recoveries_value(recoveries));
         } else {
             batch.delete(Tree::Active, instance_key(id));
+            batch.delete(Tree::Timers, instance_key(id));
         }
         self.committer.commit(batch).await.map_err(Error::from)
     }
@@ -815,8 +1323,18 @@ impl Core {
                 op: "recovery scan",
                 reason: e.to_string(),
             })??;
+        let store = Arc::clone(&self.store);
+        let parks = tokio::task::spawn_blocking(move || store.scan_prefix(Tree::Timers, &[]))
+            .await
+            .map_err(|e| StoreError::Io {
+                op: "recovery scan",
+                reason: e.to_string(),
+            })??;
+        let mut parks: HashMap<Vec<u8>, Vec<u8>> = parks.into_iter().collect();
         let mut report = RecoveryReport::default();
+        let now = now_ms();
         for (key, _) in active {
+            let park = parks.remove(&key);
             let id = match String::from_utf8(key) {
                 Ok(id) => id,
                 Err(e) => {
@@ -856,12 +1374,21 @@ impl Core {
                 .get_key_value(record.workflow.as_str())
                 .map(|(k, _)| *k)
                 .unwrap_or("");
-            let slot = Arc::new(Slot {
-                workflow,
-                input: record.input.clone(),
-                done: watch::Sender::new(None),
-                task: Mutex::new(None),
-            });
+            if record.state == InstanceState::Running
+                && let Some(park) = park.and_then(|p| codec::decode::<ParkRecord>(&p).ok())
+            {
+                // Parked when the process stopped: back into the table, no task.
+                // A clock set backwards meanwhile cannot stretch a wait.
+                let clamp = |d: u64| d.min(now.saturating_add(d.saturating_sub(park.parked_at_ms)));
+                self.parked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(&id, &park.conds, clamp);
+                self.wake_if_event_arrived(&id, &park.conds)?;
+                report.parked += 1;
+                continue;
+            }
+            let slot = Slot::new(workflow, record.input.clone(), true);
             self.running
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -878,6 +1405,16 @@ impl Core {
 struct TaskGuard {
     core: Arc<Core>,
     _alive: mpsc::Sender<()>,
+}
+
+/// How a finished instance ended, or `None` if it has not.
+fn finished_status(state: &InstanceState) -> Option<&'static str> {
+    match state {
+        InstanceState::Completed { .. } => Some("completed"),
+        InstanceState::Failed { .. } => Some("failed"),
+        InstanceState::Cancelled => Some("cancelled"),
+        _ => None,
+    }
 }
 
 fn finished(outcome: Result<Vec<u8>>) -> watch::Receiver<Outcome> {

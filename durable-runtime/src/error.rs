@@ -204,7 +204,7 @@ pub enum Error {
         /// Why it was set aside.
         reason: String,
     },
-    /// The instance was cancelled with `Engine::cancel`.
+    /// The instance was cancelled with [`Engine::cancel`](crate::Engine::cancel).
     #[error("instance {instance:?} was cancelled")]
     Cancelled {
         /// The instance id.

@@ -38,7 +38,7 @@ pub enum Status {
         /// When the wait times out, if it has a timeout.
         until: Option<SystemTime>,
     },
-    /// Cancelled with `Engine::cancel`.
+    /// Cancelled with [`Engine::cancel`](crate::Engine::cancel).
     Cancelled,
     /// Resumed too many times in a row without finishing a step (the process
     /// probably crashes in it): not resumed automatically any more. Fix the

@@ -10,10 +10,12 @@ mod crash;
 mod engine;
 mod error;
 mod history;
+mod park;
 mod records;
 mod retry;
 mod step;
 pub mod store;
+mod wait;
 mod workflow;
 
 pub use context::{Ctx, permanent};
@@ -33,5 +35,6 @@ pub mod __private {
     pub use crate::context::Ctx;
     pub use crate::retry::RetryPolicy;
     pub use crate::step::step;
+    pub use crate::wait::{sleep, sleep_until, wait_for, wait_for_timeout};
     pub use crate::workflow::{BoxFuture, Workflow, WorkflowMarker};
 }

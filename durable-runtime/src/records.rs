@@ -148,6 +148,32 @@ pub(crate) enum CheckpointState {
     TimedOut { finished_at_ms: u64 },
 }
 
+/// What a parked instance waits for; stored in `Timers` under its id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct ParkRecord {
+    pub parked_at_ms: u64,
+    pub conds: Vec<WaitCond>,
+}
+
+/// One thing a parked instance waits for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct WaitCond {
+    pub name: String,
+    pub occurrence: u32,
+    /// When the wait ends by itself (a sleep's deadline, a wait's timeout).
+    pub deadline_ms: Option<u64>,
+    /// For a `wait_for!`: the payload type it expects.
+    pub event_type: Option<String>,
+}
+
+/// An event sent to an instance; stored in `Events`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct EventRecord {
+    pub type_name: String,
+    pub payload: Vec<u8>,
+    pub sent_at_ms: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

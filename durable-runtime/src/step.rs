@@ -86,6 +86,8 @@ where
         },
         None => (0, now_ms()),
     };
+    // A running step keeps the instance from parking.
+    let _busy = ctx.signals.busy();
     let policy = policy.unwrap_or(ctx.policy);
     let key = ctx.step_key(name, occurrence);
     let record = |attempts, state| CheckpointRecord {
@@ -100,6 +102,12 @@ where
         // could not be checkpointed.
         if let Some(failure) = ctx.core.committer.failure() {
             return Err(failure.into());
+        }
+        // After a cancel, no new attempt starts.
+        if ctx.signals.is_cancelled() {
+            return Err(Error::Cancelled {
+                instance: ctx.id.clone(),
+            });
         }
         attempts += 1;
         crate::crash::point("step.before_body");
