@@ -1,6 +1,6 @@
 //! Code generation: the workflow value (the fn, now returning the workflow
 //! definition), the definition's `Workflow` impl, and the rewrite of each
-//! `step!` site in the body.
+//! `step!`, `sleep!`, `sleep_until!` and `wait_for!` site in the body.
 //!
 //! Generated code reaches the runtime only through `::durable::__private`
 //! (or the `crate = "..."` path) and std only through `::core` / `::std`, and
@@ -46,7 +46,8 @@ pub(crate) fn durable(args: TokenStream, item: TokenStream) -> TokenStream {
 struct Cx {
     /// The path of the `durable` crate: `::durable` or `crate = "..."`.
     krate: Path,
-    /// `__durable_ctx`, the `&Ctx` that `run` receives and steps use.
+    /// `__durable_ctx`, the `&Ctx` that `run` receives and every site
+    /// (steps, sleeps, waits) uses.
     ctx: Ident,
     /// `__durable_input`, the input that `run` receives.
     input: Ident,
@@ -142,7 +143,9 @@ fn workflow_fn(
     run: TokenStream,
 ) -> TokenStream {
     // Input:  #[durable(name = "user-provisioning")]
-    //         pub async fn provision(ctx: &Ctx, signup: Signup) -> R { step!("a", ..); .. }
+    //         pub async fn provision(ctx: &Ctx, signup: Signup) -> R {
+    //             step!("a", ..); sleep!("b", ..); wait_for!("c"); ..
+    //         }
     // Output: #[doc(hidden)]
     //         #[derive(Clone, Copy)]
     //         pub struct __durable_provision;
@@ -150,7 +153,7 @@ fn workflow_fn(
     //             type Input = Signup;
     //             type Output = R;
     //             const NAME: &'static str = "user-provisioning";
-    //             const STEPS: &'static [&'static str] = &["a", ..];
+    //             const STEPS: &'static [&'static str] = &["a", "b", "c", ..];
     //             fn run<'a>(..) -> BoxFuture<'a, R> { .. }
     //         }
     //         pub fn provision(_: ::durable::__private::WorkflowMarker) -> __durable_provision {
@@ -177,6 +180,7 @@ fn workflow_fn(
         .name
         .clone()
         .unwrap_or_else(|| LitStr::new(&unraw, ident.span()));
+    // Every name of every kind, in source order.
     let steps = body.names();
     let retry_policy = retry_policy(cx, args);
     quote! {
@@ -327,22 +331,29 @@ fn rewrite_group(cx: &Cx, body: &Body, group: &Group, nodes: &[Node]) -> TokenTr
     TokenTree::Group(rewritten)
 }
 
-/// One site, rewritten to the runtime call. The user's `step` name stays,
-/// so the call goes through their import of the facade's `step!`, whose
-/// `@__durable_expanded` arm hands the call back unchanged.
+/// One site, rewritten to the runtime call. The user's macro name (`step`,
+/// `sleep`...) stays, so the call goes through their import of the
+/// facade's macro, whose `@__durable_expanded` arm hands the call back
+/// unchanged.
 fn site(cx: &Cx, site: &Site) -> TokenStream {
     // Input:  step!("charge-card", retry = EXPR, BODY)
     // Output: step!(@__durable_expanded (
     //             ::durable::__private::step(__durable_ctx, "charge-card",
     //                 Some(EXPR), || async { BODY }).await
     //         ))
+    // Input:  sleep!("cool-off", DURATION)
+    // Output: sleep!(@__durable_expanded (
+    //             ::durable::__private::sleep(__durable_ctx, "cool-off", DURATION).await
+    //         ))
     let Some(args) = &site.args else {
         unreachable!("`generate` runs only when every site parsed");
     };
+    let name = &args.name;
     let call = match &args.kind {
-        KindArgs::Step { retry, body } => {
-            step_call(cx, &args.name, retry.as_ref(), body, site.position)
-        }
+        KindArgs::Step { retry, body } => step_call(cx, name, retry.as_ref(), body, site.position),
+        KindArgs::Sleep { duration } => timer_call(cx, "sleep", name, duration, site.position),
+        KindArgs::SleepUntil { until } => timer_call(cx, "sleep_until", name, until, site.position),
+        KindArgs::WaitFor { timeout } => wait_call(cx, name, timeout.as_ref(), site.position),
     };
     let marker = Ident::new("__durable_expanded", Span::mixed_site());
     let mut group = Group::new(site.group.delimiter(), quote!(@#marker (#call)));
@@ -364,31 +375,96 @@ fn step_call(
 ) -> TokenStream {
     // Input:  "charge-card", Some(retry = EXPR), BODY, Position::Value
     // Output: ::durable::__private::step(__durable_ctx, "charge-card", Some(EXPR), || async { BODY }).await
-    // The path's first tokens sit at the body's first token and its last
-    // at the body's last, so the compiler, which spans an expression from
-    // its first token to its last, underlines the whole body. The spans resolve
-    // at the macro's site, so lints treat the call as generated code.
     let (first, last) = first_and_last_span(body);
     let span = Span::mixed_site().located_at(first);
     let end = Span::mixed_site().located_at(last);
-    let krate = respan(cx.krate.to_token_stream(), span);
-    let step = Ident::new("step", end);
-    let path = quote_spanned!(span=> #krate::__private::#step);
-    // Likewise the closure and its async block span the whole body.
+    // The closure and its async block span the whole body.
     let mut block = Group::new(Delimiter::Brace, body.clone());
     block.set_span(end);
-    let ctx = &cx.ctx;
     let policy = match retry {
         Some(retry) => quote_spanned!(span=> ::core::option::Option::Some(#retry)),
         None => quote_spanned!(span=> ::core::option::Option::None),
     };
-    let call = quote_spanned! {span=>
-        #path(#ctx, #name, #policy, || async #block)
-    };
+    let args = quote_spanned!(span=> #name, #policy, || async #block);
+    runtime_call(cx, "step", args, (first, last), position)
+}
+
+/// The call behind one `sleep!` (`function` is `sleep`) or `sleep_until!`
+/// (`sleep_until`), spanned at its duration or deadline expression.
+fn timer_call(
+    cx: &Cx,
+    function: &str,
+    name: &LitStr,
+    operand: &TokenStream,
+    position: Position,
+) -> TokenStream {
+    // Input:  "cool-off", DURATION, Position::Value
+    // Output: ::durable::__private::sleep(__durable_ctx, "cool-off", DURATION).await
+    let (first, last) = first_and_last_span(operand);
+    let span = Span::mixed_site().located_at(first);
+    let args = quote_spanned!(span=> #name, #operand);
+    runtime_call(cx, function, args, (first, last), position)
+}
+
+/// The call behind one `wait_for!`: `wait_for`, or `wait_for_timeout` with
+/// `timeout = ..`. Spanned from the name to the timeout, so that an
+/// unusable payload type (not `Deserialize`, not inferable) is reported at
+/// the wait.
+fn wait_call(
+    cx: &Cx,
+    name: &LitStr,
+    timeout: Option<&TokenStream>,
+    position: Position,
+) -> TokenStream {
+    // Input:  "manager-approval", Some(TIMEOUT), Position::Value
+    // Output: ::durable::__private::wait_for_timeout(__durable_ctx, "manager-approval", TIMEOUT).await
+    // Input:  "manager-approval", None, Position::Value
+    // Output: ::durable::__private::wait_for(__durable_ctx, "manager-approval").await
+    let first = name.span();
+    match timeout {
+        Some(timeout) => {
+            let (_, last) = first_and_last_span(timeout);
+            let span = Span::mixed_site().located_at(first);
+            let args = quote_spanned!(span=> #name, #timeout);
+            runtime_call(cx, "wait_for_timeout", args, (first, last), position)
+        }
+        None => runtime_call(
+            cx,
+            "wait_for",
+            name.to_token_stream(),
+            (first, first),
+            position,
+        ),
+    }
+}
+
+/// `<krate>::__private::<function>(__durable_ctx, <args>)`, awaited unless
+/// `position` wants the future.
+///
+/// The path's first tokens sit at `first` (the first token of the user's
+/// argument) and its last at `last`, so the compiler, which spans an
+/// expression from its first token to its last, underlines the user's
+/// whole argument. The spans resolve at the macro's site (mixed-site), so
+/// lints treat the call as generated code and the user's code cannot see
+/// `__durable_ctx`.
+fn runtime_call(
+    cx: &Cx,
+    function: &str,
+    args: TokenStream,
+    (first, last): (Span, Span),
+    position: Position,
+) -> TokenStream {
+    let span = Span::mixed_site().located_at(first);
+    let end = Span::mixed_site().located_at(last);
+    let krate = respan(cx.krate.to_token_stream(), span);
+    let function = Ident::new(function, end);
+    let path = quote_spanned!(span=> #krate::__private::#function);
+    let ctx = &cx.ctx;
+    let call = quote_spanned!(span=> #path(#ctx, #args));
     match position {
-        // An unmet bound on the body's future (not a `Result`) is reported
-        // at the call and again at the `await`; at the body's last token
-        // the second report's "add `.await`" hint lands in the right place.
+        // An unmet bound on the call's future is reported at the call and
+        // again at the `await`; at the argument's last token the second
+        // report's "add `.await`" hint lands in the right place.
         Position::Value => {
             let await_ = Ident::new("await", end);
             quote_spanned!(span=> #call.#await_)
@@ -508,6 +584,64 @@ mod tests {
             assert!(out.contains(&call(name)), "{out}");
             assert!(!out.contains(&format!("{} . await", call(name))), "{out}");
         }
+    }
+
+    #[test]
+    fn sleeps_and_waits_become_runtime_calls() {
+        let out = expand(
+            TokenStream::new(),
+            quote! {
+                async fn f(_ctx: &Ctx, _n: u32) -> Result<(), String> {
+                    step!("create-draft", g().await)?;
+                    let approval: Option<Approval> = wait_for!("approval", timeout = days(3));
+                    let payload: Approval = wait_for!("other-event");
+                    sleep!("cool-off", Duration::from_secs(86400));
+                    sleep_until!["launch", SystemTime::now() + d];
+                    let (a, b) = tokio::join!(wait_for!("joined"), sleep!("joined-nap", d));
+                    Ok(())
+                }
+            },
+        );
+        let steps = [
+            "create-draft",
+            "approval",
+            "other-event",
+            "cool-off",
+            "launch",
+            "joined",
+            "joined-nap",
+        ];
+        for expected in [
+            quote!(
+                const STEPS: &'static [&'static str] = &[#(#steps),*];
+            ),
+            quote!(wait_for!(@__durable_expanded (
+                ::durable::__private::wait_for_timeout(__durable_ctx, "approval", days(3)).await
+            ))),
+            quote!(wait_for!(@__durable_expanded (
+                ::durable::__private::wait_for(__durable_ctx, "other-event").await
+            ))),
+            quote!(sleep!(@__durable_expanded (
+                ::durable::__private::sleep(__durable_ctx, "cool-off", Duration::from_secs(86400)).await
+            ))),
+            quote!(sleep_until![@__durable_expanded (
+                ::durable::__private::sleep_until(__durable_ctx, "launch", SystemTime::now() + d).await
+            )]),
+            quote!(tokio::join!(
+                wait_for!(@__durable_expanded (
+                    ::durable::__private::wait_for(__durable_ctx, "joined")
+                )),
+                sleep!(@__durable_expanded (
+                    ::durable::__private::sleep(__durable_ctx, "joined-nap", d)
+                ))
+            )),
+        ] {
+            assert!(
+                out.contains(&text(expected.clone())),
+                "missing {expected}\nin {out}"
+            );
+        }
+        assert!(!out.contains("compile_error"), "{out}");
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //! `#[durable]` goes through three phases, one module each:
 //! `args` and `ast` read the attribute and the fn (keeping the original
 //! tokens, so errors point at what the user wrote), `sites` scans the body
-//! for `step!` sites (also inside other macros' arguments), `validate`
-//! checks what spans several sites, and `expand` generates the code. Every
-//! phase reports to one accumulator, so one build shows every mistake.
+//! for `step!`, `sleep!`, `sleep_until!` and `wait_for!` sites (also inside
+//! other macros' arguments), `validate` checks what spans several sites,
+//! and `expand` generates the code. Every phase reports to one accumulator,
+//! so one build shows every mistake.
 
 mod args;
 mod ast;
@@ -22,17 +23,27 @@ use proc_macro::TokenStream;
 /// The fn's name stays a value of the same visibility, which the `Engine`
 /// takes (through `IntoWorkflow`) to register, start and resume the
 /// workflow by a stable name; the body moves into a hidden definition that
-/// implements `Workflow`. Each `step!(name, body)` in the body becomes a
-/// checkpointed step.
+/// implements `Workflow`. In the body:
+///
+/// - `step!(name, body)` is a checkpointed step;
+/// - `sleep!(name, duration)` and `sleep_until!(name, system_time)` are
+///   durable timers: the deadline is checkpointed the first time, and a
+///   long sleep parks the instance (no task, no future) until it comes;
+/// - `wait_for!(name)` waits for the event `name` sent to the instance and
+///   evaluates to its payload; `wait_for!(name, timeout = duration)` to an
+///   `Option` of it.
 ///
 /// ```ignore
 /// use durable::prelude::*;
+/// use std::time::Duration;
 ///
 /// #[durable]
 /// async fn provision(ctx: &Ctx, signup: Signup) -> Result<Receipt, String> {
 ///     let charge = step!("charge-card", billing::charge(&signup, ctx.idempotency_key()).await)?;
 ///     let account = step!("create-account", retry = RetryPolicy::no_retry(), accounts::create(&signup).await)?;
-///     Ok(Receipt { account, charge })
+///     let verified: Option<Verified> = wait_for!("email-verified", timeout = Duration::from_secs(86400));
+///     sleep!("cool-off", Duration::from_secs(3600));
+///     Ok(Receipt { account, charge, verified: verified.is_some() })
 /// }
 /// ```
 ///
@@ -51,25 +62,34 @@ use proc_macro::TokenStream;
 ///   (`&Ctx`) and one owned input (bundle several values in a struct or a
 ///   tuple). It has no generic or lifetime parameters and no receiver. The
 ///   input and output are owned, concrete serde types.
-/// - Step names are string literals, not empty, unique within the workflow
-///   (a step inside a loop is one name with many occurrences).
-/// - A `step!` cannot be nested inside another step's body.
+/// - Names are string literals, not empty. Steps, sleeps and waits share one
+///   namespace: a name is used once within the workflow, whatever the kind
+///   (a site inside a loop is one name with many occurrences). The error is
+///   on the second use and names the first one's line and kind.
+/// - `wait_for!` takes one option, `timeout = <Duration>`; `step!` one,
+///   `retry = <RetryPolicy>`; `sleep!` and `sleep_until!` none.
+/// - None of them can be nested inside a step's body (which is run again
+///   on retry and skipped on replay), nor inside another site's arguments.
 ///
-/// # Where `step!` works
+/// # Where `step!`, `sleep!` and `wait_for!` work
 ///
 /// Anywhere lexically inside the fn, including inside other macros'
 /// arguments (`println!`, `vec!`, a local `macro_rules!`) and async blocks
-/// and closures. It evaluates to the step's `Result`, except as a whole
-/// argument of `join!` / `try_join!` or as the future of a `select!` branch,
-/// where it is the step's future, so that joined steps run concurrently:
+/// and closures. Each evaluates to its outcome (the step's `Result`, `()`,
+/// the payload), except as a whole argument of `join!` / `try_join!` or as
+/// the future of a `select!` branch, where it is the future of that
+/// outcome, so that joined sites run concurrently:
 ///
 /// ```ignore
 /// let (a, b) = tokio::join!(step!("a", f().await), step!("b", g().await));
 /// let (a, b) = (a?, b?);
+/// let (approval, ()): (Approval, ()) =
+///     tokio::join!(wait_for!("approval"), sleep!("at-least", Duration::from_secs(60)));
 /// ```
 ///
-/// A nested `fn` item cannot reach the workflow's context, so a `step!` in
-/// one is left alone (and is an error); call `ctx.step(..)` there instead.
+/// A nested `fn` item cannot reach the workflow's context, so a site in one
+/// is left alone (and is an error); call `ctx.step(..)`, `ctx.sleep(..)`,
+/// `ctx.wait_for(..)`... there instead.
 ///
 /// # Equivalent code without `#[durable]`
 ///
@@ -82,7 +102,9 @@ use proc_macro::TokenStream;
 ///     type Input = Signup;
 ///     type Output = Result<Receipt, String>;
 ///     const NAME: &'static str = "provision";
-///     const STEPS: &'static [&'static str] = &["charge-card", "create-account"];
+///     // Every name, whatever its kind, in source order.
+///     const STEPS: &'static [&'static str] =
+///         &["charge-card", "create-account", "email-verified", "cool-off"];
 ///
 ///     fn run<'a>(self, __durable_ctx: &'a Ctx, __durable_input: Signup)
 ///         -> ::durable::__private::BoxFuture<'a, Self::Output>
@@ -96,7 +118,11 @@ use proc_macro::TokenStream;
 ///                 let account = ::durable::__private::step(__durable_ctx, "create-account",
 ///                     Some(RetryPolicy::no_retry()),
 ///                     || async { accounts::create(&signup).await }).await?;
-///                 Ok(Receipt { account, charge })
+///                 let verified: Option<Verified> = ::durable::__private::wait_for_timeout(
+///                     __durable_ctx, "email-verified", Duration::from_secs(86400)).await;
+///                 ::durable::__private::sleep(__durable_ctx, "cool-off",
+///                     Duration::from_secs(3600)).await;
+///                 Ok(Receipt { account, charge, verified: verified.is_some() })
 ///             };
 ///             return __durable_ret;
 ///         })
@@ -111,7 +137,9 @@ use proc_macro::TokenStream;
 ///
 /// (`step!(..)` is really rewritten to `step!(@__durable_expanded (..))`,
 /// which the facade's `step!` turns into the call above, so the user's
-/// import of `step` is what the rewrite uses. The `__durable_*` names are
+/// import of `step` is what the rewrite uses; likewise for `sleep!`,
+/// `sleep_until!` (`__private::sleep_until`) and `wait_for!`
+/// (`__private::wait_for` without a timeout). The `__durable_*` names are
 /// hygienic: the body can neither see nor shadow them. With
 /// `retry = <expr>` on the attribute, the impl also has
 /// `fn retry_policy(&self) -> Option<RetryPolicy> { Some(<expr>) }`.)

@@ -1,16 +1,18 @@
-//! The token scan that finds every DSL site (`step!(..)`) in a workflow body.
+//! The token scan that finds every DSL site (`step!(..)`, `sleep!(..)`,
+//! `sleep_until!(..)`, `wait_for!(..)`) in a workflow body.
 //!
-//! A syn `VisitMut` cannot see inside other macros' arguments, and a step is
+//! A syn `VisitMut` cannot see inside other macros' arguments, and a site is
 //! often written there: `tokio::join!(step!("a", ..), step!("b", ..))`,
 //! `println!("{:?}", step!("c", ..))`. So the body is scanned as tokens: any
-//! `step` `!` `(group)` sequence, at any depth, is a site. The scan keeps the
-//! body as a tree of the original tokens with each site marked, so that
-//! `expand` can write it back with only the sites replaced.
+//! `step` `!` `(group)` sequence (or `sleep`, `sleep_until`, `wait_for`), at
+//! any depth, is a site. The scan keeps the body as a tree of the original
+//! tokens with each site marked, so that `expand` can write it back with only
+//! the sites replaced.
 //!
 //! A site is awaited in place (`step!(..)?` is a `Result`), except where a
 //! future is wanted: a whole argument of `join!` / `try_join!`, or the
 //! future of a `select!` branch (`pat = step!(..) => ..`). There it is left
-//! un-awaited, so that joined steps run concurrently.
+//! un-awaited, so that joined sites run concurrently.
 //!
 //! Inside a local `macro_rules!` definition a site's expressions may hold
 //! `$var` fragments, which only parse once the macro is used; there they
@@ -28,20 +30,40 @@ use syn::{Expr, LitStr, Token};
 use crate::validate::Errors;
 
 /// The kinds of DSL macro. They share one namespace of names: a workflow
-/// cannot have a step and (later) a sleep both called `"x"`.
+/// cannot have a step and a sleep both called `"x"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SiteKind {
     /// `step!(name, [retry = policy,] body)`: a checkpointed step.
     Step,
+    /// `sleep!(name, duration)`: a durable timer, its deadline checkpointed.
+    Sleep,
+    /// `sleep_until!(name, time)`: a durable timer to a `SystemTime`.
+    SleepUntil,
+    /// `wait_for!(name [, timeout = duration])`: a wait for the event of
+    /// that name, its payload checkpointed.
+    WaitFor,
 }
 
 impl SiteKind {
     /// The kind whose macro is called `ident`, if any.
     fn from_ident(ident: &Ident) -> Option<SiteKind> {
-        if ident == "step" {
-            Some(SiteKind::Step)
-        } else {
-            None
+        [
+            SiteKind::Step,
+            SiteKind::Sleep,
+            SiteKind::SleepUntil,
+            SiteKind::WaitFor,
+        ]
+        .into_iter()
+        .find(|kind| ident == kind.ident())
+    }
+
+    /// The macro's name as an identifier: `step`.
+    fn ident(self) -> &'static str {
+        match self {
+            SiteKind::Step => "step",
+            SiteKind::Sleep => "sleep",
+            SiteKind::SleepUntil => "sleep_until",
+            SiteKind::WaitFor => "wait_for",
         }
     }
 
@@ -49,6 +71,28 @@ impl SiteKind {
     pub(crate) fn macro_name(self) -> &'static str {
         match self {
             SiteKind::Step => "`step!`",
+            SiteKind::Sleep => "`sleep!`",
+            SiteKind::SleepUntil => "`sleep_until!`",
+            SiteKind::WaitFor => "`wait_for!`",
+        }
+    }
+
+    /// What one site of the kind is called in messages: "step".
+    pub(crate) fn noun(self) -> &'static str {
+        match self {
+            SiteKind::Step => "step",
+            SiteKind::Sleep | SiteKind::SleepUntil => "sleep",
+            SiteKind::WaitFor => "wait",
+        }
+    }
+
+    /// A typical use, for messages: `step!("charge-card", <body>)`.
+    pub(crate) fn usage(self) -> &'static str {
+        match self {
+            SiteKind::Step => "`step!(\"charge-card\", <body>)`",
+            SiteKind::Sleep => "`sleep!(\"cool-off\", <Duration>)`",
+            SiteKind::SleepUntil => "`sleep_until!(\"launch\", <SystemTime>)`",
+            SiteKind::WaitFor => "`wait_for!(\"manager-approval\")`",
         }
     }
 }
@@ -57,8 +101,8 @@ impl SiteKind {
 pub(crate) struct Site {
     /// Which macro this is.
     pub kind: SiteKind,
-    /// The macro's name token (`step`), kept so the rewrite still goes
-    /// through the user's import of it.
+    /// The macro's name token (`step`, `sleep`...), kept so the rewrite
+    /// still goes through the user's import of it.
     pub ident: Ident,
     /// The `!` token.
     pub bang: Punct,
@@ -68,7 +112,7 @@ pub(crate) struct Site {
     /// already reported).
     pub args: Option<SiteArgs>,
     /// The index of the site whose arguments contain this one, if any: a
-    /// step nested in another step's body.
+    /// step or sleep nested in a step's body, say.
     pub enclosing: Option<usize>,
     /// Whether the site is inside a nested `fn` item, out of the
     /// workflow's reach.
@@ -168,6 +212,21 @@ pub(crate) enum KindArgs {
         /// tokens.
         body: TokenStream,
     },
+    /// `sleep!`'s argument after the name.
+    Sleep {
+        /// The `Duration` expression, as its tokens.
+        duration: TokenStream,
+    },
+    /// `sleep_until!`'s argument after the name.
+    SleepUntil {
+        /// The `SystemTime` expression, as its tokens.
+        until: TokenStream,
+    },
+    /// `wait_for!`'s arguments after the name.
+    WaitFor {
+        /// `timeout = <expr>`, if given, as the expression's tokens.
+        timeout: Option<TokenStream>,
+    },
 }
 
 /// A workflow body as a token tree with its sites marked.
@@ -221,8 +280,8 @@ impl Body {
         self.sites.iter().filter(|site| site.is_expanded())
     }
 
-    /// Each distinct name of a top-level site, in source order: the
-    /// workflow's `STEPS`.
+    /// Each distinct name of a top-level site of any kind (steps, sleeps,
+    /// waits), in source order: the workflow's `STEPS`.
     pub(crate) fn names(&self) -> Vec<&LitStr> {
         let mut names: Vec<&LitStr> = Vec::new();
         for name in self.top_level_sites().filter_map(Site::name) {
@@ -335,8 +394,8 @@ fn scan_stream(
     (nodes, found)
 }
 
-/// If `tokens[i..]` starts a site (`step` `!` `group`, not `$step`),
-/// returns its pieces.
+/// If `tokens[i..]` starts a site (`step` `!` `group`, or another kind's
+/// name; not `$step`), returns its pieces.
 fn site_at(tokens: &[TokenTree], i: usize) -> Option<(SiteKind, &Ident, &Punct, &Group)> {
     let TokenTree::Ident(ident) = tokens.get(i)? else {
         return None;
@@ -358,7 +417,7 @@ fn site_at(tokens: &[TokenTree], i: usize) -> Option<(SiteKind, &Ident, &Punct, 
 /// arguments: a future only when it is a whole `join!` argument or a whole
 /// `select!` branch future.
 fn position(tokens: &[TokenTree], i: usize, context: Context) -> Position {
-    // Step back over a path prefix: `durable::step!`, `::durable::step!`.
+    // Step back over a path prefix: `durable::step!`, `::durable::sleep!`.
     let mut start = i;
     while start >= 2 && is_punct(tokens.get(start - 1), ':') && is_punct(tokens.get(start - 2), ':')
     {
@@ -461,11 +520,12 @@ fn is_punct(tree: Option<&TokenTree>, ch: char) -> bool {
 
 /// Parses a site's arguments per its kind; `lenient` inside `macro_rules!`.
 fn parse_args(site: &Site, lenient: bool) -> syn::Result<SiteArgs> {
-    match site.kind {
-        SiteKind::Step => {
-            (|input: ParseStream| parse_step(input, site, lenient)).parse2(site.group.stream())
-        }
-    }
+    let parser = |input: ParseStream| match site.kind {
+        SiteKind::Step => parse_step(input, site, lenient),
+        SiteKind::Sleep | SiteKind::SleepUntil => parse_sleep(input, site, lenient),
+        SiteKind::WaitFor => parse_wait_for(input, site, lenient),
+    };
+    parser.parse2(site.group.stream())
 }
 
 /// Parses `step!`'s arguments: `"name", [retry = <expr>,] body [,]`.
@@ -544,6 +604,131 @@ fn parse_step(input: ParseStream, site: &Site, lenient: bool) -> syn::Result<Sit
     })
 }
 
+/// Parses `sleep!`'s arguments, `"name", <Duration> [,]`, or
+/// `sleep_until!`'s, `"name", <SystemTime> [,]`.
+fn parse_sleep(input: ParseStream, site: &Site, lenient: bool) -> syn::Result<SiteArgs> {
+    let name = parse_name(input, site)?;
+    let (what, ty) = match site.kind {
+        SiteKind::SleepUntil => ("deadline", "SystemTime"),
+        _ => ("duration", "Duration"),
+    };
+    let ident = site.kind.ident();
+    let write = format!("`{ident}!({:?}, <{ty}>)`", name.value());
+    let missing = || {
+        syn::Error::new_spanned(
+            site.tokens(),
+            format!("sleep {:?} has no {what}; write {write}", name.value()),
+        )
+    };
+    if input.is_empty() {
+        return Err(missing());
+    }
+    if !input.peek(Token![,]) {
+        return Err(input.error("expected `,` after the sleep name"));
+    }
+    input.parse::<Token![,]>()?;
+    if input.is_empty() {
+        return Err(missing());
+    }
+    if input.peek(syn::Ident) && input.peek2(Token![=]) && !input.peek2(Token![==]) {
+        let key: Ident = input.parse()?;
+        return Err(syn::Error::new_spanned(
+            key,
+            format!("`{ident}!` takes no options, only the {what} itself: {write}"),
+        ));
+    }
+    let operand = parse_expr(input, lenient)?;
+    if input.peek(Token![,]) {
+        input.parse::<Token![,]>()?;
+    }
+    if !input.is_empty() {
+        let rest: TokenStream = input.parse()?;
+        return Err(syn::Error::new_spanned(
+            rest,
+            format!(
+                "unexpected tokens after the {what}; `{ident}!` takes a name and one `{ty}` \
+                 expression"
+            ),
+        ));
+    }
+    let kind = match site.kind {
+        SiteKind::SleepUntil => KindArgs::SleepUntil { until: operand },
+        _ => KindArgs::Sleep { duration: operand },
+    };
+    Ok(SiteArgs { name, kind })
+}
+
+/// Parses `wait_for!`'s arguments: `"name" [, timeout = <Duration>] [,]`.
+fn parse_wait_for(input: ParseStream, site: &Site, lenient: bool) -> syn::Result<SiteArgs> {
+    let name = parse_name(input, site)?;
+    let with_timeout = || {
+        format!(
+            "`wait_for!({:?}, timeout = Duration::from_secs(3600))`",
+            name.value()
+        )
+    };
+    let mut timeout = None;
+    if !input.is_empty() {
+        if !input.peek(Token![,]) {
+            return Err(input.error("expected `,` after the wait name"));
+        }
+        input.parse::<Token![,]>()?;
+    }
+    if !input.is_empty() {
+        if input.peek(syn::Ident) && input.peek2(Token![=]) && !input.peek2(Token![==]) {
+            let key: Ident = input.parse()?;
+            if key != "timeout" {
+                return Err(syn::Error::new_spanned(
+                    &key,
+                    format!(
+                        "unknown `wait_for!` option `{key}`; the only option is \
+                         `timeout = <Duration>`, e.g. {}",
+                        with_timeout()
+                    ),
+                ));
+            }
+            let eq = input.parse::<Token![=]>()?;
+            if input.is_empty() || input.peek(Token![,]) {
+                return Err(syn::Error::new_spanned(
+                    quote::quote!(#key #eq),
+                    format!("`timeout` needs a duration: {}", with_timeout()),
+                ));
+            }
+            timeout = Some(parse_expr(input, lenient)?);
+        } else if is_bare(input, "timeout") {
+            let key: Ident = input.parse()?;
+            return Err(syn::Error::new_spanned(
+                key,
+                format!("`timeout` needs a duration: {}", with_timeout()),
+            ));
+        } else {
+            let found = parse_expr(input, lenient)?;
+            return Err(syn::Error::new_spanned(
+                found,
+                format!(
+                    "`wait_for!` takes a timeout only as `timeout = <Duration>`: {}",
+                    with_timeout()
+                ),
+            ));
+        }
+        if input.peek(Token![,]) {
+            input.parse::<Token![,]>()?;
+        }
+        if !input.is_empty() {
+            let rest: TokenStream = input.parse()?;
+            return Err(syn::Error::new_spanned(
+                rest,
+                "unexpected tokens after the timeout; `wait_for!` takes a name and an optional \
+                 `timeout = <Duration>`",
+            ));
+        }
+    }
+    Ok(SiteArgs {
+        name,
+        kind: KindArgs::WaitFor { timeout },
+    })
+}
+
 /// Parses an expression, as its tokens. `lenient`: if it does not parse,
 /// takes the tokens up to the next top-level comma instead.
 fn parse_expr(input: ParseStream, lenient: bool) -> syn::Result<TokenStream> {
@@ -576,18 +761,27 @@ fn is_bare_retry(input: ParseStream) -> bool {
         && !fork.is_empty()
 }
 
+/// Whether the input is the option `key` alone, without `= value`: `key`,
+/// then a comma or the end.
+fn is_bare(input: ParseStream, key: &str) -> bool {
+    let fork = input.fork();
+    fork.parse::<Ident>().is_ok_and(|ident| ident == key)
+        && (fork.is_empty() || fork.peek(Token![,]))
+}
+
 /// Parses a site's name, which must be a string literal.
 fn parse_name(input: ParseStream, site: &Site) -> syn::Result<LitStr> {
-    let usage = match site.kind {
-        SiteKind::Step => "`step!(\"charge-card\", <body>)`",
-    };
+    let usage = site.kind.usage();
     if input.is_empty() {
+        let needs = match site.kind {
+            SiteKind::Step => "a name and a body",
+            SiteKind::Sleep => "a name and a duration",
+            SiteKind::SleepUntil => "a name and a deadline",
+            SiteKind::WaitFor => "the name of the event it waits for",
+        };
         return Err(syn::Error::new_spanned(
             site.tokens(),
-            format!(
-                "{} needs a name and a body: {usage}",
-                site.kind.macro_name()
-            ),
+            format!("{} needs {needs}: {usage}", site.kind.macro_name()),
         ));
     }
     if input.peek(LitStr) {
@@ -601,8 +795,9 @@ fn parse_name(input: ParseStream, site: &Site) -> syn::Result<LitStr> {
     Err(syn::Error::new_spanned(
         found,
         format!(
-            "a step name must be a string literal, e.g. {usage}: names are checked for \
-             uniqueness at compile time and stored with each checkpoint"
+            "a {} name must be a string literal, e.g. {usage}: names are checked for \
+             uniqueness at compile time and stored with each checkpoint",
+            site.kind.noun()
         ),
     ))
 }
@@ -714,7 +909,10 @@ mod tests {
             f(1, 2).await,
         )));
         assert!(errors.is_empty(), "{errors:?}");
-        let KindArgs::Step { retry, body: expr } = &body.sites[0].args.as_ref().unwrap().kind;
+        let KindArgs::Step { retry, body: expr } = &body.sites[0].args.as_ref().unwrap().kind
+        else {
+            panic!("not a step");
+        };
         assert_eq!(
             retry.as_ref().unwrap().to_string(),
             "RetryPolicy :: no_retry ()"
@@ -806,11 +1004,171 @@ mod tests {
         let KindArgs::Step {
             retry,
             body: tokens,
-        } = &body.sites[0].args.as_ref().unwrap().kind;
+        } = &body.sites[0].args.as_ref().unwrap().kind
+        else {
+            panic!("not a step");
+        };
         assert_eq!(retry.as_ref().unwrap().to_string(), "$ p");
         assert_eq!(tokens.to_string(), "f ($ x * 2) . await");
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(body.sites[1].args.is_none());
+    }
+
+    /// Each site's kind and its arguments as text, or `<error>`.
+    fn kinds(body: &Body) -> Vec<(SiteKind, String)> {
+        body.sites
+            .iter()
+            .map(|site| {
+                let args = site.args.as_ref().map_or_else(
+                    || "<error>".to_string(),
+                    |args| {
+                        let rest = match &args.kind {
+                            KindArgs::Step { body, .. } => body.to_string(),
+                            KindArgs::Sleep { duration } => duration.to_string(),
+                            KindArgs::SleepUntil { until } => until.to_string(),
+                            KindArgs::WaitFor { timeout: None } => "-".to_string(),
+                            KindArgs::WaitFor { timeout: Some(t) } => format!("timeout {t}"),
+                        };
+                        format!("{} {rest}", args.name.value())
+                    },
+                );
+                (site.kind, args)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn finds_sleeps_and_waits_among_steps_in_source_order() {
+        use SiteKind::{Sleep, SleepUntil, Step, WaitFor};
+        let (body, errors) = scan(quote! {
+            step!("create-draft", f().await)?;
+            let approval: Option<Approval> = wait_for!("approval", timeout = Duration::from_secs(3),);
+            let payload: Approval = wait_for!("other-event");
+            let trailing: u32 = wait_for!("trailing",);
+            sleep!("cool-off", Duration::from_secs(86400));
+            durable::sleep_until!("launch", SystemTime::now() + d,);
+            for x in xs { sleep!["in-loop", d * x] }
+            println!("{:?}", wait_for!{"in-print"});
+            let x = sleep(d) + tokio::time::sleep(d).await + wait_for(1);
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        let expected = [
+            (Step, "create-draft f () . await"),
+            (WaitFor, "approval timeout Duration :: from_secs (3)"),
+            (WaitFor, "other-event -"),
+            (WaitFor, "trailing -"),
+            (Sleep, "cool-off Duration :: from_secs (86400)"),
+            (SleepUntil, "launch SystemTime :: now () + d"),
+            (Sleep, "in-loop d * x"),
+            (WaitFor, "in-print -"),
+        ];
+        let expected: Vec<(SiteKind, String)> = expected
+            .iter()
+            .map(|(kind, args)| (*kind, args.to_string()))
+            .collect();
+        assert_eq!(kinds(&body), expected);
+        assert!(body.is_expandable());
+        assert_eq!(body.names().len(), 8);
+    }
+
+    #[test]
+    fn sleeps_and_waits_are_futures_where_steps_are() {
+        use Position::{Future, Value};
+        let (body, errors) = scan(quote! {
+            let (a, b) = tokio::join!(wait_for!("j1"), sleep!("j2", d));
+            tokio::select! {
+                p = wait_for!("s1", timeout = d) => {}
+                _ = durable::sleep_until!("s2", t), if ready => { sleep!("handler", d); }
+            }
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        let expected = [
+            ("j1", Future),
+            ("j2", Future),
+            ("s1", Future),
+            ("s2", Future),
+            ("handler", Value),
+        ];
+        let expected: Vec<(String, Position)> = expected
+            .iter()
+            .map(|(name, position)| (name.to_string(), *position))
+            .collect();
+        assert_eq!(positions(&body), expected);
+    }
+
+    #[test]
+    fn malformed_sleeps_and_waits_are_reported_each() {
+        let (body, errors) = scan(quote! {
+            sleep!("no-duration");
+            sleep!("no-duration-2",);
+            sleep!();
+            sleep!(name, d);
+            sleep!("opt", duration = d);
+            sleep!("extra", d, e);
+            sleep!("comma" d);
+            sleep_until!("no-deadline");
+            sleep_until!();
+            wait_for!();
+            wait_for!(name);
+            wait_for!("typo", timout = d);
+            wait_for!("bare", timeout);
+            wait_for!("bare-2", timeout,);
+            wait_for!("empty-timeout", timeout =);
+            wait_for!("positional", Duration::from_secs(1));
+            wait_for!("extra", timeout = d, e);
+            wait_for!("comma" timeout = d);
+        });
+        assert_eq!(body.sites.len(), 18);
+        assert!(body.sites.iter().all(|site| site.args.is_none()));
+        let expected = [
+            "sleep \"no-duration\" has no duration; write `sleep!(\"no-duration\", <Duration>)`",
+            "sleep \"no-duration-2\" has no duration; write `sleep!(\"no-duration-2\", <Duration>)`",
+            "`sleep!` needs a name and a duration: `sleep!(\"cool-off\", <Duration>)`",
+            "a sleep name must be a string literal, e.g. `sleep!(\"cool-off\", <Duration>)`: names \
+             are checked for uniqueness at compile time and stored with each checkpoint",
+            "`sleep!` takes no options, only the duration itself: `sleep!(\"opt\", <Duration>)`",
+            "unexpected tokens after the duration; `sleep!` takes a name and one `Duration` \
+             expression",
+            "expected `,` after the sleep name",
+            "sleep \"no-deadline\" has no deadline; write `sleep_until!(\"no-deadline\", \
+             <SystemTime>)`",
+            "`sleep_until!` needs a name and a deadline: `sleep_until!(\"launch\", <SystemTime>)`",
+            "`wait_for!` needs the name of the event it waits for: \
+             `wait_for!(\"manager-approval\")`",
+            "a wait name must be a string literal, e.g. `wait_for!(\"manager-approval\")`: names \
+             are checked for uniqueness at compile time and stored with each checkpoint",
+            "unknown `wait_for!` option `timout`; the only option is `timeout = <Duration>`, e.g. \
+             `wait_for!(\"typo\", timeout = Duration::from_secs(3600))`",
+            "`timeout` needs a duration: `wait_for!(\"bare\", timeout = \
+             Duration::from_secs(3600))`",
+            "`timeout` needs a duration: `wait_for!(\"bare-2\", timeout = \
+             Duration::from_secs(3600))`",
+            "`timeout` needs a duration: `wait_for!(\"empty-timeout\", timeout = \
+             Duration::from_secs(3600))`",
+            "`wait_for!` takes a timeout only as `timeout = <Duration>`: \
+             `wait_for!(\"positional\", timeout = Duration::from_secs(3600))`",
+            "unexpected tokens after the timeout; `wait_for!` takes a name and an optional \
+             `timeout = <Duration>`",
+            "expected `,` after the wait name",
+        ];
+        assert_eq!(errors, expected);
+    }
+
+    #[test]
+    fn waits_in_macro_rules_may_hold_fragments() {
+        let (body, errors) = scan(quote! {
+            macro_rules! wait {
+                ($t:expr) => { (wait_for!("in-macro", timeout = $t * 2), sleep!("s", $t)) };
+            }
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            kinds(&body),
+            [
+                (SiteKind::WaitFor, "in-macro timeout $ t * 2".to_string()),
+                (SiteKind::Sleep, "s $ t".to_string()),
+            ]
+        );
     }
 
     #[test]

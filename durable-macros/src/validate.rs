@@ -1,12 +1,13 @@
-//! The checks that span several sites (unique names, no nesting) or several
-//! pieces (the workflow's name), and the accumulator every phase reports to.
+//! The checks that span several sites (names unique across every kind, no
+//! nesting) or several pieces (the workflow's name), and the accumulator
+//! every phase reports to.
 
 use proc_macro2::Span;
 use syn::LitStr;
 
 use crate::args::Args;
 use crate::ast::Workflow;
-use crate::sites::{Body, Site};
+use crate::sites::{Body, Site, SiteKind};
 
 /// Every error of one `#[durable]` invocation, folded into one with
 /// [`syn::Error::combine`] so that one build shows them all (serde's `Ctxt`).
@@ -46,7 +47,7 @@ pub(crate) fn check(args: &Args, workflow: &Workflow, body: &Body, errors: &mut 
     check_workflow_name(args, workflow, errors);
     for site in &body.sites {
         if let Some(name) = site.name() {
-            check_site_name(name, errors);
+            check_site_name(site.kind, name, errors);
         }
         check_not_nested(site, body, errors);
     }
@@ -70,28 +71,45 @@ fn check_workflow_name(args: &Args, workflow: &Workflow, errors: &mut Errors) {
 }
 
 /// A site's name cannot be empty (or blank).
-fn check_site_name(name: &LitStr, errors: &mut Errors) {
-    if name.value().trim().is_empty() {
-        errors.push(syn::Error::new(
-            name.span(),
-            "a step name must not be empty: it keys the step's checkpoints; use a short, stable \
-             name like \"charge-card\"",
-        ));
+fn check_site_name(kind: SiteKind, name: &LitStr, errors: &mut Errors) {
+    if !name.value().trim().is_empty() {
+        return;
     }
+    let message = match kind {
+        SiteKind::Step => {
+            "a step name must not be empty: it keys the step's checkpoints; use a short, stable \
+             name like \"charge-card\""
+        }
+        SiteKind::Sleep | SiteKind::SleepUntil => {
+            "a sleep name must not be empty: it keys the sleep's checkpointed deadline; use a \
+             short, stable name like \"cool-off\""
+        }
+        SiteKind::WaitFor => {
+            "a wait name must not be empty: it is the name of the event the wait receives, and \
+             keys its checkpoint; use a short, stable name like \"manager-approval\""
+        }
+    };
+    errors.push(syn::Error::new(name.span(), message));
 }
 
-/// A site inside another site's arguments (a step in a step's body) would
+/// A site inside another site's arguments (a sleep in a step's body) would
 /// be skipped on replay and repeated on retry; one in a nested fn cannot
 /// reach the workflow's context.
 fn check_not_nested(site: &Site, body: &Body, errors: &mut Errors) {
+    let name = site.kind.macro_name();
     if site.in_nested_fn {
-        let name = site.kind.macro_name();
+        let call = match site.kind {
+            SiteKind::Step => "`ctx.step(\"name\", || async { .. })`",
+            SiteKind::Sleep => "`ctx.sleep(\"name\", duration)`",
+            SiteKind::SleepUntil => "`ctx.sleep_until(\"name\", time)`",
+            SiteKind::WaitFor => "`ctx.wait_for(\"name\")`",
+        };
         errors.push(syn::Error::new_spanned(
             site.tokens(),
             format!(
                 "{name} cannot be used inside a nested fn: only the workflow's own body has its \
                  context; move it into the workflow's body, or give the fn a `ctx: &Ctx` \
-                 parameter and call `ctx.step(\"name\", || async {{ .. }})`"
+                 parameter and call {call}"
             ),
         ));
         return;
@@ -99,27 +117,49 @@ fn check_not_nested(site: &Site, body: &Body, errors: &mut Errors) {
     let Some(outer) = site.enclosing.map(|index| &body.sites[index]) else {
         return;
     };
-    let outer_name = outer.name().map_or_else(
-        || "another step".to_string(),
-        |name| format!("step {:?}", name.value()),
-    );
-    errors.push(syn::Error::new_spanned(
-        site.tokens(),
+    let message = if outer.kind == SiteKind::Step {
+        let outer_name = outer.name().map_or_else(
+            || "another step".to_string(),
+            |outer_name| format!("step {:?}", outer_name.value()),
+        );
+        let hint = match site.kind {
+            SiteKind::Step => "",
+            SiteKind::Sleep | SiteKind::SleepUntil => {
+                " (to pause between attempts, give the step a `retry` policy: it backs off)"
+            }
+            SiteKind::WaitFor => " (wait first, then pass the payload into the step)",
+        };
         format!(
-            "{} cannot be used inside the body of {outer_name}: a step's body is run again on \
-             retry and skipped on replay; move this {} out, before or after {outer_name}",
-            site.kind.macro_name(),
-            site.kind.macro_name(),
-        ),
-    ));
+            "{name} cannot be used inside the body of {outer_name}: a step's body is run again \
+             on retry and skipped on replay; move this {name} out, before or after \
+             {outer_name}{hint}"
+        )
+    } else {
+        let outer_macro = outer.kind.macro_name();
+        let outer_name = outer.name().map_or_else(
+            || outer_macro.to_string(),
+            |outer_name| format!("{outer_macro} {:?}", outer_name.value()),
+        );
+        format!(
+            "{name} cannot be used inside the arguments of {outer_name}: each goes in its own \
+             statement; move this {name} out, before the {outer_macro}, and pass its value in a \
+             variable"
+        )
+    };
+    errors.push(syn::Error::new_spanned(site.tokens(), message));
 }
 
-/// Names are unique within a workflow, across every kind of site. The
-/// error goes on the second use and says where the first one is.
+/// Names are unique within a workflow, across every kind of site: steps,
+/// sleeps and waits share one namespace. The error goes on the second use
+/// and says where the first one is, and what it was when not of the same
+/// kind. Blank names are left to `check_site_name`.
 fn check_unique(body: &Body, errors: &mut Errors) {
     let mut seen: Vec<&Site> = Vec::new();
     for site in body.top_level_sites() {
-        let Some(name) = site.name() else { continue };
+        // An empty name is already reported as such.
+        let Some(name) = site.name().filter(|name| !name.value().trim().is_empty()) else {
+            continue;
+        };
         let Some(first) = seen.iter().find(|first| {
             first
                 .name()
@@ -134,13 +174,19 @@ fn check_unique(body: &Body, errors: &mut Errors) {
         } else {
             format!(" by {}", first.kind.macro_name())
         };
-        let rule = "step names must be unique within a workflow (a step inside a loop is one \
-                    name with many occurrences)";
+        let rule = if first.kind == SiteKind::Step && site.kind == SiteKind::Step {
+            "step names must be unique within a workflow (a step inside a loop is one name with \
+             many occurrences)"
+        } else {
+            "steps, sleeps and waits share one namespace of names, unique within a workflow (one \
+             inside a loop is one name with many occurrences)"
+        };
+        let noun = site.kind.noun();
         match line_of(first_name) {
             Some(line) => errors.push(syn::Error::new(
                 name.span(),
                 format!(
-                    "duplicate step name {:?}: already used{by} on line {line}; {rule}",
+                    "duplicate {noun} name {:?}: already used{by} on line {line}; {rule}",
                     name.value()
                 ),
             )),
@@ -148,13 +194,17 @@ fn check_unique(body: &Body, errors: &mut Errors) {
                 errors.push(syn::Error::new(
                     name.span(),
                     format!(
-                        "duplicate step name {:?}: already used{by} above; {rule}",
+                        "duplicate {noun} name {:?}: already used{by} above; {rule}",
                         name.value()
                     ),
                 ));
                 errors.push(syn::Error::new(
                     first_name,
-                    format!("step name {:?} first used here", name.value()),
+                    format!(
+                        "{} name {:?} first used here",
+                        first.kind.noun(),
+                        name.value()
+                    ),
                 ));
             }
         }
@@ -243,6 +293,143 @@ mod tests {
                 "`step!` cannot be used inside the body of step \"outer\": a step's body is run \
               again on retry and skipped on replay; move this `step!` out, before or after step \
               \"outer\""
+            ]
+        );
+    }
+
+    #[test]
+    fn steps_sleeps_and_waits_share_one_namespace() {
+        let errors = check_body(
+            quote!(),
+            quote!({
+                step!("a", f().await)?;
+                sleep!("b", d);
+                let x: u32 = wait_for!("c");
+                sleep!("a", d);
+                let y: u32 = wait_for!("b", timeout = d);
+                let z: u32 = wait_for!("c");
+                sleep_until!("c", t);
+                step!("b", f().await)?;
+                for _ in 0..3 {
+                    sleep!("in-loop", d);
+                }
+            }),
+        );
+        let rule = "steps, sleeps and waits share one namespace of names, unique within a \
+                    workflow (one inside a loop is one name with many occurrences)";
+        let expected: Vec<String> = [
+            ("sleep", "a", " by `step!`", "step"),
+            ("wait", "b", " by `sleep!`", "sleep"),
+            ("wait", "c", "", "wait"),
+            ("sleep", "c", " by `wait_for!`", "wait"),
+            ("step", "b", " by `sleep!`", "sleep"),
+        ]
+        .iter()
+        .flat_map(|(noun, name, by, first)| {
+            [
+                format!("duplicate {noun} name {name:?}: already used{by} above; {rule}"),
+                format!("{first} name {name:?} first used here"),
+            ]
+        })
+        .collect();
+        assert_eq!(errors, expected);
+    }
+
+    #[test]
+    fn empty_sleep_and_wait_names_are_refused() {
+        let errors = check_body(
+            quote!(),
+            quote!({
+                sleep!(" ", d);
+                sleep_until!("", t);
+                let x: u32 = wait_for!("");
+            }),
+        );
+        assert_eq!(
+            errors,
+            [
+                "a sleep name must not be empty: it keys the sleep's checkpointed deadline; use a \
+                 short, stable name like \"cool-off\"",
+                "a sleep name must not be empty: it keys the sleep's checkpointed deadline; use a \
+                 short, stable name like \"cool-off\"",
+                "a wait name must not be empty: it is the name of the event the wait receives, \
+                 and keys its checkpoint; use a short, stable name like \"manager-approval\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn sleeps_and_waits_in_a_step_body_or_site_arguments_are_refused() {
+        let errors = check_body(
+            quote!(),
+            quote!({
+                step!(
+                    "outer",
+                    async {
+                        sleep!("nap", d);
+                        sleep_until!("nap-2", t);
+                        wait_for!("event")
+                    }
+                    .await
+                )?;
+                sleep!("long", wait_for!("how-long"));
+                let x: u32 = wait_for!("w", timeout = step!("t", f().await)?);
+            }),
+        );
+        let in_step = |name: &str, hint: &str| {
+            format!(
+                "{name} cannot be used inside the body of step \"outer\": a step's body is run \
+                 again on retry and skipped on replay; move this {name} out, before or after step \
+                 \"outer\"{hint}"
+            )
+        };
+        let sleep_hint =
+            " (to pause between attempts, give the step a `retry` policy: it backs off)";
+        let in_args = |name: &str, outer: &str, outer_name: &str| {
+            format!(
+                "{name} cannot be used inside the arguments of {outer} {outer_name:?}: each goes in \
+                 its own statement; move this {name} out, before the {outer}, and pass its value \
+                 in a variable"
+            )
+        };
+        assert_eq!(
+            errors,
+            [
+                in_step("`sleep!`", sleep_hint),
+                in_step("`sleep_until!`", sleep_hint),
+                in_step(
+                    "`wait_for!`",
+                    " (wait first, then pass the payload into the step)"
+                ),
+                in_args("`wait_for!`", "`sleep!`", "long"),
+                in_args("`step!`", "`wait_for!`", "w"),
+            ]
+        );
+    }
+
+    #[test]
+    fn sleeps_and_waits_in_a_nested_fn_point_at_the_ctx_methods() {
+        let errors = check_body(
+            quote!(),
+            quote!({
+                async fn helper() -> u32 {
+                    sleep!("nap", d);
+                    wait_for!("event")
+                }
+            }),
+        );
+        let message = |name: &str, call: &str| {
+            format!(
+                "{name} cannot be used inside a nested fn: only the workflow's own body has its \
+                 context; move it into the workflow's body, or give the fn a `ctx: &Ctx` \
+                 parameter and call {call}"
+            )
+        };
+        assert_eq!(
+            errors,
+            [
+                message("`sleep!`", "`ctx.sleep(\"name\", duration)`"),
+                message("`wait_for!`", "`ctx.wait_for(\"name\")`"),
             ]
         );
     }

@@ -1386,6 +1386,7 @@ impl Core {
                     .insert(&id, &park.conds, clamp);
                 self.wake_if_event_arrived(&id, &park.conds)?;
                 report.parked += 1;
+                self.timer_bell.notify_one();
                 continue;
             }
             let slot = Slot::new(workflow, record.input.clone(), true);
