@@ -29,7 +29,8 @@ fn ledger(line: String) {
         .append(true)
         .open(ledger_path(&dir))
         .unwrap();
-    writeln!(file, "{line}").unwrap();
+    // One write per line: concurrent appenders must not interleave.
+    file.write_all(format!("{line}\n").as_bytes()).unwrap();
     file.sync_data().unwrap();
 }
 
@@ -140,4 +141,155 @@ fn sigkill_mid_step_resumes_without_rerunning_finished_steps() {
         Some("RESULT 445"),
         "{ledger:?}"
     );
+}
+
+/// Steps per instance and instances of the load test.
+const LOAD_STEPS: u64 = 12;
+const LOAD_INSTANCES: u64 = 64;
+
+async fn load_work(id: &str, step: u64, input: u64) -> Result<u64, String> {
+    // The output depends on the attempt (a per-process nonce), so a step that
+    // ran twice shows up as two different values.
+    let nonce = std::process::id() as u64;
+    ledger(format!("BEGIN {id} {step} {input}"));
+    Ok(input
+        .wrapping_mul(31)
+        .wrapping_add(step * 1_000_003 + nonce))
+}
+
+#[durable]
+async fn load(ctx: &Ctx, seed: u64) -> Result<u64, String> {
+    let mut value = seed;
+    for step in 0..LOAD_STEPS {
+        value = step!("work", load_work(ctx.id(), step, value).await)?;
+        // Written only after `step!` returned: this checkpoint must survive.
+        ledger(format!("RETURNED {} {step} {value}", ctx.id()));
+    }
+    Ok(value)
+}
+
+/// Runs in the child process only: many instances at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    if std::env::var("DURABLE_LOAD").is_err() {
+        return;
+    }
+    let engine = Engine::builder()
+        .path(Path::new(&dir).join("store"))
+        .register(load)
+        .open()
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for i in 0..LOAD_INSTANCES {
+        handles.push(engine.start(load, format!("load-{i}"), i).await.unwrap());
+    }
+    for h in handles {
+        h.result().await.unwrap().unwrap();
+    }
+    ledger("DONE".into());
+}
+
+#[test]
+fn sigkill_under_concurrent_load_loses_no_returned_step() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = || {
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "load_child",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD_ENV, dir.path())
+            .env("DURABLE_LOAD", "1")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Kill three times while steps are returning, at growing ledger sizes.
+    for kill_at in [40, 300, 500] {
+        let mut child = spawn();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let returned = read_ledger(dir.path())
+                .iter()
+                .filter(|l| l.starts_with("RETURNED"))
+                .count();
+            if returned >= kill_at || read_ledger(dir.path()).iter().any(|l| l == "DONE") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "child made no progress");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let mut child = spawn();
+    assert!(child.wait().unwrap().success(), "final child failed");
+    let ledger = read_ledger(dir.path());
+    assert_eq!(ledger.last().map(String::as_str), Some("DONE"));
+
+    // Every step that returned kept its value: the next step of the same
+    // instance began with it, and no returned step's body ran again.
+    let mut returned: std::collections::HashMap<(String, u64), u64> = Default::default();
+    let mut begins: std::collections::HashMap<(String, u64), Vec<u64>> = Default::default();
+    for line in &ledger {
+        let f: Vec<&str> = line.split(' ').collect();
+        match f.as_slice() {
+            ["RETURNED", id, step, value] => {
+                let key = (id.to_string(), step.parse().unwrap());
+                let value: u64 = value.parse().unwrap();
+                if let Some(old) = returned.insert(key.clone(), value) {
+                    assert_eq!(old, value, "step {key:?} returned two different values");
+                }
+            }
+            ["BEGIN", id, step, input] => {
+                begins
+                    .entry((id.to_string(), step.parse().unwrap()))
+                    .or_default()
+                    .push(input.parse().unwrap());
+            }
+            _ => {}
+        }
+    }
+    let mut checked = 0;
+    for ((id, step), value) in &returned {
+        let next = begins.get(&(id.clone(), step + 1));
+        if *step + 1 < LOAD_STEPS {
+            let next = next.unwrap_or_else(|| panic!("{id} step {} never began", step + 1));
+            assert!(
+                next.iter().all(|input| input == value),
+                "{id} step {}: inputs {next:?}, but step {step} returned {value}",
+                step + 1
+            );
+        }
+        checked += 1;
+    }
+    // Bodies that began after the step had returned would show as a second
+    // BEGIN with the same input after the RETURNED line.
+    for (key, inputs) in &begins {
+        if returned.contains_key(key) {
+            let first_return = ledger
+                .iter()
+                .position(|l| l.starts_with(&format!("RETURNED {} {} ", key.0, key.1)))
+                .unwrap();
+            let begins_after = ledger[first_return..]
+                .iter()
+                .filter(|l| l.starts_with(&format!("BEGIN {} {} ", key.0, key.1)))
+                .count();
+            assert_eq!(
+                begins_after, 0,
+                "{key:?} ran again after it returned ({inputs:?})"
+            );
+        }
+    }
+    assert_eq!(checked as u64, LOAD_INSTANCES * LOAD_STEPS);
 }
