@@ -10,7 +10,8 @@
 //! 5. recovery: time from `open()` to all unfinished instances resumed (each
 //!    has 2 of 5 steps done), the cost of a replayed step, and steps/s while
 //!    they finish;
-//! 6. memory: RSS growth per instance parked in a step.
+//! 6. memory: RSS and heap growth per instance parked in a `wait_for!`, and
+//!    the heap held beyond what the same number of finished instances hold.
 //!
 //! Each figure is the median of several runs. Store directories live under
 //! `DURABLE_BENCH_DIR` (default: the system temp dir); put it on the disk you
@@ -19,7 +20,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -183,6 +184,8 @@ async fn open(dir: &Path) -> Engine {
         .path(dir.join("store"))
         .register(five)
         .register(parking)
+        .register(waiter)
+        .register(finisher)
         .open()
         .await
         .unwrap()
@@ -276,30 +279,96 @@ async fn recovery(dir: &Path, instances: u64) -> Recovery {
     }
 }
 
-/// RSS growth per instance parked in its third step.
-async fn memory(dir: &Path, instances: u64) -> f64 {
-    GATE.store(true, Ordering::SeqCst);
-    REACHED.store(0, Ordering::SeqCst);
+/// Bytes per instance: (RSS growth, heap growth) while `instances` are
+/// parked in a `wait_for!`, and the heap growth of the same number of
+/// instances that finished after the same steps and writes (the store's cache
+/// and records, which parked instances share), so that the difference is what
+/// parking itself holds.
+async fn memory(dir: &Path, instances: u64) -> (f64, f64, f64) {
     let engine = open(dir).await;
-    let before = rss_bytes();
-    let mut handles = Vec::new();
-    for n in 0..instances {
-        handles.push(engine.start(parking, format!("m-{n}"), n).await.unwrap());
-        if n % 1024 == 1023 {
-            while REACHED.load(Ordering::SeqCst) + 2048 < n {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-    }
-    while REACHED.load(Ordering::SeqCst) < instances {
+    let heap_before = HEAP.load(Ordering::SeqCst);
+    let rss_before = rss_bytes();
+    start_all(&engine, "m", instances, true).await;
+    while (engine.parked_count() as u64) < instances {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    drop(handles);
-    let after = rss_bytes();
+    let parked_heap = HEAP.load(Ordering::SeqCst).saturating_sub(heap_before);
+    let parked_rss = rss_bytes().saturating_sub(rss_before) as usize;
     engine.shutdown().await;
-    GATE.store(false, Ordering::SeqCst);
-    (after.saturating_sub(before)) as f64 / instances as f64
+
+    let engine = open(&dir.join("finished")).await;
+    let heap_before = HEAP.load(Ordering::SeqCst);
+    start_all(&engine, "f", instances, false).await;
+    let finished_heap = HEAP.load(Ordering::SeqCst).saturating_sub(heap_before);
+    engine.shutdown().await;
+    let per = |b: usize| b as f64 / instances as f64;
+    (
+        per(parked_rss),
+        per(parked_heap),
+        per(parked_heap) - per(finished_heap),
+    )
 }
+
+/// Starts `instances` of `waiter` (parking) or `finisher`, 256 at a time,
+/// dropping their handles, and waits until each is parked or finished.
+async fn start_all(engine: &Engine, prefix: &str, instances: u64, park: bool) {
+    let permits = Arc::new(Semaphore::new(256));
+    let mut tasks = Vec::new();
+    for n in 0..instances {
+        let permit = Arc::clone(&permits).acquire_owned().await.unwrap();
+        let engine = engine.clone();
+        let id = format!("{prefix}-{n}");
+        tasks.push(tokio::spawn(async move {
+            if park {
+                drop(engine.start(waiter, id, n).await.unwrap());
+            } else {
+                engine.run(finisher, id, n).await.unwrap().unwrap();
+            }
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[durable]
+async fn waiter(_ctx: &Ctx, n: u64) -> Result<u64, String> {
+    step!("w1", effect(1, n).await)?;
+    step!("w2", effect(2, n).await)?;
+    let go: u64 = wait_for!("go");
+    Ok(go)
+}
+
+#[durable]
+async fn finisher(_ctx: &Ctx, n: u64) -> Result<u64, String> {
+    step!("w1", effect(1, n).await)?;
+    step!("w2", effect(2, n).await)?;
+    Ok(n)
+}
+
+/// Heap bytes in use, counted by [`Counting`].
+static HEAP: AtomicUsize = AtomicUsize::new(0);
+
+/// The system allocator, counting the bytes in use.
+struct Counting;
+
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        HEAP.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        HEAP.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick")
@@ -437,15 +506,20 @@ async fn run(p: Profile, quick: bool) {
         median(finishes)
     );
 
-    let mut per = Vec::new();
+    let (mut rss, mut heap, mut beyond) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..p.runs {
         let d = fresh_dir("mem");
-        per.push(memory(d.path(), p.memory_instances).await);
+        let (r, h, b) = memory(d.path(), p.memory_instances).await;
+        rss.push(r);
+        heap.push(h);
+        beyond.push(b);
     }
     println!(
-        "6. memory: {} instances parked in a step: {:.0} bytes RSS per instance",
+        "6. memory: {} instances parked in wait_for!: {:.0} B RSS, {:.0} B heap per instance; {:.0} B heap beyond finished instances",
         p.memory_instances,
-        median(per)
+        median(rss),
+        median(heap),
+        median(beyond)
     );
 }
 

@@ -17,8 +17,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use durable::prelude::*;
 use durable::Status;
+use durable::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,23 +47,57 @@ async fn say(line: String) -> Result<(), String> {
 
 #[durable]
 async fn onboarding(ctx: &Ctx, req: Request) -> Result<Outcome, String> {
-    step!("create-draft", say(format!("[{}] drafted a request for {} by {}", ctx.id(), req.what, req.who)).await)?;
-    let approval: Option<Approval> = wait_for!("manager-approval", timeout = Duration::from_secs(3 * 86400));
+    step!(
+        "create-draft",
+        say(format!(
+            "[{}] drafted a request for {} by {}",
+            ctx.id(),
+            req.what,
+            req.who
+        ))
+        .await
+    )?;
+    let approval: Option<Approval> =
+        wait_for!("manager-approval", timeout = Duration::from_secs(3 * 86400));
     match approval {
         Some(a) if a.approved => {
-            step!("provision", say(format!("[{}] approved by {}: provisioning {}", ctx.id(), a.by, req.what)).await)?;
+            step!(
+                "provision",
+                say(format!(
+                    "[{}] approved by {}: provisioning {}",
+                    ctx.id(),
+                    a.by,
+                    req.what
+                ))
+                .await
+            )?;
         }
         Some(a) => {
-            step!("notify-rejected", say(format!("[{}] rejected by {}: telling {}", ctx.id(), a.by, req.who)).await)?;
+            step!(
+                "notify-rejected",
+                say(format!(
+                    "[{}] rejected by {}: telling {}",
+                    ctx.id(),
+                    a.by,
+                    req.who
+                ))
+                .await
+            )?;
             return Ok(Outcome::Rejected);
         }
         None => {
-            step!("notify-timeout", say(format!("[{}] nobody decided in 3 days", ctx.id())).await)?;
+            step!(
+                "notify-timeout",
+                say(format!("[{}] nobody decided in 3 days", ctx.id())).await
+            )?;
             return Ok(Outcome::TimedOut);
         }
     }
     sleep!("cool-off", Duration::from_secs(2));
-    step!("send-tips", say(format!("[{}] sent tips to {}", ctx.id(), req.who)).await)?;
+    step!(
+        "send-tips",
+        say(format!("[{}] sent tips to {}", ctx.id(), req.who)).await
+    )?;
     Ok(Outcome::Done)
 }
 
@@ -73,30 +107,67 @@ fn flag(name: &str) -> Option<String> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let db = flag("--db").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("approval.db"));
-    let engine = Engine::builder().path(&db).register(onboarding).open().await?;
+    let db = flag("--db")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("approval.db"));
+    let engine = Engine::builder()
+        .path(&db)
+        .register(onboarding)
+        .open()
+        .await?;
     let report = engine.recovery();
     if report.resumed + report.parked > 0 {
-        println!("opened {}: {} instance(s) resumed, {} parked", db.display(), report.resumed, report.parked);
+        println!(
+            "opened {}: {} instance(s) resumed, {} parked",
+            db.display(),
+            report.resumed,
+            report.parked
+        );
     }
     if let Some(id) = flag("--start") {
-        let req = Request { who: "ada".into(), what: "a laptop".into() };
+        let req = Request {
+            who: "ada".into(),
+            what: "a laptop".into(),
+        };
         // The handle is not needed: the instance runs (and parks) either way.
         drop(engine.start(onboarding, &id, req).await?);
         println!("started {id}");
     } else if let Some(id) = flag("--approve").or(flag("--reject")) {
         let approved = flag("--approve").is_some();
-        engine.send_event(&id, "manager-approval", Approval { approved, by: "grace".into() }).await?;
-        println!("sent {} to {id}", if approved { "an approval" } else { "a rejection" });
+        engine
+            .send_event(
+                &id,
+                "manager-approval",
+                Approval {
+                    approved,
+                    by: "grace".into(),
+                },
+            )
+            .await?;
+        println!(
+            "sent {} to {id}",
+            if approved {
+                "an approval"
+            } else {
+                "a rejection"
+            }
+        );
     } else if let Some(id) = flag("--status") {
         println!("{id}: {:?}", engine.status(&id)?);
         for step in engine.history(&id)?.steps {
-            println!("    {:<18} #{} {:?}", step.name, step.occurrence, step.outcome);
+            println!(
+                "    {:<18} #{} {:?}",
+                step.name, step.occurrence, step.outcome
+            );
         }
     } else {
         return demo(engine).await;
     }
-    settle(&engine, flag("--start").or(flag("--approve")).or(flag("--reject"))).await;
+    settle(
+        &engine,
+        flag("--start").or(flag("--approve")).or(flag("--reject")),
+    )
+    .await;
     engine.shutdown().await;
     Ok(())
 }
@@ -107,24 +178,43 @@ async fn settle(engine: &Engine, id: Option<String>) {
     for _ in 0..100 {
         match engine.status(&id) {
             Ok(Status::Running) => tokio::time::sleep(Duration::from_millis(50)).await,
-            Ok(Status::Sleeping { until }) if until.duration_since(std::time::SystemTime::now()).is_ok_and(|d| d < Duration::from_secs(5)) => {
+            Ok(Status::Sleeping { until })
+                if until
+                    .duration_since(std::time::SystemTime::now())
+                    .is_ok_and(|d| d < Duration::from_secs(5)) =>
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await
             }
             _ => break,
         }
     }
-    println!("{id} is now {:?}", engine.status(&id).map_err(|e| e.to_string()));
+    println!(
+        "{id} is now {:?}",
+        engine.status(&id).map_err(|e| e.to_string())
+    );
 }
 
 /// The whole story in one process: start, park, approve, cool off, finish.
 async fn demo(engine: Engine) -> Result<(), Box<dyn std::error::Error>> {
     let id = format!("req-{}", std::process::id());
-    let req = Request { who: "ada".into(), what: "a laptop".into() };
+    let req = Request {
+        who: "ada".into(),
+        what: "a laptop".into(),
+    };
     let handle = engine.start(onboarding, &id, req).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     println!("{id}: {:?}", engine.status(&id)?);
     println!("(a manager approves; the event is durable before send_event returns)");
-    engine.send_event(&id, "manager-approval", Approval { approved: true, by: "grace".into() }).await?;
+    engine
+        .send_event(
+            &id,
+            "manager-approval",
+            Approval {
+                approved: true,
+                by: "grace".into(),
+            },
+        )
+        .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     println!("{id}: {:?}", engine.status(&id)?);
     println!("{id} finished: {:?}", handle.result().await?);

@@ -708,6 +708,16 @@ impl Engine {
         self.core.committer.close().await;
     }
 
+    /// How many instances are parked in this process now, for benchmarks.
+    #[doc(hidden)]
+    pub fn parked_count(&self) -> usize {
+        self.core
+            .parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     /// Batches and group commits written so far, for benchmarks.
     #[doc(hidden)]
     pub fn commit_stats(&self) -> (u64, u64) {

@@ -85,6 +85,11 @@ impl ParkTable {
         self.by_id.contains_key(id)
     }
 
+    /// How many instances are parked.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
     /// Unparks and returns every instance whose deadline is at or before `now_ms`.
     pub fn take_due(&mut self, now_ms: u64) -> Vec<Arc<str>> {
         let mut due = Vec::new();
