@@ -400,6 +400,11 @@ fn main() {
 }
 
 async fn run(p: Profile, quick: bool) {
+    // `DURABLE_BENCH_ONLY=4` runs the floor and scenario 4 only (for profiling).
+    let only: Option<u32> = std::env::var("DURABLE_BENCH_ONLY")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let want = |n: u32| only.is_none_or(|o| o == n);
     println!(
         "durable benchmark ({} profile)",
         if quick { "quick" } else { "full" }
@@ -429,98 +434,104 @@ async fn run(p: Profile, quick: bool) {
         1.0 / floor_s
     );
 
-    let mut ceilings = Vec::new();
-    for _ in 0..p.runs {
-        let n = 200_000u64;
-        let start = Instant::now();
-        for i in 0..n {
-            plain(i).await.unwrap();
-        }
-        ceilings.push((n * 5) as f64 / start.elapsed().as_secs_f64());
-    }
-    println!(
-        "2. CPU ceiling: plain async fns          {:>10.0} steps/s",
-        median(ceilings)
-    );
-
-    let mut p50s = Vec::new();
-    let mut p99s = Vec::new();
-    for _ in 0..p.runs {
-        let d = fresh_dir("seq");
-        let engine = open(d.path()).await;
-        take_latencies();
-        RECORD.store(true, Ordering::SeqCst);
-        for n in 0..p.sequential_instances {
-            engine
-                .run(five, format!("s-{n}"), n)
-                .await
-                .unwrap()
-                .unwrap();
-        }
-        RECORD.store(false, Ordering::SeqCst);
-        let lat = take_latencies();
-        p50s.push(percentile(&lat, 0.5).as_secs_f64());
-        p99s.push(percentile(&lat, 0.99).as_secs_f64());
-        engine.shutdown().await;
-    }
-    let seq = median(p50s);
-    println!(
-        "3. sequential step latency              p50 {:>8.1} µs   p99 {:>8.1} µs   ratio to floor {:.2}x",
-        seq * 1e6,
-        median(p99s) * 1e6,
-        seq / floor_s
-    );
-
-    println!(
-        "4. concurrent ({} instances x 5 steps)",
-        p.concurrent_instances
-    );
-    for in_flight in [1usize, 16, 64, 256] {
-        let mut rates = Vec::new();
+    if want(2) {
+        let mut ceilings = Vec::new();
         for _ in 0..p.runs {
-            let d = fresh_dir("conc");
-            rates.push(concurrent(d.path(), p.concurrent_instances, in_flight).await);
+            let n = 200_000u64;
+            let start = Instant::now();
+            for i in 0..n {
+                plain(i).await.unwrap();
+            }
+            ceilings.push((n * 5) as f64 / start.elapsed().as_secs_f64());
         }
-        let rate = median(rates);
         println!(
-            "   {in_flight:>3} in flight                          {rate:>10.0} steps/s   ratio to floor ops/s {:.2}x",
-            rate * floor_s
+            "2. CPU ceiling: plain async fns          {:>10.0} steps/s",
+            median(ceilings)
         );
     }
-
-    let mut resumes = Vec::new();
-    let mut replays = Vec::new();
-    let mut finishes = Vec::new();
-    for _ in 0..p.runs {
-        let d = fresh_dir("rec");
-        let r = recovery(d.path(), p.recovery_instances).await;
-        resumes.push(r.resume.as_secs_f64());
-        replays.push(r.replay_p50.as_secs_f64());
-        finishes.push(r.finish_steps_per_sec);
+    if want(3) {
+        let mut p50s = Vec::new();
+        let mut p99s = Vec::new();
+        for _ in 0..p.runs {
+            let d = fresh_dir("seq");
+            let engine = open(d.path()).await;
+            take_latencies();
+            RECORD.store(true, Ordering::SeqCst);
+            for n in 0..p.sequential_instances {
+                engine
+                    .run(five, format!("s-{n}"), n)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+            RECORD.store(false, Ordering::SeqCst);
+            let lat = take_latencies();
+            p50s.push(percentile(&lat, 0.5).as_secs_f64());
+            p99s.push(percentile(&lat, 0.99).as_secs_f64());
+            engine.shutdown().await;
+        }
+        let seq = median(p50s);
+        println!(
+            "3. sequential step latency              p50 {:>8.1} µs   p99 {:>8.1} µs   ratio to floor {:.2}x",
+            seq * 1e6,
+            median(p99s) * 1e6,
+            seq / floor_s
+        );
     }
-    println!(
-        "5. recovery of {} instances (2 of 5 steps done): open -> all resumed {:.2} s; replayed step p50 {:.1} µs; finishing {:.0} steps/s",
-        p.recovery_instances,
-        median(resumes),
-        median(replays) * 1e6,
-        median(finishes)
-    );
-
-    let (mut rss, mut heap, mut beyond) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..p.runs {
-        let d = fresh_dir("mem");
-        let (r, h, b) = memory(d.path(), p.memory_instances).await;
-        rss.push(r);
-        heap.push(h);
-        beyond.push(b);
+    if want(4) {
+        println!(
+            "4. concurrent ({} instances x 5 steps)",
+            p.concurrent_instances
+        );
+        for in_flight in [1usize, 16, 64, 256] {
+            let mut rates = Vec::new();
+            for _ in 0..p.runs {
+                let d = fresh_dir("conc");
+                rates.push(concurrent(d.path(), p.concurrent_instances, in_flight).await);
+            }
+            let rate = median(rates);
+            println!(
+                "   {in_flight:>3} in flight                          {rate:>10.0} steps/s   ratio to floor ops/s {:.2}x",
+                rate * floor_s
+            );
+        }
     }
-    println!(
-        "6. memory: {} instances parked in wait_for!: {:.0} B RSS, {:.0} B heap per instance; {:.0} B heap beyond finished instances",
-        p.memory_instances,
-        median(rss),
-        median(heap),
-        median(beyond)
-    );
+    if want(5) {
+        let mut resumes = Vec::new();
+        let mut replays = Vec::new();
+        let mut finishes = Vec::new();
+        for _ in 0..p.runs {
+            let d = fresh_dir("rec");
+            let r = recovery(d.path(), p.recovery_instances).await;
+            resumes.push(r.resume.as_secs_f64());
+            replays.push(r.replay_p50.as_secs_f64());
+            finishes.push(r.finish_steps_per_sec);
+        }
+        println!(
+            "5. recovery of {} instances (2 of 5 steps done): open -> all resumed {:.2} s; replayed step p50 {:.1} µs; finishing {:.0} steps/s",
+            p.recovery_instances,
+            median(resumes),
+            median(replays) * 1e6,
+            median(finishes)
+        );
+    }
+    if want(6) {
+        let (mut rss, mut heap, mut beyond) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..p.runs {
+            let d = fresh_dir("mem");
+            let (r, h, b) = memory(d.path(), p.memory_instances).await;
+            rss.push(r);
+            heap.push(h);
+            beyond.push(b);
+        }
+        println!(
+            "6. memory: {} instances parked in wait_for!: {:.0} B RSS, {:.0} B heap per instance; {:.0} B heap beyond finished instances",
+            p.memory_instances,
+            median(rss),
+            median(heap),
+            median(beyond)
+        );
+    }
 }
 
 fn filesystem(path: &Path) -> String {
