@@ -349,7 +349,17 @@ impl std::fmt::Debug for Engine {
 pub struct Handle<O> {
     id: String,
     done: watch::Receiver<Outcome>,
+    /// To let go of a parked instance's slot when the last handle drops.
+    core: std::sync::Weak<Core>,
     _output: PhantomData<fn() -> O>,
+}
+
+impl<O> Drop for Handle<O> {
+    fn drop(&mut self) {
+        if let Some(core) = self.core.upgrade() {
+            core.release(&self.id, &self.done);
+        }
+    }
 }
 
 impl<O> std::fmt::Debug for Handle<O> {
@@ -380,7 +390,9 @@ impl<O: serde::de::DeserializeOwned> Handle<O> {
                 reason: e.to_string(),
             }),
             Some(Err(e)) => Err(e),
-            None => Err(Error::ShutDown { instance: self.id }),
+            None => Err(Error::ShutDown {
+                instance: self.id.clone(),
+            }),
         }
     }
 }
@@ -425,6 +437,7 @@ impl Engine {
         Ok(Handle {
             id,
             done,
+            core: Arc::downgrade(&self.core),
             _output: PhantomData,
         })
     }
@@ -483,6 +496,7 @@ impl Engine {
         Ok(Handle {
             id,
             done,
+            core: Arc::downgrade(&self.core),
             _output: PhantomData,
         })
     }
@@ -743,6 +757,21 @@ fn validate_id(id: &str) -> Result<()> {
 }
 
 impl Core {
+    /// Drops the slot of parked instance `id` when `last` is the last
+    /// receiver of its outcome: a parked instance nobody waits for holds
+    /// nothing but its park table entry.
+    fn release(&self, id: &str, last: &watch::Receiver<Outcome>) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(slot) = running.get(id) else { return };
+        let probe = slot.done.subscribe();
+        // Two receivers: the probe and `last`, which is still alive.
+        let unwatched = last.same_channel(&probe) && slot.done.receiver_count() <= 2;
+        drop(probe);
+        if unwatched && !slot.driving.load(Ordering::SeqCst) {
+            running.remove(id);
+        }
+    }
+
     /// The status of `id`, with what it waits for if it is parked.
     fn status_of(&self, id: &str, record: &InstanceRecord) -> Status {
         if record.state == InstanceState::Running

@@ -3,26 +3,50 @@
 //! (and its records in the store); a timer or an event wakes it, and the
 //! engine replays it from its checkpoints.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::records::WaitCond;
 
-/// A wait on an event, as the table keeps it.
+/// A wait on an event, as the table keeps it. Names and types are interned:
+/// thousands of instances of one workflow share them.
 #[derive(Debug)]
 pub(crate) struct EventWait {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     pub occurrence: u32,
-    pub type_name: Box<str>,
+    pub type_name: Arc<str>,
 }
 
-/// What one parked instance waits for.
+/// What one parked instance waits for. Kept small: a process may hold
+/// hundreds of thousands of these.
 #[derive(Debug)]
 pub(crate) struct Parked {
     /// The earliest time it wakes by itself.
     pub deadline_ms: Option<u64>,
-    /// The events any of which wakes it.
-    pub events: Box<[EventWait]>,
+    /// The events any of which wakes it (almost always none or one).
+    pub events: Events,
+}
+
+/// A parked instance's event waits, without an allocation for zero or one.
+#[derive(Debug)]
+pub(crate) enum Events {
+    None,
+    One(EventWait),
+    Many(Box<[EventWait]>),
+}
+
+impl Events {
+    pub fn iter(&self) -> std::slice::Iter<'_, EventWait> {
+        match self {
+            Events::None => [].iter(),
+            Events::One(e) => std::slice::from_ref(e).iter(),
+            Events::Many(es) => es.iter(),
+        }
+    }
+
+    pub fn first(&self) -> Option<&EventWait> {
+        self.iter().next()
+    }
 }
 
 /// Every parked instance of this engine, with a timer index.
@@ -30,6 +54,8 @@ pub(crate) struct Parked {
 pub(crate) struct ParkTable {
     by_id: HashMap<Arc<str>, Parked>,
     timers: BTreeSet<(u64, Arc<str>)>,
+    /// Event names and payload types, shared by every entry.
+    strings: HashSet<Arc<str>>,
 }
 
 impl ParkTable {
@@ -38,16 +64,21 @@ impl ParkTable {
         self.remove(id);
         let id: Arc<str> = Arc::from(id);
         let deadline_ms = conds.iter().filter_map(|c| c.deadline_ms).map(clamp).min();
-        let events = conds
+        let mut waits: Vec<EventWait> = conds
             .iter()
             .filter_map(|c| {
                 c.event_type.as_ref().map(|t| EventWait {
-                    name: c.name.as_str().into(),
+                    name: self.intern(&c.name),
                     occurrence: c.occurrence,
-                    type_name: t.as_str().into(),
+                    type_name: self.intern(t),
                 })
             })
             .collect();
+        let events = match waits.len() {
+            0 => Events::None,
+            1 => Events::One(waits.pop().expect("one wait")),
+            _ => Events::Many(waits.into_boxed_slice()),
+        };
         let earliest = match deadline_ms {
             Some(d) => {
                 let earliest = self.timers.first().is_none_or(|(first, _)| d < *first);
@@ -64,6 +95,15 @@ impl ParkTable {
             },
         );
         earliest
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(known) = self.strings.get(s) {
+            return Arc::clone(known);
+        }
+        let new: Arc<str> = Arc::from(s);
+        self.strings.insert(Arc::clone(&new));
+        new
     }
 
     /// Unparks `id`.
@@ -145,7 +185,7 @@ mod tests {
             ["a", "b"]
         );
         assert!(t.contains("c") && t.contains("e") && !t.contains("a"));
-        assert_eq!(&*t.get("c").unwrap().events[0].name, "x");
+        assert_eq!(&*t.get("c").unwrap().events.first().unwrap().name, "x");
         assert!(t.remove("c").is_some());
         assert_eq!(t.next_deadline(), None);
         assert!(t.contains("e"));
