@@ -29,8 +29,10 @@ fn ledger(line: String) {
         .append(true)
         .open(ledger_path(&dir))
         .unwrap();
-    // One write per line: concurrent appenders must not interleave.
-    file.write_all(format!("{line}\n").as_bytes()).unwrap();
+    // One write per line, so concurrent appenders do not interleave. A kill
+    // can still tear a write: each line starts on a fresh line and ends with
+    // ` $`, so a torn one is recognised and left out.
+    file.write_all(format!("\n{line} $\n").as_bytes()).unwrap();
     file.sync_data().unwrap();
 }
 
@@ -93,6 +95,7 @@ fn read_ledger(dir: &Path) -> Vec<String> {
     std::fs::read_to_string(ledger_path(dir))
         .unwrap_or_default()
         .lines()
+        .filter_map(|l| l.strip_suffix(" $"))
         .map(str::to_string)
         .collect()
 }

@@ -321,11 +321,22 @@ impl EngineBuilder {
             Arc::clone(&core.timer_bell),
         ));
         *core.timer_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(timers.abort_handle());
-        let recovery = Arc::clone(&core).recover().await?;
-        Ok(Engine {
-            core,
-            recovery: Arc::new(recovery),
-        })
+        match Arc::clone(&core).recover().await {
+            Ok(recovery) => Ok(Engine {
+                core,
+                recovery: Arc::new(recovery),
+            }),
+            Err(error) => {
+                // Stop what recovery started and release the store, so that
+                // the caller can open it again at once.
+                let engine = Engine {
+                    core,
+                    recovery: Arc::default(),
+                };
+                engine.shutdown().await;
+                Err(error)
+            }
+        }
     }
 }
 
