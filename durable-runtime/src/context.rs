@@ -155,6 +155,8 @@ pub struct Ctx {
     counters: Mutex<HashMap<&'static str, u32>>,
     /// Resumes in a row without finishing a step, as stored in `Active`.
     recoveries: AtomicU32,
+    /// The suspects' lane, held by a suspect until it finishes a step.
+    lane: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
     /// The error that stopped this instance, if any.
     abort: Mutex<Option<Error>>,
     aborted: Notify,
@@ -192,6 +194,7 @@ impl Ctx {
             replay: Mutex::new(replay),
             counters: Mutex::new(HashMap::new()),
             recoveries: AtomicU32::new(recoveries),
+            lane: Mutex::new(None),
             abort: Mutex::new(None),
             aborted: Notify::new(),
         }
@@ -229,9 +232,15 @@ impl Ctx {
     }
 
     /// Returns the count of resumes without progress and sets it to zero:
-    /// the caller is about to record progress.
+    /// the caller is about to record progress. A suspect leaves its lane.
     pub(crate) fn take_recoveries(&self) -> u32 {
+        self.lane.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.recoveries.swap(0, Ordering::Relaxed)
+    }
+
+    /// Holds the suspects' lane (see `Core::drive`) until progress or the end.
+    pub(crate) fn hold_lane(&self, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
+        *self.lane.lock().unwrap_or_else(|e| e.into_inner()) = permit;
     }
 
     /// The next occurrence number of step `name`, assigned when the step is

@@ -187,6 +187,9 @@ pub(crate) struct Core {
     /// Rung when an earlier deadline is parked.
     timer_bell: Arc<Notify>,
     timer_task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// One permit: instances resumed again without progress run one at a
+    /// time until they finish a step (see [`Core::drive`]).
+    suspects: Arc<tokio::sync::Semaphore>,
     pub(crate) committer: Committer,
     pub(crate) config: Config,
     registry: HashMap<&'static str, Arc<dyn Erased>>,
@@ -308,6 +311,7 @@ impl EngineBuilder {
             parked: Mutex::new(ParkTable::default()),
             timer_bell: Arc::new(Notify::new()),
             timer_task: Mutex::new(None),
+            suspects: Arc::new(tokio::sync::Semaphore::new(1)),
             committer,
             config: self.config,
             registry,
@@ -1038,13 +1042,24 @@ impl Core {
         begin: Begin,
         slot: &Arc<Slot>,
     ) -> DriveEnd {
+        let mut lane = None;
         let recoveries = match begin {
             Begin::Fresh | Begin::Wake => 0,
             Begin::ResumeByHand => 1,
-            Begin::Resume => match self.store.get(Tree::Active, &instance_key(id)) {
-                Ok(stored) => stored.as_deref().map_or(0, recoveries_of).saturating_add(1),
-                Err(e) => return DriveEnd::Finished(Err(e.into())),
-            },
+            Begin::Resume => {
+                let stored = match self.store.get(Tree::Active, &instance_key(id)) {
+                    Ok(stored) => stored.as_deref().map_or(0, recoveries_of),
+                    Err(e) => return DriveEnd::Finished(Err(e.into())),
+                };
+                if stored > 0 {
+                    // Resumed before without progress: it may be what crashes
+                    // the process. Such suspects run one at a time until each
+                    // finishes a step, so an innocent instance that was merely
+                    // running at the same crashes is not counted with them.
+                    lane = Arc::clone(&self.suspects).acquire_owned().await.ok();
+                }
+                stored.saturating_add(1)
+            }
         };
         if recoveries > self.config.max_recoveries {
             let error = Error::NeedsAttention {
@@ -1086,6 +1101,7 @@ impl Core {
             recoveries,
             Arc::clone(&slot.signals),
         );
+        ctx.hold_lane(lane);
         let flow = {
             let mut run = pin!(CatchUnwind::new(&|| erased.run(&ctx, &record.input)));
             let mut aborted = pin!(ctx.aborted());

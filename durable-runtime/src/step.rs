@@ -200,10 +200,14 @@ async fn write(
     );
     // A finished step is progress: the count of resumes without progress
     // (kept against crash loops) starts again, in the same atomic batch.
-    if progress && ctx.take_recoveries() > 0 {
+    let reset = progress && ctx.recoveries() > 0;
+    if reset {
         batch.put(Tree::Active, instance_key(&ctx.id), recoveries_value(0));
     }
     ctx.core.committer.commit(batch).await?;
+    if reset {
+        ctx.take_recoveries();
+    }
     crate::crash::point("step.after_write");
     Ok(())
 }
