@@ -153,7 +153,7 @@ impl Memory {
 
 enum Backend {
     Memory(Memory),
-    Sled(SledStore),
+    Sled(Box<SledStore>),
 }
 
 impl Backend {
@@ -390,9 +390,9 @@ impl Data {
             }),
             // A failed open releases the store before it returns (see
             // `a_failed_open_releases_the_store_before_returning`).
-            Data::Sled(path) => {
-                Backend::Sled(SledStore::open(path).expect("reopen the sled store"))
-            }
+            Data::Sled(path) => Backend::Sled(Box::new(
+                SledStore::open(path).expect("reopen the sled store"),
+            )),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! reports (not a hang, not a panic, not a failed instance), that nothing
 //! already returned is lost, and that every instance finishes once space is
 //! freed. The store lives on a small size-limited tmpfs (`mount -t tmpfs -o
-//! size=8m`, which needs root); when one cannot be mounted the test prints
+//! size=24m`, which needs root); when one cannot be mounted the test prints
 //! why and passes without running.
 //!
 //! The instances run in a child process (this binary, re-run as
@@ -175,7 +175,7 @@ async fn out_of_disk_child() {
 /// false if no tmpfs could be mounted.
 fn scenario(reserve: u64) -> bool {
     let tmp = tempfile::tempdir().unwrap();
-    let mnt = match Tmpfs::mount(&tmp.path().join("mnt"), "8m") {
+    let mnt = match Tmpfs::mount(&tmp.path().join("mnt"), "24m") {
         Ok(mnt) => mnt,
         Err(e) => {
             eprintln!(

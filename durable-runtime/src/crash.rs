@@ -7,9 +7,11 @@
 //!
 //! Points, in checkpoint-path order: `start.before_record`,
 //! `start.after_record`, `recovery.before_resume`, `step.before_body`,
-//! `step.after_body`, `store.before_flush`, `store.before_fsync`,
-//! `store.after_fsync`, `step.after_write`, `complete.before_write`,
-//! `complete.after_write`.
+//! `step.after_body`, `store.before_flush` (before the write-ahead log
+//! append), `store.before_fsync` (appended, not yet `fdatasync`ed),
+//! `store.after_fsync` (durable in the log, not yet applied to sled),
+//! `step.after_write`, `complete.before_write`, `complete.after_write`, and
+//! `store.before_wal_reset` (a checkpoint: sled synced, log not yet emptied).
 
 /// Every crash point, for sweeps.
 pub const CRASH_POINTS: &[&str] = &[
@@ -24,6 +26,7 @@ pub const CRASH_POINTS: &[&str] = &[
     "step.after_write",
     "complete.before_write",
     "complete.after_write",
+    "store.before_wal_reset",
 ];
 
 /// Reaches crash point `name`.

@@ -11,6 +11,7 @@
 //! call, not per batch.
 
 mod sled;
+mod wal;
 
 pub use self::sled::SledStore;
 use crate::error::StoreError;

@@ -1,13 +1,25 @@
 //! The embedded default store on sled 0.34.7, the only file that names sled.
 //!
+//! Every [`Store::apply`] is made durable by a write-ahead log of our own
+//! (`durable.wal`, see `wal.rs`): the batches are appended to it as one
+//! record and `fdatasync`ed, then applied to sled in memory. sled persists
+//! them at checkpoints: when the log passes [`CHECKPOINT_BYTES`] (and at
+//! open, after the log's records are applied again), sled is flushed, its
+//! log and blob files are fsynced, and only then is our log emptied. So a
+//! step costs one append and one `fdatasync` (the disk's floor), concurrent
+//! steps share it, and what sled loses in a crash the log gives back.
+//!
 //! sled 0.34.7 has durability gaps this file closes (see DESIGN.md):
 //! - `Db::flush()` ends in `sync_file_range`, which never asks the device to
-//!   flush its cache, so every [`Store::apply`] follows it with an
-//!   `fdatasync` of sled's `db` file.
+//!   flush its cache, so a checkpoint follows it with an `fdatasync` of
+//!   sled's `db` file. sled's own background flush is turned off: sled
+//!   writes only when we ask (or when a log buffer fills up), so its I/O
+//!   errors reach us.
 //! - sled writes values and tree nodes over ~128 KiB to files under `blobs/`
-//!   and never fsyncs them (a leaf of 16 values of 20 KiB is enough). Every
-//!   apply fsyncs the blob files it has not seen before, and the `blobs`
-//!   directory, before the `fdatasync` of the log that refers to them.
+//!   and never fsyncs them (a leaf of 16 values of 20 KiB is enough). A
+//!   checkpoint fsyncs the blob files it has not seen before, and the `blobs`
+//!   directory, before the `fdatasync` of the log that refers to them, and
+//!   before our log (which holds the same values) is emptied.
 //! - `flush_async()` deadlocks once several callers wait, so it is never
 //!   called: the engine's single committer thread calls [`Store::apply`].
 //! - A kill during `sled::open` can leave a `snap.*.generating` file, empty or
@@ -42,6 +54,7 @@ use std::time::{Duration, SystemTime};
 
 use sled::Transactional;
 
+use super::wal::Wal;
 use super::{Batch, Store, Tree};
 use crate::codec::FORMAT_VERSION;
 use crate::error::StoreError;
@@ -56,6 +69,10 @@ const LOCK_FILE: &str = "durable.lock";
 /// system timestamps are coarse (a clock tick), so two files created within
 /// one tick leave the same time behind.
 const SETTLE: Duration = Duration::from_secs(1);
+
+/// The size of the write-ahead log at which sled is checkpointed and the
+/// log emptied: it bounds both the log's disk use and the replay at open.
+pub(crate) const CHECKPOINT_BYTES: u64 = 1 << 20;
 
 /// How long dropping a store that saw an error may take before sled is
 /// taken to be wedged.
@@ -72,6 +89,8 @@ pub struct SledStore {
     handles: Option<Handles>,
     /// sled's log file, kept open for `fdatasync`.
     log: File,
+    /// Our write-ahead log: what makes an apply durable.
+    wal: Mutex<Wal>,
     /// The blob files already made durable.
     blobs: Mutex<BlobSync>,
     stats: SyncStats,
@@ -90,8 +109,12 @@ struct Handles {
 /// Counters of the syncs this store made, for tests.
 #[derive(Debug, Default)]
 struct SyncStats {
-    /// `fdatasync`s of the log.
+    /// `fdatasync`s of sled's log (at checkpoints).
     log_syncs: AtomicU64,
+    /// Appends to the write-ahead log, each ending in an `fdatasync`.
+    wal_syncs: AtomicU64,
+    /// Checkpoints made.
+    checkpoints: AtomicU64,
     /// Blob files fsynced.
     blob_syncs: AtomicU64,
 }
@@ -144,7 +167,7 @@ impl SledStore {
         }
         let lock = lock(&path)?;
         remove_snapshot_leftovers(&path)?;
-        let config = sled::Config::new().path(&path).flush_every_ms(Some(500));
+        let config = sled::Config::new().path(&path).flush_every_ms(None);
         let opened = catch_unwind(AssertUnwindSafe(|| config.open()));
         let db = match opened {
             Ok(Ok(db)) => db,
@@ -167,7 +190,9 @@ impl SledStore {
             );
         }
         let log = File::open(path.join("db")).map_err(|e| os("open the log file for fsync", &e))?;
+        let (wal, replay) = Wal::open(&path)?;
         let store = SledStore {
+            wal: Mutex::new(wal),
             blobs: Mutex::new(BlobSync {
                 dir: path.join("blobs"),
                 synced: HashSet::new(),
@@ -184,6 +209,14 @@ impl SledStore {
             failed: AtomicBool::new(false),
         };
         store.sync_inherited()?;
+        if !replay.is_empty() {
+            // What was durable in our log but perhaps not in sled: apply it
+            // again (puts and deletes of whole values: harmless if sled has
+            // it), then checkpoint so the log starts empty.
+            store.failed(store.apply_in_memory(&replay))?;
+            let mut wal = store.wal.lock().unwrap_or_else(|e| e.into_inner());
+            store.failed(store.checkpoint(&mut wal))?;
+        }
         store.check_format()?;
         Ok(store)
     }
@@ -339,6 +372,21 @@ impl SledStore {
         if batches.iter().all(|b| b.ops.is_empty()) {
             return Ok(());
         }
+        let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        crate::crash::point("store.before_flush");
+        wal.append(batches)?;
+        self.stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
+        crate::crash::point("store.after_fsync");
+        self.apply_in_memory(batches)?;
+        if wal.len() >= CHECKPOINT_BYTES {
+            self.checkpoint(&mut wal)?;
+        }
+        Ok(())
+    }
+
+    /// Applies `batches` to sled in one transaction, without asking sled to
+    /// persist anything: the write-ahead log already holds them.
+    fn apply_in_memory(&self, batches: &[Batch]) -> Result<(), StoreError> {
         let result: sled::transaction::TransactionResult<(), ()> =
             self.handles().trees.as_slice().transaction(|txs| {
                 for batch in batches {
@@ -366,28 +414,42 @@ impl SledStore {
                 });
             }
         }
-        crate::crash::point("store.before_flush");
+        Ok(())
+    }
+
+    /// Makes everything applied so far durable in sled itself, then empties
+    /// the write-ahead log.
+    fn checkpoint(&self, wal: &mut Wal) -> Result<(), StoreError> {
         // Writes every log buffer, waiting for writers still filling one, so
         // every blob file the log now refers to is complete on return.
         self.handles().db.flush().map_err(|e| io("flush", e))?;
-        crate::crash::point("store.before_fsync");
         // Blobs first: once the log is durable, what it refers to must be.
         self.sync_blobs()?;
         self.sync_log()?;
-        crate::crash::point("store.after_fsync");
+        crate::crash::point("store.before_wal_reset");
+        wal.reset()?;
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
 
 impl Drop for SledStore {
     fn drop(&mut self) {
+        if self.handles.is_none() {
+            return;
+        }
+        if !self.failed.load(Ordering::Relaxed) {
+            // A clean close leaves nothing to replay at the next open. If the
+            // checkpoint fails, the log keeps everything for that open.
+            let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = self.checkpoint(&mut wal);
+            drop(wal);
+            drop(self.handles.take());
+            return;
+        }
         let Some(handles) = self.handles.take() else {
             return;
         };
-        if !self.failed.load(Ordering::Relaxed) {
-            drop(handles);
-            return;
-        }
         // sled flushes when its last handle drops, and after a failed write
         // that flush may never return: close on a thread of its own, and
         // leave sled there (still holding the lock) if it does not finish.
@@ -542,7 +604,7 @@ mod tests {
     fn every_apply_ends_in_an_fdatasync_of_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        let before = store.stats.log_syncs.load(Ordering::Relaxed);
+        let before = store.stats.wal_syncs.load(Ordering::Relaxed);
         for i in 0..5 {
             store.apply(&[put(&format!("k{i}"), vec![1; 100])]).unwrap();
         }
@@ -552,7 +614,44 @@ mod tests {
             .unwrap();
         // Nothing to write, nothing to sync.
         store.apply(&[Batch::new()]).unwrap();
-        assert_eq!(store.stats.log_syncs.load(Ordering::Relaxed) - before, 6);
+        assert_eq!(store.stats.wal_syncs.load(Ordering::Relaxed) - before, 6);
+    }
+
+    #[test]
+    fn what_only_the_write_ahead_log_holds_is_applied_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledStore::open(dir.path()).unwrap());
+        // A process that died after its log append, before sled had any of it.
+        {
+            let (mut wal, _) = Wal::open(dir.path()).unwrap();
+            wal.append(&[put("a", vec![1; 10]), put("b", vec![2; 10])])
+                .unwrap();
+            let mut delete = Batch::new();
+            delete.delete(Tree::Checkpoints, b"a".to_vec());
+            wal.append(&[delete, put("c", vec![3; 10])]).unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.get(Tree::Checkpoints, b"a").unwrap(), None);
+        assert_eq!(
+            store.get(Tree::Checkpoints, b"b").unwrap(),
+            Some(vec![2; 10])
+        );
+        assert_eq!(
+            store.get(Tree::Checkpoints, b"c").unwrap(),
+            Some(vec![3; 10])
+        );
+        assert_eq!(store.stats.checkpoints.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            store.wal.lock().unwrap().len(),
+            0,
+            "the log starts empty after a checkpoint"
+        );
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.get(Tree::Checkpoints, b"c").unwrap(),
+            Some(vec![3; 10])
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -561,7 +660,7 @@ mod tests {
         let store = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
         let committer = crate::committer::Committer::start(store.clone()).unwrap();
         let committer = std::sync::Arc::new(committer);
-        let before = store.stats.log_syncs.load(Ordering::Relaxed);
+        let before = store.stats.wal_syncs.load(Ordering::Relaxed);
         let mut tasks = tokio::task::JoinSet::new();
         for t in 0..64 {
             let committer = std::sync::Arc::clone(&committer);
@@ -577,7 +676,7 @@ mod tests {
         while let Some(done) = tasks.join_next().await {
             done.unwrap();
         }
-        let syncs = store.stats.log_syncs.load(Ordering::Relaxed) - before;
+        let syncs = store.stats.wal_syncs.load(Ordering::Relaxed) - before;
         assert!(
             syncs < 640 / 4,
             "640 commits took {syncs} fdatasyncs: no group commit"
@@ -590,7 +689,7 @@ mod tests {
     }
 
     #[test]
-    fn blob_files_are_fsynced_before_apply_returns() {
+    fn blob_files_are_fsynced_before_the_log_is_emptied() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         // One value over the threshold: a blob of its own.
@@ -600,9 +699,16 @@ mod tests {
             store
                 .apply(&[put(&format!("mid-{i:02}"), vec![i as u8; 20 << 10])])
                 .unwrap();
-            let synced = store.blobs.lock().unwrap().synced.clone();
-            for file in blob_files(&store) {
-                assert!(synced.contains(&file), "blob {file:?} was not fsynced");
+            // Until a checkpoint, the values are durable in the log.
+            let mut wal = store.wal.lock().unwrap();
+            assert!(wal.len() > 0);
+            if i % 10 == 9 {
+                store.checkpoint(&mut wal).unwrap();
+                assert_eq!(wal.len(), 0);
+                let synced = store.blobs.lock().unwrap().synced.clone();
+                for file in blob_files(&store) {
+                    assert!(synced.contains(&file), "blob {file:?} was not fsynced");
+                }
             }
         }
         assert!(blob_files(&store).len() >= 2, "{:?}", blob_files(&store));
