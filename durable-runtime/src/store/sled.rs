@@ -52,8 +52,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use sled::Transactional;
-
 use super::wal::Wal;
 use super::{Batch, Store, Tree};
 use crate::codec::FORMAT_VERSION;
@@ -384,35 +382,22 @@ impl SledStore {
         Ok(())
     }
 
-    /// Applies `batches` to sled in one transaction, without asking sled to
+    /// Applies `batches` to sled, without asking sled to
     /// persist anything: the write-ahead log already holds them.
     fn apply_in_memory(&self, batches: &[Batch]) -> Result<(), StoreError> {
-        let result: sled::transaction::TransactionResult<(), ()> =
-            self.handles().trees.as_slice().transaction(|txs| {
-                for batch in batches {
-                    for op in &batch.ops {
-                        let tx = &txs[op.tree.index()];
-                        match &op.value {
-                            Some(v) => {
-                                tx.insert(op.key.as_slice(), v.as_slice())?;
-                            }
-                            None => {
-                                tx.remove(op.key.as_slice())?;
-                            }
-                        }
-                    }
-                }
-                Ok(())
-            });
-        match result {
-            Ok(()) => {}
-            Err(sled::transaction::TransactionError::Storage(e)) => return Err(io("write", e)),
-            Err(sled::transaction::TransactionError::Abort(())) => {
-                return Err(StoreError::Io {
-                    op: "write",
-                    reason: "transaction aborted".into(),
-                });
+        // Plain inserts, not a sled transaction or batch: those seal sled's
+        // log buffer and write it out (`pwrite` + `sync_file_range`) on every
+        // commit, a second trip to the device per step. Atomicity and
+        // durability come from the write-ahead log: after a crash in the
+        // middle of this loop, the log's record is applied again at open.
+        let trees = &self.handles().trees;
+        for op in batches.iter().flat_map(|b| &b.ops) {
+            let tree = &trees[op.tree.index()];
+            match &op.value {
+                Some(v) => tree.insert(op.key.as_slice(), v.as_slice()).map(drop),
+                None => tree.remove(op.key.as_slice()).map(drop),
             }
+            .map_err(|e| io("write", e))?;
         }
         Ok(())
     }
