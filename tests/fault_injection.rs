@@ -388,11 +388,21 @@ impl Data {
                 view: Mutex::new(disk.lock().unwrap().clone()),
                 disk: Arc::clone(disk),
             }),
-            // A failed open releases the store before it returns (see
-            // `a_failed_open_releases_the_store_before_returning`).
-            Data::Sled(path) => Backend::Sled(Box::new(
-                SledStore::open(path).expect("reopen the sled store"),
-            )),
+            // The store closes when the engine's last reference drops, which
+            // can trail `shutdown` by a moment when another thread drops a
+            // handle at the same time: retry a `Locked` briefly.
+            Data::Sled(path) => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                loop {
+                    match SledStore::open(path) {
+                        Ok(store) => break Backend::Sled(Box::new(store)),
+                        Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(e) => panic!("reopen the sled store: {e:?}"),
+                    }
+                }
+            }
         }
     }
 }

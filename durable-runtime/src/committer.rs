@@ -2,6 +2,12 @@
 //! in one [`Store::apply`] call (one flush and one fsync for all), then wakes
 //! every waiter. No waiter is woken before the apply that covers its batch.
 //!
+//! When no other commit is in flight, the caller applies its batch itself
+//! instead of handing it to the thread: a lone workflow then pays one append
+//! and one `fdatasync`, not also two thread wake-ups. Any commit that starts
+//! while another is in flight goes through the queue and is grouped; applies
+//! never overlap (one lock covers both paths).
+//!
 //! A failed apply poisons the committer: the store may hold part of what was
 //! asked, or buffer writes it could not make durable, so every later commit
 //! fails with the same error until the engine is reopened (as sled itself
@@ -9,7 +15,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -33,6 +39,11 @@ pub(crate) struct CommitStats {
 /// The sending side of the committer thread.
 pub(crate) struct Committer {
     tx: Mutex<Option<mpsc::Sender<(Batch, Reply)>>>,
+    store: Arc<dyn Store>,
+    /// Held around every apply, by the thread or by an inline caller.
+    applying: Arc<Mutex<()>>,
+    /// Commits started and not yet answered.
+    in_flight: AtomicUsize,
     failure: Arc<Mutex<Option<StoreError>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     pub stats: Arc<CommitStats>,
@@ -46,11 +57,25 @@ impl Committer {
         let thread_stats = Arc::clone(&stats);
         let failure = Arc::new(Mutex::new(None));
         let thread_failure = Arc::clone(&failure);
+        let applying = Arc::new(Mutex::new(()));
+        let thread_applying = Arc::clone(&applying);
+        let thread_store = Arc::clone(&store);
         let thread = std::thread::Builder::new()
             .name("durable-committer".into())
-            .spawn(move || run(store, rx, thread_stats, thread_failure))?;
+            .spawn(move || {
+                run(
+                    thread_store,
+                    rx,
+                    thread_stats,
+                    thread_failure,
+                    thread_applying,
+                )
+            })?;
         Ok(Committer {
             tx: Mutex::new(Some(tx)),
+            store,
+            applying,
+            in_flight: AtomicUsize::new(0),
             failure,
             thread: Mutex::new(Some(thread)),
             stats,
@@ -61,6 +86,17 @@ impl Committer {
     pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         if let Some(failure) = self.failure() {
             return Err(failure);
+        }
+        let in_flight = InFlight::enter(&self.in_flight);
+        // Alone: apply inline. The thread may still hold the lock for a
+        // group it took just before; then queue as usual.
+        if in_flight.alone
+            && let Ok(_applying) = self.applying.try_lock()
+        {
+            if self.tx.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+                return Err(StoreError::Closed);
+            }
+            return apply(&*self.store, &[batch], &self.stats, &self.failure);
         }
         let (reply, done) = oneshot::channel();
         let sent = match &*self.tx.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -98,6 +134,7 @@ fn run(
     rx: mpsc::Receiver<(Batch, Reply)>,
     stats: Arc<CommitStats>,
     failure: Arc<Mutex<Option<StoreError>>>,
+    applying: Arc<Mutex<()>>,
 ) {
     let mut batches = Vec::new();
     let mut replies = Vec::new();
@@ -113,24 +150,58 @@ fn run(
                 Err(_) => break,
             }
         }
-        let poisoned = failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let result = match poisoned {
-            Some(error) => Err(error),
-            None => store.apply(&batches),
+        let result = {
+            let _applying = applying.lock().unwrap_or_else(|e| e.into_inner());
+            apply(&*store, &batches, &stats, &failure)
         };
-        if let Err(error) = &result {
-            failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert_with(|| error.clone());
-        }
-        stats
-            .batches
-            .fetch_add(batches.len() as u64, Ordering::Relaxed);
-        stats.groups.fetch_add(1, Ordering::Relaxed);
         batches.clear();
         for reply in replies.drain(..) {
             let _ = reply.send(result.clone());
         }
+    }
+}
+
+/// Applies one group, unless the committer is poisoned, and poisons it on
+/// failure. Call with the `applying` lock held.
+fn apply(
+    store: &dyn Store,
+    batches: &[Batch],
+    stats: &CommitStats,
+    failure: &Mutex<Option<StoreError>>,
+) -> Result<(), StoreError> {
+    let poisoned = failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let result = match poisoned {
+        Some(error) => Err(error),
+        None => store.apply(batches),
+    };
+    if let Err(error) = &result {
+        failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| error.clone());
+    }
+    stats
+        .batches
+        .fetch_add(batches.len() as u64, Ordering::Relaxed);
+    stats.groups.fetch_add(1, Ordering::Relaxed);
+    result
+}
+
+/// Counts a commit in flight; `alone` when no other one was.
+struct InFlight<'a> {
+    count: &'a AtomicUsize,
+    alone: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicUsize) -> InFlight<'a> {
+        let alone = count.fetch_add(1, Ordering::SeqCst) == 0;
+        InFlight { count, alone }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
     }
 }
