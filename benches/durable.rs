@@ -10,8 +10,9 @@
 //! 5. recovery: time from `open()` to all unfinished instances resumed (each
 //!    has 2 of 5 steps done), the cost of a replayed step, and steps/s while
 //!    they finish;
-//! 6. memory: RSS and heap growth per instance parked in a `wait_for!`, and
-//!    the heap held beyond what the same number of finished instances hold.
+//! 6. memory: RSS and heap growth per instance parked in a `wait_for!`, the
+//!    heap held beyond what the same number of finished instances hold, and
+//!    the park table's own heap per instance.
 //!
 //! Each figure is the median of several runs. Store directories live under
 //! `DURABLE_BENCH_DIR` (default: the system temp dir); put it on the disk you
@@ -302,6 +303,15 @@ async fn memory(dir: &Path, instances: u64) -> (f64, f64, f64) {
     let finished_heap = HEAP.load(Ordering::SeqCst).saturating_sub(heap_before);
     engine.shutdown().await;
     let per = |b: usize| b as f64 / instances as f64;
+    // The engine's own share: the park table alone, built the same way.
+    let heap_before = HEAP.load(Ordering::SeqCst);
+    let table = durable::__bench::park_table("m", instances as usize);
+    let table_heap = HEAP.load(Ordering::SeqCst).saturating_sub(heap_before);
+    drop(table);
+    println!(
+        "   the park table alone holds {:.0} B per parked instance",
+        per(table_heap)
+    );
     (
         per(parked_rss),
         per(parked_heap),

@@ -29,6 +29,27 @@ pub use history::{History, Status, StepOutcome, StepRecord, Transition, Transiti
 pub use retry::RetryPolicy;
 pub use workflow::{BoxFuture, IntoWorkflow, Workflow};
 
+/// Hooks for the benchmark. Not public API.
+#[doc(hidden)]
+pub mod __bench {
+    /// A park table holding `n` instances (ids `prefix-0`…) each waiting on
+    /// one event, as the engine holds them; drop it to free it. Lets the
+    /// benchmark measure the table's own heap.
+    pub fn park_table(prefix: &str, n: usize) -> Box<dyn std::any::Any> {
+        let mut table = crate::park::ParkTable::default();
+        let cond = crate::records::WaitCond {
+            name: "go".into(),
+            occurrence: 0,
+            deadline_ms: None,
+            event_type: Some("u64".into()),
+        };
+        for i in 0..n {
+            table.insert(&format!("{prefix}-{i}"), std::slice::from_ref(&cond), |d| d);
+        }
+        Box::new(table)
+    }
+}
+
 /// What `#[durable]` expands to. Not public API: it changes without notice.
 #[doc(hidden)]
 pub mod __private {
