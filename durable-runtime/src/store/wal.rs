@@ -10,7 +10,9 @@
 //! order (puts and deletes of whole values, so applying a record twice is
 //! harmless), and cuts off a torn tail, which was never acknowledged.
 //!
-//! Record: `len: u32 LE` of the payload, `crc: u32 LE` (CRC-32C of the
+//! The file starts with `DWAL` and a `u32 LE` format version; a newer version
+//! is refused ([`StoreError::FormatTooNew`]), another file is
+//! [`StoreError::Corrupt`]. Record: `len: u32 LE` of the payload, `crc: u32 LE` (CRC-32C of the
 //! payload), payload: per op `tree: u8`, `key_len: u32 LE`, key,
 //! `has_value: u8`, and when it has one `value_len: u32 LE`, value.
 
@@ -23,6 +25,15 @@ use crate::error::StoreError;
 
 /// The log file's name in the store's directory.
 pub(crate) const WAL_FILE: &str = "durable.wal";
+
+/// The file's first bytes, before the version.
+const MAGIC: &[u8; 4] = b"DWAL";
+
+/// The format of records this build writes and reads.
+const WAL_VERSION: u32 = 1;
+
+/// Bytes before the first record.
+const HEADER_LEN: usize = 8;
 
 /// The largest record accepted when reading back (a guard against garbage).
 const MAX_RECORD: usize = 1 << 30;
@@ -54,8 +65,28 @@ impl Wal {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(|e| io("read the write-ahead log", e))?;
+        if bytes.len() < HEADER_LEN {
+            // New, or killed while writing the header: nothing was logged.
+            file.set_len(0)
+                .map_err(|e| io("reset the write-ahead log", e))?;
+            write_header(&mut file)?;
+            bytes = header().to_vec();
+        }
+        if &bytes[..4] != MAGIC {
+            return Err(StoreError::Corrupt {
+                path: dir.join(WAL_FILE),
+                reason: "not a write-ahead log of this library".into(),
+            });
+        }
+        let version = u32::from_le_bytes(bytes[4..8].try_into().expect("four bytes"));
+        if version > WAL_VERSION {
+            return Err(StoreError::FormatTooNew {
+                found: version,
+                supported: WAL_VERSION,
+            });
+        }
         let mut batches = Vec::new();
-        let mut at = 0usize;
+        let mut at = HEADER_LEN;
         while let Some((record, next)) = read_record(&bytes, at) {
             batches.extend(record);
             at = next;
@@ -71,7 +102,7 @@ impl Wal {
         Ok((
             Wal {
                 file,
-                len: at as u64,
+                len: (at - HEADER_LEN) as u64,
             },
             batches,
         ))
@@ -109,14 +140,14 @@ impl Wal {
         if let Err(e) = written {
             // Whatever part of the record landed is a torn tail: cut it so the
             // next record does not follow garbage.
-            let _ = self.file.set_len(self.len);
+            let _ = self.file.set_len(HEADER_LEN as u64 + self.len);
             return Err(io("append to the write-ahead log", e));
         }
         self.len += record.len() as u64;
         Ok(())
     }
 
-    /// Bytes in the log.
+    /// Bytes of records in the log.
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -127,12 +158,24 @@ impl Wal {
         self.file
             .set_len(0)
             .map_err(|e| io("reset the write-ahead log", e))?;
-        self.file
-            .sync_all()
-            .map_err(|e| io("fsync the write-ahead log", e))?;
+        write_header(&mut self.file)?;
         self.len = 0;
         Ok(())
     }
+}
+
+fn header() -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..4].copy_from_slice(MAGIC);
+    h[4..].copy_from_slice(&WAL_VERSION.to_le_bytes());
+    h
+}
+
+/// Writes the header to an empty log and makes it durable.
+fn write_header(file: &mut File) -> Result<(), StoreError> {
+    file.write_all(&header())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("write the write-ahead log's header", e))
 }
 
 /// Reads the record at `at`: its batch and where the next record starts.
@@ -247,7 +290,7 @@ mod tests {
         assert_eq!(wal.len(), good);
         assert_eq!(
             std::fs::metadata(dir.path().join(WAL_FILE)).unwrap().len(),
-            good
+            HEADER_LEN as u64 + good
         );
         wal.reset().unwrap();
         drop(wal);
@@ -264,9 +307,28 @@ mod tests {
         drop(wal);
         let path = dir.path().join(WAL_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[first as usize + 20] ^= 0x10;
+        bytes[HEADER_LEN + first as usize + 20] ^= 0x10;
         std::fs::write(&path, &bytes).unwrap();
         let (_, replay) = Wal::open(dir.path()).unwrap();
         assert_eq!(replay.len(), 1);
+    }
+
+    #[test]
+    fn a_newer_or_foreign_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Wal::open(dir.path()).unwrap());
+        let path = dir.path().join(WAL_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[4] = 9;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            Wal::open(dir.path()),
+            Err(StoreError::FormatTooNew { found: 9, .. })
+        ));
+        std::fs::write(&path, b"garbage!garbage!").unwrap();
+        assert!(matches!(
+            Wal::open(dir.path()),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }
