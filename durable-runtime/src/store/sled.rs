@@ -207,15 +207,19 @@ impl SledStore {
             failed: AtomicBool::new(false),
         };
         store.sync_inherited()?;
-        if !replay.is_empty() {
-            // What was durable in our log but perhaps not in sled: apply it
-            // again (puts and deletes of whole values: harmless if sled has
-            // it), then checkpoint so the log starts empty.
-            store.failed(store.apply_in_memory(&replay))?;
+        // What was durable in our log but perhaps not in sled: apply it
+        // again (puts and deletes of whole values: harmless if sled has it).
+        store.failed(store.apply_in_memory(&replay))?;
+        store.check_format()?;
+        // Then checkpoint, always: the log starts empty, and sled's log has a
+        // stable point from the first open on. Without one (a new store
+        // killed before sled ever flushed), sled 0.34.7's recovery skips its
+        // removal of blob files past the stable point, and the next blob
+        // write fails with "File exists".
+        {
             let mut wal = store.wal.lock().unwrap_or_else(|e| e.into_inner());
             store.failed(store.checkpoint(&mut wal))?;
         }
-        store.check_format()?;
         Ok(store)
     }
 
