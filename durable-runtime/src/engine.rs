@@ -551,12 +551,7 @@ impl Engine {
         let record = core
             .load(&id)?
             .ok_or_else(|| Error::NotFound { id: id.clone() })?;
-        if let Some(status) = finished_status(&record.state) {
-            return Err(Error::InstanceFinished {
-                instance: id,
-                status,
-            });
-        }
+        ensure_unfinished(&id, &record.state)?;
         // The number this event gets: after every event of the name already
         // sent, and after every wait of the name that already ended.
         let events = core
@@ -618,12 +613,7 @@ impl Engine {
         let mut record = core
             .load(id)?
             .ok_or_else(|| Error::NotFound { id: id.to_string() })?;
-        if let Some(status) = finished_status(&record.state) {
-            return Err(Error::InstanceFinished {
-                instance: id.to_string(),
-                status,
-            });
-        }
+        ensure_unfinished(id, &record.state)?;
         let slot = core
             .running
             .lock()
@@ -649,12 +639,7 @@ impl Engine {
         if let Some(latest) = core.load(id)? {
             record = latest;
         }
-        if let Some(status) = finished_status(&record.state) {
-            return Err(Error::InstanceFinished {
-                instance: id.to_string(),
-                status,
-            });
-        }
+        ensure_unfinished(id, &record.state)?;
         let was_parked = core
             .parked
             .lock()
@@ -1472,6 +1457,17 @@ impl Core {
 struct TaskGuard {
     core: Arc<Core>,
     _alive: mpsc::Sender<()>,
+}
+
+/// [`Error::InstanceFinished`] if the instance has finished.
+fn ensure_unfinished(id: &str, state: &InstanceState) -> Result<()> {
+    match finished_status(state) {
+        Some(status) => Err(Error::InstanceFinished {
+            instance: id.to_string(),
+            status,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// How a finished instance ended, or `None` if it has not.

@@ -187,17 +187,7 @@ async fn write(
     record: CheckpointRecord,
 ) -> Result<(), Error> {
     let progress = !matches!(record.state, CheckpointState::Retrying { .. });
-    let value = codec::encode(&record).map_err(|reason| Error::Encode {
-        instance: ctx.id.clone(),
-        what: "a checkpoint record".into(),
-        reason,
-    })?;
-    let mut batch = Batch::new();
-    batch.put(
-        Tree::Checkpoints,
-        occurrence_key(&ctx.id, name, occurrence),
-        value,
-    );
+    let mut batch = checkpoint_batch(ctx, name, occurrence, &record)?;
     // A finished step is progress: the count of resumes without progress
     // (kept against crash loops) starts again, in the same atomic batch.
     let reset = progress && ctx.recoveries() > 0;
@@ -210,6 +200,27 @@ async fn write(
     }
     crate::crash::point("step.after_write");
     Ok(())
+}
+
+/// A batch that stores `record` as the checkpoint of (name, occurrence).
+pub(crate) fn checkpoint_batch(
+    ctx: &Ctx,
+    name: &str,
+    occurrence: u32,
+    record: &CheckpointRecord,
+) -> Result<Batch, Error> {
+    let value = codec::encode(record).map_err(|reason| Error::Encode {
+        instance: ctx.id.clone(),
+        what: "a checkpoint record".into(),
+        reason,
+    })?;
+    let mut batch = Batch::new();
+    batch.put(
+        Tree::Checkpoints,
+        occurrence_key(&ctx.id, name, occurrence),
+        value,
+    );
+    Ok(batch)
 }
 
 fn panicked(ctx: &Ctx, name: &str, occurrence: u32, message: String) -> Error {

@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::records::{
     CheckpointRecord, CheckpointState, EventRecord, WaitCond, now_ms, occurrence_key,
 };
-use crate::store::{Batch, Tree};
+use crate::store::Tree;
 use crate::workflow::BoxFuture;
 
 /// Waits ending sooner than this stay in memory instead of parking.
@@ -305,16 +305,6 @@ async fn write(
         started_at_ms: now_ms(),
         state,
     };
-    let value = codec::encode(&record).map_err(|reason| Error::Encode {
-        instance: ctx.id.clone(),
-        what: "a checkpoint record".into(),
-        reason,
-    })?;
-    let mut batch = Batch::new();
-    batch.put(
-        Tree::Checkpoints,
-        occurrence_key(&ctx.id, name, occurrence),
-        value,
-    );
+    let batch = crate::step::checkpoint_batch(ctx, name, occurrence, &record)?;
     ctx.core.committer.commit(batch).await.map_err(Error::from)
 }
