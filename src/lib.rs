@@ -197,8 +197,10 @@ macro_rules! sleep_until {
 /// ```
 ///
 /// As a whole argument of `join!` / `try_join!` or the future of a `select!`
-/// branch it is a future, like [`step!`]. Only valid inside a `#[durable]`
-/// async fn, and not inside a step's body:
+/// branch it is a future, like [`step!`]. A `select!` racing a wait against a
+/// sleep should be `biased;`: on a replay both may be ready at once, and only
+/// a fixed polling order replays the same winner. Only valid inside a
+/// `#[durable]` async fn, and not inside a step's body:
 ///
 /// ```compile_fail
 /// use durable::prelude::*;
