@@ -4,27 +4,27 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use durable::prelude::*;
 use durable::store::{Batch, SledStore, Store, Tree};
 use durable::{Status, StepOutcome, StoreError};
 
-/// While set, `typed_v1` parks forever after its first step.
-static PARK: AtomicBool = AtomicBool::new(true);
+/// Instances of `typed_v1` allowed past their second step; the others wait
+/// there. Per id, so tests running in parallel do not release each other's.
+static RELEASED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
-async fn park() -> Result<(), String> {
-    while PARK.load(Ordering::SeqCst) {
+async fn park(id: &str) -> Result<(), String> {
+    while !RELEASED.lock().unwrap().iter().any(|r| r == id) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
 }
 
 #[durable(name = "typed")]
-async fn typed_v1(_ctx: &Ctx, _n: u32) -> Result<u64, String> {
+async fn typed_v1(ctx: &Ctx, _n: u32) -> Result<u64, String> {
     let v = step!("value", async { Ok::<u64, String>(7) }.await)?;
-    step!("park", park().await)?;
+    step!("park", park(ctx.id()).await)?;
     Ok(v)
 }
 
@@ -108,7 +108,7 @@ async fn a_checkpoint_of_another_type_blocks_the_instance_and_changes_nothing() 
     engine.shutdown().await;
 
     // The old code resumes the same instance from the untouched checkpoint.
-    PARK.store(false, Ordering::SeqCst);
+    RELEASED.lock().unwrap().push("t-1".into());
     let engine = Engine::builder()
         .path(dir.path())
         .register(typed_v1)
@@ -197,7 +197,6 @@ async fn attempt_counts_survive_restarts() {
 #[tokio::test]
 async fn unregistered_workflows_are_reported_and_do_not_block_others() {
     let dir = tempfile::tempdir().unwrap();
-    PARK.store(true, Ordering::SeqCst);
     let engine = Engine::builder()
         .path(dir.path())
         .register(typed_v1)
