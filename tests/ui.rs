@@ -1,5 +1,5 @@
-//! Guards what users see at compile time: every misuse of `#[durable]` and
-//! `step!` fails with one precise message at the offending token (the
+//! Guards what users see at compile time: every misuse of `#[durable]`,
+//! `step!`, `sleep!`, `sleep_until!` and `wait_for!` fails with one precise message at the offending token (the
 //! `.stderr` files are the exact text), and every supported shape of
 //! workflow compiles.
 

@@ -51,8 +51,8 @@ pub trait Workflow: Copy + Send + Sync + 'static {
     /// The stable name instances are stored under. Renaming it orphans the
     /// instances stored under the old name.
     const NAME: &'static str;
-    /// Every step name used in the body, in source order, as checked at
-    /// compile time.
+    /// Every step, sleep and wait name used in the body, in source order,
+    /// as checked at compile time (one namespace for all three kinds).
     const STEPS: &'static [&'static str];
 
     /// The workflow's retry policy for its steps, if it overrides the engine's.
