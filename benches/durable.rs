@@ -309,8 +309,10 @@ async fn memory(dir: &Path, instances: u64) -> (f64, f64, f64) {
     let table_heap = HEAP.load(Ordering::SeqCst).saturating_sub(heap_before);
     drop(table);
     println!(
-        "   the park table alone holds {:.0} B per parked instance",
-        per(table_heap)
+        "   the park table alone holds {:.0} B per parked instance; {} finished instances hold {:.1} MiB of heap in all (the store's bounded cache)",
+        per(table_heap),
+        instances,
+        finished_heap as f64 / (1 << 20) as f64
     );
     (
         per(parked_rss),
@@ -402,6 +404,14 @@ fn main() {
             memory_instances: 100_000,
         }
     };
+    // `DURABLE_BENCH_MEMORY=N` sets scenario 6's instance count.
+    let mut p = p;
+    if let Some(n) = std::env::var("DURABLE_BENCH_MEMORY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        p.memory_instances = n;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -205,6 +205,7 @@ pub(crate) struct Core {
 pub struct EngineBuilder {
     path: PathBuf,
     store: Option<Arc<dyn Store>>,
+    cache_bytes: u64,
     workflows: Vec<(&'static str, Arc<dyn Erased>)>,
     config: Config,
 }
@@ -226,6 +227,13 @@ impl EngineBuilder {
     /// The embedded store's directory (default `durable.db`); created if missing.
     pub fn path(mut self, path: impl Into<PathBuf>) -> Self {
         self.path = path.into();
+        self
+    }
+
+    /// Bounds the embedded store's page cache to about `bytes` (default
+    /// 64 MiB): memory that stays steady however many instances finish.
+    pub fn cache_capacity(mut self, bytes: u64) -> Self {
+        self.cache_bytes = bytes;
         self
     }
 
@@ -291,12 +299,14 @@ impl EngineBuilder {
             Some(store) => store,
             None => {
                 let path = self.path;
-                let opened = tokio::task::spawn_blocking(move || SledStore::open(path))
-                    .await
-                    .map_err(|e| StoreError::Io {
-                        op: "open",
-                        reason: e.to_string(),
-                    })?;
+                let cache = self.cache_bytes;
+                let opened =
+                    tokio::task::spawn_blocking(move || SledStore::open_with_cache(path, cache))
+                        .await
+                        .map_err(|e| StoreError::Io {
+                            op: "open",
+                            reason: e.to_string(),
+                        })?;
                 Arc::new(opened?)
             }
         };
@@ -418,6 +428,7 @@ impl Engine {
         EngineBuilder {
             path: PathBuf::from("durable.db"),
             store: None,
+            cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             workflows: Vec::new(),
             config: Config {
                 retry: RetryPolicy::default(),

@@ -13,7 +13,7 @@
 mod sled;
 mod wal;
 
-pub use self::sled::SledStore;
+pub use self::sled::{DEFAULT_CACHE_BYTES, SledStore};
 use crate::error::StoreError;
 
 /// The trees (tables) the engine uses.

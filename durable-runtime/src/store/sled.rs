@@ -72,6 +72,9 @@ const SETTLE: Duration = Duration::from_secs(1);
 /// log emptied: it bounds both the log's disk use and the replay at open.
 pub(crate) const CHECKPOINT_BYTES: u64 = 1 << 20;
 
+/// The default bound of sled's page cache (sled's own default is 1 GiB).
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
 /// How long dropping a store that saw an error may take before sled is
 /// taken to be wedged.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -143,6 +146,16 @@ impl SledStore {
     /// [`StoreError::Corrupt`] when its files are damaged,
     /// [`StoreError::FormatTooNew`] when a newer version wrote it.
     pub fn open(path: impl AsRef<Path>) -> Result<SledStore, StoreError> {
+        SledStore::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Like [`open`](Self::open), with sled's page cache bounded to about
+    /// `cache_bytes` (the memory the store keeps no matter how many
+    /// instances it holds).
+    pub fn open_with_cache(
+        path: impl AsRef<Path>,
+        cache_bytes: u64,
+    ) -> Result<SledStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         if path.exists() && !path.is_dir() {
             return Err(StoreError::Corrupt {
@@ -165,7 +178,10 @@ impl SledStore {
         }
         let lock = lock(&path)?;
         remove_snapshot_leftovers(&path)?;
-        let config = sled::Config::new().path(&path).flush_every_ms(None);
+        let config = sled::Config::new()
+            .path(&path)
+            .flush_every_ms(None)
+            .cache_capacity(cache_bytes);
         let opened = catch_unwind(AssertUnwindSafe(|| config.open()));
         let db = match opened {
             Ok(Ok(db)) => db,
