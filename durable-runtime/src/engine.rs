@@ -61,8 +61,9 @@ enum Begin {
     /// Just created: nothing to resume.
     Fresh,
     /// Resumed by recovery or by a start that found it unfinished; counts
-    /// towards [`Config::max_recoveries`].
-    Resume,
+    /// towards [`Config::max_recoveries`]. Carries the stored count of
+    /// resumes without progress when the caller already read it.
+    Resume(Option<u32>),
     /// Resumed by hand with [`Engine::resume`]: the count starts again.
     ResumeByHand,
     /// Woken from parking by its timer or an event: not a recovery.
@@ -957,7 +958,7 @@ impl Core {
         let done = slot.done.subscribe();
         let (record, begin) = match fresh {
             Err(record) if manual => (record, Begin::ResumeByHand),
-            Err(record) => (record, Begin::Resume),
+            Err(record) => (record, Begin::Resume(None)),
             Ok(()) => {
                 let now = now_ms();
                 let record = InstanceRecord {
@@ -1042,10 +1043,13 @@ impl Core {
         let recoveries = match begin {
             Begin::Fresh | Begin::Wake => 0,
             Begin::ResumeByHand => 1,
-            Begin::Resume => {
-                let stored = match self.store.get(Tree::Active, &instance_key(id)) {
-                    Ok(stored) => stored.as_deref().map_or(0, recoveries_of),
-                    Err(e) => return DriveEnd::Finished(Err(e.into())),
+            Begin::Resume(known) => {
+                let stored = match known {
+                    Some(stored) => stored,
+                    None => match self.store.get(Tree::Active, &instance_key(id)) {
+                        Ok(stored) => stored.as_deref().map_or(0, recoveries_of),
+                        Err(e) => return DriveEnd::Finished(Err(e.into())),
+                    },
                 };
                 if stored > 0 {
                     // Resumed before without progress: it may be what crashes
@@ -1069,7 +1073,7 @@ impl Core {
                 self.end(id, record, recoveries - 1, slot, Err(error)).await,
             );
         }
-        if matches!(begin, Begin::Resume | Begin::ResumeByHand) {
+        if matches!(begin, Begin::Resume(_) | Begin::ResumeByHand) {
             crate::crash::point("recovery.before_resume");
             record.state = InstanceState::Running;
             push_transition(&mut record, TransitionKind::Resumed);
@@ -1395,7 +1399,7 @@ impl Core {
         let mut parks: HashMap<Vec<u8>, Vec<u8>> = parks.into_iter().collect();
         let mut report = RecoveryReport::default();
         let now = now_ms();
-        for (key, _) in active {
+        for (key, count) in active {
             let park = parks.remove(&key);
             let id = match String::from_utf8(key) {
                 Ok(id) => id,
@@ -1456,7 +1460,8 @@ impl Core {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(id.clone(), Arc::clone(&slot));
-            Arc::clone(&self).spawn(id, erased, record, Begin::Resume, slot);
+            let stored = recoveries_of(&count);
+            Arc::clone(&self).spawn(id, erased, record, Begin::Resume(Some(stored)), slot);
             report.resumed += 1;
         }
         Ok(report)
