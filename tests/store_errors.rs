@@ -45,24 +45,30 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test]
-async fn a_checkpoint_of_another_type_blocks_the_instance_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `typed_v1` as `id`, waits until its first step is checkpointed
+/// (it then waits in its second), and shuts the engine down there.
+async fn stop_after_first_step(dir: &Path, id: &str) {
     let engine = Engine::builder()
-        .path(dir.path())
+        .path(dir)
         .register(typed_v1)
         .open()
         .await
         .unwrap();
-    let _handle = engine.start(typed_v1, "t-1", 0).await.unwrap();
+    let _handle = engine.start(typed_v1, id, 0).await.unwrap();
     wait_until("the first step", || {
         engine
-            .history("t-1")
+            .history(id)
             .map(|h| h.steps.len() == 1)
             .unwrap_or(false)
     })
     .await;
     engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_checkpoint_of_another_type_blocks_the_instance_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    stop_after_first_step(dir.path(), "t-1").await;
 
     // New code: the step now returns a String.
     let engine = Engine::builder()
@@ -197,21 +203,7 @@ async fn attempt_counts_survive_restarts() {
 #[tokio::test]
 async fn unregistered_workflows_are_reported_and_do_not_block_others() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::builder()
-        .path(dir.path())
-        .register(typed_v1)
-        .open()
-        .await
-        .unwrap();
-    let _parked = engine.start(typed_v1, "orphan", 1).await.unwrap();
-    wait_until("the first step", || {
-        engine
-            .history("orphan")
-            .map(|h| h.steps.len() == 1)
-            .unwrap_or(false)
-    })
-    .await;
-    engine.shutdown().await;
+    stop_after_first_step(dir.path(), "orphan").await;
 
     let engine = Engine::builder()
         .path(dir.path())

@@ -863,6 +863,15 @@ mod tests {
             .collect()
     }
 
+    /// Asserts the sites' names and positions, in source order.
+    fn assert_positions(body: &Body, expected: &[(&str, Position)]) {
+        let expected: Vec<(String, Position)> = expected
+            .iter()
+            .map(|(name, position)| (name.to_string(), *position))
+            .collect();
+        assert_eq!(positions(body), expected);
+    }
+
     #[test]
     fn whole_join_and_select_arguments_are_futures() {
         use Position::{Future, Value};
@@ -894,11 +903,7 @@ mod tests {
             ("else", Value),
             ("vec", Value),
         ];
-        let expected: Vec<(String, Position)> = expected
-            .iter()
-            .map(|(name, position)| (name.to_string(), *position))
-            .collect();
-        assert_eq!(positions(&body), expected);
+        assert_positions(&body, &expected);
     }
 
     #[test]
@@ -1089,11 +1094,7 @@ mod tests {
             ("s2", Future),
             ("handler", Value),
         ];
-        let expected: Vec<(String, Position)> = expected
-            .iter()
-            .map(|(name, position)| (name.to_string(), *position))
-            .collect();
-        assert_eq!(positions(&body), expected);
+        assert_positions(&body, &expected);
     }
 
     #[test]
