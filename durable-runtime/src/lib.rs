@@ -10,6 +10,7 @@ mod crash;
 mod engine;
 mod error;
 mod history;
+pub mod manifest;
 mod park;
 mod records;
 mod retry;

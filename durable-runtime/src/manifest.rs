@@ -1,0 +1,611 @@
+//! Manifests: what `#[durable]` knows about a workflow before any instance
+//! runs, and the checks that keep a deploy from misreading an instance.
+//!
+//! A workflow's [`Manifest`] lists its sites (every `step!`, `sleep!` and
+//! `wait_for!`) in source order, with the serde shape of each step's value
+//! and error and of each wait's payload, plus the shapes of the workflow's
+//! input and output. A shape is traced from the type's `Deserialize` impl
+//! with `serde-reflection` once per type and process, rendered as text
+//! (`{cents: u64, tax_cents: u64}`) and hashed with FNV-1a into a 64-bit
+//! fingerprint. The text holds field names and types in order, enum
+//! variants and their contents, but no Rust path and no container name:
+//! moving a type to another module keeps its fingerprint; renaming a field,
+//! reordering fields or changing `u64` to `i64` changes it.
+//!
+//! **Untraceable types.** Some types cannot be traced: their `Deserialize`
+//! calls `deserialize_any` (`serde_json::Value`, untagged enums, flattened
+//! structs) or validates what it reads (a UUID parsed from a string). Their
+//! shape is `untraceable <type name>`, fingerprinted by
+//! `std::any::type_name`: such a type is still compared, by its name (so
+//! moving it to another module, or a compiler that names it differently,
+//! counts as a change), and [`Manifest::untraceable`] lists the sites that
+//! use one so a deploy gate can flag them. Never a silent pass.
+//!
+//! Each instance stores the hash of the manifest it started with, each
+//! checkpoint and event the fingerprint of the type it was written with.
+//! Before an instance runs any body, [`check_history`] compares what it
+//! recorded with the registered manifest; a checkpoint or event is decoded
+//! only when its fingerprint matches the type asked for.
+
+use std::any::TypeId;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_reflection::{
+    ContainerFormat, Format, Named, Registry, Samples, Tracer, TracerConfig, VariantFormat,
+};
+
+/// What kind of site a name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SiteKind {
+    /// A `step!`.
+    Step,
+    /// A `sleep!` or `sleep_until!`.
+    Sleep,
+    /// A `wait_for!`.
+    Wait,
+}
+
+impl SiteKind {
+    /// `step`, `sleep` or `wait`, as messages and manifest files spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SiteKind::Step => "step",
+            SiteKind::Sleep => "sleep",
+            SiteKind::Wait => "wait",
+        }
+    }
+}
+
+impl std::fmt::Display for SiteKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One site as the macro declares it: its name and kind, in source order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SiteDecl {
+    /// The site's name (one namespace for all kinds).
+    pub name: &'static str,
+    /// Step, sleep or wait.
+    pub kind: SiteKind,
+}
+
+/// The serde shape of a type: its text and the fingerprint of that text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Shape {
+    /// FNV-1a 64 of [`text`](Self::text).
+    pub fingerprint: u64,
+    /// Field names and types, enum variants: `{cents: u64, tax_cents: u64}`.
+    pub text: String,
+    /// `false` when the type could not be traced and is compared by its
+    /// Rust type name instead (see the module docs).
+    pub traced: bool,
+}
+
+impl Shape {
+    fn new(text: String, traced: bool) -> Shape {
+        Shape {
+            fingerprint: fnv(text.as_bytes()),
+            text,
+            traced,
+        }
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// The types one site reads and writes: a step's value and error, a wait's
+/// payload (no error). Sleeps have none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteTypes {
+    /// A step's `Ok` type, a wait's payload.
+    pub value: Shape,
+    /// A step's `Err` type.
+    pub error: Option<Shape>,
+}
+
+impl SiteTypes {
+    /// The fingerprint stored with a checkpoint or event of this site.
+    pub fn fingerprint(&self) -> u64 {
+        match &self.error {
+            Some(error) => combine(self.value.fingerprint, error.fingerprint),
+            None => self.value.fingerprint,
+        }
+    }
+}
+
+/// One site of a [`Manifest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Site {
+    /// The site's name.
+    pub name: String,
+    /// Step, sleep or wait.
+    pub kind: SiteKind,
+    /// The types of steps and waits; `None` for sleeps.
+    pub types: Option<SiteTypes>,
+}
+
+/// What a workflow's code reads and writes, as `#[durable]` declares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The workflow's stored name.
+    pub workflow: String,
+    /// The workflow's input shape.
+    pub input: Shape,
+    /// The workflow's output shape.
+    pub output: Shape,
+    /// Every site, in source order.
+    pub sites: Vec<Site>,
+    /// Whether the sites are known (the macro declared them). A workflow
+    /// implemented by hand without `site_types` has sites without types.
+    pub typed: bool,
+}
+
+impl Manifest {
+    /// Builds the manifest of a workflow from its declared sites and the
+    /// types of each (`types[i]` for `sites[i]`, `None` for sleeps; an empty
+    /// `types` when the types are unknown).
+    pub fn new(
+        workflow: &str,
+        input: Shape,
+        output: Shape,
+        sites: &[SiteDecl],
+        types: Vec<Option<SiteTypes>>,
+    ) -> Manifest {
+        let typed = types.len() == sites.len();
+        let mut types = types.into_iter();
+        let sites = sites
+            .iter()
+            .map(|decl| Site {
+                name: decl.name.to_string(),
+                kind: decl.kind,
+                types: if typed { types.next().flatten() } else { None },
+            })
+            .collect();
+        Manifest {
+            workflow: workflow.to_string(),
+            input,
+            output,
+            sites,
+            typed,
+        }
+    }
+
+    /// The hash that identifies this version of the workflow: FNV-1a 64 of
+    /// [`to_text`](Self::to_text).
+    pub fn hash(&self) -> u64 {
+        fnv(self.to_text().as_bytes())
+    }
+
+    /// The site named `name`, if any.
+    pub fn site(&self, name: &str) -> Option<(usize, &Site)> {
+        self.sites.iter().enumerate().find(|(_, s)| s.name == name)
+    }
+
+    /// The sites (and `input` / `output`) whose type could not be traced.
+    pub fn untraceable(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.input.traced {
+            out.push(format!("input: {}", self.input));
+        }
+        if !self.output.traced {
+            out.push(format!("output: {}", self.output));
+        }
+        for site in &self.sites {
+            if let Some(types) = &site.types {
+                for shape in std::iter::once(&types.value).chain(types.error.as_ref()) {
+                    if !shape.traced {
+                        out.push(format!("{} `{}`: {}", site.kind, site.name, shape));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The manifest as stable, line-based text: what snapshot files hold
+    /// and what [`hash`](Self::hash) hashes.
+    ///
+    /// ```text
+    /// workflow onboard
+    /// input {user: str}
+    /// output enum {Ok({team: str}), Err(str)}
+    /// step charge: u64 / str
+    /// sleep cool-off
+    /// wait approval: {approved: bool}
+    /// ```
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "workflow {}", self.workflow);
+        let _ = writeln!(out, "input {}", self.input);
+        let _ = writeln!(out, "output {}", self.output);
+        for site in &self.sites {
+            let _ = match &site.types {
+                Some(SiteTypes {
+                    value,
+                    error: Some(error),
+                }) => writeln!(out, "{} {}: {} / {}", site.kind, site.name, value, error),
+                Some(SiteTypes { value, error: None }) => {
+                    writeln!(out, "{} {}: {}", site.kind, site.name, value)
+                }
+                None => writeln!(out, "{} {}", site.kind, site.name),
+            };
+        }
+        out
+    }
+}
+
+/// FNV-1a, 64 bits: stable across builds, platforms and Rust versions
+/// (unlike `DefaultHasher`).
+pub(crate) fn fnv(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+fn combine(a: u64, b: u64) -> u64 {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&a.to_be_bytes());
+    bytes[8..].copy_from_slice(&b.to_be_bytes());
+    fnv(&bytes)
+}
+
+type Cache<V> = OnceLock<RwLock<HashMap<TypeId, Arc<V>>>>;
+
+static SHAPES: Cache<Shape> = OnceLock::new();
+static STEP_TYPES: Cache<SiteTypes> = OnceLock::new();
+
+fn cached<V>(cache: &'static Cache<V>, id: TypeId, make: impl FnOnce() -> V) -> Arc<V> {
+    let map = cache.get_or_init(|| RwLock::new(HashMap::new()));
+    if let Some(v) = map.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
+        return Arc::clone(v);
+    }
+    let value = Arc::new(make());
+    let mut map = map.write().unwrap_or_else(|e| e.into_inner());
+    Arc::clone(map.entry(id).or_insert(value))
+}
+
+/// The shape of `T`, traced once per process.
+pub fn shape_of<T: DeserializeOwned + 'static>() -> Arc<Shape> {
+    cached(&SHAPES, TypeId::of::<T>(), trace::<T>)
+}
+
+/// The types of a step whose body returns `Result<T, E>`, once per process.
+pub fn step_types<T: DeserializeOwned + 'static, E: DeserializeOwned + 'static>() -> Arc<SiteTypes>
+{
+    cached(&STEP_TYPES, TypeId::of::<Result<T, E>>(), || SiteTypes {
+        value: (*shape_of::<T>()).clone(),
+        error: Some((*shape_of::<E>()).clone()),
+    })
+}
+
+/// The types of a wait whose payload is `T`.
+pub fn wait_types<T: DeserializeOwned + 'static>() -> SiteTypes {
+    SiteTypes {
+        value: (*shape_of::<T>()).clone(),
+        error: None,
+    }
+}
+
+/// For the macro: the types of the step site whose phantom is `_site`.
+#[doc(hidden)]
+pub fn step_site_types<T: DeserializeOwned + 'static, E: DeserializeOwned + 'static>(
+    _site: PhantomData<fn() -> (T, E)>,
+) -> fn() -> Option<SiteTypes> {
+    || Some((*step_types::<T, E>()).clone())
+}
+
+/// For the macro: the types of the wait site whose phantom is `_site`.
+#[doc(hidden)]
+pub fn wait_site_types<T: DeserializeOwned + 'static>(
+    _site: PhantomData<fn() -> T>,
+) -> fn() -> Option<SiteTypes> {
+    || Some(wait_types::<T>())
+}
+
+/// For the macro: a sleep has no types.
+#[doc(hidden)]
+pub fn sleep_site_types() -> fn() -> Option<SiteTypes> {
+    || None
+}
+
+/// Traces `T`'s `Deserialize`; falls back to its type name.
+fn trace<T: DeserializeOwned>() -> Shape {
+    match trace_format::<T>() {
+        Some((format, registry)) => {
+            let mut text = String::new();
+            render(&format, &registry, &mut Vec::new(), &mut text);
+            Shape::new(text, true)
+        }
+        None => Shape::new(
+            format!("untraceable {}", std::any::type_name::<T>()),
+            false,
+        ),
+    }
+}
+
+/// Traces until every enum reachable from `T` has all its variants; `None`
+/// if the type cannot be traced.
+fn trace_format<T: DeserializeOwned>() -> Option<(Format, Registry)> {
+    let samples = Samples::new();
+    let mut enums: HashSet<String> = HashSet::new();
+    // Each round learns the names of enums still incomplete; the next
+    // round clears their marks after every pass so each pass visits
+    // another variant.
+    for _round in 0..16 {
+        let mut tracer = Tracer::new(TracerConfig::default());
+        let mut top = None;
+        for _pass in 0..4096 {
+            let (format, _value) = tracer.trace_type_once::<T>(&samples).ok()?;
+            let mut again = false;
+            if let Format::TypeName(name) = &format
+                && tracer.check_incomplete_enum(name).is_some()
+            {
+                again = true;
+                enums.insert(name.clone());
+            }
+            for name in &enums {
+                again |= tracer.check_incomplete_enum(name).is_some();
+            }
+            top = Some(format);
+            if !again {
+                break;
+            }
+        }
+        match tracer.registry() {
+            Ok(registry) => return Some((top?, registry)),
+            Err(serde_reflection::Error::MissingVariants(names)) => {
+                let before = enums.len();
+                enums.extend(names);
+                if enums.len() == before {
+                    return None;
+                }
+            }
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+fn render(format: &Format, registry: &Registry, stack: &mut Vec<String>, out: &mut String) {
+    match format {
+        Format::Variable(_) => out.push('?'),
+        Format::TypeName(name) => match registry.get(name) {
+            Some(container) if !stack.contains(name) => {
+                stack.push(name.clone());
+                render_container(container, registry, stack, out);
+                stack.pop();
+            }
+            // A recursive reference: the only place a name appears.
+            Some(_) => {
+                let _ = write!(out, "rec {name}");
+            }
+            None => {
+                let _ = write!(out, "unknown {name}");
+            }
+        },
+        Format::Unit => out.push_str("()"),
+        Format::Bool => out.push_str("bool"),
+        Format::I8 => out.push_str("i8"),
+        Format::I16 => out.push_str("i16"),
+        Format::I32 => out.push_str("i32"),
+        Format::I64 => out.push_str("i64"),
+        Format::I128 => out.push_str("i128"),
+        Format::U8 => out.push_str("u8"),
+        Format::U16 => out.push_str("u16"),
+        Format::U32 => out.push_str("u32"),
+        Format::U64 => out.push_str("u64"),
+        Format::U128 => out.push_str("u128"),
+        Format::F32 => out.push_str("f32"),
+        Format::F64 => out.push_str("f64"),
+        Format::Char => out.push_str("char"),
+        Format::Str => out.push_str("str"),
+        Format::Bytes => out.push_str("bytes"),
+        Format::Option(inner) => {
+            out.push_str("Option<");
+            render(inner, registry, stack, out);
+            out.push('>');
+        }
+        Format::Seq(inner) => {
+            out.push('[');
+            render(inner, registry, stack, out);
+            out.push(']');
+        }
+        Format::Map { key, value } => {
+            out.push_str("Map<");
+            render(key, registry, stack, out);
+            out.push_str(", ");
+            render(value, registry, stack, out);
+            out.push('>');
+        }
+        Format::Tuple(items) => render_tuple(items, registry, stack, out),
+        Format::TupleArray { content, size } => {
+            out.push('[');
+            render(content, registry, stack, out);
+            let _ = write!(out, "; {size}]");
+        }
+    }
+}
+
+fn render_tuple(items: &[Format], registry: &Registry, stack: &mut Vec<String>, out: &mut String) {
+    out.push('(');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        render(item, registry, stack, out);
+    }
+    out.push(')');
+}
+
+fn render_fields(
+    fields: &[Named<Format>],
+    registry: &Registry,
+    stack: &mut Vec<String>,
+    out: &mut String,
+) {
+    out.push('{');
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{}: ", field.name);
+        render(&field.value, registry, stack, out);
+    }
+    out.push('}');
+}
+
+fn render_container(
+    container: &ContainerFormat,
+    registry: &Registry,
+    stack: &mut Vec<String>,
+    out: &mut String,
+) {
+    match container {
+        ContainerFormat::UnitStruct => out.push_str("unit"),
+        ContainerFormat::NewTypeStruct(inner) => {
+            out.push_str("newtype(");
+            render(inner, registry, stack, out);
+            out.push(')');
+        }
+        ContainerFormat::TupleStruct(items) => render_tuple(items, registry, stack, out),
+        ContainerFormat::Struct(fields) => render_fields(fields, registry, stack, out),
+        ContainerFormat::Enum(variants) => render_enum(variants, registry, stack, out),
+    }
+}
+
+fn render_enum(
+    variants: &BTreeMap<u32, Named<VariantFormat>>,
+    registry: &Registry,
+    stack: &mut Vec<String>,
+    out: &mut String,
+) {
+    out.push_str("enum {");
+    for (i, variant) in variants.values().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&variant.name);
+        match &variant.value {
+            VariantFormat::Variable(_) => out.push_str("(?)"),
+            VariantFormat::Unit => {}
+            VariantFormat::NewType(inner) => {
+                out.push('(');
+                render(inner, registry, stack, out);
+                out.push(')');
+            }
+            VariantFormat::Tuple(items) => render_tuple(items, registry, stack, out),
+            VariantFormat::Struct(fields) => {
+                out.push(' ');
+                render_fields(fields, registry, stack, out);
+            }
+        }
+    }
+    out.push('}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    mod a {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        pub struct Price {
+            pub cents: u64,
+            pub tax_cents: u64,
+        }
+    }
+    mod b {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        pub struct Price {
+            pub cents: u64,
+            pub tax_cents: u64,
+        }
+        #[derive(serde::Serialize, serde::Deserialize)]
+        pub struct Reordered {
+            pub tax_cents: u64,
+            pub cents: u64,
+        }
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    enum Inner {
+        A,
+        B(u32),
+        C { x: String },
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Outer {
+        inner: Inner,
+        more: Vec<Option<Inner>>,
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    enum Tree {
+        Leaf(u8),
+        Node(Box<Tree>, Box<Tree>),
+    }
+
+    #[test]
+    fn shapes_ignore_the_path_and_see_fields() {
+        let a = shape_of::<a::Price>();
+        assert_eq!(a.text, "{cents: u64, tax_cents: u64}");
+        assert!(a.traced);
+        assert_eq!(a.fingerprint, shape_of::<b::Price>().fingerprint);
+        let r = shape_of::<b::Reordered>();
+        assert_eq!(r.text, "{tax_cents: u64, cents: u64}");
+        assert_ne!(a.fingerprint, r.fingerprint);
+        assert_ne!(shape_of::<u64>().fingerprint, shape_of::<i64>().fingerprint);
+    }
+
+    #[test]
+    fn nested_enums_are_complete() {
+        assert_eq!(
+            shape_of::<Outer>().text,
+            "{inner: enum {A, B(u32), C {x: str}}, more: [Option<enum {A, B(u32), C {x: str}}>]}"
+        );
+        assert_eq!(
+            shape_of::<Result<u32, String>>().text,
+            "enum {Ok(u32), Err(str)}"
+        );
+        assert_eq!(
+            shape_of::<Tree>().text,
+            "enum {Leaf(u8), Node(rec Tree, rec Tree)}"
+        );
+    }
+
+    #[test]
+    fn untraceable_types_fall_back_to_their_name() {
+        struct Any;
+        impl<'de> Deserialize<'de> for Any {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(serde::de::IgnoredAny)?;
+                Ok(Any)
+            }
+        }
+        let s = shape_of::<Any>();
+        assert!(!s.traced);
+        assert!(s.text.starts_with("untraceable "), "{}", s.text);
+        assert!(s.text.contains("Any"));
+    }
+
+    #[test]
+    fn fnv_is_stable() {
+        assert_eq!(fnv(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}
