@@ -1,6 +1,6 @@
 //! [`Ctx`]: what a running instance knows about itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +27,11 @@ impl StepScope {
     /// Runs `fut` with `scope` visible to [`Ctx::idempotency_key`] and [`permanent`].
     pub async fn enter<F: std::future::Future>(scope: Arc<StepScope>, fut: F) -> F::Output {
         STEP_SCOPE.scope(scope, fut).await
+    }
+
+    /// Whether the current task is running a step's body.
+    pub fn inside() -> bool {
+        STEP_SCOPE.try_with(|_| ()).is_ok()
     }
 }
 
@@ -151,6 +156,12 @@ pub struct Ctx {
     pub(crate) signals: Arc<Signals>,
     /// Checkpoints loaded at start, by name then occurrence; taken as replayed.
     replay: Mutex<HashMap<String, HashMap<u32, CheckpointRecord>>>,
+    /// Checkpoints of keyed steps loaded at start, by (name, key).
+    keyed: Mutex<HashMap<(String, Vec<u8>), CheckpointRecord>>,
+    /// The keys of keyed steps used so far in this run, per name.
+    used_keys: Mutex<HashSet<(&'static str, Vec<u8>)>>,
+    /// The next start sequence number (see `CheckpointRecord::seq`).
+    seq: std::sync::atomic::AtomicU64,
     /// Next occurrence number per step name.
     counters: Mutex<HashMap<&'static str, u32>>,
     /// Resumes in a row without finishing a step, as stored in `Active`.
@@ -180,11 +191,21 @@ impl Ctx {
         signals: Arc<Signals>,
     ) -> Ctx {
         let mut replay: HashMap<String, HashMap<u32, CheckpointRecord>> = HashMap::new();
+        let mut keyed = HashMap::new();
+        let mut seq = 0;
         for record in checkpoints {
-            replay
-                .entry(record.name.clone())
-                .or_default()
-                .insert(record.occurrence, record);
+            seq = seq.max(record.seq.saturating_add(1));
+            match &record.key {
+                Some((key, _)) => {
+                    keyed.insert((record.name.clone(), key.clone()), record);
+                }
+                None => {
+                    replay
+                        .entry(record.name.clone())
+                        .or_default()
+                        .insert(record.occurrence, record);
+                }
+            }
         }
         Ctx {
             id,
@@ -192,6 +213,9 @@ impl Ctx {
             policy,
             signals,
             replay: Mutex::new(replay),
+            keyed: Mutex::new(keyed),
+            used_keys: Mutex::new(HashSet::new()),
+            seq: std::sync::atomic::AtomicU64::new(seq),
             counters: Mutex::new(HashMap::new()),
             recoveries: AtomicU32::new(recoveries),
             lane: Mutex::new(None),
@@ -216,14 +240,49 @@ impl Ctx {
             .unwrap_or_else(|_| format!("durable:{}:{}", self.id.len(), self.id))
     }
 
-    pub(crate) fn step_key(&self, name: &str, occurrence: u32) -> String {
-        format!(
-            "durable:{}:{}:{}:{}",
-            self.id.len(),
-            self.id,
-            name,
-            occurrence
-        )
+    pub(crate) fn step_key(&self, name: &str, at: &crate::step::At) -> String {
+        match at {
+            crate::step::At::Occurrence(occurrence) => format!(
+                "durable:{}:{}:{}:{}",
+                self.id.len(),
+                self.id,
+                name,
+                occurrence
+            ),
+            crate::step::At::Key(bytes, _) => {
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                format!("durable:{}:{}:{}:k{}", self.id.len(), self.id, name, hex)
+            }
+        }
+    }
+
+    /// Claims `key` for keyed step `name`; `false` if this run used it already.
+    pub(crate) fn claim_key(&self, name: &'static str, key: &[u8]) -> bool {
+        self.used_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((name, key.to_vec()))
+    }
+
+    /// The next start sequence number, for a site created now.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes the loaded checkpoint of this step occurrence or key, if any.
+    pub(crate) fn take_checkpoint_at(
+        &self,
+        name: &str,
+        at: &crate::step::At,
+    ) -> Option<CheckpointRecord> {
+        match at {
+            crate::step::At::Occurrence(n) => self.take_checkpoint(name, *n),
+            crate::step::At::Key(key, _) => self
+                .keyed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(name.to_string(), key.clone())),
+        }
     }
 
     /// Resumes in a row without finishing a step.
@@ -275,6 +334,7 @@ impl Ctx {
         let found = match found {
             CheckpointState::Retrying { .. }
             | CheckpointState::Done { .. }
+            | CheckpointState::TooLarge { .. }
             | CheckpointState::Panicked { .. } => "a step",
             CheckpointState::Sleeping { .. } => "a sleep",
             CheckpointState::Waiting { .. }
@@ -292,16 +352,21 @@ impl Ctx {
     /// Finished checkpoints this run never reached, as `name#occurrence`.
     pub(crate) fn unreplayed(&self) -> Vec<String> {
         let replay = self.replay.lock().unwrap_or_else(|e| e.into_inner());
+        let keyed = self.keyed.lock().unwrap_or_else(|e| e.into_inner());
         let mut left: Vec<String> = replay
             .values()
             .flat_map(|m| m.values())
+            .chain(keyed.values())
             .filter(|r| {
                 !matches!(
                     r.state,
                     CheckpointState::Retrying { .. } | CheckpointState::Waiting { .. }
                 )
             })
-            .map(|r| format!("{:?} occurrence {}", r.name, r.occurrence))
+            .map(|r| match &r.key {
+                Some((_, key)) => format!("{:?} key {key}", r.name),
+                None => format!("{:?} occurrence {}", r.name, r.occurrence),
+            })
             .collect();
         left.sort();
         left
@@ -381,7 +446,7 @@ impl Ctx {
         name: &'static str,
         duration: std::time::Duration,
     ) -> crate::workflow::BoxFuture<'c, ()> {
-        crate::wait::sleep(self, name, duration)
+        crate::wait::sleep_at(self, name, crate::wait::Target::For(duration), false)
     }
 
     /// Sleeps until `until`, durably (what `sleep_until!` does); see [`sleep`](Self::sleep).
@@ -390,7 +455,7 @@ impl Ctx {
         name: &'static str,
         until: std::time::SystemTime,
     ) -> crate::workflow::BoxFuture<'c, ()> {
-        crate::wait::sleep_until(self, name, until)
+        crate::wait::sleep_at(self, name, crate::wait::Target::Until(until), false)
     }
 
     /// Waits for event `name` (what `wait_for!` does) and returns its
@@ -402,7 +467,7 @@ impl Ctx {
         &'c self,
         name: &'static str,
     ) -> crate::workflow::BoxFuture<'c, T> {
-        crate::wait::wait_for(self, name)
+        crate::wait::wait_for_at(self, name, false)
     }
 
     /// Like [`wait_for`](Self::wait_for), giving up after `timeout` (the
@@ -412,6 +477,6 @@ impl Ctx {
         name: &'static str,
         timeout: std::time::Duration,
     ) -> crate::workflow::BoxFuture<'c, Option<T>> {
-        crate::wait::wait_for_timeout(self, name, timeout)
+        crate::wait::wait_for_timeout_at(self, name, timeout, false)
     }
 }

@@ -19,6 +19,7 @@ use crate::committer::Committer;
 use crate::context::{Ctx, Signals};
 use crate::error::{Error, Result, StoreError};
 use crate::history::{self, History, Status};
+use crate::manifest::Manifest;
 use crate::park::ParkTable;
 use crate::records::{
     CheckpointRecord, EventRecord, InstanceRecord, InstanceState, ParkRecord, TransitionKind,
@@ -74,15 +75,21 @@ enum Begin {
 /// instances it only knows by name.
 trait Erased: Send + Sync {
     fn type_id(&self) -> TypeId;
+    /// The workflow's manifest and its hash, built once at registration.
+    fn manifest(&self) -> &(Manifest, u64);
     fn policy(&self) -> Option<RetryPolicy>;
     fn run<'a>(&self, ctx: &'a Ctx, input: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>>>;
 }
 
-struct Registered<W>(W);
+struct Registered<W>(W, (Manifest, u64));
 
 impl<W: Workflow> Erased for Registered<W> {
     fn type_id(&self) -> TypeId {
         TypeId::of::<W>()
+    }
+
+    fn manifest(&self) -> &(Manifest, u64) {
+        &self.1
     }
 
     fn policy(&self) -> Option<RetryPolicy> {
@@ -178,6 +185,27 @@ pub struct RecoveryReport {
     pub skipped: Vec<(String, String)>,
 }
 
+/// One finding of [`Engine::compatibility`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incompatibility {
+    /// The unfinished instance this build cannot run; `None` for a finding
+    /// about the registered code itself (an untraceable type).
+    pub instance: Option<String>,
+    /// The workflow's name.
+    pub workflow: String,
+    /// What is wrong, site by site.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Incompatibility {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.instance {
+            Some(id) => write!(f, "instance {id:?} of {:?}: {}", self.workflow, self.reason),
+            None => write!(f, "workflow {:?}: {}", self.workflow, self.reason),
+        }
+    }
+}
+
 /// The engine's shared state.
 pub(crate) struct Core {
     pub(crate) store: Arc<dyn Store>,
@@ -247,9 +275,11 @@ impl EngineBuilder {
     /// Registers a workflow so the engine can start it and resume its instances.
     pub fn register<I: IntoWorkflow>(mut self, workflow: I) -> Self {
         let workflow = workflow.into_workflow();
+        let manifest = workflow.manifest();
+        let hash = manifest.hash();
         self.workflows.push((
             <I::Workflow as Workflow>::NAME,
-            Arc::new(Registered(workflow)),
+            Arc::new(Registered(workflow, (manifest, hash))),
         ));
         self
     }
@@ -336,7 +366,18 @@ impl EngineBuilder {
             Arc::clone(&core.timer_bell),
         ));
         *core.timer_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(timers.abort_handle());
-        match Arc::clone(&core).recover().await {
+        let opened = async {
+            // Every registered manifest is kept in the store, so that an
+            // instance's starting manifest can be read by later builds.
+            let manifests: Vec<&Manifest> =
+                core.registry.values().map(|e| &e.manifest().0).collect();
+            let batch = crate::manifest::missing_manifests(&*core.store, &manifests)?;
+            if !batch.ops.is_empty() {
+                core.committer.commit(batch).await?;
+            }
+            Arc::clone(&core).recover().await
+        };
+        match opened.await {
             Ok(recovery) => Ok(Engine {
                 core,
                 recovery: Arc::new(recovery),
@@ -492,9 +533,13 @@ impl Engine {
     }
 
     /// Resumes instance `id` by hand: one that was set aside as
-    /// [`Status::NeedsAttention`], or a blocked one, once its cause is fixed.
-    /// Its count of resumes without progress starts again. A running or
-    /// finished instance is attached to, as with [`attach`](Self::attach).
+    /// [`Status::NeedsAttention`], a blocked one once its cause is fixed, or
+    /// an [`Status::Incompatible`] one (checked again first). Its count of
+    /// resumes without progress starts again. A running, completed or
+    /// cancelled instance is attached to, as with [`attach`](Self::attach).
+    /// A [`Status::Failed`] instance is not resumed: a step failed for good
+    /// and that failure is its recorded outcome, so this returns
+    /// [`Error::Failed`] (never `Ok` doing nothing); start a new instance.
     pub async fn resume<I: IntoWorkflow>(
         &self,
         workflow: I,
@@ -517,6 +562,15 @@ impl Engine {
             .core
             .load(&id)?
             .ok_or_else(|| Error::NotFound { id: id.clone() })?;
+        if manual && let InstanceState::Failed { error } = &record.state {
+            // A failed instance's failure is its recorded outcome (a step
+            // failed for good): resuming it would change that, so it is an
+            // error rather than a silent no-op.
+            return Err(Error::Failed {
+                instance: id,
+                reason: format!("{error}; a failed instance cannot be resumed, start a new one"),
+            });
+        }
         let done = Arc::clone(&self.core)
             .start_or_attach(W::<I>::NAME, erased, id.clone(), record.input, manual)
             .await?;
@@ -548,7 +602,7 @@ impl Engine {
     /// [`Error::EventTypeMismatch`] when the instance already waits for this
     /// event with another payload type (decided atomically with delivery:
     /// nothing is stored then).
-    pub async fn send_event<P: serde::Serialize>(
+    pub async fn send_event<P: serde::Serialize + serde::de::DeserializeOwned + 'static>(
         &self,
         id: impl Into<String>,
         name: impl Into<String>,
@@ -559,11 +613,26 @@ impl Engine {
         let core = &self.core;
         let payload = encode_value(&core.config, &id, &format!("event {name:?}"), &payload)?;
         let type_name = std::any::type_name::<P>();
+        let shape = crate::manifest::shape_of::<P>();
         let _events = core.event_lock.lock().await;
         let record = core
             .load(&id)?
             .ok_or_else(|| Error::NotFound { id: id.clone() })?;
         ensure_unfinished(&id, &record.state)?;
+        // Checked against the workflow's wait of that name, whether or not
+        // the instance waits yet: nothing accepted here can block it later.
+        if let Some(manifest) = core.manifest_for(&record)
+            && let Some((_, site)) = manifest.site(&name)
+            && let Some(types) = &site.types
+            && types.value.fingerprint != shape.fingerprint
+        {
+            return Err(Error::EventTypeMismatch {
+                instance: id,
+                event: name,
+                expected: types.value.text.clone(),
+                got: shape.text.clone(),
+            });
+        }
         // The number this event gets: after every event of the name already
         // sent, and after every wait of the name that already ended.
         let events = core
@@ -586,17 +655,19 @@ impl Engine {
             .count();
         let seq = u32::try_from(events.max(ended_waits)).unwrap_or(u32::MAX);
         if let Some(expected) = core.waiting_type(&id, &name, seq)
-            && expected != type_name
+            && expected != shape.text
         {
             return Err(Error::EventTypeMismatch {
                 instance: id,
                 event: name,
                 expected,
-                got: type_name.to_string(),
+                got: shape.text.clone(),
             });
         }
         let event = EventRecord {
             type_name: type_name.to_string(),
+            fingerprint: shape.fingerprint,
+            shape: shape.text.clone(),
             payload,
             sent_at_ms: now_ms(),
         };
@@ -692,6 +763,56 @@ impl Engine {
         Ok(history)
     }
 
+    /// The deploy gate: every unfinished instance in the store that the
+    /// registered code cannot run, with the reason (a recorded site that is
+    /// gone or changed, a workflow that is not registered), and every
+    /// registered site whose type could not be traced (compared by its Rust
+    /// type name only). Empty means this build can resume everything.
+    ///
+    /// Reads the store only; nothing is changed.
+    pub fn compatibility(&self) -> Result<Vec<Incompatibility>> {
+        let core = &self.core;
+        let mut out = Vec::new();
+        let mut names: Vec<&&str> = core.registry.keys().collect();
+        names.sort();
+        for name in names {
+            for untraceable in core.registry[*name].manifest().0.untraceable() {
+                out.push(Incompatibility {
+                    instance: None,
+                    workflow: name.to_string(),
+                    reason: format!(
+                        "{untraceable}: its type could not be traced and is compared by its Rust name only"
+                    ),
+                });
+            }
+        }
+        for (key, _) in core.store.scan_prefix(Tree::Active, &[])? {
+            let id = String::from_utf8_lossy(&key).into_owned();
+            let Some(record) = core.load(&id)? else {
+                continue;
+            };
+            let reason = match core.registry.get(record.workflow.as_str()) {
+                None => Some(format!("workflow {:?} is not registered", record.workflow)),
+                Some(erased) => {
+                    let checkpoints = core.load_checkpoints(&id)?;
+                    match core.admit(&id, &record, erased.manifest(), &checkpoints) {
+                        Err(Error::Incompatible { reason, .. }) => Some(reason),
+                        Err(e) => return Err(e),
+                        Ok(()) => None,
+                    }
+                }
+            };
+            if let Some(reason) = reason {
+                out.push(Incompatibility {
+                    instance: Some(id),
+                    workflow: record.workflow,
+                    reason,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// What recovery did when this engine opened.
     pub fn recovery(&self) -> &RecoveryReport {
         &self.recovery
@@ -754,6 +875,13 @@ impl Engine {
             stats.groups.load(Ordering::Relaxed),
         )
     }
+}
+
+/// The event name in a key of `Events` of instance `id`.
+fn event_name(id: &str, key: &[u8]) -> Option<String> {
+    let rest = key.strip_prefix(instance_prefix(id).as_slice())?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    String::from_utf8(rest.get(4..4 + len)?.to_vec()).ok()
 }
 
 fn validate_id(id: &str) -> Result<()> {
@@ -858,6 +986,50 @@ impl Core {
         }
     }
 
+    /// [`Error::Incompatible`] if what instance `id` recorded does not fit
+    /// `manifest`, the code about to run it (see `manifest::check_history`).
+    fn admit(
+        &self,
+        id: &str,
+        record: &InstanceRecord,
+        (manifest, hash): &(Manifest, u64),
+        checkpoints: &[CheckpointRecord],
+    ) -> Result<()> {
+        if record.manifest == *hash {
+            return Ok(());
+        }
+        let started = crate::manifest::load_manifest(&*self.store, record.manifest);
+        let events = self
+            .store
+            .scan_prefix(Tree::Events, &instance_prefix(id))?
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let event: EventRecord = codec::decode(&value).ok()?;
+                Some((event_name(id, &key)?, event.fingerprint, event.shape))
+            })
+            .collect();
+        let recorded = crate::manifest::Recorded {
+            checkpoints,
+            events,
+        };
+        crate::manifest::check_history(manifest, started.as_ref(), &recorded).map_err(|reason| {
+            Error::Incompatible {
+                instance: id.to_string(),
+                workflow: record.workflow.clone(),
+                reason,
+            }
+        })
+    }
+
+    /// The manifest instance `record` runs on here, or the one it started
+    /// with if the store has it.
+    fn manifest_for(&self, record: &InstanceRecord) -> Option<Manifest> {
+        if let Some(erased) = self.registry.get(record.workflow.as_str()) {
+            return Some(erased.manifest().0.clone());
+        }
+        crate::manifest::load_manifest(&*self.store, record.manifest)
+    }
+
     fn registered<W: Workflow>(&self) -> Result<Arc<dyn Erased>> {
         match self.registry.get(W::NAME) {
             Some(erased) if erased.type_id() == TypeId::of::<W>() => Ok(Arc::clone(erased)),
@@ -933,6 +1105,7 @@ impl Core {
                         }
                         InstanceState::Running
                         | InstanceState::Blocked { .. }
+                        | InstanceState::Incompatible { .. }
                         | InstanceState::NeedsAttention { .. } => Some(record),
                     }
                 }
@@ -963,6 +1136,7 @@ impl Core {
                 let now = now_ms();
                 let record = InstanceRecord {
                     workflow: workflow.to_string(),
+                    manifest: erased.manifest().1,
                     input,
                     state: InstanceState::Running,
                     created_at_ms: now,
@@ -1039,6 +1213,20 @@ impl Core {
         begin: Begin,
         slot: &Arc<Slot>,
     ) -> DriveEnd {
+        // Before any body runs: does the recorded history fit this code?
+        let checkpoints = match self.load_checkpoints(id) {
+            Ok(c) => c,
+            Err(e) => return DriveEnd::Finished(Err(e)),
+        };
+        if let Err(e) = self.admit(id, &record, erased.manifest(), &checkpoints) {
+            let stored = self
+                .store
+                .get(Tree::Active, &instance_key(id))
+                .ok()
+                .flatten()
+                .map_or(0, |v| recoveries_of(&v));
+            return DriveEnd::Finished(self.end(id, record, stored, slot, Err(e)).await);
+        }
         let mut lane = None;
         let recoveries = match begin {
             Begin::Fresh | Begin::Wake => 0,
@@ -1081,12 +1269,6 @@ impl Core {
                 return DriveEnd::Finished(Err(e));
             }
         }
-        let checkpoints = match self.load_checkpoints(id) {
-            Ok(c) => c,
-            Err(e) => {
-                return DriveEnd::Finished(self.end(id, record, recoveries, slot, Err(e)).await);
-            }
-        };
         let policy = erased.policy().unwrap_or(self.config.retry);
         slot.signals
             .waiting
@@ -1331,7 +1513,17 @@ impl Core {
     ) -> Result<Vec<u8>> {
         let text = error.to_string();
         let active = error.blocks().then_some(recoveries);
-        if let Error::Cancelled { .. } = &error {
+        if let Error::Incompatible { reason, .. } = &error {
+            let state = InstanceState::Incompatible {
+                error: reason.clone(),
+            };
+            if record.state == state {
+                // Already set aside for this reason: left untouched.
+                return Err(error);
+            }
+            record.state = state;
+            push_transition(&mut record, TransitionKind::Incompatible { error: text });
+        } else if let Error::Cancelled { .. } = &error {
             record.state = InstanceState::Cancelled;
             push_transition(&mut record, TransitionKind::Cancelled);
         } else if let Error::NeedsAttention { reason, .. } = &error {

@@ -23,7 +23,8 @@ pub use context::{Ctx, permanent};
 #[doc(hidden)]
 pub use crash::CRASH_POINTS;
 pub use engine::{
-    DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, Handle, MAX_ID_LEN, RecoveryReport,
+    DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, Handle, Incompatibility, MAX_ID_LEN,
+    RecoveryReport,
 };
 pub use error::{Error, Result, StoreError};
 pub use history::{History, Status, StepOutcome, StepRecord, Transition, TransitionKind};
@@ -57,6 +58,11 @@ pub mod __private {
     pub use crate::context::Ctx;
     pub use crate::retry::RetryPolicy;
     pub use crate::step::step;
-    pub use crate::wait::{sleep, sleep_until, wait_for, wait_for_timeout};
-    pub use crate::workflow::{BoxFuture, Workflow, WorkflowMarker};
+    pub use crate::wait::{sleep, sleep_until};
+    pub use crate::manifest::{
+        SiteDecl, SiteKind, SiteTypes, sleep_site_types, step_site_types, wait_site_types,
+    };
+    pub use crate::step::step_site;
+    pub use crate::wait::{wait_for_site, wait_for_timeout_site};
+    pub use crate::workflow::{BoxFuture, Workflow, WorkflowMarker, body_fn};
 }

@@ -517,6 +517,168 @@ fn render_enum(
     out.push('}');
 }
 
+/// The key of a manifest in the store's `Meta` tree.
+pub(crate) fn manifest_key(hash: u64) -> Vec<u8> {
+    let mut key = b"manifest/".to_vec();
+    key.extend_from_slice(&hash.to_be_bytes());
+    key
+}
+
+/// The manifest stored under `hash`, if the store has it and it decodes.
+pub(crate) fn load_manifest(store: &dyn crate::store::Store, hash: u64) -> Option<Manifest> {
+    let bytes = store
+        .get(crate::store::Tree::Meta, &manifest_key(hash))
+        .ok()??;
+    crate::codec::decode(&bytes).ok()
+}
+
+/// A batch storing each of `manifests` the store does not hold yet.
+pub(crate) fn missing_manifests(
+    store: &dyn crate::store::Store,
+    manifests: &[&Manifest],
+) -> Result<crate::store::Batch, crate::error::StoreError> {
+    let mut batch = crate::store::Batch::new();
+    for manifest in manifests {
+        let key = manifest_key(manifest.hash());
+        if store.get(crate::store::Tree::Meta, &key)?.is_none()
+            && let Ok(value) = crate::codec::encode(*manifest)
+        {
+            batch.put(crate::store::Tree::Meta, key, value);
+        }
+    }
+    Ok(batch)
+}
+
+/// What an instance recorded, as the compatibility check reads it.
+pub(crate) struct Recorded<'a> {
+    /// Its checkpoints.
+    pub checkpoints: &'a [crate::records::CheckpointRecord],
+    /// Events sent to it, by name, with the fingerprint and shape each was
+    /// sent as.
+    pub events: Vec<(String, u64, String)>,
+}
+
+/// Checks an instance's recorded history against `current`, the manifest
+/// of the code about to run it; `started` is the manifest it started with,
+/// if the store still has it. Returns every problem found, in words.
+///
+/// Every recorded site that the code declared (a `step!`, `sleep!` or
+/// `wait_for!`, not a `Ctx::step` from a helper) must still exist with the
+/// same kind and types; every stored event sent to a wait must still fit
+/// that wait; and no site that the started manifest lacked may come before
+/// a site the instance already recorded (it would run out of order; add
+/// it with a new version instead).
+pub(crate) fn check_history(
+    current: &Manifest,
+    started: Option<&Manifest>,
+    recorded: &Recorded<'_>,
+) -> Result<(), String> {
+    use crate::records::CheckpointState as S;
+    let mut problems: Vec<String> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut last_recorded: Option<(usize, &str)> = None;
+    let old_site = |name: &str| started.and_then(|m| m.site(name)).map(|(_, s)| s);
+    // In the order the instance reached them.
+    let mut checkpoints: Vec<&crate::records::CheckpointRecord> =
+        recorded.checkpoints.iter().collect();
+    checkpoints.sort_by_key(|c| c.seq);
+    for record in checkpoints {
+        let name = record.name.as_str();
+        if !record.declared && old_site(name).is_none() {
+            continue;
+        }
+        let kind = match record.state {
+            S::Retrying { .. } | S::Done { .. } | S::Panicked { .. } | S::TooLarge { .. } => {
+                SiteKind::Step
+            }
+            S::Sleeping { .. } => SiteKind::Sleep,
+            S::Waiting { .. } | S::Received { .. } | S::TimedOut { .. } => SiteKind::Wait,
+        };
+        if !seen.insert(name) {
+            continue;
+        }
+        let Some((index, site)) = current.site(name) else {
+            problems.push(format!("{kind} `{name}` is gone"));
+            continue;
+        };
+        if last_recorded.is_none_or(|(i, _)| index > i) {
+            last_recorded = Some((index, site.name.as_str()));
+        }
+        if site.kind != kind {
+            problems.push(format!(
+                "{kind} `{name}` is now a {} of that name",
+                site.kind
+            ));
+            continue;
+        }
+        let stored = match &record.state {
+            S::Done { fingerprint, .. } | S::Received { fingerprint, .. } => Some(*fingerprint),
+            _ => None,
+        };
+        if let (Some(stored), Some(types)) = (stored, &site.types)
+            && stored != types.fingerprint()
+        {
+            problems.push(changed_types(kind, name, old_site(name), types));
+        }
+    }
+    for (name, fingerprint, shape) in &recorded.events {
+        if let Some((_, site)) = current.site(name)
+            && site.kind == SiteKind::Wait
+            && let Some(types) = &site.types
+            && *fingerprint != types.value.fingerprint
+        {
+            problems.push(format!(
+                "event `{name}` was sent as `{shape}`, the code now reads `{}`",
+                types.value
+            ));
+        }
+    }
+    if let (Some(started), Some((last, last_name))) = (started, last_recorded) {
+        for site in &current.sites[..last] {
+            if started.site(&site.name).is_none()
+                && !recorded.checkpoints.iter().any(|c| c.name == site.name)
+            {
+                problems.push(format!(
+                    "{} `{}` is new and comes before `{last_name}`, which this instance already reached",
+                    site.kind, site.name
+                ));
+            }
+        }
+    }
+    if let Some(started) = started
+        && started.input.fingerprint != current.input.fingerprint
+    {
+        problems.push(format!(
+            "the input was written as `{}`, the code now reads `{}`",
+            started.input, current.input
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// "step `price` was written as `{..}`, the code now reads `{..}`".
+fn changed_types(kind: SiteKind, name: &str, old: Option<&Site>, now: &SiteTypes) -> String {
+    match old.and_then(|s| s.types.as_ref()) {
+        Some(old) if old.value != now.value || old.error.is_none() => format!(
+            "{kind} `{name}` was written as `{}`, the code now reads `{}`",
+            old.value, now.value
+        ),
+        Some(old) => format!(
+            "{kind} `{name}`'s error was written as `{}`, the code now reads `{}`",
+            old.error.as_ref().map_or("", |e| e.text.as_str()),
+            now.error.as_ref().map_or("", |e| e.text.as_str())
+        ),
+        None => format!(
+            "{kind} `{name}` was written with other types, the code now reads `{}`",
+            now.value
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@
 //! it: drops its task and keeps an entry in its park table until a timer or
 //! an event wakes it. See `engine.rs`.
 
+use std::marker::PhantomData;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
@@ -30,34 +31,70 @@ use crate::workflow::BoxFuture;
 /// Waits ending sooner than this stay in memory instead of parking.
 pub(crate) const PARK_AFTER_MS: u64 = 1_000;
 
-/// Sleeps for `duration`, durably: see [`Ctx::sleep`].
+/// Sleeps for `duration`, durably (a `sleep!` site): see [`Ctx::sleep`].
 pub fn sleep<'c>(ctx: &'c Ctx, name: &'static str, duration: Duration) -> BoxFuture<'c, ()> {
-    let occurrence = ctx.next_occurrence(name);
-    Box::pin(async move {
-        if let Err(error) = sleep_inner(ctx, name, occurrence, Target::For(duration)).await {
-            ctx.abort(error).await
-        }
-    })
+    sleep_at(ctx, name, Target::For(duration), true)
 }
 
-/// Sleeps until `until`, durably: see [`Ctx::sleep_until`].
+/// Sleeps until `until`, durably (a `sleep_until!` site): see [`Ctx::sleep_until`].
 pub fn sleep_until<'c>(ctx: &'c Ctx, name: &'static str, until: SystemTime) -> BoxFuture<'c, ()> {
-    let occurrence = ctx.next_occurrence(name);
-    Box::pin(async move {
-        if let Err(error) = sleep_inner(ctx, name, occurrence, Target::Until(until)).await {
-            ctx.abort(error).await
-        }
-    })
+    sleep_at(ctx, name, Target::Until(until), true)
 }
 
-/// Waits for event `name` and returns its payload: see [`Ctx::wait_for`].
-pub fn wait_for<'c, T: DeserializeOwned + Send + 'static>(
+/// A sleep; `declared` when it is a site of the workflow's manifest.
+pub(crate) fn sleep_at<'c>(
     ctx: &'c Ctx,
     name: &'static str,
-) -> BoxFuture<'c, T> {
+    target: Target,
+    declared: bool,
+) -> BoxFuture<'c, ()> {
     let occurrence = ctx.next_occurrence(name);
+    let site = Site {
+        name,
+        occurrence,
+        declared,
+        seq: ctx.next_seq(),
+    };
     Box::pin(async move {
-        match wait_inner::<T>(ctx, name, occurrence, None).await {
+        if let Err(error) = sleep_inner(ctx, site, target).await {
+            ctx.abort(error).await
+        }
+    })
+}
+
+/// What `wait_for!(name)` expands to: see [`Ctx::wait_for`].
+pub fn wait_for_site<'c, T: DeserializeOwned + Send + 'static>(
+    ctx: &'c Ctx,
+    _site: PhantomData<fn() -> T>,
+    name: &'static str,
+) -> BoxFuture<'c, T> {
+    wait_for_at(ctx, name, true)
+}
+
+/// What `wait_for!(name, timeout = ..)` expands to: see [`Ctx::wait_for_timeout`].
+pub fn wait_for_timeout_site<'c, T: DeserializeOwned + Send + 'static>(
+    ctx: &'c Ctx,
+    _site: PhantomData<fn() -> T>,
+    name: &'static str,
+    timeout: Duration,
+) -> BoxFuture<'c, Option<T>> {
+    wait_for_timeout_at(ctx, name, timeout, true)
+}
+
+/// Waits for event `name` and returns its payload.
+pub(crate) fn wait_for_at<'c, T: DeserializeOwned + Send + 'static>(
+    ctx: &'c Ctx,
+    name: &'static str,
+    declared: bool,
+) -> BoxFuture<'c, T> {
+    let site = Site {
+        name,
+        occurrence: ctx.next_occurrence(name),
+        declared,
+        seq: ctx.next_seq(),
+    };
+    Box::pin(async move {
+        match wait_inner::<T>(ctx, site, None).await {
             Ok(Some(payload)) => payload,
             Ok(None) => {
                 ctx.abort(internal(ctx, "a wait without a timeout timed out"))
@@ -68,19 +105,34 @@ pub fn wait_for<'c, T: DeserializeOwned + Send + 'static>(
     })
 }
 
-/// Waits for event `name` at most `timeout`: see [`Ctx::wait_for_timeout`].
-pub fn wait_for_timeout<'c, T: DeserializeOwned + Send + 'static>(
+/// Waits for event `name` at most `timeout`.
+pub(crate) fn wait_for_timeout_at<'c, T: DeserializeOwned + Send + 'static>(
     ctx: &'c Ctx,
     name: &'static str,
     timeout: Duration,
+    declared: bool,
 ) -> BoxFuture<'c, Option<T>> {
-    let occurrence = ctx.next_occurrence(name);
+    let site = Site {
+        name,
+        occurrence: ctx.next_occurrence(name),
+        declared,
+        seq: ctx.next_seq(),
+    };
     Box::pin(async move {
-        match wait_inner::<T>(ctx, name, occurrence, Some(timeout)).await {
+        match wait_inner::<T>(ctx, site, Some(timeout)).await {
             Ok(payload) => payload,
             Err(error) => ctx.abort(error).await,
         }
     })
+}
+
+/// One sleep or wait occurrence, as it is recorded.
+#[derive(Clone, Copy)]
+struct Site {
+    name: &'static str,
+    occurrence: u32,
+    declared: bool,
+    seq: u64,
 }
 
 fn internal(ctx: &Ctx, detail: &str) -> Error {
@@ -90,7 +142,7 @@ fn internal(ctx: &Ctx, detail: &str) -> Error {
     }
 }
 
-enum Target {
+pub(crate) enum Target {
     For(Duration),
     Until(SystemTime),
 }
@@ -99,12 +151,10 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-async fn sleep_inner(
-    ctx: &Ctx,
-    name: &'static str,
-    occurrence: u32,
-    target: Target,
-) -> Result<(), Error> {
+async fn sleep_inner(ctx: &Ctx, site: Site, target: Target) -> Result<(), Error> {
+    let Site {
+        name, occurrence, ..
+    } = site;
     let (deadline_ms, duration_ms) = match ctx.take_checkpoint(name, occurrence) {
         Some(CheckpointRecord {
             state:
@@ -128,7 +178,7 @@ async fn sleep_inner(
                 deadline_ms,
                 duration_ms,
             };
-            write(ctx, name, occurrence, state).await?;
+            write(ctx, site, state).await?;
             (deadline_ms, duration_ms)
         }
     };
@@ -157,21 +207,27 @@ async fn sleep_inner(
     }
 }
 
-async fn wait_inner<T: DeserializeOwned>(
+async fn wait_inner<T: DeserializeOwned + 'static>(
     ctx: &Ctx,
-    name: &'static str,
-    occurrence: u32,
+    site: Site,
     timeout: Option<Duration>,
 ) -> Result<Option<T>, Error> {
-    let expected = std::any::type_name::<T>();
+    let Site {
+        name, occurrence, ..
+    } = site;
+    let expected = crate::manifest::shape_of::<T>();
     let deadline_ms = match ctx.take_checkpoint(name, occurrence) {
         Some(CheckpointRecord {
-            state: CheckpointState::Received {
-                type_name, payload, ..
-            },
+            state:
+                CheckpointState::Received {
+                    type_name,
+                    payload,
+                    fingerprint,
+                    ..
+                },
             ..
         }) => {
-            return decode_payload(ctx, name, occurrence, &type_name, &payload).map(Some);
+            return decode_payload(ctx, site, (&type_name, fingerprint), &payload).map(Some);
         }
         Some(CheckpointRecord {
             state: CheckpointState::TimedOut { .. },
@@ -187,13 +243,7 @@ async fn wait_inner<T: DeserializeOwned>(
         None => match timeout {
             Some(t) => {
                 let deadline_ms = now_ms().saturating_add(ms(t));
-                write(
-                    ctx,
-                    name,
-                    occurrence,
-                    CheckpointState::Waiting { deadline_ms },
-                )
-                .await?;
+                write(ctx, site, CheckpointState::Waiting { deadline_ms }).await?;
                 Some(deadline_ms)
             }
             None => None,
@@ -205,7 +255,7 @@ async fn wait_inner<T: DeserializeOwned>(
         name: name.to_string(),
         occurrence,
         deadline_ms,
-        event_type: Some(expected.to_string()),
+        event_type: Some(expected.text.clone()),
     };
     let _wait = ctx.signals.wait(cond);
     loop {
@@ -216,7 +266,7 @@ async fn wait_inner<T: DeserializeOwned>(
             });
         }
         if let Some(event) = ctx.core.store.get(Tree::Events, &key)? {
-            return receive(ctx, name, occurrence, &event).await.map(Some);
+            return receive(ctx, site, &event).await.map(Some);
         }
         if let Some(deadline) = deadline_ms {
             let now = now_ms();
@@ -226,12 +276,11 @@ async fn wait_inner<T: DeserializeOwned>(
                 // after this timed-out wait.
                 let _events = ctx.core.event_lock.lock().await;
                 if let Some(event) = ctx.core.store.get(Tree::Events, &key)? {
-                    return receive(ctx, name, occurrence, &event).await.map(Some);
+                    return receive(ctx, site, &event).await.map(Some);
                 }
                 write(
                     ctx,
-                    name,
-                    occurrence,
+                    site,
                     CheckpointState::TimedOut {
                         finished_at_ms: now,
                     },
@@ -249,12 +298,14 @@ async fn wait_inner<T: DeserializeOwned>(
     }
 }
 
-async fn receive<T: DeserializeOwned>(
+async fn receive<T: DeserializeOwned + 'static>(
     ctx: &Ctx,
-    name: &str,
-    occurrence: u32,
+    site: Site,
     event: &[u8],
 ) -> Result<T, Error> {
+    let Site {
+        name, occurrence, ..
+    } = site;
     let event: EventRecord = codec::decode(event).map_err(|e| {
         Error::Store(crate::error::StoreError::Decode {
             what: format!(
@@ -264,47 +315,59 @@ async fn receive<T: DeserializeOwned>(
             reason: e.to_string(),
         })
     })?;
-    let payload = decode_payload(ctx, name, occurrence, &event.type_name, &event.payload)?;
+    let payload = decode_payload(
+        ctx,
+        site,
+        (&event.shape, event.fingerprint),
+        &event.payload,
+    )?;
     let state = CheckpointState::Received {
         finished_at_ms: now_ms(),
         type_name: event.type_name,
+        fingerprint: event.fingerprint,
         payload: event.payload,
     };
-    write(ctx, name, occurrence, state).await?;
+    write(ctx, site, state).await?;
     Ok(payload)
 }
 
-fn decode_payload<T: DeserializeOwned>(
+/// Decodes a payload, only if it was written as the type asked for.
+fn decode_payload<T: DeserializeOwned + 'static>(
     ctx: &Ctx,
-    name: &str,
-    occurrence: u32,
-    stored_type: &str,
+    site: Site,
+    (stored, fingerprint): (&str, u64),
     payload: &[u8],
 ) -> Result<T, Error> {
-    codec::decode(payload).map_err(|e| Error::EventDecode {
+    let expected = crate::manifest::shape_of::<T>();
+    let error = |reason: String| Error::EventDecode {
         instance: ctx.id.clone(),
-        event: name.to_string(),
-        occurrence,
-        stored_type: stored_type.to_string(),
-        expected_type: std::any::type_name::<T>().to_string(),
-        reason: e.to_string(),
-    })
+        event: site.name.to_string(),
+        occurrence: site.occurrence,
+        stored_type: stored.to_string(),
+        expected_type: expected.text.clone(),
+        reason,
+    };
+    if fingerprint != expected.fingerprint {
+        return Err(error(format!(
+            "it was written as another type (fingerprint {fingerprint:016x}, the wait's is {:016x})",
+            expected.fingerprint
+        )));
+    }
+    codec::decode(payload).map_err(|e| error(e.to_string()))
 }
 
-async fn write(
-    ctx: &Ctx,
-    name: &str,
-    occurrence: u32,
-    state: CheckpointState,
-) -> Result<(), Error> {
+async fn write(ctx: &Ctx, site: Site, state: CheckpointState) -> Result<(), Error> {
     let _busy = ctx.signals.busy();
     let record = CheckpointRecord {
-        name: name.to_string(),
-        occurrence,
+        name: site.name.to_string(),
+        occurrence: site.occurrence,
+        key: None,
+        declared: site.declared,
+        seq: site.seq,
         attempts: 0,
         started_at_ms: now_ms(),
         state,
     };
-    let batch = crate::step::checkpoint_batch(ctx, name, occurrence, &record)?;
+    let batch = crate::step::checkpoint_batch(ctx, site.name, site.occurrence, &record)?;
     ctx.core.committer.commit(batch).await.map_err(Error::from)
 }

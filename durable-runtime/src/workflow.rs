@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::context::Ctx;
+use crate::manifest::{Manifest, SiteDecl, SiteTypes, shape_of};
 use crate::retry::RetryPolicy;
 
 /// A boxed, sendable future borrowing the instance's [`Ctx`].
@@ -22,6 +23,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///
 /// ```
 /// use durable_runtime::{BoxFuture, Ctx, IntoWorkflow, Workflow};
+/// use durable_runtime::manifest::{SiteDecl, SiteKind};
 ///
 /// #[derive(Clone, Copy)]
 /// struct Double;
@@ -30,7 +32,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///     type Input = u64;
 ///     type Output = Result<u64, String>;
 ///     const NAME: &'static str = "double";
-///     const STEPS: &'static [&'static str] = &["double"];
+///     const SITES: &'static [SiteDecl] = &[SiteDecl { name: "double", kind: SiteKind::Step }];
 ///     fn run<'a>(self, ctx: &'a Ctx, n: u64) -> BoxFuture<'a, Self::Output> {
 ///         Box::pin(async move { ctx.step("double", || async { Ok(n * 2) }).await })
 ///     }
@@ -51,9 +53,35 @@ pub trait Workflow: Copy + Send + Sync + 'static {
     /// The stable name instances are stored under. Renaming it orphans the
     /// instances stored under the old name.
     const NAME: &'static str;
-    /// Every step, sleep and wait name used in the body, in source order,
-    /// as checked at compile time (one namespace for all three kinds).
-    const STEPS: &'static [&'static str];
+    /// Every site (step, sleep, wait) of the body, in source order, with
+    /// its name and kind, as checked at compile time (one namespace of
+    /// names for all three kinds).
+    const SITES: &'static [SiteDecl];
+
+    /// The types each site of [`SITES`](Self::SITES) reads and writes, in
+    /// the same order (`None` for sleeps). `#[durable]` implements it from
+    /// the body's types without running anything; a hand-written workflow
+    /// may leave the default (no list), and its checkpoints are then
+    /// checked only when they are read.
+    fn site_types(&self) -> Vec<Option<SiteTypes>> {
+        Vec::new()
+    }
+
+    /// The workflow's [`Manifest`]: sites, their types, input and output.
+    /// The engine builds it once, when the workflow is registered.
+    fn manifest(&self) -> Manifest
+    where
+        Self::Input: 'static,
+        Self::Output: 'static,
+    {
+        Manifest::new(
+            Self::NAME,
+            (*shape_of::<Self::Input>()).clone(),
+            (*shape_of::<Self::Output>()).clone(),
+            Self::SITES,
+            self.site_types(),
+        )
+    }
 
     /// The workflow's retry policy for its steps, if it overrides the engine's.
     fn retry_policy(&self) -> Option<RetryPolicy> {
@@ -90,4 +118,14 @@ where
     fn into_workflow(self) -> W {
         self(WorkflowMarker(()))
     }
+}
+
+/// Gives a workflow body closure the higher-ranked signature the engine
+/// calls it with. Used by `#[durable]`'s expansion.
+#[doc(hidden)]
+pub fn body_fn<I, O, F>(f: F) -> F
+where
+    F: for<'a> Fn(&'a Ctx, I) -> BoxFuture<'a, O> + Copy,
+{
+    f
 }

@@ -346,6 +346,12 @@ impl SledStore {
                         supported: u32::from(FORMAT_VERSION),
                     });
                 }
+                if found < u32::from(FORMAT_VERSION) {
+                    return Err(StoreError::FormatTooOld {
+                        found,
+                        supported: u32::from(FORMAT_VERSION),
+                    });
+                }
                 Ok(())
             }
             None => {
