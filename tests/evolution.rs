@@ -142,7 +142,12 @@ async fn a_changed_workflow_is_refused_before_any_body_runs() {
         unreachable!()
     };
     assert_eq!(reason, "step `assign-team` is gone");
-    let err = engine.attach(v2::onboard, "c1").await.unwrap().result().await;
+    let err = engine
+        .attach(v2::onboard, "c1")
+        .await
+        .unwrap()
+        .result()
+        .await;
     let message = err.unwrap_err().to_string();
     assert_eq!(
         message,
@@ -415,7 +420,12 @@ async fn keyed_steps_in_an_unordered_loop_replay_each_items_own_outcome() {
         // Each permission granted once, except the one in flight at the
         // "crash", which may run again.
         let mut runs: BTreeMap<String, usize> = BTreeMap::new();
-        for e in LOG.lock().unwrap().iter().filter(|e| e.starts_with(&prefix)) {
+        for e in LOG
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.starts_with(&prefix))
+        {
             *runs.entry(e.clone()).or_default() += 1;
         }
         assert_eq!(runs.len(), perms.len(), "{runs:?}");
@@ -449,7 +459,10 @@ async fn a_duplicate_key_is_a_clear_error() {
         "instance \"d1\": step \"grant\" was called twice with key \"same\"; \
          a key names one step of an instance"
     );
-    assert!(matches!(engine.status("d1").unwrap(), Status::Failed { .. }));
+    assert!(matches!(
+        engine.status("d1").unwrap(),
+        Status::Failed { .. }
+    ));
     engine.shutdown().await;
 }
 
@@ -495,15 +508,18 @@ async fn an_outcome_over_the_limit_is_a_recorded_failure() {
 
 #[durable]
 async fn nested(ctx: &Ctx, _n: u32) -> Result<u32, String> {
-    let n = step!("outer", async {
-        effect(ctx, "outer");
-        ctx.step("inner", || async {
-            effect(ctx, "inner");
-            Ok::<u32, String>(5)
-        })
+    let n = step!(
+        "outer",
+        async {
+            effect(ctx, "outer");
+            ctx.step("inner", || async {
+                effect(ctx, "inner");
+                Ok::<u32, String>(5)
+            })
+            .await
+        }
         .await
-    }
-    .await)?;
+    )?;
     let () = wait_for!("go");
     Ok(n)
 }
@@ -547,11 +563,14 @@ async fn a_step_inside_a_step_is_a_plain_call() {
 #[durable]
 async fn joined(_ctx: &Ctx, _n: u32) -> Result<(), String> {
     let (a, b, c) = tokio::join!(
-        step!("a", async {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            Ok::<(), String>(())
-        }
-        .await),
+        step!(
+            "a",
+            async {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                Ok::<(), String>(())
+            }
+            .await
+        ),
         step!("b", Ok::<(), String>(())),
         step!("c", Ok::<(), String>(())),
     );
@@ -618,7 +637,11 @@ async fn a_store_of_the_previous_format_is_refused() {
     {
         let store = SledStore::open(&path).unwrap();
         let mut batch = Batch::new();
-        batch.put(Tree::Meta, b"format_version".to_vec(), 1u32.to_be_bytes().to_vec());
+        batch.put(
+            Tree::Meta,
+            b"format_version".to_vec(),
+            1u32.to_be_bytes().to_vec(),
+        );
         store.apply(&[batch]).unwrap();
     }
     let err = Engine::builder()

@@ -163,11 +163,23 @@ fn workflow_fn(
     let is =
         |attr: &&Attribute, names: &[&str]| names.iter().any(|name| attr.path().is_ident(name));
     let cfgs: Vec<_> = workflow.attrs.iter().filter(|attr| is(attr, CFG)).collect();
-    let impl_attrs: Vec<_> = workflow
+    // The lint levels go where the user's body is: the inherent impl that
+    // holds it when there is one (`expect` there only, or the other impl's
+    // copy would be unfulfilled), else the trait impl.
+    let body_attrs: Vec<_> = workflow
         .attrs
         .iter()
         .filter(|attr| is(attr, CFG) || is(attr, LINTS))
         .collect();
+    let impl_attrs: Vec<_> = if parts.is_empty() {
+        body_attrs.clone()
+    } else {
+        body_attrs
+            .iter()
+            .copied()
+            .filter(|attr| !is(attr, &["expect"]))
+            .collect()
+    };
     let fn_attrs = workflow.attrs.iter().filter(|attr| !is(attr, &["expect"]));
     let unraw = ident.unraw().to_string();
     let definition = definition_ident(workflow);
@@ -175,8 +187,7 @@ fn workflow_fn(
         parts
     } else {
         quote! {
-            #(#cfgs)*
-            #(#impl_attrs)*
+            #(#body_attrs)*
             impl #definition {
                 #parts
             }
@@ -318,12 +329,28 @@ fn run(cx: &Cx, workflow: &Workflow, body: &Body) -> (TokenStream, TokenStream) 
         let phantom = &phantoms[i];
         match kind {
             SiteKind::Step => {
-                let f = cx.private("step_site_types", Span::call_site());
-                quote!(#f(#phantom))
+                let f = cx.private("step_probe", Span::call_site());
+                let t = cx.private("TypesOfStep", Span::call_site());
+                let u = cx.private("TypesUnknown", Span::call_site());
+                quote!({
+                    #[allow(unused_imports)]
+                    use #t as _;
+                    #[allow(unused_imports)]
+                    use #u as _;
+                    (&#f(#phantom)).site_types()
+                })
             }
             SiteKind::WaitFor => {
-                let f = cx.private("wait_site_types", Span::call_site());
-                quote!(#f(#phantom))
+                let f = cx.private("wait_probe", Span::call_site());
+                let t = cx.private("TypesOfWait", Span::call_site());
+                let u = cx.private("TypesUnknown", Span::call_site());
+                quote!({
+                    #[allow(unused_imports)]
+                    use #t as _;
+                    #[allow(unused_imports)]
+                    use #u as _;
+                    (&#f(#phantom)).site_types()
+                })
             }
             SiteKind::Sleep | SiteKind::SleepUntil => {
                 let f = cx.private("sleep_site_types", Span::call_site());
@@ -385,6 +412,16 @@ fn run(cx: &Cx, workflow: &Workflow, body: &Body) -> (TokenStream, TokenStream) 
 /// The hidden phantom of the `i`-th declared site.
 fn site_phantom(i: usize) -> Ident {
     Ident::new(&format!("__durable_site_{i}"), Span::mixed_site())
+}
+
+/// The phantom of the `i`-th declared site as a call passes it: located
+/// at the user's tokens, so that an unmet bound on the site's types (not
+/// `Serialize`, not inferable) is reported there, not at `#[durable]`.
+fn site_phantom_at(i: usize, at: Span) -> Ident {
+    Ident::new(
+        &format!("__durable_site_{i}"),
+        Span::mixed_site().located_at(at),
+    )
 }
 
 /// The hidden ident of the workflow definition behind `workflow`.
@@ -456,7 +493,6 @@ fn site(cx: &Cx, body: &Body, site: &Site) -> TokenStream {
         .iter()
         .position(|(n, _)| n.value() == name.value())
         .unwrap_or(0);
-    let phantom = site_phantom(index);
     let call = match &args.kind {
         KindArgs::Step {
             retry,
@@ -464,7 +500,7 @@ fn site(cx: &Cx, body: &Body, site: &Site) -> TokenStream {
             body: step_body,
         } => step_call(
             cx,
-            &phantom,
+            &site_phantom_at(index, first_and_last_span(step_body).0),
             name,
             (key.as_ref(), retry.as_ref()),
             step_body,
@@ -472,9 +508,13 @@ fn site(cx: &Cx, body: &Body, site: &Site) -> TokenStream {
         ),
         KindArgs::Sleep { duration } => timer_call(cx, "sleep", name, duration, site.position),
         KindArgs::SleepUntil { until } => timer_call(cx, "sleep_until", name, until, site.position),
-        KindArgs::WaitFor { timeout } => {
-            wait_call(cx, &phantom, name, timeout.as_ref(), site.position)
-        }
+        KindArgs::WaitFor { timeout } => wait_call(
+            cx,
+            &site_phantom_at(index, name.span()),
+            name,
+            timeout.as_ref(),
+            site.position,
+        ),
     };
     let marker = Ident::new("__durable_expanded", Span::mixed_site());
     let mut group = Group::new(site.group.delimiter(), quote!(@#marker (#call)));
@@ -666,13 +706,20 @@ mod tests {
                 const NAME: &'static str = "user-provisioning";
             ),
             quote!(
-                const STEPS: &'static [&'static str] = &["charge-card"];
+                const SITES: &'static [::durable::__private::SiteDecl] =
+                    &[::durable::__private::SiteDecl {
+                        name: "charge-card",
+                        kind: ::durable::__private::SiteKind::Step,
+                    }];
             ),
+            quote!(let __durable_site_0 = ::core::marker::PhantomData;),
+            quote!([::durable::__private::step_site_types(__durable_site_0)]),
             quote!(::core::option::Option::Some(RetryPolicy::no_retry())),
             quote!(let ctx: &Ctx = __durable_ctx;),
             quote!(let signup: Signup = __durable_input;),
             quote!(step!(@__durable_expanded (
-                ::durable::__private::step(__durable_ctx, "charge-card", ::core::option::Option::None,
+                ::durable::__private::step_site(__durable_ctx, __durable_site_0, "charge-card",
+                    ::core::option::Option::None::<&()>, ::core::option::Option::None,
                     || async { charge(&signup).await }).await
             ))),
             quote!(
@@ -700,14 +747,16 @@ mod tests {
                 }
             },
         );
-        let call = |name: &str| {
+        let call = |(name, site): (&str, &str)| {
             let name = LitStr::new(name, Span::call_site());
+            let site = Ident::new(site, Span::call_site());
             text(quote!(
-                ::durable::__private::step(__durable_ctx, #name, ::core::option::Option::None,
+                ::durable::__private::step_site(__durable_ctx, #site, #name,
+                    ::core::option::Option::None::<&()>, ::core::option::Option::None,
                     || async { g().await })
             ))
         };
-        for name in ["a", "b"] {
+        for name in [("a", "__durable_site_0"), ("b", "__durable_site_1")] {
             assert!(out.contains(&call(name)), "{out}");
             assert!(!out.contains(&format!("{} . await", call(name))), "{out}");
         }
@@ -729,24 +778,28 @@ mod tests {
                 }
             },
         );
-        let steps = [
-            "create-draft",
-            "approval",
-            "other-event",
-            "cool-off",
-            "launch",
-            "joined",
-            "joined-nap",
-        ];
+        let sites = [
+            ("create-draft", "Step"),
+            ("approval", "Wait"),
+            ("other-event", "Wait"),
+            ("cool-off", "Sleep"),
+            ("launch", "Sleep"),
+            ("joined", "Wait"),
+            ("joined-nap", "Sleep"),
+        ]
+        .map(|(name, kind)| {
+            let kind = Ident::new(kind, Span::call_site());
+            quote!(::durable::__private::SiteDecl { name: #name, kind: ::durable::__private::SiteKind::#kind })
+        });
         for expected in [
             quote!(
-                const STEPS: &'static [&'static str] = &[#(#steps),*];
+                const SITES: &'static [::durable::__private::SiteDecl] = &[#(#sites),*];
             ),
             quote!(wait_for!(@__durable_expanded (
-                ::durable::__private::wait_for_timeout(__durable_ctx, "approval", days(3)).await
+                ::durable::__private::wait_for_timeout_site(__durable_ctx, __durable_site_1, "approval", days(3)).await
             ))),
             quote!(wait_for!(@__durable_expanded (
-                ::durable::__private::wait_for(__durable_ctx, "other-event").await
+                ::durable::__private::wait_for_site(__durable_ctx, __durable_site_2, "other-event").await
             ))),
             quote!(sleep!(@__durable_expanded (
                 ::durable::__private::sleep(__durable_ctx, "cool-off", Duration::from_secs(86400)).await
@@ -756,7 +809,7 @@ mod tests {
             )]),
             quote!(tokio::join!(
                 wait_for!(@__durable_expanded (
-                    ::durable::__private::wait_for(__durable_ctx, "joined")
+                    ::durable::__private::wait_for_site(__durable_ctx, __durable_site_5, "joined")
                 )),
                 sleep!(@__durable_expanded (
                     ::durable::__private::sleep(__durable_ctx, "joined-nap", d)

@@ -932,7 +932,9 @@ mod tests {
             f(1, 2).await,
         )));
         assert!(errors.is_empty(), "{errors:?}");
-        let KindArgs::Step { retry, body: expr, .. } = &body.sites[0].args.as_ref().unwrap().kind
+        let KindArgs::Step {
+            retry, body: expr, ..
+        } = &body.sites[0].args.as_ref().unwrap().kind
         else {
             panic!("not a step");
         };
@@ -1027,6 +1029,7 @@ mod tests {
         let KindArgs::Step {
             retry,
             body: tokens,
+            ..
         } = &body.sites[0].args.as_ref().unwrap().kind
         else {
             panic!("not a step");

@@ -56,13 +56,14 @@ pub mod __bench {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::context::Ctx;
+    pub use crate::manifest::{
+        SiteDecl, SiteKind, SiteTypes, TypesOfStep, TypesOfWait, TypesUnknown, sleep_site_types,
+        step_probe, wait_probe,
+    };
     pub use crate::retry::RetryPolicy;
     pub use crate::step::step;
-    pub use crate::wait::{sleep, sleep_until};
-    pub use crate::manifest::{
-        SiteDecl, SiteKind, SiteTypes, sleep_site_types, step_site_types, wait_site_types,
-    };
     pub use crate::step::step_site;
+    pub use crate::wait::{sleep, sleep_until};
     pub use crate::wait::{wait_for_site, wait_for_timeout_site};
     pub use crate::workflow::{BoxFuture, Workflow, WorkflowMarker, body_fn};
 }

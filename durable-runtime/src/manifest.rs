@@ -300,21 +300,67 @@ pub fn wait_types<T: DeserializeOwned + 'static>() -> SiteTypes {
     }
 }
 
-/// For the macro: the types of the step site whose phantom is `_site`.
+/// For the macro: what a site's phantom (`PhantomData<fn() -> (T, E)>` for
+/// a step, `PhantomData<fn() -> T>` for a wait) says about its types.
+///
+/// The types come out through method resolution ("autoref
+/// specialization"): [`TypesOfStep`] and [`TypesOfWait`] apply when the
+/// types are serde types, [`TypesUnknown`] otherwise, so a site whose types
+/// are wrong is reported once, at the site, by the call's own bounds.
 #[doc(hidden)]
-pub fn step_site_types<T: DeserializeOwned + 'static, E: DeserializeOwned + 'static>(
-    _site: PhantomData<fn() -> (T, E)>,
-) -> fn() -> Option<SiteTypes> {
-    || Some((*step_types::<T, E>()).clone())
+pub struct SiteProbe<X>(PhantomData<fn() -> X>);
+
+/// For the macro: a step site's probe.
+#[doc(hidden)]
+pub fn step_probe<T, E>(_site: PhantomData<fn() -> (T, E)>) -> SiteProbe<(T, E)> {
+    SiteProbe(PhantomData)
 }
 
-/// For the macro: the types of the wait site whose phantom is `_site`.
+/// For the macro: a wait site's probe.
 #[doc(hidden)]
-pub fn wait_site_types<T: DeserializeOwned + 'static>(
-    _site: PhantomData<fn() -> T>,
-) -> fn() -> Option<SiteTypes> {
-    || Some(wait_types::<T>())
+pub fn wait_probe<T>(_site: PhantomData<fn() -> T>) -> SiteProbe<[T; 0]> {
+    SiteProbe(PhantomData)
 }
+
+/// For the macro: the types of a step site.
+#[doc(hidden)]
+pub trait TypesOfStep {
+    /// The site's types.
+    fn site_types(&self) -> fn() -> Option<SiteTypes>;
+}
+
+impl<T: DeserializeOwned + 'static, E: DeserializeOwned + 'static> TypesOfStep
+    for SiteProbe<(T, E)>
+{
+    fn site_types(&self) -> fn() -> Option<SiteTypes> {
+        || Some((*step_types::<T, E>()).clone())
+    }
+}
+
+/// For the macro: the types of a wait site.
+#[doc(hidden)]
+pub trait TypesOfWait {
+    /// The site's types.
+    fn site_types(&self) -> fn() -> Option<SiteTypes>;
+}
+
+impl<T: DeserializeOwned + 'static> TypesOfWait for SiteProbe<[T; 0]> {
+    fn site_types(&self) -> fn() -> Option<SiteTypes> {
+        || Some(wait_types::<T>())
+    }
+}
+
+/// For the macro: a site whose types are not serde types (the site's own
+/// call reports that) has none.
+#[doc(hidden)]
+pub trait TypesUnknown {
+    /// No types.
+    fn site_types(&self) -> fn() -> Option<SiteTypes> {
+        || None
+    }
+}
+
+impl<X> TypesUnknown for &SiteProbe<X> {}
 
 /// For the macro: a sleep has no types.
 #[doc(hidden)]
@@ -330,10 +376,7 @@ fn trace<T: DeserializeOwned>() -> Shape {
             render(&format, &registry, &mut Vec::new(), &mut text);
             Shape::new(text, true)
         }
-        None => Shape::new(
-            format!("untraceable {}", std::any::type_name::<T>()),
-            false,
-        ),
+        None => Shape::new(format!("untraceable {}", std::any::type_name::<T>()), false),
     }
 }
 

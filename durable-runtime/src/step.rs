@@ -2,8 +2,8 @@
 //! (retrying per policy) and checkpoint its outcome durably before returning.
 
 use std::any::Any;
-use std::marker::PhantomData;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -214,9 +214,7 @@ where
             CheckpointState::TooLarge { size, limit, .. } => {
                 return Err(too_large(ctx, name, &at, size as usize, limit as usize));
             }
-            CheckpointState::Retrying { .. } => {
-                (record.attempts, record.started_at_ms, record.seq)
-            }
+            CheckpointState::Retrying { .. } => (record.attempts, record.started_at_ms, record.seq),
             other => return Err(ctx.diverged(name, occurrence, &other, "a step")),
         },
         None => (0, now_ms(), seq),
@@ -263,7 +261,8 @@ where
                 match &outcome {
                     Err(e) if !permanent && !last => format!("{e:?}"),
                     _ => {
-                        let state = match done_state(ctx, name, &at, &outcome, types.fingerprint()) {
+                        let state = match done_state(ctx, name, &at, &outcome, types.fingerprint())
+                        {
                             Ok(state) => state,
                             Err(Error::ValueTooLarge { size, limit, .. }) => {
                                 // Recorded as the step's failure: the body

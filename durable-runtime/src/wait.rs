@@ -315,12 +315,7 @@ async fn receive<T: DeserializeOwned + 'static>(
             reason: e.to_string(),
         })
     })?;
-    let payload = decode_payload(
-        ctx,
-        site,
-        (&event.shape, event.fingerprint),
-        &event.payload,
-    )?;
+    let payload = decode_payload(ctx, site, (&event.shape, event.fingerprint), &event.payload)?;
     let state = CheckpointState::Received {
         finished_at_ms: now_ms(),
         type_name: event.type_name,
