@@ -667,3 +667,102 @@ async fn a_store_of_the_previous_format_is_refused() {
          wrote it, or open a new store"
     );
 }
+
+mod v2_versioned {
+    use super::*;
+
+    /// `v2::onboard` as version 2, registered beside version 1.
+    #[durable(name = "onboard", version = 2)]
+    pub async fn onboard(ctx: &Ctx, user: String) -> Result<String, String> {
+        step!("charge", {
+            effect(ctx, "charge");
+            Ok::<u64, String>(42)
+        })?;
+        step!("fraud-check", {
+            effect(ctx, "fraud-check");
+            Ok::<(), String>(())
+        })?;
+        let team = step!("assign-squad", {
+            effect(ctx, "assign-squad");
+            Ok::<String, String>(format!("squad-of-{user}"))
+        })?;
+        let approval: Approval = wait_for!("approval");
+        step!("send-welcome", {
+            effect(ctx, "send-welcome");
+            Ok::<(), String>(())
+        })?;
+        Ok(format!("{team} approved={}", approval.approved))
+    }
+}
+
+/// Versions side by side: in-flight instances finish on the version they
+/// started on, new ones start on the new version; the gate is clear.
+#[tokio::test]
+async fn versions_run_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), |b| b.register(v1::onboard)).await;
+    let _handle = engine
+        .start(v1::onboard, "s1", "sam".to_string())
+        .await
+        .unwrap();
+    status_becomes(&engine, "s1", "the wait", |s| {
+        matches!(s, Status::Waiting { .. })
+    })
+    .await;
+    engine.shutdown().await;
+
+    let engine = open(dir.path(), |b| {
+        b.register(v1::onboard).register(v2_versioned::onboard)
+    })
+    .await;
+    assert_eq!(engine.compatibility().unwrap(), []);
+    engine
+        .send_event("s1", "approval", Approval { approved: true })
+        .await
+        .unwrap();
+    let old = engine.attach(v2_versioned::onboard, "s1").await.unwrap();
+    let new = engine
+        .start(v2_versioned::onboard, "s2", "sue".to_string())
+        .await
+        .unwrap();
+    engine
+        .send_event("s2", "approval", Approval { approved: false })
+        .await
+        .unwrap();
+    assert_eq!(
+        old.result().await.unwrap(),
+        Ok("team-of-sam approved=true".to_string())
+    );
+    assert_eq!(
+        new.result().await.unwrap(),
+        Ok("squad-of-sue approved=false".to_string())
+    );
+    assert_eq!(ran("s1/fraud-check") + ran("s1/assign-squad"), 0);
+    assert_eq!(ran("s1/send-welcome"), 1);
+    assert_eq!(ran("s2/fraud-check"), 1);
+    assert_eq!(ran("s2/assign-team"), 0);
+    engine.shutdown().await;
+
+    // An instance whose version is not registered is left alone and reported.
+    let engine = open(dir.path(), |b| b.register(v2_versioned::onboard)).await;
+    let _handle = engine
+        .start(v2_versioned::onboard, "s3", "zoe".to_string())
+        .await
+        .unwrap();
+    status_becomes(&engine, "s3", "the wait", |s| {
+        matches!(s, Status::Waiting { .. })
+    })
+    .await;
+    engine.shutdown().await;
+    let engine = open(dir.path(), |b| b.register(v1::onboard)).await;
+    let reason =
+        "workflow \"onboard\" version 2 is not registered (this build registers version 1)";
+    assert_eq!(
+        engine.recovery().skipped,
+        [("s3".to_string(), reason.to_string())]
+    );
+    let gate = engine.compatibility().unwrap();
+    assert_eq!(gate.len(), 1);
+    assert_eq!(gate[0].reason, reason);
+    engine.shutdown().await;
+}

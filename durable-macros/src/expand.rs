@@ -218,6 +218,10 @@ fn workflow_fn(
         quote!(#decl { name: #name, kind: #kind_path::#kind })
     });
     let retry_policy = retry_policy(cx, args);
+    let version = args
+        .version
+        .as_ref()
+        .map(|v| quote!(const VERSION: u32 = #v;));
     quote! {
         #(#cfgs)*
         #[doc = #doc]
@@ -231,6 +235,7 @@ fn workflow_fn(
             type Input = #input;
             type Output = #output;
             const NAME: &'static str = #name;
+            #version
             const SITES: &'static [#decl] = &[#(#sites),*];
             #retry_policy
             #run

@@ -77,6 +77,7 @@ trait Erased: Send + Sync {
     fn type_id(&self) -> TypeId;
     /// The workflow's manifest and its hash, built once at registration.
     fn manifest(&self) -> &(Manifest, u64);
+    fn version(&self) -> u32;
     fn policy(&self) -> Option<RetryPolicy>;
     fn run<'a>(&self, ctx: &'a Ctx, input: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>>>;
 }
@@ -90,6 +91,10 @@ impl<W: Workflow> Erased for Registered<W> {
 
     fn manifest(&self) -> &(Manifest, u64) {
         &self.1
+    }
+
+    fn version(&self) -> u32 {
+        W::VERSION
     }
 
     fn policy(&self) -> Option<RetryPolicy> {
@@ -221,7 +226,8 @@ pub(crate) struct Core {
     suspects: Arc<tokio::sync::Semaphore>,
     pub(crate) committer: Committer,
     pub(crate) config: Config,
-    registry: HashMap<&'static str, Arc<dyn Erased>>,
+    /// Registered workflows by (name, version).
+    registry: HashMap<(&'static str, u32), Arc<dyn Erased>>,
     running: Mutex<HashMap<String, Arc<Slot>>>,
     /// Every instance task holds a clone; shutdown waits for all to drop.
     alive: Mutex<Option<mpsc::Sender<()>>>,
@@ -315,13 +321,14 @@ impl EngineBuilder {
     /// [`Error::DuplicateWorkflow`], [`Error::NoRuntime`].
     pub async fn open(self) -> Result<Engine> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        let mut registry: HashMap<&'static str, Arc<dyn Erased>> = HashMap::new();
+        let mut registry: HashMap<(&'static str, u32), Arc<dyn Erased>> = HashMap::new();
         for (name, erased) in self.workflows {
-            if let Some(existing) = registry.get(name)
+            let name = (name, erased.version());
+            if let Some(existing) = registry.get(&name)
                 && existing.type_id() != erased.type_id()
             {
                 return Err(Error::DuplicateWorkflow {
-                    workflow: name.to_string(),
+                    workflow: name.0.to_string(),
                 });
             }
             registry.insert(name, erased);
@@ -773,13 +780,13 @@ impl Engine {
     pub fn compatibility(&self) -> Result<Vec<Incompatibility>> {
         let core = &self.core;
         let mut out = Vec::new();
-        let mut names: Vec<&&str> = core.registry.keys().collect();
+        let mut names: Vec<&(&str, u32)> = core.registry.keys().collect();
         names.sort();
         for name in names {
-            for untraceable in core.registry[*name].manifest().0.untraceable() {
+            for untraceable in core.registry[name].manifest().0.untraceable() {
                 out.push(Incompatibility {
                     instance: None,
-                    workflow: name.to_string(),
+                    workflow: name.0.to_string(),
                     reason: format!(
                         "{untraceable}: its type could not be traced and is compared by its Rust name only"
                     ),
@@ -791,9 +798,9 @@ impl Engine {
             let Some(record) = core.load(&id)? else {
                 continue;
             };
-            let reason = match core.registry.get(record.workflow.as_str()) {
-                None => Some(format!("workflow {:?} is not registered", record.workflow)),
-                Some(erased) => {
+            let reason = match core.lookup(&record) {
+                None => Some(core.not_registered(&record)),
+                Some((_, erased)) => {
                     let checkpoints = core.load_checkpoints(&id)?;
                     match core.admit(&id, &record, erased.manifest(), &checkpoints) {
                         Err(Error::Incompatible { reason, .. }) => Some(reason),
@@ -1021,17 +1028,47 @@ impl Core {
         })
     }
 
+    /// The registered version of the workflow instance `record` started on.
+    fn lookup(&self, record: &InstanceRecord) -> Option<(&'static str, Arc<dyn Erased>)> {
+        self.registry
+            .iter()
+            .find(|((name, version), _)| *name == record.workflow && *version == record.version)
+            .map(|((name, _), erased)| (*name, Arc::clone(erased)))
+    }
+
+    /// Why instance `record` has no registered workflow here.
+    fn not_registered(&self, record: &InstanceRecord) -> String {
+        let mut others: Vec<u32> = self
+            .registry
+            .keys()
+            .filter(|(name, _)| *name == record.workflow)
+            .map(|(_, v)| *v)
+            .collect();
+        others.sort_unstable();
+        if others.is_empty() {
+            format!("workflow {:?} is not registered", record.workflow)
+        } else {
+            let others: Vec<String> = others.iter().map(u32::to_string).collect();
+            format!(
+                "workflow {:?} version {} is not registered (this build registers version {})",
+                record.workflow,
+                record.version,
+                others.join(", ")
+            )
+        }
+    }
+
     /// The manifest instance `record` runs on here, or the one it started
     /// with if the store has it.
     fn manifest_for(&self, record: &InstanceRecord) -> Option<Manifest> {
-        if let Some(erased) = self.registry.get(record.workflow.as_str()) {
+        if let Some((_, erased)) = self.lookup(record) {
             return Some(erased.manifest().0.clone());
         }
         crate::manifest::load_manifest(&*self.store, record.manifest)
     }
 
     fn registered<W: Workflow>(&self) -> Result<Arc<dyn Erased>> {
-        match self.registry.get(W::NAME) {
+        match self.registry.get(&(W::NAME, W::VERSION)) {
             Some(erased) if erased.type_id() == TypeId::of::<W>() => Ok(Arc::clone(erased)),
             _ => Err(Error::NotRegistered {
                 workflow: W::NAME.to_string(),
@@ -1136,6 +1173,7 @@ impl Core {
                 let now = now_ms();
                 let record = InstanceRecord {
                     workflow: workflow.to_string(),
+                    version: erased.version(),
                     manifest: erased.manifest().1,
                     input,
                     state: InstanceState::Running,
@@ -1152,6 +1190,22 @@ impl Core {
                 }
                 crate::crash::point("start.after_record");
                 (record, Begin::Fresh)
+            }
+        };
+        // An instance runs on the version it started on, whichever version
+        // of the workflow the caller named.
+        let erased = if begin == Begin::Fresh {
+            erased
+        } else {
+            match self.lookup(&record) {
+                Some((_, erased)) => erased,
+                None => {
+                    let error = Error::NotRegistered {
+                        workflow: format!("{} (version {})", record.workflow, record.version),
+                    };
+                    self.finish_slot(&id, &slot, Err(error.clone()));
+                    return Err(error);
+                }
             }
         };
         self.spawn(id, erased, record, begin, slot);
@@ -1451,8 +1505,7 @@ impl Core {
             Ok(Some(record)) if record.state == InstanceState::Running => record,
             _ => return,
         };
-        let Some((&workflow, erased)) = self.registry.get_key_value(record.workflow.as_str())
-        else {
+        let Some((workflow, erased)) = self.lookup(&record) else {
             return;
         };
         let slot = {
@@ -1465,13 +1518,7 @@ impl Core {
             }
             Arc::clone(slot)
         };
-        Arc::clone(self).spawn(
-            id.to_string(),
-            Arc::clone(erased),
-            record,
-            Begin::Wake,
-            slot,
-        );
+        Arc::clone(self).spawn(id.to_string(), erased, record, Begin::Wake, slot);
     }
 
     /// Wakes parked instances whose deadline has come, until the engine is gone.
@@ -1622,16 +1669,11 @@ impl Core {
                     .push((id, format!("needs attention: {error}")));
                 continue;
             }
-            let Some(erased) = self.registry.get(record.workflow.as_str()).cloned() else {
-                let reason = format!("workflow {:?} is not registered", record.workflow);
+            let Some((workflow, erased)) = self.lookup(&record) else {
+                let reason = self.not_registered(&record);
                 report.skipped.push((id, reason));
                 continue;
             };
-            let workflow: &'static str = self
-                .registry
-                .get_key_value(record.workflow.as_str())
-                .map(|(k, _)| *k)
-                .unwrap_or("");
             if record.state == InstanceState::Running
                 && let Some(park) = park.and_then(|p| codec::decode::<ParkRecord>(&p).ok())
             {

@@ -140,6 +140,8 @@ pub struct Site {
 pub struct Manifest {
     /// The workflow's stored name.
     pub workflow: String,
+    /// The workflow's version.
+    pub version: u32,
     /// The workflow's input shape.
     pub input: Shape,
     /// The workflow's output shape.
@@ -157,6 +159,7 @@ impl Manifest {
     /// `types` when the types are unknown).
     pub fn new(
         workflow: &str,
+        version: u32,
         input: Shape,
         output: Shape,
         sites: &[SiteDecl],
@@ -174,6 +177,7 @@ impl Manifest {
             .collect();
         Manifest {
             workflow: workflow.to_string(),
+            version,
             input,
             output,
             sites,
@@ -217,7 +221,7 @@ impl Manifest {
     /// and what [`hash`](Self::hash) hashes.
     ///
     /// ```text
-    /// workflow onboard
+    /// workflow onboard version 1
     /// input {user: str}
     /// output enum {Ok({team: str}), Err(str)}
     /// step charge: u64 / str
@@ -226,7 +230,7 @@ impl Manifest {
     /// ```
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "workflow {}", self.workflow);
+        let _ = writeln!(out, "workflow {} version {}", self.workflow, self.version);
         let _ = writeln!(out, "input {}", self.input);
         let _ = writeln!(out, "output {}", self.output);
         for site in &self.sites {

@@ -69,6 +69,8 @@ pub(crate) fn occurrence_key(id: &str, name: &str, n: u32) -> Vec<u8> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct InstanceRecord {
     pub workflow: String,
+    /// The workflow version the instance started on.
+    pub version: u32,
     /// The hash of the manifest the instance started with (see `manifest`).
     pub manifest: u64,
     pub input: Vec<u8>,

@@ -53,6 +53,12 @@ pub trait Workflow: Copy + Send + Sync + 'static {
     /// The stable name instances are stored under. Renaming it orphans the
     /// instances stored under the old name.
     const NAME: &'static str;
+    /// The workflow's version (`#[durable(version = 2)]`), 1 by default.
+    /// Several versions of one name can be registered side by side: an
+    /// instance runs on the version it started on, and a new instance on
+    /// the version of the workflow value passed to `start`.
+    const VERSION: u32 = 1;
+
     /// Every site (step, sleep, wait) of the body, in source order, with
     /// its name and kind, as checked at compile time (one namespace of
     /// names for all three kinds).
@@ -76,6 +82,7 @@ pub trait Workflow: Copy + Send + Sync + 'static {
     {
         Manifest::new(
             Self::NAME,
+            Self::VERSION,
             (*shape_of::<Self::Input>()).clone(),
             (*shape_of::<Self::Output>()).clone(),
             Self::SITES,
