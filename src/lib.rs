@@ -216,9 +216,39 @@ macro_rules! wait_for {
     };
 }
 
+/// A planned change inside one version of a workflow:
+/// `if patched!("add-fraud-check") { step!("fraud-check", ..)?; }`.
+///
+/// Evaluates to `true` for instances started on code that has this patch
+/// (every new instance) and `false` for instances started before it
+/// existed, which skip the block. It is decided by the manifest the
+/// instance started with, so it never changes for an instance and needs no
+/// checkpoint. Sites written directly inside the `if patched!(..) { .. }`
+/// block may be added before sites that in-flight instances already passed
+/// (the compatibility check knows older instances skip them); without the
+/// patch such an insertion sets those instances aside. Once no instance
+/// started before the patch is left unfinished, the `patched!` can go (keep
+/// the block's body).
+///
+/// Only valid inside a `#[durable]` async fn:
+///
+/// ```compile_fail
+/// use durable::prelude::*;
+/// fn not_a_workflow() -> bool {
+///     patched!("change")
+/// }
+/// ```
+#[macro_export]
+macro_rules! patched {
+    (@__durable_expanded $($expanded:tt)*) => { $($expanded)* };
+    ($($args:tt)*) => {
+        ::core::compile_error!("`patched!` can only be used inside a `#[durable]` async fn")
+    };
+}
+
 /// Everything a workflow author needs: `use durable::prelude::*;`.
 pub mod prelude {
-    pub use crate::{sleep, sleep_until, step, wait_for};
+    pub use crate::{patched, sleep, sleep_until, step, wait_for};
     pub use durable_macros::durable;
     pub use durable_runtime::{Ctx, Engine, Error, RetryPolicy, permanent};
 }

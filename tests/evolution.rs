@@ -766,3 +766,114 @@ async fn versions_run_side_by_side() {
     assert_eq!(gate[0].reason, reason);
     engine.shutdown().await;
 }
+
+mod inserted {
+    use super::*;
+
+    /// v1 with `fraud-check` inserted before `assign-team`, unguarded.
+    #[durable(name = "onboard")]
+    pub async fn onboard(ctx: &Ctx, user: String) -> Result<String, String> {
+        step!("charge", {
+            effect(ctx, "charge");
+            Ok::<u64, String>(42)
+        })?;
+        step!("fraud-check", {
+            effect(ctx, "fraud-check");
+            Ok::<(), String>(())
+        })?;
+        let team = step!("assign-team", {
+            effect(ctx, "assign-team");
+            Ok::<String, String>(format!("team-of-{user}"))
+        })?;
+        let approval: Approval = wait_for!("approval");
+        step!("send-welcome", {
+            effect(ctx, "send-welcome");
+            Ok::<(), String>(())
+        })?;
+        Ok(format!("{team} approved={}", approval.approved))
+    }
+}
+
+mod patched_v1 {
+    use super::*;
+
+    /// v1 with `fraud-check` added by a patch: new instances take it,
+    /// instances started before skip it.
+    #[durable(name = "onboard")]
+    pub async fn onboard(ctx: &Ctx, user: String) -> Result<String, String> {
+        step!("charge", {
+            effect(ctx, "charge");
+            Ok::<u64, String>(42)
+        })?;
+        if patched!("add-fraud-check") {
+            step!("fraud-check", {
+                effect(ctx, "fraud-check");
+                Ok::<(), String>(())
+            })?;
+        }
+        let team = step!("assign-team", {
+            effect(ctx, "assign-team");
+            Ok::<String, String>(format!("team-of-{user}"))
+        })?;
+        let approval: Approval = wait_for!("approval");
+        step!("send-welcome", {
+            effect(ctx, "send-welcome");
+            Ok::<(), String>(())
+        })?;
+        Ok(format!("{team} approved={}", approval.approved))
+    }
+}
+
+/// A step inserted before what in-flight instances passed strands them
+/// unless a patch guards it; with `patched!` old instances skip it and new
+/// ones take it.
+#[tokio::test]
+async fn a_patch_adds_a_step_for_new_instances_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), |b| b.register(v1::onboard)).await;
+    let _handle = engine
+        .start(v1::onboard, "q1", "quinn".to_string())
+        .await
+        .unwrap();
+    status_becomes(&engine, "q1", "the wait", |s| {
+        matches!(s, Status::Waiting { .. })
+    })
+    .await;
+    engine.shutdown().await;
+
+    // Unguarded: the gate names the problem and the fix.
+    let engine = open(dir.path(), |b| b.register(inserted::onboard)).await;
+    let gate = engine.compatibility().unwrap();
+    assert_eq!(gate.len(), 1, "{gate:?}");
+    assert_eq!(
+        gate[0].reason,
+        "step `fraud-check` is new and comes before `assign-team`, which this instance already \
+         reached; put it in `if patched!(\"..\") { .. }` or in a new version"
+    );
+    engine.shutdown().await;
+
+    // Guarded by a patch: compatible; the old instance skips it.
+    let engine = open(dir.path(), |b| b.register(patched_v1::onboard)).await;
+    assert_eq!(engine.compatibility().unwrap(), []);
+    engine
+        .send_event("q1", "approval", Approval { approved: true })
+        .await
+        .unwrap();
+    let old = engine.attach(patched_v1::onboard, "q1").await.unwrap();
+    assert_eq!(
+        old.result().await.unwrap(),
+        Ok("team-of-quinn approved=true".to_string())
+    );
+    assert_eq!(ran("q1/fraud-check"), 0);
+    let new = engine
+        .start(patched_v1::onboard, "q2", "quentin".to_string())
+        .await
+        .unwrap();
+    engine
+        .send_event("q2", "approval", Approval { approved: true })
+        .await
+        .unwrap();
+    new.result().await.unwrap().unwrap();
+    assert_eq!(ran("q2/fraud-check"), 1);
+    engine.shutdown().await;
+}

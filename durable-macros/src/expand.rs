@@ -206,16 +206,22 @@ fn workflow_fn(
     // Every name of every kind, in source order, with its kind.
     let decl = cx.private("SiteDecl", Span::call_site());
     let kind_path = cx.private("SiteKind", Span::call_site());
+    let guards = patch_guards(body);
     let sites = body.declared().into_iter().map(|(name, kind)| {
         let kind = Ident::new(
             match kind {
                 SiteKind::Step => "Step",
                 SiteKind::Sleep | SiteKind::SleepUntil => "Sleep",
                 SiteKind::WaitFor => "Wait",
+                SiteKind::Patched => "Patch",
             },
             Span::call_site(),
         );
-        quote!(#decl { name: #name, kind: #kind_path::#kind })
+        let guard = match guards.iter().find(|(site, _)| *site == name.value()) {
+            Some((_, patch)) => quote!(::core::option::Option::Some(#patch)),
+            None => quote!(::core::option::Option::None),
+        };
+        quote!(#decl { name: #name, kind: #kind_path::#kind, guard: #guard })
     });
     let retry_policy = retry_policy(cx, args);
     let version = args
@@ -357,7 +363,7 @@ fn run(cx: &Cx, workflow: &Workflow, body: &Body) -> (TokenStream, TokenStream) 
                     (&#f(#phantom)).site_types()
                 })
             }
-            SiteKind::Sleep | SiteKind::SleepUntil => {
+            SiteKind::Sleep | SiteKind::SleepUntil | SiteKind::Patched => {
                 let f = cx.private("sleep_site_types", Span::call_site());
                 quote!(#f())
             }
@@ -365,7 +371,7 @@ fn run(cx: &Cx, workflow: &Workflow, body: &Body) -> (TokenStream, TokenStream) 
     });
     let phantom_lets = declared.iter().enumerate().filter_map(|(i, (_, kind))| {
         let phantom = &phantoms[i];
-        (!matches!(kind, SiteKind::Sleep | SiteKind::SleepUntil))
+        matches!(kind, SiteKind::Step | SiteKind::WaitFor)
             .then(|| quote!(let #phantom = ::core::marker::PhantomData;))
     });
     let body_fn = cx.private("body_fn", Span::call_site());
@@ -412,6 +418,52 @@ fn run(cx: &Cx, workflow: &Workflow, body: &Body) -> (TokenStream, TokenStream) 
         }
     };
     (trait_items, inherent)
+}
+
+/// For each site written inside `if patched!("x") { .. }`: (its name, "x").
+/// An instance started before the patch existed skips those sites, so a
+/// deploy may add them before sites such instances already passed.
+fn patch_guards(body: &Body) -> Vec<(String, String)> {
+    fn names_in(body: &Body, nodes: &[Node], out: &mut Vec<String>) {
+        for node in nodes {
+            match node {
+                Node::Site(i) => {
+                    if let Some(name) = body.sites[*i].name() {
+                        out.push(name.value());
+                    }
+                }
+                Node::Group { nodes, .. } => names_in(body, nodes, out),
+                Node::Tree(_) => {}
+            }
+        }
+    }
+    fn walk(body: &Body, nodes: &[Node], out: &mut Vec<(String, String)>) {
+        for (i, node) in nodes.iter().enumerate() {
+            if let (
+                Node::Tree(TokenTree::Ident(if_)),
+                Some(Node::Site(patch)),
+                Some(Node::Group {
+                    group,
+                    nodes: inner,
+                }),
+            ) = (node, nodes.get(i + 1), nodes.get(i + 2))
+                && if_ == "if"
+                && body.sites[*patch].kind == SiteKind::Patched
+                && group.delimiter() == Delimiter::Brace
+                && let Some(patch) = body.sites[*patch].name()
+            {
+                let mut guarded = Vec::new();
+                names_in(body, inner, &mut guarded);
+                out.extend(guarded.into_iter().map(|n| (n, patch.value())));
+            }
+            if let Node::Group { nodes, .. } = node {
+                walk(body, nodes, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(body, &body.nodes, &mut out);
+    out
 }
 
 /// The hidden phantom of the `i`-th declared site.
@@ -512,6 +564,12 @@ fn site(cx: &Cx, body: &Body, site: &Site) -> TokenStream {
             site.position,
         ),
         KindArgs::Sleep { duration } => timer_call(cx, "sleep", name, duration, site.position),
+        KindArgs::Patched => {
+            let span = Span::mixed_site().located_at(name.span());
+            let path = cx.private("patched", name.span());
+            let ctx = &cx.ctx;
+            quote_spanned!(span=> #path(#ctx, #name))
+        }
         KindArgs::SleepUntil { until } => timer_call(cx, "sleep_until", name, until, site.position),
         KindArgs::WaitFor { timeout } => wait_call(
             cx,

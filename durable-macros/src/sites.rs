@@ -42,6 +42,9 @@ pub(crate) enum SiteKind {
     /// `wait_for!(name [, timeout = duration])`: a wait for the event of
     /// that name, its payload checkpointed.
     WaitFor,
+    /// `patched!(name)`: a planned change; `true` for instances started
+    /// with it, `false` for older ones.
+    Patched,
 }
 
 impl SiteKind {
@@ -52,6 +55,7 @@ impl SiteKind {
             SiteKind::Sleep,
             SiteKind::SleepUntil,
             SiteKind::WaitFor,
+            SiteKind::Patched,
         ]
         .into_iter()
         .find(|kind| ident == kind.ident())
@@ -64,6 +68,7 @@ impl SiteKind {
             SiteKind::Sleep => "sleep",
             SiteKind::SleepUntil => "sleep_until",
             SiteKind::WaitFor => "wait_for",
+            SiteKind::Patched => "patched",
         }
     }
 
@@ -74,6 +79,7 @@ impl SiteKind {
             SiteKind::Sleep => "`sleep!`",
             SiteKind::SleepUntil => "`sleep_until!`",
             SiteKind::WaitFor => "`wait_for!`",
+            SiteKind::Patched => "`patched!`",
         }
     }
 
@@ -83,6 +89,7 @@ impl SiteKind {
             SiteKind::Step => "step",
             SiteKind::Sleep | SiteKind::SleepUntil => "sleep",
             SiteKind::WaitFor => "wait",
+            SiteKind::Patched => "patch",
         }
     }
 
@@ -93,6 +100,7 @@ impl SiteKind {
             SiteKind::Sleep => "`sleep!(\"cool-off\", <Duration>)`",
             SiteKind::SleepUntil => "`sleep_until!(\"launch\", <SystemTime>)`",
             SiteKind::WaitFor => "`wait_for!(\"manager-approval\")`",
+            SiteKind::Patched => "`if patched!(\"add-fraud-check\") { .. }`",
         }
     }
 }
@@ -225,6 +233,8 @@ pub(crate) enum KindArgs {
         /// The `SystemTime` expression, as its tokens.
         until: TokenStream,
     },
+    /// `patched!` has nothing after the name.
+    Patched,
     /// `wait_for!`'s arguments after the name.
     WaitFor {
         /// `timeout = <expr>`, if given, as the expression's tokens.
@@ -529,6 +539,7 @@ fn parse_args(site: &Site, lenient: bool) -> syn::Result<SiteArgs> {
         SiteKind::Step => parse_step(input, site, lenient),
         SiteKind::Sleep | SiteKind::SleepUntil => parse_sleep(input, site, lenient),
         SiteKind::WaitFor => parse_wait_for(input, site, lenient),
+        SiteKind::Patched => parse_patched(input, site),
     };
     parser.parse2(site.group.stream())
 }
@@ -779,6 +790,25 @@ fn is_bare_retry(input: ParseStream) -> bool {
         && !fork.is_empty()
 }
 
+/// Parses `patched!`'s argument: `"name" [,]`.
+fn parse_patched(input: ParseStream, site: &Site) -> syn::Result<SiteArgs> {
+    let name = parse_name(input, site)?;
+    if input.peek(Token![,]) {
+        input.parse::<Token![,]>()?;
+    }
+    if !input.is_empty() {
+        let rest: TokenStream = input.parse()?;
+        return Err(syn::Error::new_spanned(
+            rest,
+            "`patched!` takes only the name of the change: `patched!(\"add-fraud-check\")`",
+        ));
+    }
+    Ok(SiteArgs {
+        name,
+        kind: KindArgs::Patched,
+    })
+}
+
 /// Whether the input is the option `key` alone, without `= value`: `key`,
 /// then a comma or the end.
 fn is_bare(input: ParseStream, key: &str) -> bool {
@@ -796,6 +826,7 @@ fn parse_name(input: ParseStream, site: &Site) -> syn::Result<LitStr> {
             SiteKind::Sleep => "a name and a duration",
             SiteKind::SleepUntil => "a name and a deadline",
             SiteKind::WaitFor => "the name of the event it waits for",
+            SiteKind::Patched => "the name of the change",
         };
         return Err(syn::Error::new_spanned(
             site.tokens(),
@@ -1052,7 +1083,9 @@ mod tests {
                             KindArgs::Step { body, .. } => body.to_string(),
                             KindArgs::Sleep { duration } => duration.to_string(),
                             KindArgs::SleepUntil { until } => until.to_string(),
-                            KindArgs::WaitFor { timeout: None } => "-".to_string(),
+                            KindArgs::WaitFor { timeout: None } | KindArgs::Patched => {
+                                "-".to_string()
+                            }
                             KindArgs::WaitFor { timeout: Some(t) } => format!("timeout {t}"),
                         };
                         format!("{} {rest}", args.name.value())

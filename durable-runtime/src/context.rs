@@ -162,6 +162,9 @@ pub struct Ctx {
     used_keys: Mutex<HashSet<(&'static str, Vec<u8>)>>,
     /// The next start sequence number (see `CheckpointRecord::seq`).
     seq: std::sync::atomic::AtomicU64,
+    /// The patches of the manifest the instance started with, when that is
+    /// not the manifest it runs on; `None`: it started on this code.
+    started_patches: Mutex<Option<Vec<String>>>,
     /// Next occurrence number per step name.
     counters: Mutex<HashMap<&'static str, u32>>,
     /// Resumes in a row without finishing a step, as stored in `Active`.
@@ -216,6 +219,7 @@ impl Ctx {
             keyed: Mutex::new(keyed),
             used_keys: Mutex::new(HashSet::new()),
             seq: std::sync::atomic::AtomicU64::new(seq),
+            started_patches: Mutex::new(None),
             counters: Mutex::new(HashMap::new()),
             recoveries: AtomicU32::new(recoveries),
             lane: Mutex::new(None),
@@ -253,6 +257,29 @@ impl Ctx {
                 let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
                 format!("durable:{}:{}:{}:k{}", self.id.len(), self.id, name, hex)
             }
+        }
+    }
+
+    /// Records the patches of the manifest the instance started with, when
+    /// it started on other code.
+    pub(crate) fn set_started_patches(&self, patches: Option<Vec<String>>) {
+        *self
+            .started_patches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = patches;
+    }
+
+    /// Whether the instance started on code that has patch `name`: what
+    /// `patched!(name)` evaluates to. Deterministic: it depends only on the
+    /// manifest the instance started with, which never changes.
+    pub fn patched(&self, name: &str) -> bool {
+        match &*self
+            .started_patches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            None => true,
+            Some(patches) => patches.iter().any(|p| p == name),
         }
     }
 

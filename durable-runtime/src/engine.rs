@@ -805,7 +805,7 @@ impl Engine {
                     match core.admit(&id, &record, erased.manifest(), &checkpoints) {
                         Err(Error::Incompatible { reason, .. }) => Some(reason),
                         Err(e) => return Err(e),
-                        Ok(()) => None,
+                        Ok(_) => None,
                     }
                 }
             };
@@ -995,15 +995,17 @@ impl Core {
 
     /// [`Error::Incompatible`] if what instance `id` recorded does not fit
     /// `manifest`, the code about to run it (see `manifest::check_history`).
+    /// Otherwise the patches of the manifest it started with, if that is
+    /// another one (`None`: it started on this code).
     fn admit(
         &self,
         id: &str,
         record: &InstanceRecord,
         (manifest, hash): &(Manifest, u64),
         checkpoints: &[CheckpointRecord],
-    ) -> Result<()> {
+    ) -> Result<Option<Vec<String>>> {
         if record.manifest == *hash {
-            return Ok(());
+            return Ok(None);
         }
         let started = crate::manifest::load_manifest(&*self.store, record.manifest);
         let events = self
@@ -1019,13 +1021,20 @@ impl Core {
             checkpoints,
             events,
         };
-        crate::manifest::check_history(manifest, started.as_ref(), &recorded).map_err(|reason| {
-            Error::Incompatible {
+        crate::manifest::check_history(manifest, started.as_ref(), &recorded).map_err(
+            |reason| Error::Incompatible {
                 instance: id.to_string(),
                 workflow: record.workflow.clone(),
                 reason,
-            }
-        })
+            },
+        )?;
+        Ok(Some(started.map_or_else(Vec::new, |m| {
+            m.sites
+                .iter()
+                .filter(|s| s.kind == crate::manifest::SiteKind::Patch)
+                .map(|s| s.name.clone())
+                .collect()
+        })))
     }
 
     /// The registered version of the workflow instance `record` started on.
@@ -1272,15 +1281,18 @@ impl Core {
             Ok(c) => c,
             Err(e) => return DriveEnd::Finished(Err(e)),
         };
-        if let Err(e) = self.admit(id, &record, erased.manifest(), &checkpoints) {
-            let stored = self
-                .store
-                .get(Tree::Active, &instance_key(id))
-                .ok()
-                .flatten()
-                .map_or(0, |v| recoveries_of(&v));
-            return DriveEnd::Finished(self.end(id, record, stored, slot, Err(e)).await);
-        }
+        let started_patches = match self.admit(id, &record, erased.manifest(), &checkpoints) {
+            Ok(patches) => patches,
+            Err(e) => {
+                let stored = self
+                    .store
+                    .get(Tree::Active, &instance_key(id))
+                    .ok()
+                    .flatten()
+                    .map_or(0, |v| recoveries_of(&v));
+                return DriveEnd::Finished(self.end(id, record, stored, slot, Err(e)).await);
+            }
+        };
         let mut lane = None;
         let recoveries = match begin {
             Begin::Fresh | Begin::Wake => 0,
@@ -1338,6 +1350,7 @@ impl Core {
             Arc::clone(&slot.signals),
         );
         ctx.hold_lane(lane);
+        ctx.set_started_patches(started_patches);
         let flow = {
             let mut run = pin!(CatchUnwind::new(&|| erased.run(&ctx, &record.input)));
             let mut aborted = pin!(ctx.aborted());

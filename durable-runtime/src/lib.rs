@@ -63,6 +63,11 @@ pub mod __private {
     pub use crate::retry::RetryPolicy;
     pub use crate::step::step;
     pub use crate::step::step_site;
+
+    /// What `patched!(name)` expands to: see [`Ctx::patched`].
+    pub fn patched(ctx: &Ctx, name: &str) -> bool {
+        ctx.patched(name)
+    }
     pub use crate::wait::{sleep, sleep_until};
     pub use crate::wait::{wait_for_site, wait_for_timeout_site};
     pub use crate::workflow::{BoxFuture, Workflow, WorkflowMarker, body_fn};

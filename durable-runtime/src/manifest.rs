@@ -48,6 +48,8 @@ pub enum SiteKind {
     Sleep,
     /// A `wait_for!`.
     Wait,
+    /// A `patched!`: a planned change within one version.
+    Patch,
 }
 
 impl SiteKind {
@@ -57,6 +59,7 @@ impl SiteKind {
             SiteKind::Step => "step",
             SiteKind::Sleep => "sleep",
             SiteKind::Wait => "wait",
+            SiteKind::Patch => "patch",
         }
     }
 }
@@ -72,8 +75,10 @@ impl std::fmt::Display for SiteKind {
 pub struct SiteDecl {
     /// The site's name (one namespace for all kinds).
     pub name: &'static str,
-    /// Step, sleep or wait.
+    /// Step, sleep, wait or patch.
     pub kind: SiteKind,
+    /// The patch whose `if patched!(..) { .. }` block holds the site, if any.
+    pub guard: Option<&'static str>,
 }
 
 /// The serde shape of a type: its text and the fingerprint of that text.
@@ -131,8 +136,10 @@ pub struct Site {
     pub name: String,
     /// Step, sleep or wait.
     pub kind: SiteKind,
-    /// The types of steps and waits; `None` for sleeps.
+    /// The types of steps and waits; `None` for sleeps and patches.
     pub types: Option<SiteTypes>,
+    /// The patch whose `if patched!(..) { .. }` block holds the site, if any.
+    pub guard: Option<String>,
 }
 
 /// What a workflow's code reads and writes, as `#[durable]` declares it.
@@ -173,6 +180,7 @@ impl Manifest {
                 name: decl.name.to_string(),
                 kind: decl.kind,
                 types: if typed { types.next().flatten() } else { None },
+                guard: decl.guard.map(str::to_string),
             })
             .collect();
         Manifest {
@@ -682,11 +690,20 @@ pub(crate) fn check_history(
     }
     if let (Some(started), Some((last, last_name))) = (started, last_recorded) {
         for site in &current.sites[..last] {
-            if started.site(&site.name).is_none()
+            // A patch, and what a patch new to this instance guards, are
+            // skipped by it: `patched!` is `false` for older instances.
+            let skipped = site.kind == SiteKind::Patch
+                || site
+                    .guard
+                    .as_ref()
+                    .is_some_and(|patch| started.site(patch).is_none());
+            if !skipped
+                && started.site(&site.name).is_none()
                 && !recorded.checkpoints.iter().any(|c| c.name == site.name)
             {
                 problems.push(format!(
-                    "{} `{}` is new and comes before `{last_name}`, which this instance already reached",
+                    "{} `{}` is new and comes before `{last_name}`, which this instance already reached; \
+                     put it in `if patched!(\"..\") {{ .. }}` or in a new version",
                     site.kind, site.name
                 ));
             }

@@ -32,7 +32,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///     type Input = u64;
 ///     type Output = Result<u64, String>;
 ///     const NAME: &'static str = "double";
-///     const SITES: &'static [SiteDecl] = &[SiteDecl { name: "double", kind: SiteKind::Step }];
+///     const SITES: &'static [SiteDecl] =
+///         &[SiteDecl { name: "double", kind: SiteKind::Step, guard: None }];
 ///     fn run<'a>(self, ctx: &'a Ctx, n: u64) -> BoxFuture<'a, Self::Output> {
 ///         Box::pin(async move { ctx.step("double", || async { Ok(n * 2) }).await })
 ///     }

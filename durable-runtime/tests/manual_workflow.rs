@@ -24,6 +24,7 @@ impl Workflow for Double {
     const SITES: &'static [SiteDecl] = &[SiteDecl {
         name: "double",
         kind: SiteKind::Step,
+        guard: None,
     }];
 
     fn run<'a>(self, ctx: &'a Ctx, input: u64) -> BoxFuture<'a, Self::Output> {
