@@ -877,3 +877,99 @@ async fn a_patch_adds_a_step_for_new_instances_only() {
     assert_eq!(ran("q2/fraud-check"), 1);
     engine.shutdown().await;
 }
+
+/// The deploy gate at test time: manifests kept in a file; a change that
+/// strands in-flight instances fails with what to do, a version bump or a
+/// patch passes.
+#[test]
+fn the_manifest_snapshot_catches_a_stranding_change() {
+    use durable::manifest::{SnapshotMode, check_snapshot, manifest_of};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("manifests.txt");
+    let v1 = manifest_of(v1::onboard);
+
+    let err = check_snapshot(&file, std::slice::from_ref(&v1), SnapshotMode::Check).unwrap_err();
+    assert!(
+        err.contains(
+            "onboard version 1 is not in the snapshot yet; record it with DURABLE_MANIFESTS=update"
+        ),
+        "{err}"
+    );
+    check_snapshot(&file, std::slice::from_ref(&v1), SnapshotMode::Update).unwrap();
+    check_snapshot(&file, std::slice::from_ref(&v1), SnapshotMode::Check).unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.starts_with("workflow onboard version 1\ninput str\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nstep assign-team: str / str\nwait approval: {approved: bool}\n"),
+        "{text}"
+    );
+
+    // v2 edited in place (same version): refused even when updating.
+    let err = check_snapshot(&file, &[manifest_of(v2::onboard)], SnapshotMode::Update).unwrap_err();
+    assert!(
+        err.contains(
+            "onboard version 1 changed in a way that strands its in-flight instances: step \
+             `assign-team` is gone; step `fraud-check` is new and comes before `send-welcome`"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "Give the new code `#[durable(version = 2)]` and keep this version registered"
+        ),
+        "{err}"
+    );
+    // The same change as version 2, beside version 1: fine.
+    check_snapshot(
+        &file,
+        &[v1.clone(), manifest_of(v2_versioned::onboard)],
+        SnapshotMode::Update,
+    )
+    .unwrap();
+    // A patch is a compatible change of version 1.
+    let err = check_snapshot(
+        &file,
+        &[manifest_of(patched_v1::onboard)],
+        SnapshotMode::Check,
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("onboard version 1 changed compatibly"),
+        "{err}"
+    );
+    check_snapshot(
+        &file,
+        &[manifest_of(patched_v1::onboard)],
+        SnapshotMode::Update,
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains(
+            "patch add-fraud-check\nstep fraud-check [patch add-fraud-check]: () / str\n"
+        ),
+        "{text}"
+    );
+}
+
+/// This crate's own snapshot of the workflows above (`tests/manifests.txt`):
+/// a change to how shapes are rendered or hashed would move every
+/// fingerprint and strand every stored instance, and fails here.
+#[test]
+fn manifests_match_the_snapshot() {
+    use durable::manifest::{assert_snapshot, manifest_of};
+    assert_snapshot(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/manifests.txt"),
+        &[
+            manifest_of(patched_v1::onboard),
+            manifest_of(v2_versioned::onboard),
+            manifest_of(typed_v1::typed),
+            manifest_of(gated),
+            manifest_of(permissions),
+            manifest_of(nested),
+        ],
+    );
+}

@@ -242,18 +242,137 @@ impl Manifest {
         let _ = writeln!(out, "input {}", self.input);
         let _ = writeln!(out, "output {}", self.output);
         for site in &self.sites {
+            let guard = site
+                .guard
+                .as_ref()
+                .map_or_else(String::new, |p| format!(" [patch {p}]"));
             let _ = match &site.types {
                 Some(SiteTypes {
                     value,
                     error: Some(error),
-                }) => writeln!(out, "{} {}: {} / {}", site.kind, site.name, value, error),
+                }) => writeln!(
+                    out,
+                    "{} {}{guard}: {} / {}",
+                    site.kind, site.name, value, error
+                ),
                 Some(SiteTypes { value, error: None }) => {
-                    writeln!(out, "{} {}: {}", site.kind, site.name, value)
+                    writeln!(out, "{} {}{guard}: {}", site.kind, site.name, value)
                 }
-                None => writeln!(out, "{} {}", site.kind, site.name),
+                None => writeln!(out, "{} {}{guard}", site.kind, site.name),
             };
         }
         out
+    }
+
+    /// Reads one manifest written by [`to_text`](Self::to_text); `None` if
+    /// the text is not one. (A site name containing `": "` or `" ["` does
+    /// not read back.)
+    pub fn from_text(text: &str) -> Option<Manifest> {
+        let shape = |text: &str| {
+            let traced = !text.starts_with("untraceable ");
+            Shape::new(text.to_string(), traced)
+        };
+        let mut lines = text.lines();
+        let head = lines.next()?.strip_prefix("workflow ")?;
+        let (workflow, version) = head.rsplit_once(" version ")?;
+        let input = shape(lines.next()?.strip_prefix("input ")?);
+        let output = shape(lines.next()?.strip_prefix("output ")?);
+        let mut sites = Vec::new();
+        for line in lines {
+            let (kind, rest) = line.split_once(' ')?;
+            let kind = match kind {
+                "step" => SiteKind::Step,
+                "sleep" => SiteKind::Sleep,
+                "wait" => SiteKind::Wait,
+                "patch" => SiteKind::Patch,
+                _ => return None,
+            };
+            let (head, types) = match rest.split_once(": ") {
+                Some((head, types)) => (head, Some(types)),
+                None => (rest, None),
+            };
+            let (name, guard) = match head.split_once(" [patch ") {
+                Some((name, guard)) => (name, Some(guard.strip_suffix(']')?.to_string())),
+                None => (head, None),
+            };
+            let types = types.map(|types| match (kind, types.split_once(" / ")) {
+                (SiteKind::Step, Some((value, error))) => SiteTypes {
+                    value: shape(value),
+                    error: Some(shape(error)),
+                },
+                _ => SiteTypes {
+                    value: shape(types),
+                    error: None,
+                },
+            });
+            sites.push(Site {
+                name: name.to_string(),
+                kind,
+                types,
+                guard,
+            });
+        }
+        Some(Manifest {
+            workflow: workflow.to_string(),
+            version: version.parse().ok()?,
+            input,
+            output,
+            sites,
+            typed: true,
+        })
+    }
+
+    /// What would strand an instance started on `older` if this manifest
+    /// (the same workflow and version) replaced it: recorded sites that are
+    /// gone or changed kind or type, a changed input, new sites (not
+    /// guarded by a new patch) before sites such an instance may have
+    /// passed. Empty when every in-flight instance of `older` can go on.
+    pub fn strands(&self, older: &Manifest) -> Vec<String> {
+        let mut problems = Vec::new();
+        if older.input.fingerprint != self.input.fingerprint {
+            problems.push(format!(
+                "the input was written as `{}`, the code now reads `{}`",
+                older.input, self.input
+            ));
+        }
+        let mut last_old: Option<(usize, &str)> = None;
+        for old in older.sites.iter().filter(|s| s.kind != SiteKind::Patch) {
+            let Some((index, site)) = self.site(&old.name) else {
+                problems.push(format!("{} `{}` is gone", old.kind, old.name));
+                continue;
+            };
+            if last_old.is_none_or(|(i, _)| index > i) {
+                last_old = Some((index, site.name.as_str()));
+            }
+            if site.kind != old.kind {
+                problems.push(format!(
+                    "{} `{}` is now a {} of that name",
+                    old.kind, old.name, site.kind
+                ));
+            } else if let (Some(was), Some(now)) = (&old.types, &site.types)
+                && was.fingerprint() != now.fingerprint()
+            {
+                problems.push(changed_types(old.kind, &old.name, Some(old), now));
+            }
+        }
+        if let Some((last, last_name)) = last_old {
+            for site in &self.sites[..last] {
+                let skipped = site.kind == SiteKind::Patch
+                    || site
+                        .guard
+                        .as_ref()
+                        .is_some_and(|patch| older.site(patch).is_none());
+                if !skipped && older.site(&site.name).is_none() {
+                    problems.push(format!(
+                        "{} `{}` is new and comes before `{last_name}`, which instances may \
+                         already have passed; put it in `if patched!(\"..\") {{ .. }}` or in a \
+                         new version",
+                        site.kind, site.name
+                    ));
+                }
+            }
+        }
+        problems
     }
 }
 
@@ -570,6 +689,137 @@ fn render_enum(
         }
     }
     out.push('}');
+}
+
+/// The manifest of a workflow, as the engine registers it.
+pub fn manifest_of<I: crate::workflow::IntoWorkflow>(workflow: I) -> Manifest {
+    use crate::workflow::Workflow;
+    workflow.into_workflow().manifest()
+}
+
+/// What [`check_snapshot`] may do to the snapshot file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// Only compare: a new or changed manifest is an error.
+    Check,
+    /// Record new manifests and compatible changes; an incompatible change
+    /// is still an error.
+    Update,
+    /// Record everything, incompatible changes too (when no instance of
+    /// the old code can be in flight any more).
+    Force,
+}
+
+/// Compares `manifests` with the snapshot file at `path` (one block per
+/// workflow version, as [`Manifest::to_text`] writes them, kept in the
+/// user's repository) and, per `mode`, records them.
+///
+/// Errors name each manifest that is new or changed and, for a change,
+/// whether it would strand in-flight instances of that version (see
+/// [`Manifest::strands`]) and what to do: bump the version and keep the old
+/// one registered, or guard new steps with `patched!`.
+pub fn check_snapshot(
+    path: impl AsRef<std::path::Path>,
+    manifests: &[Manifest],
+    mode: SnapshotMode,
+) -> Result<(), String> {
+    let path = path.as_ref();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let mut stored: Vec<Manifest> = Vec::new();
+    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        stored.push(
+            Manifest::from_text(block.trim_matches('\n')).ok_or_else(|| {
+                format!(
+                    "{} holds a block that is not a manifest:\n{block}",
+                    path.display()
+                )
+            })?,
+        );
+    }
+    let mut problems = Vec::new();
+    let mut changed = false;
+    for manifest in manifests {
+        let id = format!("{} version {}", manifest.workflow, manifest.version);
+        let slot = stored
+            .iter_mut()
+            .find(|m| m.workflow == manifest.workflow && m.version == manifest.version);
+        match slot {
+            None if mode == SnapshotMode::Check => problems.push(format!(
+                "{id} is not in the snapshot yet; record it with DURABLE_MANIFESTS=update"
+            )),
+            None => {
+                stored.push(manifest.clone());
+                changed = true;
+            }
+            Some(old) if old.to_text() == manifest.to_text() => {}
+            Some(old) => {
+                let strands = manifest.strands(old);
+                if !strands.is_empty() && mode != SnapshotMode::Force {
+                    problems.push(format!(
+                        "{id} changed in a way that strands its in-flight instances: {}. Give \
+                         the new code `#[durable(version = {})]` and keep this version \
+                         registered until its instances finish, or guard new steps with \
+                         `patched!`; if no instance of it can be in flight, record it with \
+                         DURABLE_MANIFESTS=force",
+                        strands.join("; "),
+                        manifest.version + 1
+                    ));
+                } else if mode == SnapshotMode::Check {
+                    problems.push(format!(
+                        "{id} changed compatibly (in-flight instances can go on); record it \
+                         with DURABLE_MANIFESTS=update"
+                    ));
+                } else {
+                    *old = manifest.clone();
+                    changed = true;
+                }
+            }
+        }
+    }
+    if changed && problems.is_empty() {
+        stored.sort_by(|a, b| (&a.workflow, a.version).cmp(&(&b.workflow, b.version)));
+        let text: Vec<String> = stored.iter().map(Manifest::to_text).collect();
+        std::fs::write(path, text.join("\n"))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "workflow manifests differ from {}:\n- {}",
+            path.display(),
+            problems.join("\n- ")
+        ))
+    }
+}
+
+/// [`check_snapshot`] for a test: the mode comes from the environment
+/// variable `DURABLE_MANIFESTS` (`update`, `force`; unset: check), and a
+/// difference panics with the message.
+///
+/// ```no_run
+/// # use durable_runtime::manifest::{assert_snapshot, Manifest};
+/// # fn manifests() -> Vec<Manifest> { Vec::new() }
+/// // tests/manifests.rs
+/// #[test]
+/// fn workflow_manifests_are_compatible() {
+///     assert_snapshot("tests/manifests.txt", &manifests());
+/// }
+/// ```
+#[track_caller]
+pub fn assert_snapshot(path: impl AsRef<std::path::Path>, manifests: &[Manifest]) {
+    let mode = match std::env::var("DURABLE_MANIFESTS").as_deref() {
+        Ok("update") => SnapshotMode::Update,
+        Ok("force") => SnapshotMode::Force,
+        _ => SnapshotMode::Check,
+    };
+    if let Err(message) = check_snapshot(path, manifests, mode) {
+        panic!("{message}");
+    }
 }
 
 /// The key of a manifest in the store's `Meta` tree.
