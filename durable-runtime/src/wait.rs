@@ -12,23 +12,58 @@
 //! While an instance is blocked in such waits only (no step running, no
 //! write in flight) and none ends within [`PARK_AFTER_MS`], the engine parks
 //! it: drops its task and keeps an entry in its park table until a timer or
-//! an event wakes it. See `engine.rs`.
+//! an event wakes it. See `engine/scheduler.rs`.
+//!
+//! Every deadline is read from, and waited on, the engine's clock.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 
-use crate::codec;
 use crate::context::Ctx;
 use crate::error::Error;
-use crate::records::{
-    CheckpointRecord, CheckpointState, EventRecord, WaitCond, now_ms, occurrence_key,
-};
-use crate::store::Tree;
-use crate::workflow::BoxFuture;
+use crate::future::BoxFuture;
+use crate::journal::decode_value;
+use crate::records::{CheckpointRecord, CheckpointState, EventRecord, WaitCond};
+use crate::time::{duration_ms, to_ms};
 
-/// Waits ending sooner than this stay in memory instead of parking.
-pub(crate) const PARK_AFTER_MS: u64 = 1_000;
+impl Ctx {
+    /// Sleeps for `duration`, durably (what `sleep!` does): the absolute
+    /// deadline is checkpointed the first time; after a restart only the
+    /// remainder is waited (never more than `duration`), and a deadline that
+    /// passed while the process was down completes at once. A long sleep
+    /// parks the instance: it holds no task or memory until it wakes.
+    pub fn sleep<'c>(&'c self, name: &'static str, duration: Duration) -> BoxFuture<'c, ()> {
+        sleep(self, name, duration)
+    }
+
+    /// Sleeps until `until`, durably (what `sleep_until!` does); see [`sleep`](Self::sleep).
+    pub fn sleep_until<'c>(&'c self, name: &'static str, until: SystemTime) -> BoxFuture<'c, ()> {
+        sleep_until(self, name, until)
+    }
+
+    /// Waits for event `name` (what `wait_for!` does) and returns its
+    /// payload, sent with [`Engine::send_event`](crate::Engine::send_event).
+    /// The n-th wait of a name takes the n-th event of that name, whether it
+    /// was sent before or after the wait was reached; the payload is
+    /// checkpointed. A waiting instance is parked.
+    pub fn wait_for<'c, T: DeserializeOwned + Send + 'static>(
+        &'c self,
+        name: &'static str,
+    ) -> BoxFuture<'c, T> {
+        wait_for(self, name)
+    }
+
+    /// Like [`wait_for`](Self::wait_for), giving up after `timeout` (the
+    /// deadline is checkpointed the first time): `None` if no event came.
+    pub fn wait_for_timeout<'c, T: DeserializeOwned + Send + 'static>(
+        &'c self,
+        name: &'static str,
+        timeout: Duration,
+    ) -> BoxFuture<'c, Option<T>> {
+        wait_for_timeout(self, name, timeout)
+    }
+}
 
 /// Sleeps for `duration`, durably: see [`Ctx::sleep`].
 pub fn sleep<'c>(ctx: &'c Ctx, name: &'static str, duration: Duration) -> BoxFuture<'c, ()> {
@@ -95,10 +130,6 @@ enum Target {
     Until(SystemTime),
 }
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 async fn sleep_inner(
     ctx: &Ctx,
     name: &'static str,
@@ -116,11 +147,11 @@ async fn sleep_inner(
         }) => (deadline_ms, duration_ms),
         Some(other) => return Err(ctx.diverged(name, occurrence, &other.state, "a sleep")),
         None => {
-            let now = now_ms();
+            let now = ctx.now_ms();
             let (deadline_ms, duration_ms) = match target {
-                Target::For(d) => (now.saturating_add(ms(d)), ms(d)),
+                Target::For(d) => (now.saturating_add(duration_ms(d)), duration_ms(d)),
                 Target::Until(t) => {
-                    let at = t.duration_since(UNIX_EPOCH).map(ms).unwrap_or(0);
+                    let at = to_ms(t);
                     (at, at.saturating_sub(now))
                 }
             };
@@ -139,7 +170,7 @@ async fn sleep_inner(
                 instance: ctx.id.clone(),
             });
         }
-        let now = now_ms();
+        let now = ctx.now_ms();
         let remaining = deadline_ms.saturating_sub(now).min(duration_ms);
         if remaining == 0 {
             return Ok(());
@@ -151,7 +182,7 @@ async fn sleep_inner(
             event_type: None,
         });
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(remaining)) => {}
+            _ = ctx.services.clock.sleep_until(now + remaining) => {}
             _ = bell.changed() => {}
         }
     }
@@ -186,7 +217,7 @@ async fn wait_inner<T: DeserializeOwned>(
         }
         None => match timeout {
             Some(t) => {
-                let deadline_ms = now_ms().saturating_add(ms(t));
+                let deadline_ms = ctx.now_ms().saturating_add(duration_ms(t));
                 write(
                     ctx,
                     name,
@@ -200,7 +231,7 @@ async fn wait_inner<T: DeserializeOwned>(
         },
     };
     let mut bell = ctx.signals.bell.subscribe();
-    let key = occurrence_key(&ctx.id, name, occurrence);
+    let journal = &ctx.services.journal;
     let cond = WaitCond {
         name: name.to_string(),
         occurrence,
@@ -215,19 +246,25 @@ async fn wait_inner<T: DeserializeOwned>(
                 instance: ctx.id.clone(),
             });
         }
-        if let Some(event) = ctx.core.store.get(Tree::Events, &key)? {
-            return receive(ctx, name, occurrence, &event).await.map(Some);
+        if let Some(event) = journal.event(&ctx.id, name, occurrence)? {
+            return receive(ctx, name, occurrence, event).await.map(Some);
         }
         if let Some(deadline) = deadline_ms {
-            let now = now_ms();
+            let now = ctx.now_ms();
             if now >= deadline {
-                // Decided under the event lock, so that a concurrent send
+                // Decided under the event gate, so that a concurrent send
                 // either lands before (and is received) or numbers itself
                 // after this timed-out wait.
-                let _events = ctx.core.event_lock.lock().await;
-                if let Some(event) = ctx.core.store.get(Tree::Events, &key)? {
-                    return receive(ctx, name, occurrence, &event).await.map(Some);
+                let _events = ctx.services.event_gate.lock().await;
+                if let Some(event) = journal.event(&ctx.id, name, occurrence)? {
+                    return receive(ctx, name, occurrence, event).await.map(Some);
                 }
+                tracing::info!(
+                    durable.instance_id = %ctx.id,
+                    durable.event = name,
+                    durable.occurrence = occurrence,
+                    "wait timed out"
+                );
                 write(
                     ctx,
                     name,
@@ -240,7 +277,7 @@ async fn wait_inner<T: DeserializeOwned>(
                 return Ok(None);
             }
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(deadline - now)) => {}
+                _ = ctx.services.clock.sleep_until(deadline) => {}
                 _ = bell.changed() => {}
             }
         } else {
@@ -253,20 +290,17 @@ async fn receive<T: DeserializeOwned>(
     ctx: &Ctx,
     name: &str,
     occurrence: u32,
-    event: &[u8],
+    event: EventRecord,
 ) -> Result<T, Error> {
-    let event: EventRecord = codec::decode(event).map_err(|e| {
-        Error::Store(crate::error::StoreError::Decode {
-            what: format!(
-                "event {name:?} (number {occurrence}) of instance {:?}",
-                ctx.id
-            ),
-            reason: e.to_string(),
-        })
-    })?;
     let payload = decode_payload(ctx, name, occurrence, &event.type_name, &event.payload)?;
+    tracing::debug!(
+        durable.instance_id = %ctx.id,
+        durable.event = name,
+        durable.occurrence = occurrence,
+        "event received"
+    );
     let state = CheckpointState::Received {
-        finished_at_ms: now_ms(),
+        finished_at_ms: ctx.now_ms(),
         type_name: event.type_name,
         payload: event.payload,
     };
@@ -281,13 +315,13 @@ fn decode_payload<T: DeserializeOwned>(
     stored_type: &str,
     payload: &[u8],
 ) -> Result<T, Error> {
-    codec::decode(payload).map_err(|e| Error::EventDecode {
+    decode_value(payload).map_err(|reason| Error::EventDecode {
         instance: ctx.id.clone(),
         event: name.to_string(),
         occurrence,
         stored_type: stored_type.to_string(),
         expected_type: std::any::type_name::<T>().to_string(),
-        reason: e.to_string(),
+        reason,
     })
 }
 
@@ -302,9 +336,11 @@ async fn write(
         name: name.to_string(),
         occurrence,
         attempts: 0,
-        started_at_ms: now_ms(),
+        started_at_ms: ctx.now_ms(),
         state,
     };
-    let batch = crate::step::checkpoint_batch(ctx, name, occurrence, &record)?;
-    ctx.core.committer.commit(batch).await.map_err(Error::from)
+    ctx.services
+        .journal
+        .checkpoint(&ctx.id, &record, false)
+        .await
 }

@@ -1,16 +1,11 @@
 //! The `Workflow` trait that `#[durable]` implements for a unit struct named like the fn.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::context::Ctx;
+use crate::future::BoxFuture;
 use crate::retry::RetryPolicy;
-
-/// A boxed, sendable future borrowing the instance's [`Ctx`].
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A workflow definition: what `#[durable]` turns an `async fn` into.
 ///
