@@ -1,4 +1,4 @@
-//! The durable benchmark: `cargo bench` (full) or `cargo bench -- --quick`.
+//! The durable benchmark: `cargo bench --features hooks` (full) or `cargo bench --features hooks -- --quick`.
 //!
 //! One process, one table, side by side:
 //! 1. floor: append a 100-byte record to a file and `fdatasync` it, per op;

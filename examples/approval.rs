@@ -153,8 +153,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         );
     } else if let Some(id) = flag("--status") {
-        println!("{id}: {:?}", engine.status(&id)?);
-        for step in engine.history(&id)?.steps {
+        println!("{id}: {:?}", engine.status(&id).await?);
+        for step in engine.history(&id).await?.steps {
             println!(
                 "    {:<18} #{} {:?}",
                 step.name, step.occurrence, step.outcome
@@ -176,8 +176,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn settle(engine: &Engine, id: Option<String>) {
     let Some(id) = id else { return };
     for _ in 0..100 {
-        match engine.status(&id) {
-            Ok(Status::Running) => tokio::time::sleep(Duration::from_millis(50)).await,
+        match engine.status(&id).await {
+            Ok(Status::Running { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
             Ok(Status::Sleeping { until })
                 if until
                     .duration_since(std::time::SystemTime::now())
@@ -190,7 +190,7 @@ async fn settle(engine: &Engine, id: Option<String>) {
     }
     println!(
         "{id} is now {:?}",
-        engine.status(&id).map_err(|e| e.to_string())
+        engine.status(&id).await.map_err(|e| e.to_string())
     );
 }
 
@@ -203,7 +203,7 @@ async fn demo(engine: Engine) -> Result<(), Box<dyn std::error::Error>> {
     };
     let handle = engine.start(onboarding, &id, req).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    println!("{id}: {:?}", engine.status(&id)?);
+    println!("{id}: {:?}", engine.status(&id).await?);
     println!("(a manager approves; the event is durable before send_event returns)");
     engine
         .send_event(
@@ -216,7 +216,7 @@ async fn demo(engine: Engine) -> Result<(), Box<dyn std::error::Error>> {
         )
         .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    println!("{id}: {:?}", engine.status(&id)?);
+    println!("{id}: {:?}", engine.status(&id).await?);
     println!("{id} finished: {:?}", handle.result().await?);
     engine.shutdown().await;
     Ok(())

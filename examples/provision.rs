@@ -193,7 +193,7 @@ async fn run(db: &std::path::Path, id: &str) -> Result<Result<Receipt, String>, 
     };
     let handle = engine.start(provision, id, signup).await?;
     let receipt = handle.result().await?;
-    let history = engine.history(id)?;
+    let history = engine.history(id).await?;
     println!(
         "  history of {id}: {:?}, {} step occurrences",
         history.status,

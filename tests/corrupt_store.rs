@@ -101,9 +101,9 @@ const INSTANCES: [(&str, u64); 6] = [
     ("open-1", 6),
 ];
 
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
+    while !done().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -130,12 +130,15 @@ async fn build_store(path: &Path) {
     for (id, n) in &INSTANCES[4..] {
         let _ = engine.start(pipeline, *id, *n).await.unwrap();
     }
-    let parked = |engine: &Engine| {
-        INSTANCES[4..]
-            .iter()
-            .all(|(id, _)| engine.history(id).is_ok_and(|h| h.steps.len() >= 2))
-    };
-    wait_until("the instances to park", || parked(&engine)).await;
+    wait_until("the instances to park", async || {
+        for (id, _) in &INSTANCES[4..] {
+            if !engine.history(id).await.is_ok_and(|h| h.steps.len() >= 2) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
     engine.shutdown().await;
     // Reopen: recovery resumes the parked instances (they park again) and
     // sled writes a snapshot.
@@ -280,7 +283,7 @@ async fn corrupt_child() {
         Ok(Ok(engine)) => engine,
     };
     for (id, n) in INSTANCES {
-        let known = !matches!(engine.status(id), Err(Error::NotFound { .. }));
+        let known = !matches!(engine.status(id).await, Err(Error::NotFound { .. }));
         let run = tokio::time::timeout(Duration::from_secs(20), engine.run(pipeline, id, n)).await;
         match run {
             Err(_) => say(format!("HANG {id}")),
@@ -557,7 +560,7 @@ async fn huge_length_prefixes_are_typed_errors_without_huge_allocations() {
         "{skipped:?}"
     );
     for id in ["hostile", "hostile-2"] {
-        match engine.status(id) {
+        match engine.status(id).await {
             Err(Error::Store(StoreError::Decode { what, .. })) => {
                 assert!(what.contains(id), "{what}")
             }
@@ -570,7 +573,7 @@ async fn huge_length_prefixes_are_typed_errors_without_huge_allocations() {
         Ok(expected(9))
     );
     assert!(matches!(
-        engine.history("victim"),
+        engine.history("victim").await,
         Err(Error::Store(StoreError::Decode { .. }))
     ));
     // Never gigabytes: at most the codec's 64 MiB decode limit.
@@ -579,6 +582,9 @@ async fn huge_length_prefixes_are_typed_errors_without_huge_allocations() {
         largest <= 64 << 20,
         "decoding hostile records allocated {largest} bytes at once"
     );
-    assert!(matches!(engine.status("victim"), Ok(Status::Completed)));
+    assert!(matches!(
+        engine.status("victim").await,
+        Ok(Status::Completed { .. })
+    ));
     engine.shutdown().await;
 }

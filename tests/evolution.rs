@@ -36,7 +36,7 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 async fn status_becomes(engine: &Engine, id: &str, what: &str, f: impl Fn(&Status) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let status = engine.status(id).unwrap();
+        let status = engine.status(id).await.unwrap();
         if f(&status) {
             return;
         }
@@ -138,7 +138,7 @@ async fn a_changed_workflow_is_refused_before_any_body_runs() {
         matches!(s, Status::Incompatible { .. })
     })
     .await;
-    let Status::Incompatible { reason } = engine.status("c1").unwrap() else {
+    let Status::Incompatible { reason } = engine.status("c1").await.unwrap() else {
         unreachable!()
     };
     assert_eq!(reason, "step `assign-team` is gone");
@@ -254,7 +254,7 @@ async fn a_changed_type_is_never_decoded_into_a_wrong_value() {
         matches!(s, Status::Incompatible { .. })
     })
     .await;
-    let Status::Incompatible { reason } = engine.status("t1").unwrap() else {
+    let Status::Incompatible { reason } = engine.status("t1").await.unwrap() else {
         unreachable!()
     };
     assert_eq!(
@@ -430,7 +430,7 @@ async fn keyed_steps_in_an_unordered_loop_replay_each_items_own_outcome() {
         }
         assert_eq!(runs.len(), perms.len(), "{runs:?}");
         assert_eq!(runs.values().filter(|&&n| n > 1).count(), 1, "{runs:?}");
-        let history = engine.history(&id).unwrap();
+        let history = engine.history(&id).await.unwrap();
         let mut keys: Vec<String> = history.steps.iter().filter_map(|s| s.key.clone()).collect();
         keys.sort();
         let mut want: Vec<String> = perms.iter().map(|p| format!("{p:?}")).collect();
@@ -460,7 +460,7 @@ async fn a_duplicate_key_is_a_clear_error() {
          a key names one step of an instance"
     );
     assert!(matches!(
-        engine.status("d1").unwrap(),
+        engine.status("d1").await.unwrap(),
         Status::Failed { .. }
     ));
     engine.shutdown().await;
@@ -489,11 +489,11 @@ async fn an_outcome_over_the_limit_is_a_recorded_failure() {
     engine.shutdown().await;
     for _ in 0..3 {
         let engine = open(dir.path(), |b| b.register(big)).await;
-        let Status::Failed { reason } = engine.status("b1").unwrap() else {
-            panic!("{:?}", engine.status("b1"));
+        let Status::Failed { reason } = engine.status("b1").await.unwrap() else {
+            panic!("{:?}", engine.status("b1").await);
         };
         assert_eq!(reason, expected);
-        let history = engine.history("b1").unwrap();
+        let history = engine.history("b1").await.unwrap();
         assert_eq!(
             history.steps[0].outcome,
             StepOutcome::TooLarge {
@@ -551,6 +551,7 @@ async fn a_step_inside_a_step_is_a_plain_call() {
     assert_eq!(ran("n1/inner"), 1);
     let names: Vec<String> = engine
         .history("n1")
+        .await
         .unwrap()
         .steps
         .into_iter()
@@ -589,6 +590,7 @@ async fn history_lists_joined_steps_in_start_order() {
     engine.run(joined, "j1", 1).await.unwrap().unwrap();
     let names: Vec<String> = engine
         .history("j1")
+        .await
         .unwrap()
         .steps
         .into_iter()

@@ -508,7 +508,7 @@ async fn phase(
             }
             Err(_) => {}
         }
-        if let Ok(Status::Failed { reason }) = engine.status(id) {
+        if let Ok(Status::Failed { reason }) = engine.status(id).await {
             errors.push(format!("{id}: marked failed for a store fault: {reason}"));
         }
     }

@@ -30,9 +30,9 @@ fn ran(entry: &str) -> usize {
     LOG.lock().unwrap().iter().filter(|e| *e == entry).count()
 }
 
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
+    while !done().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -86,11 +86,11 @@ async fn a_sleep_survives_a_restart_and_keeps_its_wake_time() {
     let engine = builder(dir.path()).open().await.unwrap();
     let started = SystemTime::now();
     let _handle = engine.start(nap, "nap-1", 2_500).await.unwrap();
-    wait_until("the sleep to park", || {
-        matches!(engine.status("nap-1"), Ok(Status::Sleeping { .. }))
+    wait_until("the sleep to park", async || {
+        matches!(engine.status("nap-1").await, Ok(Status::Sleeping { .. }))
     })
     .await;
-    let Ok(Status::Sleeping { until }) = engine.status("nap-1") else {
+    let Ok(Status::Sleeping { until }) = engine.status("nap-1").await else {
         unreachable!()
     };
     let expected = started + Duration::from_millis(2_500);
@@ -104,7 +104,9 @@ async fn a_sleep_survives_a_restart_and_keeps_its_wake_time() {
 
     let engine = builder(dir.path()).open().await.unwrap();
     assert_eq!(engine.recovery().parked, 1);
-    assert!(matches!(engine.status("nap-1").unwrap(), Status::Sleeping { until: u } if u == until));
+    assert!(
+        matches!(engine.status("nap-1").await.unwrap(), Status::Sleeping { until: u } if u == until)
+    );
     let out = engine
         .attach(nap, "nap-1")
         .await
@@ -121,7 +123,7 @@ async fn a_sleep_survives_a_restart_and_keeps_its_wake_time() {
     );
     assert_eq!(ran("nap-1/before"), 1);
     assert_eq!(ran("nap-1/after"), 1);
-    let history = engine.history("nap-1").unwrap();
+    let history = engine.history("nap-1").await.unwrap();
     assert!(history.steps.iter().any(|s| s.name == "nap"
         && matches!(s.outcome, StepOutcome::Sleeping { until: u } if u == until)));
 }
@@ -131,8 +133,8 @@ async fn a_sleep_that_ended_while_down_completes_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let engine = builder(dir.path()).open().await.unwrap();
     let _handle = engine.start(nap, "nap-2", 1_200).await.unwrap();
-    wait_until("the sleep to park", || {
-        matches!(engine.status("nap-2"), Ok(Status::Sleeping { .. }))
+    wait_until("the sleep to park", async || {
+        matches!(engine.status("nap-2").await, Ok(Status::Sleeping { .. }))
     })
     .await;
     engine.shutdown().await;
@@ -163,12 +165,12 @@ async fn events_are_consumed_once_in_order_even_when_sent_early() {
     // The instance exists but has not reached its wait: the event is kept.
     let handle = engine.start(two_events, "ev-1", 0).await.unwrap();
     engine.send_event("ev-1", "number", 7u32).await.unwrap();
-    wait_until("the second wait to park", || {
-        matches!(engine.status("ev-1"), Ok(Status::Waiting { .. }))
+    wait_until("the second wait to park", async || {
+        matches!(engine.status("ev-1").await, Ok(Status::Waiting { .. }))
     })
     .await;
     assert!(
-        matches!(engine.status("ev-1").unwrap(), Status::Waiting { event, until: None } if event == "number")
+        matches!(engine.status("ev-1").await.unwrap(), Status::Waiting { event, until: None } if event == "number")
     );
     engine.send_event("ev-1", "number", 8u32).await.unwrap();
     assert_eq!(handle.result().await.unwrap(), Ok(vec![7, 8]));
@@ -189,7 +191,7 @@ async fn events_are_consumed_once_in_order_even_when_sent_early() {
         engine.run(two_events, "ev-1", 0).await.unwrap(),
         Ok(vec![7, 8])
     );
-    let history = engine.history("ev-1").unwrap();
+    let history = engine.history("ev-1").await.unwrap();
     assert_eq!(
         history
             .steps
@@ -205,8 +207,8 @@ async fn an_event_sent_while_the_workflow_is_down_is_consumed_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let engine = builder(dir.path()).open().await.unwrap();
     let _handle = engine.start(approval, "ap-1", 3_600_000).await.unwrap();
-    wait_until("the wait to park", || {
-        matches!(engine.status("ap-1"), Ok(Status::Waiting { .. }))
+    wait_until("the wait to park", async || {
+        matches!(engine.status("ap-1").await, Ok(Status::Waiting { .. }))
     })
     .await;
     engine.shutdown().await;
@@ -267,9 +269,9 @@ async fn a_wait_times_out() {
     );
     // A long timeout parks, and survives a restart.
     let _h = engine.start(approval, "ap-3", 1_500).await.unwrap();
-    wait_until("the wait to park", || {
+    wait_until("the wait to park", async || {
         matches!(
-            engine.status("ap-3"),
+            engine.status("ap-3").await,
             Ok(Status::Waiting { until: Some(_), .. })
         )
     })
@@ -299,8 +301,8 @@ async fn events_are_checked() {
     );
 
     let handle = engine.start(approval, "ap-4", 3_600_000).await.unwrap();
-    wait_until("the wait to park", || {
-        matches!(engine.status("ap-4"), Ok(Status::Waiting { .. }))
+    wait_until("the wait to park", async || {
+        matches!(engine.status("ap-4").await, Ok(Status::Waiting { .. }))
     })
     .await;
     let wrong = engine
@@ -347,7 +349,7 @@ async fn events_are_checked() {
         "{err:?}"
     );
     assert!(matches!(
-        engine.status("ev-bad").unwrap(),
+        engine.status("ev-bad").await.unwrap(),
         Status::Blocked { .. }
     ));
 }
@@ -378,8 +380,8 @@ async fn cancel_stops_sleeping_and_running_instances() {
         .await
         .unwrap();
     let sleeping = engine.start(nap, "c-1", 3_600_000).await.unwrap();
-    wait_until("the sleep to park", || {
-        matches!(engine.status("c-1"), Ok(Status::Sleeping { .. }))
+    wait_until("the sleep to park", async || {
+        matches!(engine.status("c-1").await, Ok(Status::Sleeping { .. }))
     })
     .await;
     let t = Instant::now();
@@ -389,7 +391,7 @@ async fn cancel_stops_sleeping_and_running_instances() {
         Err(Error::Cancelled { .. })
     ));
     assert!(t.elapsed() < Duration::from_secs(2));
-    assert_eq!(engine.status("c-1").unwrap(), Status::Cancelled);
+    assert_eq!(engine.status("c-1").await.unwrap(), Status::Cancelled);
     assert!(matches!(
         engine.cancel("c-1").await,
         Err(Error::InstanceFinished {
@@ -399,7 +401,7 @@ async fn cancel_stops_sleeping_and_running_instances() {
     ));
 
     let running = engine.start(long_running, "c-2", 0).await.unwrap();
-    wait_until("the slow step to start", || {
+    wait_until("the slow step to start", async || {
         LONG_STEP.load(Ordering::SeqCst) == 1
     })
     .await;
@@ -409,7 +411,7 @@ async fn cancel_stops_sleeping_and_running_instances() {
         Err(Error::Cancelled { .. })
     ));
     assert_eq!(ran("c-2/never"), 0, "a step started after cancel");
-    let history = engine.history("c-2").unwrap();
+    let history = engine.history("c-2").await.unwrap();
     assert_eq!(history.status, Status::Cancelled);
     assert_eq!(
         history.transitions.last().map(|t| &t.kind),
@@ -422,7 +424,7 @@ async fn cancel_stops_sleeping_and_running_instances() {
         .open()
         .await
         .unwrap();
-    assert_eq!(engine.status("c-2").unwrap(), Status::Cancelled);
+    assert_eq!(engine.status("c-2").await.unwrap(), Status::Cancelled);
     assert!(matches!(
         engine.run(long_running, "c-2", 0).await,
         Err(Error::Cancelled { .. })
@@ -450,22 +452,23 @@ async fn ten_thousand_instances_park() {
     for s in starts {
         s.await.unwrap();
     }
-    wait_until("all to park", || {
-        (0..n).step_by(997).all(|i| {
-            matches!(
-                engine.status(&format!("park-{i}")),
+    let all_parked = async |ids: &mut dyn Iterator<Item = usize>| {
+        for i in ids {
+            if !matches!(
+                engine.status(&format!("park-{i}")).await,
                 Ok(Status::Sleeping { .. })
-            )
-        })
+            ) {
+                return false;
+            }
+        }
+        true
+    };
+    wait_until("all to park", async || {
+        all_parked(&mut (0..n).step_by(997)).await
     })
     .await;
-    wait_until("every instance to park", || {
-        (0..n).all(|i| {
-            matches!(
-                engine.status(&format!("park-{i}")),
-                Ok(Status::Sleeping { .. })
-            )
-        })
+    wait_until("every instance to park", async || {
+        all_parked(&mut (0..n)).await
     })
     .await;
     engine.shutdown().await;

@@ -120,8 +120,8 @@ async fn steps_run_once_and_replay_after_restart() {
         Ok(67_03)
     );
     assert_eq!(ran("replay-1/"), 7);
-    let history = engine.history("replay-1").unwrap();
-    assert_eq!(history.status, Status::Completed);
+    let history = engine.history("replay-1").await.unwrap();
+    assert!(matches!(history.status, Status::Completed { .. }));
     let names: Vec<(String, u32)> = history
         .steps
         .iter()
@@ -245,7 +245,7 @@ async fn failed_attempts_are_retried_and_exhaustion_is_checkpointed() {
     fail_next("retry-1/first", 2);
     assert_eq!(engine.run(flaky, "retry-1", 4).await.unwrap(), Ok(4));
     assert_eq!(ran("retry-1/first"), 3);
-    let history = engine.history("retry-1").unwrap();
+    let history = engine.history("retry-1").await.unwrap();
     assert_eq!(history.steps[0].attempts, 3);
 
     // A permanent error is not retried, and is the step's checkpointed outcome.
@@ -263,7 +263,7 @@ async fn failed_attempts_are_retried_and_exhaustion_is_checkpointed() {
         Err("first failed".into())
     );
     assert_eq!(ran("retry-3/first"), 3);
-    let history = engine.history("retry-3").unwrap();
+    let history = engine.history("retry-3").await.unwrap();
     assert!(
         matches!(&history.steps[0].outcome, StepOutcome::Error { message, .. } if message.contains("first failed"))
     );
@@ -310,10 +310,10 @@ async fn a_panicking_body_is_a_failed_attempt() {
         "{err:?}"
     );
     assert!(matches!(
-        engine.status("panic-2").unwrap(),
+        engine.status("panic-2").await.unwrap(),
         Status::Failed { .. }
     ));
-    assert_eq!(engine.history("panic-2").unwrap().workflow, "panicky");
+    assert_eq!(engine.history("panic-2").await.unwrap().workflow, "panicky");
 }
 
 #[tokio::test]
@@ -345,7 +345,10 @@ async fn bad_input_gives_typed_errors() {
         engine.run(order, "big", big).await,
         Err(Error::ValueTooLarge { .. })
     ));
-    assert!(matches!(engine.status("nope"), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        engine.status("nope").await,
+        Err(Error::NotFound { .. })
+    ));
     // Odd ids are fine and do not collide.
     for id in ["a/b", "a", "ab", "a\0b", "ü", " "] {
         assert_eq!(

@@ -51,7 +51,7 @@ pub(crate) struct Committer {
 
 impl Committer {
     /// Starts the committer thread over `store`.
-    pub fn start(store: Arc<dyn Store>) -> std::io::Result<Committer> {
+    pub(crate) fn start(store: Arc<dyn Store>) -> std::io::Result<Committer> {
         let (tx, rx) = mpsc::channel::<(Batch, Reply)>();
         let stats = Arc::new(CommitStats::default());
         let thread_stats = Arc::clone(&stats);
@@ -83,7 +83,7 @@ impl Committer {
     }
 
     /// Writes `batch` atomically and durably; returns once it is on disk.
-    pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+    pub(crate) async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         if let Some(failure) = self.failure() {
             return Err(failure);
         }
@@ -110,7 +110,7 @@ impl Committer {
     }
 
     /// The error of the first failed apply, if one failed.
-    pub fn failure(&self) -> Option<StoreError> {
+    pub(crate) fn failure(&self) -> Option<StoreError> {
         self.failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -120,7 +120,7 @@ impl Committer {
     /// Stops the thread once it has written everything queued, and waits for
     /// it; its reference to the store is dropped by then. Later commits fail
     /// with [`StoreError::Closed`].
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {
@@ -170,10 +170,31 @@ fn apply(
     failure: &Mutex<Option<StoreError>>,
 ) -> Result<(), StoreError> {
     let poisoned = failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let span = tracing::debug_span!(
+        "durable.commit",
+        durable.batches = batches.len(),
+        durable.bytes = tracing::field::Empty,
+        durable.apply_us = tracing::field::Empty,
+    );
+    let _entered = span.enter();
     let result = match poisoned {
         Some(error) => Err(error),
-        None => store.apply(batches),
+        None => {
+            let started = (!span.is_disabled()).then(std::time::Instant::now);
+            let result = store.apply(batches);
+            if let Some(started) = started {
+                span.record(
+                    "durable.bytes",
+                    batches.iter().map(Batch::size).sum::<usize>(),
+                );
+                span.record("durable.apply_us", started.elapsed().as_micros() as u64);
+            }
+            result
+        }
     };
+    if let Err(error) = &result {
+        tracing::error!(durable.error = %error, "group commit failed; the store takes no more writes until reopened");
+    }
     if let Err(error) = &result {
         failure
             .lock()

@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, watch};
 
-use crate::engine::Core;
 use crate::error::Error;
+use crate::ids::{instance_idempotency_key, step_idempotency_key};
 use crate::records::{CheckpointRecord, CheckpointState, WaitCond};
 use crate::retry::RetryPolicy;
+use crate::services::Services;
 
 tokio::task_local! {
     /// Set while a step body runs: the step's idempotency key and its
@@ -25,12 +26,12 @@ pub(crate) struct StepScope {
 
 impl StepScope {
     /// Runs `fut` with `scope` visible to [`Ctx::idempotency_key`] and [`permanent`].
-    pub async fn enter<F: std::future::Future>(scope: Arc<StepScope>, fut: F) -> F::Output {
+    pub(crate) async fn enter<F: std::future::Future>(scope: Arc<StepScope>, fut: F) -> F::Output {
         STEP_SCOPE.scope(scope, fut).await
     }
 
     /// Whether the current task is running a step's body.
-    pub fn inside() -> bool {
+    pub(crate) fn inside() -> bool {
         STEP_SCOPE.try_with(|_| ()).is_ok()
     }
 }
@@ -68,35 +69,61 @@ pub(crate) struct Signals {
     /// Steps and checkpoint writes in progress: while any is, the instance
     /// is not parked.
     pub busy: AtomicU32,
+    /// Step attempts running now, for status and history.
+    pub in_flight: Mutex<Vec<InFlight>>,
+}
+
+/// A step attempt that is running now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InFlight {
+    pub name: &'static str,
+    pub occurrence: u32,
+    /// A keyed step's key text.
+    pub key: Option<String>,
+    /// The step's start sequence (see `CheckpointRecord::seq`).
+    pub seq: u64,
+    pub attempt: u32,
+    pub started_at_ms: u64,
 }
 
 impl Signals {
-    pub fn new() -> Signals {
+    pub(crate) fn new() -> Signals {
         Signals {
             waiting: Mutex::new(Vec::new()),
             cancelled: AtomicBool::new(false),
             bell: watch::Sender::new(0),
             busy: AtomicU32::new(0),
+            in_flight: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Shows `attempt` as running until the guard drops.
+    pub(crate) fn running(self: &Arc<Self>, attempt: InFlight) -> InFlightGuard {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        in_flight.push(attempt.clone());
+        InFlightGuard {
+            signals: Arc::clone(self),
+            attempt,
         }
     }
 
     /// Wakes every wait of the instance so it looks again.
-    pub fn ring(&self) {
+    pub(crate) fn ring(&self) {
         self.bell.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    pub fn is_cancelled(&self) -> bool {
+    pub(crate) fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::SeqCst)
     }
 
     /// Marks the instance busy until the guard drops.
-    pub fn busy(self: &Arc<Self>) -> BusyGuard {
+    pub(crate) fn busy(self: &Arc<Self>) -> BusyGuard {
         self.busy.fetch_add(1, Ordering::SeqCst);
         BusyGuard(Arc::clone(self))
     }
 
     /// Registers a wait until the guard drops.
-    pub fn wait(self: &Arc<Self>, cond: WaitCond) -> WaitGuard {
+    pub(crate) fn wait(self: &Arc<Self>, cond: WaitCond) -> WaitGuard {
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         waiting.push(cond.clone());
         WaitGuard {
@@ -106,7 +133,7 @@ impl Signals {
     }
 
     /// The waits to park on, if the instance is blocked in waits only.
-    pub fn parkable(&self, now_ms: u64, min_ms: u64) -> Option<Vec<WaitCond>> {
+    pub(crate) fn parkable(&self, now_ms: u64, min_ms: u64) -> Option<Vec<WaitCond>> {
         if self.busy.load(Ordering::SeqCst) > 0 {
             return None;
         }
@@ -125,6 +152,25 @@ pub(crate) struct BusyGuard(Arc<Signals>);
 impl Drop for BusyGuard {
     fn drop(&mut self) {
         self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Removes a running attempt from [`Signals::in_flight`] when dropped.
+pub(crate) struct InFlightGuard {
+    signals: Arc<Signals>,
+    attempt: InFlight,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .signals
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = in_flight.iter().position(|a| *a == self.attempt) {
+            in_flight.swap_remove(i);
+        }
     }
 }
 
@@ -147,11 +193,13 @@ impl Drop for WaitGuard {
     }
 }
 
-/// The context of one workflow instance: its id, its step counters and its
-/// way into the engine. `#[durable]` fns receive it as their first argument.
+/// The context of one workflow instance: its id, its step counters and the
+/// services it may use (the journal, the clock). `#[durable]` fns receive it
+/// as their first argument.
 pub struct Ctx {
     pub(crate) id: String,
-    pub(crate) core: Arc<Core>,
+    pub(crate) workflow: &'static str,
+    pub(crate) services: Arc<Services>,
     pub(crate) policy: RetryPolicy,
     pub(crate) signals: Arc<Signals>,
     /// Checkpoints loaded at start, by name then occurrence; taken as replayed.
@@ -187,7 +235,8 @@ impl std::fmt::Debug for Ctx {
 impl Ctx {
     pub(crate) fn new(
         id: String,
-        core: Arc<Core>,
+        workflow: &'static str,
+        services: Arc<Services>,
         policy: RetryPolicy,
         checkpoints: Vec<CheckpointRecord>,
         recoveries: u32,
@@ -212,7 +261,8 @@ impl Ctx {
         }
         Ctx {
             id,
-            core,
+            workflow,
+            services,
             policy,
             signals,
             replay: Mutex::new(replay),
@@ -241,23 +291,37 @@ impl Ctx {
     pub fn idempotency_key(&self) -> String {
         STEP_SCOPE
             .try_with(|scope| scope.key.clone())
-            .unwrap_or_else(|_| format!("durable:{}:{}", self.id.len(), self.id))
+            .unwrap_or_else(|_| instance_idempotency_key(&self.id))
+    }
+
+    /// The name of the workflow this instance runs.
+    pub fn workflow(&self) -> &str {
+        self.workflow
     }
 
     pub(crate) fn step_key(&self, name: &str, at: &crate::step::At) -> String {
         match at {
-            crate::step::At::Occurrence(occurrence) => format!(
-                "durable:{}:{}:{}:{}",
-                self.id.len(),
-                self.id,
-                name,
-                occurrence
-            ),
+            crate::step::At::Occurrence(occurrence) => {
+                step_idempotency_key(&self.id, name, *occurrence)
+            }
             crate::step::At::Key(bytes, _) => {
                 let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                format!("durable:{}:{}:{}:k{}", self.id.len(), self.id, name, hex)
+                format!("durable:{}:{}:{name}:k{hex}", self.id.len(), self.id)
             }
         }
+    }
+
+    /// Claims `key` for keyed step `name`; `false` if this run used it already.
+    pub(crate) fn claim_key(&self, name: &'static str, key: &[u8]) -> bool {
+        self.used_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((name, key.to_vec()))
+    }
+
+    /// The next start sequence number, for a site created now.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Records the patches of the manifest the instance started with, when
@@ -283,19 +347,6 @@ impl Ctx {
         }
     }
 
-    /// Claims `key` for keyed step `name`; `false` if this run used it already.
-    pub(crate) fn claim_key(&self, name: &'static str, key: &[u8]) -> bool {
-        self.used_keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((name, key.to_vec()))
-    }
-
-    /// The next start sequence number, for a site created now.
-    pub(crate) fn next_seq(&self) -> u64 {
-        self.seq.fetch_add(1, Ordering::Relaxed)
-    }
-
     /// Takes the loaded checkpoint of this step occurrence or key, if any.
     pub(crate) fn take_checkpoint_at(
         &self,
@@ -312,6 +363,11 @@ impl Ctx {
         }
     }
 
+    /// Milliseconds since the Unix epoch on the engine's clock.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.services.clock.now_ms()
+    }
+
     /// Resumes in a row without finishing a step.
     pub(crate) fn recoveries(&self) -> u32 {
         self.recoveries.load(Ordering::Relaxed)
@@ -324,7 +380,7 @@ impl Ctx {
         self.recoveries.swap(0, Ordering::Relaxed)
     }
 
-    /// Holds the suspects' lane (see `Core::drive`) until progress or the end.
+    /// Holds the suspects' lane (see `engine/driver.rs`) until progress or the end.
     pub(crate) fn hold_lane(&self, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
         *self.lane.lock().unwrap_or_else(|e| e.into_inner()) = permit;
     }
@@ -420,90 +476,5 @@ impl Ctx {
             }
             self.aborted.notified().await;
         }
-    }
-
-    /// Runs one step outside the `step!` macro, for helper fns that receive a
-    /// `&Ctx`. Same semantics as `step!(name, body())`, with the workflow's
-    /// retry policy; the name is not checked at compile time.
-    ///
-    /// ```
-    /// use durable_runtime::Ctx;
-    ///
-    /// async fn notify(ctx: &Ctx, user: &str) -> Result<(), String> {
-    ///     ctx.step("notify", || async { println!("hello {user}"); Ok(()) }).await
-    /// }
-    /// ```
-    pub fn step<'c, T, E, F, Fut>(
-        &'c self,
-        name: &'static str,
-        body: F,
-    ) -> crate::workflow::BoxFuture<'c, Result<T, E>>
-    where
-        F: Fn() -> Fut + Send + 'c,
-        Fut: std::future::Future<Output = Result<T, E>> + Send + 'c,
-        T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-        E: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-    {
-        crate::step::step(self, name, None, body)
-    }
-
-    /// Like [`step`](Self::step), with its own retry policy.
-    pub fn step_with<'c, T, E, F, Fut>(
-        &'c self,
-        name: &'static str,
-        policy: RetryPolicy,
-        body: F,
-    ) -> crate::workflow::BoxFuture<'c, Result<T, E>>
-    where
-        F: Fn() -> Fut + Send + 'c,
-        Fut: std::future::Future<Output = Result<T, E>> + Send + 'c,
-        T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-        E: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-    {
-        crate::step::step(self, name, Some(policy), body)
-    }
-
-    /// Sleeps for `duration`, durably (what `sleep!` does): the absolute
-    /// deadline is checkpointed the first time; after a restart only the
-    /// remainder is waited (never more than `duration`), and a deadline that
-    /// passed while the process was down completes at once. A long sleep
-    /// parks the instance: it holds no task or memory until it wakes.
-    pub fn sleep<'c>(
-        &'c self,
-        name: &'static str,
-        duration: std::time::Duration,
-    ) -> crate::workflow::BoxFuture<'c, ()> {
-        crate::wait::sleep_at(self, name, crate::wait::Target::For(duration), false)
-    }
-
-    /// Sleeps until `until`, durably (what `sleep_until!` does); see [`sleep`](Self::sleep).
-    pub fn sleep_until<'c>(
-        &'c self,
-        name: &'static str,
-        until: std::time::SystemTime,
-    ) -> crate::workflow::BoxFuture<'c, ()> {
-        crate::wait::sleep_at(self, name, crate::wait::Target::Until(until), false)
-    }
-
-    /// Waits for event `name` (what `wait_for!` does) and returns its
-    /// payload, sent with [`Engine::send_event`](crate::Engine::send_event).
-    /// The n-th wait of a name takes the n-th event of that name, whether it
-    /// was sent before or after the wait was reached; the payload is
-    /// checkpointed. A waiting instance is parked.
-    pub fn wait_for<'c, T: serde::de::DeserializeOwned + Send + 'static>(
-        &'c self,
-        name: &'static str,
-    ) -> crate::workflow::BoxFuture<'c, T> {
-        crate::wait::wait_for_at(self, name, false)
-    }
-
-    /// Like [`wait_for`](Self::wait_for), giving up after `timeout` (the
-    /// deadline is checkpointed the first time): `None` if no event came.
-    pub fn wait_for_timeout<'c, T: serde::de::DeserializeOwned + Send + 'static>(
-        &'c self,
-        name: &'static str,
-        timeout: std::time::Duration,
-    ) -> crate::workflow::BoxFuture<'c, Option<T>> {
-        crate::wait::wait_for_timeout_at(self, name, timeout, false)
     }
 }

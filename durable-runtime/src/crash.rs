@@ -14,6 +14,7 @@
 //! `store.before_wal_reset` (a checkpoint: sled synced, log not yet emptied).
 
 /// Every crash point, for sweeps.
+#[cfg_attr(not(feature = "crash-points"), allow(dead_code, unreachable_pub))]
 pub const CRASH_POINTS: &[&str] = &[
     "start.before_record",
     "start.after_record",

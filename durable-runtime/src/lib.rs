@@ -1,7 +1,50 @@
 //! The runtime of [`durable`](https://docs.rs/durable): the engine, step
 //! checkpointing, retries, history and storage. Depend on `durable`, which
 //! re-exports everything here.
+//!
+//! # Module map
+//!
+//! Leaves first; each module imports only modules above it in this list, so
+//! the graph has no cycle.
+//!
+//! | module | what it owns |
+//! | --- | --- |
+//! | `error` | typed errors |
+//! | `codec` | the only file that names bincode: the versioned envelope |
+//! | `records` | stored record types and their keys |
+//! | `time` | the [`Clock`](time::Clock) seam: system clock, manual clock |
+//! | `future`, `panic`, `crash`, `outcome`, `ids`, `retry` | small leaves |
+//! | [`store`] | the KV device seam: [`Store`](store::Store), sled + write-ahead log, memory |
+//! | `committer` | group commit: one durable apply for many batches |
+//! | `journal` | every record encoded and decoded here; typed reads and writes |
+//! | `services` | what a running instance may use: journal, clock, event gate |
+//! | `context` | [`Ctx`]: an instance's id, counters, signals |
+//! | `step`, `wait` | `impl Ctx`: the operations behind `step!`, `sleep!`, `wait_for!` |
+//! | `manifest` | manifests: sites, serde shapes, fingerprints, compatibility checks, snapshots |
+//! | `workflow` | [`Workflow`], [`IntoWorkflow`] |
+//! | `inspect` | [`Status`], [`History`], listing types |
+//! | `engine` | [`Engine`] and its parts: builder, registry, instances, driver, scheduler, events, recovery, queries |
+//!
+//! # Tracing
+//!
+//! The runtime emits [`tracing`](https://docs.rs/tracing) spans and events;
+//! install any subscriber to see them (`cargo run --example tracing`).
+//! Field names follow OpenTelemetry's style.
+//!
+//! | name | kind, level | fields |
+//! | --- | --- | --- |
+//! | `durable.run` | span, info: one run of one instance | `durable.workflow`, `durable.instance_id`, `durable.resume_count`, `durable.begin` |
+//! | `durable.step` | span, info: a step occurrence's attempts | `durable.instance_id`, `durable.step`, `durable.occurrence` |
+//! | step attempt started | event, debug | `durable.attempt` |
+//! | step attempt failed; retrying | event, info | `durable.attempt`, `durable.error`, `durable.retry_in_ms` |
+//! | step replayed | event, **trace** (replays never log above trace) | `durable.step`, `durable.occurrence`, `durable.replayed` |
+//! | instance started / resumed / completed / cancelled | event, info | `durable.instance_id` |
+//! | instance parked / woken | event, debug | `durable.waits`, `durable.wake_at_ms` |
+//! | event sent / received, wait timed out | event, info or debug | `durable.event`, `durable.occurrence` |
+//! | instance stopped by an error | event, warn | `durable.error`, `durable.status` |
+//! | `durable.commit` | span, debug: one group commit | `durable.batches`, `durable.bytes`, `durable.apply_us` |
 #![deny(missing_docs)]
+#![warn(unreachable_pub)]
 
 mod codec;
 mod committer;
@@ -9,46 +52,48 @@ mod context;
 mod crash;
 mod engine;
 mod error;
-mod history;
+mod future;
+mod ids;
+mod inspect;
+mod journal;
 pub mod manifest;
-mod park;
+mod outcome;
+mod panic;
 mod records;
 mod retry;
+mod services;
 mod step;
 pub mod store;
+pub mod time;
 mod wait;
 mod workflow;
 
 pub use context::{Ctx, permanent};
-#[doc(hidden)]
+#[cfg(feature = "crash-points")]
 pub use crash::CRASH_POINTS;
 pub use engine::{
-    DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, Handle, Incompatibility, MAX_ID_LEN,
+    DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, Handle, Incompatibility,
     RecoveryReport,
 };
 pub use error::{Error, Result, StoreError};
-pub use history::{History, Status, StepOutcome, StepRecord, Transition, TransitionKind};
+pub use future::BoxFuture;
+pub use ids::MAX_ID_LEN;
+pub use inspect::{
+    Cursor, History, InstanceSummary, InvalidCursor, ListFilter, Page, RunningStep, Status,
+    StatusKind, StepOutcome, StepRecord, Transition, TransitionKind,
+};
 pub use retry::RetryPolicy;
-pub use workflow::{BoxFuture, IntoWorkflow, Workflow};
+pub use workflow::{IntoWorkflow, Workflow};
 
-/// Hooks for the benchmark. Not public API.
+/// Hooks for the benchmark (feature `hooks`). Not public API.
+#[cfg(feature = "hooks")]
 #[doc(hidden)]
 pub mod __bench {
     /// A park table holding `n` instances (ids `prefix-0`…) each waiting on
     /// one event, as the engine holds them; drop it to free it. Lets the
     /// benchmark measure the table's own heap.
     pub fn park_table(prefix: &str, n: usize) -> Box<dyn std::any::Any> {
-        let mut table = crate::park::ParkTable::default();
-        let cond = crate::records::WaitCond {
-            name: "go".into(),
-            occurrence: 0,
-            deadline_ms: None,
-            event_type: Some("u64".into()),
-        };
-        for i in 0..n {
-            table.insert(&format!("{prefix}-{i}"), std::slice::from_ref(&cond), |d| d);
-        }
-        Box::new(table)
+        crate::engine::bench_park_table(prefix, n)
     }
 }
 
@@ -56,19 +101,18 @@ pub mod __bench {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::context::Ctx;
+    pub use crate::future::BoxFuture;
+    pub use crate::retry::RetryPolicy;
     pub use crate::manifest::{
         SiteDecl, SiteKind, SiteTypes, TypesOfStep, TypesOfWait, TypesUnknown, sleep_site_types,
         step_probe, wait_probe,
     };
-    pub use crate::retry::RetryPolicy;
-    pub use crate::step::step;
-    pub use crate::step::step_site;
+    pub use crate::step::{step, step_site};
+    pub use crate::wait::{sleep, sleep_until, wait_for_site, wait_for_timeout_site};
+    pub use crate::workflow::{Workflow, WorkflowMarker, body_fn};
 
     /// What `patched!(name)` expands to: see [`Ctx::patched`].
     pub fn patched(ctx: &Ctx, name: &str) -> bool {
         ctx.patched(name)
     }
-    pub use crate::wait::{sleep, sleep_until};
-    pub use crate::wait::{wait_for_site, wait_for_timeout_site};
-    pub use crate::workflow::{BoxFuture, Workflow, WorkflowMarker, body_fn};
 }

@@ -829,31 +829,6 @@ pub(crate) fn manifest_key(hash: u64) -> Vec<u8> {
     key
 }
 
-/// The manifest stored under `hash`, if the store has it and it decodes.
-pub(crate) fn load_manifest(store: &dyn crate::store::Store, hash: u64) -> Option<Manifest> {
-    let bytes = store
-        .get(crate::store::Tree::Meta, &manifest_key(hash))
-        .ok()??;
-    crate::codec::decode(&bytes).ok()
-}
-
-/// A batch storing each of `manifests` the store does not hold yet.
-pub(crate) fn missing_manifests(
-    store: &dyn crate::store::Store,
-    manifests: &[&Manifest],
-) -> Result<crate::store::Batch, crate::error::StoreError> {
-    let mut batch = crate::store::Batch::new();
-    for manifest in manifests {
-        let key = manifest_key(manifest.hash());
-        if store.get(crate::store::Tree::Meta, &key)?.is_none()
-            && let Ok(value) = crate::codec::encode(*manifest)
-        {
-            batch.put(crate::store::Tree::Meta, key, value);
-        }
-    }
-    Ok(batch)
-}
-
 /// What an instance recorded, as the compatibility check reads it.
 pub(crate) struct Recorded<'a> {
     /// Its checkpoints.
@@ -999,21 +974,21 @@ mod tests {
 
     mod a {
         #[derive(serde::Serialize, serde::Deserialize)]
-        pub struct Price {
-            pub cents: u64,
-            pub tax_cents: u64,
+        pub(super) struct Price {
+            pub(super) cents: u64,
+            pub(super) tax_cents: u64,
         }
     }
     mod b {
         #[derive(serde::Serialize, serde::Deserialize)]
-        pub struct Price {
-            pub cents: u64,
-            pub tax_cents: u64,
+        pub(super) struct Price {
+            pub(super) cents: u64,
+            pub(super) tax_cents: u64,
         }
         #[derive(serde::Serialize, serde::Deserialize)]
-        pub struct Reordered {
-            pub tax_cents: u64,
-            pub cents: u64,
+        pub(super) struct Reordered {
+            pub(super) tax_cents: u64,
+            pub(super) cents: u64,
         }
     }
 

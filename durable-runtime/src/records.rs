@@ -4,17 +4,7 @@
 //! step name too, and numbers are big-endian so prefix scans return them in
 //! order. Values go through [`crate::codec`].
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde::{Deserialize, Serialize};
-
-/// Milliseconds since the Unix epoch, now.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Value of an instance's entry in `Active`: how many times in a row it was
 /// resumed without finishing a step.
@@ -30,6 +20,20 @@ pub(crate) fn recoveries_of(value: &[u8]) -> u32 {
 /// Key of an instance in `Instances` and `Active`: the id's bytes.
 pub(crate) fn instance_key(id: &str) -> Vec<u8> {
     id.as_bytes().to_vec()
+}
+
+/// Key of an instance in the `Created` index: creation time (big-endian
+/// milliseconds, so keys sort by time), then the id.
+pub(crate) fn created_key(created_at_ms: u64, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + id.len());
+    key.extend_from_slice(&created_at_ms.to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// The id in a key written by [`created_key`].
+pub(crate) fn id_of_created_key(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(key.get(8..)?).ok()
 }
 
 /// Prefix of every checkpoint and event key of one instance.
@@ -83,6 +87,7 @@ pub(crate) struct InstanceRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) enum InstanceState {
     Running,
+    /// Finished, written by versions that did not record `is_err`; read only.
     Completed {
         output: Vec<u8>,
     },
@@ -98,6 +103,12 @@ pub(crate) enum InstanceState {
     },
     /// Cancelled by `Engine::cancel`.
     Cancelled,
+    /// Finished: the encoded output, and whether the workflow returned `Err`.
+    /// (Appended last: older records keep their encoding.)
+    Returned {
+        output: Vec<u8>,
+        is_err: bool,
+    },
     /// Its recorded history does not fit the registered code: set aside
     /// before any body ran; the code that started it can still finish it.
     Incompatible {

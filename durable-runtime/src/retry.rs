@@ -95,15 +95,20 @@ impl RetryPolicy {
     pub fn base_delay(&self, attempt: u32) -> Duration {
         let exp = attempt.saturating_sub(1).min(64) as i32;
         let secs = self.initial_delay.as_secs_f64() * self.multiplier.powi(exp);
-        let max = self.max_delay.as_secs_f64();
-        Duration::from_secs_f64(if secs.is_finite() { secs.min(max) } else { max })
+        if !secs.is_finite() {
+            return self.max_delay;
+        }
+        Duration::try_from_secs_f64(secs)
+            .unwrap_or(self.max_delay)
+            .min(self.max_delay)
     }
 
     /// The delay after failed attempt `attempt`, with jitter from `random`
     /// (a value in `[0, 1)`).
     pub(crate) fn delay(&self, attempt: u32, random: f64) -> Duration {
-        self.base_delay(attempt)
-            .mul_f64(1.0 - self.jitter * random.clamp(0.0, 1.0))
+        let base = self.base_delay(attempt);
+        let factor = 1.0 - self.jitter * random.clamp(0.0, 1.0);
+        Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(base)
     }
 }
 
@@ -123,6 +128,28 @@ pub(crate) fn jitter_random() -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn extreme_delays_never_panic() {
+        let huge = RetryPolicy::default()
+            .initial_delay(Duration::MAX)
+            .max_delay(Duration::MAX)
+            .multiplier(1e300);
+        for attempt in [1, 2, 64, u32::MAX] {
+            for random in [0.0, 0.5, 0.999] {
+                assert!(huge.delay(attempt, random) <= Duration::MAX);
+            }
+            assert_eq!(huge.base_delay(attempt), Duration::MAX);
+        }
+        let capped = RetryPolicy::default()
+            .initial_delay(Duration::from_secs(1))
+            .max_delay(Duration::MAX);
+        assert_eq!(capped.base_delay(3), Duration::from_secs(4));
+        assert_eq!(
+            capped.base_delay(u32::MAX),
+            Duration::try_from_secs_f64(2f64.powi(64)).unwrap_or(Duration::MAX)
+        );
+    }
+
     use super::*;
 
     #[test]

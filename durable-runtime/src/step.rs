@@ -1,28 +1,65 @@
 //! The one operation behind `step!`: replay the checkpoint, or run the body
 //! (retrying per policy) and checkpoint its outcome durably before returning.
 
-use std::any::Any;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
-use crate::codec;
-use crate::context::{Ctx, StepScope};
+use crate::context::{Ctx, InFlight, StepScope};
 use crate::error::Error;
-use crate::records::{
-    CheckpointRecord, CheckpointState, instance_key, keyed_key, now_ms, occurrence_key,
-    recoveries_value,
-};
+use crate::future::BoxFuture;
+use crate::journal::decode_value;
+use crate::panic::{CatchUnwind, panic_message};
+use crate::records::{CheckpointRecord, CheckpointState};
 use crate::retry::{RetryPolicy, jitter_random};
-use crate::store::{Batch, Tree};
-use crate::workflow::BoxFuture;
+
+impl Ctx {
+    /// Runs one step outside the `step!` macro, for helper fns that receive a
+    /// `&Ctx`. Same semantics as `step!(name, body())`, with the workflow's
+    /// retry policy; the name is not checked at compile time.
+    ///
+    /// ```
+    /// use durable_runtime::Ctx;
+    ///
+    /// async fn notify(ctx: &Ctx, user: &str) -> Result<(), String> {
+    ///     ctx.step("notify", || async { println!("hello {user}"); Ok(()) }).await
+    /// }
+    /// ```
+    pub fn step<'c, T, E, F, Fut>(
+        &'c self,
+        name: &'static str,
+        body: F,
+    ) -> BoxFuture<'c, Result<T, E>>
+    where
+        F: Fn() -> Fut + Send + 'c,
+        Fut: Future<Output = Result<T, E>> + Send + 'c,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        E: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        step(self, name, None, body)
+    }
+
+    /// Like [`step`](Self::step), with its own retry policy.
+    pub fn step_with<'c, T, E, F, Fut>(
+        &'c self,
+        name: &'static str,
+        policy: RetryPolicy,
+        body: F,
+    ) -> BoxFuture<'c, Result<T, E>>
+    where
+        F: Fn() -> Fut + Send + 'c,
+        Fut: Future<Output = Result<T, E>> + Send + 'c,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        E: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        step(self, name, Some(policy), body)
+    }
+}
 
 /// Runs step `name` of the instance behind `ctx`; see [`Ctx::step`].
 ///
@@ -88,7 +125,7 @@ where
     }
     let at = match key {
         None => At::Occurrence(ctx.next_occurrence(name)),
-        Some(key) => match codec::encode(key) {
+        Some(key) => match crate::codec::encode(key) {
             Ok(bytes) => At::Key(bytes, format!("{key:?}")),
             Err(reason) => {
                 let error = Error::Encode {
@@ -110,9 +147,14 @@ where
         };
         return Box::pin(async move { ctx.abort(error).await });
     }
-    let seq = ctx.next_seq();
+    let site = Site {
+        name,
+        at,
+        declared,
+        seq: ctx.next_seq(),
+    };
     Box::pin(async move {
-        match run(ctx, name, at, declared, seq, policy, body).await {
+        match run(ctx, site, policy, body).await {
             Ok(outcome) => outcome,
             Err(error) => ctx.abort(error).await,
         }
@@ -144,14 +186,6 @@ impl At {
             At::Key(bytes, text) => Some((bytes.clone(), text.clone())),
         }
     }
-
-    /// The record's key in `Checkpoints`.
-    pub(crate) fn storage_key(&self, id: &str, name: &str) -> Vec<u8> {
-        match self {
-            At::Occurrence(n) => occurrence_key(id, name, *n),
-            At::Key(bytes, _) => keyed_key(id, name, bytes),
-        }
-    }
 }
 
 impl std::fmt::Display for At {
@@ -163,13 +197,27 @@ impl std::fmt::Display for At {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run<T, E, F, Fut>(
-    ctx: &Ctx,
+/// One step site as it is recorded.
+struct Site {
     name: &'static str,
     at: At,
     declared: bool,
     seq: u64,
+}
+
+/// The span of one step occurrence (its attempts run inside it).
+fn step_span(ctx: &Ctx, name: &str, occurrence: u32) -> tracing::Span {
+    tracing::info_span!(
+        "durable.step",
+        durable.instance_id = %ctx.id,
+        durable.step = name,
+        durable.occurrence = occurrence,
+    )
+}
+
+async fn run<T, E, F, Fut>(
+    ctx: &Ctx,
+    site: Site,
     policy: Option<RetryPolicy>,
     body: F,
 ) -> Result<Result<T, E>, Error>
@@ -179,9 +227,10 @@ where
     T: Serialize + DeserializeOwned + 'static,
     E: Serialize + DeserializeOwned + std::fmt::Debug + 'static,
 {
-    let occurrence = at.occurrence();
+    let name = site.name;
+    let occurrence = site.at.occurrence();
     let types = crate::manifest::step_types::<T, E>();
-    let (mut attempts, started_at_ms, seq) = match ctx.take_checkpoint_at(name, &at) {
+    let (attempts, started_at_ms, seq) = match ctx.take_checkpoint_at(name, &site.at) {
         Some(record) => match record.state {
             CheckpointState::Done {
                 outcome,
@@ -189,6 +238,13 @@ where
                 fingerprint,
                 ..
             } => {
+                tracing::trace!(
+                    durable.instance_id = %ctx.id,
+                    durable.step = name,
+                    durable.occurrence = occurrence,
+                    durable.replayed = true,
+                    "step replayed from its checkpoint"
+                );
                 let decode_error = |reason: String| Error::CheckpointDecode {
                     instance: ctx.id.clone(),
                     step: name.to_string(),
@@ -197,7 +253,7 @@ where
                     expected_type: types.value.text.clone(),
                     reason,
                 };
-                // Decoded only into the type it was written as.
+                // Decoded only into the types it was written as.
                 if fingerprint != types.fingerprint() {
                     return Err(decode_error(format!(
                         "it was written with other types (fingerprint {fingerprint:016x}); the code now reads `{}` / `{}`",
@@ -205,31 +261,55 @@ where
                         types.error.as_ref().map_or("", |e| e.text.as_str())
                     )));
                 }
-                return codec::decode::<Result<T, E>>(&outcome)
-                    .map_err(|e| decode_error(e.to_string()));
+                return decode_value::<Result<T, E>>(&outcome).map_err(decode_error);
             }
             CheckpointState::Panicked { message, .. } => {
                 return Err(panicked(ctx, name, occurrence, message));
             }
             CheckpointState::TooLarge { size, limit, .. } => {
-                return Err(too_large(ctx, name, &at, size as usize, limit as usize));
+                return Err(too_large(ctx, name, &site.at, size as usize, limit as usize));
             }
-            CheckpointState::Retrying { .. } => (record.attempts, record.started_at_ms, record.seq),
+            CheckpointState::Retrying { .. } => {
+                (record.attempts, record.started_at_ms, record.seq)
+            }
             other => return Err(ctx.diverged(name, occurrence, &other, "a step")),
         },
-        None => (0, now_ms(), seq),
+        None => (0, ctx.now_ms(), site.seq),
     };
+    let site = Site { seq, ..site };
+    let span = step_span(ctx, name, occurrence);
+    run_attempts(ctx, &site, policy, body, (attempts, started_at_ms), &types)
+        .instrument(span)
+        .await
+}
+
+/// Runs attempts of a step that has no final outcome yet, until one is
+/// final, and checkpoints it.
+async fn run_attempts<T, E, F, Fut>(
+    ctx: &Ctx,
+    site: &Site,
+    policy: Option<RetryPolicy>,
+    body: F,
+    (mut attempts, started_at_ms): (u32, u64),
+    types: &crate::manifest::SiteTypes,
+) -> Result<Result<T, E>, Error>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    T: Serialize + DeserializeOwned,
+    E: Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let (name, occurrence) = (site.name, site.at.occurrence());
     // A running step keeps the instance from parking.
     let _busy = ctx.signals.busy();
     let policy = policy.unwrap_or(ctx.policy);
-    let key = ctx.step_key(name, &at);
-    let storage_key = at.storage_key(&ctx.id, name);
+    let key = ctx.step_key(name, &site.at);
     let record = |attempts, state| CheckpointRecord {
         name: name.to_string(),
         occurrence,
-        key: at.key(),
-        declared,
-        seq,
+        key: site.at.key(),
+        declared: site.declared,
+        seq: site.seq,
         attempts,
         started_at_ms,
         state,
@@ -237,7 +317,7 @@ where
     loop {
         // While the store is failing, no new attempt starts: its outcome
         // could not be checkpointed.
-        if let Some(failure) = ctx.core.committer.failure() {
+        if let Some(failure) = ctx.services.journal.failure() {
             return Err(failure.into());
         }
         // After a cancel, no new attempt starts.
@@ -252,7 +332,18 @@ where
             key: key.clone(),
             permanent: AtomicBool::new(false),
         });
-        let attempt = StepScope::enter(Arc::clone(&scope), CatchUnwind::new(&body)).await;
+        let attempt = {
+            let _running = ctx.signals.running(InFlight {
+                name,
+                occurrence,
+                key: site.at.key().map(|(_, text)| text),
+                seq: site.seq,
+                attempt: attempts,
+                started_at_ms: ctx.now_ms(),
+            });
+            tracing::debug!(durable.attempt = attempts, "step attempt started");
+            StepScope::enter(Arc::clone(&scope), CatchUnwind::new(&body)).await
+        };
         crate::crash::point("step.after_body");
         let last = attempts >= policy.attempts();
         let retry_error = match attempt {
@@ -261,23 +352,22 @@ where
                 match &outcome {
                     Err(e) if !permanent && !last => format!("{e:?}"),
                     _ => {
-                        let state = match done_state(ctx, name, &at, &outcome, types.fingerprint())
-                        {
+                        let state = match done_state(ctx, site, &outcome, types.fingerprint()) {
                             Ok(state) => state,
                             Err(Error::ValueTooLarge { size, limit, .. }) => {
                                 // Recorded as the step's failure: the body
                                 // never runs again for this instance.
                                 let state = CheckpointState::TooLarge {
-                                    finished_at_ms: now_ms(),
+                                    finished_at_ms: ctx.now_ms(),
                                     size: size as u64,
                                     limit: limit as u64,
                                 };
-                                write(ctx, &storage_key, record(attempts, state)).await?;
-                                return Err(too_large(ctx, name, &at, size, limit));
+                                write(ctx, record(attempts, state)).await?;
+                                return Err(too_large(ctx, name, &site.at, size, limit));
                             }
                             Err(e) => return Err(e),
                         };
-                        write(ctx, &storage_key, record(attempts, state)).await?;
+                        write(ctx, record(attempts, state)).await?;
                         return Ok(outcome);
                     }
                 }
@@ -285,21 +375,36 @@ where
             Err(panic) => {
                 let message = panic_message(&*panic);
                 if last {
+                    tracing::warn!(durable.attempt = attempts, durable.panic = %message, "step panicked on its last attempt");
                     let state = CheckpointState::Panicked {
-                        finished_at_ms: now_ms(),
+                        finished_at_ms: ctx.now_ms(),
                         message: message.clone(),
                     };
-                    write(ctx, &storage_key, record(attempts, state)).await?;
+                    write(ctx, record(attempts, state)).await?;
                     return Err(panicked(ctx, name, occurrence, message));
                 }
                 format!("panicked: {message}")
             }
         };
+        let delay = policy.delay(attempts, jitter_random());
+        tracing::info!(
+            durable.attempt = attempts,
+            durable.error = %retry_error,
+            durable.retry_in_ms = crate::time::duration_ms(delay),
+            "step attempt failed; retrying"
+        );
         let state = CheckpointState::Retrying {
             last_error: retry_error,
         };
-        write(ctx, &storage_key, record(attempts, state)).await?;
-        tokio::time::sleep(policy.delay(attempts, jitter_random())).await;
+        write(ctx, record(attempts, state)).await?;
+        let clock = &ctx.services.clock;
+        clock
+            .sleep_until(
+                clock
+                    .now_ms()
+                    .saturating_add(crate::time::duration_ms(delay)),
+            )
+            .await;
     }
 }
 
@@ -314,22 +419,17 @@ fn too_large(ctx: &Ctx, name: &str, at: &At, size: usize, limit: usize) -> Error
 
 fn done_state<T: Serialize, E: Serialize + std::fmt::Debug>(
     ctx: &Ctx,
-    name: &str,
-    at: &At,
+    site: &Site,
     outcome: &Result<T, E>,
     fingerprint: u64,
 ) -> Result<CheckpointState, Error> {
-    let bytes = codec::encode(outcome).map_err(|reason| Error::Encode {
-        instance: ctx.id.clone(),
-        what: format!("the outcome of step {name:?} ({at})"),
-        reason,
-    })?;
-    let limit = ctx.core.config.max_value_size;
-    if bytes.len() > limit {
-        return Err(too_large(ctx, name, at, bytes.len(), limit));
-    }
+    let bytes = ctx.services.journal.encode_value(
+        &ctx.id,
+        &format!("the outcome of step {:?} ({})", site.name, site.at),
+        outcome,
+    )?;
     Ok(CheckpointState::Done {
-        finished_at_ms: now_ms(),
+        finished_at_ms: ctx.now_ms(),
         ok: outcome.is_ok(),
         type_name: std::any::type_name::<Result<T, E>>().to_string(),
         fingerprint,
@@ -338,43 +438,20 @@ fn done_state<T: Serialize, E: Serialize + std::fmt::Debug>(
     })
 }
 
-async fn write(ctx: &Ctx, storage_key: &[u8], record: CheckpointRecord) -> Result<(), Error> {
+async fn write(ctx: &Ctx, record: CheckpointRecord) -> Result<(), Error> {
     let progress = !matches!(record.state, CheckpointState::Retrying { .. });
-    let mut batch = record_batch(ctx, storage_key.to_vec(), &record)?;
     // A finished step is progress: the count of resumes without progress
     // (kept against crash loops) starts again, in the same atomic batch.
     let reset = progress && ctx.recoveries() > 0;
-    if reset {
-        batch.put(Tree::Active, instance_key(&ctx.id), recoveries_value(0));
-    }
-    ctx.core.committer.commit(batch).await?;
+    ctx.services
+        .journal
+        .checkpoint(&ctx.id, &record, reset)
+        .await?;
     if reset {
         ctx.take_recoveries();
     }
     crate::crash::point("step.after_write");
     Ok(())
-}
-
-/// A batch that stores `record` as the checkpoint of (name, occurrence).
-pub(crate) fn checkpoint_batch(
-    ctx: &Ctx,
-    name: &str,
-    occurrence: u32,
-    record: &CheckpointRecord,
-) -> Result<Batch, Error> {
-    record_batch(ctx, occurrence_key(&ctx.id, name, occurrence), record)
-}
-
-/// A batch that stores `record` under `key` in `Checkpoints`.
-fn record_batch(ctx: &Ctx, key: Vec<u8>, record: &CheckpointRecord) -> Result<Batch, Error> {
-    let value = codec::encode(record).map_err(|reason| Error::Encode {
-        instance: ctx.id.clone(),
-        what: "a checkpoint record".into(),
-        reason,
-    })?;
-    let mut batch = Batch::new();
-    batch.put(Tree::Checkpoints, key, value);
-    Ok(batch)
 }
 
 fn panicked(ctx: &Ctx, name: &str, occurrence: u32, message: String) -> Error {
@@ -383,63 +460,5 @@ fn panicked(ctx: &Ctx, name: &str, occurrence: u32, message: String) -> Error {
         step: name.to_string(),
         occurrence,
         message,
-    }
-}
-
-/// The text of a caught panic.
-pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".into()
-    }
-}
-
-/// One attempt of a body: calling it and polling its future, with any panic
-/// caught and turned into `Err`.
-pub(crate) struct CatchUnwind<Fut> {
-    fut: Option<Pin<Box<Fut>>>,
-    panic: Option<Box<dyn Any + Send>>,
-}
-
-impl<Fut: Future> CatchUnwind<Fut> {
-    pub(crate) fn new<F: Fn() -> Fut>(body: &F) -> Self {
-        match catch_unwind(AssertUnwindSafe(body)) {
-            Ok(fut) => CatchUnwind {
-                fut: Some(Box::pin(fut)),
-                panic: None,
-            },
-            Err(panic) => CatchUnwind {
-                fut: None,
-                panic: Some(panic),
-            },
-        }
-    }
-}
-
-impl<Fut: Future> Future for CatchUnwind<Fut> {
-    type Output = Result<Fut::Output, Box<dyn Any + Send>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        let Some(fut) = this.fut.as_mut() else {
-            return Poll::Ready(Err(this
-                .panic
-                .take()
-                .unwrap_or_else(|| Box::new("polled after completion"))));
-        };
-        match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(v)) => {
-                this.fut = None;
-                Poll::Ready(Ok(v))
-            }
-            Err(panic) => {
-                this.fut = None;
-                Poll::Ready(Err(panic))
-            }
-        }
     }
 }

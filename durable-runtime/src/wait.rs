@@ -12,24 +12,59 @@
 //! While an instance is blocked in such waits only (no step running, no
 //! write in flight) and none ends within [`PARK_AFTER_MS`], the engine parks
 //! it: drops its task and keeps an entry in its park table until a timer or
-//! an event wakes it. See `engine.rs`.
+//! an event wakes it. See `engine/scheduler.rs`.
+//!
+//! Every deadline is read from, and waited on, the engine's clock.
 
 use std::marker::PhantomData;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 
-use crate::codec;
 use crate::context::Ctx;
 use crate::error::Error;
-use crate::records::{
-    CheckpointRecord, CheckpointState, EventRecord, WaitCond, now_ms, occurrence_key,
-};
-use crate::store::Tree;
-use crate::workflow::BoxFuture;
+use crate::future::BoxFuture;
+use crate::journal::decode_value;
+use crate::records::{CheckpointRecord, CheckpointState, EventRecord, WaitCond};
+use crate::time::{duration_ms, to_ms};
 
-/// Waits ending sooner than this stay in memory instead of parking.
-pub(crate) const PARK_AFTER_MS: u64 = 1_000;
+impl Ctx {
+    /// Sleeps for `duration`, durably (what `sleep!` does): the absolute
+    /// deadline is checkpointed the first time; after a restart only the
+    /// remainder is waited (never more than `duration`), and a deadline that
+    /// passed while the process was down completes at once. A long sleep
+    /// parks the instance: it holds no task or memory until it wakes.
+    pub fn sleep<'c>(&'c self, name: &'static str, duration: Duration) -> BoxFuture<'c, ()> {
+        sleep_at(self, name, Target::For(duration), false)
+    }
+
+    /// Sleeps until `until`, durably (what `sleep_until!` does); see [`sleep`](Self::sleep).
+    pub fn sleep_until<'c>(&'c self, name: &'static str, until: SystemTime) -> BoxFuture<'c, ()> {
+        sleep_at(self, name, Target::Until(until), false)
+    }
+
+    /// Waits for event `name` (what `wait_for!` does) and returns its
+    /// payload, sent with [`Engine::send_event`](crate::Engine::send_event).
+    /// The n-th wait of a name takes the n-th event of that name, whether it
+    /// was sent before or after the wait was reached; the payload is
+    /// checkpointed. A waiting instance is parked.
+    pub fn wait_for<'c, T: DeserializeOwned + Send + 'static>(
+        &'c self,
+        name: &'static str,
+    ) -> BoxFuture<'c, T> {
+        wait_for_at(self, name, false)
+    }
+
+    /// Like [`wait_for`](Self::wait_for), giving up after `timeout` (the
+    /// deadline is checkpointed the first time): `None` if no event came.
+    pub fn wait_for_timeout<'c, T: DeserializeOwned + Send + 'static>(
+        &'c self,
+        name: &'static str,
+        timeout: Duration,
+    ) -> BoxFuture<'c, Option<T>> {
+        wait_for_timeout_at(self, name, timeout, false)
+    }
+}
 
 /// Sleeps for `duration`, durably (a `sleep!` site): see [`Ctx::sleep`].
 pub fn sleep<'c>(ctx: &'c Ctx, name: &'static str, duration: Duration) -> BoxFuture<'c, ()> {
@@ -42,19 +77,13 @@ pub fn sleep_until<'c>(ctx: &'c Ctx, name: &'static str, until: SystemTime) -> B
 }
 
 /// A sleep; `declared` when it is a site of the workflow's manifest.
-pub(crate) fn sleep_at<'c>(
+fn sleep_at<'c>(
     ctx: &'c Ctx,
     name: &'static str,
     target: Target,
     declared: bool,
 ) -> BoxFuture<'c, ()> {
-    let occurrence = ctx.next_occurrence(name);
-    let site = Site {
-        name,
-        occurrence,
-        declared,
-        seq: ctx.next_seq(),
-    };
+    let site = Site::new(ctx, name, declared);
     Box::pin(async move {
         if let Err(error) = sleep_inner(ctx, site, target).await {
             ctx.abort(error).await
@@ -82,17 +111,12 @@ pub fn wait_for_timeout_site<'c, T: DeserializeOwned + Send + 'static>(
 }
 
 /// Waits for event `name` and returns its payload.
-pub(crate) fn wait_for_at<'c, T: DeserializeOwned + Send + 'static>(
+fn wait_for_at<'c, T: DeserializeOwned + Send + 'static>(
     ctx: &'c Ctx,
     name: &'static str,
     declared: bool,
 ) -> BoxFuture<'c, T> {
-    let site = Site {
-        name,
-        occurrence: ctx.next_occurrence(name),
-        declared,
-        seq: ctx.next_seq(),
-    };
+    let site = Site::new(ctx, name, declared);
     Box::pin(async move {
         match wait_inner::<T>(ctx, site, None).await {
             Ok(Some(payload)) => payload,
@@ -106,18 +130,13 @@ pub(crate) fn wait_for_at<'c, T: DeserializeOwned + Send + 'static>(
 }
 
 /// Waits for event `name` at most `timeout`.
-pub(crate) fn wait_for_timeout_at<'c, T: DeserializeOwned + Send + 'static>(
+fn wait_for_timeout_at<'c, T: DeserializeOwned + Send + 'static>(
     ctx: &'c Ctx,
     name: &'static str,
     timeout: Duration,
     declared: bool,
 ) -> BoxFuture<'c, Option<T>> {
-    let site = Site {
-        name,
-        occurrence: ctx.next_occurrence(name),
-        declared,
-        seq: ctx.next_seq(),
-    };
+    let site = Site::new(ctx, name, declared);
     Box::pin(async move {
         match wait_inner::<T>(ctx, site, Some(timeout)).await {
             Ok(payload) => payload,
@@ -135,6 +154,18 @@ struct Site {
     seq: u64,
 }
 
+impl Site {
+    /// The next occurrence of `name`, numbered when the site is created.
+    fn new(ctx: &Ctx, name: &'static str, declared: bool) -> Site {
+        Site {
+            name,
+            occurrence: ctx.next_occurrence(name),
+            declared,
+            seq: ctx.next_seq(),
+        }
+    }
+}
+
 fn internal(ctx: &Ctx, detail: &str) -> Error {
     Error::Nondeterminism {
         instance: ctx.id.clone(),
@@ -142,13 +173,9 @@ fn internal(ctx: &Ctx, detail: &str) -> Error {
     }
 }
 
-pub(crate) enum Target {
+enum Target {
     For(Duration),
     Until(SystemTime),
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 async fn sleep_inner(ctx: &Ctx, site: Site, target: Target) -> Result<(), Error> {
@@ -166,11 +193,11 @@ async fn sleep_inner(ctx: &Ctx, site: Site, target: Target) -> Result<(), Error>
         }) => (deadline_ms, duration_ms),
         Some(other) => return Err(ctx.diverged(name, occurrence, &other.state, "a sleep")),
         None => {
-            let now = now_ms();
+            let now = ctx.now_ms();
             let (deadline_ms, duration_ms) = match target {
-                Target::For(d) => (now.saturating_add(ms(d)), ms(d)),
+                Target::For(d) => (now.saturating_add(duration_ms(d)), duration_ms(d)),
                 Target::Until(t) => {
-                    let at = t.duration_since(UNIX_EPOCH).map(ms).unwrap_or(0);
+                    let at = to_ms(t);
                     (at, at.saturating_sub(now))
                 }
             };
@@ -189,7 +216,7 @@ async fn sleep_inner(ctx: &Ctx, site: Site, target: Target) -> Result<(), Error>
                 instance: ctx.id.clone(),
             });
         }
-        let now = now_ms();
+        let now = ctx.now_ms();
         let remaining = deadline_ms.saturating_sub(now).min(duration_ms);
         if remaining == 0 {
             return Ok(());
@@ -201,7 +228,7 @@ async fn sleep_inner(ctx: &Ctx, site: Site, target: Target) -> Result<(), Error>
             event_type: None,
         });
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(remaining)) => {}
+            _ = ctx.services.clock.sleep_until(now + remaining) => {}
             _ = bell.changed() => {}
         }
     }
@@ -242,7 +269,7 @@ async fn wait_inner<T: DeserializeOwned + 'static>(
         }
         None => match timeout {
             Some(t) => {
-                let deadline_ms = now_ms().saturating_add(ms(t));
+                let deadline_ms = ctx.now_ms().saturating_add(duration_ms(t));
                 write(ctx, site, CheckpointState::Waiting { deadline_ms }).await?;
                 Some(deadline_ms)
             }
@@ -250,7 +277,7 @@ async fn wait_inner<T: DeserializeOwned + 'static>(
         },
     };
     let mut bell = ctx.signals.bell.subscribe();
-    let key = occurrence_key(&ctx.id, name, occurrence);
+    let journal = &ctx.services.journal;
     let cond = WaitCond {
         name: name.to_string(),
         occurrence,
@@ -265,19 +292,25 @@ async fn wait_inner<T: DeserializeOwned + 'static>(
                 instance: ctx.id.clone(),
             });
         }
-        if let Some(event) = ctx.core.store.get(Tree::Events, &key)? {
-            return receive(ctx, site, &event).await.map(Some);
+        if let Some(event) = journal.event(&ctx.id, name, occurrence)? {
+            return receive(ctx, site, event).await.map(Some);
         }
         if let Some(deadline) = deadline_ms {
-            let now = now_ms();
+            let now = ctx.now_ms();
             if now >= deadline {
-                // Decided under the event lock, so that a concurrent send
+                // Decided under the event gate, so that a concurrent send
                 // either lands before (and is received) or numbers itself
                 // after this timed-out wait.
-                let _events = ctx.core.event_lock.lock().await;
-                if let Some(event) = ctx.core.store.get(Tree::Events, &key)? {
-                    return receive(ctx, site, &event).await.map(Some);
+                let _events = ctx.services.event_gate.lock().await;
+                if let Some(event) = journal.event(&ctx.id, name, occurrence)? {
+                    return receive(ctx, site, event).await.map(Some);
                 }
+                tracing::info!(
+                    durable.instance_id = %ctx.id,
+                    durable.event = name,
+                    durable.occurrence = occurrence,
+                    "wait timed out"
+                );
                 write(
                     ctx,
                     site,
@@ -289,7 +322,7 @@ async fn wait_inner<T: DeserializeOwned + 'static>(
                 return Ok(None);
             }
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(deadline - now)) => {}
+                _ = ctx.services.clock.sleep_until(deadline) => {}
                 _ = bell.changed() => {}
             }
         } else {
@@ -301,23 +334,22 @@ async fn wait_inner<T: DeserializeOwned + 'static>(
 async fn receive<T: DeserializeOwned + 'static>(
     ctx: &Ctx,
     site: Site,
-    event: &[u8],
+    event: EventRecord,
 ) -> Result<T, Error> {
-    let Site {
-        name, occurrence, ..
-    } = site;
-    let event: EventRecord = codec::decode(event).map_err(|e| {
-        Error::Store(crate::error::StoreError::Decode {
-            what: format!(
-                "event {name:?} (number {occurrence}) of instance {:?}",
-                ctx.id
-            ),
-            reason: e.to_string(),
-        })
-    })?;
-    let payload = decode_payload(ctx, site, (&event.shape, event.fingerprint), &event.payload)?;
+    let payload = decode_payload(
+        ctx,
+        site,
+        (&event.shape, event.fingerprint),
+        &event.payload,
+    )?;
+    tracing::debug!(
+        durable.instance_id = %ctx.id,
+        durable.event = site.name,
+        durable.occurrence = site.occurrence,
+        "event received"
+    );
     let state = CheckpointState::Received {
-        finished_at_ms: now_ms(),
+        finished_at_ms: ctx.now_ms(),
         type_name: event.type_name,
         fingerprint: event.fingerprint,
         payload: event.payload,
@@ -348,7 +380,7 @@ fn decode_payload<T: DeserializeOwned + 'static>(
             expected.fingerprint
         )));
     }
-    codec::decode(payload).map_err(|e| error(e.to_string()))
+    decode_value(payload).map_err(error)
 }
 
 async fn write(ctx: &Ctx, site: Site, state: CheckpointState) -> Result<(), Error> {
@@ -360,9 +392,11 @@ async fn write(ctx: &Ctx, site: Site, state: CheckpointState) -> Result<(), Erro
         declared: site.declared,
         seq: site.seq,
         attempts: 0,
-        started_at_ms: now_ms(),
+        started_at_ms: ctx.now_ms(),
         state,
     };
-    let batch = crate::step::checkpoint_batch(ctx, site.name, site.occurrence, &record)?;
-    ctx.core.committer.commit(batch).await.map_err(Error::from)
+    ctx.services
+        .journal
+        .checkpoint(&ctx.id, &record, false)
+        .await
 }

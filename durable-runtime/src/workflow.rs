@@ -1,17 +1,12 @@
 //! The `Workflow` trait that `#[durable]` implements for a unit struct named like the fn.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::context::Ctx;
+use crate::future::BoxFuture;
 use crate::manifest::{Manifest, SiteDecl, SiteTypes, shape_of};
 use crate::retry::RetryPolicy;
-
-/// A boxed, sendable future borrowing the instance's [`Ctx`].
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A workflow definition: what `#[durable]` turns an `async fn` into.
 ///
@@ -60,16 +55,16 @@ pub trait Workflow: Copy + Send + Sync + 'static {
     /// the version of the workflow value passed to `start`.
     const VERSION: u32 = 1;
 
-    /// Every site (step, sleep, wait) of the body, in source order, with
-    /// its name and kind, as checked at compile time (one namespace of
-    /// names for all three kinds).
+    /// Every site (step, sleep, wait, patch) of the body, in source order,
+    /// with its name and kind, as checked at compile time (one namespace of
+    /// names for all kinds).
     const SITES: &'static [SiteDecl];
 
     /// The types each site of [`SITES`](Self::SITES) reads and writes, in
-    /// the same order (`None` for sleeps). `#[durable]` implements it from
-    /// the body's types without running anything; a hand-written workflow
-    /// may leave the default (no list), and its checkpoints are then
-    /// checked only when they are read.
+    /// the same order (`None` for sleeps and patches). `#[durable]`
+    /// implements it from the body's types without running anything; a
+    /// hand-written workflow may leave the default (no list), and its
+    /// checkpoints are then checked only when they are read.
     fn site_types(&self) -> Vec<Option<SiteTypes>> {
         Vec::new()
     }

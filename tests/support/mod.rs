@@ -316,8 +316,8 @@ fn marker(what: &str) {
 
 fn status_word(status: &durable::Result<Status>) -> &'static str {
     match status {
-        Ok(Status::Running) => "Running",
-        Ok(Status::Completed) => "Completed",
+        Ok(Status::Running { .. }) => "Running",
+        Ok(Status::Completed { .. }) => "Completed",
         Ok(Status::Blocked { .. }) => "Blocked",
         Ok(Status::Failed { .. }) => "Failed",
         Ok(Status::NeedsAttention { .. }) => "NeedsAttention",
@@ -368,7 +368,7 @@ pub async fn worker() {
     marker("OPENED");
     let jobs = workload.jobs(round);
     for job in &jobs {
-        let status = engine.status(&job.id());
+        let status = engine.status(&job.id()).await;
         ledger(format!("STATUS {} {}", job.id(), status_word(&status)));
     }
     let mut handles = Vec::new();
@@ -964,8 +964,8 @@ pub async fn check_store(dir: &Path, jobs: &[Job]) -> Result<(), Vec<String>> {
         .collect();
     for job in jobs {
         let id = job.id();
-        match engine.status(&id) {
-            Ok(Status::Completed) => {}
+        match engine.status(&id).await {
+            Ok(Status::Completed { .. }) => {}
             other => errors.push(format!("{id}: final status {other:?}")),
         }
         match engine.run(torture, id.clone(), job.clone()).await {
@@ -975,7 +975,7 @@ pub async fn check_store(dir: &Path, jobs: &[Job]) -> Result<(), Vec<String>> {
                 completes.get(&id)
             )),
         }
-        match engine.history(&id) {
+        match engine.history(&id).await {
             Ok(history) => {
                 let seen: Vec<(String, u32)> = history
                     .steps

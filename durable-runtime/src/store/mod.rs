@@ -1,18 +1,23 @@
 //! Storage behind a trait: the engine reads and writes byte records in a few
 //! named trees and asks for atomic, durable batches.
 //!
-//! [`SledStore`] is the embedded default. Another store (a shared PostgreSQL,
-//! say) implements [`Store`] and is handed to
-//! [`EngineBuilder::store`](crate::EngineBuilder::store).
+//! [`SledStore`] is the embedded default. [`MemoryStore`] keeps everything in
+//! memory (tests, and a twin that proves the engine names no sled type).
+//! Another single-process device implements [`Store`] and is handed to
+//! [`EngineBuilder::store`](crate::EngineBuilder::store); a store shared by
+//! many processes needs claims and fenced writes, which this seam does not
+//! express.
 //!
 //! The engine drives every write through one committer thread that gathers
 //! the batches of concurrent instances and hands them to [`Store::apply`] in
 //! one call (group commit), so an implementation pays for one device flush per
 //! call, not per batch.
 
+mod memory;
 mod sled;
 mod wal;
 
+pub use self::memory::MemoryStore;
 pub use self::sled::{DEFAULT_CACHE_BYTES, SledStore};
 use crate::error::StoreError;
 
@@ -32,17 +37,20 @@ pub enum Tree {
     Timers,
     /// Events sent to instances, keyed by (id, name, sequence number).
     Events,
+    /// An index of instances by creation time: (milliseconds, id), empty values.
+    Created,
 }
 
 impl Tree {
     /// Every tree, in a fixed order.
-    pub const ALL: [Tree; 6] = [
+    pub const ALL: [Tree; 7] = [
         Tree::Meta,
         Tree::Instances,
         Tree::Active,
         Tree::Checkpoints,
         Tree::Timers,
         Tree::Events,
+        Tree::Created,
     ];
 
     /// A stable name for the tree.
@@ -54,6 +62,7 @@ impl Tree {
             Tree::Checkpoints => "checkpoints",
             Tree::Timers => "timers",
             Tree::Events => "events",
+            Tree::Created => "created",
         }
     }
 
@@ -131,6 +140,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Reads every entry whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<Entries, StoreError>;
+
+    /// Reads up to `limit` entries in descending key order, starting below
+    /// `before` (exclusive) when given, else at the last key. The default
+    /// scans the whole tree; stores with ordered iteration override it.
+    fn scan_rev(
+        &self,
+        tree: Tree,
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        let mut all = self.scan_prefix(tree, &[])?;
+        if let Some(before) = before {
+            all.retain(|(k, _)| k.as_slice() < before);
+        }
+        all.reverse();
+        all.truncate(limit);
+        Ok(all)
+    }
 
     /// Applies the batches, each atomically, and makes all of them durable
     /// before returning. On error, none of them may be reported durable.

@@ -191,7 +191,7 @@ impl SledStore {
                     path,
                     reason: format!(
                         "sled panicked while opening: {}",
-                        crate::step::panic_message(&*panic)
+                        crate::panic::panic_message(&*panic)
                     ),
                 });
             }
@@ -377,6 +377,28 @@ impl Store for SledStore {
         let entries = self
             .tree(tree)
             .scan_prefix(prefix)
+            .map(|item| {
+                item.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(|e| io("scan", e))
+            })
+            .collect();
+        self.failed(entries)
+    }
+
+    fn scan_rev(
+        &self,
+        tree: Tree,
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<super::Entries, StoreError> {
+        let tree = self.tree(tree);
+        let range = match before {
+            Some(before) => tree.range(..before.to_vec()),
+            None => tree.range::<Vec<u8>, _>(..),
+        };
+        let entries = range
+            .rev()
+            .take(limit)
             .map(|item| {
                 item.map(|(k, v)| (k.to_vec(), v.to_vec()))
                     .map_err(|e| io("scan", e))

@@ -55,7 +55,7 @@ fn io(op: &'static str, e: std::io::Error) -> StoreError {
 impl Wal {
     /// Opens (or creates) the log in `dir`; returns it with the batches of
     /// every complete record, oldest first. A torn or corrupt tail is cut off.
-    pub fn open(dir: &Path) -> Result<(Wal, Vec<Batch>), StoreError> {
+    pub(super) fn open(dir: &Path) -> Result<(Wal, Vec<Batch>), StoreError> {
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -109,7 +109,7 @@ impl Wal {
     }
 
     /// Appends `batches` as one record and makes it durable.
-    pub fn append(&mut self, batches: &[Batch]) -> Result<(), StoreError> {
+    pub(super) fn append(&mut self, batches: &[Batch]) -> Result<(), StoreError> {
         let mut payload = Vec::with_capacity(
             batches
                 .iter()
@@ -148,13 +148,13 @@ impl Wal {
     }
 
     /// Bytes of records in the log.
-    pub fn len(&self) -> u64 {
+    pub(super) fn len(&self) -> u64 {
         self.len
     }
 
     /// Empties the log: call only once the store has made every applied
     /// batch durable on its own.
-    pub fn reset(&mut self) -> Result<(), StoreError> {
+    pub(super) fn reset(&mut self) -> Result<(), StoreError> {
         self.file
             .set_len(0)
             .map_err(|e| io("reset the write-ahead log", e))?;

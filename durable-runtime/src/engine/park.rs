@@ -36,7 +36,7 @@ pub(crate) enum Events {
 }
 
 impl Events {
-    pub fn iter(&self) -> std::slice::Iter<'_, EventWait> {
+    pub(super) fn iter(&self) -> std::slice::Iter<'_, EventWait> {
         match self {
             Events::None => [].iter(),
             Events::One(e) => std::slice::from_ref(e).iter(),
@@ -44,7 +44,7 @@ impl Events {
         }
     }
 
-    pub fn first(&self) -> Option<&EventWait> {
+    pub(super) fn first(&self) -> Option<&EventWait> {
         self.iter().next()
     }
 }
@@ -60,7 +60,12 @@ pub(crate) struct ParkTable {
 
 impl ParkTable {
     /// Parks `id` on `conds`; returns whether its deadline is now the earliest.
-    pub fn insert(&mut self, id: &str, conds: &[WaitCond], clamp: impl Fn(u64) -> u64) -> bool {
+    pub(super) fn insert(
+        &mut self,
+        id: &str,
+        conds: &[WaitCond],
+        clamp: impl Fn(u64) -> u64,
+    ) -> bool {
         self.remove(id);
         let id: Arc<str> = Arc::from(id);
         let deadline_ms = conds.iter().filter_map(|c| c.deadline_ms).map(clamp).min();
@@ -107,7 +112,7 @@ impl ParkTable {
     }
 
     /// Unparks `id`.
-    pub fn remove(&mut self, id: &str) -> Option<Parked> {
+    pub(super) fn remove(&mut self, id: &str) -> Option<Parked> {
         let (key, parked) = self.by_id.remove_entry(id)?;
         if let Some(d) = parked.deadline_ms {
             self.timers.remove(&(d, key));
@@ -116,22 +121,23 @@ impl ParkTable {
     }
 
     /// What `id` waits for, if it is parked.
-    pub fn get(&self, id: &str) -> Option<&Parked> {
+    pub(super) fn get(&self, id: &str) -> Option<&Parked> {
         self.by_id.get(id)
     }
 
     /// Whether `id` is parked.
-    pub fn contains(&self, id: &str) -> bool {
+    pub(super) fn contains(&self, id: &str) -> bool {
         self.by_id.contains_key(id)
     }
 
     /// How many instances are parked.
-    pub fn len(&self) -> usize {
+    #[cfg(feature = "hooks")]
+    pub(super) fn len(&self) -> usize {
         self.by_id.len()
     }
 
     /// Unparks and returns every instance whose deadline is at or before `now_ms`.
-    pub fn take_due(&mut self, now_ms: u64) -> Vec<Arc<str>> {
+    pub(super) fn take_due(&mut self, now_ms: u64) -> Vec<Arc<str>> {
         let mut due = Vec::new();
         while let Some((d, _)) = self.timers.first() {
             if *d > now_ms {
@@ -145,7 +151,7 @@ impl ParkTable {
     }
 
     /// The earliest deadline of any parked instance.
-    pub fn next_deadline(&self) -> Option<u64> {
+    pub(super) fn next_deadline(&self) -> Option<u64> {
         self.timers.first().map(|(d, _)| *d)
     }
 }

@@ -1,0 +1,203 @@
+//! [`EngineBuilder`]: where the store is, which workflows run, the clock and
+//! the engine-wide defaults; [`open`](EngineBuilder::open) puts it together.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::codec;
+use crate::error::{Error, Result, StoreError};
+use crate::journal::Journal;
+use crate::retry::RetryPolicy;
+use crate::services::Services;
+use crate::store::{SledStore, Store};
+use crate::time::{Clock, SystemClock};
+use crate::workflow::IntoWorkflow;
+
+use super::instances::Instances;
+use super::registry::{self, Entry, Registry};
+use super::scheduler::Scheduler;
+use super::{Core, Engine};
+
+/// The default limit of one encoded step outcome, input or output: 1 MiB.
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 1 << 20;
+
+/// The default of [`EngineBuilder::max_recoveries`].
+pub const DEFAULT_MAX_RECOVERIES: u32 = 10;
+
+/// Engine-wide settings the driver reads.
+#[derive(Debug, Clone)]
+pub(super) struct Config {
+    pub retry: RetryPolicy,
+    pub max_recoveries: u32,
+}
+
+/// Builds an [`Engine`]: where the store is, which workflows it runs, defaults.
+#[must_use]
+pub struct EngineBuilder {
+    path: PathBuf,
+    store: Option<Arc<dyn Store>>,
+    cache_bytes: u64,
+    workflows: Vec<Entry>,
+    config: Config,
+    max_value_size: usize,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("path", &self.path)
+            .field(
+                "workflows",
+                &self.workflows.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            )
+            .field("config", &self.config)
+            .field("max_value_size", &self.max_value_size)
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        EngineBuilder {
+            path: PathBuf::from("durable.db"),
+            store: None,
+            cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
+            workflows: Vec::new(),
+            config: Config {
+                retry: RetryPolicy::default(),
+                max_recoveries: DEFAULT_MAX_RECOVERIES,
+            },
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// The embedded store's directory (default `durable.db`); created if missing.
+    pub fn path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// Bounds the embedded store's page cache to about `bytes` (default
+    /// 64 MiB): memory that stays steady however many instances finish.
+    pub fn cache_capacity(mut self, bytes: u64) -> Self {
+        self.cache_bytes = bytes;
+        self
+    }
+
+    /// Uses `store` instead of the embedded sled store at [`path`](Self::path).
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Reads time from `clock` instead of the system clock: every timestamp,
+    /// sleep deadline, wait timeout and retry delay. A
+    /// [`ManualClock`](crate::time::ManualClock) lets a test pass days in
+    /// microseconds.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Registers a workflow so the engine can start it and resume its instances.
+    pub fn register<I: IntoWorkflow>(mut self, workflow: I) -> Self {
+        self.workflows
+            .push(registry::entry::<I::Workflow>(workflow.into_workflow()));
+        self
+    }
+
+    /// The retry policy of steps whose workflow and step set none.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
+        self
+    }
+
+    /// The largest encoded step outcome, input or output accepted, in bytes
+    /// (default 1 MiB, at most 64 MiB).
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.max_value_size = bytes.min(codec::DECODE_LIMIT / 2);
+        self
+    }
+
+    /// How many times in a row an instance may be resumed (after a crash or a
+    /// block) without finishing a step before it is set aside as
+    /// [`Status::NeedsAttention`](crate::Status::NeedsAttention) instead of
+    /// being resumed again: a step that kills the process every time it runs
+    /// must not take the service down forever. Default 10. The count is
+    /// stored before each resume.
+    pub fn max_recoveries(mut self, resumes: u32) -> Self {
+        self.config.max_recoveries = resumes;
+        self
+    }
+
+    /// Opens (or creates) the store and resumes, in the background, every
+    /// unfinished instance of a registered workflow.
+    ///
+    /// Errors: [`StoreError::Locked`], [`StoreError::Corrupt`],
+    /// [`StoreError::FormatTooNew`] (inside [`Error::Store`]),
+    /// [`Error::DuplicateWorkflow`], [`Error::NoRuntime`].
+    pub async fn open(self) -> Result<Engine> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let registry = Registry::build(self.workflows)?;
+        let store: Arc<dyn Store> = match self.store {
+            Some(store) => store,
+            None => {
+                let path = self.path;
+                let cache = self.cache_bytes;
+                let opened =
+                    tokio::task::spawn_blocking(move || SledStore::open_with_cache(path, cache))
+                        .await
+                        .map_err(|e| StoreError::Io {
+                            op: "open",
+                            reason: e.to_string(),
+                        })?;
+                Arc::new(opened?)
+            }
+        };
+        let journal = Journal::start(store, self.max_value_size)?;
+        let core = Arc::new(Core {
+            services: Arc::new(Services::new(journal, self.clock)),
+            config: self.config,
+            registry,
+            instances: Instances::new(),
+            scheduler: Scheduler::default(),
+            suspects: Arc::new(tokio::sync::Semaphore::new(1)),
+            runtime: runtime.clone(),
+        });
+        let timers = runtime.spawn(Core::timers(Arc::downgrade(&core)));
+        *core
+            .scheduler
+            .timer_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(timers.abort_handle());
+        let recovered = async {
+            core.services.journal.index_existing().await?;
+            core.store_manifests().await?;
+            Arc::clone(&core).recover().await
+        };
+        match recovered.await {
+            Ok(recovery) => Ok(Engine {
+                core,
+                recovery: Arc::new(recovery),
+            }),
+            Err(error) => {
+                // Stop what recovery started and release the store, so that
+                // the caller can open it again at once.
+                let engine = Engine {
+                    core,
+                    recovery: Arc::default(),
+                };
+                engine.shutdown().await;
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Used by `Core`'s fields that hold an optional task.
+pub(super) type TaskSlot = Mutex<Option<tokio::task::AbortHandle>>;

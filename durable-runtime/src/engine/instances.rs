@@ -1,0 +1,353 @@
+//! Live instances: those running in this process, or parked with someone
+//! waiting for their outcome. Starters of the same id attach to them; a
+//! [`Handle`] waits for the outcome.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::context::Signals;
+use crate::error::{Error, Result};
+use crate::ids::check_conflict;
+use crate::journal::decode_value;
+use crate::records::{InstanceRecord, InstanceState, TransitionKind, TransitionRecord};
+
+use super::Core;
+use super::builder::TaskSlot;
+use super::driver::{Begin, DriveEnd};
+use super::registry::Erased;
+
+/// What a finished instance returned, once it has.
+pub(super) type Outcome = Option<Result<Vec<u8>>>;
+
+/// An instance that is live in this process.
+pub(super) struct Slot {
+    pub workflow: &'static str,
+    pub input: Vec<u8>,
+    pub done: watch::Sender<Outcome>,
+    pub task: TaskSlot,
+    pub signals: Arc<Signals>,
+    /// Whether a task drives the instance now; changed under the `running` lock.
+    pub driving: AtomicBool,
+    /// Held while the instance's end is decided and written; `true` once it
+    /// has ended (so a cancel and a completion cannot both win).
+    pub ended: tokio::sync::Mutex<bool>,
+}
+
+impl Slot {
+    pub(super) fn new(workflow: &'static str, input: Vec<u8>, driving: bool) -> Arc<Slot> {
+        Arc::new(Slot {
+            workflow,
+            input,
+            done: watch::Sender::new(None),
+            task: Mutex::new(None),
+            signals: Arc::new(Signals::new()),
+            driving: AtomicBool::new(driving),
+            ended: tokio::sync::Mutex::new(false),
+        })
+    }
+}
+
+/// The live instances of this process and the tasks driving them.
+pub(super) struct Instances {
+    /// Live instances by id; lock before the park table when both are needed.
+    pub running: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Every instance task holds a clone; shutdown waits for all to drop.
+    alive: Mutex<Option<mpsc::Sender<()>>>,
+    alive_rx: tokio::sync::Mutex<mpsc::Receiver<()>>,
+}
+
+impl Instances {
+    pub(super) fn new() -> Instances {
+        let (alive, alive_rx) = mpsc::channel(1);
+        Instances {
+            running: Mutex::new(HashMap::new()),
+            alive: Mutex::new(Some(alive)),
+            alive_rx: tokio::sync::Mutex::new(alive_rx),
+        }
+    }
+
+    /// The live slot of `id`, if any.
+    pub(super) fn get(&self, id: &str) -> Option<Arc<Slot>> {
+        self.lock().get(id).cloned()
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Slot>>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Aborts every instance task and waits until all have stopped.
+    pub(super) async fn stop_all(&self) {
+        let slots: Vec<Arc<Slot>> = self.lock().drain().map(|(_, slot)| slot).collect();
+        for slot in &slots {
+            if let Some(task) = slot.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                task.abort();
+            }
+        }
+        drop(slots);
+        self.alive.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut alive_rx = self.alive_rx.lock().await;
+        while alive_rx.recv().await.is_some() {}
+    }
+}
+
+/// A started instance: await [`result`](Handle::result) for its output.
+#[must_use = "a handle does nothing unless its result is awaited; the instance runs either way"]
+pub struct Handle<O> {
+    id: String,
+    done: watch::Receiver<Outcome>,
+    /// To let go of a parked instance's slot when the last handle drops.
+    core: std::sync::Weak<Core>,
+    _output: PhantomData<fn() -> O>,
+}
+
+impl<O> Handle<O> {
+    pub(super) fn new(id: String, done: watch::Receiver<Outcome>, core: &Arc<Core>) -> Self {
+        Handle {
+            id,
+            done,
+            core: Arc::downgrade(core),
+            _output: PhantomData,
+        }
+    }
+}
+
+impl<O> Drop for Handle<O> {
+    fn drop(&mut self) {
+        if let Some(core) = self.core.upgrade() {
+            core.release(&self.id, &self.done);
+        }
+    }
+}
+
+impl<O> std::fmt::Debug for Handle<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<O: serde::de::DeserializeOwned> Handle<O> {
+    /// The instance id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Waits for the instance to finish and returns the workflow's output.
+    pub async fn result(mut self) -> Result<O> {
+        let outcome = match self.done.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone(),
+            Err(_) => None,
+        };
+        match outcome {
+            Some(Ok(bytes)) => decode_value(&bytes).map_err(|reason| Error::ValueDecode {
+                instance: self.id.clone(),
+                what: "output",
+                expected_type: std::any::type_name::<O>().to_string(),
+                reason,
+            }),
+            Some(Err(e)) => Err(e),
+            None => Err(Error::ShutDown {
+                instance: self.id.clone(),
+            }),
+        }
+    }
+}
+
+/// A receiver that already holds `outcome`.
+fn finished(outcome: Result<Vec<u8>>) -> watch::Receiver<Outcome> {
+    watch::Sender::new(Some(outcome)).subscribe()
+}
+
+impl Core {
+    /// Drops the slot of parked instance `id` when `last` is the last
+    /// receiver of its outcome: a parked instance nobody waits for holds
+    /// nothing but its park table entry.
+    fn release(&self, id: &str, last: &watch::Receiver<Outcome>) {
+        let mut running = self.instances.lock();
+        let Some(slot) = running.get(id) else { return };
+        let probe = slot.done.subscribe();
+        // Two receivers: the probe and `last`, which is still alive.
+        let unwatched = last.same_channel(&probe) && slot.done.receiver_count() <= 2;
+        drop(probe);
+        if unwatched && !slot.driving.load(Ordering::SeqCst) {
+            running.remove(id);
+        }
+    }
+
+    /// Starts `id` or attaches to it; returns the receiver of its outcome.
+    pub(super) async fn start_or_attach(
+        self: Arc<Self>,
+        workflow: &'static str,
+        erased: Arc<dyn Erased>,
+        id: String,
+        input: Vec<u8>,
+        manual: bool,
+    ) -> Result<watch::Receiver<Outcome>> {
+        let journal = &self.services.journal;
+        let (slot, fresh) = {
+            let mut running = self.instances.lock();
+            if let Some(slot) = running.get(&id) {
+                check_conflict(&id, workflow, &input, slot.workflow, &slot.input)?;
+                return Ok(slot.done.subscribe());
+            }
+            let record = match journal.load(&id)? {
+                Some(record) => {
+                    check_conflict(&id, workflow, &input, &record.workflow, &record.input)?;
+                    match &record.state {
+                        InstanceState::Completed { output }
+                        | InstanceState::Returned { output, .. } => {
+                            return Ok(finished(Ok(output.clone())));
+                        }
+                        InstanceState::Failed { error } => {
+                            return Ok(finished(Err(Error::Failed {
+                                instance: id,
+                                reason: error.clone(),
+                            })));
+                        }
+                        InstanceState::Cancelled => {
+                            return Ok(finished(Err(Error::Cancelled { instance: id })));
+                        }
+                        InstanceState::NeedsAttention { error } if !manual => {
+                            return Ok(finished(Err(Error::NeedsAttention {
+                                instance: id,
+                                reason: error.clone(),
+                            })));
+                        }
+                        InstanceState::Running
+                        | InstanceState::Blocked { .. }
+                        | InstanceState::Incompatible { .. }
+                        | InstanceState::NeedsAttention { .. } => Some(record),
+                    }
+                }
+                None => None,
+            };
+            let parked = record.is_some() && self.scheduler.is_parked(&id);
+            let slot = Slot::new(workflow, input.clone(), !parked);
+            running.insert(id.clone(), Arc::clone(&slot));
+            if parked {
+                // Its timer or event wakes it; until then it needs no task.
+                return Ok(slot.done.subscribe());
+            }
+            match record {
+                Some(record) => (slot, Err(record)),
+                None => (slot, Ok(())),
+            }
+        };
+        let done = slot.done.subscribe();
+        let (record, begin) = match fresh {
+            Err(record) if manual => (record, Begin::ResumeByHand),
+            Err(record) => (record, Begin::Resume(None)),
+            Ok(()) => {
+                let now = self.services.clock.now_ms();
+                let record = InstanceRecord {
+                    workflow: workflow.to_string(),
+                    version: erased.version(),
+                    manifest: erased.manifest().1,
+                    input,
+                    state: InstanceState::Running,
+                    created_at_ms: now,
+                    transitions: vec![TransitionRecord {
+                        at_ms: now,
+                        kind: TransitionKind::Started,
+                    }],
+                };
+                crate::crash::point("start.before_record");
+                if let Err(e) = journal.create(&id, &record).await {
+                    self.finish_slot(&id, &slot, Err(e.clone()));
+                    return Err(e);
+                }
+                crate::crash::point("start.after_record");
+                tracing::info!(
+                    durable.workflow = workflow,
+                    durable.instance_id = %id,
+                    "instance started"
+                );
+                (record, Begin::Fresh)
+            }
+        };
+        // An instance runs on the version it started on, whichever version
+        // of the workflow the caller named.
+        let erased = if begin == Begin::Fresh {
+            erased
+        } else {
+            match self.registry.for_record(&record) {
+                Some((_, erased)) => erased,
+                None => {
+                    let error = Error::NotRegistered {
+                        workflow: format!("{} (version {})", record.workflow, record.version),
+                    };
+                    self.finish_slot(&id, &slot, Err(error.clone()));
+                    return Err(error);
+                }
+            }
+        };
+        self.spawn(id, erased, record, begin, slot);
+        Ok(done)
+    }
+
+    /// Runs instance `id` on a task of its own, which holds the engine alive.
+    pub(super) fn spawn(
+        self: Arc<Self>,
+        id: String,
+        erased: Arc<dyn Erased>,
+        record: InstanceRecord,
+        begin: Begin,
+        slot: Arc<Slot>,
+    ) {
+        let alive = self
+            .instances
+            .alive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(alive) = alive else {
+            self.finish_slot(
+                &id,
+                &slot,
+                Err(Error::ShutDown {
+                    instance: id.clone(),
+                }),
+            );
+            return;
+        };
+        let runtime = self.runtime.clone();
+        let task_slot = Arc::clone(&slot);
+        let task = runtime.spawn(async move {
+            let guard = TaskGuard {
+                core: self,
+                _alive: alive,
+            };
+            if let DriveEnd::Finished(outcome) = guard
+                .core
+                .drive(&id, erased, record, begin, &task_slot)
+                .await
+            {
+                guard.core.finish_slot(&id, &task_slot, outcome);
+            }
+        });
+        *slot.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
+    }
+
+    /// Hands `outcome` to every handle of `slot` and forgets the slot.
+    pub(super) fn finish_slot(&self, id: &str, slot: &Arc<Slot>, outcome: Result<Vec<u8>>) {
+        {
+            let mut running = self.instances.lock();
+            if running.get(id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+                running.remove(id);
+            }
+        }
+        slot.done.send_replace(Some(outcome));
+    }
+}
+
+/// Keeps the engine alive for a task and signals shutdown when dropped
+/// (fields drop in order: the engine first, then the signal).
+struct TaskGuard {
+    core: Arc<Core>,
+    _alive: mpsc::Sender<()>,
+}

@@ -1,0 +1,325 @@
+//! [`Engine`]: the public face of the runtime. Each method checks its
+//! arguments and hands off to the module that owns the concern:
+//!
+//! | module | concern |
+//! | --- | --- |
+//! | `builder` | [`EngineBuilder`], configuration, open |
+//! | `registry` | workflows by name, types erased |
+//! | `instances` | live instances, [`Handle`], start and attach |
+//! | `driver` | one run of one instance, the crash-loop guard, its end |
+//! | `scheduler` + `park` | parking, timers, wake-ups |
+//! | `events` | `send_event` and `cancel` |
+//! | `recovery` | resuming unfinished instances at open |
+//! | `queries` | status, history, listing |
+
+mod builder;
+mod driver;
+mod events;
+mod evolution;
+mod instances;
+mod park;
+mod queries;
+mod recovery;
+mod registry;
+mod scheduler;
+
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::ids::validate_id;
+use crate::inspect::{History, ListFilter, Page, Status};
+use crate::services::Services;
+use crate::workflow::{IntoWorkflow, Workflow};
+
+pub use self::builder::{DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, EngineBuilder};
+pub use self::evolution::Incompatibility;
+pub use self::instances::Handle;
+pub use self::recovery::RecoveryReport;
+
+use self::builder::Config;
+use self::instances::Instances;
+use self::registry::Registry;
+use self::scheduler::Scheduler;
+
+/// The input type of the workflow `I` names.
+type In<I> = <<I as IntoWorkflow>::Workflow as Workflow>::Input;
+/// The output type of the workflow `I` names.
+type Out<I> = <<I as IntoWorkflow>::Workflow as Workflow>::Output;
+
+/// The engine's shared state, one field per concern.
+pub(crate) struct Core {
+    /// What instances may use: journal, clock, event gate.
+    services: Arc<Services>,
+    config: Config,
+    registry: Registry,
+    instances: Instances,
+    scheduler: Scheduler,
+    /// One permit: instances resumed again without progress run one at a
+    /// time until they finish a step (see `driver.rs`).
+    suspects: Arc<tokio::sync::Semaphore>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Runs workflows durably. Cheap to clone; all clones share one store.
+#[derive(Clone)]
+pub struct Engine {
+    core: Arc<Core>,
+    recovery: Arc<RecoveryReport>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("recovery", &self.recovery)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Starts configuring an engine.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// Starts instance `id` of `workflow` with `input` and returns once the
+    /// instance is durably recorded (it will run to the end even across
+    /// crashes), without waiting for it to finish.
+    ///
+    /// The id is an idempotency key: if instance `id` exists (running or
+    /// finished) with the same workflow and input, this attaches to it;
+    /// with another workflow or input it is [`Error::IdConflict`](crate::Error::IdConflict).
+    pub async fn start<I: IntoWorkflow>(
+        &self,
+        workflow: I,
+        id: impl Into<String>,
+        input: In<I>,
+    ) -> Result<Handle<Out<I>>> {
+        let _ = workflow;
+        type W<I> = <I as IntoWorkflow>::Workflow;
+        let id = id.into();
+        validate_id(&id)?;
+        let erased = self.core.registry.get::<W<I>>()?;
+        let input = self
+            .core
+            .services
+            .journal
+            .encode_value(&id, "input", &input)?;
+        let done = Arc::clone(&self.core)
+            .start_or_attach(W::<I>::NAME, erased, id.clone(), input, false)
+            .await?;
+        Ok(Handle::new(id, done, &self.core))
+    }
+
+    /// Starts (or attaches to) instance `id` and waits for its output; see
+    /// [`start`](Self::start).
+    pub async fn run<I: IntoWorkflow>(
+        &self,
+        workflow: I,
+        id: impl Into<String>,
+        input: In<I>,
+    ) -> Result<Out<I>> {
+        self.start(workflow, id, input).await?.result().await
+    }
+
+    /// Attaches to instance `id` of `workflow`, whatever its input.
+    /// [`Error::NotFound`](crate::Error::NotFound) if there is no such
+    /// instance. An unfinished instance that is not running (blocked) is
+    /// resumed.
+    pub async fn attach<I: IntoWorkflow>(
+        &self,
+        workflow: I,
+        id: impl Into<String>,
+    ) -> Result<Handle<Out<I>>> {
+        self.attach_or_resume(workflow, id.into(), false).await
+    }
+
+    /// Resumes instance `id` by hand: one that was set aside as
+    /// [`Status::NeedsAttention`], a blocked one once its cause is fixed, or
+    /// an [`Status::Incompatible`] one (checked again first). Its count of
+    /// resumes without progress starts again. A running, completed or
+    /// cancelled instance is attached to, as with [`attach`](Self::attach).
+    /// A [`Status::Failed`] instance is not resumed: a step failed for good
+    /// and that failure is its recorded outcome, so this returns
+    /// [`Error::Failed`](crate::Error::Failed) (never `Ok` doing nothing);
+    /// start a new instance.
+    pub async fn resume<I: IntoWorkflow>(
+        &self,
+        workflow: I,
+        id: impl Into<String>,
+    ) -> Result<Handle<Out<I>>> {
+        self.attach_or_resume(workflow, id.into(), true).await
+    }
+
+    async fn attach_or_resume<I: IntoWorkflow>(
+        &self,
+        workflow: I,
+        id: String,
+        manual: bool,
+    ) -> Result<Handle<Out<I>>> {
+        let _ = workflow;
+        type W<I> = <I as IntoWorkflow>::Workflow;
+        validate_id(&id)?;
+        let erased = self.core.registry.get::<W<I>>()?;
+        let record = self
+            .core
+            .services
+            .journal
+            .load(&id)?
+            .ok_or_else(|| crate::Error::NotFound { id: id.clone() })?;
+        if manual && let crate::records::InstanceState::Failed { error } = &record.state {
+            // A failed instance's failure is its recorded outcome (a step
+            // failed for good): resuming it would change that, so it is an
+            // error rather than a silent no-op.
+            return Err(crate::Error::Failed {
+                instance: id,
+                reason: format!("{error}; a failed instance cannot be resumed, start a new one"),
+            });
+        }
+        let done = Arc::clone(&self.core)
+            .start_or_attach(W::<I>::NAME, erased, id.clone(), record.input, manual)
+            .await?;
+        Ok(Handle::new(id, done, &self.core))
+    }
+
+    /// The status of instance `id`: with the step attempts running now, and
+    /// what it waits for if it is parked.
+    pub async fn status(&self, id: &str) -> Result<Status> {
+        self.core.status(id)
+    }
+
+    /// The audit trail of instance `id`: its transitions and every step
+    /// occurrence with attempts, times and outcome (including attempts
+    /// running now).
+    pub async fn history(&self, id: &str) -> Result<History> {
+        self.core.history(id)
+    }
+
+    /// One page of instances that pass `filter`, newest first (by creation
+    /// time). Pages are read from an index, never by loading every instance.
+    ///
+    /// ```
+    /// # async fn demo(engine: durable_runtime::Engine) -> durable_runtime::Result<()> {
+    /// use durable_runtime::{ListFilter, StatusKind};
+    ///
+    /// let mut filter = ListFilter::new().status(StatusKind::Blocked).limit(50);
+    /// loop {
+    ///     let page = engine.list(&filter).await?;
+    ///     for instance in &page.instances {
+    ///         println!("{} {} {:?}", instance.id, instance.workflow, instance.status);
+    ///     }
+    ///     match page.next {
+    ///         Some(next) => filter = filter.after(next),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn list(&self, filter: &ListFilter) -> Result<Page> {
+        self.core.list(filter)
+    }
+
+    /// Sends event `name` with `payload` to instance `id`, durably: when this
+    /// returns, the event is on disk and will be delivered, even across a
+    /// restart. Events of one name are consumed in the order sent, one per
+    /// `wait_for!` occurrence; an event sent before the workflow reaches its
+    /// wait is kept until then, and one sent after every wait of that name
+    /// was satisfied is kept but never delivered again.
+    ///
+    /// Errors: [`Error::NotFound`](crate::Error::NotFound),
+    /// [`Error::InstanceFinished`](crate::Error::InstanceFinished), and
+    /// [`Error::EventTypeMismatch`](crate::Error::EventTypeMismatch) when the
+    /// payload's serde shape is not the one the workflow's `wait_for!` of
+    /// that name reads, whether or not the instance waits yet (checked
+    /// against the manifest of the code the instance runs on; decided
+    /// atomically with delivery: nothing is stored then). So nothing this
+    /// accepts can block the instance later.
+    pub async fn send_event<P: serde::Serialize + serde::de::DeserializeOwned + 'static>(
+        &self,
+        id: impl Into<String>,
+        name: impl Into<String>,
+        payload: P,
+    ) -> Result<()> {
+        let (id, name) = (id.into(), name.into());
+        validate_id(&id)?;
+        let payload =
+            self.core
+                .services
+                .journal
+                .encode_value(&id, &format!("event {name:?}"), &payload)?;
+        self.core
+            .send_event(
+                id,
+                name,
+                (
+                    std::any::type_name::<P>(),
+                    crate::manifest::shape_of::<P>(),
+                ),
+                payload,
+            )
+            .await
+    }
+
+    /// Cancels instance `id`, durably: no new step starts after this
+    /// returns, a step running now finishes, and the instance ends
+    /// [`Status::Cancelled`] (its handles return
+    /// [`Error::Cancelled`](crate::Error::Cancelled)). A parked instance is
+    /// cancelled at once, without waiting for its timer.
+    ///
+    /// Errors: [`Error::NotFound`](crate::Error::NotFound),
+    /// [`Error::InstanceFinished`](crate::Error::InstanceFinished).
+    pub async fn cancel(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        self.core.cancel(id).await
+    }
+
+    /// What recovery did when this engine opened.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Stops every instance running in this process where it stands (each
+    /// resumes at the next open; their handles return
+    /// [`Error::ShutDown`](crate::Error::ShutDown)), waits until they have
+    /// stopped and every write is on disk, and closes the store, so it can
+    /// be opened again at once. Other clones of this engine can still read
+    /// status and history but can no longer write.
+    pub async fn shutdown(self) {
+        self.core.scheduler.stop();
+        self.core.instances.stop_all().await;
+        self.core.services.journal.close().await;
+    }
+
+    /// How many instances are parked in this process now (feature `hooks`).
+    #[cfg(feature = "hooks")]
+    pub fn parked_count(&self) -> usize {
+        self.core.scheduler.table().len()
+    }
+
+    /// Batches and group commits written so far (feature `hooks`).
+    #[cfg(feature = "hooks")]
+    pub fn commit_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        let stats = self.core.services.journal.stats();
+        (
+            stats.batches.load(Ordering::Relaxed),
+            stats.groups.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A park table for the benchmark (feature `hooks`).
+#[cfg(feature = "hooks")]
+pub(crate) fn bench_park_table(prefix: &str, n: usize) -> Box<dyn std::any::Any> {
+    let mut table = park::ParkTable::default();
+    let cond = crate::records::WaitCond {
+        name: "go".into(),
+        occurrence: 0,
+        deadline_ms: None,
+        event_type: Some("u64".into()),
+    };
+    for i in 0..n {
+        table.insert(&format!("{prefix}-{i}"), std::slice::from_ref(&cond), |d| d);
+    }
+    Box::new(table)
+}

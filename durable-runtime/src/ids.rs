@@ -1,0 +1,55 @@
+//! Instance ids: validation, the idempotency check of a start, and the keys
+//! handed to outside systems.
+
+use crate::error::{Error, Result};
+
+/// The longest instance id accepted, in bytes.
+pub const MAX_ID_LEN: usize = 1024;
+
+/// [`Error::InvalidId`] unless `id` is a usable instance id.
+pub(crate) fn validate_id(id: &str) -> Result<()> {
+    let reason = if id.is_empty() {
+        "it is empty"
+    } else if id.len() > MAX_ID_LEN {
+        "it is longer than 1024 bytes"
+    } else {
+        return Ok(());
+    };
+    let shown: String = id.chars().take(64).collect();
+    Err(Error::InvalidId { id: shown, reason })
+}
+
+/// [`Error::IdConflict`] unless a start of `workflow` with `input` matches
+/// the instance stored under `id`.
+pub(crate) fn check_conflict(
+    id: &str,
+    workflow: &str,
+    input: &[u8],
+    stored_workflow: &str,
+    stored_input: &[u8],
+) -> Result<()> {
+    if workflow != stored_workflow {
+        return Err(Error::IdConflict {
+            id: id.to_string(),
+            existing: format!("workflow {stored_workflow:?}"),
+        });
+    }
+    if input != stored_input {
+        return Err(Error::IdConflict {
+            id: id.to_string(),
+            existing: "a different input".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The idempotency key of the instance itself.
+pub(crate) fn instance_idempotency_key(id: &str) -> String {
+    format!("durable:{}:{}", id.len(), id)
+}
+
+/// The idempotency key of one step occurrence: stable across retries,
+/// replays and restarts, distinct for any two (id, name, occurrence).
+pub(crate) fn step_idempotency_key(id: &str, name: &str, occurrence: u32) -> String {
+    format!("durable:{}:{}:{}:{}", id.len(), id, name, occurrence)
+}

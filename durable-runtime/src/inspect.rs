@@ -1,0 +1,692 @@
+//! What an operator sees of instances: [`Status`], the audit trail
+//! ([`History`], from [`Engine::history`](crate::Engine::history)) and
+//! listings ([`ListFilter`], [`Page`], from [`Engine::list`](crate::Engine::list)).
+
+use std::time::SystemTime;
+
+use crate::context::InFlight;
+use crate::records::{
+    CheckpointRecord, CheckpointState, InstanceRecord, InstanceState, TransitionKind as StoredKind,
+};
+use crate::time::{from_ms as time, to_ms};
+
+/// A step attempt running now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunningStep {
+    /// The step's name.
+    pub name: String,
+    /// Which occurrence of the name.
+    pub occurrence: u32,
+    /// Which attempt (1 for the first).
+    pub attempt: u32,
+    /// When this attempt started.
+    pub since: SystemTime,
+}
+
+/// Where an instance stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Status {
+    /// Started and not finished: running now, or resumed at the next open.
+    Running {
+        /// The step attempts running now in this process, oldest first
+        /// (empty between steps, and for an instance not running here).
+        steps: Vec<RunningStep>,
+    },
+    /// Stopped by an error that needs attention (a checkpoint that no longer
+    /// decodes, a store failure, replay divergence). Nothing was rewritten;
+    /// the instance resumes when the engine next opens.
+    Blocked {
+        /// The error that blocked it.
+        reason: String,
+    },
+    /// Finished; the workflow's output is stored.
+    Completed {
+        /// Whether the workflow returned `Err(..)`: `Some(true)` if so,
+        /// `Some(false)` for any other output, `None` for an instance that
+        /// finished under a version of durable that did not record it.
+        is_err: Option<bool>,
+    },
+    /// Finished with an engine-level failure (a step panicked on every attempt).
+    Failed {
+        /// The error.
+        reason: String,
+    },
+    /// Parked in a `sleep!` until `until`; it holds no task meanwhile.
+    Sleeping {
+        /// When it wakes.
+        until: SystemTime,
+    },
+    /// Parked in a `wait_for!` until event `event` arrives (or `until`, its timeout).
+    Waiting {
+        /// The event's name.
+        event: String,
+        /// When the wait times out, if it has a timeout.
+        until: Option<SystemTime>,
+    },
+    /// Cancelled with [`Engine::cancel`](crate::Engine::cancel).
+    Cancelled,
+    /// Resumed too many times in a row without finishing a step (the process
+    /// probably crashes in it): not resumed automatically any more. Fix the
+    /// cause, then call [`Engine::resume`](crate::Engine::resume).
+    NeedsAttention {
+        /// Why.
+        reason: String,
+    },
+    /// Its recorded history does not fit the registered code (a recorded
+    /// step is gone, or its type changed): set aside before any body ran.
+    /// Nothing stored was changed; the build that started it can still
+    /// finish it, and it is checked again at every open.
+    Incompatible {
+        /// The site and the change, in words.
+        reason: String,
+    },
+}
+
+/// One change of an instance's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransitionKind {
+    /// The instance was created.
+    Started,
+    /// The instance was resumed after a restart or after being blocked.
+    Resumed,
+    /// The instance was blocked by an error.
+    Blocked {
+        /// The error.
+        error: String,
+    },
+    /// The instance finished and its output was stored.
+    Completed,
+    /// The instance failed.
+    Failed {
+        /// The error.
+        error: String,
+    },
+    /// The instance was cancelled.
+    Cancelled,
+    /// The instance was set aside after too many resumes without progress.
+    NeedsAttention {
+        /// Why.
+        error: String,
+    },
+    /// The instance was set aside: its history does not fit the code.
+    Incompatible {
+        /// Why.
+        error: String,
+    },
+}
+
+/// A timestamped [`TransitionKind`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Transition {
+    /// When it happened.
+    pub at: SystemTime,
+    /// What happened.
+    pub kind: TransitionKind,
+}
+
+/// How a step occurrence ended, or where it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StepOutcome {
+    /// The body returned `Ok`.
+    Value {
+        /// The Rust type of the checkpointed `Result`.
+        type_name: String,
+        /// Encoded size of the checkpointed outcome in bytes.
+        size: usize,
+    },
+    /// The body returned `Err` on its last attempt (or a permanent error).
+    Error {
+        /// The Rust type of the checkpointed `Result`.
+        type_name: String,
+        /// The error, `Debug`-formatted.
+        message: String,
+    },
+    /// Attempts failed and the step will be retried.
+    Retrying {
+        /// The last attempt's error.
+        last_error: String,
+    },
+    /// The body panicked on its last attempt.
+    Panicked {
+        /// The panic message.
+        message: String,
+    },
+    /// A `sleep!` that ends (or ended) at `until`.
+    Sleeping {
+        /// Its deadline.
+        until: SystemTime,
+    },
+    /// A `wait_for!` with a timeout, not yet finished.
+    Waiting {
+        /// When it times out.
+        until: SystemTime,
+    },
+    /// A `wait_for!` that received its event.
+    Received {
+        /// The payload's Rust type.
+        type_name: String,
+        /// Encoded size of the payload in bytes.
+        size: usize,
+    },
+    /// A `wait_for!` whose timeout passed first.
+    TimedOut,
+    /// The step's outcome was over `max_value_size`: recorded as the
+    /// step's failure, so its body never runs again.
+    TooLarge {
+        /// The outcome's encoded size in bytes.
+        size: u64,
+        /// The limit it was over.
+        limit: u64,
+    },
+    /// An attempt of the step is running now (in this process).
+    Running {
+        /// Which attempt (1 for the first).
+        attempt: u32,
+    },
+}
+
+/// One step occurrence in an instance's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StepRecord {
+    /// The step's name.
+    pub name: String,
+    /// Which occurrence of the name (0 for the first; loops count up; 0
+    /// for a keyed step).
+    pub occurrence: u32,
+    /// A keyed step's key (`step!(name, key = k, ..)`), as `Debug` shows it.
+    pub key: Option<String>,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the first attempt started.
+    pub started_at: SystemTime,
+    /// When the step finished, if it has.
+    pub finished_at: Option<SystemTime>,
+    /// Its outcome.
+    pub outcome: StepOutcome,
+}
+
+/// Everything the store knows about one instance: the postmortem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct History {
+    /// The instance id.
+    pub id: String,
+    /// The workflow's name.
+    pub workflow: String,
+    /// Its status now.
+    pub status: Status,
+    /// When it was started.
+    pub created_at: SystemTime,
+    /// Its status changes, oldest first.
+    pub transitions: Vec<Transition>,
+    /// Its step occurrences, in the order they started.
+    pub steps: Vec<StepRecord>,
+}
+
+/// The status a stored state implies, before what only the engine knows
+/// (parking, steps in flight) is added.
+pub(crate) fn status_of(state: &InstanceState) -> Status {
+    match state {
+        InstanceState::Running => Status::Running { steps: Vec::new() },
+        InstanceState::Blocked { error } => Status::Blocked {
+            reason: error.clone(),
+        },
+        InstanceState::Completed { .. } => Status::Completed { is_err: None },
+        InstanceState::Returned { is_err, .. } => Status::Completed {
+            is_err: Some(*is_err),
+        },
+        InstanceState::Failed { error } => Status::Failed {
+            reason: error.clone(),
+        },
+        InstanceState::NeedsAttention { error } => Status::NeedsAttention {
+            reason: error.clone(),
+        },
+        InstanceState::Cancelled => Status::Cancelled,
+        InstanceState::Incompatible { error } => Status::Incompatible {
+            reason: error.clone(),
+        },
+    }
+}
+
+/// The running steps of `in_flight`, oldest first.
+pub(crate) fn running_steps(mut in_flight: Vec<InFlight>) -> Vec<RunningStep> {
+    in_flight.sort_by_key(|a| (a.started_at_ms, a.name, a.occurrence));
+    in_flight
+        .into_iter()
+        .map(|a| RunningStep {
+            name: a.name.to_string(),
+            occurrence: a.occurrence,
+            attempt: a.attempt,
+            since: time(a.started_at_ms),
+        })
+        .collect()
+}
+
+/// The history of `record` with its checkpoints and the attempts running now.
+pub(crate) fn history_of(
+    id: &str,
+    record: &InstanceRecord,
+    checkpoints: Vec<CheckpointRecord>,
+    in_flight: &[InFlight],
+) -> History {
+    let transitions = record
+        .transitions
+        .iter()
+        .map(|t| Transition {
+            at: time(t.at_ms),
+            kind: match &t.kind {
+                StoredKind::Started => TransitionKind::Started,
+                StoredKind::Resumed => TransitionKind::Resumed,
+                StoredKind::Blocked { error } => TransitionKind::Blocked {
+                    error: error.clone(),
+                },
+                StoredKind::Completed => TransitionKind::Completed,
+                StoredKind::Failed { error } => TransitionKind::Failed {
+                    error: error.clone(),
+                },
+                StoredKind::NeedsAttention { error } => TransitionKind::NeedsAttention {
+                    error: error.clone(),
+                },
+                StoredKind::Cancelled => TransitionKind::Cancelled,
+                StoredKind::Incompatible { error } => TransitionKind::Incompatible {
+                    error: error.clone(),
+                },
+            },
+        })
+        .collect();
+    let mut steps: Vec<(u64, StepRecord)> = checkpoints
+        .into_iter()
+        .map(|c| {
+            let (finished_at, outcome) = match c.state {
+                CheckpointState::Retrying { last_error } => {
+                    (None, StepOutcome::Retrying { last_error })
+                }
+                CheckpointState::Done {
+                    finished_at_ms,
+                    ok: true,
+                    type_name,
+                    outcome,
+                    ..
+                } => (
+                    Some(time(finished_at_ms)),
+                    StepOutcome::Value {
+                        type_name,
+                        size: outcome.len(),
+                    },
+                ),
+                CheckpointState::Done {
+                    finished_at_ms,
+                    type_name,
+                    error_text,
+                    ..
+                } => (
+                    Some(time(finished_at_ms)),
+                    StepOutcome::Error {
+                        type_name,
+                        message: error_text.unwrap_or_default(),
+                    },
+                ),
+                CheckpointState::Panicked {
+                    finished_at_ms,
+                    message,
+                } => (
+                    Some(time(finished_at_ms)),
+                    StepOutcome::Panicked { message },
+                ),
+                CheckpointState::Sleeping { deadline_ms, .. } => (
+                    None,
+                    StepOutcome::Sleeping {
+                        until: time(deadline_ms),
+                    },
+                ),
+                CheckpointState::Waiting { deadline_ms } => (
+                    None,
+                    StepOutcome::Waiting {
+                        until: time(deadline_ms),
+                    },
+                ),
+                CheckpointState::Received {
+                    finished_at_ms,
+                    type_name,
+                    payload,
+                    ..
+                } => (
+                    Some(time(finished_at_ms)),
+                    StepOutcome::Received {
+                        type_name,
+                        size: payload.len(),
+                    },
+                ),
+                CheckpointState::TimedOut { finished_at_ms } => {
+                    (Some(time(finished_at_ms)), StepOutcome::TimedOut)
+                }
+                CheckpointState::TooLarge {
+                    finished_at_ms,
+                    size,
+                    limit,
+                } => (
+                    Some(time(finished_at_ms)),
+                    StepOutcome::TooLarge { size, limit },
+                ),
+            };
+            (
+                c.seq,
+                StepRecord {
+                    name: c.name,
+                    occurrence: c.occurrence,
+                    key: c.key.map(|(_, text)| text),
+                    attempts: c.attempts,
+                    started_at: time(c.started_at_ms),
+                    finished_at,
+                    outcome,
+                },
+            )
+        })
+        .collect();
+    for attempt in in_flight {
+        let known = steps.iter_mut().map(|(_, s)| s).find(|s| {
+            s.name == attempt.name && s.occurrence == attempt.occurrence && s.key == attempt.key
+        });
+        match known {
+            // A step being retried: its checkpoint says `Retrying`.
+            Some(step) => {
+                step.attempts = step.attempts.max(attempt.attempt);
+                step.outcome = StepOutcome::Running {
+                    attempt: attempt.attempt,
+                };
+            }
+            None => steps.push((
+                attempt.seq,
+                StepRecord {
+                    name: attempt.name.to_string(),
+                    occurrence: attempt.occurrence,
+                    key: attempt.key.clone(),
+                    attempts: attempt.attempt,
+                    started_at: time(attempt.started_at_ms),
+                    finished_at: None,
+                    outcome: StepOutcome::Running {
+                        attempt: attempt.attempt,
+                    },
+                },
+            )),
+        }
+    }
+    // In the order the sites started (their start sequence), which is
+    // source order for sites started together by `join!`.
+    steps.sort_by_key(|(seq, _)| *seq);
+    let steps = steps.into_iter().map(|(_, step)| step).collect();
+    History {
+        id: id.to_string(),
+        workflow: record.workflow.clone(),
+        status: status_of(&record.state),
+        created_at: time(record.created_at_ms),
+        transitions,
+        steps,
+    }
+}
+
+/// The kind of a [`Status`], without its details: what
+/// [`ListFilter::status`] filters on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StatusKind {
+    /// [`Status::Running`].
+    Running,
+    /// [`Status::Sleeping`].
+    Sleeping,
+    /// [`Status::Waiting`].
+    Waiting,
+    /// [`Status::Blocked`].
+    Blocked,
+    /// [`Status::NeedsAttention`].
+    NeedsAttention,
+    /// [`Status::Completed`].
+    Completed,
+    /// [`Status::Failed`].
+    Failed,
+    /// [`Status::Cancelled`].
+    Cancelled,
+    /// [`Status::Incompatible`].
+    Incompatible,
+}
+
+impl Status {
+    /// The status's kind.
+    pub fn kind(&self) -> StatusKind {
+        match self {
+            Status::Running { .. } => StatusKind::Running,
+            Status::Sleeping { .. } => StatusKind::Sleeping,
+            Status::Waiting { .. } => StatusKind::Waiting,
+            Status::Blocked { .. } => StatusKind::Blocked,
+            Status::NeedsAttention { .. } => StatusKind::NeedsAttention,
+            Status::Completed { .. } => StatusKind::Completed,
+            Status::Failed { .. } => StatusKind::Failed,
+            Status::Cancelled => StatusKind::Cancelled,
+            Status::Incompatible { .. } => StatusKind::Incompatible,
+        }
+    }
+
+    /// Whether the instance has finished (completed, failed or cancelled).
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.kind(),
+            StatusKind::Completed | StatusKind::Failed | StatusKind::Cancelled
+        )
+    }
+}
+
+/// Which instances [`Engine::list`](crate::Engine::list) returns: every
+/// condition set must hold. Results come newest first (by creation time),
+/// one page at a time.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use durable_runtime::{ListFilter, StatusKind};
+///
+/// let blocked_today = ListFilter::new()
+///     .status(StatusKind::Blocked)
+///     .status(StatusKind::NeedsAttention)
+///     .workflow("provision")
+///     .created_after(SystemTime::now() - Duration::from_secs(86_400))
+///     .limit(50);
+/// # let _ = blocked_today;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListFilter {
+    /// Only these kinds of status (any of them); empty for every status.
+    pub statuses: Vec<StatusKind>,
+    /// Only instances of this workflow.
+    pub workflow: Option<String>,
+    /// Only instances created at or after this time.
+    pub created_after: Option<SystemTime>,
+    /// Only instances created before this time.
+    pub created_before: Option<SystemTime>,
+    /// Only instances whose last status change is at or after this time.
+    pub updated_after: Option<SystemTime>,
+    /// Only instances whose last status change is before this time.
+    pub updated_before: Option<SystemTime>,
+    /// The most instances in one page (at least 1; default 100).
+    pub limit: usize,
+    /// Where the page starts: the [`Page::next`] of the previous page.
+    pub after: Option<Cursor>,
+}
+
+impl Default for ListFilter {
+    fn default() -> Self {
+        ListFilter {
+            statuses: Vec::new(),
+            workflow: None,
+            created_after: None,
+            created_before: None,
+            updated_after: None,
+            updated_before: None,
+            limit: 100,
+            after: None,
+        }
+    }
+}
+
+impl ListFilter {
+    /// Every instance, 100 to a page.
+    pub fn new() -> ListFilter {
+        ListFilter::default()
+    }
+
+    /// Adds a status kind to those accepted.
+    pub fn status(mut self, kind: StatusKind) -> Self {
+        self.statuses.push(kind);
+        self
+    }
+
+    /// Only instances of workflow `name`.
+    pub fn workflow(mut self, name: impl Into<String>) -> Self {
+        self.workflow = Some(name.into());
+        self
+    }
+
+    /// Only instances created at or after `t`.
+    pub fn created_after(mut self, t: SystemTime) -> Self {
+        self.created_after = Some(t);
+        self
+    }
+
+    /// Only instances created before `t`.
+    pub fn created_before(mut self, t: SystemTime) -> Self {
+        self.created_before = Some(t);
+        self
+    }
+
+    /// Only instances whose status last changed at or after `t`.
+    pub fn updated_after(mut self, t: SystemTime) -> Self {
+        self.updated_after = Some(t);
+        self
+    }
+
+    /// Only instances whose status last changed before `t`.
+    pub fn updated_before(mut self, t: SystemTime) -> Self {
+        self.updated_before = Some(t);
+        self
+    }
+
+    /// At most `n` instances per page (at least 1).
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = n.max(1);
+        self
+    }
+
+    /// Continues after the page that returned `cursor` as its `next`.
+    pub fn after(mut self, cursor: Cursor) -> Self {
+        self.after = Some(cursor);
+        self
+    }
+
+    /// Whether `summary` passes the conditions that need the record.
+    pub(crate) fn accepts(&self, summary: &InstanceSummary) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&summary.status.kind()))
+            && self
+                .workflow
+                .as_ref()
+                .is_none_or(|w| *w == summary.workflow)
+            && self.updated_after.is_none_or(|t| summary.updated_at >= t)
+            && self.updated_before.is_none_or(|t| summary.updated_at < t)
+    }
+
+    /// The creation-time bounds in milliseconds: (at or after, before).
+    pub(crate) fn created_ms(&self) -> (u64, Option<u64>) {
+        (
+            self.created_after.map_or(0, to_ms),
+            self.created_before.map(to_ms),
+        )
+    }
+}
+
+/// Where a listing goes on: pass a page's [`Page::next`] to
+/// [`ListFilter::after`]. Its text form (`Display` / `FromStr`) is stable
+/// across processes, for command lines and URLs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Cursor(pub(crate) Vec<u8>);
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = InvalidCursor;
+
+    fn from_str(s: &str) -> Result<Cursor, InvalidCursor> {
+        if !s.len().is_multiple_of(2) || s.len() < 16 {
+            return Err(InvalidCursor);
+        }
+        (0..s.len())
+            .step_by(2)
+            .map(|i| {
+                s.get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or(InvalidCursor)
+            })
+            .collect::<Result<Vec<u8>, _>>()
+            .map(Cursor)
+    }
+}
+
+/// A text that is not a [`Cursor`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a listing cursor (a cursor is the hex text a page returned as `next`)")]
+pub struct InvalidCursor;
+
+/// One instance in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InstanceSummary {
+    /// The instance id.
+    pub id: String,
+    /// Its workflow's name.
+    pub workflow: String,
+    /// Its status now.
+    pub status: Status,
+    /// When it was started.
+    pub created_at: SystemTime,
+    /// When its status last changed.
+    pub updated_at: SystemTime,
+}
+
+impl InstanceSummary {
+    /// The summary of `record`, with `status` as the engine sees it.
+    pub(crate) fn of(id: String, record: &InstanceRecord, status: Status) -> InstanceSummary {
+        let updated_ms = record
+            .transitions
+            .last()
+            .map_or(record.created_at_ms, |t| t.at_ms);
+        InstanceSummary {
+            id,
+            workflow: record.workflow.clone(),
+            status,
+            created_at: time(record.created_at_ms),
+            updated_at: time(updated_ms),
+        }
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Page {
+    /// The instances, newest first.
+    pub instances: Vec<InstanceSummary>,
+    /// Where the next page starts, or `None` when no instance follows. A
+    /// following page can still come back empty when none of the instances
+    /// after this one passes the filter.
+    pub next: Option<Cursor>,
+}

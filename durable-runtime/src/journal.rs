@@ -1,0 +1,371 @@
+//! The journal: every stored record is encoded into a write, and decoded
+//! from a read, here and nowhere else. Above it the engine and the
+//! operations deal in typed records; below it the store deals in bytes.
+//!
+//! Writes go through the group committer (one durable apply for many
+//! concurrent batches); reads go to the store directly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::codec;
+use crate::committer::Committer;
+use crate::error::{Error, Result, StoreError};
+use crate::records::{
+    CheckpointRecord, CheckpointState, EventRecord, InstanceRecord, ParkRecord, created_key,
+    instance_key, instance_prefix, keyed_key, name_prefix, occurrence_key, recoveries_of,
+    recoveries_value,
+};
+use crate::store::{Batch, Entries, Store, Tree};
+
+/// Typed reads and writes of one store.
+pub(crate) struct Journal {
+    store: Arc<dyn Store>,
+    committer: Committer,
+    max_value_size: usize,
+}
+
+impl Journal {
+    /// A journal over `store`, with its committer thread started.
+    pub(crate) fn start(store: Arc<dyn Store>, max_value_size: usize) -> Result<Journal> {
+        let committer = Committer::start(Arc::clone(&store)).map_err(|e| StoreError::Io {
+            op: "start the committer thread",
+            reason: e.to_string(),
+        })?;
+        Ok(Journal {
+            store,
+            committer,
+            max_value_size,
+        })
+    }
+
+    /// Encodes a user value (input, output, step outcome, event payload),
+    /// refusing one over the size limit.
+    pub(crate) fn encode_value<T: Serialize + ?Sized>(
+        &self,
+        id: &str,
+        what: &str,
+        value: &T,
+    ) -> Result<Vec<u8>> {
+        let bytes = codec::encode(value).map_err(|reason| Error::Encode {
+            instance: id.to_string(),
+            what: what.to_string(),
+            reason,
+        })?;
+        if bytes.len() > self.max_value_size {
+            return Err(Error::ValueTooLarge {
+                instance: id.to_string(),
+                what: what.to_string(),
+                size: bytes.len(),
+                limit: self.max_value_size,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// The record of instance `id`, if it exists.
+    pub(crate) fn load(&self, id: &str) -> Result<Option<InstanceRecord>> {
+        let Some(bytes) = self.store.get(Tree::Instances, &instance_key(id))? else {
+            return Ok(None);
+        };
+        decode(&bytes, || format!("instance {id:?}")).map(Some)
+    }
+
+    /// Every checkpoint of instance `id`, in key order.
+    pub(crate) fn load_checkpoints(&self, id: &str) -> Result<Vec<CheckpointRecord>> {
+        self.store
+            .scan_prefix(Tree::Checkpoints, &instance_prefix(id))?
+            .into_iter()
+            .map(|(_, bytes)| decode(&bytes, || format!("a checkpoint of instance {id:?}")))
+            .collect()
+    }
+
+    /// The stored count of resumes without progress of unfinished instance `id`.
+    pub(crate) fn recoveries(&self, id: &str) -> Result<u32> {
+        Ok(self
+            .store
+            .get(Tree::Active, &instance_key(id))?
+            .as_deref()
+            .map_or(0, recoveries_of))
+    }
+
+    /// Records a new instance: its record, its entry among the unfinished,
+    /// and its place in the creation-time index.
+    pub(crate) async fn create(&self, id: &str, record: &InstanceRecord) -> Result<()> {
+        let mut batch = self.record_batch(id, record, Some(0))?;
+        batch.put(
+            Tree::Created,
+            created_key(record.created_at_ms, id),
+            Vec::new(),
+        );
+        self.commit(batch).await
+    }
+
+    /// Writes the instance record durably, with its entry in `Active`: the
+    /// count of resumes without progress while unfinished, `None` to remove
+    /// it (and any park record) once finished.
+    pub(crate) async fn commit_record(
+        &self,
+        id: &str,
+        record: &InstanceRecord,
+        active: Option<u32>,
+    ) -> Result<()> {
+        let batch = self.record_batch(id, record, active)?;
+        self.commit(batch).await
+    }
+
+    fn record_batch(
+        &self,
+        id: &str,
+        record: &InstanceRecord,
+        active: Option<u32>,
+    ) -> Result<Batch> {
+        let bytes = encode(record, id, "the instance record")?;
+        let mut batch = Batch::new();
+        batch.put(Tree::Instances, instance_key(id), bytes);
+        match active {
+            Some(recoveries) => {
+                batch.put(Tree::Active, instance_key(id), recoveries_value(recoveries));
+            }
+            None => {
+                batch.delete(Tree::Active, instance_key(id));
+                batch.delete(Tree::Timers, instance_key(id));
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Stores `record` as the checkpoint of its (name, occurrence); with
+    /// `progress`, also sets the count of resumes without progress back to
+    /// zero in the same atomic batch.
+    pub(crate) async fn checkpoint(
+        &self,
+        id: &str,
+        record: &CheckpointRecord,
+        progress: bool,
+    ) -> Result<()> {
+        let value = encode(record, id, "a checkpoint record")?;
+        let mut batch = Batch::new();
+        let key = match &record.key {
+            Some((key, _)) => keyed_key(id, &record.name, key),
+            None => occurrence_key(id, &record.name, record.occurrence),
+        };
+        batch.put(Tree::Checkpoints, key, value);
+        if progress {
+            batch.put(Tree::Active, instance_key(id), recoveries_value(0));
+        }
+        self.commit(batch).await
+    }
+
+    /// Records what parked instance `id` waits for.
+    pub(crate) async fn park(&self, id: &str, park: &ParkRecord) -> Result<()> {
+        let value = encode(park, id, "a park record")?;
+        let mut batch = Batch::new();
+        batch.put(Tree::Timers, instance_key(id), value);
+        self.commit(batch).await
+    }
+
+    /// Event `name` number `seq` of instance `id`, if it was sent.
+    pub(crate) fn event(&self, id: &str, name: &str, seq: u32) -> Result<Option<EventRecord>> {
+        let Some(bytes) = self
+            .store
+            .get(Tree::Events, &occurrence_key(id, name, seq))?
+        else {
+            return Ok(None);
+        };
+        decode(&bytes, || {
+            format!("event {name:?} (number {seq}) of instance {id:?}")
+        })
+        .map(Some)
+    }
+
+    /// Whether event `name` number `seq` of instance `id` was sent.
+    pub(crate) fn has_event(&self, id: &str, name: &str, seq: u32) -> Result<bool> {
+        Ok(self
+            .store
+            .get(Tree::Events, &occurrence_key(id, name, seq))?
+            .is_some())
+    }
+
+    /// The number the next event `name` sent to `id` gets: after every event
+    /// of the name already sent, and after every wait of the name that
+    /// already ended (received or timed out).
+    pub(crate) fn next_event_seq(&self, id: &str, name: &str) -> Result<u32> {
+        let events = self
+            .store
+            .scan_prefix(Tree::Events, &name_prefix(id, name))?
+            .len();
+        let ended_waits = self
+            .store
+            .scan_prefix(Tree::Checkpoints, &name_prefix(id, name))?
+            .iter()
+            .filter(|(_, v)| {
+                codec::decode::<CheckpointRecord>(v).is_ok_and(|c| {
+                    matches!(
+                        c.state,
+                        CheckpointState::Received { .. } | CheckpointState::TimedOut { .. }
+                    )
+                })
+            })
+            .count();
+        Ok(u32::try_from(events.max(ended_waits)).unwrap_or(u32::MAX))
+    }
+
+    /// Stores event `name` number `seq` of instance `id`, durably.
+    pub(crate) async fn put_event(
+        &self,
+        id: &str,
+        name: &str,
+        seq: u32,
+        event: &EventRecord,
+    ) -> Result<()> {
+        let value = encode(event, id, &format!("event {name:?}"))?;
+        let mut batch = Batch::new();
+        batch.put(Tree::Events, occurrence_key(id, name, seq), value);
+        self.commit(batch).await
+    }
+
+    /// Every unfinished instance: (id bytes, resumes without progress).
+    pub(crate) fn active(&self) -> Result<Vec<(Vec<u8>, u32)>> {
+        Ok(self
+            .store
+            .scan_prefix(Tree::Active, &[])?
+            .into_iter()
+            .map(|(k, v)| (k, recoveries_of(&v)))
+            .collect())
+    }
+
+    /// Every park record, by instance key; a record that does not decode is
+    /// left out (its instance is then resumed instead of parked).
+    pub(crate) fn parks(&self) -> Result<HashMap<Vec<u8>, ParkRecord>> {
+        Ok(self
+            .store
+            .scan_prefix(Tree::Timers, &[])?
+            .into_iter()
+            .filter_map(|(k, v)| codec::decode::<ParkRecord>(&v).ok().map(|p| (k, p)))
+            .collect())
+    }
+
+    /// Up to `limit` entries of the creation-time index, newest first,
+    /// strictly before `before` (a key of that index) when given.
+    pub(crate) fn created_page(&self, before: Option<&[u8]>, limit: usize) -> Result<Entries> {
+        Ok(self.store.scan_rev(Tree::Created, before, limit)?)
+    }
+
+    /// Builds the creation-time index for instances recorded before it
+    /// existed (a store written by an earlier version). Does nothing when
+    /// the index already covers every instance.
+    pub(crate) async fn index_existing(&self) -> Result<()> {
+        const DONE: &[u8] = b"created_index";
+        if self.store.get(Tree::Meta, DONE)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        for (key, bytes) in self.store.scan_prefix(Tree::Instances, &[])? {
+            let id = String::from_utf8_lossy(&key).into_owned();
+            if let Ok(record) = codec::decode::<InstanceRecord>(&bytes) {
+                batch.put(
+                    Tree::Created,
+                    created_key(record.created_at_ms, &id),
+                    Vec::new(),
+                );
+            }
+        }
+        batch.put(Tree::Meta, DONE.to_vec(), vec![1]);
+        self.commit(batch).await
+    }
+
+    /// The first error the store returned, after which nothing more is written.
+    /// The manifest stored under `hash`, if the store has it and it decodes.
+    pub(crate) fn manifest(&self, hash: u64) -> Option<crate::manifest::Manifest> {
+        let bytes = self
+            .store
+            .get(Tree::Meta, &crate::manifest::manifest_key(hash))
+            .ok()??;
+        codec::decode(&bytes).ok()
+    }
+
+    /// Stores each of `manifests` the store does not hold yet.
+    pub(crate) async fn store_manifests(
+        &self,
+        manifests: &[&crate::manifest::Manifest],
+    ) -> Result<()> {
+        let mut batch = Batch::new();
+        for manifest in manifests {
+            let key = crate::manifest::manifest_key(manifest.hash());
+            if self.store.get(Tree::Meta, &key)?.is_none() {
+                batch.put(Tree::Meta, key, encode(*manifest, "", "a manifest")?);
+            }
+        }
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        self.commit(batch).await
+    }
+
+    /// The events stored for instance `id`: name, fingerprint and shape.
+    pub(crate) fn events_of(&self, id: &str) -> Result<Vec<(String, u64, String)>> {
+        let prefix = instance_prefix(id);
+        Ok(self
+            .store
+            .scan_prefix(Tree::Events, &prefix)?
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let event: EventRecord = codec::decode(&value).ok()?;
+                let rest = key.strip_prefix(prefix.as_slice())?;
+                let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+                let name = String::from_utf8(rest.get(4..4 + len)?.to_vec()).ok()?;
+                Some((name, event.fingerprint, event.shape))
+            })
+            .collect())
+    }
+
+    pub(crate) fn failure(&self) -> Option<StoreError> {
+        self.committer.failure()
+    }
+
+    /// Counters of the group committer.
+    #[cfg(feature = "hooks")]
+    pub(crate) fn stats(&self) -> &crate::committer::CommitStats {
+        &self.committer.stats
+    }
+
+    /// Writes everything queued, then stops writing.
+    pub(crate) async fn close(&self) {
+        self.committer.close().await;
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<()> {
+        self.committer.commit(batch).await.map_err(Error::from)
+    }
+}
+
+fn encode<T: Serialize>(value: &T, id: &str, what: &str) -> Result<Vec<u8>> {
+    codec::encode(value).map_err(|reason| Error::Encode {
+        instance: id.to_string(),
+        what: what.to_string(),
+        reason,
+    })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<T> {
+    codec::decode(bytes).map_err(|e| {
+        Error::Store(StoreError::Decode {
+            what: what(),
+            reason: e.to_string(),
+        })
+    })
+}
+
+/// Decodes a user value (a step outcome, an event payload, a workflow's
+/// input or output); the error is the decoder's complaint.
+pub(crate) fn decode_value<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> std::result::Result<T, String> {
+    codec::decode(bytes).map_err(|e| e.to_string())
+}
