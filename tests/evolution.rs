@@ -975,3 +975,70 @@ fn manifests_match_the_snapshot() {
         ],
     );
 }
+
+/// What `stamped` saw each time it ran (first run, then replays).
+static SEEN: Mutex<Vec<(std::time::SystemTime, u64, String)>> = Mutex::new(Vec::new());
+
+#[durable]
+async fn stamped(ctx: &Ctx, _n: u32) -> Result<(u64, u64, String), String> {
+    let at = ctx.now().await;
+    let n = ctx.random().await;
+    let id = ctx.uuid().await;
+    SEEN.lock().unwrap().push((at, n, id.clone()));
+    let () = wait_for!("go");
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_millis() as u64;
+    Ok((ms, n, id))
+}
+
+/// `ctx.now()`, `ctx.random()` and `ctx.uuid()` are checkpointed: a replay
+/// after a restart sees the values of the first run.
+#[tokio::test]
+async fn clock_randomness_and_uuids_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), |b| b.register(stamped)).await;
+    let _handle = engine.start(stamped, "r1", 1).await.unwrap();
+    status_becomes(&engine, "r1", "the wait", |s| {
+        matches!(s, Status::Waiting { .. })
+    })
+    .await;
+    let first: Vec<String> = engine
+        .history("r1")
+        .await
+        .unwrap()
+        .steps
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(first, ["durable::now", "durable::random", "durable::uuid"]);
+    engine.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let engine = open(dir.path(), |b| b.register(stamped)).await;
+    engine.send_event("r1", "go", ()).await.unwrap();
+    let (ms, n, id) = engine
+        .attach(stamped, "r1")
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap()
+        .unwrap();
+    // Replayed, not drawn again: the run after the restart saw the values
+    // of the first run.
+    let seen = SEEN.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!((seen[0].1, seen[0].2.clone()), (n, id.clone()));
+    let first_ms = seen[0]
+        .0
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert_eq!(first_ms, ms);
+    assert_eq!(id.len(), 36);
+    assert_eq!(&id[14..15], "4");
+    assert_eq!(engine.history("r1").await.unwrap().steps.len(), 4);
+    engine.shutdown().await;
+}

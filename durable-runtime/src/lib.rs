@@ -19,7 +19,7 @@
 //! | `journal` | every record encoded and decoded here; typed reads and writes |
 //! | `services` | what a running instance may use: journal, clock, event gate |
 //! | `context` | [`Ctx`]: an instance's id, counters, signals |
-//! | `step`, `wait` | `impl Ctx`: the operations behind `step!`, `sleep!`, `wait_for!` |
+//! | `step`, `wait`, `values` | `impl Ctx`: the operations behind `step!`, `sleep!`, `wait_for!`; checkpointed `now`, `random`, `uuid` |
 //! | `manifest` | manifests: sites, serde shapes, fingerprints, compatibility checks, snapshots |
 //! | `workflow` | [`Workflow`], [`IntoWorkflow`] |
 //! | `inspect` | [`Status`], [`History`], listing types |
@@ -65,6 +65,7 @@ mod services;
 mod step;
 pub mod store;
 pub mod time;
+mod values;
 mod wait;
 mod workflow;
 
@@ -102,11 +103,11 @@ pub mod __bench {
 pub mod __private {
     pub use crate::context::Ctx;
     pub use crate::future::BoxFuture;
-    pub use crate::retry::RetryPolicy;
     pub use crate::manifest::{
         SiteDecl, SiteKind, SiteTypes, TypesOfStep, TypesOfWait, TypesUnknown, sleep_site_types,
         step_probe, wait_probe,
     };
+    pub use crate::retry::RetryPolicy;
     pub use crate::step::{step, step_site};
     pub use crate::wait::{sleep, sleep_until, wait_for_site, wait_for_timeout_site};
     pub use crate::workflow::{Workflow, WorkflowMarker, body_fn};

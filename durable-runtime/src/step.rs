@@ -267,11 +267,15 @@ where
                 return Err(panicked(ctx, name, occurrence, message));
             }
             CheckpointState::TooLarge { size, limit, .. } => {
-                return Err(too_large(ctx, name, &site.at, size as usize, limit as usize));
+                return Err(too_large(
+                    ctx,
+                    name,
+                    &site.at,
+                    size as usize,
+                    limit as usize,
+                ));
             }
-            CheckpointState::Retrying { .. } => {
-                (record.attempts, record.started_at_ms, record.seq)
-            }
+            CheckpointState::Retrying { .. } => (record.attempts, record.started_at_ms, record.seq),
             other => return Err(ctx.diverged(name, occurrence, &other, "a step")),
         },
         None => (0, ctx.now_ms(), site.seq),

@@ -336,12 +336,7 @@ async fn receive<T: DeserializeOwned + 'static>(
     site: Site,
     event: EventRecord,
 ) -> Result<T, Error> {
-    let payload = decode_payload(
-        ctx,
-        site,
-        (&event.shape, event.fingerprint),
-        &event.payload,
-    )?;
+    let payload = decode_payload(ctx, site, (&event.shape, event.fingerprint), &event.payload)?;
     tracing::debug!(
         durable.instance_id = %ctx.id,
         durable.event = site.name,

@@ -251,10 +251,7 @@ impl Engine {
             .send_event(
                 id,
                 name,
-                (
-                    std::any::type_name::<P>(),
-                    crate::manifest::shape_of::<P>(),
-                ),
+                (std::any::type_name::<P>(), crate::manifest::shape_of::<P>()),
                 payload,
             )
             .await
