@@ -25,11 +25,12 @@ pub(crate) struct Args {
     /// `version = N`: the workflow's version (1 when absent); several
     /// versions of one name can be registered side by side.
     pub version: Option<syn::LitInt>,
+    /// `allow = "nondeterminism"`: no determinism warnings for this fn.
+    pub allow: Option<LitStr>,
 }
 
 /// Every argument the attribute takes, as listed in messages.
-const VALID: &str =
-    "`name = \"...\"`, `version = <n>`, `retry = <RetryPolicy>`, `crate = \"path\"`";
+const VALID: &str = "`name = \"...\"`, `version = <n>`, `retry = <RetryPolicy>`, `allow = \"nondeterminism\"`, `crate = \"path\"`";
 
 impl Args {
     /// Reads the tokens between the attribute's parentheses. Problems go to
@@ -69,6 +70,7 @@ impl Args {
                     }
                     "crate" => "`crate` needs a value: `crate = \"::durable\"`".to_string(),
                     "version" => "`version` needs a value: `version = 2`".to_string(),
+                    "allow" => "`allow` needs a value: `allow = \"nondeterminism\"`".to_string(),
                     _ => unknown(&key_name),
                 },
             ));
@@ -82,6 +84,16 @@ impl Args {
             "retry" => {
                 let value: Expr = input.parse()?;
                 set_once(&mut self.retry, value, &key)?;
+            }
+            "allow" => {
+                let value = parse_string(input, "allow", "`allow = \"nondeterminism\"`")?;
+                if value.value() != "nondeterminism" {
+                    return Err(syn::Error::new(
+                        value.span(),
+                        "`allow` takes one value: `allow = \"nondeterminism\"` (no determinism warnings for this fn)",
+                    ));
+                }
+                set_once(&mut self.allow, value, &key)?;
             }
             "version" => {
                 let value: Expr = input.parse()?;
@@ -217,7 +229,7 @@ mod tests {
         assert_eq!(errors.len(), 4, "{errors:?}");
         assert!(errors[0].starts_with("unknown `#[durable]` argument `nmae`"));
         assert!(errors[0].contains(
-            "`name = \"...\"`, `version = <n>`, `retry = <RetryPolicy>`, `crate = \"path\"`"
+            "`name = \"...\"`, `version = <n>`, `retry = <RetryPolicy>`, `allow = \"nondeterminism\"`, `crate = \"path\"`"
         ));
         assert!(errors[1].starts_with("`name` must be a string literal"));
         assert!(errors[2].starts_with("`crate` needs a value"));

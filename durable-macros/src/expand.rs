@@ -92,8 +92,24 @@ fn generate(cx: &Cx, args: &Args, workflow: &Workflow, body: &Body) -> TokenStre
     //         impl Workflow for __durable_provision { .. fn run(..) { BODY, steps rewritten } }
     //         /// Docs.
     //         pub fn provision(_: WorkflowMarker) -> __durable_provision { __durable_provision }
-    let run = run(cx, workflow, body);
-    workflow_fn(cx, args, workflow, body, run)
+    let (trait_items, mut parts) = run(cx, workflow, body);
+    if args.allow.is_none() {
+        let input = workflow.input.as_ref().map(|input| {
+            let (pat, ty) = (&input.pat, &input.ty);
+            quote!(#pat: #ty)
+        });
+        let findings = crate::lint::scan(body, input.as_ref());
+        if !findings.is_empty() {
+            // The warnings go beside the fn that holds the body.
+            let warnings = crate::lint::warnings(&findings);
+            parts = quote! {
+                #parts
+                #[allow(dead_code, clippy::let_unit_value)]
+                fn __durable_determinism() { #warnings }
+            };
+        }
+    }
+    workflow_fn(cx, args, workflow, body, (trait_items, parts))
 }
 
 /// The expansion when the fn could not be expanded as a whole (a bad

@@ -13,6 +13,7 @@
 mod args;
 mod ast;
 mod expand;
+mod lint;
 mod sites;
 mod validate;
 

@@ -75,6 +75,9 @@ pub(super) fn entry<W: Workflow>(workflow: W) -> Entry {
     (W::NAME, Arc::new(Registered(workflow, (manifest, hash))))
 }
 
+/// A workflow's name and version.
+pub(super) type Key = (&'static str, u32);
+
 /// Every registered workflow, by name and version.
 #[derive(Default)]
 pub(super) struct Registry {
@@ -145,7 +148,7 @@ impl Registry {
     }
 
     /// Every registered workflow, sorted by name and version.
-    pub(super) fn all(&self) -> Vec<((&'static str, u32), Arc<dyn Erased>)> {
+    pub(super) fn all(&self) -> Vec<(Key, Arc<dyn Erased>)> {
         let mut all: Vec<_> = self
             .by_name
             .iter()
