@@ -23,7 +23,7 @@
 //!
 //! Each instance stores the hash of the manifest it started with, each
 //! checkpoint and event the fingerprint of the type it was written with.
-//! Before an instance runs any body, [`check_history`] compares what it
+//! Before an instance runs any body, `check_history` compares what it
 //! recorded with the registered manifest; a checkpoint or event is decoded
 //! only when its fingerprint matches the type asked for.
 
