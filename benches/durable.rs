@@ -12,7 +12,10 @@
 //!    they finish;
 //! 6. memory: RSS and heap growth per instance parked in a `wait_for!`, the
 //!    heap held beyond what the same number of finished instances hold, and
-//!    the park table's own heap per instance.
+//!    the park table's own heap per instance;
+//! 7. timers: instances started at once into an hour's `sleep!` (handles
+//!    dropped): time until all are parked, and the reopen with them all
+//!    parked (the load `tests/timers.rs` only checks the behaviour of).
 //!
 //! Each figure is the median of several runs. Store directories live under
 //! `DURABLE_BENCH_DIR` (default: the system temp dir); put it on the disk you
@@ -120,6 +123,7 @@ struct Profile {
     concurrent_instances: u64,
     recovery_instances: u64,
     memory_instances: u64,
+    timer_instances: u64,
 }
 
 fn bench_dir() -> PathBuf {
@@ -189,6 +193,7 @@ async fn open(dir: &Path) -> Engine {
         .register(parking)
         .register(waiter)
         .register(finisher)
+        .register(napper)
         .open()
         .await
         .unwrap()
@@ -355,6 +360,42 @@ async fn waiter(_ctx: &Ctx, n: u64) -> Result<u64, String> {
 }
 
 #[durable]
+async fn napper(_ctx: &Ctx, n: u64) -> Result<u64, String> {
+    step!("w1", effect(1, n).await)?;
+    sleep!("nap", Duration::from_secs(3600));
+    Ok(n)
+}
+
+/// Starts `instances` of `napper` at once (handles dropped) and returns the
+/// time until all are parked in their sleep, then the time to reopen the
+/// store with all of them parked.
+async fn timers(dir: &Path, instances: u64) -> (Duration, Duration) {
+    let engine = open(dir).await;
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(instances as usize);
+    for n in 0..instances {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            drop(engine.start(napper, format!("t-{n}"), n).await.unwrap());
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    while (engine.parked_count() as u64) < instances {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let parked = start.elapsed();
+    engine.shutdown().await;
+    let start = Instant::now();
+    let engine = open(dir).await;
+    let reopen = start.elapsed();
+    assert_eq!(engine.recovery().parked as u64, instances);
+    engine.shutdown().await;
+    (parked, reopen)
+}
+
+#[durable]
 async fn finisher(_ctx: &Ctx, n: u64) -> Result<u64, String> {
     step!("w1", effect(1, n).await)?;
     step!("w2", effect(2, n).await)?;
@@ -395,6 +436,7 @@ fn main() {
             concurrent_instances: 500,
             recovery_instances: 2_000,
             memory_instances: 2_000,
+            timer_instances: 2_000,
         }
     } else {
         Profile {
@@ -404,6 +446,7 @@ fn main() {
             concurrent_instances: 10_000,
             recovery_instances: 100_000,
             memory_instances: 100_000,
+            timer_instances: 10_000,
         }
     };
     // `DURABLE_BENCH_MEMORY=N` sets scenario 6's instance count.
@@ -552,6 +595,23 @@ async fn run(p: Profile, quick: bool) {
             median(rss),
             median(heap),
             median(beyond)
+        );
+    }
+    if want(7) {
+        let (mut parks, mut reopens) = (Vec::new(), Vec::new());
+        for _ in 0..p.runs {
+            let d = fresh_dir("timers");
+            let (park, reopen) = timers(d.path(), p.timer_instances).await;
+            parks.push(park.as_secs_f64());
+            reopens.push(reopen.as_secs_f64());
+        }
+        let park = median(parks);
+        println!(
+            "7. timers: {} instances started at once into a 1-hour sleep!: all parked in {:.2} s ({:.0} instances/s); reopen with all parked {:.2} s",
+            p.timer_instances,
+            park,
+            p.timer_instances as f64 / park,
+            median(reopens)
         );
     }
 }

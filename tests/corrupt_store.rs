@@ -60,8 +60,11 @@ static ALLOCATOR: Counting = Counting;
 /// While set, `pipeline` waits in its third step (the parent sets it while
 /// it builds unfinished instances).
 static PARK: AtomicBool = AtomicBool::new(false);
+/// Times a body of `pipeline`'s third step began.
+static PARKED: AtomicUsize = AtomicUsize::new(0);
 
 async fn park() -> Result<(), String> {
+    PARKED.fetch_add(1, Ordering::SeqCst);
     while PARK.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -101,14 +104,6 @@ const INSTANCES: [(&str, u64); 6] = [
     ("open-1", 6),
 ];
 
-async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 /// Builds the valid store in `path`: four finished instances (one with a
 /// blob), two parked in their third step, and a second open so sled writes
 /// a snapshot.
@@ -127,28 +122,39 @@ async fn build_store(path: &Path) {
         );
     }
     PARK.store(true, Ordering::SeqCst);
+    PARKED.store(0, Ordering::SeqCst);
     for (id, n) in &INSTANCES[4..] {
         let _ = engine.start(pipeline, *id, *n).await.unwrap();
     }
-    wait_until("the instances to park", async || {
+    let parked = async |engine: &Engine| {
+        let mut steps = Vec::new();
         for (id, _) in &INSTANCES[4..] {
-            if !engine.history(id).await.is_ok_and(|h| h.steps.len() >= 2) {
-                return false;
-            }
+            steps.push(engine.history(id).await.map(|h| h.steps.len()).ok());
         }
-        true
-    })
-    .await;
+        if steps.iter().all(|s| s.is_some_and(|n| n >= 2)) {
+            Ok(())
+        } else {
+            Err(format!("steps recorded: {steps:?}"))
+        }
+    };
+    support::wait_until("the instances to park", async || parked(&engine).await).await;
     engine.shutdown().await;
     // Reopen: recovery resumes the parked instances (they park again) and
     // sled writes a snapshot.
+    PARKED.store(0, Ordering::SeqCst);
     let engine = Engine::builder()
         .path(path)
         .register(pipeline)
         .open()
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    support::wait_until("the resumed instances to park again", async || match PARKED
+        .load(Ordering::SeqCst)
+    {
+        2 => Ok(()),
+        n => Err(format!("{n} of 2 back in their third step")),
+    })
+    .await;
     engine.shutdown().await;
     PARK.store(false, Ordering::SeqCst);
 }
@@ -260,7 +266,8 @@ fn used_len(file: &Path) -> u64 {
 const CHILD: &str = "DURABLE_CORRUPT_CHILD";
 
 /// Runs in the child: opens the damaged store and runs every instance,
-/// printing one `@@` line per finding.
+/// printing one `@@` line per finding. A hang (an open or a run still
+/// pending after a quarter of the hang guard) is the last finding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_child() {
     let Ok(path) = std::env::var(CHILD) else {
@@ -271,8 +278,9 @@ async fn corrupt_child() {
         let _ = writeln!(out, "@@{line}");
         let _ = out.flush();
     };
+    let guard = support::hang_guard() / 4;
     let opened = tokio::time::timeout(
-        Duration::from_secs(20),
+        guard,
         Engine::builder().path(&path).register(pipeline).open(),
     )
     .await;
@@ -284,9 +292,9 @@ async fn corrupt_child() {
     };
     for (id, n) in INSTANCES {
         let known = !matches!(engine.status(id).await, Err(Error::NotFound { .. }));
-        let run = tokio::time::timeout(Duration::from_secs(20), engine.run(pipeline, id, n)).await;
+        let run = tokio::time::timeout(guard, engine.run(pipeline, id, n)).await;
         match run {
-            Err(_) => say(format!("HANG {id}")),
+            Err(_) => return say(format!("HANG {id}")),
             Ok(Ok(Ok(v))) if v == expected(n) => say(format!("OK {id} {known}")),
             Ok(Ok(other)) => say(format!("WRONG {id}: {other:?}")),
             Ok(Err(e)) => say(format!("ERROR {id} {known}: {e}")),
@@ -333,18 +341,7 @@ fn check_copy(store: &Path, tally: &Mutex<Tally>) -> Result<(), String> {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err("the child hung".into());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let status = support::wait_child(&mut child, "the child's exit", support::hang_guard())?;
     let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -425,10 +422,16 @@ async fn damaged_files_give_typed_errors_or_correct_data() {
     let started = Instant::now();
     let queue = Mutex::new(cases.into_iter().enumerate());
     let failures = Mutex::new(Vec::new());
+    // After a hang the remaining cases are not run: each could cost a hang
+    // guard, and the hang is the failure to look at.
+    let hung = AtomicBool::new(false);
     std::thread::scope(|s| {
         for _ in 0..2 {
             s.spawn(|| {
                 loop {
+                    if hung.load(Ordering::SeqCst) {
+                        break;
+                    }
                     let next = queue.lock().unwrap().next();
                     let Some((i, (kind, file, damage, case_seed))) = next else {
                         break;
@@ -445,6 +448,12 @@ async fn damaged_files_give_typed_errors_or_correct_data() {
                             file.display(),
                             tally.lock().unwrap()
                         );
+                    }
+                    if result
+                        .as_ref()
+                        .is_err_and(|e| e.starts_with("HANG") || e.starts_with("hang guard"))
+                    {
+                        hung.store(true, Ordering::SeqCst);
                     }
                     match result {
                         Ok(()) => std::fs::remove_dir_all(&copy).unwrap(),

@@ -7,11 +7,13 @@
 //! The child is this same test binary, re-run with `--exact` on the
 //! `crash_child` test and the `DURABLE_CRASH_CHILD` environment variable.
 
+mod support;
+
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use durable::prelude::*;
 
@@ -101,15 +103,19 @@ fn read_ledger(dir: &Path) -> Vec<String> {
 }
 
 fn wait_for_line(dir: &Path, line: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !read_ledger(dir).iter().any(|l| l == line) {
-        assert!(
-            Instant::now() < deadline,
-            "child never wrote {line:?}: {:?}",
-            read_ledger(dir)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    support::wait_until_blocking(&format!("the child's ledger line {line:?}"), || {
+        let ledger = read_ledger(dir);
+        if ledger.iter().any(|l| l == line) {
+            Ok(())
+        } else {
+            Err(ledger)
+        }
+    });
+}
+
+/// Waits for `child` to exit by itself, under the hang guard.
+fn exit_status(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    support::wait_child(child, what, support::hang_guard()).unwrap_or_else(|hang| panic!("{hang}"))
 }
 
 #[test]
@@ -126,7 +132,10 @@ fn sigkill_mid_step_resumes_without_rerunning_finished_steps() {
     child.wait().unwrap();
 
     let mut child = spawn_child(dir.path(), None);
-    assert!(child.wait().unwrap().success(), "restarted child failed");
+    assert!(
+        exit_status(&mut child, "the restarted child's exit").success(),
+        "restarted child failed"
+    );
 
     let ledger = read_ledger(dir.path());
     let count = |prefix: &str| ledger.iter().filter(|l| l.starts_with(prefix)).count();
@@ -220,23 +229,23 @@ fn sigkill_under_concurrent_load_loses_no_returned_step() {
     // Kill three times while steps are returning, at growing ledger sizes.
     for kill_at in [40, 300, 500] {
         let mut child = spawn();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let returned = read_ledger(dir.path())
-                .iter()
-                .filter(|l| l.starts_with("RETURNED"))
-                .count();
-            if returned >= kill_at || read_ledger(dir.path()).iter().any(|l| l == "DONE") {
-                break;
+        support::wait_until_blocking(&format!("{kill_at} returned steps"), || {
+            let ledger = read_ledger(dir.path());
+            let returned = ledger.iter().filter(|l| l.starts_with("RETURNED")).count();
+            if returned >= kill_at || ledger.iter().any(|l| l == "DONE") {
+                Ok(())
+            } else {
+                Err(format!("{returned} returned steps"))
             }
-            assert!(Instant::now() < deadline, "child made no progress");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        });
         child.kill().unwrap();
         child.wait().unwrap();
     }
     let mut child = spawn();
-    assert!(child.wait().unwrap().success(), "final child failed");
+    assert!(
+        exit_status(&mut child, "the final child's exit").success(),
+        "final child failed"
+    );
     let ledger = read_ledger(dir.path());
     assert_eq!(ledger.last().map(String::as_str), Some("DONE"));
 

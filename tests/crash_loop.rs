@@ -9,11 +9,12 @@
 //! cause is fixed. A step that crashes once and then succeeds is progress:
 //! the count starts again, and such an instance is never parked.
 
+mod support;
+
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use durable::prelude::*;
 use durable::{Status, TransitionKind};
@@ -184,17 +185,8 @@ fn run_child(dir: &Path, mode: &str) -> Exit {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the child hung");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let status = support::wait_child(&mut child, "the child's exit", support::hang_guard())
+        .unwrap_or_else(|hang| panic!("{hang}: {:?}", ledger(dir)));
     match (status.success(), status.signal()) {
         (true, _) => Exit::Clean,
         (false, Some(libc::SIGABRT)) => Exit::Crashed,

@@ -18,7 +18,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use support::{Ended, Worker, Workload};
 
@@ -68,7 +67,7 @@ fn case(point: &'static str, hits: u64) -> Result<CaseResult, String> {
             .map(|c| ("DURABLE_CRASH_POINT", c.clone()))
             .collect();
         let mut worker = Worker::spawn("crash_points_child", &dir, gen_no, 0, WORKLOAD, &env);
-        match worker.wait(Duration::from_secs(60)) {
+        match worker.wait() {
             Ok(how) => {
                 ended.insert(gen_no, how);
                 if how == Ended::Killed && crash.as_deref().is_some_and(|c| c.starts_with(point)) {

@@ -26,7 +26,7 @@ fn ran(entry: &str) -> usize {
 }
 
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(600);
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -34,7 +34,7 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 async fn status_becomes(engine: &Engine, id: &str, what: &str, f: impl Fn(&Status) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let status = engine.status(id).await.unwrap();
         if f(&status) {

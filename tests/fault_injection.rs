@@ -15,8 +15,10 @@
 //! - once an apply failed, no instance begins more than the one step body
 //!   that may already have passed the check (no new steps are scheduled
 //!   while the store is failing);
-//! - nothing hangs; after the fault clears and the engine reopens, every
-//!   instance completes with the output its chain of steps gives.
+//! - nothing hangs (an open, the instances or a shutdown still pending when
+//!   the hang guard runs out); after the fault clears and the engine
+//!   reopens, every instance completes with the output its chain of steps
+//!   gives.
 //!
 //! Thousands of seeds run over an in-memory store in a few seconds, and a
 //! few dozen over the real sled store. `DURABLE_FAULT_SEED` replays a seed
@@ -373,7 +375,16 @@ impl Store for FaultyStore {
 
 const INSTANCES: u64 = 3;
 const STEPS: u32 = 4;
-const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Marks a violation that is a hang: after one, no further seeds start.
+const HANG: &str = "hang guard";
+
+fn hung(what: &str) -> String {
+    format!(
+        "{HANG}: {what} still pending after {:.1?}",
+        support::hang_guard()
+    )
+}
 
 /// Where one seed's data lives between phases.
 enum Data {
@@ -389,20 +400,16 @@ impl Data {
                 disk: Arc::clone(disk),
             }),
             // The store closes when the engine's last reference drops, which
-            // can trail `shutdown` by a moment when another thread drops a
-            // handle at the same time: retry a `Locked` briefly.
-            Data::Sled(path) => {
-                let deadline = std::time::Instant::now() + Duration::from_secs(5);
-                loop {
-                    match SledStore::open(path) {
-                        Ok(store) => break Backend::Sled(Box::new(store)),
-                        Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        Err(e) => panic!("reopen the sled store: {e:?}"),
-                    }
-                }
-            }
+            // can trail `shutdown` when another thread drops a handle at the
+            // same time: wait until it is released.
+            Data::Sled(path) => Backend::Sled(Box::new(support::wait_until_blocking(
+                "the previous engine to release the sled store",
+                || match SledStore::open(path) {
+                    Ok(store) => Ok(store),
+                    Err(locked @ StoreError::Locked { .. }) => Err(locked),
+                    Err(e) => panic!("reopen the sled store: {e:?}"),
+                },
+            ))),
         }
     }
 }
@@ -430,7 +437,7 @@ async fn phase(
 ) {
     let (store, failed_at) = FaultyStore::new(data.backend(), plan);
     let opened = tokio::time::timeout(
-        TIMEOUT,
+        support::hang_guard(),
         Engine::builder()
             .store(store)
             .register(chain)
@@ -443,7 +450,7 @@ async fn phase(
     )
     .await;
     let engine = match opened {
-        Err(_) => return errors.push("open hung".into()),
+        Err(_) => return errors.push(hung("open")),
         Ok(Err(e)) if !final_phase && acceptable(&e) => return,
         Ok(Err(e)) => return errors.push(format!("open failed: {e:?}")),
         Ok(Ok(engine)) => engine,
@@ -465,7 +472,7 @@ async fn phase(
         });
     }
     let mut outcomes = BTreeMap::new();
-    let joined = tokio::time::timeout(TIMEOUT, async {
+    let joined = tokio::time::timeout(support::hang_guard(), async {
         while let Some(joined) = tasks.join_next().await {
             let (id, outcome) = joined.expect("instance task");
             outcomes.insert(id, outcome);
@@ -473,7 +480,7 @@ async fn phase(
     })
     .await;
     if joined.is_err() {
-        errors.push(format!("instances hung; finished: {outcomes:?}"));
+        errors.push(format!("{}; finished: {outcomes:?}", hung("instances")));
     }
     for (id, outcome) in &outcomes {
         match outcome {
@@ -531,11 +538,11 @@ async fn phase(
             }
         }
     }
-    if tokio::time::timeout(TIMEOUT, engine.shutdown())
+    if tokio::time::timeout(support::hang_guard(), engine.shutdown())
         .await
         .is_err()
     {
-        errors.push("shutdown hung".into());
+        errors.push(hung("shutdown"));
     }
 }
 
@@ -627,6 +634,10 @@ async fn thousands_of_fault_seeds_over_memory() {
     let mut tasks = tokio::task::JoinSet::new();
     let mut failures = Vec::new();
     for i in 0..count {
+        // After a hang, no new seed: each could cost a hang guard.
+        if failures.iter().any(|f: &String| f.contains(HANG)) {
+            break;
+        }
         let seed = base.wrapping_add(i);
         tasks.spawn(run_seed(
             "mem",
@@ -661,6 +672,9 @@ async fn fault_seeds_over_sled() {
     let started = std::time::Instant::now();
     let mut failures = Vec::new();
     for i in 0..count {
+        if failures.iter().any(|f: &String| f.contains(HANG)) {
+            break;
+        }
         let seed = base.wrapping_add(i) ^ 0x51ED;
         let dir = tempfile::tempdir().expect("temp dir");
         let errors = run_seed("sled", seed, Data::Sled(dir.path().join("store"))).await;

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use durable::prelude::*;
 use durable::{Status, StoreError};
@@ -139,10 +139,17 @@ async fn out_of_disk_child() {
             }
         }
     }
+    // A quarter of the hang guard per wait, so the parent's guard for the
+    // whole child is not reached first; after one hang the rest is moot.
+    let guard = support::hang_guard() / 4;
+    let mut hung = false;
     for (id, handle) in handles {
-        if let Some(handle) = handle {
-            match tokio::time::timeout(Duration::from_secs(30), handle.result()).await {
-                Err(_) => ledger(format!("RESULT {id} hung")),
+        if let Some(handle) = handle.filter(|_| !hung) {
+            match tokio::time::timeout(guard, handle.result()).await {
+                Err(_) => {
+                    hung = true;
+                    ledger(format!("RESULT {id} hung"))
+                }
                 Ok(Ok(Ok(v))) if v == expected(100 + id[6..].parse::<u64>().unwrap()) => {
                     ledger(format!("RESULT {id} ok"))
                 }
@@ -156,7 +163,7 @@ async fn out_of_disk_child() {
         }
     }
     let started = Instant::now();
-    let closed = tokio::time::timeout(Duration::from_secs(30), engine.shutdown()).await;
+    let closed = tokio::time::timeout(guard, engine.shutdown()).await;
     ledger(format!(
         "SHUTDOWN {} {}",
         closed.is_ok(),
@@ -230,13 +237,12 @@ fn scenario(reserve: u64) -> bool {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the child hung on the full disk");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if let Err(hang) = support::wait_child(
+        &mut child,
+        "the child's exit on the full disk",
+        support::hang_guard(),
+    ) {
+        panic!("{hang}: {:?}", support::read_ledger(tmp.path()));
     }
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -300,11 +306,12 @@ fn scenario(reserve: u64) -> bool {
             .await
             .unwrap();
         for (id, seed) in instances() {
-            let output =
-                tokio::time::timeout(Duration::from_secs(30), engine.run(hoard, id.clone(), seed))
-                    .await
-                    .expect("hung after space was freed")
-                    .unwrap();
+            let output = support::guarded(
+                "the run after space was freed",
+                engine.run(hoard, id.clone(), seed),
+            )
+            .await
+            .unwrap();
             assert_eq!(output, Ok(expected(seed)), "{id}");
             assert!(matches!(
                 engine.status(&id).await.unwrap(),

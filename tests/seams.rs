@@ -13,18 +13,17 @@ use durable::time::ManualClock;
 use durable::{ListFilter, Status, StatusKind, StepOutcome};
 use tokio::sync::Notify;
 
-/// A hang guard, never a measure of speed: far above any honest wait.
-const HANG_GUARD: Duration = Duration::from_secs(600);
+mod support;
 
+use support::hang_guard;
+
+/// Waits until `done` holds, under the suite's hang guard.
 async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let guard = tokio::time::Instant::now() + HANG_GUARD;
-    while !done().await {
-        assert!(
-            tokio::time::Instant::now() < guard,
-            "hang guard: still waiting for {what} after {HANG_GUARD:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    support::wait_until(
+        what,
+        async || if done().await { Ok(()) } else { Err("not yet") },
+    )
+    .await
 }
 
 fn clock() -> ManualClock {
@@ -68,7 +67,7 @@ async fn a_manual_clock_passes_a_long_sleep_and_a_wait_timeout_at_once() {
     })
     .await;
     clock.advance(Duration::from_secs(72 * 3600));
-    let out = tokio::time::timeout(HANG_GUARD, handle.result())
+    let out = tokio::time::timeout(hang_guard(), handle.result())
         .await
         .expect("hang guard")
         .unwrap();
@@ -132,7 +131,7 @@ async fn retry_delays_run_on_the_engine_clock() {
         let delay = Duration::from_secs(3600) * 2u32.pow(attempts - 1);
         clock.advance(delay);
     }
-    let out = tokio::time::timeout(HANG_GUARD, handle.result())
+    let out = tokio::time::timeout(hang_guard(), handle.result())
         .await
         .expect("hang guard")
         .unwrap();

@@ -2,9 +2,11 @@
 //! no longer decodes, and an instance whose workflow is not registered each
 //! give a typed error or report, never a panic, and never damage stored data.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use durable::prelude::*;
 use durable::store::{Batch, SledStore, Store, Tree};
@@ -37,14 +39,6 @@ async fn typed_v2(_ctx: &Ctx, _n: u32) -> Result<String, String> {
     Ok(v)
 }
 
-async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Starts `typed_v1` as `id`, waits until its first step is checkpointed
 /// (it then waits in its second), and shuts the engine down there.
 async fn stop_after_first_step(dir: &Path, id: &str) {
@@ -55,14 +49,11 @@ async fn stop_after_first_step(dir: &Path, id: &str) {
         .await
         .unwrap();
     let _handle = engine.start(typed_v1, id, 0).await.unwrap();
-    wait_until("the first step", async || {
-        // One step finished (the second one is running: history lists it
-        // too, without a finish time).
-        engine
-            .history(id)
-            .await
-            .map(|h| h.steps.iter().filter(|s| s.finished_at.is_some()).count() == 1)
-            .unwrap_or(false)
+    support::wait_until("the first step", async || match engine.history(id).await {
+        // One step finished; the second is running (history lists it too,
+        // with no finish time).
+        Ok(h) if h.steps.iter().filter(|s| s.finished_at.is_some()).count() == 1 => Ok(()),
+        other => Err(other.map(|h| h.steps)),
     })
     .await;
     engine.shutdown().await;
@@ -164,16 +155,17 @@ async fn attempt_counts_survive_restarts() {
         .await
         .unwrap();
     let _handle = engine.start(slow_retry, "r-1", 0).await.unwrap();
-    wait_until("a recorded failed attempt", async || {
-        engine
-            .history("r-1")
-            .await
-            .map(|h| {
-                h.steps
+    support::wait_until("a recorded failed attempt", async || {
+        match engine.history("r-1").await {
+            Ok(h)
+                if h.steps
                     .first()
-                    .is_some_and(|s| matches!(s.outcome, StepOutcome::Retrying { .. }))
-            })
-            .unwrap_or(false)
+                    .is_some_and(|s| matches!(s.outcome, StepOutcome::Retrying { .. })) =>
+            {
+                Ok(())
+            }
+            other => Err(other.map(|h| h.steps)),
+        }
     })
     .await;
     engine.shutdown().await;
@@ -183,12 +175,9 @@ async fn attempt_counts_survive_restarts() {
         .open()
         .await
         .unwrap();
+    let handle = engine.attach(slow_retry, "r-1").await.unwrap();
     assert_eq!(
-        engine
-            .attach(slow_retry, "r-1")
-            .await
-            .unwrap()
-            .result()
+        support::guarded("the resumed retry", handle.result())
             .await
             .unwrap(),
         Ok(1)
@@ -305,8 +294,15 @@ async fn a_store_held_by_another_process_is_locked() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("the child to open the store", async || {
-        dir.path().join("ready").exists()
+    support::wait_until("the child to open the store", async || {
+        let ready = dir.path().join("ready");
+        if ready.exists() {
+            Ok(())
+        } else if let Ok(Some(status)) = child.try_wait() {
+            panic!("the lock holder exited ({status}) before it opened the store");
+        } else {
+            Err(format!("no {}", ready.display()))
+        }
     })
     .await;
     let store = dir.path().join("store");

@@ -3,13 +3,22 @@
 //! while the workflow's process is down), waits time out, cancel stops
 //! sleeping and running instances, payload types are checked, and parked
 //! instances hold no task.
+//!
+//! Nothing here depends on the machine's speed. Tests wait for statuses,
+//! not for clocks, under a hang guard (`support::wait_until`). A test that
+//! needs a timer still running when it looks (parked across a restart)
+//! starts with a short one and, if the timer ran out before the test could
+//! look, tries again with a four times longer one: a slow machine makes it
+//! take longer, never fail.
+
+mod support;
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use durable::prelude::*;
-use durable::{Status, StepOutcome, TransitionKind};
+use durable::{History, Status, StepOutcome, TransitionKind};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,12 +39,82 @@ fn ran(entry: &str) -> usize {
     LOG.lock().unwrap().iter().filter(|e| *e == entry).count()
 }
 
-async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+/// How one attempt of a test with a timer went.
+enum Attempt {
+    /// Everything was checked.
+    Done,
+    /// The timer ran out before the test could look at it (what was seen):
+    /// this machine was too slow for a timer that short.
+    TooSlow(String),
+}
+
+/// Runs `attempt` with a timer of `first_ms` and instance id `{name}-0`;
+/// while it reports [`Attempt::TooSlow`], again with a four times longer
+/// timer and the next id. Five lengths, the last 256 times the first: a
+/// machine too slow even for that one is hung.
+async fn with_growing_timers(
+    name: &str,
+    first_ms: u64,
+    mut attempt: impl AsyncFnMut(u64, String) -> Attempt,
+) {
+    let mut seen = Vec::new();
+    for k in 0..5 {
+        let millis = first_ms << (2 * k);
+        match attempt(millis, format!("{name}-{k}")).await {
+            Attempt::Done => return,
+            Attempt::TooSlow(why) => {
+                eprintln!(
+                    "{name}: a {millis} ms timer ran out before the test looked ({why}); trying a longer one"
+                );
+                seen.push(why);
+            }
+        }
     }
+    panic!(
+        "hang guard: {name}: every timer up to {} ms ran out before the test could look at it: {seen:?}",
+        first_ms << 8
+    );
+}
+
+/// Waits until `id` is parked in a sleep and returns its deadline; `None`
+/// if it completed first (its timer ran out before the test looked).
+async fn parked_sleep(engine: &Engine, id: &str) -> Option<SystemTime> {
+    support::wait_until(&format!("{id} to park in its sleep"), async || match engine
+        .status(id)
+        .await
+    {
+        Ok(Status::Sleeping { until }) => Ok(Some(until)),
+        Ok(Status::Completed { .. }) => Ok(None),
+        Ok(running @ Status::Running { .. }) => Err(running),
+        other => panic!("{id} is {other:?} instead of sleeping"),
+    })
+    .await
+}
+
+/// Waits until `id` is parked in a wait for an event and returns its
+/// timeout; `Err` if it completed first (its timeout ran out before the
+/// test looked).
+async fn parked_wait(engine: &Engine, id: &str) -> Result<Option<SystemTime>, Status> {
+    support::wait_until(
+        &format!("{id} to park in its wait"),
+        async || match engine.status(id).await {
+            Ok(Status::Waiting { until, .. }) => Ok(Ok(until)),
+            Ok(done @ Status::Completed { .. }) => Ok(Err(done)),
+            Ok(running @ Status::Running { .. }) => Err(running),
+            other => panic!("{id} is {other:?} instead of waiting"),
+        },
+    )
+    .await
+}
+
+/// When step `name` of `history` started.
+fn step_started(history: &History, name: &str) -> SystemTime {
+    history
+        .steps
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no step {name:?} in {history:?}"))
+        .started_at
 }
 
 #[durable]
@@ -82,80 +161,121 @@ fn builder(dir: &std::path::Path) -> durable::EngineBuilder {
 
 #[tokio::test]
 async fn a_sleep_survives_a_restart_and_keeps_its_wake_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).open().await.unwrap();
-    let started = SystemTime::now();
-    let _handle = engine.start(nap, "nap-1", 2_500).await.unwrap();
-    wait_until("the sleep to park", async || {
-        matches!(engine.status("nap-1").await, Ok(Status::Sleeping { .. }))
+    with_growing_timers("nap-1", 2_500, async |millis, id| {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = builder(dir.path()).open().await.unwrap();
+        let started = SystemTime::now();
+        let _handle = engine.start(nap, &id, millis).await.unwrap();
+        let Some(until) = parked_sleep(&engine, &id).await else {
+            return Attempt::TooSlow("it completed before it was seen parked".into());
+        };
+        let seen = SystemTime::now();
+        // The deadline is the moment the sleep was first reached (after the
+        // start, before the status showed it) plus its duration; times are
+        // stored in whole milliseconds.
+        let duration = Duration::from_millis(millis);
+        assert!(
+            until + Duration::from_millis(1) >= started + duration && until <= seen + duration,
+            "deadline {until:?}: not {duration:?} after a moment between {started:?} and {seen:?}"
+        );
+        engine.shutdown().await;
+        // Time passes while the process is down.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let engine = builder(dir.path()).open().await.unwrap();
+        let status = engine.status(&id).await;
+        if engine.recovery().parked != 1 || !matches!(status, Ok(Status::Sleeping { .. })) {
+            let late = SystemTime::now() >= until;
+            assert!(
+                late,
+                "{id} was parked at shutdown, its deadline has not passed, yet after the restart \
+                 recovery says {:?} and its status is {status:?}",
+                engine.recovery()
+            );
+            return Attempt::TooSlow(format!("after the restart: {status:?}"));
+        }
+        // Parked again on the stored deadline: not restarted, not lost.
+        assert!(
+            matches!(status, Ok(Status::Sleeping { until: u }) if u == until),
+            "{status:?}, stored deadline {until:?}"
+        );
+        let handle = engine.attach(nap, &id).await.unwrap();
+        let out = support::guarded("the sleep to end", handle.result()).await;
+        let woke = SystemTime::now();
+        assert_eq!(out.unwrap(), Ok(millis));
+        assert!(woke >= until, "woke {woke:?} before {until:?}");
+        assert_eq!(ran(&format!("{id}/before")), 1);
+        assert_eq!(ran(&format!("{id}/after")), 1);
+        let history = engine.history(&id).await.unwrap();
+        assert!(history.steps.iter().any(|s| s.name == "nap"
+            && matches!(s.outcome, StepOutcome::Sleeping { until: u } if u == until)));
+        let after = step_started(&history, "after");
+        assert!(
+            after >= until,
+            "the step after the sleep started at {after:?}, before its deadline {until:?}"
+        );
+        Attempt::Done
     })
     .await;
-    let Ok(Status::Sleeping { until }) = engine.status("nap-1").await else {
-        unreachable!()
-    };
-    let expected = started + Duration::from_millis(2_500);
-    assert!(
-        until >= expected - Duration::from_millis(200)
-            && until <= expected + Duration::from_millis(500),
-        "{until:?}"
-    );
-    engine.shutdown().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let engine = builder(dir.path()).open().await.unwrap();
-    assert_eq!(engine.recovery().parked, 1);
-    assert!(
-        matches!(engine.status("nap-1").await.unwrap(), Status::Sleeping { until: u } if u == until)
-    );
-    let out = engine
-        .attach(nap, "nap-1")
-        .await
-        .unwrap()
-        .result()
-        .await
-        .unwrap();
-    let woke = SystemTime::now();
-    assert_eq!(out, Ok(2_500));
-    assert!(woke >= until, "woke {woke:?} before {until:?}");
-    assert!(
-        woke <= until + Duration::from_millis(1_500),
-        "woke {woke:?}, long after {until:?}"
-    );
-    assert_eq!(ran("nap-1/before"), 1);
-    assert_eq!(ran("nap-1/after"), 1);
-    let history = engine.history("nap-1").await.unwrap();
-    assert!(history.steps.iter().any(|s| s.name == "nap"
-        && matches!(s.outcome, StepOutcome::Sleeping { until: u } if u == until)));
 }
 
 #[tokio::test]
 async fn a_sleep_that_ended_while_down_completes_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).open().await.unwrap();
-    let _handle = engine.start(nap, "nap-2", 1_200).await.unwrap();
-    wait_until("the sleep to park", async || {
-        matches!(engine.status("nap-2").await, Ok(Status::Sleeping { .. }))
+    with_growing_timers("nap-2", 2_000, async |millis, id| {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = builder(dir.path()).open().await.unwrap();
+        let _handle = engine.start(nap, &id, millis).await.unwrap();
+        let Some(until) = parked_sleep(&engine, &id).await else {
+            return Attempt::TooSlow("it completed before it was seen parked".into());
+        };
+        engine.shutdown().await;
+        let down_at = SystemTime::now();
+        // Down until the deadline has passed.
+        while let Ok(left) = until.duration_since(SystemTime::now()) {
+            tokio::time::sleep(left + Duration::from_millis(1)).await;
+        }
+
+        let engine = builder(dir.path()).open().await.unwrap();
+        if engine.recovery().parked != 1 {
+            assert!(
+                down_at >= until,
+                "{id} was parked until {until:?} when the engine shut down at {down_at:?}, \
+                 yet recovery says {:?}",
+                engine.recovery()
+            );
+            return Attempt::TooSlow(format!("not parked at shutdown: {:?}", engine.recovery()));
+        }
+        let handle = engine.attach(nap, &id).await.unwrap();
+        // At once: until it completes it waits for no new deadline (only
+        // the stored one, which has passed, can show until its timer fires).
+        support::wait_until(&format!("{id} to complete"), async || {
+            match engine.status(&id).await {
+                Ok(Status::Completed { .. }) => Ok(()),
+                Ok(running @ Status::Running { .. }) => Err(running),
+                Ok(Status::Sleeping { until: u }) if u <= until => {
+                    Err(Status::Sleeping { until: u })
+                }
+                other => panic!(
+                    "{id} is {other:?} after the restart, though its deadline {until:?} passed \
+                     while it was down: it must not wait again"
+                ),
+            }
+        })
+        .await;
+        let out = support::guarded("the result", handle.result()).await;
+        assert_eq!(out.unwrap(), Ok(millis));
+        assert_eq!(ran(&format!("{id}/after")), 1);
+        let history = engine.history(&id).await.unwrap();
+        assert!(history.steps.iter().any(|s| s.name == "nap"
+            && matches!(s.outcome, StepOutcome::Sleeping { until: u } if u == until)));
+        let after = step_started(&history, "after");
+        assert!(
+            after >= until,
+            "the step after the sleep started at {after:?}, before its deadline {until:?}"
+        );
+        Attempt::Done
     })
     .await;
-    engine.shutdown().await;
-    tokio::time::sleep(Duration::from_millis(1_300)).await;
-    let engine = builder(dir.path()).open().await.unwrap();
-    let t = Instant::now();
-    assert_eq!(
-        engine
-            .attach(nap, "nap-2")
-            .await
-            .unwrap()
-            .result()
-            .await
-            .unwrap(),
-        Ok(1_200)
-    );
-    assert!(
-        t.elapsed() < Duration::from_millis(800),
-        "{:?}",
-        t.elapsed()
-    );
 }
 
 #[tokio::test]
@@ -165,15 +285,18 @@ async fn events_are_consumed_once_in_order_even_when_sent_early() {
     // The instance exists but has not reached its wait: the event is kept.
     let handle = engine.start(two_events, "ev-1", 0).await.unwrap();
     engine.send_event("ev-1", "number", 7u32).await.unwrap();
-    wait_until("the second wait to park", async || {
-        matches!(engine.status("ev-1").await, Ok(Status::Waiting { .. }))
-    })
-    .await;
+    let until = parked_wait(&engine, "ev-1").await;
+    assert_eq!(until, Ok(None), "the second wait has no timeout");
     assert!(
         matches!(engine.status("ev-1").await.unwrap(), Status::Waiting { event, until: None } if event == "number")
     );
     engine.send_event("ev-1", "number", 8u32).await.unwrap();
-    assert_eq!(handle.result().await.unwrap(), Ok(vec![7, 8]));
+    assert_eq!(
+        support::guarded("the result", handle.result())
+            .await
+            .unwrap(),
+        Ok(vec![7, 8])
+    );
     assert_eq!(ran("ev-1/record"), 2);
     // A duplicate after consumption is refused: the instance has finished.
     let again = engine.send_event("ev-1", "number", 8u32).await;
@@ -207,10 +330,7 @@ async fn an_event_sent_while_the_workflow_is_down_is_consumed_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let engine = builder(dir.path()).open().await.unwrap();
     let _handle = engine.start(approval, "ap-1", 3_600_000).await.unwrap();
-    wait_until("the wait to park", async || {
-        matches!(engine.status("ap-1").await, Ok(Status::Waiting { .. }))
-    })
-    .await;
+    assert!(parked_wait(&engine, "ap-1").await.is_ok());
     engine.shutdown().await;
 
     // Another process without the workflow (an API server, say) sends the event.
@@ -230,14 +350,9 @@ async fn an_event_sent_while_the_workflow_is_down_is_consumed_after_restart() {
     sender.shutdown().await;
 
     let engine = builder(dir.path()).open().await.unwrap();
-    let out = engine
-        .attach(approval, "ap-1")
-        .await
-        .unwrap()
-        .result()
-        .await
-        .unwrap();
-    assert_eq!(out, Ok("approved by mia".into()));
+    let handle = engine.attach(approval, "ap-1").await.unwrap();
+    let out = support::guarded("the result", handle.result()).await;
+    assert_eq!(out.unwrap(), Ok("approved by mia".into()));
     assert_eq!(ran("ap-1/draft"), 1);
     assert_eq!(ran("ap-1/provision"), 1);
 }
@@ -248,7 +363,9 @@ async fn a_wait_times_out() {
     let engine = builder(dir.path()).open().await.unwrap();
     let t = Instant::now();
     assert_eq!(
-        engine.run(approval, "ap-2", 300).await.unwrap(),
+        support::guarded("the run", engine.run(approval, "ap-2", 300))
+            .await
+            .unwrap(),
         Ok("timed out".into())
     );
     assert!(t.elapsed() >= Duration::from_millis(300));
@@ -267,27 +384,49 @@ async fn a_wait_times_out() {
         matches!(late, Err(Error::InstanceFinished { .. })),
         "{late:?}"
     );
-    // A long timeout parks, and survives a restart.
-    let _h = engine.start(approval, "ap-3", 1_500).await.unwrap();
-    wait_until("the wait to park", async || {
-        matches!(
-            engine.status("ap-3").await,
-            Ok(Status::Waiting { until: Some(_), .. })
-        )
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_long_wait_parks_and_times_out_after_a_restart() {
+    with_growing_timers("ap-3", 2_000, async |millis, id| {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = builder(dir.path()).open().await.unwrap();
+        let _h = engine.start(approval, &id, millis).await.unwrap();
+        let until = match parked_wait(&engine, &id).await {
+            Ok(Some(until)) => until,
+            Ok(None) => panic!("{id} waits without its timeout"),
+            Err(status) => {
+                return Attempt::TooSlow(format!("{status:?} before it was seen parked"));
+            }
+        };
+        engine.shutdown().await;
+        let down_at = SystemTime::now();
+        let engine = builder(dir.path()).open().await.unwrap();
+        if engine.recovery().parked != 1 {
+            assert!(
+                down_at >= until,
+                "{id} was parked until {until:?} when the engine shut down at {down_at:?}, \
+                 yet recovery says {:?}",
+                engine.recovery()
+            );
+            return Attempt::TooSlow(format!("not parked at shutdown: {:?}", engine.recovery()));
+        }
+        let handle = engine.attach(approval, &id).await.unwrap();
+        let out = support::guarded("the wait to time out", handle.result()).await;
+        assert_eq!(out.unwrap(), Ok("timed out".into()));
+        assert!(SystemTime::now() >= until);
+        let history = engine.history(&id).await.unwrap();
+        assert!(
+            history
+                .steps
+                .iter()
+                .any(|s| s.name == "approval" && s.outcome == StepOutcome::TimedOut),
+            "{history:?}"
+        );
+        Attempt::Done
     })
     .await;
-    engine.shutdown().await;
-    let engine = builder(dir.path()).open().await.unwrap();
-    assert_eq!(
-        engine
-            .attach(approval, "ap-3")
-            .await
-            .unwrap()
-            .result()
-            .await
-            .unwrap(),
-        Ok("timed out".into())
-    );
 }
 
 #[tokio::test]
@@ -301,10 +440,7 @@ async fn events_are_checked() {
     );
 
     let handle = engine.start(approval, "ap-4", 3_600_000).await.unwrap();
-    wait_until("the wait to park", async || {
-        matches!(engine.status("ap-4").await, Ok(Status::Waiting { .. }))
-    })
-    .await;
+    assert!(parked_wait(&engine, "ap-4").await.is_ok());
     let wrong = engine
         .send_event("ap-4", "approval", "yes".to_string())
         .await;
@@ -335,7 +471,12 @@ async fn events_are_checked() {
         )
         .await
         .unwrap();
-    assert_eq!(handle.result().await.unwrap(), Ok("rejected by lee".into()));
+    assert_eq!(
+        support::guarded("the result", handle.result())
+            .await
+            .unwrap(),
+        Ok("rejected by lee".into())
+    );
 
     // A payload of another shape is refused when sent, even before the
     // instance reaches its wait, so it can never block the instance.
@@ -349,10 +490,18 @@ async fn events_are_checked() {
     );
     engine.send_event("ev-bad", "number", 1u32).await.unwrap();
     engine.send_event("ev-bad", "number", 2u32).await.unwrap();
-    assert_eq!(handle.result().await.unwrap(), Ok(vec![1, 2]));
+    assert_eq!(
+        support::guarded("the result", handle.result())
+            .await
+            .unwrap(),
+        Ok(vec![1, 2])
+    );
 }
 
+/// Times the body of `long_running`'s "slow" step began.
 static LONG_STEP: AtomicU32 = AtomicU32::new(0);
+/// Lets the body of `long_running`'s "slow" step end.
+static LONG_RELEASE: AtomicBool = AtomicBool::new(false);
 
 #[durable]
 async fn long_running(ctx: &Ctx, _n: u32) -> Result<(), String> {
@@ -360,7 +509,9 @@ async fn long_running(ctx: &Ctx, _n: u32) -> Result<(), String> {
         "slow",
         async {
             LONG_STEP.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            while !LONG_RELEASE.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
             Ok::<_, String>(())
         }
         .await
@@ -378,17 +529,15 @@ async fn cancel_stops_sleeping_and_running_instances() {
         .await
         .unwrap();
     let sleeping = engine.start(nap, "c-1", 3_600_000).await.unwrap();
-    wait_until("the sleep to park", async || {
-        matches!(engine.status("c-1").await, Ok(Status::Sleeping { .. }))
-    })
-    .await;
-    let t = Instant::now();
+    let until = parked_sleep(&engine, "c-1")
+        .await
+        .expect("an hour's sleep is parked");
     engine.cancel("c-1").await.unwrap();
-    assert!(matches!(
-        sleeping.result().await,
-        Err(Error::Cancelled { .. })
-    ));
-    assert!(t.elapsed() < Duration::from_secs(2));
+    let out = support::guarded("the cancelled sleeper to end", sleeping.result()).await;
+    assert!(matches!(out, Err(Error::Cancelled { .. })), "{out:?}");
+    // Ended by the cancel, not by its timer an hour away.
+    assert!(SystemTime::now() < until);
+    assert_eq!(ran("c-1/after"), 0);
     assert_eq!(engine.status("c-1").await.unwrap(), Status::Cancelled);
     assert!(matches!(
         engine.cancel("c-1").await,
@@ -398,16 +547,19 @@ async fn cancel_stops_sleeping_and_running_instances() {
         })
     ));
 
+    // Cancelled while its step runs: the step finishes, no step starts after.
     let running = engine.start(long_running, "c-2", 0).await.unwrap();
-    wait_until("the slow step to start", async || {
-        LONG_STEP.load(Ordering::SeqCst) == 1
+    support::wait_until("the slow step to start", async || {
+        match LONG_STEP.load(Ordering::SeqCst) {
+            1 => Ok(()),
+            n => Err(n),
+        }
     })
     .await;
     engine.cancel("c-2").await.unwrap();
-    assert!(matches!(
-        running.result().await,
-        Err(Error::Cancelled { .. })
-    ));
+    LONG_RELEASE.store(true, Ordering::SeqCst);
+    let out = support::guarded("the cancelled instance to end", running.result()).await;
+    assert!(matches!(out, Err(Error::Cancelled { .. })), "{out:?}");
     assert_eq!(ran("c-2/never"), 0, "a step started after cancel");
     let history = engine.history("c-2").await.unwrap();
     assert_eq!(history.status, Status::Cancelled);
@@ -427,8 +579,13 @@ async fn cancel_stops_sleeping_and_running_instances() {
         engine.run(long_running, "c-2", 0).await,
         Err(Error::Cancelled { .. })
     ));
+    assert_eq!(LONG_STEP.load(Ordering::SeqCst), 1);
+    assert_eq!(ran("c-2/never"), 0);
 }
 
+/// Many parked instances at once: each holds no task, shows its deadline,
+/// and is parked again by the next open. How fast they park is the
+/// benchmark's business (`benches/durable.rs`, scenario 7), not this test's.
 #[tokio::test]
 async fn ten_thousand_instances_park() {
     let dir = tempfile::tempdir().unwrap();
@@ -450,22 +607,23 @@ async fn ten_thousand_instances_park() {
     for s in starts {
         s.await.unwrap();
     }
+    // Waits until every instance in `ids` sleeps; reports the first that does not.
     let all_parked = async |ids: &mut dyn Iterator<Item = usize>| {
         for i in ids {
-            if !matches!(
-                engine.status(&format!("park-{i}")).await,
-                Ok(Status::Sleeping { .. })
-            ) {
-                return false;
+            let id = format!("park-{i}");
+            match engine.status(&id).await {
+                Ok(Status::Sleeping { .. }) => {}
+                other => return Err(format!("{id} is {other:?}")),
             }
         }
-        true
+        Ok(())
     };
-    wait_until("all to park", async || {
+    // A sample first, so the full check runs about once.
+    support::wait_until("a sample of the instances to park", async || {
         all_parked(&mut (0..n).step_by(997)).await
     })
     .await;
-    wait_until("every instance to park", async || {
+    support::wait_until("every instance to park", async || {
         all_parked(&mut (0..n)).await
     })
     .await;

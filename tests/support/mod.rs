@@ -1,7 +1,14 @@
-//! Shared by the reliability tests (torture, crash points): a seeded random
-//! generator, the fsynced ledger that step bodies append to outside the
-//! store, the torture workload, the worker that runs it in a child process,
-//! the driver's child handling, and the checker of the invariants.
+//! Shared by the integration tests: hang guards (waiting on a condition
+//! instead of a clock), and for the reliability tests (torture, crash
+//! points) a seeded random generator, the fsynced ledger that step bodies
+//! append to outside the store, the torture workload, the worker that runs
+//! it in a child process, the driver's child handling, and the checker of
+//! the invariants.
+//!
+//! No test may depend on the machine's speed: a test waits for what it
+//! needs (a status, a ledger line, a marker, a child's exit) to happen, and
+//! a time limit only guards against a hang. The guard is
+//! [`hang_guard`]: 10 minutes, times `DURABLE_TEST_TIMEOUT_SCALE`.
 //!
 //! The ledger is the truth about side effects. Every step body appends
 //! `BEGIN id step input nonce` and `END id step value` (each fsynced); the
@@ -13,6 +20,7 @@
 #![allow(dead_code)] // each test binary uses a part of this module
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -32,6 +40,112 @@ pub const CHILD_ENV: &str = "DURABLE_RELIABILITY_CHILD";
 const GEN_ENV: &str = "DURABLE_RELIABILITY_GEN";
 /// The child's workload: `round instances steps pad`.
 const WORK_ENV: &str = "DURABLE_RELIABILITY_WORK";
+
+// --------------------------------------------------------------- hang guards
+
+/// Multiplies every hang guard: e.g. `0.05` to see a hang within 30 s, `3`
+/// on an emulator.
+pub const TIMEOUT_SCALE_ENV: &str = "DURABLE_TEST_TIMEOUT_SCALE";
+
+/// How long a test waits for something that must happen before it calls it
+/// a hang. Not a speed limit: what a test waits for takes milliseconds to
+/// seconds, also on a machine busy with other work.
+const HANG_GUARD: Duration = Duration::from_secs(600);
+
+/// `base` times `DURABLE_TEST_TIMEOUT_SCALE` (1 when unset).
+pub fn scaled(base: Duration) -> Duration {
+    match std::env::var(TIMEOUT_SCALE_ENV) {
+        Ok(s) => match s.trim().parse::<f64>() {
+            Ok(scale) if scale.is_finite() && scale > 0.0 => base.mul_f64(scale),
+            _ => panic!("{TIMEOUT_SCALE_ENV}={s:?} is not a positive number"),
+        },
+        Err(_) => base,
+    }
+}
+
+/// The hang guard: 10 minutes, scaled by `DURABLE_TEST_TIMEOUT_SCALE`.
+pub fn hang_guard() -> Duration {
+    scaled(HANG_GUARD)
+}
+
+/// The panic message of a hang guard that ran out.
+fn hung(what: &str, waited: Duration, observed: &dyn Debug) -> String {
+    format!(
+        "hang guard: {what} did not happen within {waited:.1?} (a hang, not a slow machine: \
+         the guard is 10 minutes times {TIMEOUT_SCALE_ENV}); last observed: {observed:?}"
+    )
+}
+
+/// The pause between two polls: short at first, up to 20 ms.
+fn poll_pause(polls: u32) -> Duration {
+    Duration::from_millis(1 << polls.min(4)).min(Duration::from_millis(20))
+}
+
+/// Polls `probe` until it returns `Ok`, and returns that value. `Err`
+/// carries what was observed instead; if the hang guard runs out first,
+/// panics with the last observation.
+pub async fn wait_until<T, O: Debug>(
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Result<T, O>,
+) -> T {
+    let guard = hang_guard();
+    let start = Instant::now();
+    let mut polls = 0;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(observed) if start.elapsed() >= guard => panic!("{}", hung(what, guard, &observed)),
+            Err(_) => {}
+        }
+        tokio::time::sleep(poll_pause(polls)).await;
+        polls += 1;
+    }
+}
+
+/// [`wait_until`] for a test without an async runtime: the same, with
+/// `std::thread::sleep` between polls.
+pub fn wait_until_blocking<T, O: Debug>(what: &str, mut probe: impl FnMut() -> Result<T, O>) -> T {
+    let guard = hang_guard();
+    let start = Instant::now();
+    let mut polls = 0;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(observed) if start.elapsed() >= guard => panic!("{}", hung(what, guard, &observed)),
+            Err(_) => {}
+        }
+        std::thread::sleep(poll_pause(polls));
+        polls += 1;
+    }
+}
+
+/// Awaits `future` under the hang guard; panics if it runs out.
+pub async fn guarded<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    let guard = hang_guard();
+    match tokio::time::timeout(guard, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("{}", hung(what, guard, &"still pending")),
+    }
+}
+
+/// Waits for child process `child` to exit, under `guard`; if it runs out,
+/// kills the child and returns the hang as an error.
+pub fn wait_child(child: &mut Child, what: &str, guard: Duration) -> Result<ExitStatus, String> {
+    let start = Instant::now();
+    let mut polls = 0;
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return Ok(status);
+        }
+        if start.elapsed() >= guard {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(hung(what, guard, &"the child was still running; killed it"));
+        }
+        std::thread::sleep(poll_pause(polls));
+        polls += 1;
+    }
+}
 
 // ---------------------------------------------------------------- randomness
 
@@ -467,10 +581,12 @@ impl Worker {
         }
     }
 
-    /// Waits for marker `what`; `None` if the child exited first or
-    /// `timeout` passed.
-    pub fn wait_marker(&mut self, what: &str, timeout: Duration) -> Option<Instant> {
-        let deadline = Instant::now() + timeout;
+    /// Waits for marker `what`: `Ok(Some(at))` once the child printed it,
+    /// `Ok(None)` if it exited without printing it, `Err` if the hang guard
+    /// ran out first (the child is then killed).
+    pub fn wait_marker(&mut self, what: &str) -> Result<Option<Instant>, String> {
+        let guard = hang_guard();
+        let deadline = Instant::now() + guard;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.markers.recv_timeout(left) {
@@ -478,18 +594,28 @@ impl Worker {
                     let found = m == what;
                     self.seen.insert(m, at);
                     if found {
-                        return Some(at);
+                        return Ok(Some(at));
                     }
                 }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Disconnected) => return Ok(None),
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Err(hung(
+                        &format!("the worker's marker {what}"),
+                        guard,
+                        &self.seen.keys().collect::<Vec<_>>(),
+                    ));
+                }
             }
         }
     }
 
     /// Every marker the child printed, with the time each was read; call
-    /// once the child has exited.
+    /// once the child has exited (its stdout is then closed, and the reader
+    /// stops after the last line).
     pub fn markers(&mut self) -> HashMap<String, Instant> {
-        while let Ok((m, at)) = self.markers.recv_timeout(Duration::from_secs(1)) {
+        while let Ok((m, at)) = self.markers.recv_timeout(hang_guard()) {
             self.seen.insert(m, at);
         }
         std::mem::take(&mut self.seen)
@@ -513,21 +639,14 @@ impl Worker {
         classify(status)
     }
 
-    /// Waits for the child to exit by itself within `timeout` (then kills it
-    /// and reports a hang).
-    pub fn wait(&mut self, timeout: Duration) -> Result<Ended, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
-                return classify(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return Err(format!("the worker hung for {timeout:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+    /// Waits for the child to exit by itself; if the hang guard runs out,
+    /// kills it and reports the hang.
+    pub fn wait(&mut self) -> Result<Ended, String> {
+        classify(wait_child(
+            &mut self.child,
+            "the worker's exit",
+            hang_guard(),
+        )?)
     }
 }
 
