@@ -789,10 +789,11 @@ mod tests {
                     &[::durable::__private::SiteDecl {
                         name: "charge-card",
                         kind: ::durable::__private::SiteKind::Step,
+                        guard: ::core::option::Option::None,
                     }];
             ),
             quote!(let __durable_site_0 = ::core::marker::PhantomData;),
-            quote!([::durable::__private::step_site_types(__durable_site_0)]),
+            quote!((&::durable::__private::step_probe(__durable_site_0)).site_types()),
             quote!(::core::option::Option::Some(RetryPolicy::no_retry())),
             quote!(let ctx: &Ctx = __durable_ctx;),
             quote!(let signup: Signup = __durable_input;),
@@ -868,7 +869,11 @@ mod tests {
         ]
         .map(|(name, kind)| {
             let kind = Ident::new(kind, Span::call_site());
-            quote!(::durable::__private::SiteDecl { name: #name, kind: ::durable::__private::SiteKind::#kind })
+            quote!(::durable::__private::SiteDecl {
+                name: #name,
+                kind: ::durable::__private::SiteKind::#kind,
+                guard: ::core::option::Option::None
+            })
         });
         for expected in [
             quote!(
