@@ -1054,6 +1054,87 @@ mod tests {
         assert!(s.text.contains("Any"));
     }
 
+    fn manifest(sites: &[(&'static str, SiteKind, Option<&'static str>)]) -> Manifest {
+        let decls: Vec<SiteDecl> = sites
+            .iter()
+            .map(|(name, kind, guard)| SiteDecl {
+                name,
+                kind: *kind,
+                guard: *guard,
+            })
+            .collect();
+        let types = sites
+            .iter()
+            .map(|(_, kind, _)| match kind {
+                SiteKind::Step => Some((*step_types::<u64, String>()).clone()),
+                SiteKind::Wait => Some(wait_types::<a::Price>()),
+                _ => None,
+            })
+            .collect();
+        Manifest::new(
+            "wf",
+            1,
+            (*shape_of::<String>()).clone(),
+            (*shape_of::<u32>()).clone(),
+            &decls,
+            types,
+        )
+    }
+
+    #[test]
+    fn manifests_read_back_from_their_text() {
+        let m = manifest(&[
+            ("a", SiteKind::Step, None),
+            ("p", SiteKind::Patch, None),
+            ("b", SiteKind::Step, Some("p")),
+            ("nap", SiteKind::Sleep, None),
+            ("approval", SiteKind::Wait, None),
+        ]);
+        let text = m.to_text();
+        assert_eq!(
+            text,
+            "workflow wf version 1\ninput str\noutput u32\nstep a: u64 / str\npatch p\n\
+             step b [patch p]: u64 / str\nsleep nap\nwait approval: {cents: u64, tax_cents: u64}\n"
+        );
+        let back = Manifest::from_text(&text).unwrap();
+        assert_eq!(back.to_text(), text);
+        assert_eq!(back.hash(), m.hash());
+        assert!(Manifest::from_text("not a manifest").is_none());
+    }
+
+    #[test]
+    fn strands_names_what_in_flight_instances_cannot_survive() {
+        let old = manifest(&[("a", SiteKind::Step, None), ("b", SiteKind::Step, None)]);
+        // Appending is fine; so is a new step guarded by a new patch.
+        let appended = manifest(&[
+            ("a", SiteKind::Step, None),
+            ("b", SiteKind::Step, None),
+            ("c", SiteKind::Step, None),
+        ]);
+        assert!(appended.strands(&old).is_empty());
+        let patched = manifest(&[
+            ("a", SiteKind::Step, None),
+            ("p", SiteKind::Patch, None),
+            ("x", SiteKind::Step, Some("p")),
+            ("b", SiteKind::Step, None),
+        ]);
+        assert!(patched.strands(&old).is_empty());
+        let inserted = manifest(&[
+            ("a", SiteKind::Step, None),
+            ("x", SiteKind::Step, None),
+            ("b", SiteKind::Step, None),
+        ]);
+        assert_eq!(
+            inserted.strands(&old),
+            [
+                "step `x` is new and comes before `b`, which instances may already have passed; \
+              put it in `if patched!(\"..\") { .. }` or in a new version"
+            ]
+        );
+        let renamed = manifest(&[("a", SiteKind::Step, None), ("c", SiteKind::Sleep, None)]);
+        assert_eq!(renamed.strands(&old), ["step `b` is gone"]);
+    }
+
     #[test]
     fn fnv_is_stable() {
         assert_eq!(fnv(b""), 0xcbf2_9ce4_8422_2325);
