@@ -169,7 +169,7 @@ fn workflow_fn(
     //             type Input = Signup;
     //             type Output = R;
     //             const NAME: &'static str = "user-provisioning";
-    //             const STEPS: &'static [&'static str] = &["a", "b", "c", ..];
+    //             const SITES: &'static [SiteDecl] = &[SiteDecl { name: "a", kind: SiteKind::Step, guard: None }, ..];
     //             fn run<'a>(..) -> BoxFuture<'a, R> { .. }
     //         }
     //         pub fn provision(_: ::durable::__private::WorkflowMarker) -> __durable_provision {
