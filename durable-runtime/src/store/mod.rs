@@ -64,6 +64,17 @@ pub(crate) mod hooks {
         static FAIL: RefCell<Option<SyncFail>> = RefCell::new(None);
         static SYNCED: RefCell<Option<Watch>> = RefCell::new(None);
         static STAGE: RefCell<Option<StageWatch>> = RefCell::new(None);
+        static FORMAT: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+    }
+
+    /// Until [`clear`], the store reads formats up to `format` (a newer
+    /// build).
+    pub(crate) fn read_formats_up_to(format: u32) {
+        FORMAT.with(|f| f.set(Some(format)));
+    }
+
+    pub(crate) fn supported_format() -> Option<u32> {
+        FORMAT.with(|f| f.get())
     }
 
     /// Until [`clear`], `fail` decides for each fsync (by path) whether it
@@ -88,6 +99,7 @@ pub(crate) mod hooks {
         FAIL.with(|f| f.borrow_mut().take());
         SYNCED.with(|f| f.borrow_mut().take());
         STAGE.with(|f| f.borrow_mut().take());
+        FORMAT.with(|f| f.set(None));
     }
 
     pub(super) fn before_sync(path: &Path) -> std::io::Result<()> {

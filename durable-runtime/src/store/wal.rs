@@ -359,30 +359,47 @@ fn read_v1_record(bytes: &[u8], at: usize) -> Option<(Batch, usize)> {
 }
 
 impl Wal {
-    /// Creates the log in `dir`, or empties the one there, with a new
-    /// header, and makes that durable (the directory too).
+    /// Creates an empty log in `dir`, replacing the one there only once
+    /// the new one is durable: written to a temporary file, fsynced and
+    /// renamed over the old one, then the directory fsynced. Until the
+    /// rename, the old log is untouched, whatever fails.
     pub fn create(dir: &Path, store_format: u32) -> Result<Wal, StoreError> {
         let path = dir.join(WAL_FILE);
-        let existed = path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(|e| io("open the write-ahead log", e))?;
-        let mut wal = Wal {
+        let new = dir.join(format!("{WAL_FILE}.new"));
+        let salt = new_salt(0);
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .open(&new)?;
+            file.set_len(0)?;
+            file.write_all(&header(salt, store_format))?;
+            super::fsync(&file, &new, false)?;
+            Ok(file)
+        })();
+        let file = match written {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = std::fs::remove_file(&new);
+                return Err(io("write a new write-ahead log", e));
+            }
+        };
+        if let Err(e) = std::fs::rename(&new, &path) {
+            let _ = std::fs::remove_file(&new);
+            return Err(io("put the new write-ahead log in place", e));
+        }
+        #[cfg(test)]
+        super::hooks::stage("log replaced", dir);
+        super::sync_dir(dir)?;
+        Ok(Wal {
             file,
             path,
             len: 0,
-            salt: 0,
+            salt,
             seq: 0,
             broken: false,
-        };
-        wal.reset(store_format)?;
-        if !existed {
-            super::sync_dir(dir)?;
-        }
-        Ok(wal)
+        })
     }
 
     /// Appends `batches` as one record and makes it durable.
