@@ -17,7 +17,11 @@ static TEMPLATE: LazyLock<(tempfile::TempDir, PathBuf)> = LazyLock::new(|| {
     let opened = SledStore::open(&store).unwrap();
     for i in 0u32..50 {
         let mut batch = Batch::new();
-        batch.put(Tree::Checkpoints, i.to_be_bytes().to_vec(), vec![i as u8; 100]);
+        batch.put(
+            Tree::Checkpoints,
+            i.to_be_bytes().to_vec(),
+            vec![i as u8; 100],
+        );
         opened.apply(&[batch]).unwrap();
     }
     drop(opened);
