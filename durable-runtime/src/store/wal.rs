@@ -82,7 +82,7 @@ pub(crate) struct Wal {
 
 /// What [`read`] found in a log.
 #[derive(Debug, Default)]
-#[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))] // for tests
+#[cfg_attr(not(test), allow(dead_code))] // `version` and `torn` are for tests
 pub(crate) struct Replay {
     /// The batches of every complete record, oldest first.
     pub batches: Vec<Batch>,
