@@ -561,8 +561,19 @@ async fn cancel_stops_sleeping_and_running_instances() {
         }
     })
     .await;
-    engine.cancel("c-2").await.unwrap();
-    LONG_RELEASE.store(true, Ordering::SeqCst);
+    // The step ends only once the cancel is recorded (whether or not
+    // `cancel` waits for it).
+    let (cancelled, ()) = tokio::join!(engine.cancel("c-2"), async {
+        support::wait_until("the cancel to be recorded", async || {
+            match engine.status("c-2") {
+                Ok(Status::Cancelled) => Ok(()),
+                other => Err(other),
+            }
+        })
+        .await;
+        LONG_RELEASE.store(true, Ordering::SeqCst);
+    });
+    cancelled.unwrap();
     let out = support::guarded("the cancelled instance to end", running.result()).await;
     assert!(matches!(out, Err(Error::Cancelled { .. })), "{out:?}");
     assert_eq!(ran("c-2/never"), 0, "a step started after cancel");
