@@ -50,28 +50,10 @@ fn expected(n: u64) -> u64 {
     n * 3 + n * 3 + 1
 }
 
-/// Every file under `dir`, by relative path, with its bytes.
-fn contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            let path = entry.path();
-            if entry.file_type().unwrap().is_dir() {
-                walk(root, &path, out);
-            } else {
-                let rel = path.strip_prefix(root).unwrap().to_path_buf();
-                out.insert(rel, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
 /// Asserts that every file under `dir` is as in `before`, naming the first
 /// difference.
 fn assert_unchanged(dir: &Path, before: &BTreeMap<PathBuf, Vec<u8>>, when: &str) {
-    let after = contents(dir);
+    let after = support::store_files(dir);
     let names = |m: &BTreeMap<PathBuf, Vec<u8>>| m.keys().cloned().collect::<Vec<_>>();
     assert_eq!(
         names(&after),
@@ -91,18 +73,6 @@ fn assert_unchanged(dir: &Path, before: &BTreeMap<PathBuf, Vec<u8>>, when: &str)
 }
 
 /// Copies the store (files and the `blobs` directory) from `from` to `to`.
-fn copy_store(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_store(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 /// A message of sled 0.34.7's log, as found in its `db` file.
 #[derive(Debug, Clone)]
 struct Message {
@@ -279,7 +249,7 @@ async fn killed_store(root: &Path, tag: &str) -> PathBuf {
     })
     .await;
     let image = root.join("killed");
-    copy_store(&live, &image);
+    support::copy_store(&live, &image);
     engine.shutdown().await;
     image
 }
@@ -287,7 +257,7 @@ async fn killed_store(root: &Path, tag: &str) -> PathBuf {
 /// sled's files of the store in `dir` (all but our log and lock): what a
 /// repair restores from a backup.
 fn sled_files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = contents(dir);
+    let mut files = support::store_files(dir);
     files.retain(|name, _| name != Path::new("durable.wal") && name != Path::new("durable.lock"));
     files
 }
@@ -298,7 +268,7 @@ fn sled_files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 /// running them again.
 async fn check_repaired(dir: &Path, backup: &BTreeMap<PathBuf, Vec<u8>>, root: &Path, tag: &str) {
     let repaired = root.join("repaired");
-    copy_store(dir, &repaired);
+    support::copy_store(dir, &repaired);
     for name in sled_files(&repaired).keys() {
         std::fs::remove_file(repaired.join(name)).unwrap();
     }
@@ -349,7 +319,7 @@ async fn a_sled_panic_while_the_log_is_replayed_is_corrupt_and_writes_nothing() 
     let backup = sled_files(&store);
     let replaced = move_pages_holding(&store.join("db"), b"ledger-alpha");
     assert!(replaced > 0, "no page of the checkpoints tree found in db");
-    let before = contents(&store);
+    let before = support::store_files(&store);
 
     let err = open(&store).await.unwrap_err();
     let reason = corrupt_reason(&err, &store);
@@ -385,7 +355,7 @@ async fn a_sled_panic_after_open_stops_the_store_without_resetting_its_log() {
     // A write that only the log holds, acknowledged: the start of a new
     // instance touches the instances and active trees, not the damaged one.
     let _handle = engine.start(ledger, "after-late-0", 7).await.unwrap();
-    let before = contents(&store);
+    let before = support::store_files(&store);
     // A status call that reads the damaged page.
     let err = engine.history("after-done-3").await.unwrap_err();
     let reason = corrupt_reason(&err, &store);

@@ -11,41 +11,11 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use durable::StoreError;
 use durable::store::{Batch, SledStore, Store, Tree};
 use support::Rng;
-
-fn contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            let path = entry.path();
-            if entry.file_type().unwrap().is_dir() {
-                walk(root, &path, out);
-            } else {
-                let rel = path.strip_prefix(root).unwrap().to_path_buf();
-                out.insert(rel, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
-fn copy_store(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_store(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
 
 fn put(key: String, value: Vec<u8>) -> Batch {
     let mut batch = Batch::new();
@@ -86,7 +56,7 @@ fn killed_store(root: &Path) -> PathBuf {
             .unwrap();
     }
     let image = root.join("killed");
-    copy_store(&live, &image);
+    support::copy_store(&live, &image);
     drop(store);
     image
 }
@@ -162,7 +132,7 @@ fn a_damaged_log_opens_with_a_prefix_of_the_acknowledged_writes_or_is_refused_un
     let (mut opened, mut refused, mut lost) = (0, 0, 0);
     for iteration in 0..iterations {
         let dir = root.path().join(format!("case-{iteration}"));
-        copy_store(&image, &dir);
+        support::copy_store(&image, &dir);
         let mut damaged = log.clone();
         let mut what = Vec::new();
         let mut in_place = None;
@@ -178,7 +148,7 @@ fn a_damaged_log_opens_with_a_prefix_of_the_acknowledged_writes_or_is_refused_un
             at >= HEADER && end <= last_record && damaged[at..end] != log[at..end]
         });
         std::fs::write(dir.join("durable.wal"), &damaged).unwrap();
-        let before = contents(&dir);
+        let before = support::store_files(&dir);
         match SledStore::open(&dir) {
             Ok(store) => {
                 assert!(
@@ -217,7 +187,7 @@ fn a_damaged_log_opens_with_a_prefix_of_the_acknowledged_writes_or_is_refused_un
             Err(StoreError::Corrupt { reason, .. }) => {
                 refused += 1;
                 assert!(reason.contains("durable.wal"), "{what}: {reason}");
-                let after = contents(&dir);
+                let after = support::store_files(&dir);
                 assert!(after == before, "{what}: the refused store changed");
             }
             Err(other) => panic!("{what}: {other:?}"),
