@@ -159,18 +159,6 @@ async fn build_store(path: &Path) {
     PARK.store(false, Ordering::SeqCst);
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 /// The store's files, as paths relative to it, by kind.
 fn files(store: &Path) -> Vec<(&'static str, PathBuf)> {
     let mut out = Vec::new();
@@ -403,7 +391,7 @@ async fn damaged_files_give_typed_errors_or_correct_data() {
     // The undamaged copy must be fully intact.
     let tally = Mutex::new(Tally::default());
     let copy = tmp.path().join("undamaged");
-    copy_dir(&pristine, &copy);
+    support::copy_store(&pristine, &copy);
     check_copy(&copy, &tally).unwrap();
     assert_eq!(
         tally.lock().unwrap().intact,
@@ -437,7 +425,7 @@ async fn damaged_files_give_typed_errors_or_correct_data() {
                         break;
                     };
                     let copy = tmp.path().join(format!("case-{i}"));
-                    copy_dir(&pristine, &copy);
+                    support::copy_store(&pristine, &copy);
                     apply_damage(&copy.join(&file), &damage, &mut Rng::new(case_seed));
                     let verbose = std::env::var_os("DURABLE_CORRUPT_VERBOSE").is_some();
                     let before = verbose.then(|| format!("{:?}", tally.lock().unwrap()));

@@ -107,6 +107,24 @@ async fn parked_wait(engine: &Engine, id: &str) -> Result<Option<SystemTime>, St
     .await
 }
 
+/// Waits until `id`, whose sleep has the stored deadline `until`, completes;
+/// panics as soon as it shows a later deadline: a sleep resumed after a
+/// restart waits for its stored deadline, never for a new one.
+async fn completes_without_a_new_deadline(engine: &Engine, id: &str, until: SystemTime) {
+    support::wait_until(&format!("{id} to complete"), async || {
+        match engine.status(id).await {
+            Ok(Status::Completed { .. }) => Ok(()),
+            Ok(running @ Status::Running { .. }) => Err(running),
+            Ok(Status::Sleeping { until: u }) if u <= until => Err(Status::Sleeping { until: u }),
+            other => panic!(
+                "{id} is {other:?} after the restart; its sleep's stored deadline is {until:?}: \
+                 it must not wait for a new one"
+            ),
+        }
+    })
+    .await;
+}
+
 /// When step `name` of `history` started.
 fn step_started(history: &History, name: &str) -> SystemTime {
     history
@@ -200,6 +218,7 @@ async fn a_sleep_survives_a_restart_and_keeps_its_wake_time() {
             "{status:?}, stored deadline {until:?}"
         );
         let handle = engine.attach(nap, &id).await.unwrap();
+        completes_without_a_new_deadline(&engine, &id, until).await;
         let out = support::guarded("the sleep to end", handle.result()).await;
         let woke = SystemTime::now();
         assert_eq!(out.unwrap(), Ok(millis));
@@ -248,20 +267,7 @@ async fn a_sleep_that_ended_while_down_completes_at_once() {
         let handle = engine.attach(nap, &id).await.unwrap();
         // At once: until it completes it waits for no new deadline (only
         // the stored one, which has passed, can show until its timer fires).
-        support::wait_until(&format!("{id} to complete"), async || {
-            match engine.status(&id).await {
-                Ok(Status::Completed { .. }) => Ok(()),
-                Ok(running @ Status::Running { .. }) => Err(running),
-                Ok(Status::Sleeping { until: u }) if u <= until => {
-                    Err(Status::Sleeping { until: u })
-                }
-                other => panic!(
-                    "{id} is {other:?} after the restart, though its deadline {until:?} passed \
-                     while it was down: it must not wait again"
-                ),
-            }
-        })
-        .await;
+        completes_without_a_new_deadline(&engine, &id, until).await;
         let out = support::guarded("the result", handle.result()).await;
         assert_eq!(out.unwrap(), Ok(millis));
         assert_eq!(ran(&format!("{id}/after")), 1);
@@ -556,8 +562,19 @@ async fn cancel_stops_sleeping_and_running_instances() {
         }
     })
     .await;
-    engine.cancel("c-2").await.unwrap();
-    LONG_RELEASE.store(true, Ordering::SeqCst);
+    // The step ends only once the cancel is recorded (whether or not
+    // `cancel` waits for it).
+    let (cancelled, ()) = tokio::join!(engine.cancel("c-2"), async {
+        support::wait_until("the cancel to be recorded", async || {
+            match engine.status("c-2").await {
+                Ok(Status::Cancelled) => Ok(()),
+                other => Err(other),
+            }
+        })
+        .await;
+        LONG_RELEASE.store(true, Ordering::SeqCst);
+    });
+    cancelled.unwrap();
     let out = support::guarded("the cancelled instance to end", running.result()).await;
     assert!(matches!(out, Err(Error::Cancelled { .. })), "{out:?}");
     assert_eq!(ran("c-2/never"), 0, "a step started after cancel");
