@@ -237,7 +237,7 @@ fn workflow_fn(
             Some((_, patch)) => quote!(::core::option::Option::Some(#patch)),
             None => quote!(::core::option::Option::None),
         };
-        quote!(#decl { name: #name, kind: #kind_path::#kind, guard: #guard })
+        quote!(#decl { name: #name, kind: #kind_path::#kind, guard: #guard, })
     });
     let retry_policy = retry_policy(cx, args);
     let version = args
@@ -872,7 +872,7 @@ mod tests {
             quote!(::durable::__private::SiteDecl {
                 name: #name,
                 kind: ::durable::__private::SiteKind::#kind,
-                guard: ::core::option::Option::None
+                guard: ::core::option::Option::None,
             })
         });
         for expected in [
