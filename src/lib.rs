@@ -104,7 +104,7 @@
 //!   ```ignore
 //!   #[test]
 //!   fn workflow_manifests() {
-//!       use durable::manifest::{assert_snapshot, manifest_of};
+//!       use durable::{manifest::assert_snapshot, manifest_of};
 //!       assert_snapshot("tests/manifests.txt", &[manifest_of(onboard), manifest_of(onboard_v2)]);
 //!   }
 //!   ```

@@ -885,7 +885,8 @@ async fn a_patch_adds_a_step_for_new_instances_only() {
 /// patch passes.
 #[test]
 fn the_manifest_snapshot_catches_a_stranding_change() {
-    use durable::manifest::{SnapshotMode, check_snapshot, manifest_of};
+    use durable::manifest::{SnapshotMode, check_snapshot};
+    use durable::manifest_of;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("manifests.txt");
     let v1 = manifest_of(v1::onboard);
@@ -962,7 +963,7 @@ fn the_manifest_snapshot_catches_a_stranding_change() {
 /// fingerprint and strand every stored instance, and fails here.
 #[test]
 fn manifests_match_the_snapshot() {
-    use durable::manifest::{assert_snapshot, manifest_of};
+    use durable::{manifest::assert_snapshot, manifest_of};
     assert_snapshot(
         concat!(env!("CARGO_MANIFEST_DIR"), "/tests/manifests.txt"),
         &[

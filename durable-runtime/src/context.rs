@@ -299,12 +299,12 @@ impl Ctx {
         self.workflow
     }
 
-    pub(crate) fn step_key(&self, name: &str, at: &crate::step::At) -> String {
+    pub(crate) fn step_key(&self, name: &str, at: &crate::records::At) -> String {
         match at {
-            crate::step::At::Occurrence(occurrence) => {
+            crate::records::At::Occurrence(occurrence) => {
                 step_idempotency_key(&self.id, name, *occurrence)
             }
-            crate::step::At::Key(bytes, _) => {
+            crate::records::At::Key(bytes, _) => {
                 let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
                 format!("durable:{}:{}:{name}:k{hex}", self.id.len(), self.id)
             }
@@ -351,11 +351,11 @@ impl Ctx {
     pub(crate) fn take_checkpoint_at(
         &self,
         name: &str,
-        at: &crate::step::At,
+        at: &crate::records::At,
     ) -> Option<CheckpointRecord> {
         match at {
-            crate::step::At::Occurrence(n) => self.take_checkpoint(name, *n),
-            crate::step::At::Key(key, _) => self
+            crate::records::At::Occurrence(n) => self.take_checkpoint(name, *n),
+            crate::records::At::Key(key, _) => self
                 .keyed
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

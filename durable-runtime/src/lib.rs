@@ -12,6 +12,7 @@
 //! | `error` | typed errors |
 //! | `codec` | the only file that names bincode: the versioned envelope |
 //! | `records` | stored record types and their keys |
+//! | `manifest` | manifests: sites, serde shapes, fingerprints, compatibility checks, snapshots |
 //! | `time` | the [`Clock`](time::Clock) seam: system clock, manual clock |
 //! | `future`, `panic`, `crash`, `outcome`, `ids`, `retry` | small leaves |
 //! | [`store`] | the KV device seam: [`Store`](store::Store), sled + write-ahead log, memory |
@@ -20,7 +21,6 @@
 //! | `services` | what a running instance may use: journal, clock, event gate |
 //! | `context` | [`Ctx`]: an instance's id, counters, signals |
 //! | `step`, `wait`, `values` | `impl Ctx`: the operations behind `step!`, `sleep!`, `wait_for!`; checkpointed `now`, `random`, `uuid` |
-//! | `manifest` | manifests: sites, serde shapes, fingerprints, compatibility checks, snapshots |
 //! | `workflow` | [`Workflow`], [`IntoWorkflow`] |
 //! | `inspect` | [`Status`], [`History`], listing types |
 //! | `engine` | [`Engine`] and its parts: builder, registry, instances, driver, scheduler, events, recovery, queries |
@@ -84,7 +84,7 @@ pub use inspect::{
     StatusKind, StepOutcome, StepRecord, Transition, TransitionKind,
 };
 pub use retry::RetryPolicy;
-pub use workflow::{IntoWorkflow, Workflow};
+pub use workflow::{IntoWorkflow, Workflow, manifest_of};
 
 /// Hooks for the benchmark (feature `hooks`). Not public API.
 #[cfg(feature = "hooks")]

@@ -21,6 +21,8 @@
 //! counts as a change), and [`Manifest::untraceable`] lists the sites that
 //! use one so a deploy gate can flag them. Never a silent pass.
 //!
+//! [`manifest_of`](crate::manifest_of) gives the manifest of a workflow value.
+//!
 //! Each instance stores the hash of the manifest it started with, each
 //! checkpoint and event the fingerprint of the type it was written with.
 //! Before an instance runs any body, `check_history` compares what it
@@ -689,12 +691,6 @@ fn render_enum(
         }
     }
     out.push('}');
-}
-
-/// The manifest of a workflow, as the engine registers it.
-pub fn manifest_of<I: crate::workflow::IntoWorkflow>(workflow: I) -> Manifest {
-    use crate::workflow::Workflow;
-    workflow.into_workflow().manifest()
 }
 
 /// What [`check_snapshot`] may do to the snapshot file.

@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::journal::decode_value;
 use crate::panic::{CatchUnwind, panic_message};
-use crate::records::{CheckpointRecord, CheckpointState};
+use crate::records::{At, CheckpointRecord, CheckpointState};
 use crate::retry::{RetryPolicy, jitter_random};
 
 impl Ctx {
@@ -159,42 +159,6 @@ where
             Err(error) => ctx.abort(error).await,
         }
     })
-}
-
-/// How a step occurrence is identified within its name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum At {
-    /// The n-th call of the name in this instance.
-    Occurrence(u32),
-    /// A keyed step (`step!(name, key = k, ..)`): the key's encoding and text.
-    Key(Vec<u8>, String),
-}
-
-impl At {
-    /// The occurrence number stored in the record (0 for a keyed step).
-    pub(crate) fn occurrence(&self) -> u32 {
-        match self {
-            At::Occurrence(n) => *n,
-            At::Key(..) => 0,
-        }
-    }
-
-    /// The key stored in the record.
-    pub(crate) fn key(&self) -> Option<(Vec<u8>, String)> {
-        match self {
-            At::Occurrence(_) => None,
-            At::Key(bytes, text) => Some((bytes.clone(), text.clone())),
-        }
-    }
-}
-
-impl std::fmt::Display for At {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            At::Occurrence(n) => write!(f, "occurrence {n}"),
-            At::Key(_, text) => write!(f, "key {text}"),
-        }
-    }
 }
 
 /// One step site as it is recorded.

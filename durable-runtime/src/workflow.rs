@@ -132,3 +132,9 @@ where
 {
     f
 }
+
+/// The manifest of a workflow (what `#[durable]` declares: sites, their
+/// types, input and output), as the engine registers it.
+pub fn manifest_of<I: IntoWorkflow>(workflow: I) -> Manifest {
+    workflow.into_workflow().manifest()
+}
