@@ -369,9 +369,27 @@ impl PowerFs {
         report
     }
 
+    /// Serves again without a cut, after [`freeze`](Self::freeze) and
+    /// [`power_off`](Self::power_off): only the process crashed, the
+    /// operations it made stay (unsynced) as in a page cache; triggers
+    /// disarmed. The operations that were waiting failed and never happened.
+    pub fn resume(&self) {
+        let mut s = self.lock();
+        s.phase = Phase::Live;
+        s.triggers.clear();
+        s.fired.clear();
+        s.torn = None;
+        self.inner.changed.notify_all();
+    }
+
     /// Counts of the operations served so far.
     pub fn counts(&self) -> Counts {
         self.lock().counts.clone()
+    }
+
+    /// The unsynced operations, one line each (for diagnostics).
+    pub fn describe_pending(&self) -> Vec<String> {
+        self.lock().model.describe_pending()
     }
 
     /// Unsynced operations now.
@@ -432,9 +450,9 @@ fn attr_of(ino: Ino, a: crate::model::Attr) -> FileAttr {
         ino: INodeNo(ino),
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
         crtime: UNIX_EPOCH,
         kind: if a.dir {
             FileType::Directory
@@ -794,11 +812,8 @@ impl Filesystem for PowerFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let mut s = self.lock();
         // Closing never waits: a dying process closes its files.
-        if s.phase == Phase::Live {
-            s.model.released(ino.0);
-        }
+        self.lock().model.released(ino.0);
         reply.ok();
     }
 

@@ -22,6 +22,7 @@
 //!   the disk never gets them.
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// An inode number. The root directory is [`ROOT`].
 pub type Ino = u64;
@@ -275,6 +276,9 @@ pub struct Model {
     names: HashMap<Ino, (Ino, OsString)>,
     /// Open handles per live inode.
     open: HashMap<Ino, u32>,
+    /// Last change of each live inode's content or entries (programs such
+    /// as the store rely on a directory's mtime changing).
+    mtimes: HashMap<Ino, SystemTime>,
 }
 
 impl Default for Model {
@@ -290,6 +294,8 @@ pub struct Attr {
     pub dir: bool,
     /// Bytes (0 for a directory).
     pub size: u64,
+    /// Last change of its content (a file) or entries (a directory).
+    pub mtime: SystemTime,
 }
 
 impl Model {
@@ -302,7 +308,12 @@ impl Model {
             next_ino: ROOT + 1,
             names: HashMap::new(),
             open: HashMap::new(),
+            mtimes: HashMap::new(),
         }
+    }
+
+    fn touch(&mut self, ino: Ino) {
+        self.mtimes.insert(ino, SystemTime::now());
     }
 
     /// The inode `name` in directory `parent` names.
@@ -316,12 +327,18 @@ impl Model {
 
     /// The kind and size of a live inode.
     pub fn attr(&self, ino: Ino) -> Result<Attr, Errno> {
+        let mtime = self.mtimes.get(&ino).copied().unwrap_or(UNIX_EPOCH);
         match self.live.nodes.get(&ino) {
             Some(Node::File(data)) => Ok(Attr {
                 dir: false,
                 size: data.len() as u64,
+                mtime,
             }),
-            Some(Node::Dir(_)) => Ok(Attr { dir: true, size: 0 }),
+            Some(Node::Dir(_)) => Ok(Attr {
+                dir: true,
+                size: 0,
+                mtime,
+            }),
             None => Err(libc::ENOENT),
         }
     }
@@ -393,6 +410,8 @@ impl Model {
         self.live.apply(&op);
         self.pending.push(op);
         self.names.insert(ino, (parent, name.to_os_string()));
+        self.touch(ino);
+        self.touch(parent);
         Ok(ino)
     }
 
@@ -415,6 +434,7 @@ impl Model {
         self.live.apply(&op);
         self.pending.push(op);
         self.names.remove(&ino);
+        self.touch(parent);
         self.forget_if_gone(ino);
         Ok(())
     }
@@ -459,6 +479,8 @@ impl Model {
         self.live.apply(&op);
         self.pending.push(op);
         self.names.insert(ino, (to, new_name.to_os_string()));
+        self.touch(from);
+        self.touch(to);
         if let Some(old) = replaced {
             self.names.remove(&old);
             self.forget_if_gone(old);
@@ -493,6 +515,7 @@ impl Model {
         };
         self.live.apply(&op);
         self.pending.push(op);
+        self.touch(ino);
         Ok(())
     }
 
@@ -506,6 +529,7 @@ impl Model {
         let op = Op::SetLen { ino, len };
         self.live.apply(&op);
         self.pending.push(op);
+        self.touch(ino);
         Ok(())
     }
 
@@ -532,6 +556,7 @@ impl Model {
             return;
         }
         self.live.nodes.remove(&ino);
+        self.mtimes.remove(&ino);
         if !self.durable.nodes.contains_key(&ino) {
             self.pending.retain(|op| op.data_of() != Some(ino));
         }
@@ -593,6 +618,33 @@ impl Model {
     /// disk (the live view keeps them until the cut).
     pub fn fail_fsync(&mut self, ino: Ino) {
         self.pending.retain(|op| op.data_of() != Some(ino));
+    }
+
+    /// The unsynced operations, one line each (for diagnostics).
+    pub fn describe_pending(&self) -> Vec<String> {
+        self.pending
+            .iter()
+            .map(|op| match op {
+                Op::Link { parent, name, .. } => {
+                    format!("create {}", self.child_path(*parent, name))
+                }
+                Op::Unlink { parent, name } => format!("unlink {}", self.child_path(*parent, name)),
+                Op::Rename {
+                    from,
+                    from_name,
+                    to,
+                    to_name,
+                } => format!(
+                    "rename {} -> {}",
+                    self.child_path(*from, from_name),
+                    self.child_path(*to, to_name)
+                ),
+                Op::Write { ino, offset, data } => {
+                    format!("write {} at {offset} +{}", self.path(*ino), data.len())
+                }
+                Op::SetLen { ino, len } => format!("set_len {} {len}", self.path(*ino)),
+            })
+            .collect()
     }
 
     /// Unsynced operations.
@@ -665,6 +717,9 @@ impl Model {
         self.live = self.durable.clone();
         self.open.clear();
         self.names.clear();
+        // A reboot: every inode's mtime is now, so none looks unchanged.
+        let now = SystemTime::now();
+        self.mtimes = self.live.nodes.keys().map(|&ino| (ino, now)).collect();
         for (&ino, node) in &self.live.nodes {
             if let Node::Dir(entries) = node {
                 for (name, &child) in entries {
