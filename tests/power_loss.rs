@@ -130,6 +130,8 @@ struct Tally {
     stores: u64,
     fired: BTreeMap<String, (u64, u64)>,
     failed_opens: Vec<String>,
+    /// Failed opens by cause.
+    causes: BTreeMap<String, u64>,
     violations: Vec<String>,
     generations: u64,
     reruns: usize,
@@ -146,7 +148,7 @@ impl Tally {
 
     fn line(&self) -> String {
         let mut s = format!(
-            "{} cuts (modes {:?}; when {:?}; {} torn writes; {:.1} MiB unsynced lost), {} process crashes, {} generations, {} stores; {} re-runs; {} failed opens; {} violations",
+            "{} cuts (modes {:?}; when {:?}; {} torn writes; {:.1} MiB unsynced lost), {} process crashes, {} generations, {} stores; {} re-runs; {} failed opens {:?}; {} violations",
             self.cuts,
             self.by_mode,
             self.by_phase,
@@ -157,6 +159,7 @@ impl Tally {
             self.stores,
             self.reruns,
             self.failed_opens.len(),
+            self.causes,
             self.violations.len()
         );
         if !self.fired.is_empty() {
@@ -169,6 +172,36 @@ impl Tally {
             let _ = write!(s, "\n  FAILED OPEN: {f}");
         }
         s
+    }
+}
+
+/// CRC-32 (IEEE), as sled computes it over its `conf`.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+/// Why a store does not open, as far as its durable files tell: sled's
+/// `conf` torn (its CRC does not match), or something else (such as a
+/// snapshot that points past the durable log).
+fn diagnose(fs: &PowerFs) -> &'static str {
+    match fs.durable_file("conf") {
+        Some(conf) if conf.len() > 4 => {
+            let (text, crc) = conf.split_at(conf.len() - 4);
+            if crc32(text).to_le_bytes() == crc {
+                "conf intact"
+            } else {
+                "conf torn"
+            }
+        }
+        Some(conf) if !conf.is_empty() => "conf torn",
+        _ => "conf empty or missing",
     }
 }
 
@@ -189,8 +222,8 @@ struct Lab {
     gen_no: u64,
     open_time: Duration,
     run_time: Duration,
-    /// The last cut, for the report of a failed open.
-    last: String,
+    /// The last cuts, for the report of a failed open.
+    history: Vec<String>,
     /// Whether the last generation's trigger fired.
     fired: bool,
     /// Power cuts of this store.
@@ -216,7 +249,7 @@ impl Lab {
             gen_no: 0,
             open_time: Duration::from_millis(150),
             run_time: Duration::from_millis(150),
-            last: "none".into(),
+            history: Vec::new(),
             fired: false,
             cuts: 0,
         }
@@ -356,7 +389,7 @@ impl Lab {
                     .iter()
                     .map(|f| format!("{:?} {:?} {}", f.trigger.action, f.trigger.kind, f.path))
                     .collect();
-                self.last = format!(
+                self.history.push(format!(
                     "generation {gen_no} cut in {phase:?} ({mode:?}{}{}), {} of {} unsynced operations kept",
                     report
                         .torn
@@ -370,7 +403,7 @@ impl Lab {
                     },
                     report.kept,
                     report.pending
-                );
+                ));
                 GenEnd::Cut(phase, report)
             }
             _ => {
@@ -427,9 +460,11 @@ impl Lab {
         }
     }
 
-    /// Keeps the ledger (the store is in memory and goes) for a failure.
+    /// Keeps the ledger and a copy of the store's durable state (in
+    /// `store.durable`) for a failure.
     fn keep(&mut self) -> PathBuf {
         self.mount.take();
+        let _ = self.fs.dump_durable(&self.dir.join("store.durable"));
         match self.tmp.take() {
             Some(tmp) => support::keep(tmp),
             None => self.dir.clone(),
@@ -495,11 +530,14 @@ fn record(tally: &mut Tally, lab: &mut Lab, mode: Option<CutMode>, end: GenEnd) 
             true
         }
         GenEnd::OpenFailed(line) => {
+            let cause = diagnose(&lab.fs);
+            *tally.causes.entry(cause.to_string()).or_default() += 1;
             let kept = lab.keep();
+            let last = lab.history.len().saturating_sub(2);
             tally.failed_opens.push(format!(
-                "after {} cuts of this store, the last: {}; then {line} (ledger kept at {})",
+                "{cause}: after {} cuts of this store, the last: {}; then {line} (kept at {})",
                 lab.cuts,
-                lab.last,
+                lab.history[last..].join("; "),
                 kept.display()
             ));
             false
@@ -844,6 +882,9 @@ fn powercut_targeted() {
                 in_lab = 0;
                 Lab::new()
             });
+            if std::env::var_os("DURABLE_POWER_TRACE").is_some() {
+                eprintln!("scenario: {}", scenario.name);
+            }
             // Something to recover: one generation runs part of its steps.
             let mut alive = true;
             if l.gen_no == 0 || rng.chance(0.3) {

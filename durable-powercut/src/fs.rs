@@ -392,6 +392,17 @@ impl PowerFs {
         self.lock().model.describe_pending()
     }
 
+    /// Writes the durable state (what a cut now would keep at least) under
+    /// the directory `to`.
+    pub fn dump_durable(&self, to: &Path) -> io::Result<()> {
+        self.lock().model.dump_durable(to)
+    }
+
+    /// The durable content of the file at `path` (relative to the root).
+    pub fn durable_file(&self, path: &str) -> Option<Vec<u8>> {
+        self.lock().model.durable_file(path)
+    }
+
     /// Unsynced operations now.
     pub fn pending(&self) -> usize {
         self.lock().model.pending()

@@ -730,6 +730,25 @@ impl Model {
         report
     }
 
+    /// Writes the durable state under `to` (a directory), for a look at
+    /// what a cut left.
+    pub fn dump_durable(&self, to: &std::path::Path) -> std::io::Result<()> {
+        fn dump(tree: &Tree, ino: Ino, to: &std::path::Path) -> std::io::Result<()> {
+            match tree.nodes.get(&ino) {
+                Some(Node::File(data)) => std::fs::write(to, data),
+                Some(Node::Dir(entries)) => {
+                    std::fs::create_dir_all(to)?;
+                    for (name, &child) in entries {
+                        dump(tree, child, &to.join(name))?;
+                    }
+                    Ok(())
+                }
+                None => Ok(()),
+            }
+        }
+        dump(&self.durable, ROOT, to)
+    }
+
     /// The durable content of the file at `path` (for tests).
     pub fn durable_file(&self, path: &str) -> Option<Vec<u8>> {
         let mut at = ROOT;
