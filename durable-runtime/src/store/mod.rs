@@ -13,8 +13,118 @@
 mod sled;
 mod wal;
 
+use std::fs::File;
+use std::path::Path;
+
 pub use self::sled::{DEFAULT_CACHE_BYTES, SledStore};
 use crate::error::StoreError;
+
+/// Fsyncs `file` (at `path`), or only its data when `data_only`. Every
+/// fsync of the embedded store goes through here, so tests can watch and
+/// fail them.
+pub(crate) fn fsync(file: &File, path: &Path, data_only: bool) -> std::io::Result<()> {
+    #[cfg(test)]
+    hooks::before_sync(path)?;
+    #[cfg(not(test))]
+    let _ = path;
+    if data_only {
+        file.sync_data()
+    } else {
+        file.sync_all()
+    }?;
+    #[cfg(test)]
+    hooks::after_sync(path);
+    Ok(())
+}
+
+/// Fsyncs a directory, so that the files created, renamed or removed in it
+/// are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| fsync(&d, dir, false))
+        .map_err(|e| StoreError::Io {
+            op: "fsync a directory",
+            reason: e.to_string(),
+        })
+}
+
+/// Test hooks of the embedded store: watch or fail its fsyncs, watch the
+/// stages of its open. Per thread, so tests running in parallel do not see
+/// each other's.
+#[cfg(test)]
+pub(crate) mod hooks {
+    use std::cell::RefCell;
+    use std::path::Path;
+
+    type SyncFail = Box<dyn FnMut(&Path) -> Option<std::io::Error>>;
+    type Watch = Box<dyn FnMut(&Path)>;
+    type StageWatch = Box<dyn FnMut(&str, &Path)>;
+
+    thread_local! {
+        static FAIL: RefCell<Option<SyncFail>> = RefCell::new(None);
+        static SYNCED: RefCell<Option<Watch>> = RefCell::new(None);
+        static STAGE: RefCell<Option<StageWatch>> = RefCell::new(None);
+        static FORMAT: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+    }
+
+    /// Until [`clear`], the store reads formats up to `format` (a newer
+    /// build).
+    pub(crate) fn read_formats_up_to(format: u32) {
+        FORMAT.with(|f| f.set(Some(format)));
+    }
+
+    pub(crate) fn supported_format() -> Option<u32> {
+        FORMAT.with(|f| f.get())
+    }
+
+    /// Until [`clear`], `fail` decides for each fsync (by path) whether it
+    /// fails, and with which error.
+    pub(crate) fn fail_syncs(fail: impl FnMut(&Path) -> Option<std::io::Error> + 'static) {
+        FAIL.with(|f| *f.borrow_mut() = Some(Box::new(fail)));
+    }
+
+    /// Until [`clear`], `watch` sees each fsync that succeeded.
+    pub(crate) fn watch_syncs(watch: impl FnMut(&Path) + 'static) {
+        SYNCED.with(|f| *f.borrow_mut() = Some(Box::new(watch)));
+    }
+
+    /// Until [`clear`], `watch` sees each stage the open reaches, with the
+    /// store's directory.
+    pub(crate) fn watch_stages(watch: impl FnMut(&str, &Path) + 'static) {
+        STAGE.with(|f| *f.borrow_mut() = Some(Box::new(watch)));
+    }
+
+    /// Removes every hook of this thread.
+    pub(crate) fn clear() {
+        FAIL.with(|f| f.borrow_mut().take());
+        SYNCED.with(|f| f.borrow_mut().take());
+        STAGE.with(|f| f.borrow_mut().take());
+        FORMAT.with(|f| f.set(None));
+    }
+
+    pub(super) fn before_sync(path: &Path) -> std::io::Result<()> {
+        match FAIL.with(|f| f.borrow_mut().as_mut().and_then(|fail| fail(path))) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn after_sync(path: &Path) {
+        SYNCED.with(|f| {
+            if let Some(watch) = f.borrow_mut().as_mut() {
+                watch(path)
+            }
+        });
+    }
+
+    pub(crate) fn stage(stage: &str, dir: &Path) {
+        STAGE.with(|f| {
+            if let Some(watch) = f.borrow_mut().as_mut() {
+                watch(stage, dir)
+            }
+        });
+    }
+}
 
 /// The trees (tables) the engine uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
