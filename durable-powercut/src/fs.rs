@@ -132,6 +132,8 @@ struct Shared {
     fired: Vec<Fired>,
     torn: Option<TornWrite>,
     counts: Counts,
+    /// Every operation served, when logging.
+    log: Option<Vec<String>>,
 }
 
 struct Inner {
@@ -263,6 +265,7 @@ impl PowerFs {
                     fired: Vec::new(),
                     torn: None,
                     counts: Counts::default(),
+                    log: None,
                 }),
                 changed: Condvar::new(),
             }),
@@ -403,6 +406,20 @@ impl PowerFs {
         self.lock().model.durable_file(path)
     }
 
+    /// Starts (or stops) logging every changing operation and sync.
+    pub fn set_logging(&self, on: bool) {
+        self.lock().log = on.then(Vec::new);
+    }
+
+    /// The operations logged since the last call.
+    pub fn take_log(&self) -> Vec<String> {
+        self.lock()
+            .log
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
     /// Unsynced operations now.
     pub fn pending(&self) -> usize {
         self.lock().model.pending()
@@ -426,6 +443,9 @@ impl Shared {
     /// Counts an operation of `kind` on `paths` against the armed
     /// triggers; the action of the first that fires.
     fn check(&mut self, kind: OpKind, paths: &[&str]) -> Option<Action> {
+        if let Some(log) = self.log.as_mut() {
+            log.push(format!("{kind:?} {}", paths.join(" -> ")));
+        }
         let mut hit = None;
         for (trigger, count) in &mut self.triggers {
             if trigger.kind != kind || hit.is_some() {
