@@ -188,20 +188,20 @@ fn crc32(bytes: &[u8]) -> u32 {
 }
 
 /// Why a store does not open, as far as its durable files tell: sled's
-/// `conf` torn (its CRC does not match), or something else (such as a
-/// snapshot that points past the durable log).
+/// `conf` torn (over 8 bytes, its CRC does not match: sled refuses it), or
+/// not (intact, or 8 bytes or less, which sled writes again): then sled's
+/// snapshot and log disagree (a snapshot pointing past the durable log).
 fn diagnose(fs: &PowerFs) -> &'static str {
     match fs.durable_file("conf") {
-        Some(conf) if conf.len() > 4 => {
+        Some(conf) if conf.len() > 8 => {
             let (text, crc) = conf.split_at(conf.len() - 4);
             if crc32(text).to_le_bytes() == crc {
-                "conf intact"
+                "not conf: sled's snapshot and log"
             } else {
                 "conf torn"
             }
         }
-        Some(conf) if !conf.is_empty() => "conf torn",
-        _ => "conf empty or missing",
+        _ => "not conf: sled's snapshot and log",
     }
 }
 
@@ -482,6 +482,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::env::var_os("DURABLE_POWER_KEEP").is_some() && self.tmp.is_some() {
+            self.keep();
+        }
         self.mount.take();
     }
 }
@@ -658,9 +661,9 @@ struct Scenario {
 /// What the generation before the targeted one does.
 enum Before {
     Nothing,
-    /// A process crash at the N-th fsync of sled's log (N in 1..=2), before
-    /// it: sled's log holds data it wrote but nothing synced.
-    CrashBeforeLogSync,
+    /// A process crash right after the N-th write to sled's log (N in
+    /// 1..=8): the log holds data sled wrote and nothing synced yet.
+    CrashAfterLogWrite,
     /// A power cut that loses everything (sled's `conf`, never synced, is
     /// then empty on disk and rewritten at the next open).
     CutLosingAll,
@@ -703,7 +706,7 @@ fn scenarios() -> Vec<Scenario> {
         s("conf write, torn", Nothing, Write, "conf", 2, Tear, KeepMetadata),
         // Issue 10, cause 1: a power cut in the open after a crash, right
         // after sled's recovery put its new snapshot in place.
-        s("open after a crash: snapshot rename, cut after", CrashBeforeLogSync, Rename, "snap.*", 1, CutAfter, KeepMetadata),
+        s("open after a crash: snapshot rename, cut after", CrashAfterLogWrite, Rename, "snap.*", 1, CutAfter, KeepMetadata),
         // Issue 10, cause 2: sled rewrites an empty conf, and the cut tears it.
         s("conf rewrite after a cut, torn", CutLosingAll, Write, "conf", 2, Tear, LoseAll),
         // sled's recovery removes a blob file the crash left unlogged, and
@@ -753,12 +756,12 @@ fn powercut_targeted() {
             if alive {
                 alive = match scenario.before {
                     Before::Nothing => true,
-                    Before::CrashBeforeLogSync => {
+                    Before::CrashAfterLogWrite => {
                         let t = Trigger {
-                            kind: OpKind::Fsync,
+                            kind: OpKind::Write,
                             pattern: "db".into(),
-                            nth: 1 + rng.below(2) as u32,
-                            action: Action::CutBefore,
+                            nth: 1 + rng.below(8) as u32,
+                            action: Action::CutAfter,
                         };
                         run(&mut tally, l, When::Trigger(t), Stop::Crash, None, &mut rng)
                     }
