@@ -48,6 +48,24 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         })
 }
 
+/// Entry points of the fuzz targets in `fuzz/` (feature `fuzzing`); not part
+/// of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod __fuzz {
+    use std::path::Path;
+
+    use crate::error::StoreError;
+
+    /// Reads `bytes` as the store's write-ahead log (`durable.wal`): the
+    /// number of batches it holds, or the typed error. Never writes.
+    pub fn wal(bytes: &[u8]) -> Result<usize, StoreError> {
+        let replay = super::wal::parse_log(Path::new("fuzz"), bytes)?;
+        assert!(replay.torn as usize <= bytes.len());
+        Ok(replay.batches.len())
+    }
+}
+
 /// Test hooks of the embedded store: watch or fail its fsyncs, watch the
 /// stages of its open. Per thread, so tests running in parallel do not see
 /// each other's.

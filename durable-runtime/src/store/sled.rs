@@ -446,8 +446,7 @@ impl SledStore {
             .batches
             .iter()
             .flat_map(|b| &b.ops)
-            .filter(|op| op.tree == Tree::Meta && op.key == FORMAT_KEY)
-            .next_back()
+            .rfind(|op| op.tree == Tree::Meta && op.key == FORMAT_KEY)
             .and_then(|op| op.value.clone());
         let stored = match logged {
             Some(v) => Some(v),
