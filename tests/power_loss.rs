@@ -130,6 +130,11 @@ struct Tally {
     stores: u64,
     fired: BTreeMap<String, (u64, u64)>,
     failed_opens: Vec<String>,
+    /// Acknowledged steps whose body ran again after it returned (a lost
+    /// checkpoint), instances lost, and stores where either happened.
+    lost_acks: usize,
+    lost_instances: usize,
+    stores_with_losses: usize,
     /// Failed opens by cause.
     causes: BTreeMap<String, u64>,
     violations: Vec<String>,
@@ -148,7 +153,7 @@ impl Tally {
 
     fn line(&self) -> String {
         let mut s = format!(
-            "{} cuts (modes {:?}; when {:?}; {} torn writes; {:.1} MiB unsynced lost), {} process crashes, {} generations, {} stores; {} re-runs; {} failed opens {:?}; {} violations",
+            "{} cuts (modes {:?}; when {:?}; {} torn writes; {:.1} MiB unsynced lost), {} process crashes, {} generations, {} stores; {} re-runs; {} failed opens {:?}; {} lost acknowledged steps and {} lost instances in {} stores; {} violations",
             self.cuts,
             self.by_mode,
             self.by_phase,
@@ -160,6 +165,9 @@ impl Tally {
             self.reruns,
             self.failed_opens.len(),
             self.causes,
+            self.lost_acks,
+            self.lost_instances,
+            self.stores_with_losses,
             self.violations.len()
         );
         if !self.fired.is_empty() {
@@ -574,6 +582,17 @@ fn finish(tally: &mut Tally, lab: &mut Lab, rng: &mut Rng) {
     match lab.finish(rng) {
         Ok(reruns) => tally.reruns += reruns,
         Err(errors) => {
+            let acks = errors
+                .iter()
+                .filter(|e| e.contains("but its body began again"))
+                .count();
+            let instances = errors
+                .iter()
+                .filter(|e| e.contains("(instance lost)"))
+                .count();
+            tally.lost_acks += acks;
+            tally.lost_instances += instances;
+            tally.stores_with_losses += usize::from(acks + instances > 0);
             let kept = lab.keep();
             tally
                 .violations
