@@ -351,12 +351,16 @@ impl Lab {
             }
         };
         self.fired = !self.fs.fired().is_empty();
-        // An injected EIO fired: the cut follows, whatever the worker did.
+        // An injected EIO fired: half of the time the cut follows whatever
+        // the worker did; else the page cache keeps what the failed fsync
+        // lost until a later cut, as Linux does, and later generations
+        // read it.
         let failed = self
             .fs
             .fired()
             .iter()
-            .any(|f| f.trigger.action == Action::Fail);
+            .any(|f| f.trigger.action == Action::Fail)
+            && rng.chance(0.5);
         let oplog = self.fs.take_log();
         if !oplog.is_empty() {
             let _ = std::fs::write(
