@@ -536,7 +536,7 @@ fn sync_before_open(
         let file = path.join(name);
         match File::open(&file) {
             Ok(f) => fsync(&f, &file, data_only).map_err(|e| os("fsync", &e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(os("open a file of sled's for fsync", &e)),
         }
         if name == "db" {

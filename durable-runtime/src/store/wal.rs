@@ -407,7 +407,8 @@ impl Wal {
         if self.broken {
             return Err(StoreError::Io {
                 op: "append to the write-ahead log",
-                reason: "an earlier append failed and could not be cut off; reopen the store"
+                reason: "an earlier append or reset failed and could not be undone; reopen the \
+                         store"
                     .into(),
             });
         }
@@ -468,6 +469,9 @@ impl Wal {
     /// Empties the log under a new salt: call only once the store has made
     /// every applied batch durable on its own.
     pub fn reset(&mut self, store_format: u32) -> Result<(), StoreError> {
+        // Until the new header is durable, nothing may be appended: a record
+        // under the old salt after it would read as a torn tail.
+        self.broken = true;
         self.file
             .set_len(0)
             .map_err(|e| io("reset the write-ahead log", e))?;
