@@ -19,10 +19,17 @@
 //! cache), so later cuts also land in the open that follows a crash.
 //!
 //! Profiles: `cargo test --test power_loss` runs 60 random cuts and every
-//! targeted scenario twice (CI). `DURABLE_POWER_CUTS=600` and
-//! `DURABLE_POWER_REPS=10` make a long run; `DURABLE_POWER_SEED=S` replays
-//! a seed. Where FUSE cannot be mounted (no `/dev/fuse`, not root and no
-//! `fusermount3`) the tests print `SKIPPED` with the reason and pass.
+//! targeted scenario twice (CI, about 25 s). `DURABLE_POWER_CUTS=600` and
+//! `DURABLE_POWER_REPS=6` make a long run; `DURABLE_POWER_SEED=S` replays
+//! a seed's choices (not the timing). `DURABLE_POWER_CUTS_PER_STORE` (20)
+//! bounds the cuts of one store; `DURABLE_POWER_ONLY=text` runs the targeted
+//! scenarios whose name contains it; `DURABLE_POWER_EIO=1` adds EIO from an
+//! fsync of sled's files; `DURABLE_POWER_TRACE=1` prints each generation and
+//! the unsynced operations at each cut, `DURABLE_POWER_OPLOG=1` writes each
+//! generation's operations (`oplog-N.txt`), and `DURABLE_POWER_KEEP=1`
+//! keeps every store's directory (ledger, `store.durable`). Where FUSE
+//! cannot be mounted (no `/dev/fuse`, not root and no `fusermount3`) the
+//! tests print `SKIPPED` with the reason and pass.
 #![cfg(target_os = "linux")]
 
 mod support;
