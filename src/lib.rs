@@ -47,12 +47,12 @@
 //!   died while it ran (before its checkpoint was durable) or it failed and is
 //!   retried. Give outside systems [`Ctx::idempotency_key`].
 //! - **Ids are idempotency keys.** Starting an existing id attaches to it;
-//!   with another workflow or input it is [`Error::IdConflict`].
+//!   with another workflow or input it is [`UsageError::IdConflict`].
 //! - **Nothing is lost.** Every started instance finishes or is resumed by
 //!   the next [`EngineBuilder::open`].
 //! - **Deterministic replay.** Code between steps must be deterministic; a
 //!   replay that does not reach a recorded step is reported
-//!   ([`Error::Nondeterminism`]).
+//!   ([`ReplayError::Nondeterminism`]).
 //! - **Clear failure.** Typed errors that name the instance, step and cause;
 //!   a blocked instance is left intact and resumable.
 #![deny(missing_docs)]
@@ -176,7 +176,7 @@ macro_rules! sleep_until {
 ///   deadline is checkpointed, as a [`sleep!`]'s is).
 ///
 /// Payload types are serde types (`DeserializeOwned + Send + 'static`); the
-/// sender must send the same type ([`Error::EventTypeMismatch`] otherwise).
+/// sender must send the same type ([`UsageError::EventTypeMismatch`] otherwise).
 /// The payload is checkpointed once received, so a replay gets the same
 /// payload back. Events sent before the wait is reached are kept, not
 /// dropped: the wait then returns at once.
@@ -220,5 +220,7 @@ macro_rules! wait_for {
 pub mod prelude {
     pub use crate::{sleep, sleep_until, step, wait_for};
     pub use durable_macros::durable;
-    pub use durable_runtime::{Ctx, Engine, Error, RetryPolicy, permanent};
+    pub use durable_runtime::{
+        Ctx, Engine, Error, InstanceError, ReplayError, RetryPolicy, UsageError, permanent,
+    };
 }

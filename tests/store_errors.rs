@@ -80,14 +80,14 @@ async fn a_checkpoint_of_another_type_blocks_the_instance_and_changes_nothing() 
         .await
         .unwrap_err();
     match &err {
-        Error::CheckpointDecode {
+        Error::Replay(ReplayError::CheckpointDecode {
             instance,
             step,
             occurrence,
             stored_type,
             expected_type,
             ..
-        } => {
+        }) => {
             assert_eq!(
                 (instance.as_str(), step.as_str(), *occurrence),
                 ("t-1", "value", 0)

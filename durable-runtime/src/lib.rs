@@ -72,7 +72,7 @@ pub use crash::CRASH_POINTS;
 pub use engine::{
     DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, Handle, RecoveryReport,
 };
-pub use error::{Error, Result, StoreError};
+pub use error::{Error, InstanceError, ReplayError, Result, StoreError, UsageError};
 pub use future::BoxFuture;
 pub use ids::MAX_ID_LEN;
 pub use inspect::{

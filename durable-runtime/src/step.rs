@@ -123,14 +123,14 @@ where
                     "step replayed from its checkpoint"
                 );
                 return decode_value::<Result<T, E>>(&outcome).map_err(|reason| {
-                    Error::CheckpointDecode {
+                    Error::Replay(crate::error::ReplayError::CheckpointDecode {
                         instance: ctx.id.clone(),
                         step: name.to_string(),
                         occurrence,
                         stored_type: type_name,
-                        expected_type: std::any::type_name::<Result<T, E>>().to_string(),
+                        expected_type: std::any::type_name::<Result<T, E>>(),
                         reason,
-                    }
+                    })
                 });
             }
             CheckpointState::Panicked { message, .. } => {
@@ -182,9 +182,9 @@ where
         }
         // After a cancel, no new attempt starts.
         if ctx.signals.is_cancelled() {
-            return Err(Error::Cancelled {
+            return Err(Error::Instance(crate::error::InstanceError::Cancelled {
                 instance: ctx.id.clone(),
-            });
+            }));
         }
         attempts += 1;
         crate::crash::point("step.before_body");
@@ -289,10 +289,10 @@ async fn write(ctx: &Ctx, record: CheckpointRecord) -> Result<(), Error> {
 }
 
 fn panicked(ctx: &Ctx, name: &str, occurrence: u32, message: String) -> Error {
-    Error::StepPanicked {
+    Error::Instance(crate::error::InstanceError::StepPanicked {
         instance: ctx.id.clone(),
         step: name.to_string(),
         occurrence,
         message,
-    }
+    })
 }

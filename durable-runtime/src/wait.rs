@@ -119,10 +119,10 @@ pub fn wait_for_timeout<'c, T: DeserializeOwned + Send + 'static>(
 }
 
 fn internal(ctx: &Ctx, detail: &str) -> Error {
-    Error::Nondeterminism {
+    Error::Replay(crate::error::ReplayError::Nondeterminism {
         instance: ctx.id.clone(),
         detail: detail.to_string(),
-    }
+    })
 }
 
 enum Target {
@@ -166,9 +166,9 @@ async fn sleep_inner(
     let mut bell = ctx.signals.bell.subscribe();
     loop {
         if ctx.signals.is_cancelled() {
-            return Err(Error::Cancelled {
+            return Err(Error::Instance(crate::error::InstanceError::Cancelled {
                 instance: ctx.id.clone(),
-            });
+            }));
         }
         let now = ctx.now_ms();
         let remaining = deadline_ms.saturating_sub(now).min(duration_ms);
@@ -242,9 +242,9 @@ async fn wait_inner<T: DeserializeOwned>(
     loop {
         bell.borrow_and_update();
         if ctx.signals.is_cancelled() {
-            return Err(Error::Cancelled {
+            return Err(Error::Instance(crate::error::InstanceError::Cancelled {
                 instance: ctx.id.clone(),
-            });
+            }));
         }
         if let Some(event) = journal.event(&ctx.id, name, occurrence)? {
             return receive(ctx, name, occurrence, event).await.map(Some);
@@ -315,13 +315,15 @@ fn decode_payload<T: DeserializeOwned>(
     stored_type: &str,
     payload: &[u8],
 ) -> Result<T, Error> {
-    decode_value(payload).map_err(|reason| Error::EventDecode {
-        instance: ctx.id.clone(),
-        event: name.to_string(),
-        occurrence,
-        stored_type: stored_type.to_string(),
-        expected_type: std::any::type_name::<T>().to_string(),
-        reason,
+    decode_value(payload).map_err(|reason| {
+        Error::Replay(crate::error::ReplayError::EventDecode {
+            instance: ctx.id.clone(),
+            event: name.to_string(),
+            occurrence,
+            stored_type: stored_type.to_string(),
+            expected_type: std::any::type_name::<T>(),
+            reason,
+        })
     })
 }
 

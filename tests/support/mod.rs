@@ -440,7 +440,7 @@ fn status_word(status: &durable::Result<Status>) -> &'static str {
         Ok(Status::Failed { .. }) => "Failed",
         Ok(Status::NeedsAttention { .. }) => "NeedsAttention",
         Ok(_) => "Other",
-        Err(Error::NotFound { .. }) => "NotFound",
+        Err(Error::Usage(UsageError::NotFound { .. })) => "NotFound",
         Err(_) => "Error",
     }
 }

@@ -85,7 +85,7 @@ impl Engine {
     ///
     /// The id is an idempotency key: if instance `id` exists (running or
     /// finished) with the same workflow and input, this attaches to it;
-    /// with another workflow or input it is [`Error::IdConflict`](crate::Error::IdConflict).
+    /// with another workflow or input it is [`UsageError::IdConflict`](crate::UsageError::IdConflict).
     pub async fn start<I: IntoWorkflow>(
         &self,
         workflow: I,
@@ -120,7 +120,7 @@ impl Engine {
     }
 
     /// Attaches to instance `id` of `workflow`, whatever its input.
-    /// [`Error::NotFound`](crate::Error::NotFound) if there is no such
+    /// [`UsageError::NotFound`](crate::UsageError::NotFound) if there is no such
     /// instance. An unfinished instance that is not running (blocked) is
     /// resumed.
     pub async fn attach<I: IntoWorkflow>(
@@ -153,12 +153,9 @@ impl Engine {
         type W<I> = <I as IntoWorkflow>::Workflow;
         validate_id(&id)?;
         let erased = self.core.registry.get::<W<I>>()?;
-        let record = self
-            .core
-            .services
-            .journal
-            .load(&id)?
-            .ok_or_else(|| crate::Error::NotFound { id: id.clone() })?;
+        let record = self.core.services.journal.load(&id)?.ok_or_else(|| {
+            crate::Error::Usage(crate::error::UsageError::NotFound { id: id.clone() })
+        })?;
         let done = Arc::clone(&self.core)
             .start_or_attach(W::<I>::NAME, erased, id.clone(), record.input, manual)
             .await?;
@@ -210,9 +207,9 @@ impl Engine {
     /// wait is kept until then, and one sent after every wait of that name
     /// was satisfied is kept but never delivered again.
     ///
-    /// Errors: [`Error::NotFound`](crate::Error::NotFound),
-    /// [`Error::InstanceFinished`](crate::Error::InstanceFinished), and
-    /// [`Error::EventTypeMismatch`](crate::Error::EventTypeMismatch) when the
+    /// Errors: [`UsageError::NotFound`](crate::UsageError::NotFound),
+    /// [`UsageError::InstanceFinished`](crate::UsageError::InstanceFinished), and
+    /// [`UsageError::EventTypeMismatch`](crate::UsageError::EventTypeMismatch) when the
     /// instance already waits for this event with another payload type
     /// (decided atomically with delivery: nothing is stored then).
     pub async fn send_event<P: serde::Serialize>(
@@ -236,11 +233,11 @@ impl Engine {
     /// Cancels instance `id`, durably: no new step starts after this
     /// returns, a step running now finishes, and the instance ends
     /// [`Status::Cancelled`] (its handles return
-    /// [`Error::Cancelled`](crate::Error::Cancelled)). A parked instance is
+    /// [`InstanceError::Cancelled`](crate::InstanceError::Cancelled)). A parked instance is
     /// cancelled at once, without waiting for its timer.
     ///
-    /// Errors: [`Error::NotFound`](crate::Error::NotFound),
-    /// [`Error::InstanceFinished`](crate::Error::InstanceFinished).
+    /// Errors: [`UsageError::NotFound`](crate::UsageError::NotFound),
+    /// [`UsageError::InstanceFinished`](crate::UsageError::InstanceFinished).
     pub async fn cancel(&self, id: &str) -> Result<()> {
         validate_id(id)?;
         self.core.cancel(id).await
@@ -253,7 +250,7 @@ impl Engine {
 
     /// Stops every instance running in this process where it stands (each
     /// resumes at the next open; their handles return
-    /// [`Error::ShutDown`](crate::Error::ShutDown)), waits until they have
+    /// [`InstanceError::ShutDown`](crate::InstanceError::ShutDown)), waits until they have
     /// stopped and every write is on disk, and closes the store, so it can
     /// be opened again at once. Other clones of this engine can still read
     /// status and history but can no longer write.

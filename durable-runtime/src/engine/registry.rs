@@ -34,11 +34,13 @@ impl<W: Workflow> Erased for Registered<W> {
     fn run<'a>(&self, ctx: &'a Ctx, input: &'a [u8]) -> BoxFuture<'a, Result<(Vec<u8>, bool)>> {
         let workflow = self.0;
         Box::pin(async move {
-            let input: W::Input = decode_value(input).map_err(|reason| Error::ValueDecode {
-                instance: ctx.id.clone(),
-                what: "input",
-                expected_type: std::any::type_name::<W::Input>().to_string(),
-                reason,
+            let input: W::Input = decode_value(input).map_err(|reason| {
+                Error::Replay(crate::error::ReplayError::ValueDecode {
+                    instance: ctx.id.clone(),
+                    what: "input",
+                    expected_type: std::any::type_name::<W::Input>(),
+                    reason,
+                })
             })?;
             let output = workflow.run(ctx, input).await;
             let bytes = ctx
@@ -65,7 +67,7 @@ pub(super) struct Registry {
 }
 
 impl Registry {
-    /// The registry of `entries`; [`Error::DuplicateWorkflow`] if two
+    /// The registry of `entries`; [`UsageError::DuplicateWorkflow`](crate::UsageError::DuplicateWorkflow) if two
     /// different workflows share a name.
     pub(super) fn build(entries: Vec<Entry>) -> Result<Registry> {
         let mut by_name: HashMap<&'static str, Arc<dyn Erased>> = HashMap::new();
@@ -73,9 +75,9 @@ impl Registry {
             if let Some(existing) = by_name.get(name)
                 && existing.type_id() != erased.type_id()
             {
-                return Err(Error::DuplicateWorkflow {
+                return Err(Error::Usage(crate::error::UsageError::DuplicateWorkflow {
                     workflow: name.to_string(),
-                });
+                }));
             }
             by_name.insert(name, erased);
         }
@@ -86,9 +88,9 @@ impl Registry {
     pub(super) fn get<W: Workflow>(&self) -> Result<Arc<dyn Erased>> {
         match self.by_name.get(W::NAME) {
             Some(erased) if erased.type_id() == TypeId::of::<W>() => Ok(Arc::clone(erased)),
-            _ => Err(Error::NotRegistered {
+            _ => Err(Error::Usage(crate::error::UsageError::NotRegistered {
                 workflow: W::NAME.to_string(),
-            }),
+            })),
         }
     }
 
