@@ -21,7 +21,7 @@
 //! | `context` | [`Ctx`]: an instance's id, counters, signals |
 //! | `step`, `wait` | `impl Ctx`: the operations behind `step!`, `sleep!`, `wait_for!` |
 //! | `workflow` | [`Workflow`], [`IntoWorkflow`] |
-//! | `inspect` | [`Status`], [`History`], listing types |
+//! | `inspect`, `listing` | [`Status`], [`History`]; [`ListFilter`], [`Page`] |
 //! | `engine` | [`Engine`] and its parts: builder, registry, instances, driver, scheduler, events, recovery, queries |
 //!
 //! # Tracing
@@ -55,6 +55,7 @@ mod future;
 mod ids;
 mod inspect;
 mod journal;
+mod listing;
 mod outcome;
 mod panic;
 mod records;
@@ -76,9 +77,9 @@ pub use error::{Error, InstanceError, ReplayError, Result, StoreError, UsageErro
 pub use future::BoxFuture;
 pub use ids::MAX_ID_LEN;
 pub use inspect::{
-    Cursor, History, InstanceSummary, InvalidCursor, ListFilter, Page, RunningStep, Status,
-    StatusKind, StepOutcome, StepRecord, Transition, TransitionKind,
+    History, RunningStep, Status, StepOutcome, StepRecord, Transition, TransitionKind,
 };
+pub use listing::{Cursor, InstanceSummary, InvalidCursor, ListFilter, Page, StatusKind};
 pub use retry::RetryPolicy;
 pub use workflow::{IntoWorkflow, Workflow};
 

@@ -26,7 +26,8 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::ids::validate_id;
-use crate::inspect::{History, ListFilter, Page, Status};
+use crate::inspect::{History, Status};
+use crate::listing::{ListFilter, Page};
 use crate::services::Services;
 use crate::workflow::{IntoWorkflow, Workflow};
 

@@ -2,7 +2,8 @@
 //! process knows (parked instances, step attempts running now) added.
 
 use crate::error::{Error, Result};
-use crate::inspect::{self, Cursor, History, InstanceSummary, ListFilter, Page, Status};
+use crate::inspect::{self, History, Status};
+use crate::listing::{Cursor, InstanceSummary, ListFilter, Page};
 use crate::records::{InstanceRecord, InstanceState, created_key, id_of_created_key};
 use crate::time::from_ms;
 
