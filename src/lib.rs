@@ -47,12 +47,12 @@
 //!   died while it ran (before its checkpoint was durable) or it failed and is
 //!   retried. Give outside systems [`Ctx::idempotency_key`].
 //! - **Ids are idempotency keys.** Starting an existing id attaches to it;
-//!   with another workflow or input it is [`Error::IdConflict`].
+//!   with another workflow or input it is [`UsageError::IdConflict`].
 //! - **Nothing is lost.** Every started instance finishes or is resumed by
 //!   the next [`EngineBuilder::open`].
 //! - **Deterministic replay.** Code between steps must be deterministic; a
 //!   replay that does not reach a recorded step is reported
-//!   ([`Error::Nondeterminism`]).
+//!   ([`ReplayError::Nondeterminism`]).
 //! - **Clear failure.** Typed errors that name the instance, step and cause;
 //!   a blocked instance is left intact and resumable.
 //!
@@ -154,16 +154,16 @@
 //!
 //! - **Keyed steps**: `step!("grant", key = perm.clone(), grant(&perm).await)`;
 //!   the key is any `Serialize + Debug` value; using one key twice in one
-//!   instance fails the instance with `Error::DuplicateKey`.
+//!   instance fails the instance with `InstanceError::DuplicateKey`.
 //! - **A step inside a step's body** (`ctx.step(..)` inside `step!`) is a
 //!   plain call of its body: the outer step's checkpoint covers both, and a
 //!   replay skips both.
 //! - **An outcome over `max_value_size`** is recorded as the step's failure
-//!   (`StepOutcome::TooLarge`, `Error::ValueTooLarge`, no retry): the body
+//!   (`StepOutcome::TooLarge`, `ReplayError::ValueTooLarge`, no retry): the body
 //!   never runs again and the instance is `Failed`, naming the limit.
 //! - **`History::steps`** lists sites in the order they started (a start
 //!   sequence is stored), also for sites started together by `join!`.
-//! - **`engine.resume` on a `Failed` instance** returns `Error::Failed` (a
+//! - **`engine.resume` on a `Failed` instance** returns `InstanceError::Failed` (a
 //!   step failed for good and that is its recorded outcome); it never returns
 //!   `Ok` doing nothing. Start a new instance instead.
 #![deny(missing_docs)]
@@ -287,7 +287,7 @@ macro_rules! sleep_until {
 ///   deadline is checkpointed, as a [`sleep!`]'s is).
 ///
 /// Payload types are serde types (`DeserializeOwned + Send + 'static`); the
-/// sender must send the same type ([`Error::EventTypeMismatch`] otherwise).
+/// sender must send the same type ([`UsageError::EventTypeMismatch`] otherwise).
 /// The payload is checkpointed once received, so a replay gets the same
 /// payload back. Events sent before the wait is reached are kept, not
 /// dropped: the wait then returns at once.
@@ -361,5 +361,7 @@ macro_rules! patched {
 pub mod prelude {
     pub use crate::{patched, sleep, sleep_until, step, wait_for};
     pub use durable_macros::durable;
-    pub use durable_runtime::{Ctx, Engine, Error, RetryPolicy, permanent};
+    pub use durable_runtime::{
+        Ctx, Engine, Error, InstanceError, ReplayError, RetryPolicy, UsageError, permanent,
+    };
 }

@@ -279,7 +279,10 @@ async fn corrupt_child() {
         Ok(Ok(engine)) => engine,
     };
     for (id, n) in INSTANCES {
-        let known = !matches!(engine.status(id).await, Err(Error::NotFound { .. }));
+        let known = !matches!(
+            engine.status(id).await,
+            Err(Error::Usage(UsageError::NotFound { .. }))
+        );
         let run = tokio::time::timeout(guard, engine.run(pipeline, id, n)).await;
         match run {
             Err(_) => return say(format!("HANG {id}")),

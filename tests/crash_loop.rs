@@ -137,7 +137,7 @@ async fn crash_loop_child() {
     let outcome = |r: durable::Result<Result<u64, String>>| match r {
         Ok(Ok(v)) => format!("ok {v}"),
         Ok(Err(e)) => format!("err {e}"),
-        Err(Error::NeedsAttention { .. }) => "needs-attention".to_string(),
+        Err(Error::Instance(InstanceError::NeedsAttention { .. })) => "needs-attention".to_string(),
         Err(e) => format!("error {e}"),
     };
     match std::env::var(MODE).as_deref() {

@@ -303,7 +303,10 @@ async fn a_wrongly_typed_event_is_refused_when_sent_even_before_the_wait() {
     let handle = engine.start(gated, "e1", 1).await.unwrap();
     wait_until("the slow step", || ran("e1/slow") == 1).await;
     let err = engine.send_event("e1", "approval", 7u32).await.unwrap_err();
-    assert!(matches!(err, Error::EventTypeMismatch { .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::Usage(UsageError::EventTypeMismatch { .. })),
+        "{err:?}"
+    );
     assert_eq!(
         err.to_string(),
         "instance \"e1\": event \"approval\" takes a payload shaped `{approved: bool}`, \
@@ -618,7 +621,10 @@ async fn resuming_a_failed_instance_is_an_error() {
     let engine = open(dir.path(), |b| b.register(doomed)).await;
     assert!(engine.run(doomed, "f1", 1).await.is_err());
     let err = engine.resume(doomed, "f1").await.unwrap_err();
-    assert!(matches!(err, Error::Failed { .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::Instance(InstanceError::Failed { .. })),
+        "{err:?}"
+    );
     assert!(
         err.to_string()
             .ends_with("a failed instance cannot be resumed, start a new one"),

@@ -420,10 +420,10 @@ fn acceptable(e: &Error) -> bool {
     matches!(
         e,
         Error::Store(_)
-            | Error::CheckpointDecode { .. }
-            | Error::ValueDecode { .. }
-            | Error::Blocked { .. }
-            | Error::ShutDown { .. }
+            | Error::Replay(ReplayError::CheckpointDecode { .. })
+            | Error::Replay(ReplayError::ValueDecode { .. })
+            | Error::Instance(InstanceError::Blocked { .. })
+            | Error::Instance(InstanceError::ShutDown { .. })
     )
 }
 

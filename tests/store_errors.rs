@@ -80,11 +80,11 @@ async fn a_checkpoint_of_another_type_blocks_the_instance_and_changes_nothing() 
         .await
         .unwrap_err();
     match &err {
-        Error::Incompatible {
+        Error::Replay(ReplayError::Incompatible {
             instance,
             workflow,
             reason,
-        } => {
+        }) => {
             assert_eq!((instance.as_str(), workflow.as_str()), ("t-1", "typed"));
             assert_eq!(
                 reason,

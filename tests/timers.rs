@@ -309,10 +309,10 @@ async fn events_are_consumed_once_in_order_even_when_sent_early() {
     assert!(
         matches!(
             again,
-            Err(Error::InstanceFinished {
+            Err(Error::Usage(UsageError::InstanceFinished {
                 status: "completed",
                 ..
-            })
+            }))
         ),
         "{again:?}"
     );
@@ -387,7 +387,7 @@ async fn a_wait_times_out() {
         )
         .await;
     assert!(
-        matches!(late, Err(Error::InstanceFinished { .. })),
+        matches!(late, Err(Error::Usage(UsageError::InstanceFinished { .. }))),
         "{late:?}"
     );
     engine.shutdown().await;
@@ -441,7 +441,7 @@ async fn events_are_checked() {
     let engine = builder(dir.path()).open().await.unwrap();
     let missing = engine.send_event("nobody", "approval", 1u32).await;
     assert!(
-        matches!(missing, Err(Error::NotFound { .. })),
+        matches!(missing, Err(Error::Usage(UsageError::NotFound { .. }))),
         "{missing:?}"
     );
 
@@ -451,12 +451,12 @@ async fn events_are_checked() {
         .send_event("ap-4", "approval", "yes".to_string())
         .await;
     match &wrong {
-        Err(Error::EventTypeMismatch {
+        Err(Error::Usage(UsageError::EventTypeMismatch {
             instance,
             event,
             expected,
             got,
-        }) => {
+        })) => {
             assert_eq!((instance.as_str(), event.as_str()), ("ap-4", "approval"));
             assert_eq!(
                 (expected.as_str(), got.as_str()),
@@ -491,7 +491,7 @@ async fn events_are_checked() {
         .send_event("ev-bad", "number", "not a number".to_string())
         .await;
     assert!(
-        matches!(&refused, Err(Error::EventTypeMismatch { expected, got, .. }) if expected == "u32" && got == "str"),
+        matches!(&refused, Err(Error::Usage(UsageError::EventTypeMismatch { expected, got, .. })) if expected == "u32" && got == "str"),
         "{refused:?}"
     );
     engine.send_event("ev-bad", "number", 1u32).await.unwrap();
@@ -540,17 +540,20 @@ async fn cancel_stops_sleeping_and_running_instances() {
         .expect("an hour's sleep is parked");
     engine.cancel("c-1").await.unwrap();
     let out = support::guarded("the cancelled sleeper to end", sleeping.result()).await;
-    assert!(matches!(out, Err(Error::Cancelled { .. })), "{out:?}");
+    assert!(
+        matches!(out, Err(Error::Instance(InstanceError::Cancelled { .. }))),
+        "{out:?}"
+    );
     // Ended by the cancel, not by its timer an hour away.
     assert!(SystemTime::now() < until);
     assert_eq!(ran("c-1/after"), 0);
     assert_eq!(engine.status("c-1").await.unwrap(), Status::Cancelled);
     assert!(matches!(
         engine.cancel("c-1").await,
-        Err(Error::InstanceFinished {
+        Err(Error::Usage(UsageError::InstanceFinished {
             status: "cancelled",
             ..
-        })
+        }))
     ));
 
     // Cancelled while its step runs: the step finishes, no step starts after.
@@ -576,7 +579,10 @@ async fn cancel_stops_sleeping_and_running_instances() {
     });
     cancelled.unwrap();
     let out = support::guarded("the cancelled instance to end", running.result()).await;
-    assert!(matches!(out, Err(Error::Cancelled { .. })), "{out:?}");
+    assert!(
+        matches!(out, Err(Error::Instance(InstanceError::Cancelled { .. }))),
+        "{out:?}"
+    );
     assert_eq!(ran("c-2/never"), 0, "a step started after cancel");
     let history = engine.history("c-2").await.unwrap();
     assert_eq!(history.status, Status::Cancelled);
@@ -594,7 +600,7 @@ async fn cancel_stops_sleeping_and_running_instances() {
     assert_eq!(engine.status("c-2").await.unwrap(), Status::Cancelled);
     assert!(matches!(
         engine.run(long_running, "c-2", 0).await,
-        Err(Error::Cancelled { .. })
+        Err(Error::Instance(InstanceError::Cancelled { .. }))
     ));
     assert_eq!(LONG_STEP.load(Ordering::SeqCst), 1);
     assert_eq!(ran("c-2/never"), 0);

@@ -178,12 +178,12 @@ async fn ids_are_idempotency_keys() {
 
     let conflict = engine.run(order, "idem-1", Order { items: vec![2] }).await;
     assert!(
-        matches!(&conflict, Err(Error::IdConflict { id, existing }) if id == "idem-1" && existing == "a different input"),
+        matches!(&conflict, Err(Error::Usage(UsageError::IdConflict { id, existing })) if id == "idem-1" && existing == "a different input"),
         "{conflict:?}"
     );
     let conflict = engine.run(flaky, "idem-1", 3).await;
     assert!(
-        matches!(&conflict, Err(Error::IdConflict { existing, .. }) if existing.contains("order")),
+        matches!(&conflict, Err(Error::Usage(UsageError::IdConflict { existing, .. })) if existing.contains("order")),
         "{conflict:?}"
     );
     let id = String::from("idem-2");
@@ -306,7 +306,7 @@ async fn a_panicking_body_is_a_failed_attempt() {
     *PANICS.lock().unwrap() = 0;
     let err = engine.run(panics, "panic-2", 10).await.unwrap_err();
     assert!(
-        matches!(&err, Error::StepPanicked { instance, step, message, .. } if instance == "panic-2" && step == "maybe-panic" && message.contains("boom")),
+        matches!(&err, Error::Instance(InstanceError::StepPanicked { instance, step, message, .. }) if instance == "panic-2" && step == "maybe-panic" && message.contains("boom")),
         "{err:?}"
     );
     assert!(matches!(
@@ -328,26 +328,26 @@ async fn bad_input_gives_typed_errors() {
         .unwrap();
     assert!(matches!(
         engine.run(order, "", Order { items: vec![] }).await,
-        Err(Error::InvalidId { .. })
+        Err(Error::Usage(UsageError::InvalidId { .. }))
     ));
     let long = "x".repeat(durable::MAX_ID_LEN + 1);
     assert!(matches!(
         engine.run(order, long, Order { items: vec![] }).await,
-        Err(Error::InvalidId { .. })
+        Err(Error::Usage(UsageError::InvalidId { .. }))
     ));
     assert!(
-        matches!(engine.run(flaky, "unregistered", 1).await, Err(Error::NotRegistered { workflow }) if workflow == "flaky")
+        matches!(engine.run(flaky, "unregistered", 1).await, Err(Error::Usage(UsageError::NotRegistered { workflow })) if workflow == "flaky")
     );
     let big = Order {
         items: (0..100).collect(),
     };
     assert!(matches!(
         engine.run(order, "big", big).await,
-        Err(Error::ValueTooLarge { .. })
+        Err(Error::Replay(ReplayError::ValueTooLarge { .. }))
     ));
     assert!(matches!(
         engine.status("nope").await,
-        Err(Error::NotFound { .. })
+        Err(Error::Usage(UsageError::NotFound { .. }))
     ));
     // Odd ids are fine and do not collide.
     for id in ["a/b", "a", "ab", "a\0b", "ü", " "] {

@@ -424,12 +424,12 @@ impl Ctx {
             | CheckpointState::Received { .. }
             | CheckpointState::TimedOut { .. } => "a wait for an event",
         };
-        Error::Nondeterminism {
+        Error::Replay(crate::error::ReplayError::Nondeterminism {
             instance: self.id.clone(),
             detail: format!(
                 "{name:?} (occurrence {occurrence}) was recorded as {found}, and the code now makes it {expected}"
             ),
-        }
+        })
     }
 
     /// Finished checkpoints this run never reached, as `name#occurrence`.

@@ -68,14 +68,50 @@ pub enum StoreError {
     Closed,
 }
 
-/// Everything that can go wrong in the engine. Lower-level causes are kept in
-/// their own variants so callers can match on them.
+/// Everything that can go wrong, by family. Match the family, then the
+/// variant:
+///
+/// ```
+/// use durable_runtime::{Error, InstanceError, UsageError};
+///
+/// fn explain(e: &Error) -> &'static str {
+///     match e {
+///         Error::Usage(UsageError::NotFound { .. }) => "no such instance",
+///         Error::Usage(_) => "fix the call",
+///         Error::Replay(_) => "the code no longer matches the stored history",
+///         Error::Instance(InstanceError::Cancelled { .. }) => "cancelled",
+///         Error::Instance(_) => "the instance stopped",
+///         Error::Store(_) => "the store failed",
+///         _ => "something else",
+///     }
+/// }
+/// ```
+///
+/// Errors are `Clone`: one outcome reaches every handle of an instance.
+/// `Display` shows the family's message as it is.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The call was wrong; see [`UsageError`].
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    /// Stored history cannot be replayed by this code; see [`ReplayError`].
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+    /// How an instance ended or why it stopped; see [`InstanceError`].
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
     /// The store failed; instances are left resumable.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The call was wrong: an invalid or conflicting id, an unknown instance or
+/// workflow, an event of the wrong type, an instance that has finished.
+/// Fix the call; nothing was changed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum UsageError {
     /// An instance id was empty or too long.
     #[error("invalid instance id {id:?}: {reason}")]
     InvalidId {
@@ -116,8 +152,41 @@ pub enum Error {
         /// The clashing name.
         workflow: String,
     },
-    /// A stored checkpoint no longer decodes into the step's current type.
-    /// The instance is blocked, not failed: restore the old type (or finish the
+    /// The instance has finished, so it takes no more events or cancellation.
+    #[error("instance {instance:?} has already finished ({status})")]
+    InstanceFinished {
+        /// The instance id.
+        instance: String,
+        /// How it finished: "completed", "failed" or "cancelled".
+        status: &'static str,
+    },
+    /// An event's payload shape is not the one the workflow's wait of that
+    /// name reads (checked whether or not the instance waits yet).
+    #[error(
+        "instance {instance:?}: event {event:?} takes a payload shaped `{expected}`, not `{got}`; nothing was delivered"
+    )]
+    EventTypeMismatch {
+        /// The instance id.
+        instance: String,
+        /// The event's name.
+        event: String,
+        /// The payload type the wait expects.
+        expected: String,
+        /// The payload type that was sent.
+        got: String,
+    },
+    /// `open()` was called outside a tokio runtime.
+    #[error("the engine must be opened inside a tokio runtime")]
+    NoRuntime,
+}
+
+/// Stored history cannot be replayed by this code: a value that no longer
+/// decodes, a value too large, a replay that diverged. The instance is
+/// blocked, nothing stored is rewritten, and the code that wrote it can still
+/// finish it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
     /// instance with the old build) and it resumes; nothing stored is changed.
     #[error(
         "instance {instance:?} is blocked: the checkpoint of step {step:?} (occurrence {occurrence}) was stored as `{stored_type}` and does not decode as `{expected_type}`: {reason}"
@@ -132,7 +201,7 @@ pub enum Error {
         /// The type the checkpoint was written as.
         stored_type: String,
         /// The type the code now expects.
-        expected_type: String,
+        expected_type: &'static str,
         /// The decoder's complaint.
         reason: String,
     },
@@ -146,7 +215,7 @@ pub enum Error {
         /// "input" or "output".
         what: &'static str,
         /// The type the code expects.
-        expected_type: String,
+        expected_type: &'static str,
         /// The decoder's complaint.
         reason: String,
     },
@@ -176,7 +245,6 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// A replay did not follow the recorded history: code between steps is
     /// not deterministic, or the workflow changed while instances were running.
     #[error("instance {instance:?} is blocked: replay diverged from its history: {detail}")]
     Nondeterminism {
@@ -185,69 +253,6 @@ pub enum Error {
         /// What diverged.
         detail: String,
     },
-    /// A step's body panicked on its last attempt. The instance is failed.
-    #[error(
-        "instance {instance:?} failed: step {step:?} (occurrence {occurrence}) panicked: {message}"
-    )]
-    StepPanicked {
-        /// The instance id.
-        instance: String,
-        /// The step's name.
-        step: String,
-        /// Which occurrence of the step.
-        occurrence: u32,
-        /// The panic message.
-        message: String,
-    },
-    /// The workflow's own code (between steps) panicked. The instance is
-    /// blocked: replay is deterministic, so it would panic again until the
-    /// code is fixed; it resumes when the engine next opens.
-    #[error("instance {instance:?} is blocked: the workflow panicked outside a step: {message}")]
-    WorkflowPanicked {
-        /// The instance id.
-        instance: String,
-        /// The panic message.
-        message: String,
-    },
-    /// The instance was resumed too many times in a row without finishing a
-    /// step and is set aside; see [`Engine::resume`](crate::Engine::resume).
-    #[error("instance {instance:?} needs attention: {reason}")]
-    NeedsAttention {
-        /// The instance id.
-        instance: String,
-        /// Why it was set aside.
-        reason: String,
-    },
-    /// The instance was cancelled with [`Engine::cancel`](crate::Engine::cancel).
-    #[error("instance {instance:?} was cancelled")]
-    Cancelled {
-        /// The instance id.
-        instance: String,
-    },
-    /// The instance has finished, so it takes no more events or cancellation.
-    #[error("instance {instance:?} has already finished ({status})")]
-    InstanceFinished {
-        /// The instance id.
-        instance: String,
-        /// How it finished: "completed", "failed" or "cancelled".
-        status: &'static str,
-    },
-    /// An event's payload type is not the one the workflow's wait of that
-    /// name reads (checked whether or not the instance waits yet).
-    #[error(
-        "instance {instance:?}: event {event:?} takes a payload shaped `{expected}`, not `{got}`; nothing was delivered"
-    )]
-    EventTypeMismatch {
-        /// The instance id.
-        instance: String,
-        /// The event's name.
-        event: String,
-        /// The payload type the wait expects.
-        expected: String,
-        /// The payload type that was sent.
-        got: String,
-    },
-    /// A stored event no longer decodes into the type its `wait_for!`
     /// expects. The instance is blocked; nothing is rewritten.
     #[error(
         "instance {instance:?} is blocked: event {event:?} (number {occurrence}) was sent as `{stored_type}` and does not decode as `{expected_type}`: {reason}"
@@ -262,11 +267,69 @@ pub enum Error {
         /// The type it was sent as.
         stored_type: String,
         /// The type the wait expects.
-        expected_type: String,
+        expected_type: &'static str,
         /// The decoder's complaint.
         reason: String,
     },
-    /// The instance is blocked by an earlier error recorded in the store; it
+    /// The instance's recorded history does not fit the registered code of
+    /// its workflow (a recorded site is gone or changed kind or type, or a
+    /// new site comes before one it already reached). Nothing ran: it is
+    /// set aside as [`Status::Incompatible`](crate::Status::Incompatible),
+    /// untouched, and the build that started it can still finish it.
+    #[error(
+        "instance {instance:?} of workflow {workflow:?} cannot run on this code, nothing ran: {reason}; finish it with the build that started it, or register that version side by side"
+    )]
+    Incompatible {
+        /// The instance id.
+        instance: String,
+        /// The workflow's name.
+        workflow: String,
+        /// What changed, site by site.
+        reason: String,
+    },
+}
+
+/// How an instance ended or why it stopped: a panic, cancellation,
+/// a crash loop set aside, an earlier recorded failure, a shutdown.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum InstanceError {
+    /// A step's body panicked on its last attempt. The instance is failed.
+    #[error(
+        "instance {instance:?} failed: step {step:?} (occurrence {occurrence}) panicked: {message}"
+    )]
+    StepPanicked {
+        /// The instance id.
+        instance: String,
+        /// The step's name.
+        step: String,
+        /// Which occurrence of the step.
+        occurrence: u32,
+        /// The panic message.
+        message: String,
+    },
+    /// code is fixed; it resumes when the engine next opens.
+    #[error("instance {instance:?} is blocked: the workflow panicked outside a step: {message}")]
+    WorkflowPanicked {
+        /// The instance id.
+        instance: String,
+        /// The panic message.
+        message: String,
+    },
+    /// step and is set aside; see [`Engine::resume`](crate::Engine::resume).
+    #[error("instance {instance:?} needs attention: {reason}")]
+    NeedsAttention {
+        /// The instance id.
+        instance: String,
+        /// Why it was set aside.
+        reason: String,
+    },
+    /// The instance was cancelled with [`Engine::cancel`](crate::Engine::cancel).
+    #[error("instance {instance:?} was cancelled")]
+    Cancelled {
+        /// The instance id.
+        instance: String,
+    },
     /// is retried when the engine next opens.
     #[error("instance {instance:?} is blocked: {reason}")]
     Blocked {
@@ -291,23 +354,7 @@ pub enum Error {
         /// The instance id.
         instance: String,
     },
-    /// The instance's recorded history does not fit the registered code of
-    /// its workflow (a recorded site is gone or changed kind or type, or a
-    /// new site comes before one it already reached). Nothing ran: it is
-    /// set aside as [`Status::Incompatible`](crate::Status::Incompatible),
-    /// untouched, and the build that started it can still finish it.
-    #[error(
-        "instance {instance:?} of workflow {workflow:?} cannot run on this code, nothing ran: {reason}; finish it with the build that started it, or register that version side by side"
-    )]
-    Incompatible {
-        /// The instance id.
-        instance: String,
-        /// The workflow's name.
-        workflow: String,
-        /// What changed, site by site.
-        reason: String,
-    },
-    /// A keyed step used one key twice in one instance.
+    /// A keyed step used one key twice in one instance. The instance fails.
     #[error(
         "instance {instance:?}: step {step:?} was called twice with key {key}; a key names one step of an instance"
     )]
@@ -319,9 +366,6 @@ pub enum Error {
         /// The key, as `Debug` shows it.
         key: String,
     },
-    /// `open()` was called outside a tokio runtime.
-    #[error("the engine must be opened inside a tokio runtime")]
-    NoRuntime,
 }
 
 impl Error {
@@ -329,11 +373,12 @@ impl Error {
     pub(crate) fn blocks(&self) -> bool {
         !matches!(
             self,
-            Error::StepPanicked { .. }
-                | Error::Failed { .. }
-                | Error::Cancelled { .. }
-                | Error::ValueTooLarge { .. }
-                | Error::DuplicateKey { .. }
+            Error::Instance(
+                InstanceError::StepPanicked { .. }
+                    | InstanceError::Failed { .. }
+                    | InstanceError::Cancelled { .. }
+                    | InstanceError::DuplicateKey { .. }
+            ) | Error::Replay(ReplayError::ValueTooLarge { .. })
         )
     }
 }

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 /// The longest instance id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 1024;
 
-/// [`Error::InvalidId`] unless `id` is a usable instance id.
+/// [`UsageError::InvalidId`](crate::UsageError::InvalidId) unless `id` is a usable instance id.
 pub(crate) fn validate_id(id: &str) -> Result<()> {
     let reason = if id.is_empty() {
         "it is empty"
@@ -16,10 +16,13 @@ pub(crate) fn validate_id(id: &str) -> Result<()> {
         return Ok(());
     };
     let shown: String = id.chars().take(64).collect();
-    Err(Error::InvalidId { id: shown, reason })
+    Err(Error::Usage(crate::error::UsageError::InvalidId {
+        id: shown,
+        reason,
+    }))
 }
 
-/// [`Error::IdConflict`] unless a start of `workflow` with `input` matches
+/// [`UsageError::IdConflict`](crate::UsageError::IdConflict) unless a start of `workflow` with `input` matches
 /// the instance stored under `id`.
 pub(crate) fn check_conflict(
     id: &str,
@@ -29,16 +32,16 @@ pub(crate) fn check_conflict(
     stored_input: &[u8],
 ) -> Result<()> {
     if workflow != stored_workflow {
-        return Err(Error::IdConflict {
+        return Err(Error::Usage(crate::error::UsageError::IdConflict {
             id: id.to_string(),
             existing: format!("workflow {stored_workflow:?}"),
-        });
+        }));
     }
     if input != stored_input {
-        return Err(Error::IdConflict {
+        return Err(Error::Usage(crate::error::UsageError::IdConflict {
             id: id.to_string(),
             existing: "a different input".into(),
-        });
+        }));
     }
     Ok(())
 }

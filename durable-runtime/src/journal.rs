@@ -49,18 +49,20 @@ impl Journal {
         what: &str,
         value: &T,
     ) -> Result<Vec<u8>> {
-        let bytes = codec::encode(value).map_err(|reason| Error::Encode {
-            instance: id.to_string(),
-            what: what.to_string(),
-            reason,
+        let bytes = codec::encode(value).map_err(|reason| {
+            Error::Replay(crate::error::ReplayError::Encode {
+                instance: id.to_string(),
+                what: what.to_string(),
+                reason,
+            })
         })?;
         if bytes.len() > self.max_value_size {
-            return Err(Error::ValueTooLarge {
+            return Err(Error::Replay(crate::error::ReplayError::ValueTooLarge {
                 instance: id.to_string(),
                 what: what.to_string(),
                 size: bytes.len(),
                 limit: self.max_value_size,
-            });
+            }));
         }
         Ok(bytes)
     }
@@ -343,10 +345,12 @@ impl Journal {
 }
 
 fn encode<T: Serialize>(value: &T, id: &str, what: &str) -> Result<Vec<u8>> {
-    codec::encode(value).map_err(|reason| Error::Encode {
-        instance: id.to_string(),
-        what: what.to_string(),
-        reason,
+    codec::encode(value).map_err(|reason| {
+        Error::Replay(crate::error::ReplayError::Encode {
+            instance: id.to_string(),
+            what: what.to_string(),
+            reason,
+        })
     })
 }
 

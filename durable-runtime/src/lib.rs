@@ -22,7 +22,7 @@
 //! | `context` | [`Ctx`]: an instance's id, counters, signals |
 //! | `step`, `wait`, `values` | `impl Ctx`: the operations behind `step!`, `sleep!`, `wait_for!`; checkpointed `now`, `random`, `uuid` |
 //! | `workflow` | [`Workflow`], [`IntoWorkflow`] |
-//! | `inspect` | [`Status`], [`History`], listing types |
+//! | `inspect`, `listing` | [`Status`], [`History`]; [`ListFilter`], [`Page`] |
 //! | `engine` | [`Engine`] and its parts: builder, registry, instances, driver, scheduler, events, recovery, queries |
 //!
 //! # Tracing
@@ -56,6 +56,7 @@ mod future;
 mod ids;
 mod inspect;
 mod journal;
+mod listing;
 pub mod manifest;
 mod outcome;
 mod panic;
@@ -76,13 +77,13 @@ pub use engine::{
     DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, Handle, Incompatibility,
     RecoveryReport,
 };
-pub use error::{Error, Result, StoreError};
+pub use error::{Error, InstanceError, ReplayError, Result, StoreError, UsageError};
 pub use future::BoxFuture;
 pub use ids::MAX_ID_LEN;
 pub use inspect::{
-    Cursor, History, InstanceSummary, InvalidCursor, ListFilter, Page, RunningStep, Status,
-    StatusKind, StepOutcome, StepRecord, Transition, TransitionKind,
+    History, RunningStep, Status, StepOutcome, StepRecord, Transition, TransitionKind,
 };
+pub use listing::{Cursor, InstanceSummary, InvalidCursor, ListFilter, Page, StatusKind};
 pub use retry::RetryPolicy;
 pub use workflow::{IntoWorkflow, Workflow, manifest_of};
 

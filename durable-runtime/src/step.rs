@@ -128,11 +128,11 @@ where
         Some(key) => match crate::codec::encode(key) {
             Ok(bytes) => At::Key(bytes, format!("{key:?}")),
             Err(reason) => {
-                let error = Error::Encode {
+                let error = Error::Replay(crate::error::ReplayError::Encode {
                     instance: ctx.id.clone(),
                     what: format!("the key of step {name:?}"),
                     reason,
-                };
+                });
                 return Box::pin(async move { ctx.abort(error).await });
             }
         },
@@ -140,11 +140,11 @@ where
     if let At::Key(bytes, text) = &at
         && !ctx.claim_key(name, bytes)
     {
-        let error = Error::DuplicateKey {
+        let error = Error::Instance(crate::error::InstanceError::DuplicateKey {
             instance: ctx.id.clone(),
             step: name.to_string(),
             key: text.clone(),
-        };
+        });
         return Box::pin(async move { ctx.abort(error).await });
     }
     let site = Site {
@@ -209,13 +209,15 @@ where
                     durable.replayed = true,
                     "step replayed from its checkpoint"
                 );
-                let decode_error = |reason: String| Error::CheckpointDecode {
-                    instance: ctx.id.clone(),
-                    step: name.to_string(),
-                    occurrence,
-                    stored_type: type_name.clone(),
-                    expected_type: types.value.text.clone(),
-                    reason,
+                let decode_error = |reason: String| {
+                    Error::Replay(crate::error::ReplayError::CheckpointDecode {
+                        instance: ctx.id.clone(),
+                        step: name.to_string(),
+                        occurrence,
+                        stored_type: type_name.clone(),
+                        expected_type: std::any::type_name::<Result<T, E>>(),
+                        reason,
+                    })
                 };
                 // Decoded only into the types it was written as.
                 if fingerprint != types.fingerprint() {
@@ -290,9 +292,9 @@ where
         }
         // After a cancel, no new attempt starts.
         if ctx.signals.is_cancelled() {
-            return Err(Error::Cancelled {
+            return Err(Error::Instance(crate::error::InstanceError::Cancelled {
                 instance: ctx.id.clone(),
-            });
+            }));
         }
         attempts += 1;
         crate::crash::point("step.before_body");
@@ -322,7 +324,11 @@ where
                     _ => {
                         let state = match done_state(ctx, site, &outcome, types.fingerprint()) {
                             Ok(state) => state,
-                            Err(Error::ValueTooLarge { size, limit, .. }) => {
+                            Err(Error::Replay(crate::error::ReplayError::ValueTooLarge {
+                                size,
+                                limit,
+                                ..
+                            })) => {
                                 // Recorded as the step's failure: the body
                                 // never runs again for this instance.
                                 let state = CheckpointState::TooLarge {
@@ -377,12 +383,12 @@ where
 }
 
 fn too_large(ctx: &Ctx, name: &str, at: &At, size: usize, limit: usize) -> Error {
-    Error::ValueTooLarge {
+    Error::Replay(crate::error::ReplayError::ValueTooLarge {
         instance: ctx.id.clone(),
         what: format!("the outcome of step {name:?} ({at})"),
         size,
         limit,
-    }
+    })
 }
 
 fn done_state<T: Serialize, E: Serialize + std::fmt::Debug>(
@@ -423,10 +429,10 @@ async fn write(ctx: &Ctx, record: CheckpointRecord) -> Result<(), Error> {
 }
 
 fn panicked(ctx: &Ctx, name: &str, occurrence: u32, message: String) -> Error {
-    Error::StepPanicked {
+    Error::Instance(crate::error::InstanceError::StepPanicked {
         instance: ctx.id.clone(),
         step: name.to_string(),
         occurrence,
         message,
-    }
+    })
 }

@@ -167,10 +167,10 @@ impl Site {
 }
 
 fn internal(ctx: &Ctx, detail: &str) -> Error {
-    Error::Nondeterminism {
+    Error::Replay(crate::error::ReplayError::Nondeterminism {
         instance: ctx.id.clone(),
         detail: detail.to_string(),
-    }
+    })
 }
 
 enum Target {
@@ -212,9 +212,9 @@ async fn sleep_inner(ctx: &Ctx, site: Site, target: Target) -> Result<(), Error>
     let mut bell = ctx.signals.bell.subscribe();
     loop {
         if ctx.signals.is_cancelled() {
-            return Err(Error::Cancelled {
+            return Err(Error::Instance(crate::error::InstanceError::Cancelled {
                 instance: ctx.id.clone(),
-            });
+            }));
         }
         let now = ctx.now_ms();
         let remaining = deadline_ms.saturating_sub(now).min(duration_ms);
@@ -288,9 +288,9 @@ async fn wait_inner<T: DeserializeOwned + 'static>(
     loop {
         bell.borrow_and_update();
         if ctx.signals.is_cancelled() {
-            return Err(Error::Cancelled {
+            return Err(Error::Instance(crate::error::InstanceError::Cancelled {
                 instance: ctx.id.clone(),
-            });
+            }));
         }
         if let Some(event) = journal.event(&ctx.id, name, occurrence)? {
             return receive(ctx, site, event).await.map(Some);
@@ -361,18 +361,20 @@ fn decode_payload<T: DeserializeOwned + 'static>(
     payload: &[u8],
 ) -> Result<T, Error> {
     let expected = crate::manifest::shape_of::<T>();
-    let error = |reason: String| Error::EventDecode {
-        instance: ctx.id.clone(),
-        event: site.name.to_string(),
-        occurrence: site.occurrence,
-        stored_type: stored.to_string(),
-        expected_type: expected.text.clone(),
-        reason,
+    let error = |reason: String| {
+        Error::Replay(crate::error::ReplayError::EventDecode {
+            instance: ctx.id.clone(),
+            event: site.name.to_string(),
+            occurrence: site.occurrence,
+            stored_type: stored.to_string(),
+            expected_type: std::any::type_name::<T>(),
+            reason,
+        })
     };
     if fingerprint != expected.fingerprint {
         return Err(error(format!(
-            "it was written as another type (fingerprint {fingerprint:016x}, the wait's is {:016x})",
-            expected.fingerprint
+            "it was written as `{stored}` (fingerprint {fingerprint:016x}); the wait reads `{}` ({:016x})",
+            expected.text, expected.fingerprint
         )));
     }
     decode_value(payload).map_err(error)

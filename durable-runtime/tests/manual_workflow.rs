@@ -65,7 +65,9 @@ async fn hand_written_workflow_runs_once_per_id() {
         Status::Completed { .. }
     ));
     match engine.run(Double, "a", 21).await {
-        Err(Error::IdConflict { id, .. }) => assert_eq!(id, "a"),
+        Err(Error::Usage(durable_runtime::UsageError::IdConflict { id, .. })) => {
+            assert_eq!(id, "a")
+        }
         other => panic!("expected IdConflict, got {other:?}"),
     }
     let history = engine.history("a").await.unwrap();

@@ -40,6 +40,10 @@ pub const CHILD_ENV: &str = "DURABLE_RELIABILITY_CHILD";
 const GEN_ENV: &str = "DURABLE_RELIABILITY_GEN";
 /// The child's workload: `round instances steps pad`.
 const WORK_ENV: &str = "DURABLE_RELIABILITY_WORK";
+/// Set in a child whose file system fails an operation on purpose (an
+/// injected EIO): an error then aborts the worker, a crash like a kill,
+/// instead of being recorded in the ledger as a violation.
+pub const ABORT_ON_ERROR_ENV: &str = "DURABLE_RELIABILITY_ABORT_ON_ERROR";
 
 // --------------------------------------------------------------- hang guards
 
@@ -436,7 +440,7 @@ fn status_word(status: &durable::Result<Status>) -> &'static str {
         Ok(Status::Failed { .. }) => "Failed",
         Ok(Status::NeedsAttention { .. }) => "NeedsAttention",
         Ok(_) => "Other",
-        Err(Error::NotFound { .. }) => "NotFound",
+        Err(Error::Usage(UsageError::NotFound { .. })) => "NotFound",
         Err(_) => "Error",
     }
 }
@@ -465,10 +469,10 @@ pub async fn worker() {
         .await;
     let engine = match opened {
         Ok(engine) => engine,
-        Err(e) => {
-            ledger(format!("GEN {gen_no} OPEN-ERROR {e}"));
-            panic!("generation {gen_no}: the store did not open: {e}");
-        }
+        Err(e) => fail(
+            format!("GEN {gen_no} OPEN-ERROR {e}"),
+            format!("generation {gen_no}: the store did not open: {e}"),
+        ),
     };
     if std::env::var_os("DURABLE_RELIABILITY_VERBOSE").is_some() {
         eprintln!("worker: opened in {:?}", t0.elapsed());
@@ -491,17 +495,17 @@ pub async fn worker() {
         let handle = engine
             .start(torture, id.clone(), job)
             .await
-            .unwrap_or_else(|e| panic!("start {id}: {e}"));
+            .unwrap_or_else(|e| fail(format!("ERROR {id} start: {e}"), format!("start {id}: {e}")));
         ledger(format!("STARTED {id}"));
         handles.push((id, handle));
     }
     for (id, handle) in handles {
         match handle.result().await {
             Ok(Ok(value)) => ledger(format!("COMPLETE {id} {value}")),
-            other => {
-                ledger(format!("ERROR {id} {other:?}"));
-                panic!("instance {id} did not complete: {other:?}");
-            }
+            other => fail(
+                format!("ERROR {id} {other:?}"),
+                format!("instance {id} did not complete: {other:?}"),
+            ),
         }
     }
     ledger(format!("GEN {gen_no} DONE {}", peak_rss_kib()));
@@ -509,6 +513,17 @@ pub async fn worker() {
         eprintln!("worker: done in {:?}", t0.elapsed());
     }
     engine.shutdown().await;
+}
+
+/// Ends the worker on an error: records `line` in the ledger and panics
+/// with `message`, or aborts at once when the driver injects I/O errors
+/// (see [`ABORT_ON_ERROR_ENV`]).
+fn fail(line: String, message: String) -> ! {
+    if std::env::var_os(ABORT_ON_ERROR_ENV).is_some() {
+        std::process::abort();
+    }
+    ledger(line);
+    panic!("{message}");
 }
 
 // -------------------------------------------------------------------- driver

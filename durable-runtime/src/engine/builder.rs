@@ -140,9 +140,10 @@ impl EngineBuilder {
     ///
     /// Errors: [`StoreError::Locked`], [`StoreError::Corrupt`],
     /// [`StoreError::FormatTooNew`] (inside [`Error::Store`]),
-    /// [`Error::DuplicateWorkflow`], [`Error::NoRuntime`].
+    /// [`UsageError::DuplicateWorkflow`](crate::UsageError::DuplicateWorkflow), [`UsageError::NoRuntime`](crate::UsageError::NoRuntime).
     pub async fn open(self) -> Result<Engine> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Usage(crate::error::UsageError::NoRuntime))?;
         let registry = Registry::build(self.workflows)?;
         let store: Arc<dyn Store> = match self.store {
             Some(store) => store,

@@ -112,13 +112,13 @@ impl Core {
         };
         tracing::Span::current().record("durable.resume_count", recoveries);
         if recoveries > self.config.max_recoveries {
-            let error = Error::NeedsAttention {
+            let error = Error::Instance(crate::error::InstanceError::NeedsAttention {
                 instance: id.to_string(),
                 reason: format!(
                     "it was resumed {} times in a row without finishing a step (the process may be crashing in it); fix the cause, then call Engine::resume",
                     self.config.max_recoveries
                 ),
-            };
+            });
             return DriveEnd::Finished(
                 self.end(id, record, recoveries - 1, slot, Err(error)).await,
             );
@@ -159,10 +159,12 @@ impl Core {
                 }
                 match run.as_mut().poll(cx) {
                     Poll::Ready(Ok(output)) => Poll::Ready(output.map(Ok)),
-                    Poll::Ready(Err(panic)) => Poll::Ready(Err(Error::WorkflowPanicked {
-                        instance: id.to_string(),
-                        message: panic_message(&*panic),
-                    })),
+                    Poll::Ready(Err(panic)) => Poll::Ready(Err(Error::Instance(
+                        crate::error::InstanceError::WorkflowPanicked {
+                            instance: id.to_string(),
+                            message: panic_message(&*panic),
+                        },
+                    ))),
                     Poll::Pending => match slot.signals.parkable(clock.now_ms(), PARK_AFTER_MS) {
                         Some(conds) => Poll::Ready(Ok(Err(conds))),
                         None => Poll::Pending,
@@ -186,13 +188,13 @@ impl Core {
                 if left.is_empty() {
                     Ok(output)
                 } else {
-                    Err(Error::Nondeterminism {
+                    Err(Error::Replay(crate::error::ReplayError::Nondeterminism {
                         instance: id.to_string(),
                         detail: format!(
                             "the workflow finished without reaching recorded step(s) {}",
                             left.join(", ")
                         ),
-                    })
+                    }))
                 }
             }
             Err(e) => Err(e),
@@ -215,9 +217,9 @@ impl Core {
         let mut ended = slot.ended.lock().await;
         if slot.signals.is_cancelled() {
             *ended = true;
-            return Err(Error::Cancelled {
+            return Err(Error::Instance(crate::error::InstanceError::Cancelled {
                 instance: id.to_string(),
-            });
+            }));
         }
         let result = match outcome {
             Ok((output, is_err)) => {
@@ -251,35 +253,40 @@ impl Core {
     ) -> Result<Vec<u8>> {
         let text = error.to_string();
         let active = error.blocks().then_some(recoveries);
-        let kind = if let Error::Incompatible { reason, .. } = &error {
-            let state = InstanceState::Incompatible {
-                error: reason.clone(),
+        let kind =
+            if let Error::Replay(crate::error::ReplayError::Incompatible { reason, .. }) = &error {
+                let state = InstanceState::Incompatible {
+                    error: reason.clone(),
+                };
+                if record.state == state {
+                    // Already set aside for this reason: left untouched.
+                    return Err(error);
+                }
+                record.state = state;
+                TransitionKind::Incompatible { error: text }
+            } else if let Error::Instance(crate::error::InstanceError::Cancelled { .. }) = &error {
+                record.state = InstanceState::Cancelled;
+                TransitionKind::Cancelled
+            } else if let Error::Instance(crate::error::InstanceError::NeedsAttention {
+                reason,
+                ..
+            }) = &error
+            {
+                record.state = InstanceState::NeedsAttention {
+                    error: reason.clone(),
+                };
+                TransitionKind::NeedsAttention { error: text }
+            } else if active.is_some() {
+                record.state = InstanceState::Blocked {
+                    error: text.clone(),
+                };
+                TransitionKind::Blocked { error: text }
+            } else {
+                record.state = InstanceState::Failed {
+                    error: text.clone(),
+                };
+                TransitionKind::Failed { error: text }
             };
-            if record.state == state {
-                // Already set aside for this reason: left untouched.
-                return Err(error);
-            }
-            record.state = state;
-            TransitionKind::Incompatible { error: text }
-        } else if let Error::Cancelled { .. } = &error {
-            record.state = InstanceState::Cancelled;
-            TransitionKind::Cancelled
-        } else if let Error::NeedsAttention { reason, .. } = &error {
-            record.state = InstanceState::NeedsAttention {
-                error: reason.clone(),
-            };
-            TransitionKind::NeedsAttention { error: text }
-        } else if active.is_some() {
-            record.state = InstanceState::Blocked {
-                error: text.clone(),
-            };
-            TransitionKind::Blocked { error: text }
-        } else {
-            record.state = InstanceState::Failed {
-                error: text.clone(),
-            };
-            TransitionKind::Failed { error: text }
-        };
         tracing::warn!(durable.error = %error, durable.status = ?kind, "instance stopped by an error");
         self.push_transition(&mut record, kind);
         // If the store itself is failing this write fails too; the instance

@@ -23,7 +23,7 @@ impl Core {
         let _events = self.services.event_gate.lock().await;
         let record = journal
             .load(&id)?
-            .ok_or_else(|| Error::NotFound { id: id.clone() })?;
+            .ok_or_else(|| Error::Usage(crate::error::UsageError::NotFound { id: id.clone() }))?;
         ensure_unfinished(&id, &record.state)?;
         // Checked against the workflow's wait of that name, whether or not
         // the instance waits yet: nothing accepted here can block it later.
@@ -32,23 +32,23 @@ impl Core {
             && let Some(types) = &site.types
             && types.value.fingerprint != shape.fingerprint
         {
-            return Err(Error::EventTypeMismatch {
+            return Err(Error::Usage(crate::error::UsageError::EventTypeMismatch {
                 instance: id,
                 event: name,
                 expected: types.value.text.clone(),
                 got: shape.text.clone(),
-            });
+            }));
         }
         let seq = journal.next_event_seq(&id, &name)?;
         if let Some(expected) = self.waiting_type(&id, &name, seq)
             && expected != shape.text
         {
-            return Err(Error::EventTypeMismatch {
+            return Err(Error::Usage(crate::error::UsageError::EventTypeMismatch {
                 instance: id,
                 event: name,
                 expected,
                 got: shape.text.clone(),
-            });
+            }));
         }
         let event = EventRecord {
             type_name: type_name.to_string(),
@@ -72,19 +72,19 @@ impl Core {
     pub(super) async fn cancel(self: &Arc<Self>, id: &str) -> Result<()> {
         let journal = &self.services.journal;
         let _events = self.services.event_gate.lock().await;
-        let mut record = journal
-            .load(id)?
-            .ok_or_else(|| Error::NotFound { id: id.to_string() })?;
+        let mut record = journal.load(id)?.ok_or_else(|| {
+            Error::Usage(crate::error::UsageError::NotFound { id: id.to_string() })
+        })?;
         ensure_unfinished(id, &record.state)?;
         let slot = self.instances.get(id);
         let mut ended = match &slot {
             Some(slot) => {
                 let ended = slot.ended.lock().await;
                 if *ended {
-                    return Err(Error::InstanceFinished {
+                    return Err(Error::Usage(crate::error::UsageError::InstanceFinished {
                         instance: id.to_string(),
                         status: "completed",
-                    });
+                    }));
                 }
                 slot.signals.cancelled.store(true, Ordering::SeqCst);
                 slot.signals.ring();
@@ -112,9 +112,9 @@ impl Core {
             self.finish_slot(
                 id,
                 &slot,
-                Err(Error::Cancelled {
+                Err(Error::Instance(crate::error::InstanceError::Cancelled {
                     instance: id.to_string(),
-                }),
+                })),
             );
         }
         Ok(())
@@ -165,7 +165,7 @@ impl Core {
     }
 }
 
-/// [`Error::InstanceFinished`] if the instance has finished.
+/// [`UsageError::InstanceFinished`](crate::UsageError::InstanceFinished) if the instance has finished.
 pub(super) fn ensure_unfinished(id: &str, state: &InstanceState) -> Result<()> {
     let status = match state {
         InstanceState::Completed { .. } | InstanceState::Returned { .. } => "completed",
@@ -173,8 +173,8 @@ pub(super) fn ensure_unfinished(id: &str, state: &InstanceState) -> Result<()> {
         InstanceState::Cancelled => "cancelled",
         _ => return Ok(()),
     };
-    Err(Error::InstanceFinished {
+    Err(Error::Usage(crate::error::UsageError::InstanceFinished {
         instance: id.to_string(),
         status,
-    })
+    }))
 }

@@ -4,7 +4,7 @@
 //! manifests are kept in the store, and [`Engine::compatibility`] is the
 //! deploy gate. The checks themselves live in `crate::manifest`.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ReplayError, Result};
 use crate::manifest::{Manifest, Recorded, SiteKind, check_history};
 use crate::records::{CheckpointRecord, InstanceRecord};
 
@@ -46,7 +46,7 @@ impl Engine {
 }
 
 impl Core {
-    /// [`Error::Incompatible`] if what instance `id` recorded does not fit
+    /// `ReplayError::Incompatible` if what instance `id` recorded does not fit
     /// `manifest`, the code about to run it (see `manifest::check_history`).
     /// Otherwise the patches of the manifest it started with when that is
     /// another one (`None`: it started on this code).
@@ -67,11 +67,11 @@ impl Core {
             events: journal.events_of(id)?,
         };
         check_history(manifest, started.as_ref(), &recorded).map_err(|reason| {
-            Error::Incompatible {
+            Error::Replay(ReplayError::Incompatible {
                 instance: id.to_string(),
                 workflow: record.workflow.clone(),
                 reason,
-            }
+            })
         })?;
         Ok(Some(started.map_or_else(Vec::new, |m| {
             m.sites
@@ -123,7 +123,9 @@ impl Core {
                 Some((_, erased)) => {
                     let checkpoints = journal.load_checkpoints(&id)?;
                     match self.admit(&id, &record, erased.manifest(), &checkpoints) {
-                        Err(Error::Incompatible { reason, .. }) => Some(reason),
+                        Err(Error::Replay(ReplayError::Incompatible { reason, .. })) => {
+                            Some(reason)
+                        }
                         Err(e) => return Err(e),
                         Ok(_) => None,
                     }

@@ -144,16 +144,18 @@ impl<O: serde::de::DeserializeOwned> Handle<O> {
             Err(_) => None,
         };
         match outcome {
-            Some(Ok(bytes)) => decode_value(&bytes).map_err(|reason| Error::ValueDecode {
-                instance: self.id.clone(),
-                what: "output",
-                expected_type: std::any::type_name::<O>().to_string(),
-                reason,
+            Some(Ok(bytes)) => decode_value(&bytes).map_err(|reason| {
+                Error::Replay(crate::error::ReplayError::ValueDecode {
+                    instance: self.id.clone(),
+                    what: "output",
+                    expected_type: std::any::type_name::<O>(),
+                    reason,
+                })
             }),
             Some(Err(e)) => Err(e),
-            None => Err(Error::ShutDown {
+            None => Err(Error::Instance(crate::error::InstanceError::ShutDown {
                 instance: self.id.clone(),
-            }),
+            })),
         }
     }
 }
@@ -204,19 +206,25 @@ impl Core {
                             return Ok(finished(Ok(output.clone())));
                         }
                         InstanceState::Failed { error } => {
-                            return Ok(finished(Err(Error::Failed {
-                                instance: id,
-                                reason: error.clone(),
-                            })));
+                            return Ok(finished(Err(Error::Instance(
+                                crate::error::InstanceError::Failed {
+                                    instance: id,
+                                    reason: error.clone(),
+                                },
+                            ))));
                         }
                         InstanceState::Cancelled => {
-                            return Ok(finished(Err(Error::Cancelled { instance: id })));
+                            return Ok(finished(Err(Error::Instance(
+                                crate::error::InstanceError::Cancelled { instance: id },
+                            ))));
                         }
                         InstanceState::NeedsAttention { error } if !manual => {
-                            return Ok(finished(Err(Error::NeedsAttention {
-                                instance: id,
-                                reason: error.clone(),
-                            })));
+                            return Ok(finished(Err(Error::Instance(
+                                crate::error::InstanceError::NeedsAttention {
+                                    instance: id,
+                                    reason: error.clone(),
+                                },
+                            ))));
                         }
                         InstanceState::Running
                         | InstanceState::Blocked { .. }
@@ -278,9 +286,9 @@ impl Core {
             match self.registry.for_record(&record) {
                 Some((_, erased)) => erased,
                 None => {
-                    let error = Error::NotRegistered {
+                    let error = Error::Usage(crate::error::UsageError::NotRegistered {
                         workflow: format!("{} (version {})", record.workflow, record.version),
-                    };
+                    });
                     self.finish_slot(&id, &slot, Err(error.clone()));
                     return Err(error);
                 }
@@ -309,9 +317,9 @@ impl Core {
             self.finish_slot(
                 &id,
                 &slot,
-                Err(Error::ShutDown {
+                Err(Error::Instance(crate::error::InstanceError::ShutDown {
                     instance: id.clone(),
-                }),
+                })),
             );
             return;
         };

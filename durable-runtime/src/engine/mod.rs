@@ -27,7 +27,8 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::ids::validate_id;
-use crate::inspect::{History, ListFilter, Page, Status};
+use crate::inspect::{History, Status};
+use crate::listing::{ListFilter, Page};
 use crate::services::Services;
 use crate::workflow::{IntoWorkflow, Workflow};
 
@@ -87,7 +88,7 @@ impl Engine {
     ///
     /// The id is an idempotency key: if instance `id` exists (running or
     /// finished) with the same workflow and input, this attaches to it;
-    /// with another workflow or input it is [`Error::IdConflict`](crate::Error::IdConflict).
+    /// with another workflow or input it is [`UsageError::IdConflict`](crate::UsageError::IdConflict).
     pub async fn start<I: IntoWorkflow>(
         &self,
         workflow: I,
@@ -122,7 +123,7 @@ impl Engine {
     }
 
     /// Attaches to instance `id` of `workflow`, whatever its input.
-    /// [`Error::NotFound`](crate::Error::NotFound) if there is no such
+    /// [`UsageError::NotFound`](crate::UsageError::NotFound) if there is no such
     /// instance. An unfinished instance that is not running (blocked) is
     /// resumed.
     pub async fn attach<I: IntoWorkflow>(
@@ -140,7 +141,7 @@ impl Engine {
     /// cancelled instance is attached to, as with [`attach`](Self::attach).
     /// A [`Status::Failed`] instance is not resumed: a step failed for good
     /// and that failure is its recorded outcome, so this returns
-    /// [`Error::Failed`](crate::Error::Failed) (never `Ok` doing nothing);
+    /// [`InstanceError::Failed`](crate::InstanceError::Failed) (never `Ok` doing nothing);
     /// start a new instance.
     pub async fn resume<I: IntoWorkflow>(
         &self,
@@ -160,20 +161,21 @@ impl Engine {
         type W<I> = <I as IntoWorkflow>::Workflow;
         validate_id(&id)?;
         let erased = self.core.registry.get::<W<I>>()?;
-        let record = self
-            .core
-            .services
-            .journal
-            .load(&id)?
-            .ok_or_else(|| crate::Error::NotFound { id: id.clone() })?;
+        let record = self.core.services.journal.load(&id)?.ok_or_else(|| {
+            crate::Error::Usage(crate::error::UsageError::NotFound { id: id.clone() })
+        })?;
         if manual && let crate::records::InstanceState::Failed { error } = &record.state {
             // A failed instance's failure is its recorded outcome (a step
             // failed for good): resuming it would change that, so it is an
             // error rather than a silent no-op.
-            return Err(crate::Error::Failed {
-                instance: id,
-                reason: format!("{error}; a failed instance cannot be resumed, start a new one"),
-            });
+            return Err(crate::Error::Instance(
+                crate::error::InstanceError::Failed {
+                    instance: id,
+                    reason: format!(
+                        "{error}; a failed instance cannot be resumed, start a new one"
+                    ),
+                },
+            ));
         }
         let done = Arc::clone(&self.core)
             .start_or_attach(W::<I>::NAME, erased, id.clone(), record.input, manual)
@@ -226,9 +228,9 @@ impl Engine {
     /// wait is kept until then, and one sent after every wait of that name
     /// was satisfied is kept but never delivered again.
     ///
-    /// Errors: [`Error::NotFound`](crate::Error::NotFound),
-    /// [`Error::InstanceFinished`](crate::Error::InstanceFinished), and
-    /// [`Error::EventTypeMismatch`](crate::Error::EventTypeMismatch) when the
+    /// Errors: [`UsageError::NotFound`](crate::UsageError::NotFound),
+    /// [`UsageError::InstanceFinished`](crate::UsageError::InstanceFinished), and
+    /// [`UsageError::EventTypeMismatch`](crate::UsageError::EventTypeMismatch) when the
     /// payload's serde shape is not the one the workflow's `wait_for!` of
     /// that name reads, whether or not the instance waits yet (checked
     /// against the manifest of the code the instance runs on; decided
@@ -260,11 +262,11 @@ impl Engine {
     /// Cancels instance `id`, durably: no new step starts after this
     /// returns, a step running now finishes, and the instance ends
     /// [`Status::Cancelled`] (its handles return
-    /// [`Error::Cancelled`](crate::Error::Cancelled)). A parked instance is
+    /// [`InstanceError::Cancelled`](crate::InstanceError::Cancelled)). A parked instance is
     /// cancelled at once, without waiting for its timer.
     ///
-    /// Errors: [`Error::NotFound`](crate::Error::NotFound),
-    /// [`Error::InstanceFinished`](crate::Error::InstanceFinished).
+    /// Errors: [`UsageError::NotFound`](crate::UsageError::NotFound),
+    /// [`UsageError::InstanceFinished`](crate::UsageError::InstanceFinished).
     pub async fn cancel(&self, id: &str) -> Result<()> {
         validate_id(id)?;
         self.core.cancel(id).await
@@ -277,7 +279,7 @@ impl Engine {
 
     /// Stops every instance running in this process where it stands (each
     /// resumes at the next open; their handles return
-    /// [`Error::ShutDown`](crate::Error::ShutDown)), waits until they have
+    /// [`InstanceError::ShutDown`](crate::InstanceError::ShutDown)), waits until they have
     /// stopped and every write is on disk, and closes the store, so it can
     /// be opened again at once. Other clones of this engine can still read
     /// status and history but can no longer write.

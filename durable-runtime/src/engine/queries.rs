@@ -2,7 +2,8 @@
 //! process knows (parked instances, step attempts running now) added.
 
 use crate::error::{Error, Result};
-use crate::inspect::{self, Cursor, History, InstanceSummary, ListFilter, Page, Status};
+use crate::inspect::{self, History, Status};
+use crate::listing::{Cursor, InstanceSummary, ListFilter, Page};
 use crate::records::{InstanceRecord, InstanceState, created_key, id_of_created_key};
 use crate::time::from_ms;
 
@@ -20,19 +21,17 @@ fn created_ms(key: &[u8]) -> u64 {
 
 impl Core {
     pub(super) fn status(&self, id: &str) -> Result<Status> {
-        let record = self
-            .services
-            .journal
-            .load(id)?
-            .ok_or_else(|| Error::NotFound { id: id.to_string() })?;
+        let record = self.services.journal.load(id)?.ok_or_else(|| {
+            Error::Usage(crate::error::UsageError::NotFound { id: id.to_string() })
+        })?;
         Ok(self.status_of(id, &record))
     }
 
     pub(super) fn history(&self, id: &str) -> Result<History> {
         let journal = &self.services.journal;
-        let record = journal
-            .load(id)?
-            .ok_or_else(|| Error::NotFound { id: id.to_string() })?;
+        let record = journal.load(id)?.ok_or_else(|| {
+            Error::Usage(crate::error::UsageError::NotFound { id: id.to_string() })
+        })?;
         let checkpoints = journal.load_checkpoints(id)?;
         let in_flight = self.in_flight(id, &record);
         let mut history = inspect::history_of(id, &record, checkpoints, &in_flight);

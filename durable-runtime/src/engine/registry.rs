@@ -49,11 +49,13 @@ impl<W: Workflow> Erased for Registered<W> {
     fn run<'a>(&self, ctx: &'a Ctx, input: &'a [u8]) -> BoxFuture<'a, Result<(Vec<u8>, bool)>> {
         let workflow = self.0;
         Box::pin(async move {
-            let input: W::Input = decode_value(input).map_err(|reason| Error::ValueDecode {
-                instance: ctx.id.clone(),
-                what: "input",
-                expected_type: std::any::type_name::<W::Input>().to_string(),
-                reason,
+            let input: W::Input = decode_value(input).map_err(|reason| {
+                Error::Replay(crate::error::ReplayError::ValueDecode {
+                    instance: ctx.id.clone(),
+                    what: "input",
+                    expected_type: std::any::type_name::<W::Input>(),
+                    reason,
+                })
             })?;
             let output = workflow.run(ctx, input).await;
             let bytes = ctx
@@ -85,7 +87,7 @@ pub(super) struct Registry {
 }
 
 impl Registry {
-    /// The registry of `entries`; [`Error::DuplicateWorkflow`] if two
+    /// The registry of `entries`; [`UsageError::DuplicateWorkflow`](crate::UsageError::DuplicateWorkflow) if two
     /// different workflows share a name and version.
     pub(super) fn build(entries: Vec<Entry>) -> Result<Registry> {
         let mut by_name: HashMap<(&'static str, u32), Arc<dyn Erased>> = HashMap::new();
@@ -94,9 +96,9 @@ impl Registry {
             if let Some(existing) = by_name.get(&key)
                 && existing.type_id() != erased.type_id()
             {
-                return Err(Error::DuplicateWorkflow {
+                return Err(Error::Usage(crate::error::UsageError::DuplicateWorkflow {
                     workflow: name.to_string(),
-                });
+                }));
             }
             by_name.insert(key, erased);
         }
@@ -107,9 +109,9 @@ impl Registry {
     pub(super) fn get<W: Workflow>(&self) -> Result<Arc<dyn Erased>> {
         match self.by_name.get(&(W::NAME, W::VERSION)) {
             Some(erased) if erased.type_id() == TypeId::of::<W>() => Ok(Arc::clone(erased)),
-            _ => Err(Error::NotRegistered {
+            _ => Err(Error::Usage(crate::error::UsageError::NotRegistered {
                 workflow: W::NAME.to_string(),
-            }),
+            })),
         }
     }
 

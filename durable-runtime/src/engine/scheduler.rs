@@ -88,9 +88,11 @@ impl Core {
             }
         }
         if slot.signals.is_cancelled() {
-            return Err(crate::error::Error::Cancelled {
-                instance: id.to_string(),
-            });
+            return Err(crate::error::Error::Instance(
+                crate::error::InstanceError::Cancelled {
+                    instance: id.to_string(),
+                },
+            ));
         }
         tracing::debug!(
             durable.waits = park.conds.len(),

@@ -125,7 +125,8 @@ pub struct SledStore {
     stats: SyncStats,
     /// Set once any operation failed: sled may be wedged.
     failed: AtomicBool,
-    /// Set when sled panicked: the store is not used again.
+    /// Set when sled panicked or an fsync failed: the store is not used
+    /// again, and sled is never flushed (its handles are abandoned).
     broken: OnceLock<StoreError>,
     /// The store's format version, mirrored into the log's header.
     format: AtomicU32,
@@ -274,6 +275,11 @@ impl SledStore {
             Err(panic) => return Err(sled_panicked(&path, "opening sled", &*panic)),
         };
         stage("sled opened", &path);
+        // sled's recovery removes blob files that no log entry reached, and
+        // replaying our log writes those values again under the same names:
+        // a name seen before the open says nothing about the file now.
+        blobs.synced.clear();
+        blobs.settled = None;
         let log = match File::open(path.join("db")) {
             Ok(log) => log,
             Err(e) => {
@@ -797,8 +803,15 @@ impl SledStore {
                 .map_err(|e| self.sled_error("flushing", e))
         })?;
         // Blobs first: once the log is durable, what it refers to must be.
-        self.sync_blobs()?;
-        self.sync_log()?;
+        if let Err(error) = self.sync_blobs().and_then(|()| self.sync_log()) {
+            // After a failed fsync the kernel may have dropped the dirty
+            // pages it could not write while reads still show them: sled
+            // must never flush again (its log would then point at lost blob
+            // data). Our log still holds every acknowledged write; the next
+            // process replays it.
+            self.failed.store(true, Ordering::Relaxed);
+            return Err(self.broken.get_or_init(|| error).clone());
+        }
         crate::crash::point("store.before_wal_reset");
         let format = self.format.load(Ordering::Relaxed);
         match wal {
