@@ -1049,3 +1049,52 @@ async fn clock_randomness_and_uuids_replay() {
     assert_eq!(engine.history("r1").await.unwrap().steps.len(), 4);
     engine.shutdown().await;
 }
+
+/// A value whose `Deserialize` reads any shape (`deserialize_any`, as
+/// `serde_json::Value` and untagged enums do): it cannot be traced.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct Opaque(u64);
+
+impl<'de> Deserialize<'de> for Opaque {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Any;
+        impl<'de> serde::de::Visitor<'de> for Any {
+            type Value = Opaque;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Opaque, E> {
+                Ok(Opaque(v))
+            }
+        }
+        d.deserialize_any(Any)
+    }
+}
+
+#[durable]
+async fn opaque(_ctx: &Ctx, _n: u32) -> Result<u64, String> {
+    let v = step!("fetch", Ok::<Opaque, String>(Opaque(9)))?;
+    Ok(v.0)
+}
+
+/// A type that cannot be traced is never a silent pass: it is compared by
+/// its Rust type name, and the deploy gate lists it.
+#[tokio::test]
+async fn untraceable_types_are_flagged_by_the_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), |b| b.register(opaque)).await;
+    let gate = engine.compatibility().unwrap();
+    assert_eq!(gate.len(), 1, "{gate:?}");
+    assert_eq!(gate[0].instance, None);
+    assert_eq!(
+        gate[0].reason,
+        "step `fetch`: untraceable evolution::Opaque: its type could not be traced and is \
+         compared by its Rust name only"
+    );
+    let text = durable::manifest_of(opaque).to_text();
+    assert!(
+        text.contains("step fetch: untraceable evolution::Opaque / str"),
+        "{text}"
+    );
+    engine.shutdown().await;
+}
