@@ -57,7 +57,8 @@ static GATE: AtomicBool = AtomicBool::new(false);
 /// Instances that reached the third step of `parking`.
 static REACHED: AtomicU64 = AtomicU64::new(0);
 
-#[durable]
+// It measures time between steps on purpose.
+#[durable(allow = "nondeterminism")]
 async fn five(_ctx: &Ctx, n: u64) -> Result<u64, String> {
     let mut total = 0;
     let t = Instant::now();
@@ -92,7 +93,8 @@ async fn park_at_third(n: u64) -> Result<Payload, String> {
     Ok(payload(3, n))
 }
 
-#[durable]
+// It measures time between steps on purpose.
+#[durable(allow = "nondeterminism")]
 async fn parking(_ctx: &Ctx, n: u64) -> Result<u64, String> {
     let t = Instant::now();
     step!("p1", effect(1, n).await)?;

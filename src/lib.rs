@@ -55,6 +55,117 @@
 //!   ([`ReplayError::Nondeterminism`]).
 //! - **Clear failure.** Typed errors that name the instance, step and cause;
 //!   a blocked instance is left intact and resumable.
+//!
+//! # Changing a workflow safely
+//!
+//! Instances are in flight when you deploy: parked in a three-day
+//! `wait_for!`, sleeping, or interrupted by the deploy itself. `#[durable]`
+//! gives each workflow a **manifest**: its sites (`step!`, `sleep!`,
+//! `wait_for!`, `patched!`) in source order, with the serde shape of each
+//! step's value and error and of each wait's payload (field names and types,
+//! enum variants; not the Rust path, so moving a type to another module
+//! changes nothing), and the shapes of the input and output. Each instance
+//! stores the hash of the manifest it started with; each checkpoint and each
+//! event stores the fingerprint of the type it was written with.
+//!
+//! - **Refused before running, never misread.** Before an instance runs any
+//!   body (at start, resume, wake-up or recovery), what it recorded is checked
+//!   against the registered manifest. If a recorded site is gone, changed kind
+//!   or type, or a new site comes before one it already passed, no body runs:
+//!   the instance is set aside as `Status::Incompatible` with the reason
+//!   (`step `assign-team` is gone`, `step `price` was written as
+//!   `{cents: u64, tax_cents: u64}`, the code now reads
+//!   `{tax_cents: u64, cents: u64}``), nothing stored changes, and the build
+//!   that started it can still finish it. A checkpoint or event is decoded
+//!   only when its fingerprint matches the type asked for.
+//! - **Events are checked when sent.** `send_event` refuses a payload whose
+//!   shape is not the one the workflow's `wait_for!` of that name reads,
+//!   whether or not the instance waits yet, naming both shapes.
+//! - **Compatible changes need nothing**: appending steps after everything
+//!   in-flight instances passed, adding a step in a branch they took already,
+//!   changing code inside step bodies.
+//! - **A planned change inside one version**: `if patched!("add-fraud-check")
+//!   { step!("fraud-check", ..)?; }` is `true` for instances started on code
+//!   that has the patch and `false` for older ones, which skip the block.
+//!   Once no older instance is unfinished, remove the `patched!` and keep the
+//!   body.
+//! - **A breaking change gets a new version**:
+//!   `#[durable(name = "onboard", version = 2)]` beside the old
+//!   `#[durable(name = "onboard")]` (version 1), both registered. In-flight
+//!   instances finish on the version they started on; new ones start on the
+//!   version you pass to `start`. An instance whose version is not registered
+//!   is left untouched and reported in `engine.recovery().skipped`.
+//! - **The deploy gate**: `engine.compatibility()` lists, for the opened
+//!   store, every unfinished instance the registered code cannot run and why,
+//!   and every site whose type could not be traced.
+//! - **At test time**: keep the manifests in your repository and compare them
+//!   in a test:
+//!
+//!   ```ignore
+//!   #[test]
+//!   fn workflow_manifests() {
+//!       use durable::{manifest::assert_snapshot, manifest_of};
+//!       assert_snapshot("tests/manifests.txt", &[manifest_of(onboard), manifest_of(onboard_v2)]);
+//!   }
+//!   ```
+//!
+//!   `DURABLE_MANIFESTS=update cargo test` records new manifests and
+//!   compatible changes; a change that would strand in-flight instances of a
+//!   version fails even then, naming the site and the fix (a new version or a
+//!   patch); `DURABLE_MANIFESTS=force` records it when no such instance can be
+//!   in flight.
+//!
+//! The team's loop: change the workflow, run `cargo test`; if the snapshot
+//! test says the change strands instances, bump the version (keep the old one
+//! registered until its instances finish) or wrap the new steps in
+//! `patched!`; before a deploy, `engine.compatibility()` against the
+//! production store must be empty.
+//!
+//! Limits, stated plainly: a type whose `Deserialize` cannot be traced
+//! (`deserialize_any`: `serde_json::Value`, untagged enums, flattened
+//! structs; or one that validates what it reads, such as a UUID parsed from a
+//! string) is fingerprinted by its Rust type name, so moving or renaming it
+//! counts as a change, and `compatibility()` lists it. Steps run through
+//! `ctx.step(..)` from helper fns are not in the manifest: their checkpoints
+//! are checked by fingerprint when read, not before the run. Stores written
+//! by format 1 are refused at open (`StoreError::FormatTooOld`, naming both
+//! versions); finish their instances with the build that wrote them.
+//!
+//! # What must stay deterministic
+//!
+//! Code between steps runs again on every replay and must compute the same
+//! thing each time; everything else belongs in a step (or in the input).
+//!
+//! | non-deterministic | instead |
+//! |---|---|
+//! | `SystemTime::now()`, `Instant::now()` | `ctx.now().await` (checkpointed), or read the time inside a step |
+//! | `rand::random()`, `thread_rng()` | `ctx.random().await` (checkpointed), or draw inside a step |
+//! | `Uuid::new_v4()` | `ctx.uuid().await` (checkpointed), or make it inside a step |
+//! | `std::env::var`, config files read between steps | put the values in the input, or read them inside a step |
+//! | `tokio::time::sleep` | `sleep!("name", duration)` (durable) |
+//! | iterating a `HashMap`/`HashSet` and issuing steps | `step!("grant", key = perm.clone(), ..)`: the checkpoint is keyed by (name, key), not by position; or iterate a `BTreeMap`/`BTreeSet`/sorted `Vec` |
+//!
+//! `#[durable]` warns (a compiler warning at the offending token) for these
+//! calls outside step bodies and for unkeyed steps in a loop over a
+//! collection declared as a `HashMap`/`HashSet`; `#[durable(allow =
+//! "nondeterminism")]` silences it for one fn (the benchmark uses it to time
+//! its steps). The scan is by tokens: it cannot see through helper fns or
+//! type aliases.
+//!
+//! - **Keyed steps**: `step!("grant", key = perm.clone(), grant(&perm).await)`;
+//!   the key is any `Serialize + Debug` value; using one key twice in one
+//!   instance fails the instance with `InstanceError::DuplicateKey`.
+//! - **A step inside a step's body** (`ctx.step(..)` inside `step!`) is a
+//!   plain call of its body: the outer step's checkpoint covers both, and a
+//!   replay skips both.
+//! - **An outcome over `max_value_size`** is recorded as the step's failure
+//!   (`StepOutcome::TooLarge`, `ReplayError::ValueTooLarge`, no retry): the body
+//!   never runs again and the instance is `Failed`, naming the limit.
+//! - **`History::steps`** lists sites in the order they started (a start
+//!   sequence is stored), also for sites started together by `join!`.
+//! - **`engine.resume` on a `Failed` instance** returns `InstanceError::Failed` (a
+//!   step failed for good and that is its recorded outcome); it never returns
+//!   `Ok` doing nothing. Start a new instance instead.
 #![deny(missing_docs)]
 
 pub use durable_macros::durable;
@@ -216,9 +327,39 @@ macro_rules! wait_for {
     };
 }
 
+/// A planned change inside one version of a workflow:
+/// `if patched!("add-fraud-check") { step!("fraud-check", ..)?; }`.
+///
+/// Evaluates to `true` for instances started on code that has this patch
+/// (every new instance) and `false` for instances started before it
+/// existed, which skip the block. It is decided by the manifest the
+/// instance started with, so it never changes for an instance and needs no
+/// checkpoint. Sites written directly inside the `if patched!(..) { .. }`
+/// block may be added before sites that in-flight instances already passed
+/// (the compatibility check knows older instances skip them); without the
+/// patch such an insertion sets those instances aside. Once no instance
+/// started before the patch is left unfinished, the `patched!` can go (keep
+/// the block's body).
+///
+/// Only valid inside a `#[durable]` async fn:
+///
+/// ```compile_fail
+/// use durable::prelude::*;
+/// fn not_a_workflow() -> bool {
+///     patched!("change")
+/// }
+/// ```
+#[macro_export]
+macro_rules! patched {
+    (@__durable_expanded $($expanded:tt)*) => { $($expanded)* };
+    ($($args:tt)*) => {
+        ::core::compile_error!("`patched!` can only be used inside a `#[durable]` async fn")
+    };
+}
+
 /// Everything a workflow author needs: `use durable::prelude::*;`.
 pub mod prelude {
-    pub use crate::{sleep, sleep_until, step, wait_for};
+    pub use crate::{patched, sleep, sleep_until, step, wait_for};
     pub use durable_macros::durable;
     pub use durable_runtime::{
         Ctx, Engine, Error, InstanceError, ReplayError, RetryPolicy, UsageError, permanent,

@@ -46,6 +46,10 @@ async fn ledger(ctx: &Ctx, n: u64) -> Result<u64, String> {
     Ok(a + b)
 }
 
+/// Bytes found only in keys of the checkpoints tree: the length-prefixed
+/// step name (the store's manifests hold the name too, varint-prefixed).
+const CHECKPOINT_KEY_NEEDLE: &[u8] = b"\0\0\0\x0cledger-alpha";
+
 fn expected(n: u64) -> u64 {
     n * 3 + n * 3 + 1
 }
@@ -317,7 +321,7 @@ async fn a_sled_panic_while_the_log_is_replayed_is_corrupt_and_writes_nothing() 
     let root = tempfile::tempdir().unwrap();
     let store = killed_store(root.path(), "replay-").await;
     let backup = sled_files(&store);
-    let replaced = move_pages_holding(&store.join("db"), b"ledger-alpha");
+    let replaced = move_pages_holding(&store.join("db"), CHECKPOINT_KEY_NEEDLE);
     assert!(replaced > 0, "no page of the checkpoints tree found in db");
     let before = support::store_files(&store);
 
@@ -348,7 +352,7 @@ async fn a_sled_panic_after_open_stops_the_store_without_resetting_its_log() {
         engine.shutdown().await;
     }
     let backup = sled_files(&store);
-    let replaced = move_pages_holding(&store.join("db"), b"ledger-alpha");
+    let replaced = move_pages_holding(&store.join("db"), CHECKPOINT_KEY_NEEDLE);
     assert!(replaced > 0, "no page of the checkpoints tree found in db");
 
     let engine = open(&store).await.unwrap();

@@ -22,10 +22,15 @@ pub(crate) struct Args {
     /// `crate = "path"`: where the `durable` crate is, for users who renamed
     /// or re-exported it; `::durable` when absent.
     pub krate: Option<Path>,
+    /// `version = N`: the workflow's version (1 when absent); several
+    /// versions of one name can be registered side by side.
+    pub version: Option<syn::LitInt>,
+    /// `allow = "nondeterminism"`: no determinism warnings for this fn.
+    pub allow: Option<LitStr>,
 }
 
 /// Every argument the attribute takes, as listed in messages.
-const VALID: &str = "`name = \"...\"`, `retry = <RetryPolicy>`, `crate = \"path\"`";
+const VALID: &str = "`name = \"...\"`, `version = <n>`, `retry = <RetryPolicy>`, `allow = \"nondeterminism\"`, `crate = \"path\"`";
 
 impl Args {
     /// Reads the tokens between the attribute's parentheses. Problems go to
@@ -64,6 +69,8 @@ impl Args {
                             .to_string()
                     }
                     "crate" => "`crate` needs a value: `crate = \"::durable\"`".to_string(),
+                    "version" => "`version` needs a value: `version = 2`".to_string(),
+                    "allow" => "`allow` needs a value: `allow = \"nondeterminism\"`".to_string(),
                     _ => unknown(&key_name),
                 },
             ));
@@ -77,6 +84,32 @@ impl Args {
             "retry" => {
                 let value: Expr = input.parse()?;
                 set_once(&mut self.retry, value, &key)?;
+            }
+            "allow" => {
+                let value = parse_string(input, "allow", "`allow = \"nondeterminism\"`")?;
+                if value.value() != "nondeterminism" {
+                    return Err(syn::Error::new(
+                        value.span(),
+                        "`allow` takes one value: `allow = \"nondeterminism\"` (no determinism warnings for this fn)",
+                    ));
+                }
+                set_once(&mut self.allow, value, &key)?;
+            }
+            "version" => {
+                let value: Expr = input.parse()?;
+                let version = match &value {
+                    Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Int(int),
+                        ..
+                    }) if int.base10_parse::<u32>().is_ok_and(|v| v >= 1) => int.clone(),
+                    _ => {
+                        return Err(syn::Error::new_spanned(
+                            value,
+                            "`version` must be an integer literal from 1 up, e.g. `version = 2`",
+                        ));
+                    }
+                };
+                set_once(&mut self.version, version, &key)?;
             }
             "crate" => {
                 let value = parse_string(input, "crate", "`crate = \"::durable\"`")?;
@@ -195,9 +228,9 @@ mod tests {
         ));
         assert_eq!(errors.len(), 4, "{errors:?}");
         assert!(errors[0].starts_with("unknown `#[durable]` argument `nmae`"));
-        assert!(
-            errors[0].contains("`name = \"...\"`, `retry = <RetryPolicy>`, `crate = \"path\"`")
-        );
+        assert!(errors[0].contains(
+            "`name = \"...\"`, `version = <n>`, `retry = <RetryPolicy>`, `allow = \"nondeterminism\"`, `crate = \"path\"`"
+        ));
         assert!(errors[1].starts_with("`name` must be a string literal"));
         assert!(errors[2].starts_with("`crate` needs a value"));
         assert_eq!(errors[3], "`name` is given twice; keep one");

@@ -13,6 +13,7 @@
 mod args;
 mod ast;
 mod expand;
+mod lint;
 mod sites;
 mod validate;
 
@@ -53,6 +54,13 @@ use proc_macro::TokenStream;
 ///   default. Renaming it orphans the instances stored under the old name.
 /// - `retry = <expr>`: the `RetryPolicy` of this workflow's steps, instead
 ///   of the engine's.
+/// - `version = N`: the workflow's version (1 by default). Register several
+///   versions of one name side by side; an instance runs on the version it
+///   started on.
+/// - `allow = "nondeterminism"`: no determinism warnings for this fn (the
+///   macro warns at `SystemTime::now()`, `Instant::now()`, `rand::..`,
+///   `std::env::var`, `tokio::time::sleep`, `Uuid::new_v4()` outside step
+///   bodies, and at unkeyed steps in loops over a `HashMap`/`HashSet`).
 /// - `crate = "path"`: where the `durable` crate is, if it was renamed or is
 ///   re-exported; `::durable` by default.
 ///
@@ -102,30 +110,62 @@ use proc_macro::TokenStream;
 ///     type Input = Signup;
 ///     type Output = Result<Receipt, String>;
 ///     const NAME: &'static str = "provision";
-///     // Every name, whatever its kind, in source order.
-///     const STEPS: &'static [&'static str] =
-///         &["charge-card", "create-account", "email-verified", "cool-off"];
+///     // Every site, whatever its kind, in source order (the manifest's skeleton).
+///     const SITES: &'static [SiteDecl] = &[
+///         SiteDecl { name: "charge-card", kind: SiteKind::Step, guard: None },
+///         SiteDecl { name: "create-account", kind: SiteKind::Step, guard: None },
+///         SiteDecl { name: "email-verified", kind: SiteKind::Wait, guard: None },
+///         SiteDecl { name: "cool-off", kind: SiteKind::Sleep, guard: None },
+///     ];
 ///
 ///     fn run<'a>(self, __durable_ctx: &'a Ctx, __durable_input: Signup)
 ///         -> ::durable::__private::BoxFuture<'a, Self::Output>
 ///     {
-///         Box::pin(async move {
-///             let ctx: &Ctx = __durable_ctx;
-///             let signup: Signup = __durable_input;
-///             let __durable_ret: Result<Receipt, String> = {
-///                 let charge = ::durable::__private::step(__durable_ctx, "charge-card", None,
-///                     || async { billing::charge(&signup, ctx.idempotency_key()).await }).await?;
-///                 let account = ::durable::__private::step(__durable_ctx, "create-account",
-///                     Some(RetryPolicy::no_retry()),
-///                     || async { accounts::create(&signup).await }).await?;
-///                 let verified: Option<Verified> = ::durable::__private::wait_for_timeout(
-///                     __durable_ctx, "email-verified", Duration::from_secs(86400)).await;
-///                 ::durable::__private::sleep(__durable_ctx, "cool-off",
-///                     Duration::from_secs(3600)).await;
-///                 Ok(Receipt { account, charge, verified: verified.is_some() })
-///             };
-///             return __durable_ret;
-///         })
+///         (Self::__durable_parts().0)(__durable_ctx, __durable_input)
+///     }
+///
+///     // The types of each site, learned from the body without running it.
+///     fn site_types(&self) -> Vec<Option<SiteTypes>> {
+///         Self::__durable_parts().1.iter().map(|f| f()).collect()
+///     }
+/// }
+///
+/// impl __durable_provision {
+///     // The body as a closure, and one fn per site giving the site's types:
+///     // each step and wait passes a `PhantomData` whose type the compiler
+///     // infers from the body, and the array reads the types back.
+///     fn __durable_parts() -> (impl for<'a> Fn(&'a Ctx, Signup) -> BoxFuture<'a, Result<Receipt, String>> + Copy,
+///                              [fn() -> Option<SiteTypes>; 4]) {
+///         let __durable_site_0 = PhantomData; // charge-card
+///         let __durable_site_1 = PhantomData; // create-account
+///         let __durable_site_2 = PhantomData; // email-verified
+///         let __durable_body = ::durable::__private::body_fn(move |__durable_ctx, __durable_input| {
+///             Box::pin(async move {
+///                 let ctx: &Ctx = __durable_ctx;
+///                 let signup: Signup = __durable_input;
+///                 let __durable_ret: Result<Receipt, String> = {
+///                     let charge = ::durable::__private::step_site(__durable_ctx, __durable_site_0,
+///                         "charge-card", None::<&()>, None,
+///                         || async { billing::charge(&signup, ctx.idempotency_key()).await }).await?;
+///                     let account = ::durable::__private::step_site(__durable_ctx, __durable_site_1,
+///                         "create-account", None::<&()>, Some(RetryPolicy::no_retry()),
+///                         || async { accounts::create(&signup).await }).await?;
+///                     let verified: Option<Verified> = ::durable::__private::wait_for_timeout_site(
+///                         __durable_ctx, __durable_site_2, "email-verified",
+///                         Duration::from_secs(86400)).await;
+///                     ::durable::__private::sleep(__durable_ctx, "cool-off",
+///                         Duration::from_secs(3600)).await;
+///                     Ok(Receipt { account, charge, verified: verified.is_some() })
+///                 };
+///                 return __durable_ret;
+///             })
+///         });
+///         (__durable_body, [
+///             (&step_probe(__durable_site_0)).site_types(),
+///             (&step_probe(__durable_site_1)).site_types(),
+///             (&wait_probe(__durable_site_2)).site_types(),
+///             sleep_site_types(),
+///         ])
 ///     }
 /// }
 ///
@@ -142,7 +182,11 @@ use proc_macro::TokenStream;
 /// (`__private::wait_for` without a timeout). The `__durable_*` names are
 /// hygienic: the body can neither see nor shadow them. With
 /// `retry = <expr>` on the attribute, the impl also has
-/// `fn retry_policy(&self) -> Option<RetryPolicy> { Some(<expr>) }`.)
+/// `fn retry_policy(&self) -> Option<RetryPolicy> { Some(<expr>) }`; with
+/// `version = N`, `const VERSION: u32 = N;`. `step!(name, key = k, ..)`
+/// passes `Some(&k)` as the key. Determinism warnings, if any, are a
+/// `#[deprecated]` item used at each offending token, in a fn beside
+/// `__durable_parts`.)
 #[proc_macro_attribute]
 pub fn durable(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::durable(args.into(), item.into()).into()

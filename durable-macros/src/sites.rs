@@ -42,6 +42,9 @@ pub(crate) enum SiteKind {
     /// `wait_for!(name [, timeout = duration])`: a wait for the event of
     /// that name, its payload checkpointed.
     WaitFor,
+    /// `patched!(name)`: a planned change; `true` for instances started
+    /// with it, `false` for older ones.
+    Patched,
 }
 
 impl SiteKind {
@@ -52,6 +55,7 @@ impl SiteKind {
             SiteKind::Sleep,
             SiteKind::SleepUntil,
             SiteKind::WaitFor,
+            SiteKind::Patched,
         ]
         .into_iter()
         .find(|kind| ident == kind.ident())
@@ -64,6 +68,7 @@ impl SiteKind {
             SiteKind::Sleep => "sleep",
             SiteKind::SleepUntil => "sleep_until",
             SiteKind::WaitFor => "wait_for",
+            SiteKind::Patched => "patched",
         }
     }
 
@@ -74,6 +79,7 @@ impl SiteKind {
             SiteKind::Sleep => "`sleep!`",
             SiteKind::SleepUntil => "`sleep_until!`",
             SiteKind::WaitFor => "`wait_for!`",
+            SiteKind::Patched => "`patched!`",
         }
     }
 
@@ -83,6 +89,7 @@ impl SiteKind {
             SiteKind::Step => "step",
             SiteKind::Sleep | SiteKind::SleepUntil => "sleep",
             SiteKind::WaitFor => "wait",
+            SiteKind::Patched => "patch",
         }
     }
 
@@ -93,6 +100,7 @@ impl SiteKind {
             SiteKind::Sleep => "`sleep!(\"cool-off\", <Duration>)`",
             SiteKind::SleepUntil => "`sleep_until!(\"launch\", <SystemTime>)`",
             SiteKind::WaitFor => "`wait_for!(\"manager-approval\")`",
+            SiteKind::Patched => "`if patched!(\"add-fraud-check\") { .. }`",
         }
     }
 }
@@ -208,6 +216,9 @@ pub(crate) enum KindArgs {
     Step {
         /// `retry = <expr>`, if given, as its tokens.
         retry: Option<TokenStream>,
+        /// `key = <expr>`, if given: the step's identity within its name
+        /// (instead of its occurrence number), as its tokens.
+        key: Option<TokenStream>,
         /// The body, an expression evaluating to `Result<T, E>`, as its
         /// tokens.
         body: TokenStream,
@@ -222,6 +233,8 @@ pub(crate) enum KindArgs {
         /// The `SystemTime` expression, as its tokens.
         until: TokenStream,
     },
+    /// `patched!` has nothing after the name.
+    Patched,
     /// `wait_for!`'s arguments after the name.
     WaitFor {
         /// `timeout = <expr>`, if given, as the expression's tokens.
@@ -280,16 +293,18 @@ impl Body {
         self.sites.iter().filter(|site| site.is_expanded())
     }
 
-    /// Each distinct name of a top-level site of any kind (steps, sleeps,
-    /// waits), in source order: the workflow's `STEPS`.
-    pub(crate) fn names(&self) -> Vec<&LitStr> {
-        let mut names: Vec<&LitStr> = Vec::new();
-        for name in self.top_level_sites().filter_map(Site::name) {
-            if !names.iter().any(|seen| seen.value() == name.value()) {
-                names.push(name);
+    /// Each distinct top-level site (first use of each name), in source
+    /// order, with its kind: the workflow's `SITES`.
+    pub(crate) fn declared(&self) -> Vec<(&LitStr, SiteKind)> {
+        let mut out: Vec<(&LitStr, SiteKind)> = Vec::new();
+        for site in self.top_level_sites() {
+            if let Some(name) = site.name()
+                && !out.iter().any(|(seen, _)| seen.value() == name.value())
+            {
+                out.push((name, site.kind));
             }
         }
-        names
+        out
     }
 
     /// Whether every site can be expanded: all parsed, none nested.
@@ -524,11 +539,13 @@ fn parse_args(site: &Site, lenient: bool) -> syn::Result<SiteArgs> {
         SiteKind::Step => parse_step(input, site, lenient),
         SiteKind::Sleep | SiteKind::SleepUntil => parse_sleep(input, site, lenient),
         SiteKind::WaitFor => parse_wait_for(input, site, lenient),
+        SiteKind::Patched => parse_patched(input, site),
     };
     parser.parse2(site.group.stream())
 }
 
-/// Parses `step!`'s arguments: `"name", [retry = <expr>,] body [,]`.
+/// Parses `step!`'s arguments: `"name", [key = <expr>,] [retry = <expr>,] body [,]`
+/// (the options in any order).
 /// `lenient`: an expression that does not parse (it holds `$var`
 /// fragments) is taken as the tokens up to the next comma.
 fn parse_step(input: ParseStream, site: &Site, lenient: bool) -> syn::Result<SiteArgs> {
@@ -555,19 +572,30 @@ fn parse_step(input: ParseStream, site: &Site, lenient: bool) -> syn::Result<Sit
     }
 
     let mut retry = None;
-    if input.peek(syn::Ident) && input.peek2(Token![=]) && !input.peek2(Token![==]) {
-        let key: Ident = input.parse()?;
-        if key != "retry" {
+    let mut key = None;
+    while input.peek(syn::Ident) && input.peek2(Token![=]) && !input.peek2(Token![==]) {
+        let option: Ident = input.parse()?;
+        let slot = if option == "retry" {
+            &mut retry
+        } else if option == "key" {
+            &mut key
+        } else {
             return Err(syn::Error::new_spanned(
-                &key,
+                &option,
                 format!(
-                    "unknown step option `{key}`; the only option is `retry = <RetryPolicy>`, \
-                     between the name and the body"
+                    "unknown step option `{option}`; the options are `key = <serde value>` and \
+                     `retry = <RetryPolicy>`, between the name and the body"
                 ),
+            ));
+        };
+        if slot.is_some() {
+            return Err(syn::Error::new_spanned(
+                &option,
+                format!("step option `{option}` is given twice"),
             ));
         }
         input.parse::<Token![=]>()?;
-        retry = Some(parse_expr(input, lenient)?);
+        *slot = Some(parse_expr(input, lenient)?);
         if input.is_empty() {
             return Err(missing_body());
         }
@@ -575,10 +603,11 @@ fn parse_step(input: ParseStream, site: &Site, lenient: bool) -> syn::Result<Sit
         if input.is_empty() {
             return Err(missing_body());
         }
-    } else if is_bare_retry(input) {
-        let key: Ident = input.parse()?;
+    }
+    if retry.is_none() && is_bare_retry(input) {
+        let bare: Ident = input.parse()?;
         return Err(syn::Error::new_spanned(
-            key,
+            bare,
             format!(
                 "`retry` needs a policy: `step!({:?}, retry = RetryPolicy::no_retry(), <body>)`",
                 name.value()
@@ -595,12 +624,12 @@ fn parse_step(input: ParseStream, site: &Site, lenient: bool) -> syn::Result<Sit
         return Err(syn::Error::new_spanned(
             rest,
             "unexpected tokens after the step body; `step!` takes a name, an optional \
-             `retry = <RetryPolicy>`, and one body expression",
+             `key = ..` and `retry = ..`, and one body expression",
         ));
     }
     Ok(SiteArgs {
         name,
-        kind: KindArgs::Step { retry, body },
+        kind: KindArgs::Step { retry, key, body },
     })
 }
 
@@ -761,6 +790,25 @@ fn is_bare_retry(input: ParseStream) -> bool {
         && !fork.is_empty()
 }
 
+/// Parses `patched!`'s argument: `"name" [,]`.
+fn parse_patched(input: ParseStream, site: &Site) -> syn::Result<SiteArgs> {
+    let name = parse_name(input, site)?;
+    if input.peek(Token![,]) {
+        input.parse::<Token![,]>()?;
+    }
+    if !input.is_empty() {
+        let rest: TokenStream = input.parse()?;
+        return Err(syn::Error::new_spanned(
+            rest,
+            "`patched!` takes only the name of the change: `patched!(\"add-fraud-check\")`",
+        ));
+    }
+    Ok(SiteArgs {
+        name,
+        kind: KindArgs::Patched,
+    })
+}
+
 /// Whether the input is the option `key` alone, without `= value`: `key`,
 /// then a comma or the end.
 fn is_bare(input: ParseStream, key: &str) -> bool {
@@ -778,6 +826,7 @@ fn parse_name(input: ParseStream, site: &Site) -> syn::Result<LitStr> {
             SiteKind::Sleep => "a name and a duration",
             SiteKind::SleepUntil => "a name and a deadline",
             SiteKind::WaitFor => "the name of the event it waits for",
+            SiteKind::Patched => "the name of the change",
         };
         return Err(syn::Error::new_spanned(
             site.tokens(),
@@ -914,7 +963,9 @@ mod tests {
             f(1, 2).await,
         )));
         assert!(errors.is_empty(), "{errors:?}");
-        let KindArgs::Step { retry, body: expr } = &body.sites[0].args.as_ref().unwrap().kind
+        let KindArgs::Step {
+            retry, body: expr, ..
+        } = &body.sites[0].args.as_ref().unwrap().kind
         else {
             panic!("not a step");
         };
@@ -951,7 +1002,7 @@ mod tests {
         assert_eq!(names(&body), ["inside-fn", "inside-method", "after"]);
         let nested: Vec<bool> = body.sites.iter().map(|site| site.in_nested_fn).collect();
         assert_eq!(nested, [true, true, false]);
-        assert_eq!(body.names().len(), 1);
+        assert_eq!(body.declared().len(), 1);
         assert!(!body.is_expandable());
     }
 
@@ -965,7 +1016,7 @@ mod tests {
         assert_eq!(names(&body), ["outer", "inner"]);
         assert_eq!(body.sites[1].enclosing, Some(0));
         assert!(!body.is_expandable());
-        assert_eq!(body.names().len(), 1);
+        assert_eq!(body.declared().len(), 1);
     }
 
     #[test]
@@ -1009,6 +1060,7 @@ mod tests {
         let KindArgs::Step {
             retry,
             body: tokens,
+            ..
         } = &body.sites[0].args.as_ref().unwrap().kind
         else {
             panic!("not a step");
@@ -1031,7 +1083,9 @@ mod tests {
                             KindArgs::Step { body, .. } => body.to_string(),
                             KindArgs::Sleep { duration } => duration.to_string(),
                             KindArgs::SleepUntil { until } => until.to_string(),
-                            KindArgs::WaitFor { timeout: None } => "-".to_string(),
+                            KindArgs::WaitFor { timeout: None } | KindArgs::Patched => {
+                                "-".to_string()
+                            }
                             KindArgs::WaitFor { timeout: Some(t) } => format!("timeout {t}"),
                         };
                         format!("{} {rest}", args.name.value())
@@ -1073,7 +1127,7 @@ mod tests {
             .collect();
         assert_eq!(kinds(&body), expected);
         assert!(body.is_expandable());
-        assert_eq!(body.names().len(), 8);
+        assert_eq!(body.declared().len(), 8);
     }
 
     #[test]

@@ -88,6 +88,10 @@ fn check_site_name(kind: SiteKind, name: &LitStr, errors: &mut Errors) {
             "a wait name must not be empty: it is the name of the event the wait receives, and \
              keys its checkpoint; use a short, stable name like \"manager-approval\""
         }
+        SiteKind::Patched => {
+            "a patch name must not be empty: it names the change in the workflow's manifest; \
+             use a short, stable name like \"add-fraud-check\""
+        }
     };
     errors.push(syn::Error::new(name.span(), message));
 }
@@ -103,6 +107,7 @@ fn check_not_nested(site: &Site, body: &Body, errors: &mut Errors) {
             SiteKind::Sleep => "`ctx.sleep(\"name\", duration)`",
             SiteKind::SleepUntil => "`ctx.sleep_until(\"name\", time)`",
             SiteKind::WaitFor => "`ctx.wait_for(\"name\")`",
+            SiteKind::Patched => "nothing: a patch belongs in the workflow's own body",
         };
         errors.push(syn::Error::new_spanned(
             site.tokens(),
@@ -128,6 +133,7 @@ fn check_not_nested(site: &Site, body: &Body, errors: &mut Errors) {
                 " (to pause between attempts, give the step a `retry` policy: it backs off)"
             }
             SiteKind::WaitFor => " (wait first, then pass the payload into the step)",
+            SiteKind::Patched => " (decide the patch first, then choose the step)",
         };
         format!(
             "{name} cannot be used inside the body of {outer_name}: a step's body is run again \

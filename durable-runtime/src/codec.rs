@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// The format version written in every envelope (and in the store's meta tree).
-pub(crate) const FORMAT_VERSION: u8 = 1;
+pub(crate) const FORMAT_VERSION: u8 = 2;
 
 /// The most bytes a decoded value may claim.
 pub(crate) const DECODE_LIMIT: usize = 64 << 20;
@@ -32,6 +32,8 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String
 pub(crate) enum DecodeError {
     /// Written by a newer format.
     TooNew(u8),
+    /// Written by an older format, whose records this build does not read.
+    TooOld(u8),
     /// Malformed, truncated, of another type, or over the limit.
     Invalid(String),
 }
@@ -42,6 +44,10 @@ impl std::fmt::Display for DecodeError {
             DecodeError::TooNew(v) => write!(
                 f,
                 "written by format version {v}, this build reads up to {FORMAT_VERSION}"
+            ),
+            DecodeError::TooOld(v) => write!(
+                f,
+                "written by format version {v}, this build reads only version {FORMAT_VERSION}"
             ),
             DecodeError::Invalid(reason) => f.write_str(reason),
         }
@@ -60,6 +66,9 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError
         return Err(DecodeError::Invalid(
             "format version 0 is not a record".into(),
         ));
+    }
+    if version < FORMAT_VERSION {
+        return Err(DecodeError::TooOld(version));
     }
     let (value, read) = bincode::serde::decode_from_slice(body, config())
         .map_err(|e| DecodeError::Invalid(e.to_string()))?;

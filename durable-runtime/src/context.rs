@@ -1,6 +1,6 @@
 //! [`Ctx`]: what a running instance knows about itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -28,6 +28,11 @@ impl StepScope {
     /// Runs `fut` with `scope` visible to [`Ctx::idempotency_key`] and [`permanent`].
     pub(crate) async fn enter<F: std::future::Future>(scope: Arc<StepScope>, fut: F) -> F::Output {
         STEP_SCOPE.scope(scope, fut).await
+    }
+
+    /// Whether the current task is running a step's body.
+    pub(crate) fn inside() -> bool {
+        STEP_SCOPE.try_with(|_| ()).is_ok()
     }
 }
 
@@ -73,6 +78,10 @@ pub(crate) struct Signals {
 pub(crate) struct InFlight {
     pub name: &'static str,
     pub occurrence: u32,
+    /// A keyed step's key text.
+    pub key: Option<String>,
+    /// The step's start sequence (see `CheckpointRecord::seq`).
+    pub seq: u64,
     pub attempt: u32,
     pub started_at_ms: u64,
 }
@@ -195,6 +204,15 @@ pub struct Ctx {
     pub(crate) signals: Arc<Signals>,
     /// Checkpoints loaded at start, by name then occurrence; taken as replayed.
     replay: Mutex<HashMap<String, HashMap<u32, CheckpointRecord>>>,
+    /// Checkpoints of keyed steps loaded at start, by (name, key).
+    keyed: Mutex<HashMap<(String, Vec<u8>), CheckpointRecord>>,
+    /// The keys of keyed steps used so far in this run, per name.
+    used_keys: Mutex<HashSet<(&'static str, Vec<u8>)>>,
+    /// The next start sequence number (see `CheckpointRecord::seq`).
+    seq: std::sync::atomic::AtomicU64,
+    /// The patches of the manifest the instance started with, when that is
+    /// not the manifest it runs on; `None`: it started on this code.
+    started_patches: Mutex<Option<Vec<String>>>,
     /// Next occurrence number per step name.
     counters: Mutex<HashMap<&'static str, u32>>,
     /// Resumes in a row without finishing a step, as stored in `Active`.
@@ -225,11 +243,21 @@ impl Ctx {
         signals: Arc<Signals>,
     ) -> Ctx {
         let mut replay: HashMap<String, HashMap<u32, CheckpointRecord>> = HashMap::new();
+        let mut keyed = HashMap::new();
+        let mut seq = 0;
         for record in checkpoints {
-            replay
-                .entry(record.name.clone())
-                .or_default()
-                .insert(record.occurrence, record);
+            seq = seq.max(record.seq.saturating_add(1));
+            match &record.key {
+                Some((key, _)) => {
+                    keyed.insert((record.name.clone(), key.clone()), record);
+                }
+                None => {
+                    replay
+                        .entry(record.name.clone())
+                        .or_default()
+                        .insert(record.occurrence, record);
+                }
+            }
         }
         Ctx {
             id,
@@ -238,6 +266,10 @@ impl Ctx {
             policy,
             signals,
             replay: Mutex::new(replay),
+            keyed: Mutex::new(keyed),
+            used_keys: Mutex::new(HashSet::new()),
+            seq: std::sync::atomic::AtomicU64::new(seq),
+            started_patches: Mutex::new(None),
             counters: Mutex::new(HashMap::new()),
             recoveries: AtomicU32::new(recoveries),
             lane: Mutex::new(None),
@@ -267,8 +299,68 @@ impl Ctx {
         self.workflow
     }
 
-    pub(crate) fn step_key(&self, name: &str, occurrence: u32) -> String {
-        step_idempotency_key(&self.id, name, occurrence)
+    pub(crate) fn step_key(&self, name: &str, at: &crate::records::At) -> String {
+        match at {
+            crate::records::At::Occurrence(occurrence) => {
+                step_idempotency_key(&self.id, name, *occurrence)
+            }
+            crate::records::At::Key(bytes, _) => {
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                format!("durable:{}:{}:{name}:k{hex}", self.id.len(), self.id)
+            }
+        }
+    }
+
+    /// Claims `key` for keyed step `name`; `false` if this run used it already.
+    pub(crate) fn claim_key(&self, name: &'static str, key: &[u8]) -> bool {
+        self.used_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((name, key.to_vec()))
+    }
+
+    /// The next start sequence number, for a site created now.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records the patches of the manifest the instance started with, when
+    /// it started on other code.
+    pub(crate) fn set_started_patches(&self, patches: Option<Vec<String>>) {
+        *self
+            .started_patches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = patches;
+    }
+
+    /// Whether the instance started on code that has patch `name`: what
+    /// `patched!(name)` evaluates to. Deterministic: it depends only on the
+    /// manifest the instance started with, which never changes.
+    pub fn patched(&self, name: &str) -> bool {
+        match &*self
+            .started_patches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            None => true,
+            Some(patches) => patches.iter().any(|p| p == name),
+        }
+    }
+
+    /// Takes the loaded checkpoint of this step occurrence or key, if any.
+    pub(crate) fn take_checkpoint_at(
+        &self,
+        name: &str,
+        at: &crate::records::At,
+    ) -> Option<CheckpointRecord> {
+        match at {
+            crate::records::At::Occurrence(n) => self.take_checkpoint(name, *n),
+            crate::records::At::Key(key, _) => self
+                .keyed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(name.to_string(), key.clone())),
+        }
     }
 
     /// Milliseconds since the Unix epoch on the engine's clock.
@@ -325,6 +417,7 @@ impl Ctx {
         let found = match found {
             CheckpointState::Retrying { .. }
             | CheckpointState::Done { .. }
+            | CheckpointState::TooLarge { .. }
             | CheckpointState::Panicked { .. } => "a step",
             CheckpointState::Sleeping { .. } => "a sleep",
             CheckpointState::Waiting { .. }
@@ -342,16 +435,21 @@ impl Ctx {
     /// Finished checkpoints this run never reached, as `name#occurrence`.
     pub(crate) fn unreplayed(&self) -> Vec<String> {
         let replay = self.replay.lock().unwrap_or_else(|e| e.into_inner());
+        let keyed = self.keyed.lock().unwrap_or_else(|e| e.into_inner());
         let mut left: Vec<String> = replay
             .values()
             .flat_map(|m| m.values())
+            .chain(keyed.values())
             .filter(|r| {
                 !matches!(
                     r.state,
                     CheckpointState::Retrying { .. } | CheckpointState::Waiting { .. }
                 )
             })
-            .map(|r| format!("{:?} occurrence {}", r.name, r.occurrence))
+            .map(|r| match &r.key {
+                Some((_, key)) => format!("{:?} key {key}", r.name),
+                None => format!("{:?} occurrence {}", r.name, r.occurrence),
+            })
             .collect();
         left.sort();
         left

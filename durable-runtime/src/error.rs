@@ -35,6 +35,18 @@ pub enum StoreError {
         /// The newest version this build understands.
         supported: u32,
     },
+    /// The store was written by an older version of this library, in a
+    /// format this build does not read. Nothing was changed: finish its
+    /// instances with the older build, or start from a new store.
+    #[error(
+        "store format version {found} was written by an older durable; this build reads format version {supported} only and does not convert stores: finish its instances with the build that wrote it, or open a new store"
+    )]
+    FormatTooOld {
+        /// The version found in the store.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
     /// An I/O error while reading or writing the store.
     #[error("store i/o failed during {op}: {reason}")]
     Io {
@@ -148,9 +160,10 @@ pub enum UsageError {
         /// How it finished: "completed", "failed" or "cancelled".
         status: &'static str,
     },
-    /// An event's payload type is not the one the instance is waiting for.
+    /// An event's payload shape is not the one the workflow's wait of that
+    /// name reads (checked whether or not the instance waits yet).
     #[error(
-        "instance {instance:?} waits for event {event:?} with a payload of type `{expected}`, not `{got}`; nothing was delivered"
+        "instance {instance:?}: event {event:?} takes a payload shaped `{expected}`, not `{got}`; nothing was delivered"
     )]
     EventTypeMismatch {
         /// The instance id.
@@ -217,8 +230,10 @@ pub enum ReplayError {
         reason: String,
     },
     /// A step value, input or output is larger than the configured limit.
+    /// A step's outcome over it is recorded as the step's failure (its body
+    /// never runs again) and the instance fails.
     #[error(
-        "instance {instance:?} is blocked: {what} is {size} bytes, over the {limit}-byte limit; raise `max_value_size` or store the data elsewhere and checkpoint a reference"
+        "instance {instance:?}: {what} is {size} bytes, over the {limit}-byte limit; raise `max_value_size` or store the data elsewhere and checkpoint a reference"
     )]
     ValueTooLarge {
         /// The instance id.
@@ -254,6 +269,22 @@ pub enum ReplayError {
         /// The type the wait expects.
         expected_type: &'static str,
         /// The decoder's complaint.
+        reason: String,
+    },
+    /// The instance's recorded history does not fit the registered code of
+    /// its workflow (a recorded site is gone or changed kind or type, or a
+    /// new site comes before one it already reached). Nothing ran: it is
+    /// set aside as [`Status::Incompatible`](crate::Status::Incompatible),
+    /// untouched, and the build that started it can still finish it.
+    #[error(
+        "instance {instance:?} of workflow {workflow:?} cannot run on this code, nothing ran: {reason}; finish it with the build that started it, or register that version side by side"
+    )]
+    Incompatible {
+        /// The instance id.
+        instance: String,
+        /// The workflow's name.
+        workflow: String,
+        /// What changed, site by site.
         reason: String,
     },
 }
@@ -323,6 +354,18 @@ pub enum InstanceError {
         /// The instance id.
         instance: String,
     },
+    /// A keyed step used one key twice in one instance. The instance fails.
+    #[error(
+        "instance {instance:?}: step {step:?} was called twice with key {key}; a key names one step of an instance"
+    )]
+    DuplicateKey {
+        /// The instance id.
+        instance: String,
+        /// The step's name.
+        step: String,
+        /// The key, as `Debug` shows it.
+        key: String,
+    },
 }
 
 impl Error {
@@ -334,7 +377,8 @@ impl Error {
                 InstanceError::StepPanicked { .. }
                     | InstanceError::Failed { .. }
                     | InstanceError::Cancelled { .. }
-            )
+                    | InstanceError::DuplicateKey { .. }
+            ) | Error::Replay(ReplayError::ValueTooLarge { .. })
         )
     }
 }

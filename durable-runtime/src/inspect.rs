@@ -74,6 +74,14 @@ pub enum Status {
         /// Why.
         reason: String,
     },
+    /// Its recorded history does not fit the registered code (a recorded
+    /// step is gone, or its type changed): set aside before any body ran.
+    /// Nothing stored was changed; the build that started it can still
+    /// finish it, and it is checked again at every open.
+    Incompatible {
+        /// The site and the change, in words.
+        reason: String,
+    },
 }
 
 /// One change of an instance's status.
@@ -100,6 +108,11 @@ pub enum TransitionKind {
     Cancelled,
     /// The instance was set aside after too many resumes without progress.
     NeedsAttention {
+        /// Why.
+        error: String,
+    },
+    /// The instance was set aside: its history does not fit the code.
+    Incompatible {
         /// Why.
         error: String,
     },
@@ -162,6 +175,14 @@ pub enum StepOutcome {
     },
     /// A `wait_for!` whose timeout passed first.
     TimedOut,
+    /// The step's outcome was over `max_value_size`: recorded as the
+    /// step's failure, so its body never runs again.
+    TooLarge {
+        /// The outcome's encoded size in bytes.
+        size: u64,
+        /// The limit it was over.
+        limit: u64,
+    },
     /// An attempt of the step is running now (in this process).
     Running {
         /// Which attempt (1 for the first).
@@ -175,8 +196,11 @@ pub enum StepOutcome {
 pub struct StepRecord {
     /// The step's name.
     pub name: String,
-    /// Which occurrence of the name (0 for the first; loops count up).
+    /// Which occurrence of the name (0 for the first; loops count up; 0
+    /// for a keyed step).
     pub occurrence: u32,
+    /// A keyed step's key (`step!(name, key = k, ..)`), as `Debug` shows it.
+    pub key: Option<String>,
     /// Attempts made so far.
     pub attempts: u32,
     /// When the first attempt started.
@@ -224,6 +248,9 @@ pub(crate) fn status_of(state: &InstanceState) -> Status {
             reason: error.clone(),
         },
         InstanceState::Cancelled => Status::Cancelled,
+        InstanceState::Incompatible { error } => Status::Incompatible {
+            reason: error.clone(),
+        },
     }
 }
 
@@ -267,10 +294,13 @@ pub(crate) fn history_of(
                     error: error.clone(),
                 },
                 StoredKind::Cancelled => TransitionKind::Cancelled,
+                StoredKind::Incompatible { error } => TransitionKind::Incompatible {
+                    error: error.clone(),
+                },
             },
         })
         .collect();
-    let mut steps: Vec<StepRecord> = checkpoints
+    let mut steps: Vec<(u64, StepRecord)> = checkpoints
         .into_iter()
         .map(|c| {
             let (finished_at, outcome) = match c.state {
@@ -325,6 +355,7 @@ pub(crate) fn history_of(
                     finished_at_ms,
                     type_name,
                     payload,
+                    ..
                 } => (
                     Some(time(finished_at_ms)),
                     StepOutcome::Received {
@@ -335,21 +366,33 @@ pub(crate) fn history_of(
                 CheckpointState::TimedOut { finished_at_ms } => {
                     (Some(time(finished_at_ms)), StepOutcome::TimedOut)
                 }
+                CheckpointState::TooLarge {
+                    finished_at_ms,
+                    size,
+                    limit,
+                } => (
+                    Some(time(finished_at_ms)),
+                    StepOutcome::TooLarge { size, limit },
+                ),
             };
-            StepRecord {
-                name: c.name,
-                occurrence: c.occurrence,
-                attempts: c.attempts,
-                started_at: time(c.started_at_ms),
-                finished_at,
-                outcome,
-            }
+            (
+                c.seq,
+                StepRecord {
+                    name: c.name,
+                    occurrence: c.occurrence,
+                    key: c.key.map(|(_, text)| text),
+                    attempts: c.attempts,
+                    started_at: time(c.started_at_ms),
+                    finished_at,
+                    outcome,
+                },
+            )
         })
         .collect();
     for attempt in in_flight {
-        let known = steps
-            .iter_mut()
-            .find(|s| s.name == attempt.name && s.occurrence == attempt.occurrence);
+        let known = steps.iter_mut().map(|(_, s)| s).find(|s| {
+            s.name == attempt.name && s.occurrence == attempt.occurrence && s.key == attempt.key
+        });
         match known {
             // A step being retried: its checkpoint says `Retrying`.
             Some(step) => {
@@ -358,34 +401,26 @@ pub(crate) fn history_of(
                     attempt: attempt.attempt,
                 };
             }
-            None => steps.push(StepRecord {
-                name: attempt.name.to_string(),
-                occurrence: attempt.occurrence,
-                attempts: attempt.attempt,
-                started_at: time(attempt.started_at_ms),
-                finished_at: None,
-                outcome: StepOutcome::Running {
-                    attempt: attempt.attempt,
+            None => steps.push((
+                attempt.seq,
+                StepRecord {
+                    name: attempt.name.to_string(),
+                    occurrence: attempt.occurrence,
+                    key: attempt.key.clone(),
+                    attempts: attempt.attempt,
+                    started_at: time(attempt.started_at_ms),
+                    finished_at: None,
+                    outcome: StepOutcome::Running {
+                        attempt: attempt.attempt,
+                    },
                 },
-            }),
+            )),
         }
     }
-    steps.sort_by(|a, b| {
-        (
-            a.started_at,
-            a.finished_at.is_none(),
-            a.finished_at,
-            &a.name,
-            a.occurrence,
-        )
-            .cmp(&(
-                b.started_at,
-                b.finished_at.is_none(),
-                b.finished_at,
-                &b.name,
-                b.occurrence,
-            ))
-    });
+    // In the order the sites started (their start sequence), which is
+    // source order for sites started together by `join!`.
+    steps.sort_by_key(|(seq, _)| *seq);
+    let steps = steps.into_iter().map(|(_, step)| step).collect();
     History {
         id: id.to_string(),
         workflow: record.workflow.clone(),

@@ -15,7 +15,8 @@ use crate::committer::Committer;
 use crate::error::{Error, Result, StoreError};
 use crate::records::{
     CheckpointRecord, CheckpointState, EventRecord, InstanceRecord, ParkRecord, created_key,
-    instance_key, instance_prefix, name_prefix, occurrence_key, recoveries_of, recoveries_value,
+    instance_key, instance_prefix, keyed_key, name_prefix, occurrence_key, recoveries_of,
+    recoveries_value,
 };
 use crate::store::{Batch, Entries, Store, Tree};
 
@@ -149,11 +150,11 @@ impl Journal {
     ) -> Result<()> {
         let value = encode(record, id, "a checkpoint record")?;
         let mut batch = Batch::new();
-        batch.put(
-            Tree::Checkpoints,
-            occurrence_key(id, &record.name, record.occurrence),
-            value,
-        );
+        let key = match &record.key {
+            Some((key, _)) => keyed_key(id, &record.name, key),
+            None => occurrence_key(id, &record.name, record.occurrence),
+        };
+        batch.put(Tree::Checkpoints, key, value);
         if progress {
             batch.put(Tree::Active, instance_key(id), recoveries_value(0));
         }
@@ -279,6 +280,50 @@ impl Journal {
     }
 
     /// The first error the store returned, after which nothing more is written.
+    /// The manifest stored under `hash`, if the store has it and it decodes.
+    pub(crate) fn manifest(&self, hash: u64) -> Option<crate::manifest::Manifest> {
+        let bytes = self
+            .store
+            .get(Tree::Meta, &crate::manifest::manifest_key(hash))
+            .ok()??;
+        codec::decode(&bytes).ok()
+    }
+
+    /// Stores each of `manifests` the store does not hold yet.
+    pub(crate) async fn store_manifests(
+        &self,
+        manifests: &[&crate::manifest::Manifest],
+    ) -> Result<()> {
+        let mut batch = Batch::new();
+        for manifest in manifests {
+            let key = crate::manifest::manifest_key(manifest.hash());
+            if self.store.get(Tree::Meta, &key)?.is_none() {
+                batch.put(Tree::Meta, key, encode(*manifest, "", "a manifest")?);
+            }
+        }
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        self.commit(batch).await
+    }
+
+    /// The events stored for instance `id`: name, fingerprint and shape.
+    pub(crate) fn events_of(&self, id: &str) -> Result<Vec<(String, u64, String)>> {
+        let prefix = instance_prefix(id);
+        Ok(self
+            .store
+            .scan_prefix(Tree::Events, &prefix)?
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let event: EventRecord = codec::decode(&value).ok()?;
+                let rest = key.strip_prefix(prefix.as_slice())?;
+                let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+                let name = String::from_utf8(rest.get(4..4 + len)?.to_vec()).ok()?;
+                Some((name, event.fingerprint, event.shape))
+            })
+            .collect())
+    }
+
     pub(crate) fn failure(&self) -> Option<StoreError> {
         self.committer.failure()
     }

@@ -12,6 +12,7 @@
 //! | `error` | typed errors |
 //! | `codec` | the only file that names bincode: the versioned envelope |
 //! | `records` | stored record types and their keys |
+//! | `manifest` | manifests: sites, serde shapes, fingerprints, compatibility checks, snapshots |
 //! | `time` | the [`Clock`](time::Clock) seam: system clock, manual clock |
 //! | `future`, `panic`, `crash`, `outcome`, `ids`, `retry` | small leaves |
 //! | [`store`] | the KV device seam: [`Store`](store::Store), sled + write-ahead log, memory |
@@ -19,7 +20,7 @@
 //! | `journal` | every record encoded and decoded here; typed reads and writes |
 //! | `services` | what a running instance may use: journal, clock, event gate |
 //! | `context` | [`Ctx`]: an instance's id, counters, signals |
-//! | `step`, `wait` | `impl Ctx`: the operations behind `step!`, `sleep!`, `wait_for!` |
+//! | `step`, `wait`, `values` | `impl Ctx`: the operations behind `step!`, `sleep!`, `wait_for!`; checkpointed `now`, `random`, `uuid` |
 //! | `workflow` | [`Workflow`], [`IntoWorkflow`] |
 //! | `inspect`, `listing` | [`Status`], [`History`]; [`ListFilter`], [`Page`] |
 //! | `engine` | [`Engine`] and its parts: builder, registry, instances, driver, scheduler, events, recovery, queries |
@@ -56,6 +57,7 @@ mod ids;
 mod inspect;
 mod journal;
 mod listing;
+pub mod manifest;
 mod outcome;
 mod panic;
 mod records;
@@ -64,6 +66,7 @@ mod services;
 mod step;
 pub mod store;
 pub mod time;
+mod values;
 mod wait;
 mod workflow;
 
@@ -71,7 +74,8 @@ pub use context::{Ctx, permanent};
 #[cfg(feature = "crash-points")]
 pub use crash::CRASH_POINTS;
 pub use engine::{
-    DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, Handle, RecoveryReport,
+    DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, Handle, Incompatibility,
+    RecoveryReport,
 };
 pub use error::{Error, InstanceError, ReplayError, Result, StoreError, UsageError};
 pub use future::BoxFuture;
@@ -81,7 +85,7 @@ pub use inspect::{
 };
 pub use listing::{Cursor, InstanceSummary, InvalidCursor, ListFilter, Page, StatusKind};
 pub use retry::RetryPolicy;
-pub use workflow::{IntoWorkflow, Workflow};
+pub use workflow::{IntoWorkflow, Workflow, manifest_of};
 
 /// Hooks for the benchmark (feature `hooks`). Not public API.
 #[cfg(feature = "hooks")]
@@ -100,8 +104,17 @@ pub mod __bench {
 pub mod __private {
     pub use crate::context::Ctx;
     pub use crate::future::BoxFuture;
+    pub use crate::manifest::{
+        SiteDecl, SiteKind, SiteTypes, TypesOfStep, TypesOfWait, TypesUnknown, sleep_site_types,
+        step_probe, wait_probe,
+    };
     pub use crate::retry::RetryPolicy;
-    pub use crate::step::step;
-    pub use crate::wait::{sleep, sleep_until, wait_for, wait_for_timeout};
-    pub use crate::workflow::{Workflow, WorkflowMarker};
+    pub use crate::step::{step, step_site};
+    pub use crate::wait::{sleep, sleep_until, wait_for_site, wait_for_timeout_site};
+    pub use crate::workflow::{Workflow, WorkflowMarker, body_fn};
+
+    /// What `patched!(name)` expands to: see [`Ctx::patched`].
+    pub fn patched(ctx: &Ctx, name: &str) -> bool {
+        ctx.patched(name)
+    }
 }

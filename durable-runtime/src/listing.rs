@@ -28,6 +28,8 @@ pub enum StatusKind {
     Failed,
     /// [`Status::Cancelled`].
     Cancelled,
+    /// [`Status::Incompatible`].
+    Incompatible,
 }
 
 impl Status {
@@ -42,6 +44,7 @@ impl Status {
             Status::Completed { .. } => StatusKind::Completed,
             Status::Failed { .. } => StatusKind::Failed,
             Status::Cancelled => StatusKind::Cancelled,
+            Status::Incompatible { .. } => StatusKind::Incompatible,
         }
     }
 

@@ -52,6 +52,15 @@ pub(crate) fn name_prefix(id: &str, name: &str) -> Vec<u8> {
     key
 }
 
+/// Key of a keyed step in `Checkpoints`: `len(id) id len(name) name FFFFFFFF key`.
+/// Occurrence keys have exactly four bytes after the name, keyed ones more.
+pub(crate) fn keyed_key(id: &str, name: &str, key: &[u8]) -> Vec<u8> {
+    let mut out = name_prefix(id, name);
+    out.extend_from_slice(&u32::MAX.to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
 /// Key of one occurrence of a step (or sleep or wait) in `Checkpoints`, or
 /// of one event in `Events`: `len(id) id len(name) name n`.
 pub(crate) fn occurrence_key(id: &str, name: &str, n: u32) -> Vec<u8> {
@@ -60,10 +69,50 @@ pub(crate) fn occurrence_key(id: &str, name: &str, n: u32) -> Vec<u8> {
     key
 }
 
+/// How a step occurrence is identified within its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum At {
+    /// The n-th call of the name in this instance.
+    Occurrence(u32),
+    /// A keyed step (`step!(name, key = k, ..)`): the key's encoding and text.
+    Key(Vec<u8>, String),
+}
+
+impl At {
+    /// The occurrence number stored in the record (0 for a keyed step).
+    pub(crate) fn occurrence(&self) -> u32 {
+        match self {
+            At::Occurrence(n) => *n,
+            At::Key(..) => 0,
+        }
+    }
+
+    /// The key stored in the record.
+    pub(crate) fn key(&self) -> Option<(Vec<u8>, String)> {
+        match self {
+            At::Occurrence(_) => None,
+            At::Key(bytes, text) => Some((bytes.clone(), text.clone())),
+        }
+    }
+}
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            At::Occurrence(n) => write!(f, "occurrence {n}"),
+            At::Key(_, text) => write!(f, "key {text}"),
+        }
+    }
+}
+
 /// An instance's stored state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct InstanceRecord {
     pub workflow: String,
+    /// The workflow version the instance started on.
+    pub version: u32,
+    /// The hash of the manifest the instance started with (see `manifest`).
+    pub manifest: u64,
     pub input: Vec<u8>,
     pub state: InstanceState,
     pub created_at_ms: u64,
@@ -96,6 +145,11 @@ pub(crate) enum InstanceState {
         output: Vec<u8>,
         is_err: bool,
     },
+    /// Its recorded history does not fit the registered code: set aside
+    /// before any body ran; the code that started it can still finish it.
+    Incompatible {
+        error: String,
+    },
 }
 
 /// One change of an instance's state, for its history.
@@ -115,6 +169,7 @@ pub(crate) enum TransitionKind {
     Failed { error: String },
     NeedsAttention { error: String },
     Cancelled,
+    Incompatible { error: String },
 }
 
 /// One step occurrence's stored state.
@@ -122,6 +177,15 @@ pub(crate) enum TransitionKind {
 pub(crate) struct CheckpointRecord {
     pub name: String,
     pub occurrence: u32,
+    /// A keyed step's key (its encoding) and its text; `None` when the step
+    /// is identified by its occurrence number.
+    pub key: Option<(Vec<u8>, String)>,
+    /// Whether the site is declared in the workflow's manifest (written by
+    /// `step!` / `wait_for!` / `sleep!`, not by `Ctx::step` from a helper).
+    pub declared: bool,
+    /// When the site was created relative to the instance's other sites:
+    /// `History::steps` lists them in this order.
+    pub seq: u64,
     pub attempts: u32,
     pub started_at_ms: u64,
     pub state: CheckpointState,
@@ -137,6 +201,8 @@ pub(crate) enum CheckpointState {
         finished_at_ms: u64,
         ok: bool,
         type_name: String,
+        /// The fingerprint of the step's `Result<T, E>` types when written.
+        fingerprint: u64,
         outcome: Vec<u8>,
         error_text: Option<String>,
     },
@@ -153,10 +219,19 @@ pub(crate) enum CheckpointState {
     Received {
         finished_at_ms: u64,
         type_name: String,
+        /// The fingerprint of the payload's type when sent.
+        fingerprint: u64,
         payload: Vec<u8>,
     },
     /// A `wait_for!` whose timeout passed before an event came.
     TimedOut { finished_at_ms: u64 },
+    /// The step's outcome was over `max_value_size`: recorded as a failure
+    /// so that its body never runs again.
+    TooLarge {
+        finished_at_ms: u64,
+        size: u64,
+        limit: u64,
+    },
 }
 
 /// What a parked instance waits for; stored in `Timers` under its id.
@@ -181,6 +256,9 @@ pub(crate) struct WaitCond {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct EventRecord {
     pub type_name: String,
+    /// The payload type's fingerprint and shape.
+    pub fingerprint: u64,
+    pub shape: String,
     pub payload: Vec<u8>,
     pub sent_at_ms: u64,
 }

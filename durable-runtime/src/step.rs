@@ -2,6 +2,7 @@
 //! (retrying per policy) and checkpoint its outcome durably before returning.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -14,7 +15,7 @@ use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::journal::decode_value;
 use crate::panic::{CatchUnwind, panic_message};
-use crate::records::{CheckpointRecord, CheckpointState};
+use crate::records::{At, CheckpointRecord, CheckpointState};
 use crate::retry::{RetryPolicy, jitter_random};
 
 impl Ctx {
@@ -78,13 +79,94 @@ where
     T: Serialize + DeserializeOwned + Send + 'static,
     E: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    let occurrence = ctx.next_occurrence(name);
+    step_at(ctx, name, None::<&()>, false, policy, body)
+}
+
+/// What `step!` expands to: [`step`] for a site declared in the manifest,
+/// with its phantom (which gives the manifest the site's types) and its
+/// optional key.
+pub fn step_site<'c, K, T, E, F, Fut>(
+    ctx: &'c Ctx,
+    _site: PhantomData<fn() -> (T, E)>,
+    name: &'static str,
+    key: Option<&K>,
+    policy: Option<RetryPolicy>,
+    body: F,
+) -> BoxFuture<'c, Result<T, E>>
+where
+    K: Serialize + std::fmt::Debug + ?Sized,
+    F: Fn() -> Fut + Send + 'c,
+    Fut: Future<Output = Result<T, E>> + Send + 'c,
+    T: Serialize + DeserializeOwned + Send + 'static,
+    E: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    step_at(ctx, name, key, true, policy, body)
+}
+
+fn step_at<'c, K, T, E, F, Fut>(
+    ctx: &'c Ctx,
+    name: &'static str,
+    key: Option<&K>,
+    declared: bool,
+    policy: Option<RetryPolicy>,
+    body: F,
+) -> BoxFuture<'c, Result<T, E>>
+where
+    K: Serialize + std::fmt::Debug + ?Sized,
+    F: Fn() -> Fut + Send + 'c,
+    Fut: Future<Output = Result<T, E>> + Send + 'c,
+    T: Serialize + DeserializeOwned + Send + 'static,
+    E: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    // A step called inside another step's body is a plain call of its body:
+    // the outer step's checkpoint covers it (and a replay skips both).
+    if StepScope::inside() {
+        return Box::pin(async move { body().await });
+    }
+    let at = match key {
+        None => At::Occurrence(ctx.next_occurrence(name)),
+        Some(key) => match crate::codec::encode(key) {
+            Ok(bytes) => At::Key(bytes, format!("{key:?}")),
+            Err(reason) => {
+                let error = Error::Replay(crate::error::ReplayError::Encode {
+                    instance: ctx.id.clone(),
+                    what: format!("the key of step {name:?}"),
+                    reason,
+                });
+                return Box::pin(async move { ctx.abort(error).await });
+            }
+        },
+    };
+    if let At::Key(bytes, text) = &at
+        && !ctx.claim_key(name, bytes)
+    {
+        let error = Error::Instance(crate::error::InstanceError::DuplicateKey {
+            instance: ctx.id.clone(),
+            step: name.to_string(),
+            key: text.clone(),
+        });
+        return Box::pin(async move { ctx.abort(error).await });
+    }
+    let site = Site {
+        name,
+        at,
+        declared,
+        seq: ctx.next_seq(),
+    };
     Box::pin(async move {
-        match run(ctx, name, occurrence, policy, body).await {
+        match run(ctx, site, policy, body).await {
             Ok(outcome) => outcome,
             Err(error) => ctx.abort(error).await,
         }
     })
+}
+
+/// One step site as it is recorded.
+struct Site {
+    name: &'static str,
+    at: At,
+    declared: bool,
+    seq: u64,
 }
 
 /// The span of one step occurrence (its attempts run inside it).
@@ -99,21 +181,26 @@ fn step_span(ctx: &Ctx, name: &str, occurrence: u32) -> tracing::Span {
 
 async fn run<T, E, F, Fut>(
     ctx: &Ctx,
-    name: &'static str,
-    occurrence: u32,
+    site: Site,
     policy: Option<RetryPolicy>,
     body: F,
 ) -> Result<Result<T, E>, Error>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<T, E>>,
-    T: Serialize + DeserializeOwned,
-    E: Serialize + DeserializeOwned + std::fmt::Debug,
+    T: Serialize + DeserializeOwned + 'static,
+    E: Serialize + DeserializeOwned + std::fmt::Debug + 'static,
 {
-    let (attempts, started_at_ms) = match ctx.take_checkpoint(name, occurrence) {
+    let name = site.name;
+    let occurrence = site.at.occurrence();
+    let types = crate::manifest::step_types::<T, E>();
+    let (attempts, started_at_ms, seq) = match ctx.take_checkpoint_at(name, &site.at) {
         Some(record) => match record.state {
             CheckpointState::Done {
-                outcome, type_name, ..
+                outcome,
+                type_name,
+                fingerprint,
+                ..
             } => {
                 tracing::trace!(
                     durable.instance_id = %ctx.id,
@@ -122,27 +209,47 @@ where
                     durable.replayed = true,
                     "step replayed from its checkpoint"
                 );
-                return decode_value::<Result<T, E>>(&outcome).map_err(|reason| {
+                let decode_error = |reason: String| {
                     Error::Replay(crate::error::ReplayError::CheckpointDecode {
                         instance: ctx.id.clone(),
                         step: name.to_string(),
                         occurrence,
-                        stored_type: type_name,
+                        stored_type: type_name.clone(),
                         expected_type: std::any::type_name::<Result<T, E>>(),
                         reason,
                     })
-                });
+                };
+                // Decoded only into the types it was written as.
+                if fingerprint != types.fingerprint() {
+                    return Err(decode_error(format!(
+                        "it was written with other types (fingerprint {fingerprint:016x}); the code now reads `{}` / `{}`",
+                        types.value,
+                        types.error.as_ref().map_or("", |e| e.text.as_str())
+                    )));
+                }
+                return decode_value::<Result<T, E>>(&outcome).map_err(decode_error);
             }
             CheckpointState::Panicked { message, .. } => {
                 return Err(panicked(ctx, name, occurrence, message));
             }
-            CheckpointState::Retrying { .. } => (record.attempts, record.started_at_ms),
+            CheckpointState::TooLarge { size, limit, .. } => {
+                return Err(too_large(
+                    ctx,
+                    name,
+                    &site.at,
+                    size as usize,
+                    limit as usize,
+                ));
+            }
+            CheckpointState::Retrying { .. } => (record.attempts, record.started_at_ms, record.seq),
             other => return Err(ctx.diverged(name, occurrence, &other, "a step")),
         },
-        None => (0, ctx.now_ms()),
+        None => (0, ctx.now_ms(), site.seq),
     };
-    run_attempts(ctx, name, occurrence, policy, body, attempts, started_at_ms)
-        .instrument(step_span(ctx, name, occurrence))
+    let site = Site { seq, ..site };
+    let span = step_span(ctx, name, occurrence);
+    run_attempts(ctx, &site, policy, body, (attempts, started_at_ms), &types)
+        .instrument(span)
         .await
 }
 
@@ -150,12 +257,11 @@ where
 /// final, and checkpoints it.
 async fn run_attempts<T, E, F, Fut>(
     ctx: &Ctx,
-    name: &'static str,
-    occurrence: u32,
+    site: &Site,
     policy: Option<RetryPolicy>,
     body: F,
-    mut attempts: u32,
-    started_at_ms: u64,
+    (mut attempts, started_at_ms): (u32, u64),
+    types: &crate::manifest::SiteTypes,
 ) -> Result<Result<T, E>, Error>
 where
     F: Fn() -> Fut,
@@ -163,13 +269,17 @@ where
     T: Serialize + DeserializeOwned,
     E: Serialize + DeserializeOwned + std::fmt::Debug,
 {
+    let (name, occurrence) = (site.name, site.at.occurrence());
     // A running step keeps the instance from parking.
     let _busy = ctx.signals.busy();
     let policy = policy.unwrap_or(ctx.policy);
-    let key = ctx.step_key(name, occurrence);
+    let key = ctx.step_key(name, &site.at);
     let record = |attempts, state| CheckpointRecord {
         name: name.to_string(),
         occurrence,
+        key: site.at.key(),
+        declared: site.declared,
+        seq: site.seq,
         attempts,
         started_at_ms,
         state,
@@ -196,6 +306,8 @@ where
             let _running = ctx.signals.running(InFlight {
                 name,
                 occurrence,
+                key: site.at.key().map(|(_, text)| text),
+                seq: site.seq,
                 attempt: attempts,
                 started_at_ms: ctx.now_ms(),
             });
@@ -210,7 +322,25 @@ where
                 match &outcome {
                     Err(e) if !permanent && !last => format!("{e:?}"),
                     _ => {
-                        let state = done_state(ctx, name, occurrence, &outcome)?;
+                        let state = match done_state(ctx, site, &outcome, types.fingerprint()) {
+                            Ok(state) => state,
+                            Err(Error::Replay(crate::error::ReplayError::ValueTooLarge {
+                                size,
+                                limit,
+                                ..
+                            })) => {
+                                // Recorded as the step's failure: the body
+                                // never runs again for this instance.
+                                let state = CheckpointState::TooLarge {
+                                    finished_at_ms: ctx.now_ms(),
+                                    size: size as u64,
+                                    limit: limit as u64,
+                                };
+                                write(ctx, record(attempts, state)).await?;
+                                return Err(too_large(ctx, name, &site.at, size, limit));
+                            }
+                            Err(e) => return Err(e),
+                        };
                         write(ctx, record(attempts, state)).await?;
                         return Ok(outcome);
                     }
@@ -252,21 +382,31 @@ where
     }
 }
 
+fn too_large(ctx: &Ctx, name: &str, at: &At, size: usize, limit: usize) -> Error {
+    Error::Replay(crate::error::ReplayError::ValueTooLarge {
+        instance: ctx.id.clone(),
+        what: format!("the outcome of step {name:?} ({at})"),
+        size,
+        limit,
+    })
+}
+
 fn done_state<T: Serialize, E: Serialize + std::fmt::Debug>(
     ctx: &Ctx,
-    name: &str,
-    occurrence: u32,
+    site: &Site,
     outcome: &Result<T, E>,
+    fingerprint: u64,
 ) -> Result<CheckpointState, Error> {
     let bytes = ctx.services.journal.encode_value(
         &ctx.id,
-        &format!("the outcome of step {name:?} (occurrence {occurrence})"),
+        &format!("the outcome of step {:?} ({})", site.name, site.at),
         outcome,
     )?;
     Ok(CheckpointState::Done {
         finished_at_ms: ctx.now_ms(),
         ok: outcome.is_ok(),
         type_name: std::any::type_name::<Result<T, E>>().to_string(),
+        fingerprint,
         error_text: outcome.as_ref().err().map(|e| format!("{e:?}")),
         outcome: bytes,
     })

@@ -16,6 +16,7 @@
 //!
 //! Every deadline is read from, and waited on, the engine's clock.
 
+use std::marker::PhantomData;
 use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
@@ -34,12 +35,12 @@ impl Ctx {
     /// passed while the process was down completes at once. A long sleep
     /// parks the instance: it holds no task or memory until it wakes.
     pub fn sleep<'c>(&'c self, name: &'static str, duration: Duration) -> BoxFuture<'c, ()> {
-        sleep(self, name, duration)
+        sleep_at(self, name, Target::For(duration), false)
     }
 
     /// Sleeps until `until`, durably (what `sleep_until!` does); see [`sleep`](Self::sleep).
     pub fn sleep_until<'c>(&'c self, name: &'static str, until: SystemTime) -> BoxFuture<'c, ()> {
-        sleep_until(self, name, until)
+        sleep_at(self, name, Target::Until(until), false)
     }
 
     /// Waits for event `name` (what `wait_for!` does) and returns its
@@ -51,7 +52,7 @@ impl Ctx {
         &'c self,
         name: &'static str,
     ) -> BoxFuture<'c, T> {
-        wait_for(self, name)
+        wait_for_at(self, name, false)
     }
 
     /// Like [`wait_for`](Self::wait_for), giving up after `timeout` (the
@@ -61,38 +62,63 @@ impl Ctx {
         name: &'static str,
         timeout: Duration,
     ) -> BoxFuture<'c, Option<T>> {
-        wait_for_timeout(self, name, timeout)
+        wait_for_timeout_at(self, name, timeout, false)
     }
 }
 
-/// Sleeps for `duration`, durably: see [`Ctx::sleep`].
+/// Sleeps for `duration`, durably (a `sleep!` site): see [`Ctx::sleep`].
 pub fn sleep<'c>(ctx: &'c Ctx, name: &'static str, duration: Duration) -> BoxFuture<'c, ()> {
-    let occurrence = ctx.next_occurrence(name);
-    Box::pin(async move {
-        if let Err(error) = sleep_inner(ctx, name, occurrence, Target::For(duration)).await {
-            ctx.abort(error).await
-        }
-    })
+    sleep_at(ctx, name, Target::For(duration), true)
 }
 
-/// Sleeps until `until`, durably: see [`Ctx::sleep_until`].
+/// Sleeps until `until`, durably (a `sleep_until!` site): see [`Ctx::sleep_until`].
 pub fn sleep_until<'c>(ctx: &'c Ctx, name: &'static str, until: SystemTime) -> BoxFuture<'c, ()> {
-    let occurrence = ctx.next_occurrence(name);
-    Box::pin(async move {
-        if let Err(error) = sleep_inner(ctx, name, occurrence, Target::Until(until)).await {
-            ctx.abort(error).await
-        }
-    })
+    sleep_at(ctx, name, Target::Until(until), true)
 }
 
-/// Waits for event `name` and returns its payload: see [`Ctx::wait_for`].
-pub fn wait_for<'c, T: DeserializeOwned + Send + 'static>(
+/// A sleep; `declared` when it is a site of the workflow's manifest.
+fn sleep_at<'c>(
     ctx: &'c Ctx,
     name: &'static str,
-) -> BoxFuture<'c, T> {
-    let occurrence = ctx.next_occurrence(name);
+    target: Target,
+    declared: bool,
+) -> BoxFuture<'c, ()> {
+    let site = Site::new(ctx, name, declared);
     Box::pin(async move {
-        match wait_inner::<T>(ctx, name, occurrence, None).await {
+        if let Err(error) = sleep_inner(ctx, site, target).await {
+            ctx.abort(error).await
+        }
+    })
+}
+
+/// What `wait_for!(name)` expands to: see [`Ctx::wait_for`].
+pub fn wait_for_site<'c, T: DeserializeOwned + Send + 'static>(
+    ctx: &'c Ctx,
+    _site: PhantomData<fn() -> T>,
+    name: &'static str,
+) -> BoxFuture<'c, T> {
+    wait_for_at(ctx, name, true)
+}
+
+/// What `wait_for!(name, timeout = ..)` expands to: see [`Ctx::wait_for_timeout`].
+pub fn wait_for_timeout_site<'c, T: DeserializeOwned + Send + 'static>(
+    ctx: &'c Ctx,
+    _site: PhantomData<fn() -> T>,
+    name: &'static str,
+    timeout: Duration,
+) -> BoxFuture<'c, Option<T>> {
+    wait_for_timeout_at(ctx, name, timeout, true)
+}
+
+/// Waits for event `name` and returns its payload.
+fn wait_for_at<'c, T: DeserializeOwned + Send + 'static>(
+    ctx: &'c Ctx,
+    name: &'static str,
+    declared: bool,
+) -> BoxFuture<'c, T> {
+    let site = Site::new(ctx, name, declared);
+    Box::pin(async move {
+        match wait_inner::<T>(ctx, site, None).await {
             Ok(Some(payload)) => payload,
             Ok(None) => {
                 ctx.abort(internal(ctx, "a wait without a timeout timed out"))
@@ -103,19 +129,41 @@ pub fn wait_for<'c, T: DeserializeOwned + Send + 'static>(
     })
 }
 
-/// Waits for event `name` at most `timeout`: see [`Ctx::wait_for_timeout`].
-pub fn wait_for_timeout<'c, T: DeserializeOwned + Send + 'static>(
+/// Waits for event `name` at most `timeout`.
+fn wait_for_timeout_at<'c, T: DeserializeOwned + Send + 'static>(
     ctx: &'c Ctx,
     name: &'static str,
     timeout: Duration,
+    declared: bool,
 ) -> BoxFuture<'c, Option<T>> {
-    let occurrence = ctx.next_occurrence(name);
+    let site = Site::new(ctx, name, declared);
     Box::pin(async move {
-        match wait_inner::<T>(ctx, name, occurrence, Some(timeout)).await {
+        match wait_inner::<T>(ctx, site, Some(timeout)).await {
             Ok(payload) => payload,
             Err(error) => ctx.abort(error).await,
         }
     })
+}
+
+/// One sleep or wait occurrence, as it is recorded.
+#[derive(Clone, Copy)]
+struct Site {
+    name: &'static str,
+    occurrence: u32,
+    declared: bool,
+    seq: u64,
+}
+
+impl Site {
+    /// The next occurrence of `name`, numbered when the site is created.
+    fn new(ctx: &Ctx, name: &'static str, declared: bool) -> Site {
+        Site {
+            name,
+            occurrence: ctx.next_occurrence(name),
+            declared,
+            seq: ctx.next_seq(),
+        }
+    }
 }
 
 fn internal(ctx: &Ctx, detail: &str) -> Error {
@@ -130,12 +178,10 @@ enum Target {
     Until(SystemTime),
 }
 
-async fn sleep_inner(
-    ctx: &Ctx,
-    name: &'static str,
-    occurrence: u32,
-    target: Target,
-) -> Result<(), Error> {
+async fn sleep_inner(ctx: &Ctx, site: Site, target: Target) -> Result<(), Error> {
+    let Site {
+        name, occurrence, ..
+    } = site;
     let (deadline_ms, duration_ms) = match ctx.take_checkpoint(name, occurrence) {
         Some(CheckpointRecord {
             state:
@@ -159,7 +205,7 @@ async fn sleep_inner(
                 deadline_ms,
                 duration_ms,
             };
-            write(ctx, name, occurrence, state).await?;
+            write(ctx, site, state).await?;
             (deadline_ms, duration_ms)
         }
     };
@@ -188,21 +234,27 @@ async fn sleep_inner(
     }
 }
 
-async fn wait_inner<T: DeserializeOwned>(
+async fn wait_inner<T: DeserializeOwned + 'static>(
     ctx: &Ctx,
-    name: &'static str,
-    occurrence: u32,
+    site: Site,
     timeout: Option<Duration>,
 ) -> Result<Option<T>, Error> {
-    let expected = std::any::type_name::<T>();
+    let Site {
+        name, occurrence, ..
+    } = site;
+    let expected = crate::manifest::shape_of::<T>();
     let deadline_ms = match ctx.take_checkpoint(name, occurrence) {
         Some(CheckpointRecord {
-            state: CheckpointState::Received {
-                type_name, payload, ..
-            },
+            state:
+                CheckpointState::Received {
+                    type_name,
+                    payload,
+                    fingerprint,
+                    ..
+                },
             ..
         }) => {
-            return decode_payload(ctx, name, occurrence, &type_name, &payload).map(Some);
+            return decode_payload(ctx, site, (&type_name, fingerprint), &payload).map(Some);
         }
         Some(CheckpointRecord {
             state: CheckpointState::TimedOut { .. },
@@ -218,13 +270,7 @@ async fn wait_inner<T: DeserializeOwned>(
         None => match timeout {
             Some(t) => {
                 let deadline_ms = ctx.now_ms().saturating_add(duration_ms(t));
-                write(
-                    ctx,
-                    name,
-                    occurrence,
-                    CheckpointState::Waiting { deadline_ms },
-                )
-                .await?;
+                write(ctx, site, CheckpointState::Waiting { deadline_ms }).await?;
                 Some(deadline_ms)
             }
             None => None,
@@ -236,7 +282,7 @@ async fn wait_inner<T: DeserializeOwned>(
         name: name.to_string(),
         occurrence,
         deadline_ms,
-        event_type: Some(expected.to_string()),
+        event_type: Some(expected.text.clone()),
     };
     let _wait = ctx.signals.wait(cond);
     loop {
@@ -247,7 +293,7 @@ async fn wait_inner<T: DeserializeOwned>(
             }));
         }
         if let Some(event) = journal.event(&ctx.id, name, occurrence)? {
-            return receive(ctx, name, occurrence, event).await.map(Some);
+            return receive(ctx, site, event).await.map(Some);
         }
         if let Some(deadline) = deadline_ms {
             let now = ctx.now_ms();
@@ -257,7 +303,7 @@ async fn wait_inner<T: DeserializeOwned>(
                 // after this timed-out wait.
                 let _events = ctx.services.event_gate.lock().await;
                 if let Some(event) = journal.event(&ctx.id, name, occurrence)? {
-                    return receive(ctx, name, occurrence, event).await.map(Some);
+                    return receive(ctx, site, event).await.map(Some);
                 }
                 tracing::info!(
                     durable.instance_id = %ctx.id,
@@ -267,8 +313,7 @@ async fn wait_inner<T: DeserializeOwned>(
                 );
                 write(
                     ctx,
-                    name,
-                    occurrence,
+                    site,
                     CheckpointState::TimedOut {
                         finished_at_ms: now,
                     },
@@ -286,57 +331,63 @@ async fn wait_inner<T: DeserializeOwned>(
     }
 }
 
-async fn receive<T: DeserializeOwned>(
+async fn receive<T: DeserializeOwned + 'static>(
     ctx: &Ctx,
-    name: &str,
-    occurrence: u32,
+    site: Site,
     event: EventRecord,
 ) -> Result<T, Error> {
-    let payload = decode_payload(ctx, name, occurrence, &event.type_name, &event.payload)?;
+    let payload = decode_payload(ctx, site, (&event.shape, event.fingerprint), &event.payload)?;
     tracing::debug!(
         durable.instance_id = %ctx.id,
-        durable.event = name,
-        durable.occurrence = occurrence,
+        durable.event = site.name,
+        durable.occurrence = site.occurrence,
         "event received"
     );
     let state = CheckpointState::Received {
         finished_at_ms: ctx.now_ms(),
         type_name: event.type_name,
+        fingerprint: event.fingerprint,
         payload: event.payload,
     };
-    write(ctx, name, occurrence, state).await?;
+    write(ctx, site, state).await?;
     Ok(payload)
 }
 
-fn decode_payload<T: DeserializeOwned>(
+/// Decodes a payload, only if it was written as the type asked for.
+fn decode_payload<T: DeserializeOwned + 'static>(
     ctx: &Ctx,
-    name: &str,
-    occurrence: u32,
-    stored_type: &str,
+    site: Site,
+    (stored, fingerprint): (&str, u64),
     payload: &[u8],
 ) -> Result<T, Error> {
-    decode_value(payload).map_err(|reason| {
+    let expected = crate::manifest::shape_of::<T>();
+    let error = |reason: String| {
         Error::Replay(crate::error::ReplayError::EventDecode {
             instance: ctx.id.clone(),
-            event: name.to_string(),
-            occurrence,
-            stored_type: stored_type.to_string(),
+            event: site.name.to_string(),
+            occurrence: site.occurrence,
+            stored_type: stored.to_string(),
             expected_type: std::any::type_name::<T>(),
             reason,
         })
-    })
+    };
+    if fingerprint != expected.fingerprint {
+        return Err(error(format!(
+            "it was written as `{stored}` (fingerprint {fingerprint:016x}); the wait reads `{}` ({:016x})",
+            expected.text, expected.fingerprint
+        )));
+    }
+    decode_value(payload).map_err(error)
 }
 
-async fn write(
-    ctx: &Ctx,
-    name: &str,
-    occurrence: u32,
-    state: CheckpointState,
-) -> Result<(), Error> {
+async fn write(ctx: &Ctx, site: Site, state: CheckpointState) -> Result<(), Error> {
     let _busy = ctx.signals.busy();
     let record = CheckpointRecord {
-        name: name.to_string(),
-        occurrence,
+        name: site.name.to_string(),
+        occurrence: site.occurrence,
+        key: None,
+        declared: site.declared,
+        seq: site.seq,
         attempts: 0,
         started_at_ms: ctx.now_ms(),
         state,

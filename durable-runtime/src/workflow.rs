@@ -5,6 +5,7 @@ use serde::de::DeserializeOwned;
 
 use crate::context::Ctx;
 use crate::future::BoxFuture;
+use crate::manifest::{Manifest, SiteDecl, SiteTypes, shape_of};
 use crate::retry::RetryPolicy;
 
 /// A workflow definition: what `#[durable]` turns an `async fn` into.
@@ -17,6 +18,7 @@ use crate::retry::RetryPolicy;
 ///
 /// ```
 /// use durable_runtime::{BoxFuture, Ctx, IntoWorkflow, Workflow};
+/// use durable_runtime::manifest::{SiteDecl, SiteKind};
 ///
 /// #[derive(Clone, Copy)]
 /// struct Double;
@@ -25,7 +27,8 @@ use crate::retry::RetryPolicy;
 ///     type Input = u64;
 ///     type Output = Result<u64, String>;
 ///     const NAME: &'static str = "double";
-///     const STEPS: &'static [&'static str] = &["double"];
+///     const SITES: &'static [SiteDecl] =
+///         &[SiteDecl { name: "double", kind: SiteKind::Step, guard: None }];
 ///     fn run<'a>(self, ctx: &'a Ctx, n: u64) -> BoxFuture<'a, Self::Output> {
 ///         Box::pin(async move { ctx.step("double", || async { Ok(n * 2) }).await })
 ///     }
@@ -46,9 +49,42 @@ pub trait Workflow: Copy + Send + Sync + 'static {
     /// The stable name instances are stored under. Renaming it orphans the
     /// instances stored under the old name.
     const NAME: &'static str;
-    /// Every step, sleep and wait name used in the body, in source order,
-    /// as checked at compile time (one namespace for all three kinds).
-    const STEPS: &'static [&'static str];
+    /// The workflow's version (`#[durable(version = 2)]`), 1 by default.
+    /// Several versions of one name can be registered side by side: an
+    /// instance runs on the version it started on, and a new instance on
+    /// the version of the workflow value passed to `start`.
+    const VERSION: u32 = 1;
+
+    /// Every site (step, sleep, wait, patch) of the body, in source order,
+    /// with its name and kind, as checked at compile time (one namespace of
+    /// names for all kinds).
+    const SITES: &'static [SiteDecl];
+
+    /// The types each site of [`SITES`](Self::SITES) reads and writes, in
+    /// the same order (`None` for sleeps and patches). `#[durable]`
+    /// implements it from the body's types without running anything; a
+    /// hand-written workflow may leave the default (no list), and its
+    /// checkpoints are then checked only when they are read.
+    fn site_types(&self) -> Vec<Option<SiteTypes>> {
+        Vec::new()
+    }
+
+    /// The workflow's [`Manifest`]: sites, their types, input and output.
+    /// The engine builds it once, when the workflow is registered.
+    fn manifest(&self) -> Manifest
+    where
+        Self::Input: 'static,
+        Self::Output: 'static,
+    {
+        Manifest::new(
+            Self::NAME,
+            Self::VERSION,
+            (*shape_of::<Self::Input>()).clone(),
+            (*shape_of::<Self::Output>()).clone(),
+            Self::SITES,
+            self.site_types(),
+        )
+    }
 
     /// The workflow's retry policy for its steps, if it overrides the engine's.
     fn retry_policy(&self) -> Option<RetryPolicy> {
@@ -85,4 +121,20 @@ where
     fn into_workflow(self) -> W {
         self(WorkflowMarker(()))
     }
+}
+
+/// Gives a workflow body closure the higher-ranked signature the engine
+/// calls it with. Used by `#[durable]`'s expansion.
+#[doc(hidden)]
+pub fn body_fn<I, O, F>(f: F) -> F
+where
+    F: for<'a> Fn(&'a Ctx, I) -> BoxFuture<'a, O> + Copy,
+{
+    f
+}
+
+/// The manifest of a workflow (what `#[durable]` declares: sites, their
+/// types, input and output), as the engine registers it.
+pub fn manifest_of<I: IntoWorkflow>(workflow: I) -> Manifest {
+    workflow.into_workflow().manifest()
 }

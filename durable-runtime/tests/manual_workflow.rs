@@ -4,6 +4,7 @@
 
 use std::sync::Mutex;
 
+use durable_runtime::manifest::{SiteDecl, SiteKind};
 use durable_runtime::{BoxFuture, Ctx, Engine, Error, IntoWorkflow, Status, Workflow};
 
 /// Inputs whose step body ran, once per run.
@@ -20,7 +21,11 @@ impl Workflow for Double {
     type Input = u64;
     type Output = Result<u64, String>;
     const NAME: &'static str = "double";
-    const STEPS: &'static [&'static str] = &["double"];
+    const SITES: &'static [SiteDecl] = &[SiteDecl {
+        name: "double",
+        kind: SiteKind::Step,
+        guard: None,
+    }];
 
     fn run<'a>(self, ctx: &'a Ctx, input: u64) -> BoxFuture<'a, Self::Output> {
         Box::pin(async move {

@@ -178,6 +178,7 @@ impl EngineBuilder {
             .unwrap_or_else(|e| e.into_inner()) = Some(timers.abort_handle());
         let recovered = async {
             core.services.journal.index_existing().await?;
+            core.store_manifests().await?;
             Arc::clone(&core).recover().await
         };
         match recovered.await {

@@ -76,6 +76,18 @@ impl Core {
         slot: &Arc<Slot>,
     ) -> DriveEnd {
         let journal = &self.services.journal;
+        // Before any body runs: does the recorded history fit this code?
+        let checkpoints = match journal.load_checkpoints(id) {
+            Ok(c) => c,
+            Err(e) => return DriveEnd::Finished(Err(e)),
+        };
+        let started_patches = match self.admit(id, &record, erased.manifest(), &checkpoints) {
+            Ok(patches) => patches,
+            Err(e) => {
+                let stored = journal.recoveries(id).unwrap_or(0);
+                return DriveEnd::Finished(self.end(id, record, stored, slot, Err(e)).await);
+            }
+        };
         let mut lane = None;
         let recoveries = match begin {
             Begin::Fresh | Begin::Wake => 0,
@@ -120,12 +132,6 @@ impl Core {
             }
             tracing::info!("instance resumed");
         }
-        let checkpoints = match journal.load_checkpoints(id) {
-            Ok(c) => c,
-            Err(e) => {
-                return DriveEnd::Finished(self.end(id, record, recoveries, slot, Err(e)).await);
-            }
-        };
         let policy = erased.policy().unwrap_or(self.config.retry);
         slot.signals
             .waiting
@@ -142,6 +148,7 @@ impl Core {
             Arc::clone(&slot.signals),
         );
         ctx.hold_lane(lane);
+        ctx.set_started_patches(started_patches);
         let clock = &self.services.clock;
         let flow = {
             let mut run = pin!(CatchUnwind::new(&|| erased.run(&ctx, &record.input)));
@@ -246,28 +253,40 @@ impl Core {
     ) -> Result<Vec<u8>> {
         let text = error.to_string();
         let active = error.blocks().then_some(recoveries);
-        let kind = if let Error::Instance(crate::error::InstanceError::Cancelled { .. }) = &error {
-            record.state = InstanceState::Cancelled;
-            TransitionKind::Cancelled
-        } else if let Error::Instance(crate::error::InstanceError::NeedsAttention {
-            reason, ..
-        }) = &error
-        {
-            record.state = InstanceState::NeedsAttention {
-                error: reason.clone(),
+        let kind =
+            if let Error::Replay(crate::error::ReplayError::Incompatible { reason, .. }) = &error {
+                let state = InstanceState::Incompatible {
+                    error: reason.clone(),
+                };
+                if record.state == state {
+                    // Already set aside for this reason: left untouched.
+                    return Err(error);
+                }
+                record.state = state;
+                TransitionKind::Incompatible { error: text }
+            } else if let Error::Instance(crate::error::InstanceError::Cancelled { .. }) = &error {
+                record.state = InstanceState::Cancelled;
+                TransitionKind::Cancelled
+            } else if let Error::Instance(crate::error::InstanceError::NeedsAttention {
+                reason,
+                ..
+            }) = &error
+            {
+                record.state = InstanceState::NeedsAttention {
+                    error: reason.clone(),
+                };
+                TransitionKind::NeedsAttention { error: text }
+            } else if active.is_some() {
+                record.state = InstanceState::Blocked {
+                    error: text.clone(),
+                };
+                TransitionKind::Blocked { error: text }
+            } else {
+                record.state = InstanceState::Failed {
+                    error: text.clone(),
+                };
+                TransitionKind::Failed { error: text }
             };
-            TransitionKind::NeedsAttention { error: text }
-        } else if active.is_some() {
-            record.state = InstanceState::Blocked {
-                error: text.clone(),
-            };
-            TransitionKind::Blocked { error: text }
-        } else {
-            record.state = InstanceState::Failed {
-                error: text.clone(),
-            };
-            TransitionKind::Failed { error: text }
-        };
         tracing::warn!(durable.error = %error, durable.status = ?kind, "instance stopped by an error");
         self.push_transition(&mut record, kind);
         // If the store itself is failing this write fails too; the instance

@@ -16,7 +16,7 @@ impl Core {
         self: &Arc<Self>,
         id: String,
         name: String,
-        type_name: &'static str,
+        (type_name, shape): (&'static str, Arc<crate::manifest::Shape>),
         payload: Vec<u8>,
     ) -> Result<()> {
         let journal = &self.services.journal;
@@ -25,19 +25,35 @@ impl Core {
             .load(&id)?
             .ok_or_else(|| Error::Usage(crate::error::UsageError::NotFound { id: id.clone() }))?;
         ensure_unfinished(&id, &record.state)?;
+        // Checked against the workflow's wait of that name, whether or not
+        // the instance waits yet: nothing accepted here can block it later.
+        if let Some(manifest) = self.manifest_for(&record)
+            && let Some((_, site)) = manifest.site(&name)
+            && let Some(types) = &site.types
+            && types.value.fingerprint != shape.fingerprint
+        {
+            return Err(Error::Usage(crate::error::UsageError::EventTypeMismatch {
+                instance: id,
+                event: name,
+                expected: types.value.text.clone(),
+                got: shape.text.clone(),
+            }));
+        }
         let seq = journal.next_event_seq(&id, &name)?;
         if let Some(expected) = self.waiting_type(&id, &name, seq)
-            && expected != type_name
+            && expected != shape.text
         {
             return Err(Error::Usage(crate::error::UsageError::EventTypeMismatch {
                 instance: id,
                 event: name,
                 expected,
-                got: type_name.to_string(),
+                got: shape.text.clone(),
             }));
         }
         let event = EventRecord {
             type_name: type_name.to_string(),
+            fingerprint: shape.fingerprint,
+            shape: shape.text.clone(),
             payload,
             sent_at_ms: self.services.clock.now_ms(),
         };

@@ -228,6 +228,7 @@ impl Core {
                         }
                         InstanceState::Running
                         | InstanceState::Blocked { .. }
+                        | InstanceState::Incompatible { .. }
                         | InstanceState::NeedsAttention { .. } => Some(record),
                     }
                 }
@@ -253,6 +254,8 @@ impl Core {
                 let now = self.services.clock.now_ms();
                 let record = InstanceRecord {
                     workflow: workflow.to_string(),
+                    version: erased.version(),
+                    manifest: erased.manifest().1,
                     input,
                     state: InstanceState::Running,
                     created_at_ms: now,
@@ -273,6 +276,22 @@ impl Core {
                     "instance started"
                 );
                 (record, Begin::Fresh)
+            }
+        };
+        // An instance runs on the version it started on, whichever version
+        // of the workflow the caller named.
+        let erased = if begin == Begin::Fresh {
+            erased
+        } else {
+            match self.registry.for_record(&record) {
+                Some((_, erased)) => erased,
+                None => {
+                    let error = Error::Usage(crate::error::UsageError::NotRegistered {
+                        workflow: format!("{} (version {})", record.workflow, record.version),
+                    });
+                    self.finish_slot(&id, &slot, Err(error.clone()));
+                    return Err(error);
+                }
             }
         };
         self.spawn(id, erased, record, begin, slot);

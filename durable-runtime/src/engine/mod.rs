@@ -15,6 +15,7 @@
 mod builder;
 mod driver;
 mod events;
+mod evolution;
 mod instances;
 mod park;
 mod queries;
@@ -32,6 +33,7 @@ use crate::services::Services;
 use crate::workflow::{IntoWorkflow, Workflow};
 
 pub use self::builder::{DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, EngineBuilder};
+pub use self::evolution::Incompatibility;
 pub use self::instances::Handle;
 pub use self::recovery::RecoveryReport;
 
@@ -133,9 +135,14 @@ impl Engine {
     }
 
     /// Resumes instance `id` by hand: one that was set aside as
-    /// [`Status::NeedsAttention`], or a blocked one, once its cause is fixed.
-    /// Its count of resumes without progress starts again. A running or
-    /// finished instance is attached to, as with [`attach`](Self::attach).
+    /// [`Status::NeedsAttention`], a blocked one once its cause is fixed, or
+    /// an [`Status::Incompatible`] one (checked again first). Its count of
+    /// resumes without progress starts again. A running, completed or
+    /// cancelled instance is attached to, as with [`attach`](Self::attach).
+    /// A [`Status::Failed`] instance is not resumed: a step failed for good
+    /// and that failure is its recorded outcome, so this returns
+    /// [`InstanceError::Failed`](crate::InstanceError::Failed) (never `Ok` doing nothing);
+    /// start a new instance.
     pub async fn resume<I: IntoWorkflow>(
         &self,
         workflow: I,
@@ -157,6 +164,19 @@ impl Engine {
         let record = self.core.services.journal.load(&id)?.ok_or_else(|| {
             crate::Error::Usage(crate::error::UsageError::NotFound { id: id.clone() })
         })?;
+        if manual && let crate::records::InstanceState::Failed { error } = &record.state {
+            // A failed instance's failure is its recorded outcome (a step
+            // failed for good): resuming it would change that, so it is an
+            // error rather than a silent no-op.
+            return Err(crate::Error::Instance(
+                crate::error::InstanceError::Failed {
+                    instance: id,
+                    reason: format!(
+                        "{error}; a failed instance cannot be resumed, start a new one"
+                    ),
+                },
+            ));
+        }
         let done = Arc::clone(&self.core)
             .start_or_attach(W::<I>::NAME, erased, id.clone(), record.input, manual)
             .await?;
@@ -211,9 +231,12 @@ impl Engine {
     /// Errors: [`UsageError::NotFound`](crate::UsageError::NotFound),
     /// [`UsageError::InstanceFinished`](crate::UsageError::InstanceFinished), and
     /// [`UsageError::EventTypeMismatch`](crate::UsageError::EventTypeMismatch) when the
-    /// instance already waits for this event with another payload type
-    /// (decided atomically with delivery: nothing is stored then).
-    pub async fn send_event<P: serde::Serialize>(
+    /// payload's serde shape is not the one the workflow's `wait_for!` of
+    /// that name reads, whether or not the instance waits yet (checked
+    /// against the manifest of the code the instance runs on; decided
+    /// atomically with delivery: nothing is stored then). So nothing this
+    /// accepts can block the instance later.
+    pub async fn send_event<P: serde::Serialize + serde::de::DeserializeOwned + 'static>(
         &self,
         id: impl Into<String>,
         name: impl Into<String>,
@@ -227,7 +250,12 @@ impl Engine {
                 .journal
                 .encode_value(&id, &format!("event {name:?}"), &payload)?;
         self.core
-            .send_event(id, name, std::any::type_name::<P>(), payload)
+            .send_event(
+                id,
+                name,
+                (std::any::type_name::<P>(), crate::manifest::shape_of::<P>()),
+                payload,
+            )
             .await
     }
 

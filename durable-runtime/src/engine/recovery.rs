@@ -69,8 +69,8 @@ impl Core {
                     .push((id, format!("needs attention: {error}")));
                 continue;
             }
-            let Some((workflow, erased)) = self.registry.by_name(&record.workflow) else {
-                let reason = format!("workflow {:?} is not registered", record.workflow);
+            let Some((workflow, erased)) = self.registry.for_record(&record) else {
+                let reason = self.registry.not_registered(&record);
                 tracing::warn!(durable.instance_id = %id, durable.workflow = %record.workflow, "unfinished instance of an unregistered workflow left untouched");
                 report.skipped.push((id, reason));
                 continue;

@@ -1,5 +1,6 @@
-//! The registry: workflows by name, with their types erased so the engine
-//! can resume instances it only knows by name.
+//! The registry: workflows by name and version, with their types erased so
+//! the engine can resume instances it only knows by name, and each one's
+//! manifest, built once at registration.
 
 use std::any::TypeId;
 use std::collections::HashMap;
@@ -9,6 +10,8 @@ use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::future::BoxFuture;
 use crate::journal::decode_value;
+use crate::manifest::Manifest;
+use crate::records::InstanceRecord;
 use crate::retry::RetryPolicy;
 use crate::workflow::Workflow;
 
@@ -16,15 +19,27 @@ use crate::workflow::Workflow;
 pub(super) trait Erased: Send + Sync {
     fn type_id(&self) -> TypeId;
     fn policy(&self) -> Option<RetryPolicy>;
+    /// The workflow's manifest and its hash.
+    fn manifest(&self) -> &(Manifest, u64);
+    /// The workflow's version.
+    fn version(&self) -> u32;
     /// Runs the workflow; its encoded output, and whether it is an `Err`.
     fn run<'a>(&self, ctx: &'a Ctx, input: &'a [u8]) -> BoxFuture<'a, Result<(Vec<u8>, bool)>>;
 }
 
-struct Registered<W>(W);
+struct Registered<W>(W, (Manifest, u64));
 
 impl<W: Workflow> Erased for Registered<W> {
     fn type_id(&self) -> TypeId {
         TypeId::of::<W>()
+    }
+
+    fn manifest(&self) -> &(Manifest, u64) {
+        &self.1
+    }
+
+    fn version(&self) -> u32 {
+        W::VERSION
     }
 
     fn policy(&self) -> Option<RetryPolicy> {
@@ -57,36 +72,42 @@ pub(super) type Entry = (&'static str, Arc<dyn Erased>);
 
 /// Wraps `workflow` for the registry.
 pub(super) fn entry<W: Workflow>(workflow: W) -> Entry {
-    (W::NAME, Arc::new(Registered(workflow)))
+    let manifest = workflow.manifest();
+    let hash = manifest.hash();
+    (W::NAME, Arc::new(Registered(workflow, (manifest, hash))))
 }
 
-/// Every registered workflow, by name.
+/// A workflow's name and version.
+pub(super) type Key = (&'static str, u32);
+
+/// Every registered workflow, by name and version.
 #[derive(Default)]
 pub(super) struct Registry {
-    by_name: HashMap<&'static str, Arc<dyn Erased>>,
+    by_name: HashMap<(&'static str, u32), Arc<dyn Erased>>,
 }
 
 impl Registry {
     /// The registry of `entries`; [`UsageError::DuplicateWorkflow`](crate::UsageError::DuplicateWorkflow) if two
-    /// different workflows share a name.
+    /// different workflows share a name and version.
     pub(super) fn build(entries: Vec<Entry>) -> Result<Registry> {
-        let mut by_name: HashMap<&'static str, Arc<dyn Erased>> = HashMap::new();
+        let mut by_name: HashMap<(&'static str, u32), Arc<dyn Erased>> = HashMap::new();
         for (name, erased) in entries {
-            if let Some(existing) = by_name.get(name)
+            let key = (name, erased.version());
+            if let Some(existing) = by_name.get(&key)
                 && existing.type_id() != erased.type_id()
             {
                 return Err(Error::Usage(crate::error::UsageError::DuplicateWorkflow {
                     workflow: name.to_string(),
                 }));
             }
-            by_name.insert(name, erased);
+            by_name.insert(key, erased);
         }
         Ok(Registry { by_name })
     }
 
     /// Workflow `W`, if this very definition is registered.
     pub(super) fn get<W: Workflow>(&self) -> Result<Arc<dyn Erased>> {
-        match self.by_name.get(W::NAME) {
+        match self.by_name.get(&(W::NAME, W::VERSION)) {
             Some(erased) if erased.type_id() == TypeId::of::<W>() => Ok(Arc::clone(erased)),
             _ => Err(Error::Usage(crate::error::UsageError::NotRegistered {
                 workflow: W::NAME.to_string(),
@@ -94,10 +115,48 @@ impl Registry {
         }
     }
 
-    /// The workflow registered under `name`, with the name as registered.
-    pub(super) fn by_name(&self, name: &str) -> Option<(&'static str, Arc<dyn Erased>)> {
+    /// The version of the workflow instance `record` started on, with the
+    /// name as registered.
+    pub(super) fn for_record(
+        &self,
+        record: &InstanceRecord,
+    ) -> Option<(&'static str, Arc<dyn Erased>)> {
         self.by_name
-            .get_key_value(name)
+            .iter()
+            .find(|((name, version), _)| *name == record.workflow && *version == record.version)
+            .map(|((name, _), erased)| (*name, Arc::clone(erased)))
+    }
+
+    /// Why instance `record` has no registered workflow here.
+    pub(super) fn not_registered(&self, record: &InstanceRecord) -> String {
+        let mut others: Vec<u32> = self
+            .by_name
+            .keys()
+            .filter(|(name, _)| *name == record.workflow)
+            .map(|(_, v)| *v)
+            .collect();
+        others.sort_unstable();
+        if others.is_empty() {
+            format!("workflow {:?} is not registered", record.workflow)
+        } else {
+            let others: Vec<String> = others.iter().map(u32::to_string).collect();
+            format!(
+                "workflow {:?} version {} is not registered (this build registers version {})",
+                record.workflow,
+                record.version,
+                others.join(", ")
+            )
+        }
+    }
+
+    /// Every registered workflow, sorted by name and version.
+    pub(super) fn all(&self) -> Vec<(Key, Arc<dyn Erased>)> {
+        let mut all: Vec<_> = self
+            .by_name
+            .iter()
             .map(|(k, v)| (*k, Arc::clone(v)))
+            .collect();
+        all.sort_by_key(|(k, _)| *k);
+        all
     }
 }

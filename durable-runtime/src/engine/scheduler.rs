@@ -130,7 +130,7 @@ impl Core {
             Ok(Some(record)) if record.state == crate::records::InstanceState::Running => record,
             _ => return,
         };
-        let Some((workflow, erased)) = self.registry.by_name(&record.workflow) else {
+        let Some((workflow, erased)) = self.registry.for_record(&record) else {
             return;
         };
         let slot = {

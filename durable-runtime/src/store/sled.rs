@@ -241,6 +241,14 @@ impl SledStore {
                 supported: supported_format(),
             });
         }
+        if let Some(found) = replay.store_format
+            && found < u32::from(FORMAT_VERSION)
+        {
+            return Err(StoreError::FormatTooOld {
+                found,
+                supported: u32::from(FORMAT_VERSION),
+            });
+        }
 
         // What a crash or a power cut leaves that sled would refuse.
         remove_snapshot_leftovers(&path)?;
@@ -474,6 +482,14 @@ impl SledStore {
             return Err(StoreError::FormatTooNew {
                 found,
                 supported: supported_format(),
+            });
+        }
+        // Records of an older format do not decode as this build's: refused,
+        // never misread (stores are not converted).
+        if found < u32::from(FORMAT_VERSION) {
+            return Err(StoreError::FormatTooOld {
+                found,
+                supported: u32::from(FORMAT_VERSION),
             });
         }
         Ok(Some(found))
@@ -1018,7 +1034,7 @@ mod tests {
         // A process that died after its log append, before sled had any of it.
         {
             assert!(wal::read(dir.path()).unwrap().batches.is_empty());
-            let mut wal = Wal::create(dir.path(), 1).unwrap();
+            let mut wal = Wal::create(dir.path(), u32::from(FORMAT_VERSION)).unwrap();
             wal.append(&[put("a", vec![1; 10]), put("b", vec![2; 10])])
                 .unwrap();
             let mut delete = Batch::new();

@@ -14,8 +14,8 @@ async fn via_reexport(_ctx: &Ctx, n: u32) -> Result<u32, String> {
 
 fn main() {
     use durable::{IntoWorkflow, Workflow};
-    fn steps<I: IntoWorkflow>(_: I) -> &'static [&'static str] {
-        <I::Workflow as Workflow>::STEPS
+    fn steps<I: IntoWorkflow>(_: I) -> Vec<&'static str> {
+        <I::Workflow as Workflow>::SITES.iter().map(|s| s.name).collect()
     }
     assert_eq!(steps(via_reexport), ["one"]);
 }

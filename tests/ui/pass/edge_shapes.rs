@@ -63,8 +63,8 @@ async fn diverges(_ctx: &Ctx, _n: u32) -> Result<u32, String> {
 
 fn main() {
     use durable::{IntoWorkflow, Workflow};
-    fn steps<I: IntoWorkflow>(_: I) -> &'static [&'static str] {
-        <I::Workflow as Workflow>::STEPS
+    fn steps<I: IntoWorkflow>(_: I) -> Vec<&'static str> {
+        <I::Workflow as Workflow>::SITES.iter().map(|s| s.name).collect()
     }
     assert_eq!(
         steps(shapes),

@@ -116,8 +116,8 @@ fn main() {
     fn name<W: Workflow>(_: W) -> &'static str {
         W::NAME
     }
-    fn steps<W: Workflow>(_: W) -> &'static [&'static str] {
-        W::STEPS
+    fn steps<W: Workflow>(_: W) -> Vec<&'static str> {
+        W::SITES.iter().map(|s| s.name).collect()
     }
     let workflow = definition(provision);
     assert_eq!(name(workflow), "user-provisioning");

@@ -2,7 +2,7 @@
 //! example with serde payloads, a wait with and without a timeout, sites in
 //! `tokio::join!` (futures there, so they run concurrently), in `if`,
 //! `match`, `while` and `for` (a loop gives occurrences of one name), in
-//! `println!` and an async block, and `STEPS` holding every name of every
+//! `println!` and an async block, and `SITES` holding every name of every
 //! kind in source order.
 
 #![deny(warnings)]
@@ -106,8 +106,8 @@ async fn shapes(ctx: &Ctx, req: Request) -> Result<u32, String> {
 }
 
 fn main() {
-    fn steps<I: IntoWorkflow>(_: I) -> &'static [&'static str] {
-        <I::Workflow as Workflow>::STEPS
+    fn steps<I: IntoWorkflow>(_: I) -> Vec<&'static str> {
+        <I::Workflow as Workflow>::SITES.iter().map(|s| s.name).collect()
     }
     assert_eq!(
         steps(onboarding),
