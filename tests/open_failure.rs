@@ -358,12 +358,16 @@ async fn a_sled_panic_after_open_stops_the_store_without_resetting_its_log() {
     let engine = open(&store).await.unwrap();
     // A write that only the log holds, acknowledged: the start of a new
     // instance touches the instances and active trees, not the damaged one.
-    let _handle = engine.start(ledger, "after-late-0", 7).await.unwrap();
-    let before = support::store_files(&store);
-    // A status call that reads the damaged page.
+    let late = engine.start(ledger, "after-late-0", 7).await.unwrap();
+    // A status call that reads the damaged page (the late instance's own
+    // steps may meet the damage first: either way sled panics once).
     let err = engine.history("after-done-3").await.unwrap_err();
     let reason = corrupt_reason(&err, &store);
     assert!(reason.contains("sled panicked while"), "{reason}");
+    // The late instance stops on the broken store; from here on no writer
+    // is left, and nothing may be written.
+    let _ = support::guarded("the late instance to stop", late.result()).await;
+    let before = support::store_files(&store);
     // The store is not used again: a write is refused with the same error.
     let err = engine.start(ledger, "after-late-1", 8).await.unwrap_err();
     corrupt_reason(&err, &store);
