@@ -192,6 +192,11 @@ fn matches_path(toks: &[Tok<'_>], i: usize, path: &[&str]) -> bool {
             _ => return false,
         }
     }
+    // A one-segment pattern (`thread_rng`) only where it starts a path, so
+    // that `rand::thread_rng` is reported once (as `rand::..`).
+    if path.len() == 1 && i >= 2 && is_path_sep(toks, i - 2) {
+        return false;
+    }
     // `time::sleep` only as `tokio::time::sleep`.
     if path == ["time", "sleep"] {
         return i >= 3

@@ -17,14 +17,36 @@ async fn onboard(ctx: &Ctx, perms: Vec<String>) -> Result<(), String> {
     for perm in &set {
         step!("grant", grant(perm).await)?;
     }
+    let n = rand::random();
+    let mut rng = thread_rng();
+    let id = uuid::Uuid::new_v4();
     // Inside a step body it is fine.
     step!("stamp", Ok::<_, String>(format!("{:?}", SystemTime::now())))?;
-    let _ = (ctx, started, t, region);
+    let _ = (ctx, started, t, region, n, &mut rng, id);
     Ok(())
 }
 
 async fn grant(_perm: &str) -> Result<(), String> {
     Ok(())
+}
+
+// Stand-ins for the `rand` and `uuid` crates: the warning is by path.
+mod rand {
+    pub fn random() -> u64 {
+        4
+    }
+    pub fn thread_rng() -> u64 {
+        4
+    }
+}
+use rand::thread_rng;
+mod uuid {
+    pub struct Uuid;
+    impl Uuid {
+        pub fn new_v4() -> Uuid {
+            Uuid
+        }
+    }
 }
 
 fn main() {}
