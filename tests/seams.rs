@@ -90,6 +90,7 @@ async fn flaky(_ctx: &Ctx, _n: u32) -> Result<u32, String> {
     let policy = RetryPolicy::default()
         .max_attempts(3)
         .initial_delay(Duration::from_secs(3600))
+        .max_delay(Duration::from_secs(86_400))
         .jitter(0.0);
     step!(
         "call",

@@ -71,6 +71,9 @@ pub(crate) struct Signals {
     pub busy: AtomicU32,
     /// Step attempts running now, for status and history.
     pub in_flight: Mutex<Vec<InFlight>>,
+    /// Deadlines of retry backoffs being waited out now (each inside a
+    /// step, so each also counts in `busy`).
+    pub backoffs: Mutex<Vec<u64>>,
 }
 
 /// A step attempt that is running now.
@@ -94,7 +97,36 @@ impl Signals {
             bell: watch::Sender::new(0),
             busy: AtomicU32::new(0),
             in_flight: Mutex::new(Vec::new()),
+            backoffs: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Shows a retry backoff until `deadline_ms` as waited out until the
+    /// guard drops.
+    pub(crate) fn backoff(self: &Arc<Self>, deadline_ms: u64) -> BackoffGuard {
+        let mut backoffs = self.backoffs.lock().unwrap_or_else(|e| e.into_inner());
+        backoffs.push(deadline_ms);
+        BackoffGuard {
+            signals: Arc::clone(self),
+            deadline_ms,
+        }
+    }
+
+    /// Whether the instance can make no progress until its clock passes a
+    /// deadline or an event arrives: no step body or write runs (the only
+    /// busy steps are waiting out a backoff), it waits for something, and
+    /// nothing it waits for is due by `now_ms` or `arrived` already.
+    #[cfg(feature = "testing")]
+    pub(crate) fn blocked(&self, now_ms: u64, arrived: impl Fn(&WaitCond) -> bool) -> bool {
+        let backoffs = self.backoffs.lock().unwrap_or_else(|e| e.into_inner());
+        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let busy = self.busy.load(Ordering::SeqCst) as usize;
+        busy == backoffs.len()
+            && !(waiting.is_empty() && backoffs.is_empty())
+            && backoffs.iter().all(|d| *d > now_ms)
+            && waiting
+                .iter()
+                .all(|c| c.deadline_ms.is_none_or(|d| d > now_ms) && !arrived(c))
     }
 
     /// Shows `attempt` as running until the guard drops.
@@ -152,6 +184,25 @@ pub(crate) struct BusyGuard(Arc<Signals>);
 impl Drop for BusyGuard {
     fn drop(&mut self) {
         self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Removes a backoff from [`Signals::backoffs`] when dropped.
+pub(crate) struct BackoffGuard {
+    signals: Arc<Signals>,
+    deadline_ms: u64,
+}
+
+impl Drop for BackoffGuard {
+    fn drop(&mut self) {
+        let mut backoffs = self
+            .signals
+            .backoffs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = backoffs.iter().position(|d| *d == self.deadline_ms) {
+            backoffs.swap_remove(i);
+        }
     }
 }
 

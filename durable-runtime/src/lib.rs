@@ -23,6 +23,7 @@
 //! | `step`, `wait`, `values` | `impl Ctx`: the operations behind `step!`, `sleep!`, `wait_for!`; checkpointed `now`, `random`, `uuid` |
 //! | `workflow` | [`Workflow`], [`IntoWorkflow`] |
 //! | `inspect`, `listing` | [`Status`], [`History`]; [`ListFilter`], [`Page`] |
+//! | `testing` | (feature `testing`) `TestEngine`: in-memory store, manual clock, `advance`, `run_until_idle` |
 //! | `engine` | [`Engine`] and its parts: builder, registry, instances, driver, scheduler, events, recovery, queries |
 //!
 //! # Tracing
@@ -65,6 +66,8 @@ mod retry;
 mod services;
 mod step;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 mod values;
 mod wait;

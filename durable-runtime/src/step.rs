@@ -372,13 +372,11 @@ where
         };
         write(ctx, record(attempts, state)).await?;
         let clock = &ctx.services.clock;
-        clock
-            .sleep_until(
-                clock
-                    .now_ms()
-                    .saturating_add(crate::time::duration_ms(delay)),
-            )
-            .await;
+        let until = clock
+            .now_ms()
+            .saturating_add(crate::time::duration_ms(delay));
+        let _backoff = ctx.signals.backoff(until);
+        clock.sleep_until(until).await;
     }
 }
 

@@ -289,6 +289,13 @@ impl Engine {
         self.core.services.journal.close().await;
     }
 
+    /// Whether nothing can happen until the clock moves or an event is sent
+    /// (feature `testing`; see [`TestEngine`](crate::testing::TestEngine)).
+    #[cfg(feature = "testing")]
+    pub(crate) fn is_idle(&self) -> bool {
+        self.core.idle()
+    }
+
     /// How many instances are parked in this process now (feature `hooks`).
     #[cfg(feature = "hooks")]
     pub fn parked_count(&self) -> usize {

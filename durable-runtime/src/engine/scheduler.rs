@@ -26,6 +26,9 @@ pub(super) struct Scheduler {
     parked: Mutex<ParkTable>,
     /// Rung when an earlier deadline is parked.
     bell: Arc<Notify>,
+    /// Held while due instances are taken out of the table and woken, so
+    /// that an idle check never sees one in neither place.
+    waking: Mutex<()>,
     pub timer_task: TaskSlot,
 }
 
@@ -147,6 +150,45 @@ impl Core {
         Arc::clone(self).spawn(id.to_string(), erased, record, Begin::Wake, slot);
     }
 
+    /// Whether no instance of this engine can make progress until the clock
+    /// moves or an event is sent: every live instance is parked, or blocked
+    /// only in waits and backoffs none of which is due or satisfied, and no
+    /// parked deadline has come. For the test kit.
+    #[cfg(feature = "testing")]
+    pub(super) fn idle(&self) -> bool {
+        let now = self.services.clock.now_ms();
+        let _waking = self
+            .scheduler
+            .waking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self
+            .scheduler
+            .table()
+            .next_deadline()
+            .is_some_and(|d| d <= now)
+        {
+            return false;
+        }
+        let slots: Vec<_> = self
+            .instances
+            .lock()
+            .iter()
+            .map(|(id, s)| (id.clone(), Arc::clone(s)))
+            .collect();
+        slots.iter().all(|(id, slot)| {
+            !slot.driving.load(Ordering::SeqCst)
+                || slot.signals.blocked(now, |c| {
+                    c.event_type.is_some()
+                        && self
+                            .services
+                            .journal
+                            .has_event(id, &c.name, c.occurrence)
+                            .unwrap_or(true)
+                })
+        })
+    }
+
     /// Wakes parked instances whose deadline has come, until the engine is gone.
     pub(super) async fn timers(core: std::sync::Weak<Core>) {
         let Some(bell) = core.upgrade().map(|c| Arc::clone(&c.scheduler.bell)) else {
@@ -156,6 +198,11 @@ impl Core {
             let sleep = {
                 let Some(core) = core.upgrade() else { return };
                 let clock = &core.services.clock;
+                let _waking = core
+                    .scheduler
+                    .waking
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 let due = core.scheduler.table().take_due(clock.now_ms());
                 for id in due {
                     core.wake(&id);

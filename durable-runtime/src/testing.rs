@@ -1,0 +1,133 @@
+//! A test kit for workflows (feature `testing`): an engine on the in-memory
+//! store with a manual clock, so a three-day `sleep!`, a 72-hour wait
+//! timeout or an hour of retry backoff is tested in microseconds, and
+//! deterministically: time moves only when the test says so, and
+//! [`TestEngine::run_until_idle`] waits for what the engine can do before
+//! it has to wait for time or for an event.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> durable_runtime::Result<()> {
+//! use std::time::Duration;
+//! use durable_runtime::{BoxFuture, Ctx, Engine, IntoWorkflow, Status, Workflow};
+//! use durable_runtime::manifest::{SiteDecl, SiteKind};
+//! use durable_runtime::testing::TestEngine;
+//!
+//! /// Sleeps three days, then answers (written by hand here; `#[durable]`
+//! /// writes this for an `async fn`).
+//! #[derive(Clone, Copy)]
+//! struct CoolOff;
+//! impl Workflow for CoolOff {
+//!     type Input = u32;
+//!     type Output = u32;
+//!     const NAME: &'static str = "cool-off";
+//!     const SITES: &'static [SiteDecl] =
+//!         &[SiteDecl { name: "cool-off", kind: SiteKind::Sleep, guard: None }];
+//!     fn run<'a>(self, ctx: &'a Ctx, n: u32) -> BoxFuture<'a, u32> {
+//!         Box::pin(async move {
+//!             ctx.sleep("cool-off", Duration::from_secs(3 * 86_400)).await;
+//!             n + 1
+//!         })
+//!     }
+//! }
+//! impl IntoWorkflow for CoolOff {
+//!     type Workflow = Self;
+//!     fn into_workflow(self) -> Self { self }
+//! }
+//!
+//! let kit = TestEngine::open(Engine::builder().register(CoolOff)).await?;
+//! let handle = kit.start(CoolOff, "c-1", 41).await?;
+//! kit.run_until_idle().await;
+//! assert!(matches!(kit.status("c-1").await?, Status::Sleeping { .. }));
+//! kit.advance(Duration::from_secs(3 * 86_400)).await;
+//! assert_eq!(handle.result().await?, 42);
+//! kit.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::time::{Duration, SystemTime};
+
+use crate::engine::{Engine, EngineBuilder};
+use crate::error::Result;
+use crate::store::MemoryStore;
+use crate::time::ManualClock;
+
+/// Where a [`TestEngine`]'s clock starts: 2026-01-01T00:00:00Z, the same in
+/// every run.
+pub const TEST_EPOCH_SECS: u64 = 1_767_225_600;
+
+/// An [`Engine`] on a fresh in-memory store, with a [`ManualClock`] that
+/// starts at [`TEST_EPOCH_SECS`]. Every [`Engine`] method is available on it
+/// (it dereferences to the engine).
+#[derive(Debug)]
+pub struct TestEngine {
+    engine: Engine,
+    clock: ManualClock,
+}
+
+impl TestEngine {
+    /// Opens `builder` (with its registered workflows and settings) on a
+    /// new in-memory store and a manual clock; a store or clock set on the
+    /// builder is replaced.
+    pub async fn open(builder: EngineBuilder) -> Result<TestEngine> {
+        let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(TEST_EPOCH_SECS));
+        let engine = builder
+            .store(MemoryStore::new())
+            .clock(clock.clone())
+            .open()
+            .await?;
+        Ok(TestEngine { engine, clock })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The engine's clock; moving it by hand does not wait for the engine
+    /// (use [`advance`](Self::advance) for that).
+    pub fn clock(&self) -> &ManualClock {
+        &self.clock
+    }
+
+    /// Returns once no instance can make progress without the clock moving
+    /// or an event being sent: every instance has finished, parked, or is
+    /// blocked only in sleeps, waits and retry backoffs that are not due.
+    /// A step body that waits for something outside the engine keeps it
+    /// from returning until the body finishes.
+    pub async fn run_until_idle(&self) {
+        loop {
+            // Let the instances' tasks run first, then look.
+            for _ in 0..8 {
+                tokio::task::yield_now().await;
+            }
+            if self.engine.is_idle() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Runs until idle, moves the clock forward by `by`, then [runs until
+    /// idle](Self::run_until_idle) again: every sleep, wait timeout and retry
+    /// backoff due by then has fired and its instance gone as far as it can.
+    /// The clock jumps: a sleep that starts after the jump counts from the
+    /// new time (advance in smaller steps to pass several in turn).
+    pub async fn advance(&self, by: Duration) {
+        self.run_until_idle().await;
+        self.clock.advance(by);
+        self.run_until_idle().await;
+    }
+
+    /// Shuts the engine down; see [`Engine::shutdown`].
+    pub async fn shutdown(self) {
+        self.engine.shutdown().await;
+    }
+}
+
+impl std::ops::Deref for TestEngine {
+    type Target = Engine;
+
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
+}
