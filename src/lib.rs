@@ -166,6 +166,17 @@
 //! - **`engine.resume` on a `Failed` instance** returns `InstanceError::Failed` (a
 //!   step failed for good and that is its recorded outcome); it never returns
 //!   `Ok` doing nothing. Start a new instance instead.
+//!
+//! # Testing workflows
+//!
+//! With the feature `testing`, `durable::testing::TestEngine` runs an
+//! engine on an in-memory store with a manual clock: `run_until_idle()`
+//! returns once nothing can happen until the clock moves or an event is
+//! sent, and `advance(d)` moves the clock and runs until idle again, so a
+//! three-day `sleep!`, a 72-hour wait timeout or an hour of retry backoff is
+//! tested in microseconds, deterministically. For operators, every instance
+//! run and step attempt is a `tracing` span (see the runtime's crate docs),
+//! and `Engine::list` pages through instances by status, workflow and time.
 #![deny(missing_docs)]
 
 pub use durable_macros::durable;
