@@ -189,3 +189,105 @@ async fn run_until_idle_waits_for_a_step_body_that_waits_outside() {
     ));
     kit.shutdown().await;
 }
+
+#[durable]
+async fn checkout(_ctx: &Ctx, cents: u64) -> Result<String, String> {
+    let charge = step!("charge-card", Ok::<_, String>(format!("ch_real_{cents}")))?;
+    step!("send-receipt", Ok::<_, String>(()))?;
+    Ok(charge)
+}
+
+#[tokio::test]
+async fn a_mocked_step_returns_its_mock_and_its_body_never_runs() {
+    let kit = TestEngine::open(Engine::builder().register(checkout))
+        .await
+        .unwrap();
+    kit.mock(
+        checkout,
+        "charge-card",
+        Ok::<String, String>("ch_test".into()),
+    )
+    .unwrap();
+    let out = kit.run(checkout, "c-1", 500).await.unwrap();
+    assert_eq!(out, Ok("ch_test".to_string()));
+    assert_eq!(kit.body_runs("charge-card"), 0);
+    assert_eq!(kit.body_runs("send-receipt"), 1);
+    // The mocked outcome is checkpointed like a real one.
+    let history = kit.history("c-1").await.unwrap();
+    assert!(matches!(
+        history.steps[0].outcome,
+        StepOutcome::Value { .. }
+    ));
+    // A mocked error is the step's final error (not retried).
+    kit.mock(
+        checkout,
+        "charge-card",
+        Err::<String, String>("card declined".into()),
+    )
+    .unwrap();
+    let out = kit.run(checkout, "c-2", 700).await.unwrap();
+    assert_eq!(out, Err("card declined".to_string()));
+    assert_eq!(
+        kit.body_runs("send-receipt"),
+        1,
+        "the workflow stopped at the error"
+    );
+    kit.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_mock_for_a_missing_step_or_of_other_types_is_refused() {
+    let kit = TestEngine::open(Engine::builder().register(checkout))
+        .await
+        .unwrap();
+    let unknown = kit
+        .mock(checkout, "charge", Ok::<String, String>("x".into()))
+        .unwrap_err();
+    assert_eq!(
+        unknown.to_string(),
+        "workflow \"checkout\" has no step \"charge\" (its steps: charge-card, send-receipt)"
+    );
+    let wrong = kit
+        .mock(checkout, "charge-card", Ok::<u64, String>(5))
+        .unwrap_err();
+    assert!(
+        matches!(&wrong, durable::testing::MockError::WrongTypes { step, .. } if step == "charge-card"),
+        "{wrong}"
+    );
+    assert!(wrong.to_string().contains("u64"), "{wrong}");
+    kit.shutdown().await;
+}
+
+#[tokio::test]
+async fn body_runs_count_every_attempt() {
+    let kit = TestEngine::open(Engine::builder().register(stubborn))
+        .await
+        .unwrap();
+    let handle = kit.start(stubborn, "s-1", 0).await.unwrap();
+    kit.advance(HOUR).await;
+    kit.advance(2 * HOUR).await;
+    let out = support::guarded("the result", handle.result())
+        .await
+        .unwrap();
+    assert_eq!(out, Err("no".to_string()));
+    assert_eq!(
+        kit.body_runs("refuse"),
+        3,
+        "three attempts, each a real run"
+    );
+    kit.shutdown().await;
+}
+
+#[durable]
+async fn stubborn(_ctx: &Ctx, _n: u32) -> Result<u32, String> {
+    let policy = RetryPolicy::default()
+        .max_attempts(3)
+        .initial_delay(HOUR)
+        .max_delay(DAY)
+        .jitter(0.0);
+    step!(
+        "refuse",
+        retry = policy,
+        async { Err::<u32, String>("no".into()) }.await
+    )
+}

@@ -16,6 +16,9 @@ pub(crate) struct Services {
     /// Serializes event delivery, timed-out waits and cancellation, so that
     /// an event and a timeout (or a cancel and an end) cannot both win.
     pub event_gate: tokio::sync::Mutex<()>,
+    /// The test kit's step mocks and body counters.
+    #[cfg(feature = "testing")]
+    pub hooks: Option<Arc<crate::testing::Hooks>>,
 }
 
 impl Services {
@@ -24,6 +27,8 @@ impl Services {
             journal,
             clock,
             event_gate: tokio::sync::Mutex::new(()),
+            #[cfg(feature = "testing")]
+            hooks: None,
         }
     }
 }

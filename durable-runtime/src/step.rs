@@ -312,7 +312,30 @@ where
                 started_at_ms: ctx.now_ms(),
             });
             tracing::debug!(durable.attempt = attempts, "step attempt started");
-            StepScope::enter(Arc::clone(&scope), CatchUnwind::new(&body)).await
+            match mocked::<T, E>(ctx, name, types) {
+                // A mocked outcome is final: a mocked error is not retried.
+                Some(Ok(outcome)) => {
+                    scope.permanent.store(true, Ordering::Relaxed);
+                    Ok(outcome)
+                }
+                Some(Err(reason)) => {
+                    return Err(Error::Replay(crate::error::ReplayError::CheckpointDecode {
+                        instance: ctx.id.clone(),
+                        step: name.to_string(),
+                        occurrence,
+                        stored_type: "a mock".into(),
+                        expected_type: std::any::type_name::<Result<T, E>>(),
+                        reason,
+                    }));
+                }
+                None => {
+                    #[cfg(feature = "testing")]
+                    if let Some(hooks) = &ctx.services.hooks {
+                        hooks.ran(name);
+                    }
+                    StepScope::enter(Arc::clone(&scope), CatchUnwind::new(&body)).await
+                }
+            }
         };
         crate::crash::point("step.after_body");
         let last = attempts >= policy.attempts();
@@ -424,6 +447,21 @@ async fn write(ctx: &Ctx, record: CheckpointRecord) -> Result<(), Error> {
     }
     crate::crash::point("step.after_write");
     Ok(())
+}
+
+/// The outcome the test kit mocks for step `name`, if any (feature
+/// `testing`; always `None` without it).
+#[allow(unused_variables)]
+fn mocked<T: DeserializeOwned, E: DeserializeOwned>(
+    ctx: &Ctx,
+    name: &str,
+    types: &crate::manifest::SiteTypes,
+) -> Option<Result<Result<T, E>, String>> {
+    #[cfg(feature = "testing")]
+    if let Some(hooks) = &ctx.services.hooks {
+        return hooks.mock::<T, E>(name, types.fingerprint());
+    }
+    None
 }
 
 fn panicked(ctx: &Ctx, name: &str, occurrence: u32, message: String) -> Error {

@@ -44,12 +44,92 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::engine::{Engine, EngineBuilder};
 use crate::error::Result;
+use crate::manifest::{SiteKind, step_types};
 use crate::store::MemoryStore;
 use crate::time::ManualClock;
+use crate::workflow::{IntoWorkflow, manifest_of};
+
+/// Step mocks and body counters, shared by a [`TestEngine`] and its steps.
+#[derive(Debug, Default)]
+pub(crate) struct Hooks {
+    /// Step name → (fingerprint of its `Result<T, E>`, the encoded outcome).
+    mocks: Mutex<HashMap<String, (u64, Vec<u8>)>>,
+    /// Step name → how many times a real body ran.
+    runs: Mutex<HashMap<String, u32>>,
+}
+
+impl Hooks {
+    /// The mocked outcome of step `name`, decoded, if one was set; `Err`
+    /// when the mock's types are not the step's (a step called through
+    /// `ctx.step` from a helper fn, which the manifest cannot check).
+    pub(crate) fn mock<T: DeserializeOwned, E: DeserializeOwned>(
+        &self,
+        name: &str,
+        fingerprint: u64,
+    ) -> Option<std::result::Result<std::result::Result<T, E>, String>> {
+        let mocks = self.mocks.lock().unwrap_or_else(|e| e.into_inner());
+        let (written, bytes) = mocks.get(name)?;
+        if *written != fingerprint {
+            return Some(Err(
+                "the test kit's mock of this step has other types than the step".into(),
+            ));
+        }
+        Some(crate::journal::decode_value(bytes))
+    }
+
+    /// Counts a real run of step `name`'s body.
+    pub(crate) fn ran(&self, name: &str) {
+        *self
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default() += 1;
+    }
+}
+
+/// Why [`TestEngine::mock`] refused a mock.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MockError {
+    /// The workflow has no `step!` of that name.
+    #[error("workflow {workflow:?} has no step {step:?} (its steps: {known})")]
+    UnknownStep {
+        /// The workflow's name.
+        workflow: String,
+        /// The step name asked for.
+        step: String,
+        /// The workflow's step names, comma-separated.
+        known: String,
+    },
+    /// The mock's types are not the step's.
+    #[error("step {step:?} returns `{expected}`, the mock is `{got}`")]
+    WrongTypes {
+        /// The step's name.
+        step: String,
+        /// The step's value / error shapes.
+        expected: String,
+        /// The mock's value / error shapes.
+        got: String,
+    },
+    /// The outcome does not encode.
+    #[error("the mock of step {step:?} does not encode: {reason}")]
+    Encode {
+        /// The step's name.
+        step: String,
+        /// The encoder's complaint.
+        reason: String,
+    },
+}
 
 /// Where a [`TestEngine`]'s clock starts: 2026-01-01T00:00:00Z, the same in
 /// every run.
@@ -62,6 +142,7 @@ pub const TEST_EPOCH_SECS: u64 = 1_767_225_600;
 pub struct TestEngine {
     engine: Engine,
     clock: ManualClock,
+    hooks: Arc<Hooks>,
 }
 
 impl TestEngine {
@@ -70,12 +151,98 @@ impl TestEngine {
     /// builder is replaced.
     pub async fn open(builder: EngineBuilder) -> Result<TestEngine> {
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(TEST_EPOCH_SECS));
+        let hooks = Arc::new(Hooks::default());
         let engine = builder
             .store(MemoryStore::new())
             .clock(clock.clone())
+            .hooks(Arc::clone(&hooks))
             .open()
             .await?;
-        Ok(TestEngine { engine, clock })
+        Ok(TestEngine {
+            engine,
+            clock,
+            hooks,
+        })
+    }
+
+    /// Replaces every run of step `step` of `workflow` (in every instance,
+    /// every occurrence) by `outcome`: the body does not run, and the
+    /// outcome is checkpointed as if it had returned it. The step must be a
+    /// `step!` of the workflow and `outcome` of its own `Result<T, E>` type
+    /// (checked against the workflow's manifest now, not when it runs).
+    ///
+    /// ```
+    /// # async fn demo(kit: durable_runtime::testing::TestEngine, wf: impl durable_runtime::IntoWorkflow) {
+    /// kit.mock(wf, "charge-card", Ok::<String, String>("ch_test".into())).unwrap();
+    /// # }
+    /// ```
+    pub fn mock<I, T, E>(
+        &self,
+        workflow: I,
+        step: &str,
+        outcome: std::result::Result<T, E>,
+    ) -> std::result::Result<(), MockError>
+    where
+        I: IntoWorkflow,
+        T: Serialize + DeserializeOwned + 'static,
+        E: Serialize + DeserializeOwned + 'static,
+    {
+        let manifest = manifest_of(workflow);
+        let Some((_, site)) = manifest
+            .site(step)
+            .filter(|(_, s)| s.kind == SiteKind::Step)
+        else {
+            let known: Vec<&str> = manifest
+                .sites
+                .iter()
+                .filter(|s| s.kind == SiteKind::Step)
+                .map(|s| s.name.as_str())
+                .collect();
+            return Err(MockError::UnknownStep {
+                workflow: manifest.workflow.clone(),
+                step: step.to_string(),
+                known: known.join(", "),
+            });
+        };
+        let types = step_types::<T, E>();
+        let shapes = |t: &crate::manifest::SiteTypes| {
+            format!(
+                "Result<{}, {}>",
+                t.value.text,
+                t.error.as_ref().map_or("?", |e| e.text.as_str())
+            )
+        };
+        if let Some(expected) = &site.types
+            && expected.fingerprint() != types.fingerprint()
+        {
+            return Err(MockError::WrongTypes {
+                step: step.to_string(),
+                expected: shapes(expected),
+                got: shapes(&types),
+            });
+        }
+        let bytes = crate::codec::encode(&outcome).map_err(|reason| MockError::Encode {
+            step: step.to_string(),
+            reason,
+        })?;
+        self.hooks
+            .mocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(step.to_string(), (types.fingerprint(), bytes));
+        Ok(())
+    }
+
+    /// How many times the real body of step `step` ran in this engine (all
+    /// instances, all attempts; mocked runs and replays do not count).
+    pub fn body_runs(&self, step: &str) -> u32 {
+        self.hooks
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(step)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The engine.

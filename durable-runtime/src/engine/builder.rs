@@ -41,6 +41,8 @@ pub struct EngineBuilder {
     config: Config,
     max_value_size: usize,
     clock: Arc<dyn Clock>,
+    #[cfg(feature = "testing")]
+    hooks: Option<Arc<crate::testing::Hooks>>,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -71,6 +73,8 @@ impl Default for EngineBuilder {
             },
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             clock: Arc::new(SystemClock),
+            #[cfg(feature = "testing")]
+            hooks: None,
         }
     }
 }
@@ -101,6 +105,13 @@ impl EngineBuilder {
     /// microseconds.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Installs the test kit's hooks (step mocks, body counters).
+    #[cfg(feature = "testing")]
+    pub(crate) fn hooks(mut self, hooks: Arc<crate::testing::Hooks>) -> Self {
+        self.hooks = Some(hooks);
         self
     }
 
@@ -162,7 +173,15 @@ impl EngineBuilder {
         };
         let journal = Journal::start(store, self.max_value_size)?;
         let core = Arc::new(Core {
-            services: Arc::new(Services::new(journal, self.clock)),
+            services: Arc::new({
+                #[allow(unused_mut)]
+                let mut services = Services::new(journal, self.clock);
+                #[cfg(feature = "testing")]
+                {
+                    services.hooks = self.hooks;
+                }
+                services
+            }),
             config: self.config,
             registry,
             instances: Instances::new(),
