@@ -54,6 +54,8 @@ mod crash;
 mod engine;
 mod error;
 mod future;
+#[cfg(feature = "testing")]
+mod hooks;
 mod ids;
 mod inspect;
 mod journal;

@@ -18,7 +18,7 @@ pub(crate) struct Services {
     pub event_gate: tokio::sync::Mutex<()>,
     /// The test kit's step mocks and body counters.
     #[cfg(feature = "testing")]
-    pub hooks: Option<Arc<crate::testing::Hooks>>,
+    pub hooks: Option<Arc<crate::hooks::Hooks>>,
 }
 
 impl Services {

@@ -44,8 +44,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -53,49 +52,11 @@ use serde::de::DeserializeOwned;
 
 use crate::engine::{Engine, EngineBuilder};
 use crate::error::Result;
+use crate::hooks::Hooks;
 use crate::manifest::{SiteKind, step_types};
 use crate::store::MemoryStore;
 use crate::time::ManualClock;
 use crate::workflow::{IntoWorkflow, manifest_of};
-
-/// Step mocks and body counters, shared by a [`TestEngine`] and its steps.
-#[derive(Debug, Default)]
-pub(crate) struct Hooks {
-    /// Step name → (fingerprint of its `Result<T, E>`, the encoded outcome).
-    mocks: Mutex<HashMap<String, (u64, Vec<u8>)>>,
-    /// Step name → how many times a real body ran.
-    runs: Mutex<HashMap<String, u32>>,
-}
-
-impl Hooks {
-    /// The mocked outcome of step `name`, decoded, if one was set; `Err`
-    /// when the mock's types are not the step's (a step called through
-    /// `ctx.step` from a helper fn, which the manifest cannot check).
-    pub(crate) fn mock<T: DeserializeOwned, E: DeserializeOwned>(
-        &self,
-        name: &str,
-        fingerprint: u64,
-    ) -> Option<std::result::Result<std::result::Result<T, E>, String>> {
-        let mocks = self.mocks.lock().unwrap_or_else(|e| e.into_inner());
-        let (written, bytes) = mocks.get(name)?;
-        if *written != fingerprint {
-            return Some(Err(
-                "the test kit's mock of this step has other types than the step".into(),
-            ));
-        }
-        Some(crate::journal::decode_value(bytes))
-    }
-
-    /// Counts a real run of step `name`'s body.
-    pub(crate) fn ran(&self, name: &str) {
-        *self
-            .runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(name.to_string())
-            .or_default() += 1;
-    }
-}
 
 /// Why [`TestEngine::mock`] refused a mock.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -225,24 +186,14 @@ impl TestEngine {
             step: step.to_string(),
             reason,
         })?;
-        self.hooks
-            .mocks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(step.to_string(), (types.fingerprint(), bytes));
+        self.hooks.set_mock(step, types.fingerprint(), bytes);
         Ok(())
     }
 
     /// How many times the real body of step `step` ran in this engine (all
     /// instances, all attempts; mocked runs and replays do not count).
     pub fn body_runs(&self, step: &str) -> u32 {
-        self.hooks
-            .runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(step)
-            .copied()
-            .unwrap_or(0)
+        self.hooks.runs(step)
     }
 
     /// The engine.

@@ -42,7 +42,7 @@ pub struct EngineBuilder {
     max_value_size: usize,
     clock: Arc<dyn Clock>,
     #[cfg(feature = "testing")]
-    hooks: Option<Arc<crate::testing::Hooks>>,
+    hooks: Option<Arc<crate::hooks::Hooks>>,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -110,7 +110,7 @@ impl EngineBuilder {
 
     /// Installs the test kit's hooks (step mocks, body counters).
     #[cfg(feature = "testing")]
-    pub(crate) fn hooks(mut self, hooks: Arc<crate::testing::Hooks>) -> Self {
+    pub(crate) fn hooks(mut self, hooks: Arc<crate::hooks::Hooks>) -> Self {
         self.hooks = Some(hooks);
         self
     }
