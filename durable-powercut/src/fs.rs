@@ -214,8 +214,14 @@ impl Mount {
                 }
             }
         }
-        // The session thread ends when the kernel closes the channel.
-        session.join()
+        // The session thread ends when the kernel closes the channel: with
+        // ENODEV (which fuser takes as a clean end) or, when the kernel
+        // aborted the connection while tearing it down, ECONNABORTED; both
+        // mean the file system is gone.
+        match session.join() {
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
+            other => other,
+        }
     }
 }
 
