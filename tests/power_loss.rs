@@ -613,16 +613,26 @@ fn finish(tally: &mut Tally, lab: &mut Lab, rng: &mut Rng) {
     }
 }
 
-#[test]
-fn powercut_random() {
+/// The start of a power-loss test in the parent: one at a time (they share
+/// the FUSE mounts), or `None` in a worker child or where FUSE is not
+/// usable (said plainly).
+fn begin() -> Option<std::sync::MutexGuard<'static, ()>> {
     if std::env::var_os(support::CHILD_ENV).is_some() {
-        return;
+        return None;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(why) = unusable() {
         eprintln!("power loss: SKIPPED (FUSE is not usable here: {why})");
-        return;
+        return None;
     }
+    Some(serial)
+}
+
+#[test]
+fn powercut_random() {
+    let Some(_serial) = begin() else {
+        return;
+    };
     let cuts = env_u64("DURABLE_POWER_CUTS", 60);
     let per_store = env_u64("DURABLE_POWER_CUTS_PER_STORE", 20);
     let seed = support::seed_from_env("DURABLE_POWER_SEED");
@@ -762,14 +772,9 @@ fn scenarios() -> Vec<Scenario> {
 
 #[test]
 fn powercut_targeted() {
-    if std::env::var_os(support::CHILD_ENV).is_some() {
+    let Some(_serial) = begin() else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(why) = unusable() {
-        eprintln!("power loss: SKIPPED (FUSE is not usable here: {why})");
-        return;
-    }
+    };
     let reps = env_u64("DURABLE_POWER_REPS", 2);
     let seed = support::seed_from_env("DURABLE_POWER_SEED");
     eprintln!(

@@ -99,18 +99,22 @@ async fn an_event_moves_a_waiting_instance_without_time_passing() {
     kit.shutdown().await;
 }
 
+/// Three attempts, one hour then two hours apart, without jitter.
+fn hourly_retries() -> RetryPolicy {
+    RetryPolicy::default()
+        .max_attempts(3)
+        .initial_delay(HOUR)
+        .max_delay(DAY)
+        .jitter(0.0)
+}
+
 static CALLS: AtomicU32 = AtomicU32::new(0);
 
 #[durable]
 async fn flaky(_ctx: &Ctx, _n: u32) -> Result<u32, String> {
-    let policy = RetryPolicy::default()
-        .max_attempts(3)
-        .initial_delay(HOUR)
-        .max_delay(DAY)
-        .jitter(0.0);
     step!(
         "call",
-        retry = policy,
+        retry = hourly_retries(),
         async {
             let n = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
             if n < 3 {
@@ -280,14 +284,9 @@ async fn body_runs_count_every_attempt() {
 
 #[durable]
 async fn stubborn(_ctx: &Ctx, _n: u32) -> Result<u32, String> {
-    let policy = RetryPolicy::default()
-        .max_attempts(3)
-        .initial_delay(HOUR)
-        .max_delay(DAY)
-        .jitter(0.0);
     step!(
         "refuse",
-        retry = policy,
+        retry = hourly_retries(),
         async { Err::<u32, String>("no".into()) }.await
     )
 }

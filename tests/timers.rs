@@ -125,6 +125,30 @@ async fn completes_without_a_new_deadline(engine: &Engine, id: &str, until: Syst
     .await;
 }
 
+/// After a reopen: `Ok` if recovery put the one instance `id` back in the
+/// park table; otherwise its deadline `until` must have passed before the
+/// engine went down at `down_at` (the machine was too slow to look).
+fn reopened_parked(
+    engine: &Engine,
+    id: &str,
+    until: SystemTime,
+    down_at: SystemTime,
+) -> Result<(), Attempt> {
+    if engine.recovery().parked == 1 {
+        return Ok(());
+    }
+    assert!(
+        down_at >= until,
+        "{id} was parked until {until:?} when the engine shut down at {down_at:?}, \
+         yet recovery says {:?}",
+        engine.recovery()
+    );
+    Err(Attempt::TooSlow(format!(
+        "not parked at shutdown: {:?}",
+        engine.recovery()
+    )))
+}
+
 /// When step `name` of `history` started.
 fn step_started(history: &History, name: &str) -> SystemTime {
     history
@@ -255,14 +279,8 @@ async fn a_sleep_that_ended_while_down_completes_at_once() {
         }
 
         let engine = builder(dir.path()).open().await.unwrap();
-        if engine.recovery().parked != 1 {
-            assert!(
-                down_at >= until,
-                "{id} was parked until {until:?} when the engine shut down at {down_at:?}, \
-                 yet recovery says {:?}",
-                engine.recovery()
-            );
-            return Attempt::TooSlow(format!("not parked at shutdown: {:?}", engine.recovery()));
+        if let Err(slow) = reopened_parked(&engine, &id, until, down_at) {
+            return slow;
         }
         let handle = engine.attach(nap, &id).await.unwrap();
         // At once: until it completes it waits for no new deadline (only
@@ -409,14 +427,8 @@ async fn a_long_wait_parks_and_times_out_after_a_restart() {
         engine.shutdown().await;
         let down_at = SystemTime::now();
         let engine = builder(dir.path()).open().await.unwrap();
-        if engine.recovery().parked != 1 {
-            assert!(
-                down_at >= until,
-                "{id} was parked until {until:?} when the engine shut down at {down_at:?}, \
-                 yet recovery says {:?}",
-                engine.recovery()
-            );
-            return Attempt::TooSlow(format!("not parked at shutdown: {:?}", engine.recovery()));
+        if let Err(slow) = reopened_parked(&engine, &id, until, down_at) {
+            return slow;
         }
         let handle = engine.attach(approval, &id).await.unwrap();
         let out = support::guarded("the wait to time out", handle.result()).await;

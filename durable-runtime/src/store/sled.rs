@@ -1394,6 +1394,17 @@ mod tests {
         }
     }
 
+    /// Records format version 99 in `store`, as a newer build would.
+    fn record_format_99(store: &SledStore) {
+        let mut newer = Batch::new();
+        newer.put(
+            Tree::Meta,
+            FORMAT_KEY.to_vec(),
+            99u32.to_be_bytes().to_vec(),
+        );
+        store.apply(&[newer]).unwrap();
+    }
+
     #[test]
     fn a_newer_store_is_refused_before_anything_is_written() {
         let root = tempfile::tempdir().unwrap();
@@ -1403,14 +1414,7 @@ mod tests {
             for i in 0..30 {
                 store.apply(&[put(&format!("k{i}"), value(i))]).unwrap();
             }
-            // What a newer build records.
-            let mut newer = Batch::new();
-            newer.put(
-                Tree::Meta,
-                FORMAT_KEY.to_vec(),
-                99u32.to_be_bytes().to_vec(),
-            );
-            store.apply(&[newer]).unwrap();
+            record_format_99(&store);
         }
         let before = contents(&dir);
         match SledStore::open(&dir) {
@@ -1440,13 +1444,7 @@ mod tests {
         for i in 0..10 {
             store.apply(&[put(&format!("k{i}"), value(i))]).unwrap();
         }
-        let mut newer = Batch::new();
-        newer.put(
-            Tree::Meta,
-            FORMAT_KEY.to_vec(),
-            99u32.to_be_bytes().to_vec(),
-        );
-        store.apply(&[newer]).unwrap();
+        record_format_99(&store);
         let image = root.path().join("killed");
         copy_store(&live, &image);
         drop(store);
