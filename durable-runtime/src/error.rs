@@ -354,6 +354,19 @@ pub enum InstanceError {
         /// The instance id.
         instance: String,
     },
+    /// This process no longer owns the instance: another worker took it
+    /// over (this one was stopped or cut off past its lease) or it was
+    /// cancelled. The write was refused and nothing more of the instance
+    /// runs here; its current owner carries on from its checkpoints.
+    #[error(
+        "instance {instance:?}: this process no longer owns it (claimed with epoch {epoch}); the write was refused"
+    )]
+    LeaseLost {
+        /// The instance id.
+        instance: String,
+        /// The epoch this process had claimed it with.
+        epoch: u64,
+    },
     /// A keyed step used one key twice in one instance. The instance fails.
     #[error(
         "instance {instance:?}: step {step:?} was called twice with key {key}; a key names one step of an instance"

@@ -47,6 +47,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod backend;
 mod codec;
 mod committer;
 mod context;

@@ -1,0 +1,243 @@
+//! The storage seam at the level of instances: what the engine needs from
+//! durable storage, asked asynchronously, with every write of an
+//! instance's owner fenced by the epoch it claimed the instance with.
+//!
+//! Two implementations:
+//!
+//! - `embedded`: one process over a KV [`Store`](crate::store::Store)
+//!   (sled with its write-ahead log, or memory). It is a single worker that
+//!   holds every lease; its park table is its index of due timers. Epochs
+//!   still move on cancel, so a cancelled owner's late writes are refused
+//!   exactly as on a shared database.
+//! - `postgres` (feature `postgres`): many processes on one schema, with
+//!   claims (`FOR UPDATE SKIP LOCKED`), worker leases on the database's
+//!   clock, and LISTEN/NOTIFY wake-up hints over polling.
+//!
+//! The engine decides nothing that another process could change from its
+//! own memory: creation is create-if-absent, ownership is a claim, event
+//! numbering, payload checks, timeouts and cancellation are decided by the
+//! backend under the instance's lock. Local maps are caches for attaching
+//! handles and ringing waits.
+
+pub(crate) mod embedded;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::error::Result;
+use crate::listing::{ListFilter, Page};
+use crate::manifest::Manifest;
+use crate::records::{CheckpointRecord, EventRecord, InstanceRecord, ParkRecord};
+
+/// A boxed, sendable future (the seam is object-safe).
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The right to write one instance: the epoch it was claimed with. Every
+/// owner's write carries it; the backend refuses the write with
+/// [`InstanceError::LeaseLost`](crate::InstanceError::LeaseLost) once the
+/// instance's epoch moved (taken over by another worker, or cancelled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lease {
+    pub epoch: u64,
+}
+
+/// What [`Backend::create`] did.
+#[derive(Debug)]
+pub(crate) enum Created {
+    /// The instance is new and owned by the caller with this lease.
+    New(Lease),
+    /// An instance with that id already exists (it was not changed).
+    Exists(InstanceRecord),
+}
+
+/// Why an instance was claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaimKind {
+    /// A parked instance whose timer is due or whose awaited event arrived:
+    /// not a recovery.
+    Wake,
+    /// An unfinished instance nobody owns: its owner died or stopped, or it
+    /// was blocked and someone attached. Counts towards `max_recoveries`.
+    Recover,
+}
+
+/// An instance the caller now owns.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    pub id: String,
+    pub lease: Lease,
+    pub record: InstanceRecord,
+    /// Resumes without progress so far (stored).
+    pub recoveries: u32,
+    pub kind: ClaimKind,
+}
+
+/// One fenced write of an instance's owner.
+#[derive(Debug)]
+pub(crate) enum Write {
+    /// A checkpoint (keyed by name and occurrence or key). With `progress`,
+    /// the count of resumes without progress goes back to zero.
+    Checkpoint {
+        record: CheckpointRecord,
+        progress: bool,
+    },
+    /// The instance record. `active: Some(n)`: unfinished (running again,
+    /// or blocked), with `n` resumes without progress. `None`: finished;
+    /// its park record goes. A record whose state is not `Running` releases
+    /// the instance (nobody owns a blocked or finished instance).
+    Record {
+        record: InstanceRecord,
+        active: Option<u32>,
+    },
+    /// Parks the instance on what `park` waits for and releases it, unless
+    /// an awaited event is already stored: then nothing is written, the
+    /// lease still holds and the result is [`Committed::EventFirst`].
+    Park(ParkRecord),
+    /// A wait's timeout: writes `record` (a `TimedOut` checkpoint) unless the
+    /// event it waits for (its name and occurrence) was stored first: then
+    /// nothing is written and the result is [`Committed::EventFirst`].
+    TimeOut { record: CheckpointRecord },
+}
+
+/// The outcome of a fenced write that was not refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Committed {
+    /// Written durably.
+    Written,
+    /// Not written: an awaited event is stored (see [`Write::Park`] and
+    /// [`Write::TimeOut`]).
+    EventFirst,
+}
+
+/// What [`Backend::send_event`] checks, under the instance's lock, before
+/// it stores an event: the instance's record and the payload type of the
+/// wait the event would satisfy (when the instance waits for it), returning
+/// the error to refuse the event with.
+pub(crate) type EventCheck<'a> =
+    &'a (dyn Fn(&InstanceRecord, Option<&str>) -> Result<()> + Send + Sync);
+
+/// A wake-up hint from the backend. Hints may be lost or repeated: the
+/// engine's claim loop polls, so a lost hint costs at most one poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Notice {
+    /// Something may be claimable now (a due timer, an arrived event, a
+    /// released instance).
+    Ready,
+    /// Event `name` was stored for instance `id` (a running owner rings its
+    /// waits).
+    Event { id: String, name: String },
+    /// Instance `id` was cancelled (its owner stops between steps).
+    Cancelled { id: String },
+    /// Instance `id` finished or was set aside (handles elsewhere re-read it).
+    Ended { id: String },
+}
+
+/// What the engine needs from durable storage.
+pub(crate) trait Backend: Send + Sync + 'static {
+    // --- creating and reading instances ---
+
+    /// Atomic create-if-absent of instance `id`, owned by the caller when new.
+    fn create<'a>(&'a self, id: &'a str, record: &'a InstanceRecord)
+    -> BoxFuture<'a, Result<Created>>;
+
+    /// The record of instance `id`, if it exists.
+    fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<InstanceRecord>>>;
+
+    /// What parked instance `id` waits for, if it is parked.
+    fn park_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ParkRecord>>>;
+
+    /// Every checkpoint of instance `id`, in key order.
+    fn checkpoints<'a>(&'a self, id: &'a str)
+    -> BoxFuture<'a, Result<Vec<CheckpointRecord>>>;
+
+    /// Event `name` number `seq` of instance `id`, if it was sent.
+    fn event<'a>(
+        &'a self,
+        id: &'a str,
+        name: &'a str,
+        seq: u32,
+    ) -> BoxFuture<'a, Result<Option<EventRecord>>>;
+
+    /// The events stored for instance `id`: (name, fingerprint, shape).
+    fn events_of<'a>(&'a self, id: &'a str)
+    -> BoxFuture<'a, Result<Vec<(String, u64, String)>>>;
+
+    /// One page of instances that pass `filter`, newest first.
+    fn list<'a>(&'a self, filter: &'a ListFilter) -> BoxFuture<'a, Result<Page>>;
+
+    // --- ownership ---
+
+    /// Claims unfinished instance `id` for the caller if nobody owns it and
+    /// it is not parked (a start or attach that found it, `Engine::resume`).
+    /// `None` if it is owned, parked or finished.
+    fn claim<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Claim>>>;
+
+    /// Claims up to `limit` instances of the `workflows` named that are
+    /// runnable now: parked with a due timer or an arrived event, or
+    /// unfinished and unowned (`Running` or `Blocked` with a dead owner;
+    /// never `NeedsAttention` or `Incompatible`). The first call after open
+    /// is recovery.
+    fn claim_due<'a>(
+        &'a self,
+        workflows: &'a [&'static str],
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Claim>>>;
+
+    /// When the next parked timer this process knows of is due (ms since
+    /// the epoch on the engine's clock), to sleep until then.
+    fn next_due(&self) -> Option<u64>;
+
+    /// A fenced write of instance `id`'s owner.
+    fn commit<'a>(
+        &'a self,
+        id: &'a str,
+        lease: Lease,
+        write: Write,
+    ) -> BoxFuture<'a, Result<Committed>>;
+
+    /// Lets go of instance `id` without writing (its owner stopped: shutdown,
+    /// a refused write). Another claim may take it.
+    fn release<'a>(&'a self, id: &'a str, lease: Lease) -> BoxFuture<'a, Result<()>>;
+
+    // --- decisions about an instance, from any process ---
+
+    /// Stores `event` as the next event `name` of instance `id`, numbered
+    /// after every event of that name and every wait of that name that
+    /// ended, after `check` passed under the instance's lock; wakes the
+    /// instance if it is parked on it. Returns the event's number.
+    /// `NotFound` and `InstanceFinished` are the backend's errors.
+    fn send_event<'a>(
+        &'a self,
+        id: &'a str,
+        name: &'a str,
+        event: EventRecord,
+        check: EventCheck<'a>,
+    ) -> BoxFuture<'a, Result<u32>>;
+
+    /// Cancels unfinished instance `id`: records `record` (its state set to
+    /// `Cancelled` by the caller from the latest record, passed in through
+    /// `update`) and moves its epoch, so its owner's later writes are
+    /// refused. `NotFound` and `InstanceFinished` are the backend's errors.
+    fn cancel<'a>(
+        &'a self,
+        id: &'a str,
+        update: &'a (dyn Fn(InstanceRecord) -> InstanceRecord + Send + Sync),
+    ) -> BoxFuture<'a, Result<()>>;
+
+    // --- store-wide ---
+
+    /// The manifest stored under `hash`, if any.
+    fn manifest(&self, hash: u64) -> BoxFuture<'_, Result<Option<Manifest>>>;
+
+    /// Stores each of `manifests` not stored yet.
+    fn store_manifests<'a>(&'a self, manifests: &'a [&'a Manifest]) -> BoxFuture<'a, Result<()>>;
+
+    /// Wake-up hints (see [`Notice`]).
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Notice>;
+
+    /// The first fatal error of the store, after which nothing is written.
+    fn failure(&self) -> Option<crate::error::StoreError>;
+
+    /// Writes everything queued, then stops writing.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
