@@ -1,3 +1,4 @@
+#![allow(dead_code)] // the engine moves onto this seam next
 //! The storage seam at the level of instances: what the engine needs from
 //! durable storage, asked asynchronously, with every write of an
 //! instance's owner fenced by the epoch it claimed the instance with.
@@ -19,7 +20,6 @@
 //! backend under the instance's lock. Local maps are caches for attaching
 //! handles and ringing waits.
 
-pub(crate) mod embedded;
 
 use std::future::Future;
 use std::pin::Pin;
