@@ -126,7 +126,7 @@ async fn a_changed_workflow_is_refused_before_any_body_runs() {
 
     // Deploy v2; the approval arrives.
     let engine = open(dir.path(), |b| b.register(v2::onboard)).await;
-    let gate = engine.compatibility().unwrap();
+    let gate = engine.compatibility().await.unwrap();
     assert_eq!(gate.len(), 1, "{gate:?}");
     assert_eq!(gate[0].instance.as_deref(), Some("c1"));
     assert_eq!(gate[0].reason, "step `assign-team` is gone");
@@ -723,7 +723,7 @@ async fn versions_run_side_by_side() {
         b.register(v1::onboard).register(v2_versioned::onboard)
     })
     .await;
-    assert_eq!(engine.compatibility().unwrap(), []);
+    assert_eq!(engine.compatibility().await.unwrap(), []);
     engine
         .send_event("s1", "approval", Approval { approved: true })
         .await
@@ -769,7 +769,7 @@ async fn versions_run_side_by_side() {
         engine.recovery().skipped,
         [("s3".to_string(), reason.to_string())]
     );
-    let gate = engine.compatibility().unwrap();
+    let gate = engine.compatibility().await.unwrap();
     assert_eq!(gate.len(), 1);
     assert_eq!(gate[0].reason, reason);
     engine.shutdown().await;
@@ -851,7 +851,7 @@ async fn a_patch_adds_a_step_for_new_instances_only() {
 
     // Unguarded: the gate names the problem and the fix.
     let engine = open(dir.path(), |b| b.register(inserted::onboard)).await;
-    let gate = engine.compatibility().unwrap();
+    let gate = engine.compatibility().await.unwrap();
     assert_eq!(gate.len(), 1, "{gate:?}");
     assert_eq!(
         gate[0].reason,
@@ -862,7 +862,7 @@ async fn a_patch_adds_a_step_for_new_instances_only() {
 
     // Guarded by a patch: compatible; the old instance skips it.
     let engine = open(dir.path(), |b| b.register(patched_v1::onboard)).await;
-    assert_eq!(engine.compatibility().unwrap(), []);
+    assert_eq!(engine.compatibility().await.unwrap(), []);
     engine
         .send_event("q1", "approval", Approval { approved: true })
         .await
@@ -1083,7 +1083,7 @@ async fn opaque(_ctx: &Ctx, _n: u32) -> Result<u64, String> {
 async fn untraceable_types_are_flagged_by_the_gate() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path(), |b| b.register(opaque)).await;
-    let gate = engine.compatibility().unwrap();
+    let gate = engine.compatibility().await.unwrap();
     assert_eq!(gate.len(), 1, "{gate:?}");
     assert_eq!(gate[0].instance, None);
     assert_eq!(

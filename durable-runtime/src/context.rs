@@ -1,5 +1,6 @@
 //! [`Ctx`]: what a running instance knows about itself.
 
+pub(crate) use crate::inspect::InFlight;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,19 +75,6 @@ pub(crate) struct Signals {
     /// Deadlines of retry backoffs being waited out now (each inside a
     /// step, so each also counts in `busy`).
     pub backoffs: Mutex<Vec<u64>>,
-}
-
-/// A step attempt that is running now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct InFlight {
-    pub name: &'static str,
-    pub occurrence: u32,
-    /// A keyed step's key text.
-    pub key: Option<String>,
-    /// The step's start sequence (see `CheckpointRecord::seq`).
-    pub seq: u64,
-    pub attempt: u32,
-    pub started_at_ms: u64,
 }
 
 impl Signals {
@@ -245,7 +233,7 @@ impl Drop for WaitGuard {
 }
 
 /// The context of one workflow instance: its id, its step counters and the
-/// services it may use (the journal, the clock). `#[durable]` fns receive it
+/// services it may use (the backend, the clock). `#[durable]` fns receive it
 /// as their first argument.
 pub struct Ctx {
     pub(crate) id: String,
@@ -253,6 +241,8 @@ pub struct Ctx {
     pub(crate) services: Arc<Services>,
     pub(crate) policy: RetryPolicy,
     pub(crate) signals: Arc<Signals>,
+    /// The lease this run holds: every write carries it.
+    pub(crate) lease: crate::backend::Lease,
     /// Checkpoints loaded at start, by name then occurrence; taken as replayed.
     replay: Mutex<HashMap<String, HashMap<u32, CheckpointRecord>>>,
     /// Checkpoints of keyed steps loaded at start, by (name, key).
@@ -283,16 +273,31 @@ impl std::fmt::Debug for Ctx {
     }
 }
 
+/// What one run of an instance starts from.
+pub(crate) struct RunStart {
+    pub policy: RetryPolicy,
+    /// Every checkpoint stored, replayed by the run.
+    pub checkpoints: Vec<CheckpointRecord>,
+    /// Resumes in a row without finishing a step.
+    pub recoveries: u32,
+    /// The lease the run holds.
+    pub lease: crate::backend::Lease,
+}
+
 impl Ctx {
     pub(crate) fn new(
         id: String,
         workflow: &'static str,
         services: Arc<Services>,
-        policy: RetryPolicy,
-        checkpoints: Vec<CheckpointRecord>,
-        recoveries: u32,
         signals: Arc<Signals>,
+        start: RunStart,
     ) -> Ctx {
+        let RunStart {
+            policy,
+            checkpoints,
+            recoveries,
+            lease,
+        } = start;
         let mut replay: HashMap<String, HashMap<u32, CheckpointRecord>> = HashMap::new();
         let mut keyed = HashMap::new();
         let mut seq = 0;
@@ -316,6 +321,7 @@ impl Ctx {
             services,
             policy,
             signals,
+            lease,
             replay: Mutex::new(replay),
             keyed: Mutex::new(keyed),
             used_keys: Mutex::new(HashSet::new()),
@@ -504,6 +510,23 @@ impl Ctx {
             .collect();
         left.sort();
         left
+    }
+
+    /// Writes `record` as a checkpoint of this instance, fenced by its lease.
+    pub(crate) async fn checkpoint(
+        &self,
+        record: CheckpointRecord,
+        progress: bool,
+    ) -> Result<(), Error> {
+        self.services
+            .backend
+            .commit(
+                &self.id,
+                self.lease,
+                crate::backend::Write::Checkpoint { record, progress },
+            )
+            .await
+            .map(|_| ())
     }
 
     /// Stops the instance with `error`: records it and never returns, so the

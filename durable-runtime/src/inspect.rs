@@ -4,11 +4,23 @@
 
 use std::time::SystemTime;
 
-use crate::context::InFlight;
 use crate::records::{
     CheckpointRecord, CheckpointState, InstanceRecord, InstanceState, TransitionKind as StoredKind,
 };
 use crate::time::from_ms as time;
+
+/// A step attempt that is running now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InFlight {
+    pub name: &'static str,
+    pub occurrence: u32,
+    /// A keyed step's key text.
+    pub key: Option<String>,
+    /// The step's start sequence (see `CheckpointRecord::seq`).
+    pub seq: u64,
+    pub attempt: u32,
+    pub started_at_ms: u64,
+}
 
 /// A step attempt running now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +243,35 @@ pub struct History {
 
 /// The status a stored state implies, before what only the engine knows
 /// (parking, steps in flight) is added.
+/// The status the store records for an instance: from its record, and
+/// what it waits for if it is parked (no step attempts: the engine adds
+/// those it runs).
+pub(crate) fn stored_status(
+    record: &InstanceRecord,
+    park: Option<&crate::records::ParkRecord>,
+) -> Status {
+    if record.state == InstanceState::Running
+        && let Some(park) = park
+    {
+        let until = park
+            .conds
+            .iter()
+            .filter_map(|c| c.deadline_ms)
+            .min()
+            .map(time);
+        return match park.conds.iter().find(|c| c.event_type.is_some()) {
+            Some(event) => Status::Waiting {
+                event: event.name.clone(),
+                until,
+            },
+            None => Status::Sleeping {
+                until: until.unwrap_or(std::time::UNIX_EPOCH),
+            },
+        };
+    }
+    status_of(&record.state)
+}
+
 pub(crate) fn status_of(state: &InstanceState) -> Status {
     match state {
         InstanceState::Running => Status::Running { steps: Vec::new() },

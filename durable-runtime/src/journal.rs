@@ -24,47 +24,16 @@ use crate::store::{Batch, Entries, Store, Tree};
 pub(crate) struct Journal {
     store: Arc<dyn Store>,
     committer: Committer,
-    max_value_size: usize,
 }
 
 impl Journal {
     /// A journal over `store`, with its committer thread started.
-    pub(crate) fn start(store: Arc<dyn Store>, max_value_size: usize) -> Result<Journal> {
+    pub(crate) fn start(store: Arc<dyn Store>) -> Result<Journal> {
         let committer = Committer::start(Arc::clone(&store)).map_err(|e| StoreError::Io {
             op: "start the committer thread",
             reason: e.to_string(),
         })?;
-        Ok(Journal {
-            store,
-            committer,
-            max_value_size,
-        })
-    }
-
-    /// Encodes a user value (input, output, step outcome, event payload),
-    /// refusing one over the size limit.
-    pub(crate) fn encode_value<T: Serialize + ?Sized>(
-        &self,
-        id: &str,
-        what: &str,
-        value: &T,
-    ) -> Result<Vec<u8>> {
-        let bytes = codec::encode(value).map_err(|reason| {
-            Error::Replay(crate::error::ReplayError::Encode {
-                instance: id.to_string(),
-                what: what.to_string(),
-                reason,
-            })
-        })?;
-        if bytes.len() > self.max_value_size {
-            return Err(Error::Replay(crate::error::ReplayError::ValueTooLarge {
-                instance: id.to_string(),
-                what: what.to_string(),
-                size: bytes.len(),
-                limit: self.max_value_size,
-            }));
-        }
-        Ok(bytes)
+        Ok(Journal { store, committer })
     }
 
     /// The record of instance `id`, if it exists.
@@ -231,23 +200,19 @@ impl Journal {
 
     /// Every unfinished instance: (id bytes, resumes without progress).
     pub(crate) fn active(&self) -> Result<Vec<(Vec<u8>, u32)>> {
-        Ok(self
-            .store
-            .scan_prefix(Tree::Active, &[])?
-            .into_iter()
-            .map(|(k, v)| (k, recoveries_of(&v)))
-            .collect())
+        active_of(&*self.store)
     }
 
-    /// Every park record, by instance key; a record that does not decode is
-    /// left out (its instance is then resumed instead of parked).
-    pub(crate) fn parks(&self) -> Result<HashMap<Vec<u8>, ParkRecord>> {
-        Ok(self
-            .store
+    /// Every unfinished instance of `store` and every park record (a record
+    /// that does not decode is left out: its instance is then resumed
+    /// instead of parked). Read before the journal starts writing.
+    pub(crate) fn unfinished_of(store: &dyn Store) -> Result<(Unfinished, Parks)> {
+        let parks = store
             .scan_prefix(Tree::Timers, &[])?
             .into_iter()
             .filter_map(|(k, v)| codec::decode::<ParkRecord>(&v).ok().map(|p| (k, p)))
-            .collect())
+            .collect();
+        Ok((active_of(store)?, parks))
     }
 
     /// Up to `limit` entries of the creation-time index, newest first,
@@ -342,6 +307,20 @@ impl Journal {
     async fn commit(&self, batch: Batch) -> Result<()> {
         self.committer.commit(batch).await.map_err(Error::from)
     }
+}
+
+/// Unfinished instances: (id bytes, resumes without progress).
+pub(crate) type Unfinished = Vec<(Vec<u8>, u32)>;
+
+/// Park records by instance key.
+pub(crate) type Parks = HashMap<Vec<u8>, ParkRecord>;
+
+fn active_of(store: &dyn Store) -> Result<Unfinished> {
+    Ok(store
+        .scan_prefix(Tree::Active, &[])?
+        .into_iter()
+        .map(|(k, v)| (k, recoveries_of(&v)))
+        .collect())
 }
 
 fn encode<T: Serialize>(value: &T, id: &str, what: &str) -> Result<Vec<u8>> {

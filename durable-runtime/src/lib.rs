@@ -18,13 +18,14 @@
 //! | [`store`] | the KV device seam: [`Store`](store::Store), sled + write-ahead log, memory |
 //! | `committer` | group commit: one durable apply for many batches |
 //! | `journal` | every record encoded and decoded here; typed reads and writes |
-//! | `services` | what a running instance may use: journal, clock, event gate |
+//! | `backend` | the instance-level storage seam (async, fenced by epoch): create-if-absent, claims, commits, events, cancel, listing, wake-up hints; `embedded` over the journal |
+//! | `services` | what a running instance may use: backend, clock, value limit |
 //! | `context` | [`Ctx`]: an instance's id, counters, signals |
 //! | `step`, `wait`, `values` | `impl Ctx`: the operations behind `step!`, `sleep!`, `wait_for!`; checkpointed `now`, `random`, `uuid` |
 //! | `workflow` | [`Workflow`], [`IntoWorkflow`] |
 //! | `inspect`, `listing` | [`Status`], [`History`]; [`ListFilter`], [`Page`] |
 //! | `testing` | (feature `testing`) `TestEngine`: in-memory store, manual clock, `advance`, `run_until_idle` |
-//! | `engine` | [`Engine`] and its parts: builder, registry, instances, driver, scheduler, events, recovery, queries |
+//! | `engine` | [`Engine`] and its parts: builder, registry, instances, driver, scheduler (parking, claim loop), events, recovery, queries |
 //!
 //! # Tracing
 //!
@@ -101,7 +102,7 @@ pub mod __bench {
     /// one event, as the engine holds them; drop it to free it. Lets the
     /// benchmark measure the table's own heap.
     pub fn park_table(prefix: &str, n: usize) -> Box<dyn std::any::Any> {
-        crate::engine::bench_park_table(prefix, n)
+        crate::backend::park::bench_table(prefix, n)
     }
 }
 

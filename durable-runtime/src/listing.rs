@@ -266,3 +266,75 @@ pub struct Page {
     /// after this one passes the filter.
     pub next: Option<Cursor>,
 }
+
+/// Index entries read per store call while filling a page.
+const SCAN_CHUNK: usize = 256;
+
+/// The creation time in a key of the creation-time index.
+fn created_ms(key: &[u8]) -> u64 {
+    key.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// One page of a listing over a creation-time index read newest first:
+/// `page(before, limit)` reads index entries, `load(id)` an instance's
+/// record and park record. For backends without a query language.
+pub(crate) fn list_by_created(
+    filter: &ListFilter,
+    page: impl Fn(Option<&[u8]>, usize) -> crate::error::Result<crate::store::Entries>,
+    load: impl Fn(
+        &str,
+    )
+        -> crate::error::Result<Option<(InstanceRecord, Option<crate::records::ParkRecord>)>>,
+) -> crate::error::Result<Page> {
+    use crate::records::{created_key, id_of_created_key};
+    let (after_ms, before_ms) = filter.created_ms();
+    let mut from: Option<Vec<u8>> = match (&filter.after, before_ms) {
+        (Some(cursor), _) => Some(cursor.0.clone()),
+        (None, Some(before)) => Some(created_key(before, "")),
+        (None, None) => None,
+    };
+    let mut instances = Vec::new();
+    loop {
+        let chunk = page(from.as_deref(), SCAN_CHUNK)?;
+        let exhausted = chunk.len() < SCAN_CHUNK;
+        for (key, _) in chunk {
+            if key.len() < 8 || created_ms(&key) < after_ms {
+                return Ok(Page {
+                    instances,
+                    next: None,
+                });
+            }
+            from = Some(key.clone());
+            let Some(id) = id_of_created_key(&key) else {
+                continue;
+            };
+            // Purged or unreadable instances are left out of listings.
+            let Ok(Some((record, park))) = load(id) else {
+                continue;
+            };
+            let status = crate::inspect::stored_status(&record, park.as_ref());
+            let summary = InstanceSummary::of(id.to_string(), &record, status);
+            if filter.accepts(&summary) {
+                instances.push(summary);
+                if instances.len() >= filter.limit {
+                    // A cursor only if the index holds a later entry in range.
+                    let more = page(Some(&key), 1)?
+                        .first()
+                        .is_some_and(|(k, _)| created_ms(k) >= after_ms);
+                    return Ok(Page {
+                        instances,
+                        next: more.then_some(Cursor(key)),
+                    });
+                }
+            }
+        }
+        if exhausted {
+            return Ok(Page {
+                instances,
+                next: None,
+            });
+        }
+    }
+}

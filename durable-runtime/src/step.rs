@@ -287,7 +287,7 @@ where
     loop {
         // While the store is failing, no new attempt starts: its outcome
         // could not be checkpointed.
-        if let Some(failure) = ctx.services.journal.failure() {
+        if let Some(failure) = ctx.services.backend.failure() {
             return Err(failure.into());
         }
         // After a cancel, no new attempt starts.
@@ -418,7 +418,7 @@ fn done_state<T: Serialize, E: Serialize + std::fmt::Debug>(
     outcome: &Result<T, E>,
     fingerprint: u64,
 ) -> Result<CheckpointState, Error> {
-    let bytes = ctx.services.journal.encode_value(
+    let bytes = ctx.services.encode_value(
         &ctx.id,
         &format!("the outcome of step {:?} ({})", site.name, site.at),
         outcome,
@@ -438,10 +438,7 @@ async fn write(ctx: &Ctx, record: CheckpointRecord) -> Result<(), Error> {
     // A finished step is progress: the count of resumes without progress
     // (kept against crash loops) starts again, in the same atomic batch.
     let reset = progress && ctx.recoveries() > 0;
-    ctx.services
-        .journal
-        .checkpoint(&ctx.id, &record, reset)
-        .await?;
+    ctx.checkpoint(record, reset).await?;
     if reset {
         ctx.take_recoveries();
     }

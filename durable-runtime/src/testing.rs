@@ -218,7 +218,7 @@ impl TestEngine {
             for _ in 0..8 {
                 tokio::task::yield_now().await;
             }
-            if self.engine.is_idle() {
+            if self.engine.is_idle().await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;

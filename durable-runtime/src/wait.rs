@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 
+use crate::backend::{Committed, Write};
 use crate::context::Ctx;
 use crate::error::Error;
 use crate::future::BoxFuture;
@@ -277,7 +278,7 @@ async fn wait_inner<T: DeserializeOwned + 'static>(
         },
     };
     let mut bell = ctx.signals.bell.subscribe();
-    let journal = &ctx.services.journal;
+    let backend = &ctx.services.backend;
     let cond = WaitCond {
         name: name.to_string(),
         occurrence,
@@ -292,18 +293,30 @@ async fn wait_inner<T: DeserializeOwned + 'static>(
                 instance: ctx.id.clone(),
             }));
         }
-        if let Some(event) = journal.event(&ctx.id, name, occurrence)? {
+        if let Some(event) = backend.event(&ctx.id, name, occurrence).await? {
             return receive(ctx, site, event).await.map(Some);
         }
         if let Some(deadline) = deadline_ms {
             let now = ctx.now_ms();
             if now >= deadline {
-                // Decided under the event gate, so that a concurrent send
-                // either lands before (and is received) or numbers itself
-                // after this timed-out wait.
-                let _events = ctx.services.event_gate.lock().await;
-                if let Some(event) = journal.event(&ctx.id, name, occurrence)? {
-                    return receive(ctx, site, event).await.map(Some);
+                // Decided by the backend under the instance's lock: a
+                // concurrent send either lands before (and is received) or
+                // numbers itself after this timed-out wait.
+                let record = checkpoint_record(
+                    ctx,
+                    site,
+                    CheckpointState::TimedOut {
+                        finished_at_ms: now,
+                    },
+                );
+                let committed = {
+                    let _busy = ctx.signals.busy();
+                    backend
+                        .commit(&ctx.id, ctx.lease, Write::TimeOut { record })
+                        .await?
+                };
+                if committed == Committed::EventFirst {
+                    continue;
                 }
                 tracing::info!(
                     durable.instance_id = %ctx.id,
@@ -311,14 +324,6 @@ async fn wait_inner<T: DeserializeOwned + 'static>(
                     durable.occurrence = occurrence,
                     "wait timed out"
                 );
-                write(
-                    ctx,
-                    site,
-                    CheckpointState::TimedOut {
-                        finished_at_ms: now,
-                    },
-                )
-                .await?;
                 return Ok(None);
             }
             tokio::select! {
@@ -380,9 +385,8 @@ fn decode_payload<T: DeserializeOwned + 'static>(
     decode_value(payload).map_err(error)
 }
 
-async fn write(ctx: &Ctx, site: Site, state: CheckpointState) -> Result<(), Error> {
-    let _busy = ctx.signals.busy();
-    let record = CheckpointRecord {
+fn checkpoint_record(ctx: &Ctx, site: Site, state: CheckpointState) -> CheckpointRecord {
+    CheckpointRecord {
         name: site.name.to_string(),
         occurrence: site.occurrence,
         key: None,
@@ -391,9 +395,11 @@ async fn write(ctx: &Ctx, site: Site, state: CheckpointState) -> Result<(), Erro
         attempts: 0,
         started_at_ms: ctx.now_ms(),
         state,
-    };
-    ctx.services
-        .journal
-        .checkpoint(&ctx.id, &record, false)
+    }
+}
+
+async fn write(ctx: &Ctx, site: Site, state: CheckpointState) -> Result<(), Error> {
+    let _busy = ctx.signals.busy();
+    ctx.checkpoint(checkpoint_record(ctx, site, state), false)
         .await
 }

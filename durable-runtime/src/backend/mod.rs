@@ -1,4 +1,3 @@
-#![allow(dead_code)] // the engine moves onto this seam next
 //! The storage seam at the level of instances: what the engine needs from
 //! durable storage, asked asynchronously, with every write of an
 //! instance's owner fenced by the epoch it claimed the instance with.
@@ -20,6 +19,8 @@
 //! backend under the instance's lock. Local maps are caches for attaching
 //! handles and ringing waits.
 
+pub(crate) mod embedded;
+pub(crate) mod park;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -72,6 +73,19 @@ pub(crate) struct Claim {
     pub kind: ClaimKind,
 }
 
+/// What one round of [`Backend::claim_due`] did.
+#[derive(Debug, Default)]
+pub(crate) struct Round {
+    /// The instances claimed.
+    pub claims: Vec<Claim>,
+    /// Unfinished instances this round left alone: `Ok(record)` when its
+    /// workflow is not among those named, `Err(reason)` otherwise (it needs
+    /// attention, its record does not decode). Reported by recovery.
+    pub passed_over: Vec<(String, std::result::Result<InstanceRecord, String>)>,
+    /// Unfinished instances found parked (left to their timer or event).
+    pub parked: usize,
+}
+
 /// One fenced write of an instance's owner.
 #[derive(Debug)]
 pub(crate) enum Write {
@@ -110,11 +124,11 @@ pub(crate) enum Committed {
 }
 
 /// What [`Backend::send_event`] checks, under the instance's lock, before
-/// it stores an event: the instance's record and the payload type of the
-/// wait the event would satisfy (when the instance waits for it), returning
-/// the error to refuse the event with.
+/// it stores an event: the instance's record, the number the event gets,
+/// and the payload type of the stored (parked) wait the event would satisfy
+/// if there is one; returns the error to refuse the event with.
 pub(crate) type EventCheck<'a> =
-    &'a (dyn Fn(&InstanceRecord, Option<&str>) -> Result<()> + Send + Sync);
+    &'a (dyn Fn(&InstanceRecord, u32, Option<&str>) -> Result<()> + Send + Sync);
 
 /// A wake-up hint from the backend. Hints may be lost or repeated: the
 /// engine's claim loop polls, so a lost hint costs at most one poll.
@@ -137,8 +151,11 @@ pub(crate) trait Backend: Send + Sync + 'static {
     // --- creating and reading instances ---
 
     /// Atomic create-if-absent of instance `id`, owned by the caller when new.
-    fn create<'a>(&'a self, id: &'a str, record: &'a InstanceRecord)
-    -> BoxFuture<'a, Result<Created>>;
+    fn create<'a>(
+        &'a self,
+        id: &'a str,
+        record: &'a InstanceRecord,
+    ) -> BoxFuture<'a, Result<Created>>;
 
     /// The record of instance `id`, if it exists.
     fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<InstanceRecord>>>;
@@ -147,8 +164,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn park_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ParkRecord>>>;
 
     /// Every checkpoint of instance `id`, in key order.
-    fn checkpoints<'a>(&'a self, id: &'a str)
-    -> BoxFuture<'a, Result<Vec<CheckpointRecord>>>;
+    fn checkpoints<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<CheckpointRecord>>>;
 
     /// Event `name` number `seq` of instance `id`, if it was sent.
     fn event<'a>(
@@ -159,8 +175,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<EventRecord>>>;
 
     /// The events stored for instance `id`: (name, fingerprint, shape).
-    fn events_of<'a>(&'a self, id: &'a str)
-    -> BoxFuture<'a, Result<Vec<(String, u64, String)>>>;
+    fn events_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<(String, u64, String)>>>;
 
     /// One page of instances that pass `filter`, newest first.
     fn list<'a>(&'a self, filter: &'a ListFilter) -> BoxFuture<'a, Result<Page>>;
@@ -172,16 +187,16 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// `None` if it is owned, parked or finished.
     fn claim<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Claim>>>;
 
-    /// Claims up to `limit` instances of the `workflows` named that are
+    /// Claims up to `limit` instances of the `workflows` (name, version) that are
     /// runnable now: parked with a due timer or an arrived event, or
     /// unfinished and unowned (`Running` or `Blocked` with a dead owner;
     /// never `NeedsAttention` or `Incompatible`). The first call after open
     /// is recovery.
     fn claim_due<'a>(
         &'a self,
-        workflows: &'a [&'static str],
+        workflows: &'a [(&'static str, u32)],
         limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Claim>>>;
+    ) -> BoxFuture<'a, Result<Round>>;
 
     /// When the next parked timer this process knows of is due (ms since
     /// the epoch on the engine's clock), to sleep until then.
@@ -225,6 +240,22 @@ pub(crate) trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<()>>;
 
     // --- store-wide ---
+
+    /// The ids of every unfinished instance (the deploy gate checks them).
+    fn unfinished(&self) -> BoxFuture<'_, Result<Vec<String>>>;
+
+    /// Parked instances this process holds in its timer index (feature
+    /// `hooks`: the benchmark's memory figure).
+    #[cfg(feature = "hooks")]
+    fn parked_count(&self) -> usize {
+        0
+    }
+
+    /// Batches and group commits written so far (feature `hooks`).
+    #[cfg(feature = "hooks")]
+    fn commit_stats(&self) -> (u64, u64) {
+        (0, 0)
+    }
 
     /// The manifest stored under `hash`, if any.
     fn manifest(&self, hash: u64) -> BoxFuture<'_, Result<Option<Manifest>>>;

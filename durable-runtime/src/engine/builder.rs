@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::backend::Backend;
+use crate::backend::embedded::Embedded;
 use crate::codec;
 use crate::error::{Error, Result, StoreError};
-use crate::journal::Journal;
 use crate::retry::RetryPolicy;
 use crate::services::Services;
 use crate::store::{SledStore, Store};
@@ -171,11 +172,20 @@ impl EngineBuilder {
                 Arc::new(opened?)
             }
         };
-        let journal = Journal::start(store, self.max_value_size)?;
+        let clock = Arc::clone(&self.clock);
+        // Reads the unfinished instances and park records once: blocking.
+        let embedded = tokio::task::spawn_blocking(move || Embedded::open(store, clock))
+            .await
+            .map_err(|e| StoreError::Io {
+                op: "open",
+                reason: e.to_string(),
+            })??;
+        let backend: Arc<dyn Backend> = Arc::new(embedded);
+        let poll = None;
         let core = Arc::new(Core {
             services: Arc::new({
                 #[allow(unused_mut)]
-                let mut services = Services::new(journal, self.clock);
+                let mut services = Services::new(backend, self.clock, self.max_value_size);
                 #[cfg(feature = "testing")]
                 {
                     services.hooks = self.hooks;
@@ -189,22 +199,23 @@ impl EngineBuilder {
             suspects: Arc::new(tokio::sync::Semaphore::new(1)),
             runtime: runtime.clone(),
         });
-        let timers = runtime.spawn(Core::timers(Arc::downgrade(&core)));
-        *core
-            .scheduler
-            .timer_task
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(timers.abort_handle());
         let recovered = async {
-            core.services.journal.index_existing().await?;
             core.store_manifests().await?;
-            Arc::clone(&core).recover().await
+            core.recover().await
         };
         match recovered.await {
-            Ok(recovery) => Ok(Engine {
-                core,
-                recovery: Arc::new(recovery),
-            }),
+            Ok(recovery) => {
+                let claims = runtime.spawn(Core::claim_loop(Arc::downgrade(&core), poll));
+                *core
+                    .scheduler
+                    .claim_task
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(claims.abort_handle());
+                Ok(Engine {
+                    core,
+                    recovery: Arc::new(recovery),
+                })
+            }
             Err(error) => {
                 // Stop what recovery started and release the store, so that
                 // the caller can open it again at once.

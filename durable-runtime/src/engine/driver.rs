@@ -9,13 +9,14 @@ use std::task::Poll;
 
 use tracing::Instrument;
 
-use crate::context::Ctx;
+use crate::backend::{Committed, Lease, Write};
+use crate::context::{Ctx, RunStart};
 use crate::error::{Error, Result};
 use crate::panic::{CatchUnwind, panic_message};
 use crate::records::{InstanceRecord, InstanceState, TransitionKind, TransitionRecord};
 
 use super::Core;
-use super::instances::Slot;
+use super::instances::{Slot, outcome_of};
 use super::registry::Erased;
 use super::scheduler::PARK_AFTER_MS;
 
@@ -41,8 +42,22 @@ pub(super) enum Begin {
 pub(super) enum DriveEnd {
     /// The instance ended (or was blocked) with this outcome.
     Finished(Result<Vec<u8>>),
-    /// The instance parked; its table entry will wake it.
+    /// The instance parked; its timer or event makes it claimable again.
     Parked,
+    /// An awaited event was stored before the instance could park: run it
+    /// again at once, with the same lease.
+    Rerun,
+    /// The lease was lost to another worker: this process stops driving
+    /// it, and its end (elsewhere) resolves the handles.
+    Lost,
+}
+
+/// Whether `error` says the lease was lost.
+fn lost(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Instance(crate::error::InstanceError::LeaseLost { .. })
+    )
 }
 
 impl Core {
@@ -52,19 +67,41 @@ impl Core {
         id: &str,
         erased: Arc<dyn Erased>,
         record: InstanceRecord,
-        begin: Begin,
+        mut begin: Begin,
         slot: &Arc<Slot>,
+        lease: Lease,
     ) -> DriveEnd {
-        let span = tracing::info_span!(
-            "durable.run",
-            durable.workflow = slot.workflow,
-            durable.instance_id = %id,
-            durable.resume_count = tracing::field::Empty,
-            durable.begin = ?begin,
-        );
-        self.drive_inner(id, erased, record, begin, slot)
-            .instrument(span)
-            .await
+        loop {
+            let span = tracing::info_span!(
+                "durable.run",
+                durable.workflow = slot.workflow,
+                durable.instance_id = %id,
+                durable.resume_count = tracing::field::Empty,
+                durable.begin = ?begin,
+            );
+            let end = self
+                .drive_inner(id, Arc::clone(&erased), record.clone(), begin, slot, lease)
+                .instrument(span)
+                .await;
+            match end {
+                DriveEnd::Rerun => begin = Begin::Wake,
+                DriveEnd::Finished(Err(e)) if lost(&e) => return self.after_lost(id).await,
+                end => return end,
+            }
+        }
+    }
+
+    /// What became of instance `id` after this process lost its lease: its
+    /// outcome if it ended (a cancel), else [`DriveEnd::Lost`].
+    async fn after_lost(&self, id: &str) -> DriveEnd {
+        tracing::info!(durable.instance_id = %id, "lease lost; the instance is no longer run here");
+        match self.services.backend.load(id).await {
+            Ok(Some(record)) => match outcome_of(id, &record, true) {
+                Some(outcome) => DriveEnd::Finished(outcome),
+                None => DriveEnd::Lost,
+            },
+            _ => DriveEnd::Lost,
+        }
     }
 
     async fn drive_inner(
@@ -74,18 +111,25 @@ impl Core {
         mut record: InstanceRecord,
         begin: Begin,
         slot: &Arc<Slot>,
+        lease: Lease,
     ) -> DriveEnd {
-        let journal = &self.services.journal;
+        let backend = &self.services.backend;
         // Before any body runs: does the recorded history fit this code?
-        let checkpoints = match journal.load_checkpoints(id) {
+        let checkpoints = match backend.checkpoints(id).await {
             Ok(c) => c,
             Err(e) => return DriveEnd::Finished(Err(e)),
         };
-        let started_patches = match self.admit(id, &record, erased.manifest(), &checkpoints) {
+        let admitted = self
+            .admit(id, &record, erased.manifest(), &checkpoints)
+            .await;
+        let started_patches = match admitted {
             Ok(patches) => patches,
             Err(e) => {
-                let stored = journal.recoveries(id).unwrap_or(0);
-                return DriveEnd::Finished(self.end(id, record, stored, slot, Err(e)).await);
+                let stored = match begin {
+                    Begin::Resume(Some(stored)) => stored,
+                    _ => 0,
+                };
+                return DriveEnd::Finished(self.end(id, record, stored, lease, Err(e)).await);
             }
         };
         let mut lane = None;
@@ -93,13 +137,7 @@ impl Core {
             Begin::Fresh | Begin::Wake => 0,
             Begin::ResumeByHand => 1,
             Begin::Resume(known) => {
-                let stored = match known {
-                    Some(stored) => stored,
-                    None => match journal.recoveries(id) {
-                        Ok(stored) => stored,
-                        Err(e) => return DriveEnd::Finished(Err(e)),
-                    },
-                };
+                let stored = known.unwrap_or(0);
                 if stored > 0 {
                     // Resumed before without progress: it may be what crashes
                     // the process. Such suspects run one at a time until each
@@ -120,14 +158,19 @@ impl Core {
                 ),
             });
             return DriveEnd::Finished(
-                self.end(id, record, recoveries - 1, slot, Err(error)).await,
+                self.end(id, record, recoveries - 1, lease, Err(error))
+                    .await,
             );
         }
         if matches!(begin, Begin::Resume(_) | Begin::ResumeByHand) {
             crate::crash::point("recovery.before_resume");
             record.state = InstanceState::Running;
             self.push_transition(&mut record, TransitionKind::Resumed);
-            if let Err(e) = journal.commit_record(id, &record, Some(recoveries)).await {
+            let write = Write::Record {
+                record: record.clone(),
+                active: Some(recoveries),
+            };
+            if let Err(e) = backend.commit(id, lease, write).await {
                 return DriveEnd::Finished(Err(e));
             }
             tracing::info!("instance resumed");
@@ -142,10 +185,13 @@ impl Core {
             id.to_string(),
             slot.workflow,
             Arc::clone(&self.services),
-            policy,
-            checkpoints,
-            recoveries,
             Arc::clone(&slot.signals),
+            RunStart {
+                policy,
+                checkpoints,
+                recoveries,
+                lease,
+            },
         );
         ctx.hold_lane(lane);
         ctx.set_started_patches(started_patches);
@@ -176,10 +222,12 @@ impl Core {
         let outcome = match flow {
             Ok(Err(conds)) => {
                 drop(ctx);
-                return match self.park(id, conds, slot).await {
-                    Ok(()) => DriveEnd::Parked,
+                return match self.park(id, conds, slot, lease).await {
+                    Ok(Committed::Written) => DriveEnd::Parked,
+                    Ok(Committed::EventFirst) => DriveEnd::Rerun,
+                    Err(e) if lost(&e) => DriveEnd::Finished(Err(e)),
                     Err(e) => {
-                        DriveEnd::Finished(self.end(id, record, recoveries, slot, Err(e)).await)
+                        DriveEnd::Finished(self.end(id, record, recoveries, lease, Err(e)).await)
                     }
                 };
             }
@@ -201,27 +249,21 @@ impl Core {
         };
         let recoveries = ctx.recoveries();
         drop(ctx);
-        DriveEnd::Finished(self.end(id, record, recoveries, slot, outcome).await)
+        DriveEnd::Finished(self.end(id, record, recoveries, lease, outcome).await)
     }
 
     /// Records how the instance ended: completed, blocked (resumable),
-    /// failed or cancelled. A cancel that was recorded first wins.
+    /// failed or cancelled. The write is fenced: a cancel that was recorded
+    /// first wins (the write is refused with `LeaseLost`).
     pub(super) async fn end(
         &self,
         id: &str,
         mut record: InstanceRecord,
         recoveries: u32,
-        slot: &Slot,
+        lease: Lease,
         outcome: Result<(Vec<u8>, bool)>,
     ) -> Result<Vec<u8>> {
-        let mut ended = slot.ended.lock().await;
-        if slot.signals.is_cancelled() {
-            *ended = true;
-            return Err(Error::Instance(crate::error::InstanceError::Cancelled {
-                instance: id.to_string(),
-            }));
-        }
-        let result = match outcome {
+        match outcome {
             Ok((output, is_err)) => {
                 record.state = InstanceState::Returned {
                     output: output.clone(),
@@ -229,18 +271,21 @@ impl Core {
                 };
                 self.push_transition(&mut record, TransitionKind::Completed);
                 crate::crash::point("complete.before_write");
-                self.services
-                    .journal
-                    .commit_record(id, &record, None)
-                    .await?;
+                let write = Write::Record {
+                    record,
+                    active: None,
+                };
+                self.services.backend.commit(id, lease, write).await?;
                 crate::crash::point("complete.after_write");
                 tracing::info!("instance completed");
                 Ok(output)
             }
-            Err(error) => self.end_with_error(id, record, recoveries, error).await,
-        };
-        *ended = result.is_ok() || !matches!(&result, Err(e) if e.blocks());
-        result
+            Err(error) if lost(&error) => Err(error),
+            Err(error) => {
+                self.end_with_error(id, record, recoveries, lease, error)
+                    .await
+            }
+        }
     }
 
     /// Records that the instance is blocked (resumable) or failed, and returns `error`.
@@ -249,6 +294,7 @@ impl Core {
         id: &str,
         mut record: InstanceRecord,
         recoveries: u32,
+        lease: Lease,
         error: Error,
     ) -> Result<Vec<u8>> {
         let text = error.to_string();
@@ -260,6 +306,7 @@ impl Core {
                 };
                 if record.state == state {
                     // Already set aside for this reason: left untouched.
+                    let _ = self.services.backend.release(id, lease).await;
                     return Err(error);
                 }
                 record.state = state;
@@ -291,18 +338,19 @@ impl Core {
         self.push_transition(&mut record, kind);
         // If the store itself is failing this write fails too; the instance
         // then stays `Running` in the store and resumes at the next open.
-        if let Err(write) = self
-            .services
-            .journal
-            .commit_record(id, &record, active)
-            .await
-        {
-            tracing::error!(
-                durable.error = %write,
-                "the instance's end could not be recorded; it resumes at the next open"
-            );
+        let write = Write::Record { record, active };
+        match self.services.backend.commit(id, lease, write).await {
+            Ok(_) => Err(error),
+            // Cancelled (or taken over) first: that end wins.
+            Err(e) if lost(&e) => Err(e),
+            Err(write) => {
+                tracing::error!(
+                    durable.error = %write,
+                    "the instance's end could not be recorded; it resumes at the next open"
+                );
+                Err(error)
+            }
         }
-        Err(error)
     }
 
     /// Appends a transition stamped now, dropping the oldest `Resumed`

@@ -40,8 +40,8 @@ impl Engine {
     /// Empty means this build can resume everything in the store.
     ///
     /// Reads the store only; nothing is changed.
-    pub fn compatibility(&self) -> Result<Vec<Incompatibility>> {
-        self.core.compatibility()
+    pub async fn compatibility(&self) -> Result<Vec<Incompatibility>> {
+        self.core.compatibility().await
     }
 }
 
@@ -50,7 +50,7 @@ impl Core {
     /// `manifest`, the code about to run it (see `manifest::check_history`).
     /// Otherwise the patches of the manifest it started with when that is
     /// another one (`None`: it started on this code).
-    pub(super) fn admit(
+    pub(super) async fn admit(
         &self,
         id: &str,
         record: &InstanceRecord,
@@ -60,11 +60,11 @@ impl Core {
         if record.manifest == *hash {
             return Ok(None);
         }
-        let journal = &self.services.journal;
-        let started = journal.manifest(record.manifest);
+        let backend = &self.services.backend;
+        let started = backend.manifest(record.manifest).await.ok().flatten();
         let recorded = Recorded {
             checkpoints,
-            events: journal.events_of(id)?,
+            events: backend.events_of(id).await?,
         };
         check_history(manifest, started.as_ref(), &recorded).map_err(|reason| {
             Error::Replay(ReplayError::Incompatible {
@@ -84,11 +84,16 @@ impl Core {
 
     /// The manifest instance `record` runs on here, or else the one it
     /// started with if the store has it.
-    pub(super) fn manifest_for(&self, record: &InstanceRecord) -> Option<Manifest> {
+    pub(super) async fn manifest_for(&self, record: &InstanceRecord) -> Option<Manifest> {
         if let Some((_, erased)) = self.registry.for_record(record) {
             return Some(erased.manifest().0.clone());
         }
-        self.services.journal.manifest(record.manifest)
+        self.services
+            .backend
+            .manifest(record.manifest)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Stores every registered manifest the store does not hold yet, so
@@ -96,11 +101,11 @@ impl Core {
     pub(super) async fn store_manifests(&self) -> Result<()> {
         let all = self.registry.all();
         let manifests: Vec<&Manifest> = all.iter().map(|(_, e)| &e.manifest().0).collect();
-        self.services.journal.store_manifests(&manifests).await
+        self.services.backend.store_manifests(&manifests).await
     }
 
-    fn compatibility(&self) -> Result<Vec<Incompatibility>> {
-        let journal = &self.services.journal;
+    async fn compatibility(&self) -> Result<Vec<Incompatibility>> {
+        let backend = &self.services.backend;
         let mut out = Vec::new();
         for ((name, _), erased) in self.registry.all() {
             for untraceable in erased.manifest().0.untraceable() {
@@ -113,16 +118,18 @@ impl Core {
                 });
             }
         }
-        for (key, _) in journal.active()? {
-            let id = String::from_utf8_lossy(&key).into_owned();
-            let Some(record) = journal.load(&id)? else {
+        for id in backend.unfinished().await? {
+            let Some(record) = backend.load(&id).await? else {
                 continue;
             };
             let reason = match self.registry.for_record(&record) {
                 None => Some(self.registry.not_registered(&record)),
                 Some((_, erased)) => {
-                    let checkpoints = journal.load_checkpoints(&id)?;
-                    match self.admit(&id, &record, erased.manifest(), &checkpoints) {
+                    let checkpoints = backend.checkpoints(&id).await?;
+                    match self
+                        .admit(&id, &record, erased.manifest(), &checkpoints)
+                        .await
+                    {
                         Err(Error::Replay(ReplayError::Incompatible { reason, .. })) => {
                             Some(reason)
                         }

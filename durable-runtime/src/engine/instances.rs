@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 
+use crate::backend::{Backend, Claim, Created, Lease};
 use crate::context::Signals;
 use crate::error::{Error, Result};
 use crate::ids::check_conflict;
@@ -30,11 +31,11 @@ pub(super) struct Slot {
     pub done: watch::Sender<Outcome>,
     pub task: TaskSlot,
     pub signals: Arc<Signals>,
-    /// Whether a task drives the instance now; changed under the `running` lock.
+    /// Whether a task of this process drives the instance now; changed
+    /// under the `running` lock.
     pub driving: AtomicBool,
-    /// Held while the instance's end is decided and written; `true` once it
-    /// has ended (so a cancel and a completion cannot both win).
-    pub ended: tokio::sync::Mutex<bool>,
+    /// The lease the driving task holds, to let go of at shutdown.
+    pub lease: Mutex<Option<Lease>>,
 }
 
 impl Slot {
@@ -46,7 +47,7 @@ impl Slot {
             task: Mutex::new(None),
             signals: Arc::new(Signals::new()),
             driving: AtomicBool::new(driving),
-            ended: tokio::sync::Mutex::new(false),
+            lease: Mutex::new(None),
         })
     }
 }
@@ -79,18 +80,24 @@ impl Instances {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Aborts every instance task and waits until all have stopped.
-    pub(super) async fn stop_all(&self) {
-        let slots: Vec<Arc<Slot>> = self.lock().drain().map(|(_, slot)| slot).collect();
-        for slot in &slots {
+    /// Aborts every instance task, waits until all have stopped, and lets
+    /// go of their leases (another worker may take them at once).
+    pub(super) async fn stop_all(&self, backend: &Arc<dyn Backend>) {
+        let slots: Vec<(String, Arc<Slot>)> = self.lock().drain().collect();
+        for (_, slot) in &slots {
             if let Some(task) = slot.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 task.abort();
             }
         }
-        drop(slots);
         self.alive.lock().unwrap_or_else(|e| e.into_inner()).take();
         let mut alive_rx = self.alive_rx.lock().await;
         while alive_rx.recv().await.is_some() {}
+        for (id, slot) in slots {
+            let lease = slot.lease.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(lease) = lease {
+                let _ = backend.release(&id, lease).await;
+            }
+        }
     }
 }
 
@@ -160,9 +167,32 @@ impl<O: serde::de::DeserializeOwned> Handle<O> {
     }
 }
 
-/// A receiver that already holds `outcome`.
-fn finished(outcome: Result<Vec<u8>>) -> watch::Receiver<Outcome> {
-    watch::Sender::new(Some(outcome)).subscribe()
+/// The outcome of an instance that has one: finished (completed, failed,
+/// cancelled), or set aside for attention when not resumed by hand.
+pub(super) fn outcome_of(id: &str, record: &InstanceRecord, manual: bool) -> Outcome {
+    let error = match &record.state {
+        InstanceState::Completed { output } | InstanceState::Returned { output, .. } => {
+            return Some(Ok(output.clone()));
+        }
+        InstanceState::Failed { error } => crate::error::InstanceError::Failed {
+            instance: id.to_string(),
+            reason: error.clone(),
+        },
+        InstanceState::Cancelled => crate::error::InstanceError::Cancelled {
+            instance: id.to_string(),
+        },
+        InstanceState::NeedsAttention { error } if !manual => {
+            crate::error::InstanceError::NeedsAttention {
+                instance: id.to_string(),
+                reason: error.clone(),
+            }
+        }
+        InstanceState::Running
+        | InstanceState::Blocked { .. }
+        | InstanceState::Incompatible { .. }
+        | InstanceState::NeedsAttention { .. } => return None,
+    };
+    Some(Err(Error::Instance(error)))
 }
 
 impl Core {
@@ -182,6 +212,11 @@ impl Core {
     }
 
     /// Starts `id` or attaches to it; returns the receiver of its outcome.
+    ///
+    /// The store decides: a create-if-absent for a new instance, a claim to
+    /// resume an unfinished one nobody runs. An instance running elsewhere
+    /// or parked is attached to without a task; whoever finishes it
+    /// resolves the handle.
     pub(super) async fn start_or_attach(
         self: Arc<Self>,
         workflow: &'static str,
@@ -190,112 +225,112 @@ impl Core {
         input: Vec<u8>,
         manual: bool,
     ) -> Result<watch::Receiver<Outcome>> {
-        let journal = &self.services.journal;
-        let (slot, fresh) = {
+        let backend = &self.services.backend;
+        // Reserve the slot first: starters of the same id in this process
+        // attach to it while the store decides.
+        let slot = {
             let mut running = self.instances.lock();
             if let Some(slot) = running.get(&id) {
                 check_conflict(&id, workflow, &input, slot.workflow, &slot.input)?;
                 return Ok(slot.done.subscribe());
             }
-            let record = match journal.load(&id)? {
-                Some(record) => {
-                    check_conflict(&id, workflow, &input, &record.workflow, &record.input)?;
-                    match &record.state {
-                        InstanceState::Completed { output }
-                        | InstanceState::Returned { output, .. } => {
-                            return Ok(finished(Ok(output.clone())));
-                        }
-                        InstanceState::Failed { error } => {
-                            return Ok(finished(Err(Error::Instance(
-                                crate::error::InstanceError::Failed {
-                                    instance: id,
-                                    reason: error.clone(),
-                                },
-                            ))));
-                        }
-                        InstanceState::Cancelled => {
-                            return Ok(finished(Err(Error::Instance(
-                                crate::error::InstanceError::Cancelled { instance: id },
-                            ))));
-                        }
-                        InstanceState::NeedsAttention { error } if !manual => {
-                            return Ok(finished(Err(Error::Instance(
-                                crate::error::InstanceError::NeedsAttention {
-                                    instance: id,
-                                    reason: error.clone(),
-                                },
-                            ))));
-                        }
-                        InstanceState::Running
-                        | InstanceState::Blocked { .. }
-                        | InstanceState::Incompatible { .. }
-                        | InstanceState::NeedsAttention { .. } => Some(record),
-                    }
-                }
-                None => None,
-            };
-            let parked = record.is_some() && self.scheduler.is_parked(&id);
-            let slot = Slot::new(workflow, input.clone(), !parked);
+            let slot = Slot::new(workflow, input.clone(), true);
             running.insert(id.clone(), Arc::clone(&slot));
-            if parked {
-                // Its timer or event wakes it; until then it needs no task.
-                return Ok(slot.done.subscribe());
-            }
-            match record {
-                Some(record) => (slot, Err(record)),
-                None => (slot, Ok(())),
-            }
+            slot
         };
         let done = slot.done.subscribe();
-        let (record, begin) = match fresh {
-            Err(record) if manual => (record, Begin::ResumeByHand),
-            Err(record) => (record, Begin::Resume(None)),
-            Ok(()) => {
-                let now = self.services.clock.now_ms();
-                let record = InstanceRecord {
-                    workflow: workflow.to_string(),
-                    version: erased.version(),
-                    manifest: erased.manifest().1,
-                    input,
-                    state: InstanceState::Running,
-                    created_at_ms: now,
-                    transitions: vec![TransitionRecord {
-                        at_ms: now,
-                        kind: TransitionKind::Started,
-                    }],
-                };
-                crate::crash::point("start.before_record");
-                if let Err(e) = journal.create(&id, &record).await {
-                    self.finish_slot(&id, &slot, Err(e.clone()));
-                    return Err(e);
-                }
+        let now = self.services.clock.now_ms();
+        let fresh = InstanceRecord {
+            workflow: workflow.to_string(),
+            version: erased.version(),
+            manifest: erased.manifest().1,
+            input: input.clone(),
+            state: InstanceState::Running,
+            created_at_ms: now,
+            transitions: vec![TransitionRecord {
+                at_ms: now,
+                kind: TransitionKind::Started,
+            }],
+        };
+        crate::crash::point("start.before_record");
+        let created = match backend.create(&id, &fresh).await {
+            Ok(created) => created,
+            Err(e) => {
+                self.finish_slot(&id, &slot, Err(e.clone()));
+                return Err(e);
+            }
+        };
+        let claim = match created {
+            Created::New(lease) => {
                 crate::crash::point("start.after_record");
                 tracing::info!(
                     durable.workflow = workflow,
                     durable.instance_id = %id,
                     "instance started"
                 );
-                (record, Begin::Fresh)
+                self.spawn(id, erased, fresh, Begin::Fresh, slot, lease);
+                return Ok(done);
             }
-        };
-        // An instance runs on the version it started on, whichever version
-        // of the workflow the caller named.
-        let erased = if begin == Begin::Fresh {
-            erased
-        } else {
-            match self.registry.for_record(&record) {
-                Some((_, erased)) => erased,
-                None => {
-                    let error = Error::Usage(crate::error::UsageError::NotRegistered {
-                        workflow: format!("{} (version {})", record.workflow, record.version),
-                    });
-                    self.finish_slot(&id, &slot, Err(error.clone()));
-                    return Err(error);
+            Created::Exists(record) => {
+                if let Err(e) =
+                    check_conflict(&id, workflow, &input, &record.workflow, &record.input)
+                {
+                    self.finish_slot(&id, &slot, Err(e.clone()));
+                    return Err(e);
+                }
+                if let Some(outcome) = outcome_of(&id, &record, manual) {
+                    self.finish_slot(&id, &slot, outcome);
+                    return Ok(done);
+                }
+                match backend.claim(&id).await {
+                    Ok(claim) => claim,
+                    Err(e) => {
+                        self.finish_slot(&id, &slot, Err(e.clone()));
+                        return Err(e);
+                    }
                 }
             }
         };
-        self.spawn(id, erased, record, begin, slot);
+        let Some(claim) = claim else {
+            // Parked, or run by another process: its end resolves the slot.
+            slot.driving.store(false, Ordering::SeqCst);
+            return Ok(done);
+        };
+        if let Some(outcome) = outcome_of(&id, &claim.record, manual) {
+            // It finished between the read and the claim.
+            let _ = backend.release(&id, claim.lease).await;
+            self.finish_slot(&id, &slot, outcome);
+            return Ok(done);
+        }
+        let begin = if manual {
+            Begin::ResumeByHand
+        } else {
+            Begin::Resume(Some(claim.recoveries))
+        };
+        self.run_claim(claim, begin, slot);
         Ok(done)
+    }
+
+    /// Drives claimed instance `claim` with `slot`, on the version of the
+    /// workflow it started on; releases it if that version is not
+    /// registered here.
+    pub(super) fn run_claim(self: Arc<Self>, claim: Claim, begin: Begin, slot: Arc<Slot>) {
+        let Claim {
+            id, lease, record, ..
+        } = claim;
+        match self.registry.for_record(&record) {
+            Some((_, erased)) => self.spawn(id, erased, record, begin, slot, lease),
+            None => {
+                let error = Error::Usage(crate::error::UsageError::NotRegistered {
+                    workflow: format!("{} (version {})", record.workflow, record.version),
+                });
+                let core = Arc::clone(&self);
+                self.runtime.spawn(async move {
+                    let _ = core.services.backend.release(&id, lease).await;
+                    core.finish_slot(&id, &slot, Err(error));
+                });
+            }
+        }
     }
 
     /// Runs instance `id` on a task of its own, which holds the engine alive.
@@ -306,7 +341,9 @@ impl Core {
         record: InstanceRecord,
         begin: Begin,
         slot: Arc<Slot>,
+        lease: Lease,
     ) {
+        *slot.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
         let alive = self
             .instances
             .alive
@@ -330,19 +367,41 @@ impl Core {
                 core: self,
                 _alive: alive,
             };
-            if let DriveEnd::Finished(outcome) = guard
-                .core
-                .drive(&id, erased, record, begin, &task_slot)
+            let core = &guard.core;
+            match core
+                .drive(&id, erased, record, begin, &task_slot, lease)
                 .await
             {
-                guard.core.finish_slot(&id, &task_slot, outcome);
+                DriveEnd::Finished(outcome) => {
+                    if outcome.is_err() {
+                        // An end that could not be written keeps no lease.
+                        let _ = core.services.backend.release(&id, lease).await;
+                    }
+                    core.finish_slot(&id, &task_slot, outcome);
+                }
+                DriveEnd::Lost => core.stop_driving(&id, &task_slot),
+                DriveEnd::Parked | DriveEnd::Rerun => {}
             }
         });
         *slot.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
     }
 
+    /// Marks `slot` as driven by no task of this process (parked, or run by
+    /// another), and forgets it if nobody waits for its outcome.
+    pub(super) fn stop_driving(&self, id: &str, slot: &Arc<Slot>) {
+        let mut running = self.instances.lock();
+        slot.driving.store(false, Ordering::SeqCst);
+        *slot.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        slot.lease.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if slot.done.receiver_count() == 0 && running.get(id).is_some_and(|s| Arc::ptr_eq(s, slot))
+        {
+            running.remove(id);
+        }
+    }
+
     /// Hands `outcome` to every handle of `slot` and forgets the slot.
     pub(super) fn finish_slot(&self, id: &str, slot: &Arc<Slot>, outcome: Result<Vec<u8>>) {
+        slot.lease.lock().unwrap_or_else(|e| e.into_inner()).take();
         {
             let mut running = self.instances.lock();
             if running.get(id).is_some_and(|s| Arc::ptr_eq(s, slot)) {

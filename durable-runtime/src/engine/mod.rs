@@ -7,9 +7,9 @@
 //! | `registry` | workflows by name, types erased |
 //! | `instances` | live instances, [`Handle`], start and attach |
 //! | `driver` | one run of one instance, the crash-loop guard, its end |
-//! | `scheduler` + `park` | parking, timers, wake-ups |
-//! | `events` | `send_event` and `cancel` |
-//! | `recovery` | resuming unfinished instances at open |
+//! | `scheduler` | the claim loop: claims due and runnable work from the backend, wake-up hints |
+//! | `events` | `send_event` and `cancel`, decided by the backend |
+//! | `recovery` | the first claim round at open, and its report |
 //! | `queries` | status, history, listing |
 
 mod builder;
@@ -17,7 +17,6 @@ mod driver;
 mod events;
 mod evolution;
 mod instances;
-mod park;
 mod queries;
 mod recovery;
 mod registry;
@@ -49,7 +48,7 @@ type Out<I> = <<I as IntoWorkflow>::Workflow as Workflow>::Output;
 
 /// The engine's shared state, one field per concern.
 pub(crate) struct Core {
-    /// What instances may use: journal, clock, event gate.
+    /// What instances may use: backend, clock.
     services: Arc<Services>,
     config: Config,
     registry: Registry,
@@ -100,11 +99,7 @@ impl Engine {
         let id = id.into();
         validate_id(&id)?;
         let erased = self.core.registry.get::<W<I>>()?;
-        let input = self
-            .core
-            .services
-            .journal
-            .encode_value(&id, "input", &input)?;
+        let input = self.core.services.encode_value(&id, "input", &input)?;
         let done = Arc::clone(&self.core)
             .start_or_attach(W::<I>::NAME, erased, id.clone(), input, false)
             .await?;
@@ -161,7 +156,7 @@ impl Engine {
         type W<I> = <I as IntoWorkflow>::Workflow;
         validate_id(&id)?;
         let erased = self.core.registry.get::<W<I>>()?;
-        let record = self.core.services.journal.load(&id)?.ok_or_else(|| {
+        let record = self.core.services.backend.load(&id).await?.ok_or_else(|| {
             crate::Error::Usage(crate::error::UsageError::NotFound { id: id.clone() })
         })?;
         if manual && let crate::records::InstanceState::Failed { error } = &record.state {
@@ -186,14 +181,16 @@ impl Engine {
     /// The status of instance `id`: with the step attempts running now, and
     /// what it waits for if it is parked.
     pub async fn status(&self, id: &str) -> Result<Status> {
-        self.core.status(id)
+        validate_id(id)?;
+        self.core.status(id).await
     }
 
     /// The audit trail of instance `id`: its transitions and every step
     /// occurrence with attempts, times and outcome (including attempts
     /// running now).
     pub async fn history(&self, id: &str) -> Result<History> {
-        self.core.history(id)
+        validate_id(id)?;
+        self.core.history(id).await
     }
 
     /// One page of instances that pass `filter`, newest first (by creation
@@ -218,7 +215,7 @@ impl Engine {
     /// # }
     /// ```
     pub async fn list(&self, filter: &ListFilter) -> Result<Page> {
-        self.core.list(filter)
+        self.core.list(filter).await
     }
 
     /// Sends event `name` with `payload` to instance `id`, durably: when this
@@ -244,11 +241,10 @@ impl Engine {
     ) -> Result<()> {
         let (id, name) = (id.into(), name.into());
         validate_id(&id)?;
-        let payload =
-            self.core
-                .services
-                .journal
-                .encode_value(&id, &format!("event {name:?}"), &payload)?;
+        let payload = self
+            .core
+            .services
+            .encode_value(&id, &format!("event {name:?}"), &payload)?;
         self.core
             .send_event(
                 id,
@@ -285,47 +281,29 @@ impl Engine {
     /// status and history but can no longer write.
     pub async fn shutdown(self) {
         self.core.scheduler.stop();
-        self.core.instances.stop_all().await;
-        self.core.services.journal.close().await;
+        self.core
+            .instances
+            .stop_all(&self.core.services.backend)
+            .await;
+        self.core.services.backend.close().await;
     }
 
     /// Whether nothing can happen until the clock moves or an event is sent
     /// (feature `testing`; see [`TestEngine`](crate::testing::TestEngine)).
     #[cfg(feature = "testing")]
-    pub(crate) fn is_idle(&self) -> bool {
-        self.core.idle()
+    pub(crate) async fn is_idle(&self) -> bool {
+        self.core.idle().await
     }
 
     /// How many instances are parked in this process now (feature `hooks`).
     #[cfg(feature = "hooks")]
     pub fn parked_count(&self) -> usize {
-        self.core.scheduler.table().len()
+        self.core.services.backend.parked_count()
     }
 
     /// Batches and group commits written so far (feature `hooks`).
     #[cfg(feature = "hooks")]
     pub fn commit_stats(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering;
-        let stats = self.core.services.journal.stats();
-        (
-            stats.batches.load(Ordering::Relaxed),
-            stats.groups.load(Ordering::Relaxed),
-        )
+        self.core.services.backend.commit_stats()
     }
-}
-
-/// A park table for the benchmark (feature `hooks`).
-#[cfg(feature = "hooks")]
-pub(crate) fn bench_park_table(prefix: &str, n: usize) -> Box<dyn std::any::Any> {
-    let mut table = park::ParkTable::default();
-    let cond = crate::records::WaitCond {
-        name: "go".into(),
-        occurrence: 0,
-        deadline_ms: None,
-        event_type: Some("u64".into()),
-    };
-    for i in 0..n {
-        table.insert(&format!("{prefix}-{i}"), std::slice::from_ref(&cond), |d| d);
-    }
-    Box::new(table)
 }

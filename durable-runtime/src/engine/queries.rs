@@ -1,97 +1,52 @@
-//! Status, history and listing: what the store records, with what only this
-//! process knows (parked instances, step attempts running now) added.
+//! Status, history and listing: what the backend records, with the step
+//! attempts this process runs now added.
 
 use crate::error::{Error, Result};
 use crate::inspect::{self, History, Status};
-use crate::listing::{Cursor, InstanceSummary, ListFilter, Page};
-use crate::records::{InstanceRecord, InstanceState, created_key, id_of_created_key};
-use crate::time::from_ms;
+use crate::listing::{ListFilter, Page};
+use crate::records::{InstanceRecord, InstanceState};
 
 use super::Core;
 
-/// Index entries read per store call while filling a page.
-const SCAN_CHUNK: usize = 256;
-
-/// The creation time in a key of the creation-time index.
-fn created_ms(key: &[u8]) -> u64 {
-    key.get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u64::from_be_bytes)
-}
-
 impl Core {
-    pub(super) fn status(&self, id: &str) -> Result<Status> {
-        let record = self.services.journal.load(id)?.ok_or_else(|| {
-            Error::Usage(crate::error::UsageError::NotFound { id: id.to_string() })
-        })?;
-        Ok(self.status_of(id, &record))
+    pub(super) async fn status(&self, id: &str) -> Result<Status> {
+        let record = self.record(id).await?;
+        self.status_of(id, &record).await
     }
 
-    pub(super) fn history(&self, id: &str) -> Result<History> {
-        let journal = &self.services.journal;
-        let record = journal.load(id)?.ok_or_else(|| {
-            Error::Usage(crate::error::UsageError::NotFound { id: id.to_string() })
-        })?;
-        let checkpoints = journal.load_checkpoints(id)?;
+    pub(super) async fn history(&self, id: &str) -> Result<History> {
+        let record = self.record(id).await?;
+        let checkpoints = self.services.backend.checkpoints(id).await?;
         let in_flight = self.in_flight(id, &record);
         let mut history = inspect::history_of(id, &record, checkpoints, &in_flight);
-        history.status = self.status_of(id, &record);
+        history.status = self.status_of(id, &record).await?;
         Ok(history)
     }
 
-    pub(super) fn list(&self, filter: &ListFilter) -> Result<Page> {
-        let journal = &self.services.journal;
-        let (after_ms, before_ms) = filter.created_ms();
-        let mut from: Option<Vec<u8>> = match (&filter.after, before_ms) {
-            (Some(cursor), _) => Some(cursor.0.clone()),
-            (None, Some(before)) => Some(created_key(before, "")),
-            (None, None) => None,
-        };
-        let mut instances = Vec::new();
-        loop {
-            let chunk = journal.created_page(from.as_deref(), SCAN_CHUNK)?;
-            let exhausted = chunk.len() < SCAN_CHUNK;
-            for (key, _) in chunk {
-                if key.len() < 8
-                    || u64::from_be_bytes(key[..8].try_into().unwrap_or_default()) < after_ms
-                {
-                    return Ok(Page {
-                        instances,
-                        next: None,
-                    });
-                }
-                from = Some(key.clone());
-                let Some(id) = id_of_created_key(&key) else {
-                    continue;
-                };
-                // Purged or unreadable instances are left out of listings.
-                let Ok(Some(record)) = journal.load(id) else {
-                    continue;
-                };
-                let status = self.status_of(id, &record);
-                let summary = InstanceSummary::of(id.to_string(), &record, status);
-                if filter.accepts(&summary) {
-                    instances.push(summary);
-                    if instances.len() >= filter.limit {
-                        // A cursor only if the index holds a later entry in range.
-                        let more = journal
-                            .created_page(Some(&key), 1)?
-                            .first()
-                            .is_some_and(|(k, _)| created_ms(k) >= after_ms);
-                        return Ok(Page {
-                            instances,
-                            next: more.then_some(Cursor(key)),
-                        });
-                    }
-                }
-            }
-            if exhausted {
-                return Ok(Page {
-                    instances,
-                    next: None,
-                });
+    pub(super) async fn list(&self, filter: &ListFilter) -> Result<Page> {
+        let mut page = self.services.backend.list(filter).await?;
+        for summary in &mut page.instances {
+            if let Status::Running { steps } = &mut summary.status
+                && let Some(slot) = self.instances.get(&summary.id)
+            {
+                *steps = inspect::running_steps(
+                    slot.signals
+                        .in_flight
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone(),
+                );
             }
         }
+        Ok(page)
+    }
+
+    async fn record(&self, id: &str) -> Result<InstanceRecord> {
+        self.services
+            .backend
+            .load(id)
+            .await?
+            .ok_or_else(|| Error::Usage(crate::error::UsageError::NotFound { id: id.to_string() }))
     }
 
     /// The step attempts of `id` running in this process now.
@@ -109,25 +64,17 @@ impl Core {
     }
 
     /// The status of `id`: with what it waits for if it is parked, and its
-    /// step attempts running now.
-    pub(super) fn status_of(&self, id: &str, record: &InstanceRecord) -> Status {
-        if record.state == InstanceState::Running {
-            if let Some(parked) = self.scheduler.table().get(id) {
-                let until = parked.deadline_ms.map(from_ms);
-                return match parked.events.first() {
-                    Some(event) => Status::Waiting {
-                        event: event.name.to_string(),
-                        until,
-                    },
-                    None => Status::Sleeping {
-                        until: until.unwrap_or(std::time::UNIX_EPOCH),
-                    },
-                };
-            }
-            return Status::Running {
-                steps: inspect::running_steps(self.in_flight(id, record)),
-            };
+    /// step attempts running in this process now.
+    async fn status_of(&self, id: &str, record: &InstanceRecord) -> Result<Status> {
+        let park = if record.state == InstanceState::Running {
+            self.services.backend.park_of(id).await?
+        } else {
+            None
+        };
+        let mut status = inspect::stored_status(record, park.as_ref());
+        if let Status::Running { steps } = &mut status {
+            *steps = inspect::running_steps(self.in_flight(id, record));
         }
-        inspect::status_of(&record.state)
+        Ok(status)
     }
 }

@@ -58,10 +58,7 @@ impl<W: Workflow> Erased for Registered<W> {
                 })
             })?;
             let output = workflow.run(ctx, input).await;
-            let bytes = ctx
-                .services
-                .journal
-                .encode_value(&ctx.id, "output", &output)?;
+            let bytes = ctx.services.encode_value(&ctx.id, "output", &output)?;
             Ok((bytes, crate::outcome::is_err(&output)))
         })
     }
@@ -84,6 +81,8 @@ pub(super) type Key = (&'static str, u32);
 #[derive(Default)]
 pub(super) struct Registry {
     by_name: HashMap<(&'static str, u32), Arc<dyn Erased>>,
+    /// The keys of `by_name`: what this process can run.
+    runnable: Vec<(&'static str, u32)>,
 }
 
 impl Registry {
@@ -102,7 +101,14 @@ impl Registry {
             }
             by_name.insert(key, erased);
         }
-        Ok(Registry { by_name })
+        let mut runnable: Vec<_> = by_name.keys().copied().collect();
+        runnable.sort_unstable();
+        Ok(Registry { by_name, runnable })
+    }
+
+    /// Every registered (name, version): the instances this process claims.
+    pub(super) fn runnable(&self) -> &[(&'static str, u32)] {
+        &self.runnable
     }
 
     /// Workflow `W`, if this very definition is registered.

@@ -1,173 +1,242 @@
-//! Parking and timers: an instance blocked only in sleeps and waits drops
-//! its task and keeps an entry in the park table (see `park.rs`); the timer
-//! task and event delivery wake it. Every deadline is on the engine's clock.
+//! Parking and the claim loop. An instance blocked only in sleeps and
+//! waits parks: the backend records what it waits for and releases it, and
+//! its task ends. The claim loop asks the backend for work that is due (a
+//! timer, an arrived event, an unowned unfinished instance), drives what it
+//! claims, and follows the backend's wake-up hints. Recovery at open is its
+//! first round. Every deadline is on the engine's clock.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::broadcast::error::RecvError;
 
+use crate::backend::{ClaimKind, Committed, Lease, Notice, Round, Write};
 use crate::error::Result;
 use crate::records::{ParkRecord, WaitCond};
 
 use super::Core;
 use super::builder::TaskSlot;
 use super::driver::Begin;
-use super::instances::Slot;
-use super::park::ParkTable;
+use super::instances::{Slot, outcome_of};
 
 /// Waits ending sooner than this stay in memory instead of parking.
 pub(crate) const PARK_AFTER_MS: u64 = 1_000;
 
-/// The park table and the timer task that wakes its instances.
+/// The claim loop's task, and the lock that makes a claim round atomic for
+/// the test kit's idle check.
 #[derive(Default)]
 pub(super) struct Scheduler {
-    /// Parked instances; lock after `running` when both are needed.
-    parked: Mutex<ParkTable>,
-    /// Rung when an earlier deadline is parked.
-    bell: Arc<Notify>,
-    /// Held while due instances are taken out of the table and woken, so
-    /// that an idle check never sees one in neither place.
-    waking: Mutex<()>,
-    pub timer_task: TaskSlot,
+    pub claim_task: TaskSlot,
+    /// Held while a round takes instances out of the backend and starts
+    /// them, so that an idle check never sees one in neither place.
+    pub claiming: tokio::sync::Mutex<()>,
 }
 
 impl Scheduler {
-    pub(super) fn table(&self) -> MutexGuard<'_, ParkTable> {
-        self.parked.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(super) fn is_parked(&self, id: &str) -> bool {
-        self.table().contains(id)
-    }
-
-    /// Takes `id` out of the park table; whether it was there.
-    pub(super) fn unpark(&self, id: &str) -> bool {
-        self.table().remove(id).is_some()
-    }
-
-    /// Puts `id` in the park table, its deadlines passed through `clamp`.
-    pub(super) fn insert(&self, id: &str, conds: &[WaitCond], clamp: impl Fn(u64) -> u64) {
-        if self.table().insert(id, conds, clamp) {
-            self.bell.notify_one();
-        }
-    }
-
-    /// Stops the timer task.
+    /// Stops the claim loop.
     pub(super) fn stop(&self) {
-        if let Some(timers) = self
-            .timer_task
+        if let Some(task) = self
+            .claim_task
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
         {
-            timers.abort();
+            task.abort();
         }
     }
 }
 
 impl Core {
-    /// Parks the instance on `conds`: records what it waits for, then hands
-    /// it to the park table (or wakes it at once if an awaited event is there).
+    /// Parks the instance on `conds`: the backend records what it waits for
+    /// and releases it, unless an awaited event is already stored.
     pub(super) async fn park(
         self: &Arc<Self>,
         id: &str,
         conds: Vec<WaitCond>,
         slot: &Arc<Slot>,
-    ) -> Result<()> {
+        lease: Lease,
+    ) -> Result<Committed> {
         let park = ParkRecord {
             parked_at_ms: self.services.clock.now_ms(),
             conds,
         };
-        self.services.journal.park(id, &park).await?;
-        {
-            let mut running = self.instances.lock();
-            slot.driving.store(false, Ordering::SeqCst);
-            *slot.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            if slot.done.receiver_count() == 0
-                && running.get(id).is_some_and(|s| Arc::ptr_eq(s, slot))
-            {
-                running.remove(id);
-            }
+        let waits = park.conds.len();
+        let wake_at = park.conds.iter().filter_map(|c| c.deadline_ms).min();
+        let committed = self
+            .services
+            .backend
+            .commit(id, lease, Write::Park(park))
+            .await?;
+        if committed == Committed::Written {
+            self.stop_driving(id, slot);
+            tracing::debug!(
+                durable.waits = waits,
+                durable.wake_at_ms = wake_at,
+                "instance parked"
+            );
         }
-        if slot.signals.is_cancelled() {
-            return Err(crate::error::Error::Instance(
-                crate::error::InstanceError::Cancelled {
-                    instance: id.to_string(),
-                },
-            ));
-        }
-        tracing::debug!(
-            durable.waits = park.conds.len(),
-            durable.wake_at_ms = park.conds.iter().filter_map(|c| c.deadline_ms).min(),
-            "instance parked"
-        );
-        self.scheduler.insert(id, &park.conds, |d| d);
-        self.wake_if_event_arrived(id, &park.conds)
+        Ok(committed)
     }
 
-    /// Wakes parked `id` if an event one of `conds` waits for is already stored.
-    pub(super) fn wake_if_event_arrived(
-        self: &Arc<Self>,
-        id: &str,
-        conds: &[WaitCond],
-    ) -> Result<()> {
-        for cond in conds.iter().filter(|c| c.event_type.is_some()) {
-            if self
-                .services
-                .journal
-                .has_event(id, &cond.name, cond.occurrence)?
-            {
-                if self.scheduler.unpark(id) {
-                    self.wake(id);
+    /// One claim round: claims what is due and drives it. Returns the round
+    /// with its claims taken out, and how many of them were recoveries
+    /// (recovery reports the first round).
+    pub(super) async fn claim_round(self: &Arc<Self>) -> Result<(Round, usize)> {
+        let _claiming = self.scheduler.claiming.lock().await;
+        let mut round = self
+            .services
+            .backend
+            .claim_due(self.registry.runnable(), usize::MAX)
+            .await?;
+        let mut recovered = 0;
+        for claim in std::mem::take(&mut round.claims) {
+            let id = claim.id.clone();
+            let slot = {
+                let mut running = self.instances.lock();
+                let slot = running.entry(id.clone()).or_insert_with(|| {
+                    let workflow = self
+                        .registry
+                        .for_record(&claim.record)
+                        .map_or("", |(w, _)| w);
+                    Slot::new(workflow, claim.record.input.clone(), false)
+                });
+                if slot.driving.swap(true, Ordering::SeqCst) {
+                    None
+                } else {
+                    Some(Arc::clone(slot))
                 }
-                break;
+            };
+            let Some(slot) = slot else {
+                // Driven here already (cannot happen with an exclusive claim).
+                let _ = self.services.backend.release(&id, claim.lease).await;
+                continue;
+            };
+            let begin = match claim.kind {
+                ClaimKind::Wake => {
+                    tracing::debug!(durable.instance_id = %id, "instance woken");
+                    Begin::Wake
+                }
+                ClaimKind::Recover => Begin::Resume(Some(claim.recoveries)),
+            };
+            if claim.kind == ClaimKind::Recover {
+                recovered += 1;
             }
+            Arc::clone(self).run_claim(claim, begin, slot);
         }
-        Ok(())
+        Ok((round, recovered))
     }
 
-    /// Starts a task for parked instance `id`, just taken out of the park table.
-    pub(super) fn wake(self: &Arc<Self>, id: &str) {
-        let record = match self.services.journal.load(id) {
-            Ok(Some(record)) if record.state == crate::records::InstanceState::Running => record,
-            _ => return,
-        };
-        let Some((workflow, erased)) = self.registry.for_record(&record) else {
+    /// Follows one wake-up hint about a single instance.
+    async fn follow(self: &Arc<Self>, notice: Notice) {
+        match notice {
+            Notice::Ready => {}
+            Notice::Event { id, .. } => {
+                if let Some(slot) = self.instances.get(&id) {
+                    slot.signals.ring();
+                }
+            }
+            Notice::Cancelled { id } => {
+                if let Some(slot) = self.instances.get(&id) {
+                    slot.signals.cancelled.store(true, Ordering::SeqCst);
+                    slot.signals.ring();
+                }
+                self.resolve(&id).await;
+            }
+            Notice::Ended { id } => self.resolve(&id).await,
+        }
+    }
+
+    /// Resolves the handles of `id` if no task of this process drives it
+    /// and it has an outcome (it ended elsewhere, or was cancelled).
+    async fn resolve(self: &Arc<Self>, id: &str) {
+        let Some(slot) = self.instances.get(id) else {
             return;
         };
-        let slot = {
-            let mut running = self.instances.lock();
-            let slot = running
-                .entry(id.to_string())
-                .or_insert_with(|| Slot::new(workflow, record.input.clone(), false));
-            if slot.driving.swap(true, Ordering::SeqCst) {
-                return;
-            }
-            Arc::clone(slot)
+        if slot.driving.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Ok(Some(record)) = self.services.backend.load(id).await
+            && let Some(outcome) = outcome_of(id, &record, false)
+        {
+            self.finish_slot(id, &slot, outcome);
+        }
+    }
+
+    /// Resolves every handle waiting on an instance no task here drives (a
+    /// lost hint costs one poll).
+    async fn resolve_waiting(self: &Arc<Self>) {
+        let waiting: Vec<String> = self
+            .instances
+            .lock()
+            .iter()
+            .filter(|(_, s)| !s.driving.load(Ordering::SeqCst))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in waiting {
+            self.resolve(&id).await;
+        }
+    }
+
+    /// The claim loop: a round whenever a hint comes, a parked timer is
+    /// due, or (on a shared store) the poll interval passes; until the
+    /// engine is gone.
+    pub(super) async fn claim_loop(core: Weak<Core>, poll: Option<Duration>) {
+        let Some((mut notices, clock)) = core.upgrade().map(|c| {
+            (
+                c.services.backend.subscribe(),
+                Arc::clone(&c.services.clock),
+            )
+        }) else {
+            return;
         };
-        tracing::debug!(durable.workflow = workflow, durable.instance_id = %id, "instance woken");
-        Arc::clone(self).spawn(id.to_string(), erased, record, Begin::Wake, slot);
+        loop {
+            let next = {
+                let Some(core) = core.upgrade() else { return };
+                if let Err(e) = core.claim_round().await {
+                    tracing::warn!(durable.error = %e, "claim round failed; retrying at the next poll");
+                }
+                if poll.is_some() {
+                    core.resolve_waiting().await;
+                }
+                core.services.backend.next_due()
+            };
+            let timer = async {
+                match next {
+                    Some(at) => clock.sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let polled = async {
+                match poll {
+                    Some(every) => tokio::time::sleep(every).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                notice = notices.recv() => match notice {
+                    Ok(notice) => {
+                        let Some(core) = core.upgrade() else { return };
+                        core.follow(notice).await;
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                },
+                _ = timer => {}
+                _ = polled => {}
+            }
+        }
     }
 
     /// Whether no instance of this engine can make progress until the clock
-    /// moves or an event is sent: every live instance is parked, or blocked
-    /// only in waits and backoffs none of which is due or satisfied, and no
-    /// parked deadline has come. For the test kit.
+    /// moves or an event is sent: nothing is due in the backend, and every
+    /// live instance is parked, or blocked only in waits and backoffs none
+    /// of which is due or satisfied. For the test kit.
     #[cfg(feature = "testing")]
-    pub(super) fn idle(&self) -> bool {
+    pub(super) async fn idle(&self) -> bool {
         let now = self.services.clock.now_ms();
-        let _waking = self
-            .scheduler
-            .waking
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if self
-            .scheduler
-            .table()
-            .next_deadline()
-            .is_some_and(|d| d <= now)
-        {
+        let _claiming = self.scheduler.claiming.lock().await;
+        if self.services.backend.next_due().is_some_and(|d| d <= now) {
             return false;
         }
         let slots: Vec<_> = self
@@ -176,49 +245,37 @@ impl Core {
             .iter()
             .map(|(id, s)| (id.clone(), Arc::clone(s)))
             .collect();
-        slots.iter().all(|(id, slot)| {
-            !slot.driving.load(Ordering::SeqCst)
-                || slot.signals.blocked(now, |c| {
-                    c.event_type.is_some()
-                        && self
-                            .services
-                            .journal
-                            .has_event(id, &c.name, c.occurrence)
-                            .unwrap_or(true)
-                })
-        })
-    }
-
-    /// Wakes parked instances whose deadline has come, until the engine is gone.
-    pub(super) async fn timers(core: std::sync::Weak<Core>) {
-        let Some(bell) = core.upgrade().map(|c| Arc::clone(&c.scheduler.bell)) else {
-            return;
-        };
-        loop {
-            let sleep = {
-                let Some(core) = core.upgrade() else { return };
-                let clock = &core.services.clock;
-                let _waking = core
-                    .scheduler
-                    .waking
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let due = core.scheduler.table().take_due(clock.now_ms());
-                for id in due {
-                    core.wake(&id);
+        for (id, slot) in slots {
+            if !slot.driving.load(Ordering::SeqCst) {
+                continue;
+            }
+            let waits: Vec<WaitCond> = slot
+                .signals
+                .waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let mut arrived = Vec::new();
+            for c in waits.iter().filter(|c| c.event_type.is_some()) {
+                let stored = self
+                    .services
+                    .backend
+                    .event(&id, &c.name, c.occurrence)
+                    .await
+                    .map_or(true, |e| e.is_some());
+                if stored {
+                    arrived.push((c.name.clone(), c.occurrence));
                 }
-                let next = core.scheduler.table().next_deadline();
-                next.map(|d| clock.sleep_until(d))
-            };
-            match sleep {
-                Some(sleep) => {
-                    tokio::select! {
-                        _ = sleep => {}
-                        _ = bell.notified() => {}
-                    }
-                }
-                None => bell.notified().await,
+            }
+            let blocked = slot.signals.blocked(now, |c| {
+                arrived
+                    .iter()
+                    .any(|(n, o)| *n == c.name && *o == c.occurrence)
+            });
+            if !blocked {
+                return false;
             }
         }
+        true
     }
 }

@@ -1,12 +1,14 @@
-//! Storage behind a trait: the engine reads and writes byte records in a few
-//! named trees and asks for atomic, durable batches.
+//! The device seam beneath the embedded backend: byte records in a few
+//! named trees, atomic and durable batches. (The engine itself talks to the
+//! instance-level backend seam, which adds claims and fenced writes; the
+//! embedded backend runs over this.)
 //!
 //! [`SledStore`] is the embedded default. [`MemoryStore`] keeps everything in
 //! memory (tests, and a twin that proves the engine names no sled type).
 //! Another single-process device implements [`Store`] and is handed to
-//! [`EngineBuilder::store`](crate::EngineBuilder::store); a store shared by
-//! many processes needs claims and fenced writes, which this seam does not
-//! express.
+//! [`EngineBuilder::store`](crate::EngineBuilder::store). A store is held by
+//! one process; sharing one store among many processes is the PostgreSQL
+//! backend's job, not this seam's.
 //!
 //! The engine drives every write through one committer thread that gathers
 //! the batches of concurrent instances and hands them to [`Store::apply`] in

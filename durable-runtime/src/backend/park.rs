@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::records::WaitCond;
+use crate::records::{ParkRecord, WaitCond};
 
 /// A wait on an event, as the table keeps it. Names and types are interned:
 /// thousands of instances of one workflow share them.
@@ -27,6 +27,35 @@ pub(crate) struct Parked {
     pub events: Events,
 }
 
+impl Parked {
+    /// What the instance waits for, as a park record (one wait per event,
+    /// each with the earliest deadline; a lone timer as one sleep).
+    pub(super) fn to_record(&self) -> ParkRecord {
+        let mut conds: Vec<WaitCond> = self
+            .events
+            .iter()
+            .map(|e| WaitCond {
+                name: e.name.to_string(),
+                occurrence: e.occurrence,
+                deadline_ms: self.deadline_ms,
+                event_type: Some(e.type_name.to_string()),
+            })
+            .collect();
+        if conds.is_empty() {
+            conds.push(WaitCond {
+                name: String::new(),
+                occurrence: 0,
+                deadline_ms: self.deadline_ms,
+                event_type: None,
+            });
+        }
+        ParkRecord {
+            parked_at_ms: 0,
+            conds,
+        }
+    }
+}
+
 /// A parked instance's event waits, without an allocation for zero or one.
 #[derive(Debug)]
 pub(crate) enum Events {
@@ -42,10 +71,6 @@ impl Events {
             Events::One(e) => std::slice::from_ref(e).iter(),
             Events::Many(es) => es.iter(),
         }
-    }
-
-    pub(super) fn first(&self) -> Option<&EventWait> {
-        self.iter().next()
     }
 }
 
@@ -156,6 +181,23 @@ impl ParkTable {
     }
 }
 
+/// A park table for the benchmark (feature `hooks`): `n` instances each
+/// waiting on one event.
+#[cfg(feature = "hooks")]
+pub(crate) fn bench_table(prefix: &str, n: usize) -> Box<dyn std::any::Any> {
+    let mut table = ParkTable::default();
+    let cond = WaitCond {
+        name: "go".into(),
+        occurrence: 0,
+        deadline_ms: None,
+        event_type: Some("u64".into()),
+    };
+    for i in 0..n {
+        table.insert(&format!("{prefix}-{i}"), std::slice::from_ref(&cond), |d| d);
+    }
+    Box::new(table)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,7 +233,10 @@ mod tests {
             ["a", "b"]
         );
         assert!(t.contains("c") && t.contains("e") && !t.contains("a"));
-        assert_eq!(&*t.get("c").unwrap().events.first().unwrap().name, "x");
+        assert_eq!(
+            &*t.get("c").unwrap().events.iter().next().unwrap().name,
+            "x"
+        );
         assert!(t.remove("c").is_some());
         assert_eq!(t.next_deadline(), None);
         assert!(t.contains("e"));

@@ -1,0 +1,700 @@
+//! The embedded backend: one process over a KV [`Store`] (sled with its
+//! write-ahead log, or memory), through the [`Journal`].
+//!
+//! It is a single worker that holds every lease. What a shared database
+//! keeps in rows it keeps in memory, which is right because the store is
+//! locked to this process: which instances are owned and with which epoch,
+//! the park table (its index of due timers, loaded from the `Timers` tree
+//! at open), and the parked instances whose event arrived. Epochs move on
+//! every claim and on cancel, so a cancelled owner's late writes are refused
+//! as they are on PostgreSQL.
+//!
+//! Decisions that must not race take locks in one order: the event gate
+//! (events, cancels, timeouts), then the instance's stripe (its record,
+//! park and end writes), then the state mutex (never held across an await).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::broadcast;
+
+use super::park::ParkTable;
+use super::{
+    Backend, BoxFuture, Claim, ClaimKind, Committed, Created, EventCheck, Lease, Notice, Round,
+    Write,
+};
+use crate::error::{Error, InstanceError, Result, StoreError, UsageError};
+use crate::journal::Journal;
+use crate::listing::{ListFilter, Page};
+use crate::manifest::Manifest;
+use crate::records::{CheckpointRecord, EventRecord, InstanceRecord, InstanceState, ParkRecord};
+use crate::store::Store;
+use crate::time::Clock;
+
+/// Stripes of per-instance locks: an instance's writes and the decisions
+/// about it (events, cancel) are ordered by its stripe.
+const STRIPES: usize = 64;
+
+/// The embedded backend.
+pub(crate) struct Embedded {
+    journal: Journal,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+    /// Serializes event delivery, time-outs and cancellation.
+    gate: tokio::sync::Mutex<()>,
+    stripes: Box<[tokio::sync::Mutex<()>]>,
+    /// Seeds the stripe hash.
+    hasher: std::collections::hash_map::RandomState,
+    epochs: AtomicU64,
+    notices: broadcast::Sender<Notice>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Instances owned now, with the epoch of their lease.
+    owned: HashMap<String, u64>,
+    /// Parked instances: what they wait for, and the timer index.
+    parked: ParkTable,
+    /// Parked instances whose awaited event arrived: claimable.
+    ready: Vec<String>,
+    /// Unfinished instances found at open, for the first claim round:
+    /// (id bytes, resumes without progress).
+    pending: Option<Vec<(Vec<u8>, u32)>>,
+}
+
+impl Embedded {
+    /// The backend over `store`: starts its committer and reads the
+    /// unfinished instances and park records (blocking reads, once).
+    pub(crate) fn open(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Embedded> {
+        // Read before the committer starts: a failed read leaves nothing
+        // running that holds the store.
+        let (active, parks) = Journal::unfinished_of(&*store)?;
+        let journal = Journal::start(store)?;
+        let now = clock.now_ms();
+        let mut state = State::default();
+        for (key, park) in parks {
+            let Ok(id) = std::str::from_utf8(&key) else {
+                continue;
+            };
+            // Only unfinished, running instances are parked; the first
+            // round checks the record. A clock set backwards meanwhile
+            // cannot stretch a wait.
+            if active.iter().any(|(k, _)| *k == key) {
+                let clamp = |d: u64| d.min(now.saturating_add(d.saturating_sub(park.parked_at_ms)));
+                state.parked.insert(id, &park.conds, clamp);
+            }
+        }
+        state.pending = Some(active);
+        Ok(Embedded {
+            journal,
+            clock,
+            state: Mutex::new(state),
+            gate: tokio::sync::Mutex::new(()),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            epochs: AtomicU64::new(1),
+            notices: broadcast::channel(1024).0,
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stripe(&self, id: &str) -> &tokio::sync::Mutex<()> {
+        let mut h = self.hasher.build_hasher();
+        h.write(id.as_bytes());
+        &self.stripes[(h.finish() as usize) % STRIPES]
+    }
+
+    fn notify(&self, notice: Notice) {
+        let _ = self.notices.send(notice);
+    }
+
+    /// A fresh lease on `id`, recorded as owned.
+    fn own(&self, state: &mut State, id: &str) -> Lease {
+        let epoch = self.epochs.fetch_add(1, Ordering::Relaxed);
+        state.owned.insert(id.to_string(), epoch);
+        Lease { epoch }
+    }
+
+    /// `LeaseLost` unless `id` is owned with `lease`.
+    fn fence(&self, id: &str, lease: Lease) -> Result<()> {
+        if self.state().owned.get(id) == Some(&lease.epoch) {
+            Ok(())
+        } else {
+            Err(Error::Instance(InstanceError::LeaseLost {
+                instance: id.to_string(),
+                epoch: lease.epoch,
+            }))
+        }
+    }
+
+    /// Whether an event one of `park`'s waits awaits is stored.
+    fn awaited_event_stored(&self, id: &str, park: &ParkRecord) -> Result<bool> {
+        for cond in park.conds.iter().filter(|c| c.event_type.is_some()) {
+            if self.journal.has_event(id, &cond.name, cond.occurrence)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Claims unfinished `id` with `recoveries` if it is not owned or parked.
+    fn claim_now(
+        &self,
+        id: &str,
+        record: InstanceRecord,
+        recoveries: u32,
+        kind: ClaimKind,
+    ) -> Option<Claim> {
+        let mut state = self.state();
+        if state.owned.contains_key(id) || state.parked.contains(id) {
+            return None;
+        }
+        state.ready.retain(|r| r != id);
+        let lease = self.own(&mut state, id);
+        Some(Claim {
+            id: id.to_string(),
+            lease,
+            record,
+            recoveries,
+            kind,
+        })
+    }
+
+    /// The first round: every unfinished instance found at open.
+    fn first_round(
+        &self,
+        pending: Vec<(Vec<u8>, u32)>,
+        workflows: &[(&'static str, u32)],
+        round: &mut Round,
+    ) {
+        for (key, recoveries) in pending {
+            let id = match String::from_utf8(key) {
+                Ok(id) => id,
+                Err(e) => {
+                    round.passed_over.push((
+                        String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                        Err("the id is not UTF-8".into()),
+                    ));
+                    continue;
+                }
+            };
+            let record = match self.journal.load(&id) {
+                Ok(Some(record)) => record,
+                Ok(None) => {
+                    round
+                        .passed_over
+                        .push((id, Err("listed as unfinished but has no record".into())));
+                    continue;
+                }
+                Err(e) => {
+                    round.passed_over.push((id, Err(e.to_string())));
+                    continue;
+                }
+            };
+            if let InstanceState::NeedsAttention { error } = &record.state {
+                let reason = format!("needs attention: {error}");
+                round.passed_over.push((id, Err(reason)));
+                continue;
+            }
+            if !workflows
+                .iter()
+                .any(|(name, version)| *name == record.workflow && *version == record.version)
+            {
+                self.state().parked.remove(&id);
+                round.passed_over.push((id, Ok(record)));
+                continue;
+            }
+            let parked = self.state().parked.get(&id).map(|p| p.to_record());
+            if let Some(park) = parked {
+                if record.state == InstanceState::Running {
+                    // Parked when the process stopped: its timer or event
+                    // wakes it (at once if the event came meanwhile).
+                    round.parked += 1;
+                    if self.awaited_event_stored(&id, &park).unwrap_or(true) {
+                        let mut state = self.state();
+                        state.parked.remove(&id);
+                        state.ready.push(id);
+                    }
+                    continue;
+                }
+                // A park record left by a run that then stopped otherwise.
+                self.state().parked.remove(&id);
+            }
+            if let Some(claim) = self.claim_now(&id, record, recoveries, ClaimKind::Recover) {
+                round.claims.push(claim);
+            }
+        }
+    }
+
+    fn lost(id: &str, lease: Lease) -> Error {
+        Error::Instance(InstanceError::LeaseLost {
+            instance: id.to_string(),
+            epoch: lease.epoch,
+        })
+    }
+
+    async fn commit_inner(&self, id: &str, lease: Lease, write: Write) -> Result<Committed> {
+        match write {
+            Write::Checkpoint { record, progress } => {
+                self.fence(id, lease)?;
+                self.journal.checkpoint(id, &record, progress).await?;
+                Ok(Committed::Written)
+            }
+            Write::Record { record, active } => {
+                let _stripe = self.stripe(id).lock().await;
+                self.fence(id, lease)?;
+                let running = record.state == InstanceState::Running;
+                self.journal.commit_record(id, &record, active).await?;
+                if !running {
+                    let mut state = self.state();
+                    state.owned.remove(id);
+                    state.parked.remove(id);
+                    drop(state);
+                    self.notify(Notice::Ended { id: id.to_string() });
+                }
+                Ok(Committed::Written)
+            }
+            Write::Park(park) => {
+                let _stripe = self.stripe(id).lock().await;
+                self.fence(id, lease)?;
+                if self.awaited_event_stored(id, &park)? {
+                    return Ok(Committed::EventFirst);
+                }
+                self.journal.park(id, &park).await?;
+                let mut state = self.state();
+                if state.owned.get(id) != Some(&lease.epoch) {
+                    // Cancelled while the park record was written: the
+                    // cancel removed it from the table already.
+                    return Err(Self::lost(id, lease));
+                }
+                state.owned.remove(id);
+                let earliest = state.parked.insert(id, &park.conds, |d| d);
+                drop(state);
+                if earliest {
+                    self.notify(Notice::Ready);
+                }
+                Ok(Committed::Written)
+            }
+            Write::TimeOut { record } => {
+                let _gate = self.gate.lock().await;
+                let _stripe = self.stripe(id).lock().await;
+                self.fence(id, lease)?;
+                if self
+                    .journal
+                    .has_event(id, &record.name, record.occurrence)?
+                {
+                    return Ok(Committed::EventFirst);
+                }
+                self.journal.checkpoint(id, &record, false).await?;
+                Ok(Committed::Written)
+            }
+        }
+    }
+}
+
+/// [`UsageError::InstanceFinished`] if the instance has finished.
+pub(crate) fn ensure_unfinished(id: &str, state: &InstanceState) -> Result<()> {
+    let status = match state {
+        InstanceState::Completed { .. } | InstanceState::Returned { .. } => "completed",
+        InstanceState::Failed { .. } => "failed",
+        InstanceState::Cancelled => "cancelled",
+        _ => return Ok(()),
+    };
+    Err(Error::Usage(UsageError::InstanceFinished {
+        instance: id.to_string(),
+        status,
+    }))
+}
+
+fn not_found(id: &str) -> Error {
+    Error::Usage(UsageError::NotFound { id: id.to_string() })
+}
+
+impl Backend for Embedded {
+    fn create<'a>(
+        &'a self,
+        id: &'a str,
+        record: &'a InstanceRecord,
+    ) -> BoxFuture<'a, Result<Created>> {
+        Box::pin(async move {
+            let _stripe = self.stripe(id).lock().await;
+            if let Some(existing) = self.journal.load(id)? {
+                return Ok(Created::Exists(existing));
+            }
+            let lease = self.own(&mut self.state(), id);
+            if let Err(e) = self.journal.create(id, record).await {
+                self.state().owned.remove(id);
+                return Err(e);
+            }
+            Ok(Created::New(lease))
+        })
+    }
+
+    fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<InstanceRecord>>> {
+        Box::pin(async move { self.journal.load(id) })
+    }
+
+    fn park_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ParkRecord>>> {
+        Box::pin(async move {
+            let state = self.state();
+            let Some(parked) = state.parked.get(id) else {
+                return Ok(None);
+            };
+            Ok(Some(parked.to_record()))
+        })
+    }
+
+    fn checkpoints<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<CheckpointRecord>>> {
+        Box::pin(async move { self.journal.load_checkpoints(id) })
+    }
+
+    fn event<'a>(
+        &'a self,
+        id: &'a str,
+        name: &'a str,
+        seq: u32,
+    ) -> BoxFuture<'a, Result<Option<EventRecord>>> {
+        Box::pin(async move { self.journal.event(id, name, seq) })
+    }
+
+    fn events_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<(String, u64, String)>>> {
+        Box::pin(async move { self.journal.events_of(id) })
+    }
+
+    fn list<'a>(&'a self, filter: &'a ListFilter) -> BoxFuture<'a, Result<Page>> {
+        Box::pin(async move {
+            crate::listing::list_by_created(
+                filter,
+                |before, limit| self.journal.created_page(before, limit),
+                |id| {
+                    let record = self.journal.load(id)?;
+                    Ok(record.map(|r| {
+                        let park = self.state().parked.get(id).map(|p| p.to_record());
+                        (r, park)
+                    }))
+                },
+            )
+        })
+    }
+
+    fn claim<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Claim>>> {
+        Box::pin(async move {
+            let _stripe = self.stripe(id).lock().await;
+            let Some(record) = self.journal.load(id)? else {
+                return Ok(None);
+            };
+            if ensure_unfinished(id, &record.state).is_err() {
+                return Ok(None);
+            }
+            let recoveries = self.journal.recoveries(id)?;
+            Ok(self.claim_now(id, record, recoveries, ClaimKind::Recover))
+        })
+    }
+
+    fn claim_due<'a>(
+        &'a self,
+        workflows: &'a [(&'static str, u32)],
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Round>> {
+        Box::pin(async move {
+            let mut round = Round::default();
+            let pending = self.state().pending.take();
+            if let Some(pending) = pending {
+                self.first_round(pending, workflows, &mut round);
+            }
+            let woken = {
+                let mut state = self.state();
+                let mut woken: Vec<String> = std::mem::take(&mut state.ready);
+                let now = self.clock.now_ms();
+                woken.extend(state.parked.take_due(now).iter().map(|id| id.to_string()));
+                woken
+            };
+            for (i, id) in woken.iter().enumerate() {
+                if round.claims.len() >= limit {
+                    // Not claimed this round: back among the ready.
+                    self.state().ready.extend(woken[i..].iter().cloned());
+                    break;
+                }
+                let record = match self.journal.load(id)? {
+                    Some(record) if record.state == InstanceState::Running => record,
+                    _ => continue,
+                };
+                if let Some(claim) = self.claim_now(id, record, 0, ClaimKind::Wake) {
+                    round.claims.push(claim);
+                }
+            }
+            Ok(round)
+        })
+    }
+
+    fn next_due(&self) -> Option<u64> {
+        let state = self.state();
+        if !state.ready.is_empty() {
+            return Some(0);
+        }
+        state.parked.next_deadline()
+    }
+
+    fn commit<'a>(
+        &'a self,
+        id: &'a str,
+        lease: Lease,
+        write: Write,
+    ) -> BoxFuture<'a, Result<Committed>> {
+        Box::pin(self.commit_inner(id, lease, write))
+    }
+
+    fn release<'a>(&'a self, id: &'a str, lease: Lease) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut state = self.state();
+            if state.owned.get(id) == Some(&lease.epoch) {
+                state.owned.remove(id);
+            }
+            Ok(())
+        })
+    }
+
+    fn send_event<'a>(
+        &'a self,
+        id: &'a str,
+        name: &'a str,
+        event: EventRecord,
+        check: EventCheck<'a>,
+    ) -> BoxFuture<'a, Result<u32>> {
+        Box::pin(async move {
+            let _gate = self.gate.lock().await;
+            let _stripe = self.stripe(id).lock().await;
+            let record = self.journal.load(id)?.ok_or_else(|| not_found(id))?;
+            ensure_unfinished(id, &record.state)?;
+            let seq = self.journal.next_event_seq(id, name)?;
+            let parked_type = {
+                let state = self.state();
+                state.parked.get(id).and_then(|p| {
+                    p.events
+                        .iter()
+                        .find(|e| &*e.name == name && e.occurrence == seq)
+                        .map(|e| e.type_name.to_string())
+                })
+            };
+            check(&record, seq, parked_type.as_deref())?;
+            self.journal.put_event(id, name, seq, &event).await?;
+            let woken = {
+                let mut state = self.state();
+                let waits = state.parked.get(id).is_some_and(|p| {
+                    p.events
+                        .iter()
+                        .any(|e| &*e.name == name && e.occurrence == seq)
+                });
+                if waits && state.parked.remove(id).is_some() {
+                    state.ready.push(id.to_string());
+                    true
+                } else {
+                    false
+                }
+            };
+            self.notify(if woken {
+                Notice::Ready
+            } else {
+                Notice::Event {
+                    id: id.to_string(),
+                    name: name.to_string(),
+                }
+            });
+            Ok(seq)
+        })
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        id: &'a str,
+        update: &'a (dyn Fn(InstanceRecord) -> InstanceRecord + Send + Sync),
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let _gate = self.gate.lock().await;
+            let _stripe = self.stripe(id).lock().await;
+            let record = self.journal.load(id)?.ok_or_else(|| not_found(id))?;
+            ensure_unfinished(id, &record.state)?;
+            let record = update(record);
+            // The owner's later writes are refused from here on.
+            let previous = {
+                let mut state = self.state();
+                let previous = state.owned.remove(id);
+                state.parked.remove(id);
+                state.ready.retain(|r| r != id);
+                previous
+            };
+            if let Err(e) = self.journal.commit_record(id, &record, None).await {
+                if let Some(epoch) = previous {
+                    // Not cancelled after all: the owner carries on.
+                    self.state().owned.insert(id.to_string(), epoch);
+                }
+                return Err(e);
+            }
+            self.notify(Notice::Cancelled { id: id.to_string() });
+            Ok(())
+        })
+    }
+
+    fn unfinished(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move {
+            Ok(self
+                .journal
+                .active()?
+                .into_iter()
+                .map(|(key, _)| String::from_utf8_lossy(&key).into_owned())
+                .collect())
+        })
+    }
+
+    fn manifest(&self, hash: u64) -> BoxFuture<'_, Result<Option<Manifest>>> {
+        Box::pin(async move { Ok(self.journal.manifest(hash)) })
+    }
+
+    fn store_manifests<'a>(&'a self, manifests: &'a [&'a Manifest]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.journal.index_existing().await?;
+            self.journal.store_manifests(manifests).await
+        })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    fn failure(&self) -> Option<StoreError> {
+        self.journal.failure()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.journal.close())
+    }
+
+    #[cfg(feature = "hooks")]
+    fn parked_count(&self) -> usize {
+        self.state().parked.len()
+    }
+
+    #[cfg(feature = "hooks")]
+    fn commit_stats(&self) -> (u64, u64) {
+        let stats = self.journal.stats();
+        (
+            stats.batches.load(Ordering::Relaxed),
+            stats.groups.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{CheckpointState, TransitionKind, TransitionRecord};
+    use crate::store::MemoryStore;
+    use crate::time::SystemClock;
+
+    fn record() -> InstanceRecord {
+        InstanceRecord {
+            workflow: "w".into(),
+            version: 1,
+            manifest: 0,
+            input: vec![1],
+            state: InstanceState::Running,
+            created_at_ms: 1,
+            transitions: vec![TransitionRecord {
+                at_ms: 1,
+                kind: TransitionKind::Started,
+            }],
+        }
+    }
+
+    fn checkpoint(name: &str) -> Write {
+        Write::Checkpoint {
+            record: CheckpointRecord {
+                name: name.into(),
+                occurrence: 0,
+                key: None,
+                declared: true,
+                seq: 0,
+                attempts: 1,
+                started_at_ms: 1,
+                state: CheckpointState::Retrying {
+                    last_error: "e".into(),
+                },
+            },
+            progress: false,
+        }
+    }
+
+    fn backend() -> Embedded {
+        Embedded::open(Arc::new(MemoryStore::new()), Arc::new(SystemClock)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn create_is_create_if_absent_and_claims_are_exclusive() {
+        let b = backend();
+        let Created::New(lease) = b.create("a", &record()).await.unwrap() else {
+            panic!("not new")
+        };
+        assert!(matches!(
+            b.create("a", &record()).await.unwrap(),
+            Created::Exists(_)
+        ));
+        // Owned: nobody else claims it.
+        assert!(b.claim("a").await.unwrap().is_none());
+        b.release("a", lease).await.unwrap();
+        let claim = b
+            .claim("a")
+            .await
+            .unwrap()
+            .expect("claimable once released");
+        assert_ne!(claim.lease, lease);
+        // The old lease is fenced out; the new one writes.
+        let refused = b.commit("a", lease, checkpoint("s")).await.unwrap_err();
+        assert!(
+            matches!(refused, Error::Instance(InstanceError::LeaseLost { .. })),
+            "{refused:?}"
+        );
+        b.commit("a", claim.lease, checkpoint("s")).await.unwrap();
+        assert_eq!(b.checkpoints("a").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_owner_writes_nothing_more() {
+        let b = backend();
+        let Created::New(lease) = b.create("a", &record()).await.unwrap() else {
+            panic!("not new")
+        };
+        b.cancel("a", &|mut r| {
+            r.state = InstanceState::Cancelled;
+            r
+        })
+        .await
+        .unwrap();
+        for write in [
+            checkpoint("late"),
+            Write::Record {
+                record: record(),
+                active: None,
+            },
+        ] {
+            let refused = b.commit("a", lease, write).await.unwrap_err();
+            assert!(matches!(
+                refused,
+                Error::Instance(InstanceError::LeaseLost { .. })
+            ));
+        }
+        assert!(b.checkpoints("a").await.unwrap().is_empty());
+        let stored = b.load("a").await.unwrap().unwrap();
+        assert_eq!(stored.state, InstanceState::Cancelled);
+        // A second cancel is refused: it has finished.
+        let again = b.cancel("a", &|r| r).await.unwrap_err();
+        assert!(matches!(
+            again,
+            Error::Usage(UsageError::InstanceFinished { .. })
+        ));
+    }
+}
