@@ -1,0 +1,606 @@
+//! Group commit: the fenced writes of this process's instances, gathered
+//! while a group is being written, go to PostgreSQL as one transaction of
+//! a few array-bound statements, each write with its own outcome (a write
+//! whose fence fails is refused alone).
+//!
+//! One transaction: lock the rows of the group's instances (sorted by id,
+//! so two groups never wait on each other in opposite orders) and read
+//! their epoch and owner; decide each write in order; look up the events
+//! that parks and timeouts depend on (under the row locks, which
+//! `send_event` takes too); upsert the checkpoints; update the instance
+//! rows; commit. A write is reported durable only after its COMMIT
+//! succeeded, or, when the connection dropped during COMMIT, after
+//! `txid_status` said the transaction committed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backend::{Committed, Lease, Notice, Write};
+use crate::error::{Error, InstanceError, Result, StoreError};
+use crate::records::{CheckpointRecord, CheckpointState, InstanceState, keyed_key, occurrence_key};
+
+use super::{Inner, encode, io, status};
+
+/// Most writes in one transaction.
+const MAX_GROUP: usize = 1024;
+/// Attempts at a group whose transaction surely did not commit.
+const ATTEMPTS: u32 = 6;
+
+/// One write, encoded, waiting for its group.
+pub(super) struct Job {
+    id: String,
+    epoch: i64,
+    write: Prepared,
+    reply: oneshot::Sender<Result<Committed>>,
+}
+
+/// A write, encoded for the statements.
+enum Prepared {
+    Checkpoint(Cp, bool),
+    Record {
+        bytes: Vec<u8>,
+        status: i16,
+        /// `None`: finished.
+        active: Option<u32>,
+        blocked: bool,
+        updated_ms: i64,
+    },
+    Park {
+        bytes: Vec<u8>,
+        status: i16,
+        wake_at: Option<u64>,
+        awaited: Vec<(String, i32)>,
+    },
+    TimeOut(Cp),
+}
+
+/// A checkpoint row.
+#[derive(Clone)]
+struct Cp {
+    key: Vec<u8>,
+    name: String,
+    ended_wait: bool,
+    bytes: Vec<u8>,
+}
+
+impl Cp {
+    fn of(id: &str, record: &CheckpointRecord) -> Result<Cp> {
+        let key = match &record.key {
+            Some((key, _)) => keyed_key(id, &record.name, key),
+            None => occurrence_key(id, &record.name, record.occurrence),
+        };
+        Ok(Cp {
+            key,
+            name: record.name.clone(),
+            ended_wait: matches!(
+                record.state,
+                CheckpointState::Received { .. } | CheckpointState::TimedOut { .. }
+            ),
+            bytes: encode(record, id, "a checkpoint record")?,
+        })
+    }
+}
+
+/// Counters of the committer's work.
+#[derive(Debug, Default)]
+pub(crate) struct CommitStats {
+    pub writes: AtomicU64,
+    pub groups: AtomicU64,
+}
+
+/// The sending side of the committer task.
+pub(super) struct Committer {
+    tx: std::sync::Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    done: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    done_tx: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    pub(super) stats: CommitStats,
+}
+
+impl Committer {
+    pub(super) fn new() -> (Committer, mpsc::UnboundedReceiver<Job>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done_tx, done) = oneshot::channel();
+        (
+            Committer {
+                tx: std::sync::Mutex::new(Some(tx)),
+                done: tokio::sync::Mutex::new(Some(done)),
+                done_tx: std::sync::Mutex::new(Some(done_tx)),
+                stats: CommitStats::default(),
+            },
+            rx,
+        )
+    }
+
+    /// Stops taking writes and waits until every queued one is answered.
+    pub(super) async fn close(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(done) = self.done.lock().await.take() {
+            let _ = done.await;
+        }
+    }
+}
+
+/// The change a group makes to one instance row.
+#[derive(Default)]
+struct Change {
+    record: Option<Vec<u8>>,
+    status: Option<i16>,
+    release: bool,
+    blocked: bool,
+    recoveries: Option<i32>,
+    /// 0 keep, 1 set, 2 clear.
+    park_op: i16,
+    park: Option<Vec<u8>>,
+    wake_at: Option<i64>,
+    finished: bool,
+    updated_ms: Option<i64>,
+}
+
+impl Inner {
+    pub(super) async fn commit(&self, id: &str, lease: Lease, write: Write) -> Result<Committed> {
+        let prepared = match write {
+            Write::Checkpoint { record, progress } => {
+                Prepared::Checkpoint(Cp::of(id, &record)?, progress)
+            }
+            Write::Record { record, active } => Prepared::Record {
+                bytes: encode(&record, id, "the instance record")?,
+                status: status::of_state(&record.state),
+                active,
+                blocked: matches!(record.state, InstanceState::Blocked { .. }),
+                updated_ms: status::updated_ms(&record),
+            },
+            Write::Park(park) => Prepared::Park {
+                bytes: encode(&park, id, "a park record")?,
+                status: status::of_park(&park),
+                wake_at: status::wake_at(&park),
+                awaited: park
+                    .conds
+                    .iter()
+                    .filter(|c| c.event_type.is_some())
+                    .map(|c| (c.name.clone(), c.occurrence as i32))
+                    .collect(),
+            },
+            Write::TimeOut { record } => Prepared::TimeOut(Cp::of(id, &record)?),
+        };
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            id: id.to_string(),
+            epoch: lease.epoch as i64,
+            write: prepared,
+            reply,
+        };
+        let sent = match &*self.committer.tx.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(tx) => tx.send(job).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(Error::Store(StoreError::Closed));
+        }
+        answer
+            .await
+            .unwrap_or(Err(Error::Store(StoreError::Closed)))
+    }
+}
+
+/// The committer task: takes what is queued, writes it as one group,
+/// answers, again, until the backend closes.
+pub(super) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut jobs = Vec::new();
+    while let Some(job) = rx.recv().await {
+        jobs.push(job);
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let group = std::mem::take(&mut jobs);
+        let results = write_group(&inner, &group).await;
+        inner.committer.stats.groups.fetch_add(1, Ordering::Relaxed);
+        inner
+            .committer
+            .stats
+            .writes
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        for (job, result) in group.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+    if let Some(done) = inner
+        .committer
+        .done_tx
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        let _ = done.send(());
+    }
+}
+
+/// How one attempt at a group ended.
+enum Attempt {
+    Done(
+        Vec<Result<Committed>>,
+        Vec<Notice>,
+        Vec<(String, Option<u64>)>,
+    ),
+    /// Surely not committed; worth another try.
+    Retry(Error),
+    /// Not committed, or unknown: answer with this error.
+    Fail(Error),
+}
+
+async fn write_group(inner: &Inner, jobs: &[Job]) -> Vec<Result<Committed>> {
+    let mut backoff = Duration::from_millis(20);
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        match attempt(inner, jobs).await {
+            Attempt::Done(results, notices, parked) => {
+                {
+                    let mut timers = inner.timers.lock().unwrap_or_else(|e| e.into_inner());
+                    for (id, at) in parked {
+                        match at {
+                            Some(at) => timers.insert(&id, at),
+                            None => timers.remove(&id),
+                        }
+                    }
+                }
+                for notice in notices {
+                    inner.announce(notice);
+                }
+                return results;
+            }
+            Attempt::Retry(e) => {
+                tracing::debug!(durable.error = %e, "group commit retried");
+                last = Some(e);
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            Attempt::Fail(e) => {
+                last = Some(e);
+                break;
+            }
+        }
+    }
+    let error = last.unwrap_or(Error::Store(StoreError::Closed));
+    tracing::warn!(durable.error = %error, durable.writes = jobs.len(), "group commit failed; its writes are not durable");
+    jobs.iter().map(|_| Err(error.clone())).collect()
+}
+
+/// Whether a database error leaves a transaction worth retrying.
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => {
+            let code = code.code();
+            code == "40001" || code == "40P01" || code.starts_with("08") || code == "57P01"
+        }
+        // No server answer: the connection broke before the transaction
+        // could commit (callers check COMMIT separately).
+        None => true,
+    }
+}
+
+async fn attempt(inner: &Inner, jobs: &[Job]) -> Attempt {
+    let conn = match inner.conn().await {
+        Ok(conn) => conn,
+        Err(e) => return Attempt::Retry(e),
+    };
+    let me = inner.me();
+    let mut txid: Option<i64> = None;
+    let body = async {
+        conn.batch_execute("BEGIN").await?;
+        txid = Some(conn.query_one("SELECT txid_current()", &[]).await?.get(0));
+        decide_and_write(inner, &conn, jobs, me).await
+    }
+    .await;
+    let decided = match body {
+        Ok(decided) => decided,
+        Err(e) => {
+            let retry = retryable(&e);
+            let _ = deadpool_postgres::Object::take(conn);
+            let e = io("write a group of checkpoints")(e);
+            return if retry {
+                Attempt::Retry(e)
+            } else {
+                Attempt::Fail(e)
+            };
+        }
+    };
+    match conn.batch_execute("COMMIT").await {
+        Ok(()) => Attempt::Done(decided.0, decided.1, decided.2),
+        Err(e) if e.as_db_error().is_some() => {
+            let retry = retryable(&e);
+            let _ = deadpool_postgres::Object::take(conn);
+            let e = io("commit a group of checkpoints")(e);
+            if retry {
+                Attempt::Retry(e)
+            } else {
+                Attempt::Fail(e)
+            }
+        }
+        Err(e) => {
+            // The connection broke during COMMIT: ask the server what
+            // became of the transaction.
+            let _ = deadpool_postgres::Object::take(conn);
+            let e = io("commit a group of checkpoints")(e);
+            match resolve(inner, txid).await {
+                Some(true) => Attempt::Done(decided.0, decided.1, decided.2),
+                Some(false) => Attempt::Retry(e),
+                None => Attempt::Fail(e),
+            }
+        }
+    }
+}
+
+/// Whether transaction `txid` committed: `None` when that cannot be known.
+async fn resolve(inner: &Inner, txid: Option<i64>) -> Option<bool> {
+    let txid = txid?;
+    for _ in 0..100 {
+        let status: Option<String> = match inner.conn().await {
+            Ok(conn) => match conn.query_one("SELECT txid_status($1)", &[&txid]).await {
+                Ok(row) => row.get(0),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        match status.as_deref() {
+            Some("committed") => return Some(true),
+            Some("aborted") => return Some(false),
+            // In progress (the server has not noticed the broken
+            // connection yet), or the server is unreachable: ask again.
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    None
+}
+
+type Decided = (
+    Vec<Result<Committed>>,
+    Vec<Notice>,
+    Vec<(String, Option<u64>)>,
+);
+
+/// Inside the transaction: locks, decides and writes; returns each write's
+/// outcome, the hints to send and the timers parked or unparked here.
+async fn decide_and_write(
+    inner: &Inner,
+    conn: &tokio_postgres::Client,
+    jobs: &[Job],
+    me: i64,
+) -> std::result::Result<Decided, tokio_postgres::Error> {
+    let mut ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let rows = conn
+        .query(
+            &inner.sql(
+                "SELECT id, epoch, owner FROM {s}.instances WHERE id = ANY($1)
+                 ORDER BY id FOR UPDATE",
+            ),
+            &[&ids],
+        )
+        .await?;
+    let mut held: HashMap<String, (i64, Option<i64>)> = rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2))))
+        .collect();
+    let fenced = |held: &HashMap<String, (i64, Option<i64>)>, job: &Job| {
+        held.get(&job.id)
+            .is_some_and(|(epoch, owner)| *epoch == job.epoch && *owner == Some(me))
+    };
+    // The events that parks and timeouts of held instances depend on.
+    let mut wanted: (Vec<&str>, Vec<&str>, Vec<i32>) = Default::default();
+    for job in jobs.iter().filter(|j| fenced(&held, j)) {
+        match &job.write {
+            Prepared::Park { awaited, .. } => {
+                for (name, seq) in awaited {
+                    wanted.0.push(&job.id);
+                    wanted.1.push(name);
+                    wanted.2.push(*seq);
+                }
+            }
+            Prepared::TimeOut(cp) => {
+                if let Some(seq) = timeout_seq(&cp.key, &job.id, &cp.name) {
+                    wanted.0.push(&job.id);
+                    wanted.1.push(&cp.name);
+                    wanted.2.push(seq);
+                }
+            }
+            _ => {}
+        }
+    }
+    let stored: HashSet<(String, String, i32)> = if wanted.0.is_empty() {
+        HashSet::new()
+    } else {
+        conn.query(
+            &inner.sql(
+                "SELECT e.instance_id, e.name, e.seq FROM {s}.events e
+                 JOIN unnest($1::text[], $2::text[], $3::int4[]) AS w(id, name, seq)
+                   ON e.instance_id = w.id AND e.name = w.name AND e.seq = w.seq",
+            ),
+            &[&wanted.0, &wanted.1, &wanted.2],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+    };
+    let has_event =
+        |id: &str, name: &str, seq: i32| stored.contains(&(id.to_string(), name.to_string(), seq));
+
+    let mut results = Vec::with_capacity(jobs.len());
+    let mut checkpoints: Vec<(&str, Cp)> = Vec::new();
+    let mut changes: HashMap<&str, Change> = HashMap::new();
+    let mut notices = Vec::new();
+    let mut parked = Vec::new();
+    for job in jobs {
+        if !fenced(&held, job) {
+            results.push(Err(Error::Instance(InstanceError::LeaseLost {
+                instance: job.id.clone(),
+                epoch: job.epoch as u64,
+            })));
+            continue;
+        }
+        let id = job.id.as_str();
+        let result = match &job.write {
+            Prepared::Checkpoint(cp, progress) => {
+                checkpoints.push((id, cp.clone()));
+                if *progress {
+                    changes.entry(id).or_default().recoveries = Some(0);
+                }
+                Committed::Written
+            }
+            Prepared::TimeOut(cp) => {
+                let seq = timeout_seq(&cp.key, id, &cp.name);
+                if seq.is_some_and(|seq| has_event(id, &cp.name, seq)) {
+                    Committed::EventFirst
+                } else {
+                    checkpoints.push((id, cp.clone()));
+                    Committed::Written
+                }
+            }
+            Prepared::Park {
+                bytes,
+                status,
+                wake_at,
+                awaited,
+            } => {
+                if awaited.iter().any(|(name, seq)| has_event(id, name, *seq)) {
+                    Committed::EventFirst
+                } else {
+                    let change = changes.entry(id).or_default();
+                    change.status = Some(*status);
+                    change.park_op = 1;
+                    change.park = Some(bytes.clone());
+                    change.wake_at = wake_at.map(|w| w as i64);
+                    change.release = true;
+                    parked.push((job.id.clone(), *wake_at));
+                    held.remove(id);
+                    Committed::Written
+                }
+            }
+            Prepared::Record {
+                bytes,
+                status,
+                active,
+                blocked,
+                updated_ms,
+            } => {
+                let change = changes.entry(id).or_default();
+                change.record = Some(bytes.clone());
+                change.status = Some(*status);
+                change.updated_ms = Some(*updated_ms);
+                change.blocked = *blocked;
+                match active {
+                    Some(n) => change.recoveries = Some((*n).min(i32::MAX as u32) as i32),
+                    None => {
+                        change.finished = true;
+                        change.park_op = 2;
+                        change.park = None;
+                        change.wake_at = None;
+                    }
+                }
+                if *status != status::RUNNING {
+                    change.release = true;
+                    held.remove(id);
+                    notices.push(Notice::Ended { id: job.id.clone() });
+                }
+                Committed::Written
+            }
+        };
+        results.push(Ok(result));
+    }
+
+    if !checkpoints.is_empty() {
+        // One row per key: the last write of a key wins.
+        let mut seen = HashSet::new();
+        let mut cps: Vec<&(&str, Cp)> = checkpoints
+            .iter()
+            .rev()
+            .filter(|(id, cp)| seen.insert((*id, cp.key.as_slice())))
+            .collect();
+        cps.sort_by(|a, b| (a.0, &a.1.key).cmp(&(b.0, &b.1.key)));
+        let ids: Vec<&str> = cps.iter().map(|(id, _)| *id).collect();
+        let keys: Vec<&[u8]> = cps.iter().map(|(_, cp)| cp.key.as_slice()).collect();
+        let names: Vec<&str> = cps.iter().map(|(_, cp)| cp.name.as_str()).collect();
+        let ended: Vec<bool> = cps.iter().map(|(_, cp)| cp.ended_wait).collect();
+        let records: Vec<&[u8]> = cps.iter().map(|(_, cp)| cp.bytes.as_slice()).collect();
+        conn.execute(
+            &inner.sql(
+                "INSERT INTO {s}.checkpoints (instance_id, key, name, ended_wait, record)
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::bool[], $5::bytea[])
+                 ON CONFLICT (instance_id, key) DO UPDATE
+                   SET record = EXCLUDED.record, ended_wait = EXCLUDED.ended_wait",
+            ),
+            &[&ids, &keys, &names, &ended, &records],
+        )
+        .await?;
+    }
+
+    if !changes.is_empty() {
+        let mut rows: Vec<(&str, Change)> = changes.into_iter().collect();
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        let ids: Vec<&str> = rows.iter().map(|(id, _)| *id).collect();
+        let records: Vec<Option<&[u8]>> = rows.iter().map(|(_, c)| c.record.as_deref()).collect();
+        let statuses: Vec<Option<i16>> = rows.iter().map(|(_, c)| c.status).collect();
+        let releases: Vec<bool> = rows.iter().map(|(_, c)| c.release).collect();
+        let blocked: Vec<bool> = rows.iter().map(|(_, c)| c.blocked).collect();
+        let recoveries: Vec<Option<i32>> = rows.iter().map(|(_, c)| c.recoveries).collect();
+        let park_ops: Vec<i16> = rows.iter().map(|(_, c)| c.park_op).collect();
+        let parks: Vec<Option<&[u8]>> = rows.iter().map(|(_, c)| c.park.as_deref()).collect();
+        let wakes: Vec<Option<i64>> = rows.iter().map(|(_, c)| c.wake_at).collect();
+        let finished: Vec<bool> = rows.iter().map(|(_, c)| c.finished).collect();
+        let updated: Vec<Option<i64>> = rows.iter().map(|(_, c)| c.updated_ms).collect();
+        conn.execute(
+            &inner.sql(
+                "UPDATE {s}.instances i SET
+                     record = COALESCE(u.record, i.record),
+                     status = COALESCE(u.status, i.status),
+                     owner = CASE WHEN u.release THEN NULL ELSE i.owner END,
+                     blocked_by = CASE WHEN u.blocked THEN $12 ELSE i.blocked_by END,
+                     recoveries = COALESCE(u.recoveries, i.recoveries),
+                     park = CASE u.park_op WHEN 1 THEN u.park WHEN 2 THEN NULL ELSE i.park END,
+                     wake_at_ms = CASE u.park_op WHEN 1 THEN u.wake_at WHEN 2 THEN NULL
+                                  ELSE i.wake_at_ms END,
+                     finished = i.finished OR u.finished,
+                     updated_ms = COALESCE(u.updated_ms, i.updated_ms),
+                     updated_at = now()
+                 FROM unnest($1::text[], $2::bytea[], $3::int2[], $4::bool[], $5::bool[],
+                             $6::int4[], $7::int2[], $8::bytea[], $9::int8[], $10::bool[],
+                             $11::int8[])
+                      AS u(id, record, status, release, blocked, recoveries, park_op, park,
+                           wake_at, finished, updated_ms)
+                 WHERE i.id = u.id",
+            ),
+            &[
+                &ids,
+                &records,
+                &statuses,
+                &releases,
+                &blocked,
+                &recoveries,
+                &park_ops,
+                &parks,
+                &wakes,
+                &finished,
+                &updated,
+                &me,
+            ],
+        )
+        .await?;
+    }
+    Ok((results, notices, parked))
+}
+
+/// The event number a timeout's checkpoint stands for: its occurrence
+/// (the last four bytes of an occurrence key).
+fn timeout_seq(key: &[u8], id: &str, name: &str) -> Option<i32> {
+    let prefix = crate::records::name_prefix(id, name);
+    let rest = key.strip_prefix(prefix.as_slice())?;
+    let n: [u8; 4] = rest.try_into().ok()?;
+    Some(u32::from_be_bytes(n) as i32)
+}
