@@ -88,7 +88,11 @@ impl Cp {
 /// Counters of the committer's work.
 #[derive(Debug, Default)]
 pub(crate) struct CommitStats {
+    /// Writes handed to the committer.
+    pub sent: AtomicU64,
+    /// Writes answered.
     pub writes: AtomicU64,
+    /// Transactions (groups) written.
     pub groups: AtomicU64,
 }
 
@@ -98,6 +102,9 @@ pub(super) struct Committer {
     done: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
     done_tx: std::sync::Mutex<Option<oneshot::Sender<()>>>,
     pub(super) stats: CommitStats,
+    /// Held by a test to let writes gather into one group.
+    #[cfg(test)]
+    pub(super) hold: tokio::sync::Mutex<()>,
 }
 
 impl Committer {
@@ -110,6 +117,8 @@ impl Committer {
                 done: tokio::sync::Mutex::new(Some(done)),
                 done_tx: std::sync::Mutex::new(Some(done_tx)),
                 stats: CommitStats::default(),
+                #[cfg(test)]
+                hold: tokio::sync::Mutex::new(()),
             },
             rx,
         )
@@ -180,6 +189,7 @@ impl Inner {
         if !sent {
             return Err(Error::Store(StoreError::Closed));
         }
+        self.committer.stats.sent.fetch_add(1, Ordering::Relaxed);
         answer
             .await
             .unwrap_or(Err(Error::Store(StoreError::Closed)))
@@ -192,6 +202,8 @@ pub(super) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Job>)
     let mut jobs = Vec::new();
     while let Some(job) = rx.recv().await {
         jobs.push(job);
+        #[cfg(test)]
+        drop(inner.committer.hold.lock().await);
         while jobs.len() < MAX_GROUP {
             match rx.try_recv() {
                 Ok(job) => jobs.push(job),

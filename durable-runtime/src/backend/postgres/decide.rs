@@ -23,14 +23,9 @@ impl Inner {
         let tx = conn.transaction().await.map_err(io("begin an event"))?;
         let row = tx
             .query_opt(
-                &self.sql(
-                    "SELECT record, park, status,
-                        (SELECT count(*) FROM {s}.events WHERE instance_id = $1 AND name = $2),
-                        (SELECT count(*) FROM {s}.checkpoints
-                         WHERE instance_id = $1 AND name = $2 AND ended_wait)
-                     FROM {s}.instances WHERE id = $1 FOR UPDATE",
-                ),
-                &[&id, &name],
+                &self
+                    .sql("SELECT record, park, status FROM {s}.instances WHERE id = $1 FOR UPDATE"),
+                &[&id],
             )
             .await
             .map_err(io("lock an instance for an event"))?;
@@ -40,8 +35,21 @@ impl Inner {
         let record: InstanceRecord = decode(row.get(0), || format!("instance {id:?}"))?;
         status::ensure_unfinished(id, &record.state)?;
         let code: i16 = row.get(2);
-        let events: i64 = row.get(3);
-        let ended: i64 = row.get(4);
+        // Counted in a statement of its own, after the lock: its snapshot
+        // sees every write of the owner that committed before.
+        let counts = tx
+            .query_one(
+                &self.sql(
+                    "SELECT (SELECT count(*) FROM {s}.events WHERE instance_id = $1 AND name = $2),
+                            (SELECT count(*) FROM {s}.checkpoints
+                             WHERE instance_id = $1 AND name = $2 AND ended_wait)",
+                ),
+                &[&id, &name],
+            )
+            .await
+            .map_err(io("number an event"))?;
+        let events: i64 = counts.get(0);
+        let ended: i64 = counts.get(1);
         let seq = u32::try_from(events.max(ended)).unwrap_or(u32::MAX);
         let park: Option<ParkRecord> = match row.get::<_, Option<&[u8]>>(1) {
             Some(bytes) if code == SLEEPING || code == WAITING => {

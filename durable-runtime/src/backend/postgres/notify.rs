@@ -155,7 +155,7 @@ pub(super) async fn poll_tick(inner: Arc<Inner>) {
         };
         tokio::select! {
             _ = tokio::time::sleep(jitter(every, 0.05)) => {}
-            _ = stop.changed() => return,
+            _ = stop.wait_for(|s| *s) => return,
         }
         let _ = inner.notices.send(Notice::Ready);
     }
@@ -191,7 +191,7 @@ pub(super) async fn listener(inner: Arc<Inner>, ready: oneshot::Sender<()>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(jitter(backoff, 0.2)) => {}
-            _ = stop.changed() => return,
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }
@@ -289,7 +289,7 @@ async fn listen_once(
                 }
                 None => break,
             },
-            _ = stop.changed() => break,
+            _ = stop.wait_for(|s| *s) => break,
         }
     }
     driver.abort();
@@ -327,7 +327,8 @@ mod tests {
                 name: "na:me".into(),
             },
         ] {
-            let (token, parsed) = parse(&payload(42, &notice)).unwrap();
+            let text = payload(42, &notice);
+            let (token, parsed) = parse(&text).unwrap();
             assert_eq!(token, 42);
             assert_eq!(parsed, Ok(notice));
         }

@@ -103,7 +103,7 @@ pub(super) async fn heartbeat(inner: Arc<Inner>) {
         let every = inner.options.lease / 3;
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = stop.changed() => return,
+            _ = stop.wait_for(|s| *s) => return,
         }
         #[cfg(test)]
         if inner.heartbeat_paused.load(Ordering::SeqCst) {
@@ -122,7 +122,7 @@ pub(super) async fn reaper(inner: Arc<Inner>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(jitter(inner.options.lease / 2, 0.2)) => {}
-            _ = stop.changed() => return,
+            _ = stop.wait_for(|s| *s) => return,
         }
         if let Err(e) = inner.reap().await {
             tracing::warn!(durable.error = %e, "could not reap expired workers");
