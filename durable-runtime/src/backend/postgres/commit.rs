@@ -105,6 +105,21 @@ pub(super) struct Committer {
     /// Held by a test to let writes gather into one group.
     #[cfg(test)]
     pub(super) hold: tokio::sync::Mutex<()>,
+    /// Faults a test injects into the next attempts, one per attempt.
+    #[cfg(test)]
+    pub(super) faults: std::sync::Mutex<std::collections::VecDeque<Fault>>,
+}
+
+/// A fault injected into one attempt at a group.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Fault {
+    /// The server ends the connection before COMMIT.
+    KillBeforeCommit,
+    /// A serialization failure before COMMIT.
+    Serialization,
+    /// COMMIT succeeds but its answer is lost with the connection.
+    LoseCommitAck,
 }
 
 impl Committer {
@@ -119,6 +134,8 @@ impl Committer {
                 stats: CommitStats::default(),
                 #[cfg(test)]
                 hold: tokio::sync::Mutex::new(()),
+                #[cfg(test)]
+                faults: Default::default(),
             },
             rx,
         )
@@ -303,10 +320,32 @@ async fn attempt(inner: &Inner, jobs: &[Job]) -> Attempt {
     };
     let me = inner.me();
     let mut txid: Option<i64> = None;
+    #[cfg(test)]
+    let fault = inner
+        .committer
+        .faults
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop_front();
     let body = async {
         conn.batch_execute("BEGIN").await?;
         txid = Some(conn.query_one("SELECT txid_current()", &[]).await?.get(0));
-        decide_and_write(inner, &conn, jobs, me).await
+        let decided = decide_and_write(inner, &conn, jobs, me).await?;
+        #[cfg(test)]
+        match fault {
+            Some(Fault::KillBeforeCommit) => {
+                conn.batch_execute("SELECT pg_terminate_backend(pg_backend_pid())")
+                    .await?;
+            }
+            Some(Fault::Serialization) => {
+                conn.batch_execute(
+                    "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '40001'; END $$",
+                )
+                .await?;
+            }
+            _ => {}
+        }
+        Ok(decided)
     }
     .await;
     let decided = match body {
@@ -322,7 +361,17 @@ async fn attempt(inner: &Inner, jobs: &[Job]) -> Attempt {
             };
         }
     };
-    match conn.batch_execute("COMMIT").await {
+    let committed = conn.batch_execute("COMMIT").await;
+    #[cfg(test)]
+    if committed.is_ok() && matches!(fault, Some(Fault::LoseCommitAck)) {
+        let _ = deadpool_postgres::Object::take(conn);
+        return match resolve(inner, txid).await {
+            Some(true) => Attempt::Done(decided.0, decided.1, decided.2),
+            Some(false) => Attempt::Retry(io("commit")(injected_error())),
+            None => Attempt::Fail(io("commit")(injected_error())),
+        };
+    }
+    match committed {
         Ok(()) => Attempt::Done(decided.0, decided.1, decided.2),
         Err(e) if e.as_db_error().is_some() => {
             let retry = retryable(&e);
@@ -346,6 +395,12 @@ async fn attempt(inner: &Inner, jobs: &[Job]) -> Attempt {
             }
         }
     }
+}
+
+#[cfg(test)]
+fn injected_error() -> tokio_postgres::Error {
+    // Any error without a server answer will do.
+    tokio_postgres::Error::__private_api_timeout()
 }
 
 /// Whether transaction `txid` committed: `None` when that cannot be known.

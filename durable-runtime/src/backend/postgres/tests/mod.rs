@@ -5,6 +5,7 @@
 
 mod claims;
 mod events;
+mod faults;
 mod fencing;
 mod listing;
 mod schema;
