@@ -27,6 +27,8 @@ use super::{Inner, encode, io, status};
 
 /// Most writes in one transaction.
 const MAX_GROUP: usize = 1024;
+/// Groups written at once, each on its own connection.
+const GROUPS_IN_FLIGHT: usize = 2;
 /// Attempts at a group whose transaction surely did not commit.
 const ATTEMPTS: u32 = 6;
 
@@ -216,29 +218,43 @@ impl Inner {
 /// The committer task: takes what is queued, writes it as one group,
 /// answers, again, until the backend closes.
 pub(super) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Job>) {
-    let mut jobs = Vec::new();
-    while let Some(job) = rx.recv().await {
-        jobs.push(job);
+    // Two groups may be in flight on two connections: while one waits for
+    // its COMMIT to be flushed, the next one gathers and goes out (the
+    // server flushes overlapping commits together). Both lock their rows
+    // in id order, so they never deadlock each other.
+    let slots = Arc::new(tokio::sync::Semaphore::new(GROUPS_IN_FLIGHT));
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        let Some(job) = rx.recv().await else {
+            break;
+        };
+        let mut group = vec![job];
         #[cfg(test)]
         drop(inner.committer.hold.lock().await);
-        while jobs.len() < MAX_GROUP {
+        while group.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(job) => group.push(job),
                 Err(_) => break,
             }
         }
-        let group = std::mem::take(&mut jobs);
-        let results = write_group(&inner, &group).await;
-        inner.committer.stats.groups.fetch_add(1, Ordering::Relaxed);
-        inner
-            .committer
-            .stats
-            .writes
-            .fetch_add(group.len() as u64, Ordering::Relaxed);
-        for (job, result) in group.into_iter().zip(results) {
-            let _ = job.reply.send(result);
-        }
+        let inner = Arc::clone(&inner);
+        tokio::spawn(async move {
+            let results = write_group(&inner, &group).await;
+            let stats = &inner.committer.stats;
+            stats.groups.fetch_add(1, Ordering::Relaxed);
+            stats
+                .writes
+                .fetch_add(group.len() as u64, Ordering::Relaxed);
+            for (job, result) in group.into_iter().zip(results) {
+                let _ = job.reply.send(result);
+            }
+            drop(slot);
+        });
     }
+    // Every group answered before the committer says it is done.
+    let _ = slots.acquire_many(GROUPS_IN_FLIGHT as u32).await;
     if let Some(done) = inner
         .committer
         .done_tx
@@ -327,10 +343,15 @@ async fn attempt(inner: &Inner, jobs: &[Job]) -> Attempt {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .pop_front();
+    #[cfg(not(test))]
+    let fault: Option<()> = None;
+    if let ([job], None) = (jobs, fault)
+        && let Prepared::Checkpoint(cp, progress) = &job.write
+    {
+        return lone_checkpoint(inner, &conn, job, cp, *progress, me).await;
+    }
     let body = async {
-        conn.batch_execute("BEGIN").await?;
-        txid = Some(conn.query_one("SELECT txid_current()", &[]).await?.get(0));
-        let decided = decide_and_write(inner, &conn, jobs, me).await?;
+        let decided = decide_and_write(inner, &conn, jobs, me, &mut txid).await?;
         #[cfg(test)]
         match fault {
             Some(Fault::KillBeforeCommit) => {
@@ -403,6 +424,72 @@ fn injected_error() -> tokio_postgres::Error {
     tokio_postgres::Error::__private_api_timeout()
 }
 
+/// A lone checkpoint: one statement, fence and upsert, in its own
+/// transaction (one round trip, like an INSERT). A broken connection
+/// leaves its outcome unknown: surfaced as a store error, not retried.
+async fn lone_checkpoint(
+    inner: &Inner,
+    conn: &deadpool_postgres::Object,
+    job: &Job,
+    cp: &Cp,
+    progress: bool,
+    me: i64,
+) -> Attempt {
+    let written = async {
+        let statement = conn
+            .prepare_cached(&inner.sql(
+                "WITH f AS (
+                     UPDATE {s}.instances
+                     SET recoveries = CASE WHEN $7 THEN 0 ELSE recoveries END
+                     WHERE id = $1 AND epoch = $2 AND owner = $3 RETURNING id),
+                 c AS (
+                     INSERT INTO {s}.checkpoints (instance_id, key, name, ended_wait, record)
+                     SELECT f.id, $4, $5, $6, $8 FROM f
+                     ON CONFLICT (instance_id, key) DO UPDATE
+                       SET record = EXCLUDED.record, ended_wait = EXCLUDED.ended_wait)
+                 SELECT count(*) FROM f",
+            ))
+            .await?;
+        let row = conn
+            .query_one(
+                &statement,
+                &[
+                    &job.id,
+                    &job.epoch,
+                    &me,
+                    &cp.key,
+                    &cp.name,
+                    &cp.ended_wait,
+                    &progress,
+                    &cp.bytes,
+                ],
+            )
+            .await?;
+        Ok::<bool, tokio_postgres::Error>(row.get::<_, i64>(0) == 1)
+    }
+    .await;
+    match written {
+        Ok(true) => Attempt::Done(vec![Ok(Committed::Written)], Vec::new(), Vec::new()),
+        Ok(false) => Attempt::Done(
+            vec![Err(Error::Instance(InstanceError::LeaseLost {
+                instance: job.id.clone(),
+                epoch: job.epoch as u64,
+            }))],
+            Vec::new(),
+            Vec::new(),
+        ),
+        Err(e) => {
+            let retry = e.as_db_error().is_some() && retryable(&e);
+            let e = io("write a checkpoint")(e);
+            if retry {
+                Attempt::Retry(e)
+            } else {
+                Attempt::Fail(e)
+            }
+        }
+    }
+}
+
 /// Whether transaction `txid` committed: `None` when that cannot be known.
 async fn resolve(inner: &Inner, txid: Option<i64>) -> Option<bool> {
     let txid = txid?;
@@ -435,22 +522,31 @@ type Decided = (
 /// outcome, the hints to send and the timers parked or unparked here.
 async fn decide_and_write(
     inner: &Inner,
-    conn: &tokio_postgres::Client,
+    conn: &deadpool_postgres::ClientWrapper,
     jobs: &[Job],
     me: i64,
+    txid: &mut Option<i64>,
 ) -> std::result::Result<Decided, tokio_postgres::Error> {
     let mut ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let rows = conn
-        .query(
-            &inner.sql(
-                "SELECT id, epoch, owner FROM {s}.instances WHERE id = ANY($1)
-                 ORDER BY id FOR UPDATE",
-            ),
-            &[&ids],
-        )
+    let fence = conn
+        .prepare_cached(&inner.sql(
+            "SELECT id, epoch, owner FROM {s}.instances WHERE id = ANY($1)
+             ORDER BY id FOR UPDATE",
+        ))
         .await?;
+    let current = conn.prepare_cached("SELECT txid_current()").await?;
+    // One round trip: the three go out pipelined, in this order.
+    let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
+    let (begun, id, rows) = tokio::join!(
+        conn.batch_execute("BEGIN"),
+        conn.query_one(&current, &[]),
+        conn.query(&fence, &fence_params),
+    );
+    begun?;
+    *txid = Some(id?.get(0));
+    let rows = rows?;
     let mut held: HashMap<String, (i64, Option<i64>)> = rows
         .iter()
         .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2))))
@@ -484,11 +580,13 @@ async fn decide_and_write(
         HashSet::new()
     } else {
         conn.query(
-            &inner.sql(
-                "SELECT e.instance_id, e.name, e.seq FROM {s}.events e
+            &conn
+                .prepare_cached(&inner.sql(
+                    "SELECT e.instance_id, e.name, e.seq FROM {s}.events e
                  JOIN unnest($1::text[], $2::text[], $3::int4[]) AS w(id, name, seq)
                    ON e.instance_id = w.id AND e.name = w.name AND e.seq = w.seq",
-            ),
+                ))
+                .await?,
             &[&wanted.0, &wanted.1, &wanted.2],
         )
         .await?
@@ -582,6 +680,7 @@ async fn decide_and_write(
         results.push(Ok(result));
     }
 
+    let mut writes: Vec<(tokio_postgres::Statement, Params)> = Vec::new();
     if !checkpoints.is_empty() {
         // One row per key: the last write of a key wins.
         let mut seen = HashSet::new();
@@ -591,39 +690,36 @@ async fn decide_and_write(
             .filter(|(id, cp)| seen.insert((*id, cp.key.as_slice())))
             .collect();
         cps.sort_by(|a, b| (a.0, &a.1.key).cmp(&(b.0, &b.1.key)));
-        let ids: Vec<&str> = cps.iter().map(|(id, _)| *id).collect();
-        let keys: Vec<&[u8]> = cps.iter().map(|(_, cp)| cp.key.as_slice()).collect();
-        let names: Vec<&str> = cps.iter().map(|(_, cp)| cp.name.as_str()).collect();
-        let ended: Vec<bool> = cps.iter().map(|(_, cp)| cp.ended_wait).collect();
-        let records: Vec<&[u8]> = cps.iter().map(|(_, cp)| cp.bytes.as_slice()).collect();
-        conn.execute(
-            &inner.sql(
+        let insert = conn
+            .prepare_cached(&inner.sql(
                 "INSERT INTO {s}.checkpoints (instance_id, key, name, ended_wait, record)
                  SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::bool[], $5::bytea[])
                  ON CONFLICT (instance_id, key) DO UPDATE
                    SET record = EXCLUDED.record, ended_wait = EXCLUDED.ended_wait",
+            ))
+            .await?;
+        let params: Params = vec![
+            Box::new(cps.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>()),
+            Box::new(cps.iter().map(|(_, cp)| cp.key.clone()).collect::<Vec<_>>()),
+            Box::new(
+                cps.iter()
+                    .map(|(_, cp)| cp.name.clone())
+                    .collect::<Vec<_>>(),
             ),
-            &[&ids, &keys, &names, &ended, &records],
-        )
-        .await?;
+            Box::new(cps.iter().map(|(_, cp)| cp.ended_wait).collect::<Vec<_>>()),
+            Box::new(
+                cps.iter()
+                    .map(|(_, cp)| cp.bytes.clone())
+                    .collect::<Vec<_>>(),
+            ),
+        ];
+        writes.push((insert, params));
     }
-
     if !changes.is_empty() {
         let mut rows: Vec<(&str, Change)> = changes.into_iter().collect();
         rows.sort_by(|a, b| a.0.cmp(b.0));
-        let ids: Vec<&str> = rows.iter().map(|(id, _)| *id).collect();
-        let records: Vec<Option<&[u8]>> = rows.iter().map(|(_, c)| c.record.as_deref()).collect();
-        let statuses: Vec<Option<i16>> = rows.iter().map(|(_, c)| c.status).collect();
-        let releases: Vec<bool> = rows.iter().map(|(_, c)| c.release).collect();
-        let blocked: Vec<bool> = rows.iter().map(|(_, c)| c.blocked).collect();
-        let recoveries: Vec<Option<i32>> = rows.iter().map(|(_, c)| c.recoveries).collect();
-        let park_ops: Vec<i16> = rows.iter().map(|(_, c)| c.park_op).collect();
-        let parks: Vec<Option<&[u8]>> = rows.iter().map(|(_, c)| c.park.as_deref()).collect();
-        let wakes: Vec<Option<i64>> = rows.iter().map(|(_, c)| c.wake_at).collect();
-        let finished: Vec<bool> = rows.iter().map(|(_, c)| c.finished).collect();
-        let updated: Vec<Option<i64>> = rows.iter().map(|(_, c)| c.updated_ms).collect();
-        conn.execute(
-            &inner.sql(
+        let update = conn
+            .prepare_cached(&inner.sql(
                 "UPDATE {s}.instances i SET
                      record = COALESCE(u.record, i.record),
                      status = COALESCE(u.status, i.status),
@@ -642,25 +738,64 @@ async fn decide_and_write(
                       AS u(id, record, status, release, blocked, recoveries, park_op, park,
                            wake_at, finished, updated_ms)
                  WHERE i.id = u.id",
+            ))
+            .await?;
+        let params: Params = vec![
+            Box::new(
+                rows.iter()
+                    .map(|(id, _)| id.to_string())
+                    .collect::<Vec<_>>(),
             ),
-            &[
-                &ids,
-                &records,
-                &statuses,
-                &releases,
-                &blocked,
-                &recoveries,
-                &park_ops,
-                &parks,
-                &wakes,
-                &finished,
-                &updated,
-                &me,
-            ],
-        )
-        .await?;
+            Box::new(
+                rows.iter_mut()
+                    .map(|(_, c)| c.record.take())
+                    .collect::<Vec<_>>(),
+            ),
+            Box::new(rows.iter().map(|(_, c)| c.status).collect::<Vec<_>>()),
+            Box::new(rows.iter().map(|(_, c)| c.release).collect::<Vec<_>>()),
+            Box::new(rows.iter().map(|(_, c)| c.blocked).collect::<Vec<_>>()),
+            Box::new(rows.iter().map(|(_, c)| c.recoveries).collect::<Vec<_>>()),
+            Box::new(rows.iter().map(|(_, c)| c.park_op).collect::<Vec<_>>()),
+            Box::new(
+                rows.iter_mut()
+                    .map(|(_, c)| c.park.take())
+                    .collect::<Vec<_>>(),
+            ),
+            Box::new(rows.iter().map(|(_, c)| c.wake_at).collect::<Vec<_>>()),
+            Box::new(rows.iter().map(|(_, c)| c.finished).collect::<Vec<_>>()),
+            Box::new(rows.iter().map(|(_, c)| c.updated_ms).collect::<Vec<_>>()),
+            Box::new(me),
+        ];
+        writes.push((update, params));
+    }
+    // Pipelined; COMMIT follows once every one answered.
+    let answers = pipelined(conn, &writes).await;
+    for answer in answers {
+        answer?;
     }
     Ok((results, notices, parked))
+}
+
+/// Owned statement parameters.
+type Params = Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>;
+
+/// Runs `writes` on `conn` pipelined (sent together, answered in order).
+async fn pipelined(
+    conn: &tokio_postgres::Client,
+    writes: &[(tokio_postgres::Statement, Params)],
+) -> Vec<std::result::Result<u64, tokio_postgres::Error>> {
+    let params: Vec<Vec<&(dyn tokio_postgres::types::ToSql + Sync)>> = writes
+        .iter()
+        .map(|(_, p)| p.iter().map(|b| &**b as _).collect())
+        .collect();
+    match writes {
+        [] => Vec::new(),
+        [(a, _)] => vec![conn.execute(a, &params[0]).await],
+        [(a, _), (b, _), ..] => {
+            let (x, y) = tokio::join!(conn.execute(a, &params[0]), conn.execute(b, &params[1]));
+            vec![x, y]
+        }
+    }
 }
 
 /// The event number a timeout's checkpoint stands for: its occurrence

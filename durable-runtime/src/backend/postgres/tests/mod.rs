@@ -9,6 +9,7 @@ mod faults;
 mod fencing;
 mod listing;
 mod schema;
+mod speed;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
