@@ -19,9 +19,11 @@
 //! `grace` + `lease`/2, and the instances are claimable at once; the
 //! other workers claim them at their next poll or on the hint.
 
+mod batch;
 mod claims;
 mod commit;
 mod decide;
+mod group;
 mod notify;
 mod reads;
 mod schema;
