@@ -175,6 +175,14 @@ pub enum UsageError {
         /// The payload type that was sent.
         got: String,
     },
+    /// A PostgreSQL schema name that is not a plain identifier.
+    #[error("invalid schema name {schema:?}: {reason}")]
+    InvalidSchema {
+        /// The name, truncated for display.
+        schema: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// `open()` was called outside a tokio runtime.
     #[error("the engine must be opened inside a tokio runtime")]
     NoRuntime,

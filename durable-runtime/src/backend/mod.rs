@@ -21,6 +21,8 @@
 
 pub(crate) mod embedded;
 pub(crate) mod park;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -42,8 +42,20 @@ pub struct EngineBuilder {
     config: Config,
     max_value_size: usize,
     clock: Arc<dyn Clock>,
+    /// A PostgreSQL database instead of the embedded store.
+    #[cfg(feature = "postgres")]
+    postgres: Option<Postgres>,
     #[cfg(feature = "testing")]
     hooks: Option<Arc<crate::hooks::Hooks>>,
+}
+
+/// Where and how to reach PostgreSQL.
+#[cfg(feature = "postgres")]
+#[derive(Debug, Clone)]
+struct Postgres {
+    url: String,
+    schema: String,
+    options: crate::backend::postgres::PgOptions,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -74,6 +86,8 @@ impl Default for EngineBuilder {
             },
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             clock: Arc::new(SystemClock),
+            #[cfg(feature = "postgres")]
+            postgres: None,
             #[cfg(feature = "testing")]
             hooks: None,
         }
@@ -91,6 +105,79 @@ impl EngineBuilder {
     /// 64 MiB): memory that stays steady however many instances finish.
     pub fn cache_capacity(mut self, bytes: u64) -> Self {
         self.cache_bytes = bytes;
+        self
+    }
+
+    /// Runs on the PostgreSQL database at `url` (feature `postgres`)
+    /// instead of the embedded store: many processes on one schema, each
+    /// claiming the instances it runs, every write fenced. A process that
+    /// registers no workflow is a pure client (it starts, signals, cancels
+    /// and inspects, and runs nothing).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> durable_runtime::Result<()> {
+    /// let engine = durable_runtime::Engine::builder()
+    ///     .postgres("postgres://app@db.internal/app")
+    ///     .schema("durable")
+    ///     .open()
+    ///     .await?;
+    /// # let _ = engine; Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub fn postgres(mut self, url: impl Into<String>) -> Self {
+        let pg = self.postgres.get_or_insert_with(|| Postgres {
+            url: String::new(),
+            schema: "durable".into(),
+            options: Default::default(),
+        });
+        pg.url = url.into();
+        self
+    }
+
+    /// The PostgreSQL schema the tables live in (default `durable`; created
+    /// if missing). Processes that share a schema share instances.
+    #[cfg(feature = "postgres")]
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        let pg = self.postgres.get_or_insert_with(|| Postgres {
+            url: String::new(),
+            schema: "durable".into(),
+            options: Default::default(),
+        });
+        pg.schema = schema.into();
+        self
+    }
+
+    /// How long a worker's lease on PostgreSQL lasts without renewal
+    /// (default 15 s; renewed every third of it). After a worker dies, its
+    /// instances are taken over within about the lease, a fifth of it as
+    /// grace, and one reaper period (half a lease): 15 + 3 + 7.5 s by default.
+    #[cfg(feature = "postgres")]
+    pub fn lease(mut self, lease: std::time::Duration) -> Self {
+        if let Some(pg) = &mut self.postgres {
+            pg.options.lease = lease;
+        }
+        self
+    }
+
+    /// How often a worker looks for claimable instances on PostgreSQL when
+    /// no notification listener is proven (default 250 ms; behind a
+    /// transaction-mode pooler this is how wake-ups arrive).
+    #[cfg(feature = "postgres")]
+    pub fn poll_interval(mut self, every: std::time::Duration) -> Self {
+        if let Some(pg) = &mut self.postgres {
+            pg.options.poll = every;
+        }
+        self
+    }
+
+    /// Whether to LISTEN for other processes' hints on PostgreSQL (default
+    /// on; off, wake-ups come from polling alone).
+    #[cfg(feature = "postgres")]
+    pub fn listen(mut self, listen: bool) -> Self {
+        if let Some(pg) = &mut self.postgres {
+            pg.options.listen = listen;
+        }
         self
     }
 
@@ -153,35 +240,36 @@ impl EngineBuilder {
     /// Errors: [`StoreError::Locked`], [`StoreError::Corrupt`],
     /// [`StoreError::FormatTooNew`] (inside [`Error::Store`]),
     /// [`UsageError::DuplicateWorkflow`](crate::UsageError::DuplicateWorkflow), [`UsageError::NoRuntime`](crate::UsageError::NoRuntime).
-    pub async fn open(self) -> Result<Engine> {
+    pub async fn open(mut self) -> Result<Engine> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Usage(crate::error::UsageError::NoRuntime))?;
-        let registry = Registry::build(self.workflows)?;
-        let store: Arc<dyn Store> = match self.store {
-            Some(store) => store,
-            None => {
-                let path = self.path;
-                let cache = self.cache_bytes;
-                let opened =
-                    tokio::task::spawn_blocking(move || SledStore::open_with_cache(path, cache))
-                        .await
-                        .map_err(|e| StoreError::Io {
-                            op: "open",
-                            reason: e.to_string(),
-                        })?;
-                Arc::new(opened?)
+        let registry = Registry::build(std::mem::take(&mut self.workflows))?;
+        #[allow(unused_mut)]
+        let mut poll = None;
+        #[cfg(feature = "postgres")]
+        let postgres = self.postgres.clone();
+        #[cfg(not(feature = "postgres"))]
+        let postgres: Option<()> = None;
+        let backend: Arc<dyn Backend> = match postgres {
+            #[cfg(feature = "postgres")]
+            Some(pg) => {
+                // The backend's own tick hints every poll interval; this
+                // poll resolves handles of instances other processes finish.
+                poll = Some(pg.options.poll.max(std::time::Duration::from_millis(100)));
+                Arc::new(
+                    crate::backend::postgres::PgBackend::connect(
+                        &pg.url,
+                        &pg.schema,
+                        pg.options,
+                        Arc::clone(&self.clock),
+                    )
+                    .await?,
+                )
             }
+            #[cfg(not(feature = "postgres"))]
+            Some(()) => unreachable!("no PostgreSQL without the feature"),
+            None => self.open_embedded().await?,
         };
-        let clock = Arc::clone(&self.clock);
-        // Reads the unfinished instances and park records once: blocking.
-        let embedded = tokio::task::spawn_blocking(move || Embedded::open(store, clock))
-            .await
-            .map_err(|e| StoreError::Io {
-                op: "open",
-                reason: e.to_string(),
-            })??;
-        let backend: Arc<dyn Backend> = Arc::new(embedded);
-        let poll = None;
         let core = Arc::new(Core {
             services: Arc::new({
                 #[allow(unused_mut)]
@@ -227,6 +315,37 @@ impl EngineBuilder {
                 Err(error)
             }
         }
+    }
+}
+
+impl EngineBuilder {
+    /// The embedded backend over the configured store (sled at the path by
+    /// default).
+    async fn open_embedded(&mut self) -> Result<Arc<dyn Backend>> {
+        let store: Arc<dyn Store> = match self.store.take() {
+            Some(store) => store,
+            None => {
+                let path = self.path.clone();
+                let cache = self.cache_bytes;
+                let opened =
+                    tokio::task::spawn_blocking(move || SledStore::open_with_cache(path, cache))
+                        .await
+                        .map_err(|e| StoreError::Io {
+                            op: "open",
+                            reason: e.to_string(),
+                        })?;
+                Arc::new(opened?)
+            }
+        };
+        let clock = Arc::clone(&self.clock);
+        // Reads the unfinished instances and park records once: blocking.
+        let embedded = tokio::task::spawn_blocking(move || Embedded::open(store, clock))
+            .await
+            .map_err(|e| StoreError::Io {
+                op: "open",
+                reason: e.to_string(),
+            })??;
+        Ok(Arc::new(embedded))
     }
 }
 

@@ -1,0 +1,297 @@
+//! Ownership: create-if-absent, claims (`FOR UPDATE SKIP LOCKED`, moving
+//! the epoch), release, and the local hint of the next timer this process
+//! parked.
+
+use std::collections::{BTreeSet, HashMap};
+
+use tokio_postgres::Row;
+
+use crate::backend::{Claim, ClaimKind, Created, Lease, Notice, Round};
+use crate::error::Result;
+use crate::records::InstanceRecord;
+
+use super::status::{self, BLOCKED, INCOMPATIBLE, NEEDS_ATTENTION, READY, RUNNING};
+use super::{Inner, decode, encode, io};
+
+/// The timers this process parked, earliest first (a hint: another worker
+/// may have claimed them since).
+#[derive(Debug, Default)]
+pub(super) struct Timers {
+    by_time: BTreeSet<(u64, String)>,
+    by_id: HashMap<String, u64>,
+}
+
+impl Timers {
+    pub(super) fn insert(&mut self, id: &str, at: u64) {
+        self.remove(id);
+        self.by_time.insert((at, id.to_string()));
+        self.by_id.insert(id.to_string(), at);
+    }
+
+    pub(super) fn remove(&mut self, id: &str) {
+        if let Some(at) = self.by_id.remove(id) {
+            self.by_time.remove(&(at, id.to_string()));
+        }
+    }
+
+    /// Forgets the timers due at `now`: a claim is about to look for them.
+    fn take_due(&mut self, now: u64) {
+        while let Some((at, id)) = self.by_time.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.by_time.pop_first();
+            self.by_id.remove(&id);
+        }
+    }
+}
+
+/// The columns a claim returns: id, epoch, record, recoveries, the status
+/// before the claim.
+const CLAIMED: &str = "i.id, i.epoch, i.record, i.recoveries, c.status";
+
+impl Inner {
+    pub(super) async fn create(&self, id: &str, record: &InstanceRecord) -> Result<Created> {
+        let bytes = encode(record, id, "the instance record")?;
+        let conn = self.conn().await?;
+        let inserted = conn
+            .query_opt(
+                &self.sql(
+                    "INSERT INTO {s}.instances
+                         (id, workflow, status, epoch, owner, created_at_ms, updated_ms, record,
+                          finished)
+                     VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8)
+                     ON CONFLICT (id) DO NOTHING RETURNING epoch",
+                ),
+                &[
+                    &id,
+                    &record.workflow,
+                    &status::of_state(&record.state),
+                    &self.me(),
+                    &(record.created_at_ms as i64),
+                    &status::updated_ms(record),
+                    &bytes,
+                    &status::finished(&record.state),
+                ],
+            )
+            .await
+            .map_err(io("create an instance"))?;
+        if let Some(row) = inserted {
+            let epoch: i64 = row.get(0);
+            return Ok(Created::New(Lease {
+                epoch: epoch as u64,
+            }));
+        }
+        let row = conn
+            .query_one(
+                &self.sql("SELECT record FROM {s}.instances WHERE id = $1"),
+                &[&id],
+            )
+            .await
+            .map_err(io("read an instance"))?;
+        let bytes: &[u8] = row.get(0);
+        Ok(Created::Exists(decode(bytes, || {
+            format!("instance {id:?}")
+        })?))
+    }
+
+    pub(super) async fn claim(&self, id: &str) -> Result<Option<Claim>> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_opt(
+                &self.sql(&format!(
+                    "WITH c AS (
+                         SELECT id, status FROM {{s}}.instances
+                         WHERE id = $1 AND owner IS NULL AND status IN ({RUNNING}, {READY},
+                               {BLOCKED}, {NEEDS_ATTENTION}, {INCOMPATIBLE})
+                         FOR UPDATE)
+                     UPDATE {{s}}.instances i
+                     SET owner = $2, epoch = i.epoch + 1, updated_at = now(),
+                         status = CASE WHEN i.status = {READY} THEN {RUNNING} ELSE i.status END
+                     FROM c WHERE i.id = c.id
+                     RETURNING {CLAIMED}"
+                )),
+                &[&id, &self.me()],
+            )
+            .await
+            .map_err(io("claim an instance"))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        self.timers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        match self.claimed(&row) {
+            Ok(claim) => Ok(Some(claim)),
+            Err(e) => {
+                let epoch: i64 = row.get(1);
+                let _ = self
+                    .release(
+                        id,
+                        Lease {
+                            epoch: epoch as u64,
+                        },
+                    )
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn claim_due(
+        &self,
+        runnable: &[(&'static str, u32)],
+        limit: usize,
+    ) -> Result<Round> {
+        let mut round = Round::default();
+        let mut workflows: Vec<&str> = runnable.iter().map(|(name, _)| *name).collect();
+        workflows.dedup();
+        if workflows.is_empty() || limit == 0 || self.stopped() {
+            return Ok(round);
+        }
+        let now = self.clock.now_ms();
+        self.timers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_due(now);
+        let unreadable = self
+            .unreadable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(
+                &self.sql(&format!(
+                    "WITH c AS (
+                         SELECT id, status FROM {{s}}.instances
+                         WHERE workflow = ANY($1) AND owner IS NULL AND id <> ALL($5)
+                           AND (status IN ({RUNNING}, {READY})
+                                OR (status IN ({}, {}) AND wake_at_ms <= $2)
+                                OR (status = {BLOCKED} AND NOT EXISTS (
+                                      SELECT 1 FROM {{s}}.workers w
+                                      WHERE w.id = blocked_by AND w.state = 0)))
+                         LIMIT $3 FOR UPDATE SKIP LOCKED)
+                     UPDATE {{s}}.instances i
+                     SET owner = $4, epoch = i.epoch + 1, updated_at = now(),
+                         status = CASE WHEN i.status = {BLOCKED} THEN i.status ELSE {RUNNING} END,
+                         park = NULL, wake_at_ms = NULL
+                     FROM c WHERE i.id = c.id
+                     RETURNING {CLAIMED}",
+                    status::SLEEPING,
+                    status::WAITING
+                )),
+                &[
+                    &workflows,
+                    &(now as i64),
+                    &(limit.min(i64::MAX as usize) as i64),
+                    &self.me(),
+                    &unreadable,
+                ],
+            )
+            .await
+            .map_err(io("claim runnable instances"))?;
+        for row in rows {
+            match self.claimed(&row) {
+                Ok(claim)
+                    if runnable.iter().any(|(name, version)| {
+                        *name == claim.record.workflow && *version == claim.record.version
+                    }) =>
+                {
+                    round.claims.push(claim)
+                }
+                Ok(claim) => {
+                    // A version this process does not run: left to one that does.
+                    self.unreadable
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(claim.id.clone());
+                    let _ = self.release(&claim.id, claim.lease).await;
+                    round.passed_over.push((claim.id, Ok(claim.record)));
+                }
+                Err(e) => {
+                    // Left to a worker that reads it (a newer build).
+                    let id: String = row.get(0);
+                    let epoch: i64 = row.get(1);
+                    tracing::error!(durable.instance_id = %id, durable.error = %e, "claimed an instance whose record this build cannot read; released it");
+                    self.unreadable
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(id.clone());
+                    let lease = Lease {
+                        epoch: epoch as u64,
+                    };
+                    let _ = self.release(&id, lease).await;
+                }
+            }
+        }
+        Ok(round)
+    }
+
+    /// The ids of every unfinished instance.
+    pub(super) async fn unfinished(&self) -> Result<Vec<String>> {
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(
+                &self.sql(&format!(
+                    "SELECT id FROM {{s}}.instances WHERE status < {} ORDER BY id",
+                    status::COMPLETED
+                )),
+                &[],
+            )
+            .await
+            .map_err(io("list unfinished instances"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn claimed(&self, row: &Row) -> Result<Claim> {
+        let id: String = row.get(0);
+        let epoch: i64 = row.get(1);
+        let bytes: &[u8] = row.get(2);
+        let recoveries: i32 = row.get(3);
+        let before: i16 = row.get(4);
+        let record = decode(bytes, || format!("instance {id:?}"))?;
+        let kind = if (READY..=status::WAITING).contains(&before) {
+            ClaimKind::Wake
+        } else {
+            ClaimKind::Recover
+        };
+        Ok(Claim {
+            id,
+            lease: Lease {
+                epoch: epoch as u64,
+            },
+            record,
+            recoveries: recoveries.max(0) as u32,
+            kind,
+        })
+    }
+
+    pub(super) async fn release(&self, id: &str, lease: Lease) -> Result<()> {
+        let conn = self.conn().await?;
+        let released = conn
+            .execute(
+                &self.sql(
+                    "UPDATE {s}.instances SET owner = NULL, updated_at = now()
+                     WHERE id = $1 AND epoch = $2 AND owner = $3",
+                ),
+                &[&id, &(lease.epoch as i64), &self.me()],
+            )
+            .await
+            .map_err(io("release an instance"))?;
+        if released > 0 {
+            self.hints.send(Notice::Ready);
+        }
+        Ok(())
+    }
+
+    pub(super) fn next_due(&self) -> Option<u64> {
+        self.timers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_time
+            .first()
+            .map(|(at, _)| *at)
+    }
+}

@@ -1,0 +1,154 @@
+//! Decisions about an instance from any process, each one transaction
+//! holding the instance's row lock: an event (its check, its number, the
+//! wake-up of a parked instance) and a cancellation (the epoch moves, so
+//! the owner's later writes are refused).
+
+use crate::backend::{EventCheck, Notice};
+use crate::error::{Error, Result, UsageError};
+use crate::records::{EventRecord, InstanceRecord, ParkRecord};
+
+use super::status::{self, READY, SLEEPING, WAITING};
+use super::{Inner, decode, encode, io};
+
+impl Inner {
+    pub(super) async fn send_event(
+        &self,
+        id: &str,
+        name: &str,
+        event: EventRecord,
+        check: EventCheck<'_>,
+    ) -> Result<u32> {
+        let bytes = encode(&event, id, &format!("event {name:?}"))?;
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(io("begin an event"))?;
+        let row = tx
+            .query_opt(
+                &self
+                    .sql("SELECT record, park, status FROM {s}.instances WHERE id = $1 FOR UPDATE"),
+                &[&id],
+            )
+            .await
+            .map_err(io("lock an instance for an event"))?;
+        let Some(row) = row else {
+            return Err(Error::Usage(UsageError::NotFound { id: id.to_string() }));
+        };
+        let record: InstanceRecord = decode(row.get(0), || format!("instance {id:?}"))?;
+        status::ensure_unfinished(id, &record.state)?;
+        let code: i16 = row.get(2);
+        // Counted in a statement of its own, after the lock: its snapshot
+        // sees every write of the owner that committed before.
+        let counts = tx
+            .query_one(
+                &self.sql(
+                    "SELECT (SELECT count(*) FROM {s}.events WHERE instance_id = $1 AND name = $2),
+                            (SELECT count(*) FROM {s}.checkpoints
+                             WHERE instance_id = $1 AND name = $2 AND ended_wait)",
+                ),
+                &[&id, &name],
+            )
+            .await
+            .map_err(io("number an event"))?;
+        let events: i64 = counts.get(0);
+        let ended: i64 = counts.get(1);
+        let seq = u32::try_from(events.max(ended)).unwrap_or(u32::MAX);
+        let park: Option<ParkRecord> = match row.get::<_, Option<&[u8]>>(1) {
+            Some(bytes) if code == SLEEPING || code == WAITING => {
+                Some(decode(bytes, || format!("the park record of {id:?}"))?)
+            }
+            _ => None,
+        };
+        let wait = park.as_ref().and_then(|p| {
+            p.conds
+                .iter()
+                .find(|c| c.name == name && c.occurrence == seq && c.event_type.is_some())
+        });
+        check(&record, seq, wait.and_then(|w| w.event_type.as_deref()))?;
+        tx.execute(
+            &self.sql(
+                "INSERT INTO {s}.events (instance_id, name, seq, record) VALUES ($1, $2, $3, $4)",
+            ),
+            &[&id, &name, &(seq as i32), &bytes],
+        )
+        .await
+        .map_err(io("store an event"))?;
+        let woken = wait.is_some();
+        if woken {
+            tx.execute(
+                &self.sql(&format!(
+                    "UPDATE {{s}}.instances SET status = {READY}, park = NULL, wake_at_ms = NULL,
+                         updated_at = now()
+                     WHERE id = $1"
+                )),
+                &[&id],
+            )
+            .await
+            .map_err(io("wake an instance"))?;
+        }
+        tx.commit().await.map_err(io("commit an event"))?;
+        tracing::info!(
+            durable.instance_id = %id,
+            durable.event = %name,
+            durable.occurrence = seq,
+            durable.woken = woken,
+            "event stored"
+        );
+        self.announce(Notice::Event {
+            id: id.to_string(),
+            name: name.to_string(),
+        });
+        if woken {
+            self.announce(Notice::Ready);
+        }
+        Ok(seq)
+    }
+
+    pub(super) async fn cancel(
+        &self,
+        id: &str,
+        update: &(dyn Fn(InstanceRecord) -> InstanceRecord + Send + Sync),
+    ) -> Result<()> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(io("begin a cancel"))?;
+        let row = tx
+            .query_opt(
+                &self.sql("SELECT record FROM {s}.instances WHERE id = $1 FOR UPDATE"),
+                &[&id],
+            )
+            .await
+            .map_err(io("lock an instance to cancel it"))?;
+        let Some(row) = row else {
+            return Err(Error::Usage(UsageError::NotFound { id: id.to_string() }));
+        };
+        let record: InstanceRecord = decode(row.get(0), || format!("instance {id:?}"))?;
+        status::ensure_unfinished(id, &record.state)?;
+        let record = update(record);
+        let bytes = encode(&record, id, "the instance record")?;
+        tx.execute(
+            &self.sql(
+                "UPDATE {s}.instances
+                 SET record = $2, status = $3, finished = $4, updated_ms = $5,
+                     epoch = epoch + 1, owner = NULL, park = NULL, wake_at_ms = NULL,
+                     updated_at = now()
+                 WHERE id = $1",
+            ),
+            &[
+                &id,
+                &bytes,
+                &status::of_state(&record.state),
+                &status::finished(&record.state),
+                &status::updated_ms(&record),
+            ],
+        )
+        .await
+        .map_err(io("cancel an instance"))?;
+        tx.commit().await.map_err(io("commit a cancel"))?;
+        self.timers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        tracing::info!(durable.instance_id = %id, "instance cancelled");
+        self.announce(Notice::Cancelled { id: id.to_string() });
+        self.announce(Notice::Ended { id: id.to_string() });
+        Ok(())
+    }
+}

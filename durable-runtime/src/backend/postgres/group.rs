@@ -1,0 +1,261 @@
+//! One attempt after another at writing a group: retried when its
+//! transaction surely did not commit (a serialization failure, a deadlock,
+//! a connection that broke before COMMIT), resolved with `txid_status`
+//! when the answer to COMMIT was lost, answered with a store error
+//! otherwise. A lone checkpoint is one fenced statement.
+
+use std::time::Duration;
+
+use crate::backend::{Committed, Notice};
+use crate::error::{Error, InstanceError, Result, StoreError};
+
+#[cfg(test)]
+use super::commit::Fault;
+use super::commit::{ATTEMPTS, Cp, Job, Prepared};
+use super::{Inner, io};
+
+/// How one attempt at a group ended.
+pub(super) enum Attempt {
+    Done(
+        Vec<Result<Committed>>,
+        Vec<Notice>,
+        Vec<(String, Option<u64>)>,
+    ),
+    /// Surely not committed; worth another try.
+    Retry(Error),
+    /// Not committed, or unknown: answer with this error.
+    Fail(Error),
+}
+
+pub(super) async fn write_group(inner: &Inner, jobs: &[Job]) -> Vec<Result<Committed>> {
+    let mut backoff = Duration::from_millis(20);
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        match attempt(inner, jobs).await {
+            Attempt::Done(results, notices, parked) => {
+                {
+                    let mut timers = inner.timers.lock().unwrap_or_else(|e| e.into_inner());
+                    for (id, at) in parked {
+                        match at {
+                            Some(at) => timers.insert(&id, at),
+                            None => timers.remove(&id),
+                        }
+                    }
+                }
+                for notice in notices {
+                    inner.announce(notice);
+                }
+                return results;
+            }
+            Attempt::Retry(e) => {
+                tracing::debug!(durable.error = %e, "group commit retried");
+                last = Some(e);
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            Attempt::Fail(e) => {
+                last = Some(e);
+                break;
+            }
+        }
+    }
+    let error = last.unwrap_or(Error::Store(StoreError::Closed));
+    tracing::warn!(durable.error = %error, durable.writes = jobs.len(), "group commit failed; its writes are not durable");
+    jobs.iter().map(|_| Err(error.clone())).collect()
+}
+
+/// Whether a database error leaves a transaction worth retrying.
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => {
+            let code = code.code();
+            code == "40001" || code == "40P01" || code.starts_with("08") || code == "57P01"
+        }
+        // No server answer: the connection broke before the transaction
+        // could commit (callers check COMMIT separately).
+        None => true,
+    }
+}
+
+async fn attempt(inner: &Inner, jobs: &[Job]) -> Attempt {
+    let conn = match inner.conn().await {
+        Ok(conn) => conn,
+        Err(e) => return Attempt::Retry(e),
+    };
+    let me = inner.me();
+    let mut txid: Option<i64> = None;
+    #[cfg(test)]
+    let fault = inner
+        .committer
+        .faults
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop_front();
+    #[cfg(not(test))]
+    let fault: Option<()> = None;
+    if let ([job], None) = (jobs, fault)
+        && let Prepared::Checkpoint(cp, progress) = &job.write
+    {
+        return lone_checkpoint(inner, &conn, job, cp, *progress, me).await;
+    }
+    let body = async {
+        let decided = super::batch::decide_and_write(inner, &conn, jobs, me, &mut txid).await?;
+        #[cfg(test)]
+        match fault {
+            Some(Fault::KillBeforeCommit) => {
+                conn.batch_execute("SELECT pg_terminate_backend(pg_backend_pid())")
+                    .await?;
+            }
+            Some(Fault::Serialization) => {
+                conn.batch_execute(
+                    "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '40001'; END $$",
+                )
+                .await?;
+            }
+            _ => {}
+        }
+        Ok(decided)
+    }
+    .await;
+    let decided = match body {
+        Ok(decided) => decided,
+        Err(e) => {
+            let retry = retryable(&e);
+            let _ = deadpool_postgres::Object::take(conn);
+            let e = io("write a group of checkpoints")(e);
+            return if retry {
+                Attempt::Retry(e)
+            } else {
+                Attempt::Fail(e)
+            };
+        }
+    };
+    let committed = conn.batch_execute("COMMIT").await;
+    #[cfg(test)]
+    if committed.is_ok() && matches!(fault, Some(Fault::LoseCommitAck)) {
+        let _ = deadpool_postgres::Object::take(conn);
+        return match resolve(inner, txid).await {
+            Some(true) => Attempt::Done(decided.0, decided.1, decided.2),
+            Some(false) => Attempt::Retry(io("commit")(injected_error())),
+            None => Attempt::Fail(io("commit")(injected_error())),
+        };
+    }
+    match committed {
+        Ok(()) => Attempt::Done(decided.0, decided.1, decided.2),
+        Err(e) if e.as_db_error().is_some() => {
+            let retry = retryable(&e);
+            let _ = deadpool_postgres::Object::take(conn);
+            let e = io("commit a group of checkpoints")(e);
+            if retry {
+                Attempt::Retry(e)
+            } else {
+                Attempt::Fail(e)
+            }
+        }
+        Err(e) => {
+            // The connection broke during COMMIT: ask the server what
+            // became of the transaction.
+            let _ = deadpool_postgres::Object::take(conn);
+            let e = io("commit a group of checkpoints")(e);
+            match resolve(inner, txid).await {
+                Some(true) => Attempt::Done(decided.0, decided.1, decided.2),
+                Some(false) => Attempt::Retry(e),
+                None => Attempt::Fail(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+fn injected_error() -> tokio_postgres::Error {
+    // Any error without a server answer will do.
+    tokio_postgres::Error::__private_api_timeout()
+}
+
+/// A lone checkpoint: one statement, fence and upsert, in its own
+/// transaction (one round trip, like an INSERT). A broken connection
+/// leaves its outcome unknown: surfaced as a store error, not retried.
+async fn lone_checkpoint(
+    inner: &Inner,
+    conn: &deadpool_postgres::Object,
+    job: &Job,
+    cp: &Cp,
+    progress: bool,
+    me: i64,
+) -> Attempt {
+    let written = async {
+        let statement = conn
+            .prepare_cached(&inner.sql(
+                "WITH f AS (
+                     UPDATE {s}.instances
+                     SET recoveries = CASE WHEN $7 THEN 0 ELSE recoveries END
+                     WHERE id = $1 AND epoch = $2 AND owner = $3 RETURNING id),
+                 c AS (
+                     INSERT INTO {s}.checkpoints (instance_id, key, name, ended_wait, record)
+                     SELECT f.id, $4, $5, $6, $8 FROM f
+                     ON CONFLICT (instance_id, key) DO UPDATE
+                       SET record = EXCLUDED.record, ended_wait = EXCLUDED.ended_wait)
+                 SELECT count(*) FROM f",
+            ))
+            .await?;
+        let row = conn
+            .query_one(
+                &statement,
+                &[
+                    &job.id,
+                    &job.epoch,
+                    &me,
+                    &cp.key,
+                    &cp.name,
+                    &cp.ended_wait,
+                    &progress,
+                    &cp.bytes,
+                ],
+            )
+            .await?;
+        Ok::<bool, tokio_postgres::Error>(row.get::<_, i64>(0) == 1)
+    }
+    .await;
+    match written {
+        Ok(true) => Attempt::Done(vec![Ok(Committed::Written)], Vec::new(), Vec::new()),
+        Ok(false) => Attempt::Done(
+            vec![Err(Error::Instance(InstanceError::LeaseLost {
+                instance: job.id.clone(),
+                epoch: job.epoch as u64,
+            }))],
+            Vec::new(),
+            Vec::new(),
+        ),
+        Err(e) => {
+            let retry = e.as_db_error().is_some() && retryable(&e);
+            let e = io("write a checkpoint")(e);
+            if retry {
+                Attempt::Retry(e)
+            } else {
+                Attempt::Fail(e)
+            }
+        }
+    }
+}
+
+/// Whether transaction `txid` committed: `None` when that cannot be known.
+async fn resolve(inner: &Inner, txid: Option<i64>) -> Option<bool> {
+    let txid = txid?;
+    for _ in 0..100 {
+        let status: Option<String> = match inner.conn().await {
+            Ok(conn) => match conn.query_one("SELECT txid_status($1)", &[&txid]).await {
+                Ok(row) => row.get(0),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        match status.as_deref() {
+            Some("committed") => return Some(true),
+            Some("aborted") => return Some(false),
+            // In progress (the server has not noticed the broken
+            // connection yet), or the server is unreachable: ask again.
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    None
+}

@@ -1,0 +1,396 @@
+//! The PostgreSQL backend: many worker processes on one schema.
+//!
+//! - Instances are rows with the engine's records as `bytea` (the codec's
+//!   versioned envelope) and the columns that claims and listings need
+//!   (`status`, `epoch`, `owner`, `wake_at_ms`, `created_at_ms`, ...).
+//! - Ownership is a claim (`FOR UPDATE SKIP LOCKED`) that moves the
+//!   instance's epoch; every write of the owner is fenced by that epoch and
+//!   by the owner column, and is refused once either moved.
+//! - Each process is one `workers` row whose lease it renews on the
+//!   database's clock; any worker reaps expired workers and releases their
+//!   instances in the same statement.
+//! - Concurrent writes of this process go to the database as one
+//!   transaction (group commit, `commit.rs`).
+//! - LISTEN/NOTIFY carries hints only; a poll tick makes everything
+//!   correct without it (`notify.rs`).
+//!
+//! Failover after a worker is killed: its lease runs out (at most `lease`
+//! after its last renewal), a reaper of another worker notices within
+//! `grace` + `lease`/2, and the instances are claimable at once; the
+//! other workers claim them at their next poll or on the hint.
+
+mod batch;
+mod claims;
+mod commit;
+mod decide;
+mod group;
+mod notify;
+mod reads;
+mod schema;
+mod status;
+mod workers;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::broadcast;
+use tokio_postgres::NoTls;
+
+use crate::backend::{
+    Backend, BoxFuture, Claim, Committed, Created, EventCheck, Lease, Notice, Round, Write,
+};
+use crate::error::{Error, Result, StoreError};
+use crate::listing::{ListFilter, Page};
+use crate::manifest::Manifest;
+use crate::records::{CheckpointRecord, EventRecord, InstanceRecord, ParkRecord};
+use crate::time::Clock;
+
+/// How a [`PgBackend`] runs.
+#[derive(Debug, Clone)]
+pub(crate) struct PgOptions {
+    /// How long a worker's lease lasts without renewal (renewed every
+    /// third of it). A worker silent for longer is taken over.
+    pub lease: Duration,
+    /// How often to look for claimable instances without a listener that
+    /// proved it receives notifications.
+    pub poll: Duration,
+    /// How often to look with a proven listener (notifications do the rest).
+    pub poll_listening: Duration,
+    /// Most pooled connections (the listener has its own).
+    pub pool_size: usize,
+    /// Whether to LISTEN for hints of other processes.
+    pub listen: bool,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            lease: Duration::from_secs(15),
+            poll: Duration::from_millis(250),
+            poll_listening: Duration::from_secs(5),
+            pool_size: 8,
+            listen: true,
+        }
+    }
+}
+
+impl PgOptions {
+    /// How long after its lease ran out a worker is declared dead.
+    pub(crate) fn grace(&self) -> Duration {
+        self.lease / 5
+    }
+}
+
+/// The backend over one schema of a PostgreSQL database.
+pub(crate) struct PgBackend {
+    inner: Arc<Inner>,
+}
+
+/// What the backend's calls and tasks share.
+pub(crate) struct Inner {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    schema: String,
+    /// The schema, quoted for SQL.
+    quoted: String,
+    options: PgOptions,
+    clock: Arc<dyn Clock>,
+    /// This process's worker id (a fresh one after it was declared dead).
+    me: AtomicI64,
+    /// Tells this process's own notifications from others'.
+    token: u64,
+    notices: broadcast::Sender<Notice>,
+    hints: notify::Hints,
+    committer: commit::Committer,
+    timers: Mutex<claims::Timers>,
+    /// Ids whose record this build cannot read: left to other workers.
+    unreadable: Mutex<Vec<String>>,
+    failure: Mutex<Option<StoreError>>,
+    /// Whether the listener proved it receives notifications.
+    listening: AtomicBool,
+    /// The listener connection's server process id (0 when not connected).
+    listener_pid: std::sync::atomic::AtomicI32,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    #[cfg(test)]
+    heartbeat_paused: AtomicBool,
+}
+
+impl PgBackend {
+    /// Connects to `url`, creates or migrates `schema`, registers this
+    /// process as a worker and starts its tasks (heartbeat, reaper,
+    /// committer, notifier, listener, poll tick). Deadlines of timers are
+    /// read on `clock`.
+    pub(crate) async fn connect(
+        url: &str,
+        schema: &str,
+        options: PgOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<PgBackend> {
+        let quoted = schema::quoted(schema)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+            Error::Store(StoreError::Io {
+                op: "parse the PostgreSQL URL",
+                reason: format!("{e}"),
+            })
+        })?;
+        if config.get_application_name().is_none() {
+            config.application_name("durable");
+        }
+        config.connect_timeout(Duration::from_secs(10));
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(2))
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| {
+                Error::Store(StoreError::Io {
+                    op: "build the connection pool",
+                    reason: e.to_string(),
+                })
+            })?;
+        schema::migrate(&pool, schema, &quoted).await?;
+        let me = workers::register(&pool, &quoted, options.lease).await?;
+        let (notices, _) = broadcast::channel(1024);
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let (hints, hint_rx) = notify::Hints::new();
+        let (committer, commit_rx) = commit::Committer::new();
+        let inner = Arc::new(Inner {
+            pool,
+            config,
+            schema: schema.to_string(),
+            quoted,
+            options,
+            clock,
+            me: AtomicI64::new(me),
+            token: notify::random_u64(),
+            notices,
+            hints,
+            committer,
+            timers: Mutex::new(claims::Timers::default()),
+            unreadable: Mutex::new(Vec::new()),
+            failure: Mutex::new(None),
+            listening: AtomicBool::new(false),
+            listener_pid: std::sync::atomic::AtomicI32::new(0),
+            stop,
+            tasks: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            heartbeat_paused: AtomicBool::new(false),
+        });
+        let mut tasks = vec![
+            tokio::spawn(commit::run(Arc::clone(&inner), commit_rx)),
+            tokio::spawn(notify::notifier(Arc::clone(&inner), hint_rx)),
+            tokio::spawn(workers::heartbeat(Arc::clone(&inner))),
+            tokio::spawn(workers::reaper(Arc::clone(&inner))),
+            tokio::spawn(notify::poll_tick(Arc::clone(&inner))),
+        ];
+        if inner.options.listen {
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            tasks.push(tokio::spawn(notify::listener(Arc::clone(&inner), ready_tx)));
+            // Wait for the self-test, so that the poll interval is known.
+            let _ = ready_rx.await;
+        }
+        *inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+        Ok(PgBackend { inner })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+}
+
+impl Inner {
+    /// `template` with `{s}` replaced by the quoted schema.
+    fn sql(&self, template: &str) -> String {
+        template.replace("{s}", &self.quoted)
+    }
+
+    /// This process's worker id now.
+    fn me(&self) -> i64 {
+        self.me.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn conn(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Tells this process's subscribers, and the others' through NOTIFY.
+    fn announce(&self, notice: Notice) {
+        let _ = self.notices.send(notice.clone());
+        self.hints.send(notice);
+    }
+
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+}
+
+/// Maps a database error to [`StoreError::Io`] for `op`.
+pub(super) fn io(op: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
+    move |e| {
+        let reason = match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        };
+        Error::Store(StoreError::Io { op, reason })
+    }
+}
+
+/// Maps a pool error to [`StoreError::Io`].
+pub(super) fn pool_error(e: deadpool_postgres::PoolError) -> Error {
+    Error::Store(StoreError::Io {
+        op: "get a PostgreSQL connection",
+        reason: e.to_string(),
+    })
+}
+
+/// Encodes a record for a column.
+pub(super) fn encode<T: serde::Serialize>(value: &T, id: &str, what: &str) -> Result<Vec<u8>> {
+    crate::codec::encode(value).map_err(|reason| {
+        Error::Replay(crate::error::ReplayError::Encode {
+            instance: id.to_string(),
+            what: what.to_string(),
+            reason,
+        })
+    })
+}
+
+/// Decodes a record read from a column.
+pub(super) fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<T> {
+    crate::codec::decode(bytes).map_err(|e| {
+        Error::Store(StoreError::Decode {
+            what: what(),
+            reason: e.to_string(),
+        })
+    })
+}
+
+impl Backend for PgBackend {
+    fn create<'a>(
+        &'a self,
+        id: &'a str,
+        record: &'a InstanceRecord,
+    ) -> BoxFuture<'a, Result<Created>> {
+        Box::pin(self.inner.create(id, record))
+    }
+
+    fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<InstanceRecord>>> {
+        Box::pin(self.inner.load(id))
+    }
+
+    fn park_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ParkRecord>>> {
+        Box::pin(self.inner.park_of(id))
+    }
+
+    fn checkpoints<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<CheckpointRecord>>> {
+        Box::pin(self.inner.checkpoints(id))
+    }
+
+    fn event<'a>(
+        &'a self,
+        id: &'a str,
+        name: &'a str,
+        seq: u32,
+    ) -> BoxFuture<'a, Result<Option<EventRecord>>> {
+        Box::pin(self.inner.event(id, name, seq))
+    }
+
+    fn events_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<(String, u64, String)>>> {
+        Box::pin(self.inner.events_of(id))
+    }
+
+    fn list<'a>(&'a self, filter: &'a ListFilter) -> BoxFuture<'a, Result<Page>> {
+        Box::pin(self.inner.list(filter))
+    }
+
+    fn claim<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Claim>>> {
+        Box::pin(self.inner.claim(id))
+    }
+
+    fn claim_due<'a>(
+        &'a self,
+        workflows: &'a [(&'static str, u32)],
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Round>> {
+        Box::pin(self.inner.claim_due(workflows, limit))
+    }
+
+    fn next_due(&self) -> Option<u64> {
+        self.inner.next_due()
+    }
+
+    fn unfinished(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(self.inner.unfinished())
+    }
+
+    fn commit<'a>(
+        &'a self,
+        id: &'a str,
+        lease: Lease,
+        write: Write,
+    ) -> BoxFuture<'a, Result<Committed>> {
+        Box::pin(self.inner.commit(id, lease, write))
+    }
+
+    fn release<'a>(&'a self, id: &'a str, lease: Lease) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.inner.release(id, lease))
+    }
+
+    fn send_event<'a>(
+        &'a self,
+        id: &'a str,
+        name: &'a str,
+        event: EventRecord,
+        check: EventCheck<'a>,
+    ) -> BoxFuture<'a, Result<u32>> {
+        Box::pin(self.inner.send_event(id, name, event, check))
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        id: &'a str,
+        update: &'a (dyn Fn(InstanceRecord) -> InstanceRecord + Send + Sync),
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.inner.cancel(id, update))
+    }
+
+    fn manifest(&self, hash: u64) -> BoxFuture<'_, Result<Option<Manifest>>> {
+        Box::pin(self.inner.manifest(hash))
+    }
+
+    fn store_manifests<'a>(&'a self, manifests: &'a [&'a Manifest]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.inner.store_manifests(manifests))
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.inner.notices.subscribe()
+    }
+
+    fn failure(&self) -> Option<StoreError> {
+        self.inner
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(workers::close(Arc::clone(&self.inner)))
+    }
+}

@@ -1,0 +1,234 @@
+//! Fencing: takeover after a lease ran out, cancellation, group commit
+//! with a refused write among others.
+
+use std::sync::atomic::Ordering;
+
+use super::*;
+use crate::backend::{ClaimKind, Committed, Write};
+use crate::error::{Error, InstanceError};
+
+fn lease_lost(result: &crate::error::Result<Committed>) -> Option<u64> {
+    match result {
+        Err(Error::Instance(InstanceError::LeaseLost { epoch, .. })) => Some(*epoch),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_past_its_lease_is_taken_over_and_its_late_writes_refused() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let a = db.backend().await;
+    let b = db.backend().await;
+    let lease_a = create(&a, "job").await;
+    let first = Write::Checkpoint {
+        record: step("one", 0, 1),
+        progress: true,
+    };
+    assert_eq!(
+        a.commit("job", lease_a, first).await.unwrap(),
+        Committed::Written
+    );
+
+    // A stops renewing its lease (frozen), and the lease runs out.
+    a.inner().heartbeat_paused.store(true, Ordering::SeqCst);
+    let client = db.client().await;
+    client
+        .execute(
+            "UPDATE workers SET lease_until = now() - interval '1 hour' WHERE id = $1",
+            &[&a.inner().me()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.inner().reap().await.unwrap(), 1);
+    let claims = b.claim_due(&[("wf", 1)], 10).await.unwrap().claims;
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].kind, ClaimKind::Recover);
+    let lease_b = claims[0].lease;
+    assert!(lease_b.epoch > lease_a.epoch);
+
+    // A wakes up: its write is refused; B's is written.
+    let late = a
+        .commit(
+            "job",
+            lease_a,
+            Write::Checkpoint {
+                record: step("two", 0, 100),
+                progress: true,
+            },
+        )
+        .await;
+    assert_eq!(lease_lost(&late), Some(lease_a.epoch));
+    let current = b
+        .commit(
+            "job",
+            lease_b,
+            Write::Checkpoint {
+                record: step("two", 0, 200),
+                progress: true,
+            },
+        )
+        .await;
+    assert_eq!(current.unwrap(), Committed::Written);
+    let checkpoints = b.checkpoints("job").await.unwrap();
+    let twos: Vec<u32> = checkpoints
+        .iter()
+        .filter(|c| c.name == "two")
+        .map(|c| c.attempts)
+        .collect();
+    assert_eq!(twos, vec![200], "written once, by the current owner");
+    assert_eq!(checkpoints.len(), 2);
+
+    // A's next heartbeat finds it was declared dead: it goes on as a new
+    // worker, and its old leases stay refused.
+    let old = a.inner().me();
+    a.inner().heartbeat().await.unwrap();
+    assert_ne!(a.inner().me(), old);
+    let again = a
+        .commit(
+            "job",
+            lease_b,
+            Write::Checkpoint {
+                record: step("three", 0, 1),
+                progress: false,
+            },
+        )
+        .await;
+    assert!(
+        lease_lost(&again).is_some(),
+        "a new worker id does not own B's lease"
+    );
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_moves_the_epoch_so_the_owner_is_refused() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let owner = db.backend().await;
+    let client_side = db.backend().await;
+    let lease = create(&owner, "c").await;
+    let mut rx = owner.subscribe();
+    client_side
+        .cancel("c", &|mut r: InstanceRecord| {
+            r.state = InstanceState::Cancelled;
+            r
+        })
+        .await
+        .unwrap();
+    let refused = owner
+        .commit(
+            "c",
+            lease,
+            Write::Checkpoint {
+                record: step("s", 0, 1),
+                progress: true,
+            },
+        )
+        .await;
+    assert_eq!(lease_lost(&refused), Some(lease.epoch));
+    assert!(owner.checkpoints("c").await.unwrap().is_empty());
+    assert_eq!(
+        owner.load("c").await.unwrap().unwrap().state,
+        InstanceState::Cancelled
+    );
+    // Cancelled is finished: no second cancel, no event, no claim.
+    let again = client_side.cancel("c", &|r| r).await;
+    assert!(matches!(
+        again,
+        Err(Error::Usage(crate::error::UsageError::InstanceFinished {
+            status: "cancelled",
+            ..
+        }))
+    ));
+    let event = client_side
+        .send_event("c", "e", event(1), &|_, _, _| Ok(()))
+        .await;
+    assert!(matches!(
+        event,
+        Err(Error::Usage(
+            crate::error::UsageError::InstanceFinished { .. }
+        ))
+    ));
+    let missing = client_side.cancel("nope", &|r| r).await;
+    assert!(matches!(
+        missing,
+        Err(Error::Usage(crate::error::UsageError::NotFound { .. }))
+    ));
+    assert!(owner.claim("c").await.unwrap().is_none());
+    drop(rx.try_recv());
+    owner.close().await;
+    client_side.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_concurrent_writes_go_as_one_transaction_with_their_own_outcomes() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let backend = Arc::new(db.backend().await);
+    let mut leases = Vec::new();
+    for i in 0..64 {
+        leases.push(create(&backend, &format!("g{i:02}")).await);
+    }
+    // One of them is cancelled: its owner's write must be refused alone.
+    backend
+        .cancel("g13", &|mut r: InstanceRecord| {
+            r.state = InstanceState::Cancelled;
+            r
+        })
+        .await
+        .unwrap();
+    let committer = &backend.inner().committer;
+    let groups_before = committer.stats.groups.load(Ordering::SeqCst);
+    let sent_before = committer.stats.sent.load(Ordering::SeqCst);
+    let hold = committer.hold.lock().await;
+    let writes: Vec<_> = leases
+        .iter()
+        .enumerate()
+        .map(|(i, lease)| {
+            let backend = Arc::clone(&backend);
+            let lease = *lease;
+            tokio::spawn(async move {
+                let record = step("s", 0, i as u32);
+                backend
+                    .commit(
+                        &format!("g{i:02}"),
+                        lease,
+                        Write::Checkpoint {
+                            record,
+                            progress: true,
+                        },
+                    )
+                    .await
+            })
+        })
+        .collect();
+    until(|| async { committer.stats.sent.load(Ordering::SeqCst) >= sent_before + 64 }).await;
+    drop(hold);
+    let mut outcomes = Vec::new();
+    for write in writes {
+        outcomes.push(write.await.unwrap());
+    }
+    // The first write may have been taken before the others arrived.
+    let groups = committer.stats.groups.load(Ordering::SeqCst) - groups_before;
+    assert_eq!(groups, 1, "transactions for 64 overlapping writes");
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if i == 13 {
+            assert!(
+                lease_lost(outcome).is_some(),
+                "the cancelled instance's write"
+            );
+        } else {
+            assert_eq!(*outcome.as_ref().unwrap(), Committed::Written, "write {i}");
+            let cps = backend.checkpoints(&format!("g{i:02}")).await.unwrap();
+            assert_eq!(cps.len(), 1);
+            assert_eq!(cps[0].attempts, i as u32);
+        }
+    }
+    assert!(backend.checkpoints("g13").await.unwrap().is_empty());
+    backend.close().await;
+}
