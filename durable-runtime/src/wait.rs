@@ -293,7 +293,15 @@ async fn wait_inner<T: DeserializeOwned + 'static>(
                 instance: ctx.id.clone(),
             }));
         }
-        if let Some(event) = backend.event(&ctx.id, name, occurrence).await? {
+        // Busy while the backend looks: a lookup that is pending (a query
+        // over the network) must not let the driver park the instance on
+        // this wait, or an event already stored makes it park, find the
+        // event first, run again and park again, for ever.
+        let found = {
+            let _busy = ctx.signals.busy();
+            backend.event(&ctx.id, name, occurrence).await?
+        };
+        if let Some(event) = found {
             return receive(ctx, site, event).await.map(Some);
         }
         if let Some(deadline) = deadline_ms {

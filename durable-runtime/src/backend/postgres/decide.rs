@@ -21,6 +21,9 @@ impl Inner {
         let bytes = encode(&event, id, &format!("event {name:?}"))?;
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(io("begin an event"))?;
+        tx.batch_execute(&self.idle_timeout())
+            .await
+            .map_err(io("begin an event"))?;
         let row = tx
             .query_opt(
                 &self
@@ -109,6 +112,9 @@ impl Inner {
     ) -> Result<()> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(io("begin a cancel"))?;
+        tx.batch_execute(&self.idle_timeout())
+            .await
+            .map_err(io("begin a cancel"))?;
         let row = tx
             .query_opt(
                 &self.sql("SELECT record FROM {s}.instances WHERE id = $1 FOR UPDATE"),

@@ -223,6 +223,18 @@ impl Inner {
         self.me.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Bounds how long a transaction of this worker may sit idle (its
+    /// process frozen between two statements) to one lease: the server then
+    /// ends the session and its row locks go, so that a frozen worker never
+    /// keeps the reaper and the others from the instances it held. `SET
+    /// LOCAL`, so it also works behind a transaction-mode pooler.
+    fn idle_timeout(&self) -> String {
+        format!(
+            "SET LOCAL idle_in_transaction_session_timeout = {}",
+            self.options.lease.as_millis().max(1)
+        )
+    }
+
     async fn conn(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(pool_error)
     }

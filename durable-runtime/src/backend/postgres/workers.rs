@@ -67,8 +67,11 @@ impl Inner {
     }
 
     /// Declares dead every worker whose lease ran out more than the grace
-    /// ago and releases its instances (owner gone, epoch moved). Returns
-    /// how many instances were released.
+    /// ago and releases its instances (owner gone, epoch moved), and those
+    /// of any worker declared dead or gone before: a worker declared dead
+    /// that has not noticed yet may still claim or create instances under
+    /// its old id, which nobody would release otherwise. Returns how many
+    /// instances were released.
     pub(super) async fn reap(&self) -> Result<u64> {
         let conn = self.conn().await?;
         let released = conn
@@ -79,7 +82,8 @@ impl Inner {
                          WHERE state = 0 AND lease_until < now() - make_interval(secs => $1)
                          RETURNING id)
                      UPDATE {s}.instances i SET owner = NULL, epoch = i.epoch + 1, updated_at = now()
-                     FROM dead WHERE i.owner = dead.id",
+                     WHERE i.owner IN (SELECT id FROM dead)
+                        OR i.owner IN (SELECT id FROM {s}.workers WHERE state <> 0)",
                 ),
                 &[&self.options.grace().as_secs_f64()],
             )

@@ -1,0 +1,199 @@
+#![cfg(feature = "postgres")]
+//! Engines that share a PostgreSQL schema and nothing else (each its own
+//! worker row, connections and tasks), with the listener off so that
+//! polling alone must deliver: an event sent by a pure client before the
+//! instance reaches its wait, a cancel by a pure client of a parked
+//! instance, and a handle in one engine that completes when another engine
+//! finishes the instance.
+//!
+//! `cargo test --features postgres --test pg_cross`. Needs PostgreSQL
+//! (`DURABLE_TEST_PG`); without it the tests pass after saying "skipped: no
+//! PostgreSQL", unless `CI` is set.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use durable::Status;
+use durable::prelude::*;
+
+fn url() -> String {
+    std::env::var("DURABLE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A schema of one test, dropped at its end; `None` (after saying so)
+/// when there is no server and `CI` is not set.
+struct Schema {
+    name: String,
+    client: tokio_postgres::Client,
+}
+
+impl Schema {
+    async fn new() -> Option<Schema> {
+        match tokio_postgres::connect(&url(), tokio_postgres::NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0);
+                let name = format!(
+                    "durable_cross_{:016x}",
+                    support::mix(nanos ^ u64::from(std::process::id()))
+                );
+                Some(Schema { name, client })
+            }
+            Err(e) => {
+                if std::env::var_os("CI").is_some() {
+                    panic!("no PostgreSQL at {}: {e}", url());
+                }
+                eprintln!("skipped: no PostgreSQL ({e})");
+                None
+            }
+        }
+    }
+
+    fn builder(&self) -> durable::EngineBuilder {
+        Engine::builder()
+            .postgres(url())
+            .schema(&self.name)
+            .lease(Duration::from_secs(2))
+            .poll_interval(Duration::from_millis(100))
+            .listen(false)
+    }
+
+    async fn drop_schema(self) {
+        self.client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
+            .await
+            .expect("drop the test schema");
+    }
+}
+
+/// While set, the first step of `gated` does not return.
+static GATE: AtomicBool = AtomicBool::new(true);
+static ENTERED: AtomicBool = AtomicBool::new(false);
+
+async fn hold() -> Result<u64, String> {
+    ENTERED.store(true, Ordering::SeqCst);
+    while GATE.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(1)
+}
+
+#[durable]
+async fn gated(_ctx: &Ctx, base: u64) -> Result<u64, String> {
+    let one = step!("hold", hold().await)?;
+    let go: u64 = wait_for!("go");
+    let after = step!("after", async { Ok::<_, String>(go + one) }.await)?;
+    Ok(base + after)
+}
+
+/// An event a pure client stored before the instance reached its wait is
+/// received at the wait (the wait's look-up of stored events goes over the
+/// network; the instance must not park while it is pending, or it would
+/// find the event first, run again and park again for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_sent_before_the_wait_is_received() {
+    let Some(schema) = Schema::new().await else {
+        return;
+    };
+    let worker = schema.builder().register(gated).open().await.unwrap();
+    let client = schema.builder().open().await.unwrap();
+    let handle = worker.start(gated, "early", 100).await.unwrap();
+    support::wait_until("the first step began", async || {
+        if ENTERED.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("not yet")
+        }
+    })
+    .await;
+    client.send_event("early", "go", 41u64).await.unwrap();
+    GATE.store(false, Ordering::SeqCst);
+    let out = support::guarded("the instance completes", handle.result()).await;
+    assert_eq!(out.unwrap(), Ok(142));
+    client.shutdown().await;
+    worker.shutdown().await;
+    schema.drop_schema().await;
+}
+
+#[durable]
+async fn waits(_ctx: &Ctx, base: u64) -> Result<u64, String> {
+    let v = step!("first", async { Ok::<_, String>(base) }.await)?;
+    let go: u64 = wait_for!("go");
+    Ok(v + go)
+}
+
+/// A pure client's event wakes an instance parked by another engine, and
+/// its cancel ends another one; polling alone delivers both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pure_client_sends_and_cancels_with_polling_alone() {
+    let Some(schema) = Schema::new().await else {
+        return;
+    };
+    let worker = schema.builder().register(waits).open().await.unwrap();
+    let client = schema.builder().open().await.unwrap();
+    let woken = worker.start(waits, "woken", 5).await.unwrap();
+    let cancelled = worker.start(waits, "cancelled", 6).await.unwrap();
+    for id in ["woken", "cancelled"] {
+        support::wait_until("the instance waits", async || {
+            match client.status(id).await {
+                Ok(Status::Waiting { .. }) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
+    client.send_event("woken", "go", 10u64).await.unwrap();
+    client.cancel("cancelled").await.unwrap();
+    let out = support::guarded("the woken instance completes", woken.result()).await;
+    assert_eq!(out.unwrap(), Ok(15));
+    let out = support::guarded("the cancelled instance ends", cancelled.result()).await;
+    assert!(
+        matches!(out, Err(Error::Instance(InstanceError::Cancelled { .. }))),
+        "{out:?}"
+    );
+    assert!(matches!(
+        client.status("cancelled").await,
+        Ok(Status::Cancelled { .. })
+    ));
+    client.shutdown().await;
+    worker.shutdown().await;
+    schema.drop_schema().await;
+}
+
+/// A handle taken in one engine completes when another engine runs the
+/// instance to its end: engine A starts it and shuts down while it waits;
+/// engine B attaches (the instance is parked: B does not run it); engine C
+/// runs it when the event arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_completes_when_another_engine_finishes() {
+    let Some(schema) = Schema::new().await else {
+        return;
+    };
+    let starter = schema.builder().register(waits).open().await.unwrap();
+    let _ = starter.start(waits, "far", 1).await.unwrap();
+    let client = schema.builder().open().await.unwrap();
+    support::wait_until("the instance waits", async || {
+        match client.status("far").await {
+            Ok(Status::Waiting { .. }) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    starter.shutdown().await;
+    let watcher = schema.builder().register(waits).open().await.unwrap();
+    let handle = watcher.attach(waits, "far").await.unwrap();
+    let runner = schema.builder().register(waits).open().await.unwrap();
+    client.send_event("far", "go", 2u64).await.unwrap();
+    let out = support::guarded("the handle completes", handle.result()).await;
+    assert_eq!(out.unwrap(), Ok(3));
+    for engine in [watcher, runner, client] {
+        engine.shutdown().await;
+    }
+    schema.drop_schema().await;
+}
