@@ -21,8 +21,10 @@
 //! log) are counted.
 //!
 //! `cargo test --features postgres --test pg_torture -- --nocapture`: the CI
-//! profile (about 300 instances, chaos for about a minute and a half).
-//! `DURABLE_PG_TORTURE=long`: 2000 instances, chaos for 15 minutes.
+//! profile (600 instances of 10 steps, chaos for a minute and a half; the
+//! client sends the events spread over that time, so that work goes on
+//! while workers die). `DURABLE_PG_TORTURE=long`: 5000 instances, chaos
+//! for 15 minutes.
 //! `DURABLE_PG_TORTURE_SEED=S` replays the driver's choices. Needs
 //! PostgreSQL (`DURABLE_TEST_PG`); without it the test passes after saying
 //! "skipped: no PostgreSQL", unless `CI` is set.
@@ -93,7 +95,7 @@ impl PJob {
     }
     /// The step before which the instance waits for event `go`.
     fn wait_at(&self) -> u32 {
-        self.steps / 2
+        self.steps / 3
     }
 }
 
@@ -112,13 +114,13 @@ fn generation() -> u64 {
 }
 
 /// A step body: its output depends on its input and on a nonce unique to
-/// this attempt; it stays in flight up to 40 ms; the first attempt in a
+/// this attempt; it stays in flight up to 200 ms; the first attempt in a
 /// process fails for one input in four (the retry runs it again).
 async fn body(id: &str, step: u32, input: u64) -> Result<u64, String> {
     let g = generation();
     let nonce = (g << 32) | NONCE.fetch_add(1, Ordering::Relaxed);
     support::ledger(format!("BEGIN {id} {step} {input} {g}"));
-    tokio::time::sleep(Duration::from_millis(mix(nonce) % 40)).await;
+    tokio::time::sleep(Duration::from_millis(mix(nonce) % 200)).await;
     if mix(input).is_multiple_of(4) {
         let first = FAILED_ONCE
             .lock()
@@ -136,7 +138,8 @@ async fn body(id: &str, step: u32, input: u64) -> Result<u64, String> {
 }
 
 /// The torture workflow: a chain of steps, a durable sleep after the first,
-/// and a wait for event `go` (whose payload is mixed into the chain) half-way.
+/// and a wait for event `go` (whose payload is mixed into the chain) a
+/// third of the way.
 #[durable]
 pub async fn pg_torture(ctx: &Ctx, job: PJob) -> Result<u64, String> {
     let mut value = job.seed();
@@ -247,14 +250,14 @@ impl Profile {
         match std::env::var("DURABLE_PG_TORTURE").as_deref() {
             Ok("long") => Profile {
                 name: "long",
-                instances: 2000,
-                steps: 8,
+                instances: 5000,
+                steps: 10,
                 chaos: Duration::from_secs(900),
             },
             _ => Profile {
                 name: "ci",
-                instances: 300,
-                steps: 6,
+                instances: 600,
+                steps: 10,
                 chaos: Duration::from_secs(90),
             },
         }
@@ -473,7 +476,7 @@ async fn drive(dir: &Path, schema: &str, profile: &Profile, seed: u64) -> Result
                 Ok(Status::Waiting { .. })
                     if !sent.contains(&job.index)
                         && started.elapsed().as_secs_f64()
-                            >= profile.chaos.as_secs_f64() * f64::from(job.index)
+                            >= profile.chaos.as_secs_f64() * 0.8 * f64::from(job.index)
                                 / f64::from(profile.instances) =>
                 {
                     send_go(&client, job, &mut sent).await;

@@ -232,3 +232,98 @@ async fn sixty_four_concurrent_writes_go_as_one_transaction_with_their_own_outco
     assert!(backend.checkpoints("g13").await.unwrap().is_empty());
     backend.close().await;
 }
+
+/// A worker declared dead that has not noticed yet still creates (or
+/// claims) instances under its old id; the next reap releases them, so
+/// that nobody keeps an instance forever on behalf of a dead worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_taken_by_a_worker_already_declared_dead_are_released() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let a = db.backend().await;
+    let b = db.backend().await;
+    a.inner().heartbeat_paused.store(true, Ordering::SeqCst);
+    let client = db.client().await;
+    client
+        .execute(
+            "UPDATE workers SET lease_until = now() - interval '1 hour' WHERE id = $1",
+            &[&a.inner().me()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.inner().reap().await.unwrap(), 0, "A held nothing yet");
+    // A, dead without knowing, creates an instance: it owns it.
+    let lease_a = create(&a, "late").await;
+    let owner: Option<i64> = client
+        .query_one("SELECT owner FROM instances WHERE id = 'late'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, Some(a.inner().me()));
+    // The next reap releases it with a new epoch, and another worker runs it.
+    assert_eq!(b.inner().reap().await.unwrap(), 1);
+    let claims = b.claim_due(&[("wf", 1)], 10).await.unwrap().claims;
+    assert_eq!(claims.len(), 1);
+    assert!(claims[0].lease.epoch > lease_a.epoch);
+    let late = a
+        .commit(
+            "late",
+            lease_a,
+            Write::Checkpoint {
+                record: step("one", 0, 1),
+                progress: true,
+            },
+        )
+        .await;
+    assert_eq!(lease_lost(&late), Some(lease_a.epoch));
+    a.close().await;
+    b.close().await;
+}
+
+/// A transaction of a worker frozen between two statements (its row locks
+/// held) is ended by the server after a lease, so that the reaper, which
+/// updates the rows it locked, is not blocked for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_left_idle_past_the_lease_is_ended_by_the_server() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let options = PgOptions {
+        lease: Duration::from_millis(500),
+        ..TestDb::options()
+    };
+    let a = db.backend_with(options).await;
+    let _lease = create(&a, "held").await;
+    // A transaction begun as the group commit begins its own, left idle
+    // with the instance's row locked: the process froze.
+    let conn = a.inner().conn().await.unwrap();
+    conn.batch_execute(&format!("BEGIN; {}", a.inner().idle_timeout()))
+        .await
+        .unwrap();
+    conn.execute(
+        &a.inner()
+            .sql("UPDATE {s}.instances SET updated_at = now() WHERE id = 'held'"),
+        &[],
+    )
+    .await
+    .unwrap();
+    // Another session can update the row once the server ended that one.
+    let client = db.client().await;
+    tokio::time::timeout(
+        GUARD,
+        client.execute(
+            "UPDATE instances SET updated_at = now() WHERE id = 'held'",
+            &[],
+        ),
+    )
+    .await
+    .expect("the idle transaction was ended by the server")
+    .unwrap();
+    assert!(
+        conn.batch_execute("SELECT 1").await.is_err(),
+        "the frozen session is gone"
+    );
+    drop(conn);
+    a.close().await;
+}
