@@ -105,6 +105,8 @@ fn go_value(index: u32) -> u64 {
 }
 
 static GEN: AtomicU64 = AtomicU64::new(0);
+/// The test directory, in a worker.
+static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 static NONCE: AtomicU64 = AtomicU64::new(0);
 /// Steps whose first attempt in this process failed on purpose.
 static FAILED_ONCE: Mutex<Option<HashSet<(String, u32)>>> = Mutex::new(None);
@@ -114,19 +116,26 @@ fn generation() -> u64 {
 }
 
 /// A step body: its output depends on its input and on a nonce unique to
-/// this attempt; it stays in flight up to 200 ms; the first attempt in a
-/// process fails for one input in four (the retry runs it again).
+/// this attempt; it stays in flight up to 200 ms; for one input in four,
+/// the first attempt fails (the retry runs it again).
 async fn body(id: &str, step: u32, input: u64) -> Result<u64, String> {
     let g = generation();
     let nonce = (g << 32) | NONCE.fetch_add(1, Ordering::Relaxed);
     support::ledger(format!("BEGIN {id} {step} {input} {g}"));
     tokio::time::sleep(Duration::from_millis(mix(nonce) % 200)).await;
     if mix(input).is_multiple_of(4) {
+        // Once per step across all processes (a marker file), so that
+        // takeovers never exhaust the step's three attempts.
         let first = FAILED_ONCE
             .lock()
             .unwrap()
             .get_or_insert_with(HashSet::new)
-            .insert((id.to_string(), step));
+            .insert((id.to_string(), step))
+            && std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(DIR.get().expect("dir").join(format!("fail-{id}-{step}")))
+                .is_ok();
         if first {
             support::ledger(format!("FAIL {id} {step} {g}"));
             return Err("transient".into());
@@ -178,6 +187,7 @@ async fn pg_torture_child() {
         .collect();
     let (slot, gen_no, instances, steps) = (work[0], work[1], work[2], work[3]);
     GEN.store(u64::from(gen_no), Ordering::Relaxed);
+    let _ = DIR.set(dir.clone());
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)

@@ -1,0 +1,458 @@
+//! The PostgreSQL benchmark: `cargo bench --features postgres,hooks --bench pg`
+//! (add `-- --quick` for one run of each figure). Needs PostgreSQL at
+//! `DURABLE_TEST_PG` (default `postgres://postgres@127.0.0.1:5432/postgres`);
+//! without it, says "skipped: no PostgreSQL".
+//!
+//! Side by side in one run, each figure the median of the runs:
+//! 1. sequential: one instance at a time of the benchmark's 5-step workflow
+//!    (~100-byte outputs): per-step latency, against one autocommitted
+//!    INSERT into a hand-rolled checkpoint table over tokio-postgres;
+//! 2. concurrent: steps/s with 1, 16, 64 and 256 instances in flight in one
+//!    worker process, against the table with as many tasks inserting (over
+//!    a pool of up to 32 connections);
+//! 3. failover: a worker process holding 16 running instances is killed
+//!    with SIGKILL; the time until this process runs them all again (lease
+//!    2 s: lease + grace + a reaper period bound it);
+//! 4. event latency: a pure client sends an event to a parked instance; the
+//!    time until the step after the wait begins, with and without the
+//!    worker's listener.
+
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use durable::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Payload {
+    text: String,
+}
+
+fn payload(step: u32, n: u64) -> Payload {
+    Payload {
+        text: format!("{step}:{n:020}:{}", "x".repeat(74)),
+    }
+}
+
+async fn effect(step: u32, n: u64) -> Result<Payload, String> {
+    Ok(payload(step, n))
+}
+
+static RECORD: AtomicBool = AtomicBool::new(false);
+static LATENCIES: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
+
+fn lap(start: Instant) {
+    if RECORD.load(Ordering::Relaxed) {
+        LATENCIES.lock().unwrap().push(start.elapsed());
+    }
+}
+
+// It measures time between steps on purpose.
+#[durable(allow = "nondeterminism")]
+async fn five(_ctx: &Ctx, n: u64) -> Result<u64, String> {
+    let mut total = 0;
+    for step in 1..=5u32 {
+        let t = Instant::now();
+        total += step!("s", effect(step, n).await)?.text.len();
+        lap(t);
+    }
+    Ok(total as u64)
+}
+
+/// Instances of `hold` that began their first step in this process.
+static HELD: AtomicU64 = AtomicU64::new(0);
+const CHILD_ENV: &str = "DURABLE_PG_BENCH_HOLDER";
+
+async fn hold(n: u64) -> Result<u64, String> {
+    HELD.fetch_add(1, Ordering::SeqCst);
+    if std::env::var_os(CHILD_ENV).is_some() {
+        // The worker to be killed: holds the step until then.
+        std::future::pending::<()>().await;
+    }
+    Ok(n)
+}
+
+#[durable]
+async fn holder(_ctx: &Ctx, n: u64) -> Result<u64, String> {
+    step!("hold", hold(n).await)
+}
+
+/// When the step after the wait began, per instance.
+static RESUMED: Mutex<Vec<(u64, Instant)>> = Mutex::new(Vec::new());
+
+async fn resumed(n: u64) -> Result<u64, String> {
+    RESUMED.lock().unwrap().push((n, Instant::now()));
+    Ok(n)
+}
+
+#[durable(allow = "nondeterminism")]
+async fn waiter(_ctx: &Ctx, n: u64) -> Result<u64, String> {
+    let go: u64 = wait_for!("go");
+    step!("resumed", resumed(n + go).await)
+}
+
+fn url() -> String {
+    std::env::var("DURABLE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn connect() -> Option<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    Some(client)
+}
+
+fn builder(schema: &str) -> EngineBuilder {
+    Engine::builder()
+        .postgres(url())
+        .schema(schema)
+        .lease(Duration::from_secs(2))
+}
+
+/// The hand-rolled table: per-step latency (median) of one INSERT commit,
+/// one at a time.
+async fn table_sequential(schema: &str, steps: usize) -> Duration {
+    let client = connect().await.unwrap();
+    let insert = client
+        .prepare(&format!(
+            "INSERT INTO {schema}.hand (id, name, occ, value) VALUES ($1, $2, $3, $4)"
+        ))
+        .await
+        .unwrap();
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    let mut lat = Vec::with_capacity(steps);
+    for i in 0..steps {
+        let value = serde_json_like(i as u64);
+        let t = Instant::now();
+        client
+            .execute(
+                &insert,
+                &[
+                    &format!("seq-{run}-{}", i / 5),
+                    &"s",
+                    &((i % 5) as i32),
+                    &value,
+                ],
+            )
+            .await
+            .unwrap();
+        lat.push(t.elapsed().as_secs_f64());
+    }
+    Duration::from_secs_f64(median(lat))
+}
+
+static RUN: AtomicU64 = AtomicU64::new(0);
+
+fn serde_json_like(n: u64) -> Vec<u8> {
+    payload(1, n).text.into_bytes()
+}
+
+/// The table: steps/s with `in_flight` tasks each inserting 5 steps per
+/// instance, over up to 32 connections.
+async fn table_concurrent(schema: &str, instances: u64, in_flight: usize) -> f64 {
+    let conns = in_flight.min(32);
+    let mut clients = Vec::new();
+    for _ in 0..conns {
+        let client = connect().await.unwrap();
+        let insert = client
+            .prepare(&format!(
+                "INSERT INTO {schema}.hand (id, name, occ, value) VALUES ($1, $2, $3, $4)"
+            ))
+            .await
+            .unwrap();
+        clients.push(std::sync::Arc::new((client, insert)));
+    }
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    let permits = std::sync::Arc::new(Semaphore::new(in_flight));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for n in 0..instances {
+        let permit = std::sync::Arc::clone(&permits)
+            .acquire_owned()
+            .await
+            .unwrap();
+        let c = std::sync::Arc::clone(&clients[n as usize % conns]);
+        tasks.push(tokio::spawn(async move {
+            for occ in 0..5i32 {
+                c.0.execute(
+                    &c.1,
+                    &[&format!("c-{run}-{n}"), &"s", &occ, &serde_json_like(n)],
+                )
+                .await
+                .unwrap();
+            }
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (instances * 5) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Ours: per-step latency (median), one instance at a time.
+async fn ours_sequential(engine: &Engine, instances: u64) -> Duration {
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    LATENCIES.lock().unwrap().clear();
+    RECORD.store(true, Ordering::SeqCst);
+    for n in 0..instances {
+        engine
+            .run(five, format!("s-{run}-{n}"), n)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    RECORD.store(false, Ordering::SeqCst);
+    let lat: Vec<f64> = LATENCIES
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_secs_f64())
+        .collect();
+    Duration::from_secs_f64(median(lat))
+}
+
+async fn ours_concurrent(engine: &Engine, instances: u64, in_flight: usize) -> f64 {
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    let permits = std::sync::Arc::new(Semaphore::new(in_flight));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for n in 0..instances {
+        let permit = std::sync::Arc::clone(&permits)
+            .acquire_owned()
+            .await
+            .unwrap();
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            engine
+                .run(five, format!("c-{run}-{n}"), n)
+                .await
+                .unwrap()
+                .unwrap();
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (instances * 5) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Failover: a child worker starts 16 `holder` instances and holds them in
+/// their step; it is killed; the time until this process began them all.
+async fn failover(schema: &str, run: u64) -> Duration {
+    const N: u64 = 16;
+    HELD.store(0, Ordering::SeqCst);
+    let engine = builder(schema).register(holder).open().await.unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, format!("{schema} {run} {N}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let out = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(out).lines();
+        let line = tokio::task::spawn_blocking(move || lines.next())
+            .await
+            .unwrap();
+        assert_eq!(line.unwrap().unwrap(), "HELD");
+    }
+    child.kill().unwrap();
+    let killed = Instant::now();
+    child.wait().unwrap();
+    while HELD.load(Ordering::SeqCst) < N {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = killed.elapsed();
+    engine.shutdown().await;
+    took
+}
+
+/// The child of [`failover`]: starts and holds its instances, says `HELD`.
+async fn holder_child(spec: &str) {
+    let parts: Vec<&str> = spec.split(' ').collect();
+    let (schema, run, n): (&str, u64, u64) = (
+        parts[0],
+        parts[1].parse().unwrap(),
+        parts[2].parse().unwrap(),
+    );
+    let engine = builder(schema).register(holder).open().await.unwrap();
+    for i in 0..n {
+        let _ = engine
+            .start(holder, format!("f-{run}-{i}"), i)
+            .await
+            .unwrap();
+    }
+    while HELD.load(Ordering::SeqCst) < n {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    println!("HELD");
+    std::future::pending::<()>().await;
+}
+
+/// Event latency: median of `count` sends by a pure client to parked
+/// instances of a worker with (or without) its listener.
+async fn event_latency(schema: &str, listen: bool, count: u64) -> Duration {
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    let worker = builder(schema)
+        .listen(listen)
+        .register(waiter)
+        .open()
+        .await
+        .unwrap();
+    let client = builder(schema).listen(false).open().await.unwrap();
+    let mut handles = Vec::new();
+    for n in 0..count {
+        handles.push(
+            worker
+                .start(waiter, format!("e-{run}-{n}"), n)
+                .await
+                .unwrap(),
+        );
+    }
+    for n in 0..count {
+        let id = format!("e-{run}-{n}");
+        loop {
+            if let Ok(durable::Status::Waiting { .. }) = client.status(&id).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // Parked (not only waiting in memory): the engine parks a wait after a
+    // moment; give it that moment once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    RESUMED.lock().unwrap().clear();
+    let mut lat = Vec::new();
+    for n in 0..count {
+        let sent = Instant::now();
+        client
+            .send_event(format!("e-{run}-{n}"), "go", 1_000_000u64)
+            .await
+            .unwrap();
+        let at = loop {
+            if let Some((_, at)) = RESUMED
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(m, _)| *m == n + 1_000_000)
+            {
+                break *at;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        lat.push(at.duration_since(sent).as_secs_f64());
+    }
+    for h in handles {
+        h.result().await.unwrap().unwrap();
+    }
+    client.shutdown().await;
+    worker.shutdown().await;
+    Duration::from_secs_f64(median(lat))
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        rt.block_on(holder_child(&spec));
+        return;
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    rt.block_on(run(quick));
+}
+
+async fn run(quick: bool) {
+    let Some(db) = connect().await else {
+        println!("skipped: no PostgreSQL at {}", url());
+        return;
+    };
+    let runs = if quick { 1 } else { 3 };
+    let schema = format!("durable_bench_{}", std::process::id());
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.hand (id text, name text, occ int, value bytea,
+             PRIMARY KEY (id, name, occ))"
+    ))
+    .await
+    .unwrap();
+    println!(
+        "durable on PostgreSQL against a hand-rolled checkpoint table ({runs} run(s) each, medians)"
+    );
+
+    let engine = builder(&schema).register(five).open().await.unwrap();
+    let mut t = Vec::new();
+    let mut o = Vec::new();
+    for _ in 0..runs {
+        t.push(table_sequential(&schema, 200).await.as_secs_f64());
+        o.push(ours_sequential(&engine, 40).await.as_secs_f64());
+    }
+    let (t, o) = (median(t), median(o));
+    println!(
+        "sequential per-step latency: durable {:.3} ms, table {:.3} ms, ratio {:.2}x",
+        o * 1000.0,
+        t * 1000.0,
+        o / t
+    );
+    for in_flight in [1usize, 16, 64, 256] {
+        let instances = (in_flight as u64 * 4).max(64);
+        let mut t = Vec::new();
+        let mut o = Vec::new();
+        for _ in 0..runs {
+            t.push(table_concurrent(&schema, instances, in_flight).await);
+            o.push(ours_concurrent(&engine, instances, in_flight).await);
+        }
+        let (t, o) = (median(t), median(o));
+        println!(
+            "{in_flight:>3} in flight, 1 worker process: durable {o:>7.0} steps/s, table {t:>7.0} steps/s, ratio {:.2}x",
+            o / t
+        );
+    }
+    engine.shutdown().await;
+
+    let mut f = Vec::new();
+    for r in 0..runs {
+        f.push(ms(failover(&schema, r as u64).await));
+    }
+    println!(
+        "failover after SIGKILL of a worker holding 16 running instances (lease 2 s): {:.0} ms",
+        median(f)
+    );
+    for listen in [true, false] {
+        let mut e = Vec::new();
+        for _ in 0..runs {
+            e.push(ms(event_latency(&schema, listen, 20).await));
+        }
+        println!(
+            "event latency (send by a pure client -> step after the wait began), listener {}: {:.1} ms",
+            if listen {
+                "on"
+            } else {
+                "off (polling, 250 ms)"
+            },
+            median(e)
+        );
+    }
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
