@@ -396,10 +396,14 @@ async fn pg_torture_ci() {
         }
         Err(e) => vec![e],
     };
-    // The schema goes, pass or fail (the ledger and logs stay on failure).
-    let _ = db
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .await;
+    // The schema goes, pass or fail (the ledger and logs stay on failure),
+    // over a new connection: a restart of PostgreSQL ended the first.
+    drop(db);
+    if let Some(db) = connect().await {
+        let _ = db
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .await;
+    }
     if !errors.is_empty() {
         let kept = support::keep(tmp);
         panic!(
