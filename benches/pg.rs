@@ -116,7 +116,7 @@ async fn connect() -> Option<tokio_postgres::Client> {
     Some(client)
 }
 
-fn builder(schema: &str) -> EngineBuilder {
+fn builder(schema: &str) -> durable::EngineBuilder {
     Engine::builder()
         .postgres(url())
         .schema(schema)
