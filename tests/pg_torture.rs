@@ -498,7 +498,7 @@ async fn drive(dir: &Path, schema: &str, profile: &Profile, seed: u64) -> Result
                 Ok(Status::Running { .. }) if early && !sent.contains(&job.index) => {
                     send_go(&client, job, &mut sent).await;
                 }
-                Ok(Status::Failed { .. }) | Ok(Status::Cancelled { .. }) => {
+                Ok(Status::Failed { .. }) | Ok(Status::Cancelled) => {
                     for p in &mut procs {
                         let _ = p.child.kill();
                     }
