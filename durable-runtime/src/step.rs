@@ -209,6 +209,10 @@ where
                     durable.replayed = true,
                     "step replayed from its checkpoint"
                 );
+                #[cfg(feature = "testing")]
+                if let Some(hooks) = &ctx.services.hooks {
+                    hooks.on_replay(name, &site.at);
+                }
                 let decode_error = |reason: String| {
                     Error::Replay(crate::error::ReplayError::CheckpointDecode {
                         instance: ctx.id.clone(),
@@ -331,7 +335,7 @@ where
                 None => {
                     #[cfg(feature = "testing")]
                     if let Some(hooks) = &ctx.services.hooks {
-                        hooks.ran(name);
+                        hooks.before_body(name, &site.at).await;
                     }
                     StepScope::enter(Arc::clone(&scope), CatchUnwind::new(&body)).await
                 }
@@ -438,6 +442,11 @@ async fn write(ctx: &Ctx, record: CheckpointRecord) -> Result<(), Error> {
     // A finished step is progress: the count of resumes without progress
     // (kept against crash loops) starts again, in the same atomic batch.
     let reset = progress && ctx.recoveries() > 0;
+    #[cfg(feature = "testing")]
+    if let Some(hooks) = &ctx.services.hooks {
+        use crate::hooks::CrashMoment::BeforeCheckpoint;
+        hooks.around_checkpoint(&record, BeforeCheckpoint).await;
+    }
     ctx.services
         .journal
         .checkpoint(&ctx.id, &record, reset)
@@ -446,6 +455,11 @@ async fn write(ctx: &Ctx, record: CheckpointRecord) -> Result<(), Error> {
         ctx.take_recoveries();
     }
     crate::crash::point("step.after_write");
+    #[cfg(feature = "testing")]
+    if let Some(hooks) = &ctx.services.hooks {
+        use crate::hooks::CrashMoment::AfterCheckpoint;
+        hooks.around_checkpoint(&record, AfterCheckpoint).await;
+    }
     Ok(())
 }
 

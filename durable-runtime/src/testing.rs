@@ -44,6 +44,11 @@
 //! # Ok(()) }
 //! ```
 
+mod crash;
+#[cfg(unix)]
+mod process;
+mod replay;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -51,12 +56,52 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::engine::{Engine, EngineBuilder};
-use crate::error::Result;
+use crate::error::{Error, Result, StoreError};
 use crate::hooks::Hooks;
 use crate::manifest::{SiteKind, step_types};
-use crate::store::MemoryStore;
+use crate::store::{Batch, Entries, MemoryStore, Store, Tree};
 use crate::time::ManualClock;
 use crate::workflow::{IntoWorkflow, manifest_of};
+
+pub use self::crash::{CrashFailure, CrashReport, CrashTest, Event};
+#[cfg(unix)]
+pub use self::process::{CHILD_ENV, ProcessCrashTest};
+pub use self::replay::{Divergence, Export, ReplayEnd, ReplayReport, replay, replay_export};
+pub use crate::hooks::CrashMoment;
+
+/// Why a test kit operation could not do its job (the workflow under test
+/// misbehaving is reported in a [`CrashReport`] or [`ReplayReport`]
+/// instead).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KitError {
+    /// The engine refused or failed.
+    #[error(transparent)]
+    Engine(#[from] Error),
+    /// A run could not go on: it waits for an event nobody sends, or it
+    /// never settles.
+    #[error("{run}: {reason}")]
+    Stuck {
+        /// Which run (the clean run, or a crash run).
+        run: String,
+        /// What it waits for.
+        reason: String,
+    },
+    /// A history file could not be read or written.
+    #[error("history file {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A history is not for this workflow, or is of an unknown format.
+    #[error("{0}")]
+    Format(String),
+    /// A child process of [`ProcessCrashTest`] did not do what was asked.
+    #[error("child process: {0}")]
+    Child(String),
+}
 
 /// Why [`TestEngine::mock`] refused a mock.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,15 +151,61 @@ pub struct TestEngine {
     hooks: Arc<Hooks>,
 }
 
+/// A [`MemoryStore`] the kit keeps a handle on (to copy it at a crash).
+struct Shared(Arc<MemoryStore>);
+
+impl Store for Shared {
+    fn get(&self, tree: Tree, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(tree, key)
+    }
+    fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> std::result::Result<Entries, StoreError> {
+        self.0.scan_prefix(tree, prefix)
+    }
+    fn scan_rev(
+        &self,
+        tree: Tree,
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> std::result::Result<Entries, StoreError> {
+        self.0.scan_rev(tree, before, limit)
+    }
+    fn apply(&self, batches: &[Batch]) -> std::result::Result<(), StoreError> {
+        self.0.apply(batches)
+    }
+}
+
+/// The manual clock a kit engine starts with: at [`TEST_EPOCH_SECS`].
+fn test_clock() -> ManualClock {
+    ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(TEST_EPOCH_SECS))
+}
+
 impl TestEngine {
     /// Opens `builder` (with its registered workflows and settings) on a
     /// new in-memory store and a manual clock; a store or clock set on the
     /// builder is replaced.
     pub async fn open(builder: EngineBuilder) -> Result<TestEngine> {
-        let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(TEST_EPOCH_SECS));
-        let hooks = Arc::new(Hooks::default());
+        TestEngine::open_with(
+            builder,
+            Some(Arc::new(MemoryStore::new())),
+            test_clock(),
+            Arc::new(Hooks::default()),
+        )
+        .await
+    }
+
+    /// Opens `builder` on `store` (the builder's own store, the embedded one
+    /// at its path, when `None`), with `clock` and `hooks`.
+    async fn open_with(
+        builder: EngineBuilder,
+        store: Option<Arc<MemoryStore>>,
+        clock: ManualClock,
+        hooks: Arc<Hooks>,
+    ) -> Result<TestEngine> {
+        let builder = match &store {
+            Some(store) => builder.store(Shared(Arc::clone(store))),
+            None => builder,
+        };
         let engine = builder
-            .store(MemoryStore::new())
             .clock(clock.clone())
             .hooks(Arc::clone(&hooks))
             .open()
@@ -218,11 +309,19 @@ impl TestEngine {
             for _ in 0..8 {
                 tokio::task::yield_now().await;
             }
-            if self.engine.is_idle() {
+            // A crashed engine (or a replay past its history) does nothing
+            // more.
+            if self.engine.is_idle() || self.hooks.stopped() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+    }
+
+    /// Exports instance `id`'s recorded history (see [`Export`]), to replay
+    /// it against other code with [`replay`].
+    pub async fn export(&self, id: &str) -> Result<Export> {
+        Export::of(&self.engine, id)
     }
 
     /// Runs until idle, moves the clock forward by `by`, then [runs until

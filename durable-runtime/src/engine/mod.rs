@@ -296,6 +296,19 @@ impl Engine {
         self.core.idle()
     }
 
+    /// The engine's journal (feature `testing`: the kit's export).
+    #[cfg(feature = "testing")]
+    pub(crate) fn journal(&self) -> &crate::journal::Journal {
+        &self.core.services.journal
+    }
+
+    /// The earliest deadline (clock milliseconds) anything in this engine
+    /// waits for: a timer, a backoff, a wait's timeout (feature `testing`).
+    #[cfg(feature = "testing")]
+    pub(crate) fn next_wake_ms(&self) -> Option<u64> {
+        self.core.next_wake()
+    }
+
     /// How many instances are parked in this process now (feature `hooks`).
     #[cfg(feature = "hooks")]
     pub fn parked_count(&self) -> usize {

@@ -189,6 +189,19 @@ impl Core {
         })
     }
 
+    /// The earliest deadline anything waits for: a parked instance's timer,
+    /// or a running instance's backoff, sleep or wait timeout (feature
+    /// `testing`).
+    #[cfg(feature = "testing")]
+    pub(super) fn next_wake(&self) -> Option<u64> {
+        let slots: Vec<_> = self.instances.lock().values().map(Arc::clone).collect();
+        slots
+            .iter()
+            .filter_map(|slot| slot.signals.next_deadline())
+            .chain(self.scheduler.table().next_deadline())
+            .min()
+    }
+
     /// Wakes parked instances whose deadline has come, until the engine is gone.
     pub(super) async fn timers(core: std::sync::Weak<Core>) {
         let Some(bell) = core.upgrade().map(|c| Arc::clone(&c.scheduler.bell)) else {
