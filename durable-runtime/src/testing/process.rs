@@ -64,6 +64,7 @@ pub struct ProcessCrashTest<I: IntoWorkflow> {
     input: In<I>,
     builder: MakeBuilder,
     on_wait: Option<OnWait>,
+    before_each_run: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl<I: IntoWorkflow> fmt::Debug for ProcessCrashTest<I> {
@@ -91,7 +92,16 @@ where
             input,
             builder: Arc::new(move || Engine::builder().register(workflow)),
             on_wait: None,
+            before_each_run: None,
         }
+    }
+
+    /// Calls `reset` in the test process before the clean run and before
+    /// each child is started: to put back state outside the workflow that
+    /// its steps change (state the child shares: files, a database).
+    pub fn before_each_run(mut self, reset: impl Fn() + Send + Sync + 'static) -> Self {
+        self.before_each_run = Some(Arc::new(reset));
+        self
     }
 
     /// Builds each engine with `make`; see
@@ -136,6 +146,9 @@ where
     }
 
     async fn parent(&self, base: &Path) -> Result<CrashReport, KitError> {
+        if let Some(reset) = &self.before_each_run {
+            reset();
+        }
         let hooks = Arc::new(Hooks::default());
         let kit = self.open(&base.join("clean"), Arc::clone(&hooks)).await?;
         let handle = kit
@@ -195,6 +208,9 @@ where
         clean_runs: &HashMap<String, u32>,
     ) -> Result<Option<String>, KitError> {
         std::fs::create_dir_all(dir).map_err(|e| KitError::Child(e.to_string()))?;
+        if let Some(reset) = &self.before_each_run {
+            reset();
+        }
         let exe = std::env::current_exe().map_err(|e| KitError::Child(e.to_string()))?;
         let spec = format!(
             "{}\t{}\t{index}\t{}",

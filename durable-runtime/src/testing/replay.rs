@@ -403,11 +403,18 @@ pub async fn replay_export<I: IntoWorkflow>(
         divergence: Some(Divergence { site, message }),
     };
     match &status {
-        Status::Incompatible { reason }
-        | Status::Blocked { reason }
+        Status::Incompatible { reason } => {
+            return Ok(diverged(site_in(reason, id), reason.clone()));
+        }
+        Status::Blocked { reason }
         | Status::Failed { reason }
         | Status::NeedsAttention { reason } => {
-            return Ok(diverged(site_in(reason), reason.clone()));
+            let site = unconsumed
+                .first()
+                .cloned()
+                .or_else(|| hooks.past_history())
+                .or_else(|| site_in(reason, id));
+            return Ok(diverged(site, reason.clone()));
         }
         _ => {}
     }
@@ -469,12 +476,16 @@ pub async fn replay_export<I: IntoWorkflow>(
 }
 
 /// The site a message names: the first name in backquotes (the evolution
-/// check's style), or in double quotes.
-fn site_in(message: &str) -> Option<String> {
+/// check's style), or else the first in double quotes that is not the
+/// instance's id.
+fn site_in(message: &str, id: &str) -> Option<String> {
     let quoted = |q: char| {
-        let start = message.find(q)? + 1;
-        let len = message[start..].find(q)?;
-        Some(message[start..start + len].to_string())
+        message
+            .split(q)
+            .skip(1)
+            .step_by(2)
+            .find(|s| *s != id)
+            .map(str::to_string)
     };
     quoted('`').or_else(|| quoted('"'))
 }
