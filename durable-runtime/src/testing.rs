@@ -5,6 +5,19 @@
 //! [`TestEngine::run_until_idle`] waits for what the engine can do before
 //! it has to wait for time or for an event.
 //!
+//! Beyond one engine:
+//!
+//! - **Crash at every step**: [`TestEngine::crash_at_every_step`] runs a
+//!   workflow cleanly, then again with a crash before and after each step's
+//!   checkpoint, resumes it on what the store held, and reports every run
+//!   whose output differs or whose bodies ran more than once more
+//!   ([`CrashReport`]). [`ProcessCrashTest`] does the same with child
+//!   processes killed by `SIGKILL` on the embedded store (Unix).
+//! - **Replay tests**: [`TestEngine::export`] (or [`Export::from_engine`]
+//!   for any engine) writes an instance's history to a file; [`replay`]
+//!   replays it against the current code without running a body and reports
+//!   the first divergence with its site ([`ReplayReport`]).
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> durable_runtime::Result<()> {
 //! use std::time::Duration;

@@ -177,7 +177,7 @@ impl Export {
     /// The history as store writes: the instance as unfinished (so that an
     /// engine opened on the store replays it), its checkpoints, events and
     /// manifest.
-    fn into_store(&self) -> std::result::Result<MemoryStore, KitError> {
+    fn to_store(&self) -> std::result::Result<MemoryStore, KitError> {
         fn encode<T: Serialize>(value: &T) -> std::result::Result<Vec<u8>, KitError> {
             crate::codec::encode(value)
                 .map_err(|e| KitError::Format(format!("cannot encode the history: {e}")))
@@ -374,7 +374,7 @@ pub async fn replay_export<I: IntoWorkflow>(
         )));
     }
     let id = export.instance.as_str();
-    let store = Arc::new(export.into_store()?);
+    let store = Arc::new(export.to_store()?);
     let hooks = Arc::new(Hooks::default());
     hooks.replay_only();
     let clock = ManualClock::new(crate::time::from_ms(export.latest_ms()));
