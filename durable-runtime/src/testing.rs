@@ -162,6 +162,8 @@ pub struct TestEngine {
     engine: Engine,
     clock: ManualClock,
     hooks: Arc<Hooks>,
+    /// The in-memory store (`None` on the embedded store).
+    store: Option<Arc<MemoryStore>>,
 }
 
 /// A [`MemoryStore`] the kit keeps a handle on (to copy it at a crash).
@@ -227,6 +229,7 @@ impl TestEngine {
             engine,
             clock,
             hooks,
+            store,
         })
     }
 
@@ -346,6 +349,32 @@ impl TestEngine {
         self.run_until_idle().await;
         self.clock.advance(by);
         self.run_until_idle().await;
+    }
+
+    /// A process restart: shuts the engine down (see
+    /// [`Engine::shutdown`]), moves the clock by `down` (time that passes
+    /// while no engine runs: no timer fires in it), and opens `builder` on
+    /// the same store with the same clock. Body counts and mocks carry over.
+    ///
+    /// ```
+    /// # async fn demo(kit: durable_runtime::testing::TestEngine, wf: impl durable_runtime::IntoWorkflow) -> durable_runtime::Result<()> {
+    /// use std::time::Duration;
+    /// use durable_runtime::Engine;
+    ///
+    /// let kit = kit.restart(Engine::builder().register(wf), Duration::from_secs(3_600)).await?;
+    /// assert_eq!(kit.recovery().parked, 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn restart(self, builder: EngineBuilder, down: Duration) -> Result<TestEngine> {
+        let TestEngine {
+            engine,
+            clock,
+            hooks,
+            store,
+        } = self;
+        engine.shutdown().await;
+        clock.advance(down);
+        TestEngine::open_with(builder, store, clock, hooks).await
     }
 
     /// Shuts the engine down; see [`Engine::shutdown`].
