@@ -524,21 +524,23 @@ async fn cancel_stops_sleeping_and_running_instances() {
 }
 
 /// Many parked instances at once: each holds no task, shows its deadline,
-/// and is parked again by the next open. How fast they park is the
-/// benchmark's business (`benches/durable.rs`, scenario 7), not this test's.
+/// and is parked again by the next open. On the test kit: the clock does
+/// not move, so every one of them is still asleep when the test looks, and
+/// `run_until_idle` returns once all have parked. How fast they park on
+/// disk is the benchmark's business (`benches/durable.rs`, scenario 7),
+/// not this test's.
 #[tokio::test]
 async fn ten_thousand_instances_park() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).open().await.unwrap();
+    let kit = TestEngine::open(kit_builder()).await.unwrap();
     let n = 10_000;
     let mut starts = Vec::new();
     for i in 0..n {
-        let engine = engine.clone();
+        let engine = kit.engine().clone();
         starts.push(tokio::spawn(async move {
             // Handles are dropped: a parked instance keeps nothing for them.
             drop(
                 engine
-                    .start(nap, format!("park-{i}"), 3_600_000)
+                    .start(nap, format!("park-{i}"), HOUR_MS)
                     .await
                     .unwrap(),
             );
@@ -547,28 +549,18 @@ async fn ten_thousand_instances_park() {
     for s in starts {
         s.await.unwrap();
     }
-    // Waits until every instance in `ids` sleeps; reports the first that does not.
-    let all_parked = async |ids: &mut dyn Iterator<Item = usize>| {
-        for i in ids {
-            let id = format!("park-{i}");
-            match engine.status(&id).await {
-                Ok(Status::Sleeping { .. }) => {}
-                other => return Err(format!("{id} is {other:?}")),
-            }
-        }
-        Ok(())
-    };
-    // A sample first, so the full check runs about once.
-    support::wait_until("a sample of the instances to park", async || {
-        all_parked(&mut (0..n).step_by(997)).await
-    })
-    .await;
-    support::wait_until("every instance to park", async || {
-        all_parked(&mut (0..n)).await
-    })
-    .await;
-    engine.shutdown().await;
-    let engine = builder(dir.path()).open().await.unwrap();
-    assert_eq!(engine.recovery().parked, n);
-    assert_eq!(engine.recovery().resumed, 0);
+    kit.run_until_idle().await;
+    let until = kit.clock().now() + Duration::from_millis(HOUR_MS);
+    for i in 0..n {
+        let id = format!("park-{i}");
+        assert_eq!(
+            kit.status(&id).await.unwrap(),
+            Status::Sleeping { until },
+            "{id}"
+        );
+    }
+    let kit = kit.restart(kit_builder(), Duration::ZERO).await.unwrap();
+    assert_eq!(kit.recovery().parked, n);
+    assert_eq!(kit.recovery().resumed, 0);
+    kit.shutdown().await;
 }
