@@ -117,6 +117,19 @@ impl Signals {
                 .all(|c| c.deadline_ms.is_none_or(|d| d > now_ms) && !arrived(c))
     }
 
+    /// The earliest deadline the instance waits out: a retry backoff, a
+    /// sleep or a wait's timeout (feature `testing`).
+    #[cfg(feature = "testing")]
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
+        let backoffs = self.backoffs.lock().unwrap_or_else(|e| e.into_inner());
+        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        backoffs
+            .iter()
+            .copied()
+            .chain(waiting.iter().filter_map(|c| c.deadline_ms))
+            .min()
+    }
+
     /// Shows `attempt` as running until the guard drops.
     pub(crate) fn running(self: &Arc<Self>, attempt: InFlight) -> InFlightGuard {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());

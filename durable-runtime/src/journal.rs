@@ -289,6 +289,31 @@ impl Journal {
             .collect())
     }
 
+    /// Every event stored for instance `id`: name, number, record (feature
+    /// (the kit's export).
+    pub(crate) fn events_with_payloads(&self, id: &str) -> Result<Vec<(String, u32, EventRecord)>> {
+        let prefix = instance_prefix(id);
+        let mut events = Vec::new();
+        for (key, value) in self.store.scan_prefix(Tree::Events, &prefix)? {
+            let what = || format!("an event of instance {id:?}");
+            let event: EventRecord = decode(&value, what)?;
+            let parsed = key.strip_prefix(prefix.as_slice()).and_then(|rest| {
+                let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+                let name = String::from_utf8(rest.get(4..4 + len)?.to_vec()).ok()?;
+                let seq = u32::from_be_bytes(rest.get(4 + len..8 + len)?.try_into().ok()?);
+                Some((name, seq))
+            });
+            let Some((name, seq)) = parsed else {
+                return Err(Error::Store(StoreError::Decode {
+                    what: what(),
+                    reason: "malformed key".into(),
+                }));
+            };
+            events.push((name, seq, event));
+        }
+        Ok(events)
+    }
+
     pub(crate) fn failure(&self) -> Option<StoreError> {
         self.committer.failure()
     }

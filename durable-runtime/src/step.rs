@@ -209,6 +209,10 @@ where
                     durable.replayed = true,
                     "step replayed from its checkpoint"
                 );
+                #[cfg(feature = "testing")]
+                if let Some(hooks) = &ctx.services.hooks {
+                    hooks.on_replay(name, &site.at);
+                }
                 let decode_error = |reason: String| {
                     Error::Replay(crate::error::ReplayError::CheckpointDecode {
                         instance: ctx.id.clone(),
@@ -331,7 +335,7 @@ where
                 None => {
                     #[cfg(feature = "testing")]
                     if let Some(hooks) = &ctx.services.hooks {
-                        hooks.ran(name);
+                        hooks.before_body(name, &site.at).await;
                     }
                     StepScope::enter(Arc::clone(&scope), CatchUnwind::new(&body)).await
                 }
@@ -438,11 +442,23 @@ async fn write(ctx: &Ctx, record: CheckpointRecord) -> Result<(), Error> {
     // A finished step is progress: the count of resumes without progress
     // (kept against crash loops) starts again, in the same atomic batch.
     let reset = progress && ctx.recoveries() > 0;
+    #[cfg(feature = "testing")]
+    if let Some(hooks) = &ctx.services.hooks {
+        use crate::hooks::CrashMoment::BeforeCheckpoint;
+        hooks.around_checkpoint(&record, BeforeCheckpoint).await;
+    }
+    #[cfg(feature = "testing")]
+    let written = record.clone();
     ctx.checkpoint(record, reset).await?;
     if reset {
         ctx.take_recoveries();
     }
     crate::crash::point("step.after_write");
+    #[cfg(feature = "testing")]
+    if let Some(hooks) = &ctx.services.hooks {
+        use crate::hooks::CrashMoment::AfterCheckpoint;
+        hooks.around_checkpoint(&written, AfterCheckpoint).await;
+    }
     Ok(())
 }
 

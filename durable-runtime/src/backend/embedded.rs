@@ -366,6 +366,13 @@ impl Backend for Embedded {
         Box::pin(async move { self.journal.events_of(id) })
     }
 
+    fn event_records<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, u32, EventRecord)>>> {
+        Box::pin(async move { self.journal.events_with_payloads(id) })
+    }
+
     fn list<'a>(&'a self, filter: &'a ListFilter) -> BoxFuture<'a, Result<Page>> {
         Box::pin(async move {
             crate::listing::list_by_created(

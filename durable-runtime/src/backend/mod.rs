@@ -179,6 +179,13 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// The events stored for instance `id`: (name, fingerprint, shape).
     fn events_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<(String, u64, String)>>>;
 
+    /// Every event stored for instance `id`: (name, number, record), in
+    /// key order.
+    fn event_records<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, u32, EventRecord)>>>;
+
     /// One page of instances that pass `filter`, newest first.
     fn list<'a>(&'a self, filter: &'a ListFilter) -> BoxFuture<'a, Result<Page>>;
 

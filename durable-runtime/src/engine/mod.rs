@@ -295,6 +295,19 @@ impl Engine {
         self.core.idle().await
     }
 
+    /// The engine's backend (feature `testing`: the kit's export).
+    #[cfg(feature = "testing")]
+    pub(crate) fn backend(&self) -> &std::sync::Arc<dyn crate::backend::Backend> {
+        &self.core.services.backend
+    }
+
+    /// The earliest deadline (clock milliseconds) anything in this engine
+    /// waits for: a timer, a backoff, a wait's timeout (feature `testing`).
+    #[cfg(feature = "testing")]
+    pub(crate) fn next_wake_ms(&self) -> Option<u64> {
+        self.core.next_wake()
+    }
+
     /// How many instances are parked in this process now (feature `hooks`).
     #[cfg(feature = "hooks")]
     pub fn parked_count(&self) -> usize {

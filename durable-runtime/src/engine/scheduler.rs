@@ -278,4 +278,17 @@ impl Core {
         }
         true
     }
+
+    /// The earliest deadline anything waits for: a parked instance's timer,
+    /// or a running instance's backoff, sleep or wait timeout (feature
+    /// `testing`).
+    #[cfg(feature = "testing")]
+    pub(super) fn next_wake(&self) -> Option<u64> {
+        let slots: Vec<_> = self.instances.lock().values().map(Arc::clone).collect();
+        slots
+            .iter()
+            .filter_map(|slot| slot.signals.next_deadline())
+            .chain(self.services.backend.next_due())
+            .min()
+    }
 }

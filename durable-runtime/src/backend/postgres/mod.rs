@@ -315,6 +315,13 @@ impl Backend for PgBackend {
         Box::pin(self.inner.events_of(id))
     }
 
+    fn event_records<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, u32, EventRecord)>>> {
+        Box::pin(self.inner.event_records(id))
+    }
+
     fn list<'a>(&'a self, filter: &'a ListFilter) -> BoxFuture<'a, Result<Page>> {
         Box::pin(self.inner.list(filter))
     }
