@@ -20,7 +20,6 @@
 //! backend under the instance's lock. Local maps are caches for attaching
 //! handles and ringing waits.
 
-
 use std::future::Future;
 use std::pin::Pin;
 
@@ -137,8 +136,11 @@ pub(crate) trait Backend: Send + Sync + 'static {
     // --- creating and reading instances ---
 
     /// Atomic create-if-absent of instance `id`, owned by the caller when new.
-    fn create<'a>(&'a self, id: &'a str, record: &'a InstanceRecord)
-    -> BoxFuture<'a, Result<Created>>;
+    fn create<'a>(
+        &'a self,
+        id: &'a str,
+        record: &'a InstanceRecord,
+    ) -> BoxFuture<'a, Result<Created>>;
 
     /// The record of instance `id`, if it exists.
     fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<InstanceRecord>>>;
@@ -147,8 +149,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn park_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ParkRecord>>>;
 
     /// Every checkpoint of instance `id`, in key order.
-    fn checkpoints<'a>(&'a self, id: &'a str)
-    -> BoxFuture<'a, Result<Vec<CheckpointRecord>>>;
+    fn checkpoints<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<CheckpointRecord>>>;
 
     /// Event `name` number `seq` of instance `id`, if it was sent.
     fn event<'a>(
@@ -159,8 +160,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<EventRecord>>>;
 
     /// The events stored for instance `id`: (name, fingerprint, shape).
-    fn events_of<'a>(&'a self, id: &'a str)
-    -> BoxFuture<'a, Result<Vec<(String, u64, String)>>>;
+    fn events_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<(String, u64, String)>>>;
 
     /// One page of instances that pass `filter`, newest first.
     fn list<'a>(&'a self, filter: &'a ListFilter) -> BoxFuture<'a, Result<Page>>;
