@@ -82,6 +82,8 @@ mod workflow;
 pub use context::{Ctx, permanent};
 #[cfg(feature = "crash-points")]
 pub use crash::CRASH_POINTS;
+#[cfg(feature = "json")]
+pub use engine::admin::{STATUS_KINDS, parse_status, status_json, status_name};
 pub use engine::{
     DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, Handle, Incompatibility,
     RecoveryReport,
