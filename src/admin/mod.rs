@@ -120,6 +120,10 @@ async fn api_handler(
     if method != Method::GET && method != Method::POST {
         return (StatusCode::METHOD_NOT_ALLOWED, "GET or POST").into_response();
     }
+    // The page also at the mount point with a trailing slash (`/admin/`).
+    if method == Method::GET && uri.path().trim_matches('/').is_empty() {
+        return page_handler().await.into_response();
+    }
     let (status, value) = handle(&admin.engine, &admin.options, request).await;
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, axum::Json(value)).into_response()
