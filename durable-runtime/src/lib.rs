@@ -23,7 +23,7 @@
 //! | `step`, `wait`, `values` | `impl Ctx`: the operations behind `step!`, `sleep!`, `wait_for!`; checkpointed `now`, `random`, `uuid` |
 //! | `workflow` | [`Workflow`], [`IntoWorkflow`] |
 //! | `inspect`, `listing` | [`Status`], [`History`]; [`ListFilter`], [`Page`] |
-//! | [`json`] | (feature `json`) stored values as JSON, decoded and encoded by their manifest shape |
+//! | `json` | (feature `json`) stored values as JSON, decoded and encoded by their manifest shape |
 //! | `testing` | (feature `testing`) `TestEngine`: in-memory store, manual clock, `advance`, `run_until_idle` |
 //! | `engine` | [`Engine`] and its parts: builder, registry, instances, driver, scheduler, events, recovery, queries |
 //!
