@@ -375,6 +375,12 @@ macro_rules! patched {
     };
 }
 
+#[cfg(feature = "admin")]
+pub mod admin;
+
+#[cfg(feature = "cli")]
+pub mod cli;
+
 /// Everything a workflow author needs: `use durable::prelude::*;`.
 pub mod prelude {
     pub use crate::{patched, sleep, sleep_until, step, wait_for};

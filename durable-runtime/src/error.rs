@@ -186,6 +186,15 @@ pub enum UsageError {
     /// `open()` was called outside a tokio runtime.
     #[error("the engine must be opened inside a tokio runtime")]
     NoRuntime,
+    /// A value given as JSON does not fit the type the workflow reads
+    /// (feature `json`), or its type is unknown; nothing was stored.
+    #[error("{what}: {reason}")]
+    InvalidJson {
+        /// What the value was for: `event "approval"`.
+        what: String,
+        /// Why it does not fit, with where in the value.
+        reason: String,
+    },
 }
 
 /// Stored history cannot be replayed by this code: a value that no longer

@@ -59,6 +59,9 @@ struct State {
     parked: ParkTable,
     /// Parked instances whose awaited event arrived: claimable.
     ready: Vec<String>,
+    /// Parked instances of workflows this process does not run: shown in
+    /// status and listings, never woken here.
+    foreign: HashMap<String, ParkRecord>,
     /// Unfinished instances found at open, for the first claim round:
     /// (id bytes, resumes without progress).
     pending: Option<Vec<(Vec<u8>, u32)>>,
@@ -205,7 +208,13 @@ impl Embedded {
                 .iter()
                 .any(|(name, version)| *name == record.workflow && *version == record.version)
             {
-                self.state().parked.remove(&id);
+                let mut state = self.state();
+                if let Some(parked) = state.parked.remove(&id)
+                    && record.state == InstanceState::Running
+                {
+                    state.foreign.insert(id.clone(), parked.to_record());
+                }
+                drop(state);
                 round.passed_over.push((id, Ok(record)));
                 continue;
             }
@@ -342,10 +351,10 @@ impl Backend for Embedded {
     fn park_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ParkRecord>>> {
         Box::pin(async move {
             let state = self.state();
-            let Some(parked) = state.parked.get(id) else {
-                return Ok(None);
-            };
-            Ok(Some(parked.to_record()))
+            Ok(match state.parked.get(id) {
+                Some(parked) => Some(parked.to_record()),
+                None => state.foreign.get(id).cloned(),
+            })
         })
     }
 

@@ -11,7 +11,10 @@
 //! | `events` | `send_event` and `cancel`, decided by the backend |
 //! | `recovery` | the first claim round at open, and its report |
 //! | `queries` | status, history, listing |
+//! | `admin` | (feature `json`) documents for operators, events as JSON, resume by id, the gate against other manifests |
 
+#[cfg(feature = "json")]
+pub(crate) mod admin;
 mod builder;
 mod driver;
 mod events;
