@@ -475,6 +475,7 @@ impl Ctx {
             CheckpointState::Retrying { .. }
             | CheckpointState::Done { .. }
             | CheckpointState::TooLarge { .. }
+            | CheckpointState::Expired { .. }
             | CheckpointState::Panicked { .. } => "a step",
             CheckpointState::Sleeping { .. } => "a sleep",
             CheckpointState::Waiting { .. }

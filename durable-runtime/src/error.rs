@@ -152,6 +152,31 @@ pub enum UsageError {
         /// The clashing name.
         workflow: String,
     },
+    /// The last wait for event `event` timed out and nothing waits for it
+    /// now: the event was not stored (it would never be read). Send it again
+    /// once the instance waits for `event` again, if it will.
+    #[error(
+        "instance {instance:?} no longer waits for event {event:?}: its wait (occurrence {occurrence}) timed out; the event was not stored"
+    )]
+    WaitTimedOut {
+        /// The instance id.
+        instance: String,
+        /// The event's name.
+        event: String,
+        /// The occurrence of the wait that timed out.
+        occurrence: u32,
+    },
+    /// `Engine::retry` takes a failed, blocked or set-aside instance, or one
+    /// that completed with an error; this one is not.
+    #[error(
+        "instance {instance:?} is {status}: only a failed, blocked or needs-attention instance, or one that completed with an error, can be retried"
+    )]
+    NotRetryable {
+        /// The instance id.
+        instance: String,
+        /// Its status.
+        status: &'static str,
+    },
     /// The instance has finished, so it takes no more events or cancellation.
     #[error("instance {instance:?} has already finished ({status})")]
     InstanceFinished {
@@ -308,6 +333,21 @@ pub enum InstanceError {
         /// The panic message.
         message: String,
     },
+    /// A step's last attempt ran past the step's timeout (`step!(name,
+    /// timeout = d, ..)`). The instance is failed.
+    #[error(
+        "instance {instance:?} failed: step {step:?} (occurrence {occurrence}) timed out after {timeout_ms} ms on its last attempt"
+    )]
+    StepTimedOut {
+        /// The instance id.
+        instance: String,
+        /// The step's name.
+        step: String,
+        /// Which occurrence of the step.
+        occurrence: u32,
+        /// The step's timeout in milliseconds.
+        timeout_ms: u64,
+    },
     /// code is fixed; it resumes when the engine next opens.
     #[error("instance {instance:?} is blocked: the workflow panicked outside a step: {message}")]
     WorkflowPanicked {
@@ -388,6 +428,7 @@ impl Error {
             self,
             Error::Instance(
                 InstanceError::StepPanicked { .. }
+                    | InstanceError::StepTimedOut { .. }
                     | InstanceError::Failed { .. }
                     | InstanceError::Cancelled { .. }
                     | InstanceError::DuplicateKey { .. }

@@ -128,6 +128,43 @@ pub enum TransitionKind {
         /// Why.
         error: String,
     },
+    /// An operator set the instance going again with
+    /// [`Engine::retry`](crate::Engine::retry).
+    Retried {
+        /// Who did it (the operator's name, or the user and process id).
+        by: String,
+        /// The failed step set aside (it runs again), if there was one.
+        set_aside: Option<SetAsideStep>,
+    },
+    /// An operator resumed a cancelled or stopped instance with
+    /// [`Engine::resume`](crate::Engine::resume).
+    Reopened {
+        /// Who did it.
+        by: String,
+        /// The status it had (`cancelled`, `blocked`, ..).
+        from: String,
+    },
+}
+
+/// A failed step occurrence that [`Engine::retry`](crate::Engine::retry)
+/// took out of the checkpoints; kept here, in the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SetAsideStep {
+    /// The step's name.
+    pub name: String,
+    /// Which occurrence of the name.
+    pub occurrence: u32,
+    /// A keyed step's key text.
+    pub key: Option<String>,
+    /// The attempts it had made.
+    pub attempts: u32,
+    /// When its first attempt started.
+    pub started_at: SystemTime,
+    /// When it had failed.
+    pub finished_at: Option<SystemTime>,
+    /// How it had failed.
+    pub outcome: String,
 }
 
 /// A timestamped [`TransitionKind`].
@@ -194,6 +231,12 @@ pub enum StepOutcome {
         size: u64,
         /// The limit it was over.
         limit: u64,
+    },
+    /// The step's last attempt ran past its timeout (`step!(name, timeout
+    /// = d, ..)`): recorded as the step's failure.
+    Expired {
+        /// The step's timeout.
+        timeout: std::time::Duration,
     },
     /// An attempt of the step is running now (in this process).
     Running {
@@ -338,6 +381,22 @@ pub(crate) fn history_of(
                 StoredKind::Incompatible { error } => TransitionKind::Incompatible {
                     error: error.clone(),
                 },
+                StoredKind::Retried { by, set_aside } => TransitionKind::Retried {
+                    by: by.clone(),
+                    set_aside: set_aside.as_ref().map(|s| SetAsideStep {
+                        name: s.name.clone(),
+                        occurrence: s.occurrence,
+                        key: s.key.clone(),
+                        attempts: s.attempts,
+                        started_at: time(s.started_at_ms),
+                        finished_at: s.finished_at_ms.map(time),
+                        outcome: s.outcome.clone(),
+                    }),
+                },
+                StoredKind::Reopened { by, from } => TransitionKind::Reopened {
+                    by: by.clone(),
+                    from: from.clone(),
+                },
             },
         })
         .collect();
@@ -414,6 +473,15 @@ pub(crate) fn history_of(
                 } => (
                     Some(time(finished_at_ms)),
                     StepOutcome::TooLarge { size, limit },
+                ),
+                CheckpointState::Expired {
+                    finished_at_ms,
+                    timeout_ms,
+                } => (
+                    Some(time(finished_at_ms)),
+                    StepOutcome::Expired {
+                        timeout: std::time::Duration::from_millis(timeout_ms),
+                    },
                 ),
             };
             (

@@ -108,6 +108,27 @@ impl Journal {
         Ok(batch)
     }
 
+    /// Writes the record of a reopened instance, unfinished with no resumes
+    /// without progress, and deletes the checkpoints `set_aside`, in one
+    /// atomic batch.
+    pub(crate) async fn reopen(
+        &self,
+        id: &str,
+        record: &InstanceRecord,
+        set_aside: &[CheckpointRecord],
+    ) -> Result<()> {
+        let mut batch = self.record_batch(id, record, Some(0))?;
+        batch.delete(Tree::Timers, instance_key(id));
+        for c in set_aside {
+            let key = match &c.key {
+                Some((key, _)) => keyed_key(id, &c.name, key),
+                None => occurrence_key(id, &c.name, c.occurrence),
+            };
+            batch.delete(Tree::Checkpoints, key);
+        }
+        self.commit(batch).await
+    }
+
     /// Stores `record` as the checkpoint of its (name, occurrence); with
     /// `progress`, also sets the count of resumes without progress back to
     /// zero in the same atomic batch.
@@ -150,6 +171,19 @@ impl Journal {
             format!("event {name:?} (number {seq}) of instance {id:?}")
         })
         .map(Some)
+    }
+
+    /// Whether occurrence `occurrence` of wait `name` of instance `id`
+    /// ended by its timeout.
+    pub(crate) fn wait_timed_out(&self, id: &str, name: &str, occurrence: u32) -> Result<bool> {
+        let Some(bytes) = self
+            .store
+            .get(Tree::Checkpoints, &occurrence_key(id, name, occurrence))?
+        else {
+            return Ok(false);
+        };
+        Ok(codec::decode::<CheckpointRecord>(&bytes)
+            .is_ok_and(|c| matches!(c.state, CheckpointState::TimedOut { .. })))
     }
 
     /// Whether event `name` number `seq` of instance `id` was sent.

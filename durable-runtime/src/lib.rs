@@ -88,7 +88,7 @@ pub use error::{Error, InstanceError, ReplayError, Result, StoreError, UsageErro
 pub use future::BoxFuture;
 pub use ids::MAX_ID_LEN;
 pub use inspect::{
-    History, RunningStep, Status, StepOutcome, StepRecord, Transition, TransitionKind,
+    History, RunningStep, SetAsideStep, Status, StepOutcome, StepRecord, Transition, TransitionKind,
 };
 pub use listing::{Cursor, InstanceSummary, InvalidCursor, ListFilter, Page, StatusKind};
 pub use retry::RetryPolicy;

@@ -164,12 +164,47 @@ pub(crate) struct TransitionRecord {
 pub(crate) enum TransitionKind {
     Started,
     Resumed,
-    Blocked { error: String },
+    Blocked {
+        error: String,
+    },
     Completed,
-    Failed { error: String },
-    NeedsAttention { error: String },
+    Failed {
+        error: String,
+    },
+    NeedsAttention {
+        error: String,
+    },
     Cancelled,
-    Incompatible { error: String },
+    Incompatible {
+        error: String,
+    },
+    // Appended below: older records keep their encoding.
+    /// Set going again by hand with `Engine::retry`: `set_aside` describes
+    /// the failed checkpoint taken out of the way (its step runs again).
+    Retried {
+        by: String,
+        set_aside: Option<SetAside>,
+    },
+    /// A cancelled (or otherwise stopped) instance set going again by hand
+    /// with `Engine::resume`; `from` is the status it had.
+    Reopened {
+        by: String,
+        from: String,
+    },
+}
+
+/// A failed checkpoint set aside by `Engine::retry`: kept in the history
+/// (the transition that set it aside) after it left the checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct SetAside {
+    pub name: String,
+    pub occurrence: u32,
+    pub key: Option<String>,
+    pub attempts: u32,
+    pub started_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    /// How it had ended (the error, panic or timeout).
+    pub outcome: String,
 }
 
 /// One step occurrence's stored state.
@@ -231,6 +266,13 @@ pub(crate) enum CheckpointState {
         finished_at_ms: u64,
         size: u64,
         limit: u64,
+    },
+    /// The step's last attempt ran past the step's timeout (`step!(name,
+    /// timeout = d, ..)`): its failure, so its body never runs again.
+    /// (Appended last: older records keep their encoding.)
+    Expired {
+        finished_at_ms: u64,
+        timeout_ms: u64,
     },
 }
 

@@ -22,8 +22,8 @@ use tokio::sync::broadcast;
 
 use super::park::ParkTable;
 use super::{
-    Backend, BoxFuture, Claim, ClaimKind, Committed, Created, EventCheck, Lease, Notice, Round,
-    Write,
+    Backend, BoxFuture, Claim, ClaimKind, Committed, Created, EventCheck, Lease, Notice, Reopen,
+    Round, Write,
 };
 use crate::error::{Error, InstanceError, Result, StoreError, UsageError};
 use crate::journal::Journal;
@@ -481,7 +481,11 @@ impl Backend for Embedded {
                         .map(|e| e.type_name.to_string())
                 })
             };
-            check(&record, seq, parked_type.as_deref())?;
+            let timed_out_before = match seq.checked_sub(1) {
+                Some(previous) => self.journal.wait_timed_out(id, name, previous)?,
+                None => false,
+            };
+            check(&record, seq, parked_type.as_deref(), timed_out_before)?;
             self.journal.put_event(id, name, seq, &event).await?;
             let woken = {
                 let mut state = self.state();
@@ -537,6 +541,36 @@ impl Backend for Embedded {
             }
             self.notify(Notice::Cancelled { id: id.to_string() });
             Ok(())
+        })
+    }
+
+    fn reopen<'a>(&'a self, id: &'a str, decide: Reopen<'a>) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let _gate = self.gate.lock().await;
+            let _stripe = self.stripe(id).lock().await;
+            let record = self.journal.load(id)?.ok_or_else(|| not_found(id))?;
+            let checkpoints = self.journal.load_checkpoints(id)?;
+            let Some((record, set_aside)) = decide(record, checkpoints)? else {
+                return Ok(false);
+            };
+            // A late owner (there should be none: the instance was stopped)
+            // is fenced out from here on.
+            let previous = {
+                let mut state = self.state();
+                let previous = state.owned.remove(id);
+                state.parked.remove(id);
+                state.ready.retain(|r| r != id);
+                previous
+            };
+            if let Err(e) = self.journal.reopen(id, &record, &set_aside).await {
+                if let Some(epoch) = previous {
+                    self.state().owned.insert(id.to_string(), epoch);
+                }
+                return Err(e);
+            }
+            self.state().ready.push(id.to_string());
+            self.notify(Notice::Ready);
+            Ok(true)
         })
     }
 

@@ -125,10 +125,24 @@ pub(crate) enum Committed {
 
 /// What [`Backend::send_event`] checks, under the instance's lock, before
 /// it stores an event: the instance's record, the number the event gets,
-/// and the payload type of the stored (parked) wait the event would satisfy
-/// if there is one; returns the error to refuse the event with.
+/// the payload type of the stored (parked) wait the event would satisfy
+/// if there is one, and whether the wait of that name before it (occurrence
+/// `seq - 1`) ended by its timeout; returns the error to refuse the event
+/// with.
 pub(crate) type EventCheck<'a> =
-    &'a (dyn Fn(&InstanceRecord, u32, Option<&str>) -> Result<()> + Send + Sync);
+    &'a (dyn Fn(&InstanceRecord, u32, Option<&str>, bool) -> Result<()> + Send + Sync);
+
+/// What [`Backend::reopen`] asks the engine under the instance's lock:
+/// `None` for nothing to do, or the new record and the checkpoints to take
+/// out; an error refuses.
+pub(crate) type Reopen<'a> = &'a (
+        dyn Fn(
+    InstanceRecord,
+    Vec<CheckpointRecord>,
+) -> Result<Option<(InstanceRecord, Vec<CheckpointRecord>)>>
+            + Send
+            + Sync
+    );
 
 /// A wake-up hint from the backend. Hints may be lost or repeated: the
 /// engine's claim loop polls, so a lost hint costs at most one poll.
@@ -238,6 +252,21 @@ pub(crate) trait Backend: Send + Sync + 'static {
         id: &'a str,
         update: &'a (dyn Fn(InstanceRecord) -> InstanceRecord + Send + Sync),
     ) -> BoxFuture<'a, Result<()>>;
+
+    /// Sets stopped instance `id` going again by hand (`Engine::retry`,
+    /// `Engine::resume` of a cancelled one). Under the instance's lock (the
+    /// one `send_event` and `cancel` take), `decide` gets its record and
+    /// checkpoints and returns `None` (nothing to do: the write is skipped)
+    /// or the new record (state `Running`, with the transition saying what
+    /// was done) and the checkpoints to take out (by name and occurrence or
+    /// key; the caller kept what it needs of them in the transition). One
+    /// atomic batch writes the record, deletes those checkpoints and puts
+    /// the instance among the unfinished with no resumes without progress.
+    /// The epoch moves (a late owner's writes are refused); the instance is
+    /// left unowned and runnable, so the next claim round takes it (a
+    /// `Ready` hint). Returns whether it wrote. `NotFound` is the backend's
+    /// error; `decide` refuses with its own.
+    fn reopen<'a>(&'a self, id: &'a str, decide: Reopen<'a>) -> BoxFuture<'a, Result<bool>>;
 
     // --- store-wide ---
 

@@ -17,6 +17,7 @@ mod driver;
 mod events;
 mod evolution;
 mod instances;
+mod operator;
 mod queries;
 mod recovery;
 mod registry;
@@ -130,10 +131,15 @@ impl Engine {
     }
 
     /// Resumes instance `id` by hand: one that was set aside as
-    /// [`Status::NeedsAttention`], a blocked one once its cause is fixed, or
-    /// an [`Status::Incompatible`] one (checked again first). Its count of
-    /// resumes without progress starts again. A running, completed or
-    /// cancelled instance is attached to, as with [`attach`](Self::attach).
+    /// [`Status::NeedsAttention`], a blocked one once its cause is fixed, an
+    /// [`Status::Incompatible`] one (checked again first), or a
+    /// [`Status::Cancelled`] one (durably reopened first, recorded in its
+    /// history as [`TransitionKind::Reopened`](crate::TransitionKind::Reopened)
+    /// with who did it; it runs on from its checkpoints, and a step that was
+    /// running when it was cancelled runs again). Its count of resumes
+    /// without progress starts again. A running or completed instance is
+    /// attached to, as with [`attach`](Self::attach). Resuming twice is
+    /// resuming once.
     /// A [`Status::Failed`] instance is not resumed: a step failed for good
     /// and that failure is its recorded outcome, so this returns
     /// [`InstanceError::Failed`](crate::InstanceError::Failed) (never `Ok` doing nothing);
@@ -172,10 +178,49 @@ impl Engine {
                 },
             ));
         }
+        if manual && record.state == crate::records::InstanceState::Cancelled {
+            self.core.reopen_cancelled(&id).await?;
+        }
         let done = Arc::clone(&self.core)
             .start_or_attach(W::<I>::NAME, erased, id.clone(), record.input, manual)
             .await?;
         Ok(Handle::new(id, done, &self.core))
+    }
+
+    /// Sets a [`Status::Failed`] or [`Status::Blocked`] instance (or one
+    /// that [needs attention](Status::NeedsAttention), or that completed
+    /// with an error) going again from its failed step, durably: when this
+    /// returns, the instance is `Running` in the store and runs (here if
+    /// this engine has its workflow, else in the next engine that opens the
+    /// store with it). The failed step's checkpoint is set aside: taken out
+    /// of the checkpoints so the step runs again, and kept in the history
+    /// as a [`TransitionKind::Retried`](crate::TransitionKind::Retried)
+    /// transition with who did it (`$DURABLE_OPERATOR` or `$USER`, and the
+    /// process id), when, and how the step had failed. The steps before it
+    /// replay from their checkpoints.
+    ///
+    /// Idempotent: retrying an instance that is running again already does
+    /// nothing.
+    ///
+    /// ```
+    /// # async fn demo(engine: durable_runtime::Engine) -> durable_runtime::Result<()> {
+    /// use durable_runtime::Status;
+    ///
+    /// if let Status::Failed { reason } = engine.status("order-42").await? {
+    ///     println!("retrying order-42, which failed: {reason}");
+    ///     engine.retry("order-42").await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Errors: [`UsageError::NotFound`](crate::UsageError::NotFound),
+    /// [`UsageError::NotRetryable`](crate::UsageError::NotRetryable) for a
+    /// completed or cancelled instance (resume a cancelled one with
+    /// [`resume`](Self::resume)).
+    pub async fn retry(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        self.core.retry(id).await
     }
 
     /// The status of instance `id`: with the step attempts running now, and
@@ -226,7 +271,12 @@ impl Engine {
     /// was satisfied is kept but never delivered again.
     ///
     /// Errors: [`UsageError::NotFound`](crate::UsageError::NotFound),
-    /// [`UsageError::InstanceFinished`](crate::UsageError::InstanceFinished), and
+    /// [`UsageError::InstanceFinished`](crate::UsageError::InstanceFinished),
+    /// [`UsageError::WaitTimedOut`](crate::UsageError::WaitTimedOut) when the
+    /// last wait of that name timed out and the instance does not wait for
+    /// the name again now (nothing is stored: the event would never be
+    /// read; a workflow that waits again in a loop takes it once it waits),
+    /// and
     /// [`UsageError::EventTypeMismatch`](crate::UsageError::EventTypeMismatch) when the
     /// payload's serde shape is not the one the workflow's `wait_for!` of
     /// that name reads, whether or not the instance waits yet (checked

@@ -137,7 +137,13 @@ impl Core {
                 }
             }
             Notice::Cancelled { id } => {
-                if let Some(slot) = self.instances.get(&id) {
+                // A hint can be late: the instance may have been resumed
+                // since. The store says whether it is cancelled now.
+                let cancelled = matches!(
+                    self.services.backend.load(&id).await,
+                    Ok(Some(record)) if record.state == crate::records::InstanceState::Cancelled
+                );
+                if cancelled && let Some(slot) = self.instances.get(&id) {
                     slot.signals.cancelled.store(true, Ordering::SeqCst);
                     slot.signals.ring();
                 }

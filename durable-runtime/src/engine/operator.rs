@@ -1,0 +1,163 @@
+//! Operator actions on one instance, decided by the backend under the
+//! instance's lock and recorded in its history as transitions (who, when,
+//! what): `retry` of a failed or blocked instance from its failed step, and
+//! the reopening of a cancelled one by `resume`.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result, UsageError};
+use crate::records::{
+    CheckpointRecord, CheckpointState, InstanceRecord, InstanceState, SetAside, TransitionKind,
+};
+
+use super::Core;
+
+/// Who performs an operator action from this process: `$DURABLE_OPERATOR`,
+/// else `$USER`, with the process id.
+pub(super) fn operator() -> String {
+    let name = std::env::var("DURABLE_OPERATOR")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{name} (pid {})", std::process::id())
+}
+
+/// The status name of a stored state, for messages and history.
+pub(super) fn state_name(state: &InstanceState) -> &'static str {
+    match state {
+        InstanceState::Running => "running",
+        InstanceState::Completed { .. } | InstanceState::Returned { is_err: false, .. } => {
+            "completed"
+        }
+        InstanceState::Returned { is_err: true, .. } => "completed with an error",
+        InstanceState::Failed { .. } => "failed",
+        InstanceState::Blocked { .. } => "blocked",
+        InstanceState::NeedsAttention { .. } => "needs attention",
+        InstanceState::Cancelled => "cancelled",
+        InstanceState::Incompatible { .. } => "incompatible",
+    }
+}
+
+/// The checkpoint that failed the instance: the last started step whose
+/// outcome is a final failure.
+fn failed_step(checkpoints: &[CheckpointRecord]) -> Option<&CheckpointRecord> {
+    checkpoints
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.state,
+                CheckpointState::Done { ok: false, .. }
+                    | CheckpointState::Panicked { .. }
+                    | CheckpointState::Expired { .. }
+                    | CheckpointState::TooLarge { .. }
+            )
+        })
+        .max_by_key(|c| c.seq)
+}
+
+/// What a set-aside checkpoint keeps in the history.
+fn set_aside_of(c: &CheckpointRecord) -> SetAside {
+    let (finished_at_ms, outcome) = match &c.state {
+        CheckpointState::Done {
+            finished_at_ms,
+            error_text,
+            ..
+        } => (
+            Some(*finished_at_ms),
+            format!("error: {}", error_text.as_deref().unwrap_or("")),
+        ),
+        CheckpointState::Panicked {
+            finished_at_ms,
+            message,
+        } => (Some(*finished_at_ms), format!("panicked: {message}")),
+        CheckpointState::Expired {
+            finished_at_ms,
+            timeout_ms,
+        } => (
+            Some(*finished_at_ms),
+            format!("timed out after {timeout_ms} ms"),
+        ),
+        CheckpointState::TooLarge {
+            finished_at_ms,
+            size,
+            limit,
+        } => (
+            Some(*finished_at_ms),
+            format!("outcome of {size} bytes over the limit of {limit}"),
+        ),
+        other => (None, format!("{other:?}")),
+    };
+    SetAside {
+        name: c.name.clone(),
+        occurrence: c.occurrence,
+        key: c.key.as_ref().map(|(_, text)| text.clone()),
+        attempts: c.attempts,
+        started_at_ms: c.started_at_ms,
+        finished_at_ms,
+        outcome,
+    }
+}
+
+impl Core {
+    /// Sets failed or blocked instance `id` going again from its failed
+    /// step; see `Engine::retry`.
+    pub(super) async fn retry(self: &Arc<Self>, id: &str) -> Result<()> {
+        let by = operator();
+        let decide = |mut record: InstanceRecord, checkpoints: Vec<CheckpointRecord>| {
+            match &record.state {
+                // Retried already (or never stopped): nothing to do.
+                InstanceState::Running => return Ok(None),
+                InstanceState::Failed { .. }
+                | InstanceState::Blocked { .. }
+                | InstanceState::NeedsAttention { .. }
+                | InstanceState::Returned { is_err: true, .. } => {}
+                other => {
+                    return Err(Error::Usage(UsageError::NotRetryable {
+                        instance: id.to_string(),
+                        status: state_name(other),
+                    }));
+                }
+            }
+            let failed = failed_step(&checkpoints).cloned();
+            record.state = InstanceState::Running;
+            self.push_transition(
+                &mut record,
+                TransitionKind::Retried {
+                    by: by.clone(),
+                    set_aside: failed.as_ref().map(set_aside_of),
+                },
+            );
+            Ok(Some((record, failed.into_iter().collect())))
+        };
+        let wrote = self.services.backend.reopen(id, &decide).await?;
+        if wrote {
+            tracing::info!(durable.instance_id = %id, durable.by = %by, "instance retried");
+        }
+        Ok(())
+    }
+
+    /// Reopens cancelled instance `id` (its checkpoints kept): it runs again
+    /// from where it stood; see `Engine::resume`. `Ok(false)` if it is not
+    /// cancelled.
+    pub(super) async fn reopen_cancelled(self: &Arc<Self>, id: &str) -> Result<bool> {
+        let by = operator();
+        let decide = |mut record: InstanceRecord, _: Vec<CheckpointRecord>| {
+            if record.state != InstanceState::Cancelled {
+                return Ok(None);
+            }
+            record.state = InstanceState::Running;
+            self.push_transition(
+                &mut record,
+                TransitionKind::Reopened {
+                    by: by.clone(),
+                    from: "cancelled".into(),
+                },
+            );
+            Ok(Some((record, Vec::new())))
+        };
+        let wrote = self.services.backend.reopen(id, &decide).await?;
+        if wrote {
+            tracing::info!(durable.instance_id = %id, durable.by = %by, "cancelled instance resumed");
+        }
+        Ok(wrote)
+    }
+}

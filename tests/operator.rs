@@ -1,0 +1,499 @@
+//! Operator actions and limits as a user sees them: a step's timeout per
+//! attempt (driven by the test kit's manual clock), and late events.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use durable::prelude::*;
+use durable::testing::TestEngine;
+use durable::{InstanceError, Status, StepOutcome};
+
+mod support;
+
+use support::{guarded, wait_until};
+
+/// Bodies started, and bodies whose future was dropped unfinished.
+static STARTED: AtomicU32 = AtomicU32::new(0);
+static DROPPED: AtomicU32 = AtomicU32::new(0);
+
+/// The first two attempts hang (until their timeout drops them); the third
+/// answers.
+async fn flaky_fetch() -> Result<u32, String> {
+    let attempt = STARTED.fetch_add(1, Ordering::SeqCst) + 1;
+    if attempt < 3 {
+        struct Mark;
+        impl Drop for Mark {
+            fn drop(&mut self) {
+                DROPPED.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let _mark = Mark;
+        std::future::pending::<()>().await;
+    }
+    Ok(attempt)
+}
+
+#[durable]
+async fn timed(_ctx: &Ctx, _: ()) -> Result<u32, String> {
+    step!(
+        "fetch",
+        retry = RetryPolicy::default()
+            .max_attempts(3)
+            .initial_delay(Duration::from_secs(1))
+            .jitter(0.0),
+        timeout = Duration::from_secs(10),
+        flaky_fetch().await
+    )
+}
+
+#[tokio::test]
+async fn a_timed_out_attempt_is_a_failed_attempt_and_its_body_is_dropped() {
+    let kit = TestEngine::open(Engine::builder().register(timed))
+        .await
+        .unwrap();
+    let handle = kit.start(timed, "t-1", ()).await.unwrap();
+    for attempt in 1..=2u32 {
+        wait_until("the attempt runs", async || {
+            let started = STARTED.load(Ordering::SeqCst);
+            if started == attempt {
+                Ok(())
+            } else {
+                Err(started)
+            }
+        })
+        .await;
+        // Not timed out a second early.
+        kit.clock().advance(Duration::from_secs(9));
+        tokio::task::yield_now().await;
+        assert_eq!(DROPPED.load(Ordering::SeqCst), attempt - 1);
+        kit.clock().advance(Duration::from_secs(1));
+        wait_until("the attempt is dropped", async || {
+            let dropped = DROPPED.load(Ordering::SeqCst);
+            if dropped == attempt {
+                Ok(())
+            } else {
+                Err(dropped)
+            }
+        })
+        .await;
+        let history = wait_until("the failed attempt is recorded", async || {
+            let history = kit.history("t-1").await.unwrap();
+            match &history.steps[0].outcome {
+                StepOutcome::Retrying { last_error } => Ok(last_error.clone()),
+                other => Err(other.clone()),
+            }
+        })
+        .await;
+        assert_eq!(history, "timed out after 10000 ms");
+        // The backoff (1 s, then 2 s) passes.
+        kit.clock().advance(Duration::from_secs(2));
+    }
+    assert_eq!(guarded("the result", handle.result()).await.unwrap(), Ok(3));
+    let history = kit.history("t-1").await.unwrap();
+    assert_eq!(history.steps[0].attempts, 3);
+    kit.shutdown().await;
+}
+
+#[durable]
+async fn always_slow(_ctx: &Ctx, _: ()) -> Result<(), String> {
+    step!(
+        "hang",
+        retry = RetryPolicy::no_retry(),
+        timeout = Duration::from_secs(5),
+        std::future::pending::<Result<(), String>>().await
+    )
+}
+
+#[tokio::test]
+async fn a_last_attempt_that_times_out_fails_the_instance_for_good() {
+    let kit = TestEngine::open(Engine::builder().register(always_slow))
+        .await
+        .unwrap();
+    let handle = kit.start(always_slow, "s-1", ()).await.unwrap();
+    wait_until("the attempt runs", async || match kit.status("s-1").await {
+        Ok(Status::Running { steps }) if !steps.is_empty() => Ok(()),
+        other => Err(other),
+    })
+    .await;
+    kit.clock().advance(Duration::from_secs(5));
+    let error = guarded("the result", handle.result()).await.unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            durable::Error::Instance(InstanceError::StepTimedOut { step, timeout_ms: 5000, .. })
+                if step == "hang"
+        ),
+        "{error:?}"
+    );
+    assert!(
+        matches!(kit.status("s-1").await.unwrap(), Status::Failed { .. }),
+        "{:?}",
+        kit.status("s-1").await
+    );
+    let history = kit.history("s-1").await.unwrap();
+    assert_eq!(
+        history.steps[0].outcome,
+        StepOutcome::Expired {
+            timeout: Duration::from_secs(5)
+        }
+    );
+    // Attaching again replays the recorded failure: the body never runs again.
+    let again = kit.attach(always_slow, "s-1").await.unwrap();
+    assert!(matches!(
+        guarded("the replayed result", again.result()).await,
+        Err(durable::Error::Instance(InstanceError::Failed { .. }))
+    ));
+    kit.shutdown().await;
+}
+
+const HOUR: Duration = Duration::from_secs(3_600);
+
+#[durable]
+async fn approval_window(_ctx: &Ctx, _: ()) -> Result<String, String> {
+    let first: Option<bool> = wait_for!("approve", timeout = HOUR);
+    sleep!("report-later", 24 * HOUR);
+    let second: Option<bool> = wait_for!("approve-again", timeout = HOUR);
+    Ok(format!("{first:?} {second:?}"))
+}
+
+#[tokio::test]
+async fn a_late_event_for_a_timed_out_wait_is_refused_not_dropped() {
+    let kit = TestEngine::open(Engine::builder().register(approval_window))
+        .await
+        .unwrap();
+    let handle = kit.start(approval_window, "late-1", ()).await.unwrap();
+    kit.run_until_idle().await;
+    kit.advance(HOUR).await;
+    assert!(matches!(
+        kit.status("late-1").await.unwrap(),
+        Status::Sleeping { .. }
+    ));
+    let late = kit.send_event("late-1", "approve", true).await.unwrap_err();
+    assert!(
+        matches!(
+            &late,
+            durable::Error::Usage(durable::UsageError::WaitTimedOut { event, occurrence: 0, .. })
+                if event == "approve"
+        ),
+        "{late:?}"
+    );
+    // An event for a wait the instance has not reached yet is kept.
+    kit.send_event("late-1", "approve-again", false)
+        .await
+        .unwrap();
+    kit.advance(24 * HOUR).await;
+    assert_eq!(
+        guarded("the result", handle.result()).await.unwrap(),
+        Ok("None Some(false)".to_string())
+    );
+    kit.shutdown().await;
+}
+
+#[durable]
+async fn polling(_ctx: &Ctx, _: ()) -> Result<u32, String> {
+    let mut got = 0;
+    for _ in 0..2 {
+        let tick: Option<u32> = wait_for!("tick", timeout = HOUR);
+        got += tick.unwrap_or(100);
+    }
+    Ok(got)
+}
+
+#[tokio::test]
+async fn an_event_after_a_timeout_is_taken_by_the_next_wait_of_the_name() {
+    let kit = TestEngine::open(Engine::builder().register(polling))
+        .await
+        .unwrap();
+    let handle = kit.start(polling, "poll-1", ()).await.unwrap();
+    kit.run_until_idle().await;
+    kit.advance(HOUR).await;
+    // The first wait timed out, the second waits now: the event is its.
+    kit.send_event("poll-1", "tick", 7u32).await.unwrap();
+    assert_eq!(
+        guarded("the result", handle.result()).await.unwrap(),
+        Ok(107)
+    );
+    kit.shutdown().await;
+}
+
+// ------------------------------------------------------------------ retry
+
+/// The amounts for which step "charge" of `fragile` panics (the bug an
+/// operator fixes before retrying); one per test, as tests run in parallel.
+static BROKEN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn broken(amount: u32, is: bool) {
+    let mut broken = BROKEN.lock().unwrap();
+    broken.retain(|a| *a != amount);
+    if is {
+        broken.push(amount);
+    }
+}
+static PREPARED: AtomicU32 = AtomicU32::new(0);
+
+#[durable]
+async fn fragile(_ctx: &Ctx, amount: u32) -> Result<u32, String> {
+    let base = step!("prepare", {
+        PREPARED.fetch_add(1, Ordering::SeqCst);
+        Ok::<u32, String>(100)
+    })?;
+    step!("charge", retry = RetryPolicy::no_retry(), {
+        if BROKEN.lock().unwrap().contains(&amount) {
+            panic!("the card service is misconfigured");
+        }
+        Ok::<u32, String>(base + amount)
+    })
+}
+
+/// Env var that makes this test binary a child performing one action on
+/// the store in a directory, then aborting: `<action> <dir> <id>`.
+const CHILD: &str = "DURABLE_OPERATOR_CHILD";
+
+/// Runs test `name` of this binary as a child with `action`, and checks
+/// that it killed itself (aborted) right after the action returned.
+fn child_acts(name: &str, action: &str, dir: &std::path::Path, id: &str) {
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        .env(CHILD, format!("{action} {} {id}", dir.display()))
+        .stdin(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGABRT),
+        "the child did not abort after the action: {status:?}"
+    );
+}
+
+/// In a child: performs the action named in [`CHILD`] and aborts; `None`
+/// outside a child.
+async fn act_in_child() -> Option<()> {
+    let spec = std::env::var(CHILD).ok()?;
+    let mut words = spec.split(' ');
+    let (action, dir, id) = (
+        words.next().unwrap(),
+        words.next().unwrap(),
+        words.next().unwrap(),
+    );
+    let builder = Engine::builder().path(std::path::Path::new(dir).join("store"));
+    match action {
+        // No workflow registered: nothing runs here, the action is all.
+        "retry" => builder.open().await.unwrap().retry(id).await.unwrap(),
+        "resume" => {
+            let engine = builder.register(parked).open().await.unwrap();
+            let handle = engine.resume(parked, id).await.unwrap();
+            std::mem::forget(handle);
+        }
+        other => panic!("unknown action {other}"),
+    }
+    std::process::abort();
+}
+
+/// The transitions' kinds, without `Resumed` (whether a resume by hand or a
+/// claim of this process ran the instance first is a race).
+fn transitions(history: &durable::History) -> Vec<String> {
+    history
+        .transitions
+        .iter()
+        .filter(|t| t.kind != durable::TransitionKind::Resumed)
+        .map(|t| match &t.kind {
+            durable::TransitionKind::Retried { set_aside, .. } => format!(
+                "Retried({})",
+                set_aside
+                    .as_ref()
+                    .map(|s| format!("{} #{} {}", s.name, s.attempts, s.outcome))
+                    .unwrap_or_default()
+            ),
+            durable::TransitionKind::Reopened { from, .. } => format!("Reopened({from})"),
+            other => format!("{other:?}")
+                .split([' ', '{'])
+                .next()
+                .unwrap()
+                .to_string(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn retry_runs_the_failed_step_again_and_keeps_its_failure_in_history() {
+    if act_in_child().await.is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Engine::builder()
+            .path(dir.path().join("store"))
+            .register(fragile)
+            .open()
+    };
+    broken(5, true);
+    let engine = open().await.unwrap();
+    let failed = guarded("the run", engine.run(fragile, "order-1", 5)).await;
+    assert!(
+        matches!(
+            failed,
+            Err(durable::Error::Instance(InstanceError::StepPanicked { .. }))
+        ),
+        "{failed:?}"
+    );
+    // A completed instance is not retried.
+    broken(5, false);
+    guarded("a second order", engine.run(fragile, "order-2", 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let refused = engine.retry("order-2").await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            durable::Error::Usage(durable::UsageError::NotRetryable { .. })
+        ),
+        "{refused:?}"
+    );
+    let prepared = PREPARED.load(Ordering::SeqCst);
+    engine.retry("order-1").await.unwrap();
+    // Twice is once.
+    engine.retry("order-1").await.unwrap();
+    let handle = engine.attach(fragile, "order-1").await.unwrap();
+    assert_eq!(
+        guarded("the retried run", handle.result()).await.unwrap(),
+        Ok(105)
+    );
+    // The step before the failed one replayed.
+    assert_eq!(PREPARED.load(Ordering::SeqCst), prepared);
+    let history = engine.history("order-1").await.unwrap();
+    assert_eq!(
+        transitions(&history),
+        [
+            "Started",
+            "Failed",
+            "Retried(charge #1 panicked: the card service is misconfigured)",
+            "Completed"
+        ]
+    );
+    assert_eq!(history.steps.len(), 2);
+    assert_eq!(history.steps[1].attempts, 1);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_retry_survives_a_crash_right_after_it_returns() {
+    if act_in_child().await.is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Engine::builder()
+            .path(dir.path().join("store"))
+            .register(fragile)
+            .open()
+    };
+    broken(7, true);
+    let engine = open().await.unwrap();
+    let failed = guarded("the run", engine.run(fragile, "crash-1", 7)).await;
+    assert!(failed.is_err(), "{failed:?}");
+    engine.shutdown().await;
+    child_acts(
+        "a_retry_survives_a_crash_right_after_it_returns",
+        "retry",
+        dir.path(),
+        "crash-1",
+    );
+    broken(7, false);
+    let engine = open().await.unwrap();
+    let handle = engine.attach(fragile, "crash-1").await.unwrap();
+    assert_eq!(
+        guarded("the retried run", handle.result()).await.unwrap(),
+        Ok(107)
+    );
+    let history = engine.history("crash-1").await.unwrap();
+    assert!(
+        transitions(&history)
+            .iter()
+            .any(|t| t.starts_with("Retried(charge #1 panicked")),
+        "{history:?}"
+    );
+    engine.shutdown().await;
+}
+
+// ----------------------------------------------------- resume a cancelled one
+
+#[durable]
+async fn parked(_ctx: &Ctx, _: ()) -> Result<String, String> {
+    step!("before", Ok::<(), String>(()))?;
+    sleep!("a-while", HOUR);
+    Ok("woke".to_string())
+}
+
+#[tokio::test]
+async fn a_cancelled_instance_resumes_from_its_checkpoints() {
+    let kit = TestEngine::open(Engine::builder().register(parked))
+        .await
+        .unwrap();
+    let _first = kit.start(parked, "c-1", ()).await.unwrap();
+    kit.run_until_idle().await;
+    kit.cancel("c-1").await.unwrap();
+    assert_eq!(kit.status("c-1").await.unwrap(), Status::Cancelled);
+    let handle = kit.resume(parked, "c-1").await.unwrap();
+    // Resuming twice is resuming once.
+    let again = kit.resume(parked, "c-1").await.unwrap();
+    kit.run_until_idle().await;
+    assert!(
+        matches!(kit.status("c-1").await.unwrap(), Status::Sleeping { .. }),
+        "{:?}",
+        kit.history("c-1").await
+    );
+    kit.advance(HOUR).await;
+    assert_eq!(
+        guarded("the result", handle.result()).await.unwrap(),
+        Ok("woke".to_string())
+    );
+    assert_eq!(
+        guarded("the other result", again.result()).await.unwrap(),
+        Ok("woke".to_string())
+    );
+    assert_eq!(kit.body_runs("before"), 1);
+    let history = kit.history("c-1").await.unwrap();
+    assert_eq!(
+        transitions(&history),
+        ["Started", "Cancelled", "Reopened(cancelled)", "Completed"]
+    );
+    kit.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_resume_of_a_cancelled_instance_survives_a_crash_right_after_it_returns() {
+    if act_in_child().await.is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Engine::builder()
+            .path(dir.path().join("store"))
+            .register(parked)
+            .open()
+    };
+    let engine = open().await.unwrap();
+    let _handle = engine.start(parked, "c-2", ()).await.unwrap();
+    engine.cancel("c-2").await.unwrap();
+    engine.shutdown().await;
+    child_acts(
+        "a_resume_of_a_cancelled_instance_survives_a_crash_right_after_it_returns",
+        "resume",
+        dir.path(),
+        "c-2",
+    );
+    let engine = open().await.unwrap();
+    let status = engine.status("c-2").await.unwrap();
+    assert!(
+        matches!(status, Status::Running { .. } | Status::Sleeping { .. }),
+        "{status:?}"
+    );
+    let history = engine.history("c-2").await.unwrap();
+    assert!(
+        transitions(&history).contains(&"Reopened(cancelled)".to_string()),
+        "{history:?}"
+    );
+    engine.shutdown().await;
+}
