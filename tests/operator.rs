@@ -497,3 +497,136 @@ async fn a_resume_of_a_cancelled_instance_survives_a_crash_right_after_it_return
     );
     engine.shutdown().await;
 }
+
+// ------------------------------------------------------------- retention
+
+#[durable]
+async fn short(_ctx: &Ctx, n: u32) -> Result<u32, String> {
+    step!("double", Ok::<u32, String>(n * 2))
+}
+
+#[durable]
+async fn long_wait(_ctx: &Ctx, _: ()) -> Result<bool, String> {
+    let got: Option<bool> = wait_for!("go", timeout = 30 * 24 * HOUR);
+    Ok(got.is_some())
+}
+
+fn gone(result: durable::Result<Status>) -> bool {
+    matches!(
+        result,
+        Err(durable::Error::Usage(durable::UsageError::NotFound { .. }))
+    )
+}
+
+#[tokio::test]
+async fn retention_purges_finished_instances_on_the_engine_clock() {
+    let kit = TestEngine::open(
+        Engine::builder()
+            .register(short)
+            .register(long_wait)
+            .retention(24 * HOUR),
+    )
+    .await
+    .unwrap();
+    for n in 0..5 {
+        assert_eq!(
+            kit.run(short, format!("s-{n}"), n).await.unwrap(),
+            Ok(n * 2)
+        );
+    }
+    let _waiting = kit.start(long_wait, "w-1", ()).await.unwrap();
+    kit.run_until_idle().await;
+    kit.advance(12 * HOUR).await;
+    // Finished for half the retention: kept.
+    assert!(!gone(kit.status("s-0").await));
+    kit.advance(13 * HOUR).await;
+    wait_until("the finished instances are purged", async || {
+        let left: Vec<_> = futures_all(&kit, 5).await;
+        if left.is_empty() { Ok(()) } else { Err(left) }
+    })
+    .await;
+    assert!(gone(kit.history("s-3").await.map(|h| h.status)));
+    // The unfinished instance is kept, and still takes its event.
+    assert!(matches!(
+        kit.status("w-1").await.unwrap(),
+        Status::Waiting { .. }
+    ));
+    let page = kit.list(&durable::ListFilter::new()).await.unwrap();
+    assert_eq!(
+        page.instances
+            .iter()
+            .map(|i| i.id.as_str())
+            .collect::<Vec<_>>(),
+        ["w-1"]
+    );
+    kit.send_event("w-1", "go", true).await.unwrap();
+    kit.run_until_idle().await;
+    // Nothing purged that was not finished long enough: a fresh start of an
+    // old id runs again (the id is free).
+    assert_eq!(kit.run(short, "s-0", 21).await.unwrap(), Ok(42));
+    kit.shutdown().await;
+}
+
+/// The ids `s-0`..`s-{n}` that still exist.
+async fn futures_all(kit: &TestEngine, n: u32) -> Vec<String> {
+    let mut left = Vec::new();
+    for i in 0..n {
+        let id = format!("s-{i}");
+        if !gone(kit.status(&id).await) {
+            left.push(id);
+        }
+    }
+    left
+}
+
+#[tokio::test]
+async fn a_purge_survives_a_crash_right_after_it_returns() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        let dir = spec.split(' ').nth(1).unwrap().to_string();
+        let engine = Engine::builder()
+            .path(std::path::Path::new(&dir).join("store"))
+            .open()
+            .await
+            .unwrap();
+        let purged = engine
+            .purge(std::time::SystemTime::now() + HOUR)
+            .await
+            .unwrap();
+        assert_eq!(purged, 3);
+        std::process::abort();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Engine::builder()
+            .path(dir.path().join("store"))
+            .register(short)
+            .register(long_wait)
+            .open()
+    };
+    let engine = open().await.unwrap();
+    for n in 0..3 {
+        engine
+            .run(short, format!("p-{n}"), n)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let _waiting = engine.start(long_wait, "keep", ()).await.unwrap();
+    engine.shutdown().await;
+    child_acts(
+        "a_purge_survives_a_crash_right_after_it_returns",
+        "purge",
+        dir.path(),
+        "-",
+    );
+    let engine = open().await.unwrap();
+    for n in 0..3 {
+        assert!(gone(engine.status(&format!("p-{n}")).await));
+    }
+    let kept = engine.status("keep").await;
+    assert!(
+        matches!(kept, Ok(Status::Waiting { .. } | Status::Running { .. })),
+        "{kept:?}"
+    );
+    engine.shutdown().await;
+}

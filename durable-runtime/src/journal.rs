@@ -129,6 +129,34 @@ impl Journal {
         self.commit(batch).await
     }
 
+    /// Up to `limit` entries of the creation index before `before` (newest
+    /// first), as (key, id).
+    pub(crate) fn created_before(&self, before: &[u8], limit: usize) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .store
+            .scan_rev(Tree::Created, Some(before), limit)?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    /// Deletes finished instance `id` created at `created_at_ms`: record,
+    /// checkpoints, events, park record and index entries, in one batch.
+    pub(crate) async fn purge(&self, id: &str, created_at_ms: u64) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.delete(Tree::Instances, instance_key(id));
+        batch.delete(Tree::Active, instance_key(id));
+        batch.delete(Tree::Timers, instance_key(id));
+        batch.delete(Tree::Created, created_key(created_at_ms, id));
+        let prefix = instance_prefix(id);
+        for tree in [Tree::Checkpoints, Tree::Events] {
+            for (key, _) in self.store.scan_prefix(tree, &prefix)? {
+                batch.delete(tree, key);
+            }
+        }
+        self.commit(batch).await
+    }
+
     /// Stores `record` as the checkpoint of its (name, occurrence); with
     /// `progress`, also sets the count of resumes without progress back to
     /// zero in the same atomic batch.

@@ -574,6 +574,41 @@ impl Backend for Embedded {
         })
     }
 
+    fn purge(&self, before_ms: u64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            const PAGE: usize = 256;
+            let mut purged = 0;
+            // Finished before the cutoff means created before it: the
+            // creation index is read from there backwards.
+            let mut before = crate::records::created_key(before_ms, "");
+            loop {
+                let keys = self.journal.created_before(&before, PAGE)?;
+                let Some(last) = keys.last() else { break };
+                before = last.clone();
+                for key in &keys {
+                    let Some(id) = crate::records::id_of_created_key(key) else {
+                        continue;
+                    };
+                    let _gate = self.gate.lock().await;
+                    let _stripe = self.stripe(id).lock().await;
+                    let Some(record) = self.journal.load(id)? else {
+                        continue;
+                    };
+                    let finished = ensure_unfinished(id, &record.state).is_err();
+                    let ended_at = record.transitions.last().map_or(0, |t| t.at_ms);
+                    if finished && ended_at < before_ms {
+                        self.journal.purge(id, record.created_at_ms).await?;
+                        purged += 1;
+                    }
+                }
+                if keys.len() < PAGE {
+                    break;
+                }
+            }
+            Ok(purged)
+        })
+    }
+
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<String>>> {
         Box::pin(async move {
             Ok(self

@@ -270,6 +270,14 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     // --- store-wide ---
 
+    /// Deletes every finished instance (completed, failed, cancelled) whose
+    /// last transition is before `before_ms`: its record, checkpoints,
+    /// events, park record and index entries, one instance per atomic batch,
+    /// each decided under the instance's lock (one reopened meanwhile is
+    /// kept). Unfinished instances are never touched. Returns how many were
+    /// deleted.
+    fn purge(&self, before_ms: u64) -> BoxFuture<'_, Result<u64>>;
+
     /// The ids of every unfinished instance (the deploy gate checks them).
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<String>>>;
 

@@ -318,6 +318,28 @@ impl Engine {
         self.core.cancel(id).await
     }
 
+    /// Deletes every finished instance (completed, failed, cancelled) that
+    /// finished before `finished_before`: its record, checkpoints, events
+    /// and index entries, so the store stops growing with old history.
+    /// Unfinished instances are never touched. Returns how many were
+    /// deleted. Each instance goes in one atomic write: after a crash it is
+    /// either all there or all gone. [`EngineBuilder::retention`] does this
+    /// in the background.
+    ///
+    /// ```
+    /// # async fn demo(engine: durable_runtime::Engine) -> durable_runtime::Result<()> {
+    /// use std::time::{Duration, SystemTime};
+    ///
+    /// let month_ago = SystemTime::now() - Duration::from_secs(30 * 24 * 3600);
+    /// let purged = engine.purge(month_ago).await?;
+    /// println!("purged {purged} instances");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn purge(&self, finished_before: std::time::SystemTime) -> Result<u64> {
+        self.core.purge(crate::time::to_ms(finished_before)).await
+    }
+
     /// What recovery did when this engine opened.
     pub fn recovery(&self) -> &RecoveryReport {
         &self.recovery

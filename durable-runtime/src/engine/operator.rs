@@ -161,3 +161,34 @@ impl Core {
         Ok(wrote)
     }
 }
+
+impl Core {
+    /// Purges the instances that finished before `before_ms`; see
+    /// `Engine::purge`.
+    pub(super) async fn purge(&self, before_ms: u64) -> Result<u64> {
+        let purged = self.services.backend.purge(before_ms).await?;
+        if purged > 0 {
+            tracing::info!(durable.purged = purged, "finished instances purged");
+        }
+        Ok(purged)
+    }
+
+    /// Purges instances finished for longer than `age`, now and then every
+    /// `age / 4` (between a second and an hour) on the engine's clock,
+    /// until the engine is gone.
+    pub(super) async fn retention_loop(core: std::sync::Weak<Core>, age: std::time::Duration) {
+        let every = crate::time::duration_ms(age / 4).clamp(1_000, 3_600_000);
+        loop {
+            let next = {
+                let Some(core) = core.upgrade() else { return };
+                let now = core.services.clock.now_ms();
+                let cutoff = now.saturating_sub(crate::time::duration_ms(age));
+                if let Err(e) = core.purge(cutoff).await {
+                    tracing::warn!(durable.error = %e, "purge failed; trying again later");
+                }
+                (Arc::clone(&core.services.clock), now.saturating_add(every))
+            };
+            next.0.sleep_until(next.1).await;
+        }
+    }
+}
