@@ -630,3 +630,170 @@ async fn a_purge_survives_a_crash_right_after_it_returns() {
     );
     engine.shutdown().await;
 }
+
+// ------------------------------------------------------------------ pause
+
+static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+#[durable]
+async fn stepwise(_ctx: &Ctx, _: ()) -> Result<u32, String> {
+    let a = step!("first", {
+        GATE.acquire().await.unwrap().forget();
+        Ok::<u32, String>(1)
+    })?;
+    let b = step!("second", Ok::<u32, String>(a + 1))?;
+    sleep!("nap", HOUR);
+    step!("third", Ok::<u32, String>(b + 1))
+}
+
+fn kinds(history: &durable::History) -> Vec<String> {
+    transitions(history)
+}
+
+#[tokio::test]
+async fn pause_lets_the_running_step_finish_and_starts_no_other() {
+    let kit = TestEngine::open(Engine::builder().register(stepwise))
+        .await
+        .unwrap();
+    let handle = kit.start(stepwise, "p-1", ()).await.unwrap();
+    wait_until("the first step runs", async || {
+        match kit.history("p-1").await {
+            Ok(h)
+                if matches!(
+                    h.steps.first().map(|s| &s.outcome),
+                    Some(StepOutcome::Running { .. })
+                ) =>
+            {
+                Ok(())
+            }
+            other => Err(other.map(|h| h.steps)),
+        }
+    })
+    .await;
+    kit.pause("p-1").await.unwrap();
+    // Twice is once.
+    kit.pause("p-1").await.unwrap();
+    assert!(matches!(
+        kit.status("p-1").await.unwrap(),
+        Status::Paused { .. }
+    ));
+    GATE.add_permits(1);
+    kit.run_until_idle().await;
+    let history = kit.history("p-1").await.unwrap();
+    assert_eq!(
+        history
+            .steps
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["first"],
+        "{history:?}"
+    );
+    assert!(matches!(
+        history.steps[0].outcome,
+        StepOutcome::Value { .. }
+    ));
+    assert_eq!(kit.body_runs("second"), 0);
+    kit.unpause("p-1").await.unwrap();
+    kit.run_until_idle().await;
+    assert_eq!(kit.body_runs("second"), 1);
+    kit.advance(HOUR).await;
+    assert_eq!(guarded("the result", handle.result()).await.unwrap(), Ok(3));
+    let history = kit.history("p-1").await.unwrap();
+    assert_eq!(
+        kinds(&history),
+        ["Started", "Paused", "Unpaused", "Completed"],
+        "{history:?}"
+    );
+    kit.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_paused_parked_instance_is_not_woken_by_its_timer() {
+    let kit = TestEngine::open(Engine::builder().register(stepwise))
+        .await
+        .unwrap();
+    GATE.add_permits(1);
+    let handle = kit.start(stepwise, "p-2", ()).await.unwrap();
+    kit.run_until_idle().await;
+    assert!(matches!(
+        kit.status("p-2").await.unwrap(),
+        Status::Sleeping { .. }
+    ));
+    kit.pause("p-2").await.unwrap();
+    kit.advance(2 * HOUR).await;
+    assert!(matches!(
+        kit.status("p-2").await.unwrap(),
+        Status::Paused { .. }
+    ));
+    assert_eq!(kit.body_runs("third"), 0);
+    kit.unpause("p-2").await.unwrap();
+    kit.run_until_idle().await;
+    assert_eq!(guarded("the result", handle.result()).await.unwrap(), Ok(3));
+    // A finished instance cannot be paused.
+    let finished = kit.pause("p-2").await.unwrap_err();
+    assert!(
+        matches!(
+            finished,
+            durable::Error::Usage(durable::UsageError::InstanceFinished { .. })
+        ),
+        "{finished:?}"
+    );
+    kit.shutdown().await;
+}
+
+#[durable]
+async fn napping(_ctx: &Ctx, _: ()) -> Result<u32, String> {
+    step!("before-nap", Ok::<u32, String>(1))?;
+    sleep!("nap", Duration::from_secs(2));
+    step!("after-nap", Ok::<u32, String>(2))
+}
+
+#[tokio::test]
+async fn a_pause_survives_a_crash_right_after_it_returns() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        let mut words = spec.split(' ').skip(1);
+        let (dir, id) = (words.next().unwrap(), words.next().unwrap());
+        let engine = Engine::builder()
+            .path(std::path::Path::new(dir).join("store"))
+            .register(napping)
+            .open()
+            .await
+            .unwrap();
+        engine.pause(id).await.unwrap();
+        std::process::abort();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Engine::builder()
+            .path(dir.path().join("store"))
+            .register(napping)
+            .open()
+    };
+    let engine = open().await.unwrap();
+    let _handle = engine.start(napping, "nap-1", ()).await.unwrap();
+    engine.shutdown().await;
+    child_acts(
+        "a_pause_survives_a_crash_right_after_it_returns",
+        "pause",
+        dir.path(),
+        "nap-1",
+    );
+    let engine = open().await.unwrap();
+    assert!(matches!(
+        engine.status("nap-1").await.unwrap(),
+        Status::Paused { .. }
+    ));
+    // Its two-second nap is long over by the time the hang guard would
+    // trip; paused, it never runs on: the step after it has no checkpoint.
+    let history = engine.history("nap-1").await.unwrap();
+    assert!(
+        history.steps.iter().all(|s| s.name != "after-nap"),
+        "{history:?}"
+    );
+    assert!(kinds(&history).contains(&"Paused".to_string()));
+    engine.unpause("nap-1").await.unwrap();
+    let handle = engine.attach(napping, "nap-1").await.unwrap();
+    assert_eq!(guarded("the result", handle.result()).await.unwrap(), Ok(2));
+    engine.shutdown().await;
+}

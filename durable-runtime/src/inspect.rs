@@ -94,6 +94,13 @@ pub enum Status {
         /// The site and the change, in words.
         reason: String,
     },
+    /// Paused with [`Engine::pause`](crate::Engine::pause): unfinished, no
+    /// new step starts and a parked instance is not woken until
+    /// [`Engine::unpause`](crate::Engine::unpause).
+    Paused {
+        /// When it was paused.
+        since: SystemTime,
+    },
 }
 
 /// One change of an instance's status.
@@ -143,6 +150,18 @@ pub enum TransitionKind {
         by: String,
         /// The status it had (`cancelled`, `blocked`, ..).
         from: String,
+    },
+    /// An operator paused the instance with
+    /// [`Engine::pause`](crate::Engine::pause).
+    Paused {
+        /// Who did it.
+        by: String,
+    },
+    /// An operator unpaused the instance with
+    /// [`Engine::unpause`](crate::Engine::unpause).
+    Unpaused {
+        /// Who did it.
+        by: String,
     },
 }
 
@@ -293,6 +312,9 @@ pub(crate) fn stored_status(
     record: &InstanceRecord,
     park: Option<&crate::records::ParkRecord>,
 ) -> Status {
+    if let Some(since) = record.paused_since() {
+        return Status::Paused { since: time(since) };
+    }
     if record.state == InstanceState::Running
         && let Some(park) = park
     {
@@ -397,6 +419,8 @@ pub(crate) fn history_of(
                     by: by.clone(),
                     from: from.clone(),
                 },
+                StoredKind::Paused { by } => TransitionKind::Paused { by: by.clone() },
+                StoredKind::Unpaused { by } => TransitionKind::Unpaused { by: by.clone() },
             },
         })
         .collect();

@@ -191,6 +191,41 @@ pub(crate) enum TransitionKind {
         by: String,
         from: String,
     },
+    /// Paused with `Engine::pause`: no new step starts, a parked instance
+    /// is not woken, until `Unpaused`.
+    Paused {
+        by: String,
+    },
+    /// Unpaused with `Engine::unpause`.
+    Unpaused {
+        by: String,
+    },
+}
+
+impl InstanceRecord {
+    /// When the instance was paused, if it is paused now: unfinished, and
+    /// its last pause is not followed by an unpause or a reopening.
+    pub(crate) fn paused_since(&self) -> Option<u64> {
+        if matches!(
+            self.state,
+            InstanceState::Completed { .. }
+                | InstanceState::Returned { .. }
+                | InstanceState::Failed { .. }
+                | InstanceState::Cancelled
+        ) {
+            return None;
+        }
+        for t in self.transitions.iter().rev() {
+            match t.kind {
+                TransitionKind::Paused { .. } => return Some(t.at_ms),
+                TransitionKind::Unpaused { .. }
+                | TransitionKind::Retried { .. }
+                | TransitionKind::Reopened { .. } => return None,
+                _ => {}
+            }
+        }
+        None
+    }
 }
 
 /// A failed checkpoint set aside by `Engine::retry`: kept in the history

@@ -316,6 +316,8 @@ where
     E: Serialize + DeserializeOwned + std::fmt::Debug,
 {
     let (name, occurrence) = (site.name, site.at.occurrence());
+    // While the instance is paused, no new step starts.
+    ctx.signals.unpaused().await;
     // A running step keeps the instance from parking.
     let _busy = ctx.signals.busy();
     let policy = policy.unwrap_or(ctx.policy);

@@ -59,6 +59,11 @@ struct State {
     parked: ParkTable,
     /// Parked instances whose awaited event arrived: claimable.
     ready: Vec<String>,
+    /// Paused instances: never claimed.
+    paused: std::collections::HashSet<String>,
+    /// Paused instances that came due (or were runnable) while paused:
+    /// claimable once unpaused.
+    held: Vec<String>,
     /// Unfinished instances found at open, for the first claim round:
     /// (id bytes, resumes without progress).
     pending: Option<Vec<(Vec<u8>, u32)>>,
@@ -196,6 +201,16 @@ impl Embedded {
                     continue;
                 }
             };
+            if record.paused_since().is_some() {
+                // Not run while paused; a parked one keeps its timer entry
+                // (held when it comes due).
+                let mut state = self.state();
+                state.paused.insert(id.clone());
+                if !state.parked.contains(&id) {
+                    state.held.push(id);
+                }
+                continue;
+            }
             if let InstanceState::NeedsAttention { error } = &record.state {
                 let reason = format!("needs attention: {error}");
                 round.passed_over.push((id, Err(reason)));
@@ -388,7 +403,7 @@ impl Backend for Embedded {
             let Some(record) = self.journal.load(id)? else {
                 return Ok(None);
             };
-            if ensure_unfinished(id, &record.state).is_err() {
+            if ensure_unfinished(id, &record.state).is_err() || self.state().paused.contains(id) {
                 return Ok(None);
             }
             let recoveries = self.journal.recoveries(id)?;
@@ -412,6 +427,10 @@ impl Backend for Embedded {
                 let mut woken: Vec<String> = std::mem::take(&mut state.ready);
                 let now = self.clock.now_ms();
                 woken.extend(state.parked.take_due(now).iter().map(|id| id.to_string()));
+                // Paused: held until unpaused.
+                let (held, woken): (Vec<String>, Vec<String>) =
+                    woken.into_iter().partition(|id| state.paused.contains(id));
+                state.held.extend(held);
                 woken
             };
             for (i, id) in woken.iter().enumerate() {
@@ -570,6 +589,45 @@ impl Backend for Embedded {
             }
             self.state().ready.push(id.to_string());
             self.notify(Notice::Ready);
+            Ok(true)
+        })
+    }
+
+    fn set_paused<'a>(
+        &'a self,
+        id: &'a str,
+        paused: bool,
+        update: &'a (dyn Fn(InstanceRecord) -> Option<InstanceRecord> + Send + Sync),
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let _gate = self.gate.lock().await;
+            let _stripe = self.stripe(id).lock().await;
+            let record = self.journal.load(id)?.ok_or_else(|| not_found(id))?;
+            ensure_unfinished(id, &record.state)?;
+            let Some(record) = update(record) else {
+                return Ok(false);
+            };
+            let recoveries = self.journal.recoveries(id)?;
+            self.journal
+                .commit_record(id, &record, Some(recoveries))
+                .await?;
+            {
+                let mut state = self.state();
+                if paused {
+                    state.paused.insert(id.to_string());
+                } else {
+                    state.paused.remove(id);
+                    let held = state.held.len();
+                    state.held.retain(|h| h != id);
+                    if state.held.len() < held {
+                        state.ready.push(id.to_string());
+                    }
+                }
+            }
+            self.notify(Notice::Paused { id: id.to_string() });
+            if !paused {
+                self.notify(Notice::Ready);
+            }
             Ok(true)
         })
     }

@@ -158,6 +158,8 @@ pub(crate) enum Notice {
     Cancelled { id: String },
     /// Instance `id` finished or was set aside (handles elsewhere re-read it).
     Ended { id: String },
+    /// Instance `id` was paused or unpaused (its owner looks at the record).
+    Paused { id: String },
 }
 
 /// What the engine needs from durable storage.
@@ -267,6 +269,23 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// `Ready` hint). Returns whether it wrote. `NotFound` is the backend's
     /// error; `decide` refuses with its own.
     fn reopen<'a>(&'a self, id: &'a str, decide: Reopen<'a>) -> BoxFuture<'a, Result<bool>>;
+
+    /// Pauses (`paused`) or unpauses unfinished instance `id`: under the
+    /// instance's lock, `update` gets its record and returns it with the
+    /// transition saying so, or `None` when it already is as asked (nothing
+    /// is written). The record is written durably; the epoch does not move
+    /// (an owner finishes the step it runs, and starts no other while
+    /// paused: the engine's `Paused` hint tells it). While paused, no claim
+    /// takes the instance: a parked one stays parked whatever its timer or
+    /// events; after an unpause, one that came due meanwhile (or that was
+    /// not parked) is claimable at once. Returns whether it wrote.
+    /// `NotFound` and `InstanceFinished` are the backend's errors.
+    fn set_paused<'a>(
+        &'a self,
+        id: &'a str,
+        paused: bool,
+        update: &'a (dyn Fn(InstanceRecord) -> Option<InstanceRecord> + Send + Sync),
+    ) -> BoxFuture<'a, Result<bool>>;
 
     // --- store-wide ---
 

@@ -175,6 +175,10 @@ impl Core {
             }
             tracing::info!("instance resumed");
         }
+        slot.signals.paused.store(
+            record.paused_since().is_some(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         let policy = erased.policy().unwrap_or(self.config.retry);
         slot.signals
             .waiting
@@ -263,6 +267,7 @@ impl Core {
         lease: Lease,
         outcome: Result<(Vec<u8>, bool)>,
     ) -> Result<Vec<u8>> {
+        self.fresh_transitions(id, &mut record).await;
         match outcome {
             Ok((output, is_err)) => {
                 record.state = InstanceState::Returned {
@@ -297,6 +302,7 @@ impl Core {
         lease: Lease,
         error: Error,
     ) -> Result<Vec<u8>> {
+        self.fresh_transitions(id, &mut record).await;
         let text = error.to_string();
         let active = error.blocks().then_some(recoveries);
         let kind =
@@ -350,6 +356,14 @@ impl Core {
                 );
                 Err(error)
             }
+        }
+    }
+
+    /// Takes the stored transitions of `id` into `record` (the owner's copy
+    /// is from its claim; an operator may have recorded a pause since).
+    async fn fresh_transitions(&self, id: &str, record: &mut InstanceRecord) {
+        if let Ok(Some(stored)) = self.services.backend.load(id).await {
+            record.transitions = stored.transitions;
         }
     }
 

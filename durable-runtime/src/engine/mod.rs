@@ -318,6 +318,39 @@ impl Engine {
         self.core.cancel(id).await
     }
 
+    /// Pauses instance `id`, durably: after this returns no new step starts
+    /// (a step running now finishes and is checkpointed), a parked instance
+    /// stays parked (its timer and events are not acted on), and nothing
+    /// resumes it at the next open, until [`unpause`](Self::unpause).
+    /// [`status`](Self::status) shows [`Status::Paused`]; the history has a
+    /// [`TransitionKind::Paused`](crate::TransitionKind::Paused) with who
+    /// did it and when. Events sent meanwhile are stored. Pausing a paused
+    /// instance does nothing.
+    ///
+    /// ```
+    /// # async fn demo(engine: durable_runtime::Engine) -> durable_runtime::Result<()> {
+    /// engine.pause("order-42").await?;
+    /// // .. fix what the next step would break ..
+    /// engine.unpause("order-42").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Errors: [`UsageError::NotFound`](crate::UsageError::NotFound),
+    /// [`UsageError::InstanceFinished`](crate::UsageError::InstanceFinished).
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        self.core.set_paused(id, true).await
+    }
+
+    /// Unpauses instance `id`, durably: it goes on where it stood (a timer
+    /// that came due meanwhile fires at once). Unpausing an instance that is
+    /// not paused does nothing. Errors as for [`pause`](Self::pause).
+    pub async fn unpause(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        self.core.set_paused(id, false).await
+    }
+
     /// Deletes every finished instance (completed, failed, cancelled) that
     /// finished before `finished_before`: its record, checkpoints, events
     /// and index entries, so the store stops growing with old history.

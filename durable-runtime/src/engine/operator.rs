@@ -163,6 +163,40 @@ impl Core {
 }
 
 impl Core {
+    /// Pauses (`paused`) or unpauses instance `id`; see `Engine::pause`.
+    pub(super) async fn set_paused(&self, id: &str, paused: bool) -> Result<()> {
+        let by = operator();
+        let update = |mut record: InstanceRecord| {
+            if record.paused_since().is_some() == paused {
+                return None;
+            }
+            let kind = if paused {
+                TransitionKind::Paused { by: by.clone() }
+            } else {
+                TransitionKind::Unpaused { by: by.clone() }
+            };
+            self.push_transition(&mut record, kind);
+            Some(record)
+        };
+        let wrote = self
+            .services
+            .backend
+            .set_paused(id, paused, &update)
+            .await?;
+        // An owner in this process stops before its next step at once (the
+        // hint follows too, for owners elsewhere).
+        if let Some(slot) = self.instances.get(id) {
+            slot.signals
+                .paused
+                .store(paused, std::sync::atomic::Ordering::SeqCst);
+            slot.signals.ring();
+        }
+        if wrote {
+            tracing::info!(durable.instance_id = %id, durable.by = %by, durable.paused = paused, "instance paused or unpaused");
+        }
+        Ok(())
+    }
+
     /// Purges the instances that finished before `before_ms`; see
     /// `Engine::purge`.
     pub(super) async fn purge(&self, before_ms: u64) -> Result<u64> {

@@ -149,6 +149,15 @@ impl Core {
                 self.resolve(&id).await;
             }
             Notice::Ended { id } => self.resolve(&id).await,
+            Notice::Paused { id } => {
+                if let Some(slot) = self.instances.get(&id)
+                    && let Ok(Some(record)) = self.services.backend.load(&id).await
+                {
+                    let paused = record.paused_since().is_some();
+                    slot.signals.paused.store(paused, Ordering::SeqCst);
+                    slot.signals.ring();
+                }
+            }
         }
     }
 
