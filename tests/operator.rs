@@ -797,3 +797,94 @@ async fn a_pause_survives_a_crash_right_after_it_returns() {
     assert_eq!(guarded("the result", handle.result()).await.unwrap(), Ok(2));
     engine.shutdown().await;
 }
+
+// --------------------------------------------------------------- deadline
+
+#[durable]
+async fn slow_flow(_ctx: &Ctx, _: ()) -> Result<u32, String> {
+    step!("begin", Ok::<u32, String>(1))?;
+    sleep!("long-nap", 3 * HOUR);
+    step!("end", Ok::<u32, String>(2))
+}
+
+fn deadline_passed(history: &durable::History) -> bool {
+    history
+        .transitions
+        .iter()
+        .any(|t| matches!(t.kind, durable::TransitionKind::DeadlinePassed { .. }))
+}
+
+#[tokio::test]
+async fn a_parked_instance_is_cancelled_at_its_deadline() {
+    let kit = TestEngine::open(Engine::builder().register(slow_flow))
+        .await
+        .unwrap();
+    let options = durable::StartOptions::new().deadline(HOUR);
+    let handle = kit.start_with(slow_flow, "d-1", (), options).await.unwrap();
+    // Without a deadline the same workflow runs on.
+    let free = kit.start(slow_flow, "d-2", ()).await.unwrap();
+    kit.run_until_idle().await;
+    kit.advance(HOUR - Duration::from_secs(1)).await;
+    assert!(matches!(
+        kit.status("d-1").await.unwrap(),
+        Status::Sleeping { .. }
+    ));
+    kit.advance(Duration::from_secs(1)).await;
+    let ended = guarded("the result", handle.result()).await;
+    assert!(
+        matches!(
+            ended,
+            Err(durable::Error::Instance(
+                InstanceError::DeadlinePassed { .. } | InstanceError::Cancelled { .. }
+            ))
+        ),
+        "{ended:?}"
+    );
+    assert_eq!(kit.status("d-1").await.unwrap(), Status::Cancelled);
+    let history = kit.history("d-1").await.unwrap();
+    assert!(deadline_passed(&history), "{history:?}");
+    assert_eq!(kit.body_runs("end"), 0);
+    kit.advance(2 * HOUR).await;
+    assert_eq!(guarded("the free run", free.result()).await.unwrap(), Ok(2));
+    kit.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_deadline_survives_a_crash_right_after_the_start_returns() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        let mut words = spec.split(' ').skip(1);
+        let (dir, id) = (words.next().unwrap(), words.next().unwrap());
+        let engine = Engine::builder()
+            .path(std::path::Path::new(dir).join("store"))
+            .register(slow_flow)
+            .open()
+            .await
+            .unwrap();
+        let options = durable::StartOptions::new().deadline(Duration::from_secs(2));
+        std::mem::forget(engine.start_with(slow_flow, id, (), options).await.unwrap());
+        std::process::abort();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    child_acts(
+        "a_deadline_survives_a_crash_right_after_the_start_returns",
+        "start",
+        dir.path(),
+        "d-3",
+    );
+    let engine = Engine::builder()
+        .path(dir.path().join("store"))
+        .register(slow_flow)
+        .open()
+        .await
+        .unwrap();
+    wait_until("the deadline cancels it", async || {
+        match engine.status("d-3").await {
+            Ok(Status::Cancelled) => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+    let history = engine.history("d-3").await.unwrap();
+    assert!(deadline_passed(&history), "{history:?}");
+    engine.shutdown().await;
+}

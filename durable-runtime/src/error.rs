@@ -364,6 +364,16 @@ pub enum InstanceError {
         /// Why it was set aside.
         reason: String,
     },
+    /// The instance's deadline ([`StartOptions::deadline`](crate::StartOptions::deadline))
+    /// passed before it finished: it was cancelled (its status is
+    /// [`Status::Cancelled`](crate::Status::Cancelled), its history says why).
+    #[error("instance {instance:?} was cancelled: its deadline passed")]
+    DeadlinePassed {
+        /// The instance id.
+        instance: String,
+        /// The deadline, in milliseconds since the Unix epoch.
+        deadline_ms: u64,
+    },
     /// The instance was cancelled with [`Engine::cancel`](crate::Engine::cancel).
     #[error("instance {instance:?} was cancelled")]
     Cancelled {
@@ -431,6 +441,7 @@ impl Error {
                     | InstanceError::StepTimedOut { .. }
                     | InstanceError::Failed { .. }
                     | InstanceError::Cancelled { .. }
+                    | InstanceError::DeadlinePassed { .. }
                     | InstanceError::DuplicateKey { .. }
             ) | Error::Replay(ReplayError::ValueTooLarge { .. })
         )

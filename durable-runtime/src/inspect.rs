@@ -163,6 +163,17 @@ pub enum TransitionKind {
         /// Who did it.
         by: String,
     },
+    /// The instance was started with a deadline
+    /// ([`StartOptions::deadline`](crate::StartOptions::deadline)).
+    Deadline {
+        /// When it is cancelled unless finished.
+        at: SystemTime,
+    },
+    /// Its deadline passed before it finished: it was cancelled.
+    DeadlinePassed {
+        /// The deadline.
+        at: SystemTime,
+    },
 }
 
 /// A failed step occurrence that [`Engine::retry`](crate::Engine::retry)
@@ -421,6 +432,10 @@ pub(crate) fn history_of(
                 },
                 StoredKind::Paused { by } => TransitionKind::Paused { by: by.clone() },
                 StoredKind::Unpaused { by } => TransitionKind::Unpaused { by: by.clone() },
+                StoredKind::Deadline { at_ms } => TransitionKind::Deadline { at: time(*at_ms) },
+                StoredKind::DeadlinePassed { at_ms } => {
+                    TransitionKind::DeadlinePassed { at: time(*at_ms) }
+                }
             },
         })
         .collect();

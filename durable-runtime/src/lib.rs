@@ -82,7 +82,7 @@ pub use context::{Ctx, permanent};
 pub use crash::CRASH_POINTS;
 pub use engine::{
     DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, Handle, Incompatibility,
-    RecoveryReport,
+    RecoveryReport, StartOptions,
 };
 pub use error::{Error, InstanceError, ReplayError, Result, StoreError, UsageError};
 pub use future::BoxFuture;

@@ -200,9 +200,25 @@ pub(crate) enum TransitionKind {
     Unpaused {
         by: String,
     },
+    /// The instance's deadline (`StartOptions::deadline`), recorded at start.
+    Deadline {
+        at_ms: u64,
+    },
+    /// Its deadline passed before it finished: it was cancelled.
+    DeadlinePassed {
+        at_ms: u64,
+    },
 }
 
 impl InstanceRecord {
+    /// The instance's deadline, if it was started with one.
+    pub(crate) fn deadline_ms(&self) -> Option<u64> {
+        self.transitions.iter().find_map(|t| match t.kind {
+            TransitionKind::Deadline { at_ms } => Some(at_ms),
+            _ => None,
+        })
+    }
+
     /// When the instance was paused, if it is paused now: unfinished, and
     /// its last pause is not followed by an unpause or a reopening.
     pub(crate) fn paused_since(&self) -> Option<u64> {

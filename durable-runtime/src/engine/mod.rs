@@ -61,6 +61,33 @@ pub(crate) struct Core {
     runtime: tokio::runtime::Handle,
 }
 
+/// Options of [`Engine::start_with`].
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct StartOptions {
+    deadline: Option<std::time::Duration>,
+}
+
+impl StartOptions {
+    /// No options: as [`Engine::start`].
+    pub fn new() -> Self {
+        StartOptions::default()
+    }
+
+    /// A whole-workflow deadline, `after` from the start on the engine's
+    /// clock: if the instance has not finished by then it is cancelled
+    /// where it stands (a step running then is dropped; a parked instance
+    /// is woken for it), with status [`Status::Cancelled`] and
+    /// [`TransitionKind::DeadlinePassed`](crate::TransitionKind::DeadlinePassed)
+    /// in its history; its handles return
+    /// [`InstanceError::DeadlinePassed`](crate::InstanceError::DeadlinePassed)
+    /// or [`InstanceError::Cancelled`](crate::InstanceError::Cancelled).
+    pub fn deadline(mut self, after: std::time::Duration) -> Self {
+        self.deadline = Some(after);
+        self
+    }
+}
+
 /// Runs workflows durably. Cheap to clone; all clones share one store.
 #[derive(Clone)]
 pub struct Engine {
@@ -95,14 +122,51 @@ impl Engine {
         id: impl Into<String>,
         input: In<I>,
     ) -> Result<Handle<Out<I>>> {
+        self.start_with(workflow, id, input, StartOptions::new())
+            .await
+    }
+
+    /// [`start`](Self::start) with options: a whole-workflow deadline.
+    /// The options are recorded with the instance when it is created (a
+    /// start that attaches to an existing instance does not change them).
+    ///
+    /// ```
+    /// # use durable_runtime::{Engine, IntoWorkflow, Workflow};
+    /// # async fn demo<W: IntoWorkflow>(engine: Engine, checkout: W, input: <W::Workflow as Workflow>::Input)
+    /// # -> durable_runtime::Result<()> {
+    /// use std::time::Duration;
+    /// use durable_runtime::StartOptions;
+    ///
+    /// // Cancelled (status Cancelled, TransitionKind::DeadlinePassed in its
+    /// // history) unless it finished within a day, parked or not.
+    /// let options = StartOptions::new().deadline(Duration::from_secs(86_400));
+    /// let handle = engine.start_with(checkout, "order-42", input, options).await?;
+    /// # drop(handle);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn start_with<I: IntoWorkflow>(
+        &self,
+        workflow: I,
+        id: impl Into<String>,
+        input: In<I>,
+        options: StartOptions,
+    ) -> Result<Handle<Out<I>>> {
         let _ = workflow;
         type W<I> = <I as IntoWorkflow>::Workflow;
         let id = id.into();
         validate_id(&id)?;
         let erased = self.core.registry.get::<W<I>>()?;
         let input = self.core.services.encode_value(&id, "input", &input)?;
+        let deadline = options.deadline.map(|d| {
+            self.core
+                .services
+                .clock
+                .now_ms()
+                .saturating_add(crate::time::duration_ms(d))
+        });
         let done = Arc::clone(&self.core)
-            .start_or_attach(W::<I>::NAME, erased, id.clone(), input, false)
+            .start_or_attach(W::<I>::NAME, erased, id.clone(), input, false, deadline)
             .await?;
         Ok(Handle::new(id, done, &self.core))
     }
@@ -182,7 +246,7 @@ impl Engine {
             self.core.reopen_cancelled(&id).await?;
         }
         let done = Arc::clone(&self.core)
-            .start_or_attach(W::<I>::NAME, erased, id.clone(), record.input, manual)
+            .start_or_attach(W::<I>::NAME, erased, id.clone(), record.input, manual, None)
             .await?;
         Ok(Handle::new(id, done, &self.core))
     }
