@@ -888,3 +888,116 @@ async fn a_deadline_survives_a_crash_right_after_the_start_returns() {
     assert!(deadline_passed(&history), "{history:?}");
     engine.shutdown().await;
 }
+
+// ------------------------------------------------------------------- fork
+
+static FORK_RUNS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+#[durable]
+async fn pipeline(ctx: &Ctx, base: u32) -> Result<u32, String> {
+    let id = ctx.id().to_string();
+    let a = step!("load", {
+        FORK_RUNS.lock().unwrap().push(format!("{id} load"));
+        Ok::<u32, String>(base)
+    })?;
+    let b = step!("transform", {
+        FORK_RUNS.lock().unwrap().push(format!("{id} transform"));
+        Ok::<u32, String>(a * 10)
+    })?;
+    step!("save", {
+        FORK_RUNS.lock().unwrap().push(format!("{id} save"));
+        Ok::<u32, String>(b + 1)
+    })
+}
+
+fn runs_of(id: &str) -> Vec<String> {
+    FORK_RUNS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.split(' ').next() == Some(id))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn fork_replays_the_steps_before_the_named_one_and_runs_the_rest() {
+    let kit = TestEngine::open(Engine::builder().register(pipeline))
+        .await
+        .unwrap();
+    assert_eq!(kit.run(pipeline, "f-1", 4).await.unwrap(), Ok(41));
+    kit.fork("f-1", "transform", "f-1-again").await.unwrap();
+    // Twice is once.
+    kit.fork("f-1", "transform", "f-1-again").await.unwrap();
+    let handle = kit.attach(pipeline, "f-1-again").await.unwrap();
+    assert_eq!(guarded("the fork", handle.result()).await.unwrap(), Ok(41));
+    assert_eq!(
+        runs_of("f-1-again"),
+        ["f-1-again transform", "f-1-again save"]
+    );
+    let history = kit.history("f-1-again").await.unwrap();
+    assert!(
+        history.transitions.iter().any(|t| matches!(
+            &t.kind,
+            durable::TransitionKind::Forked { from, step, .. } if from == "f-1" && step == "transform"
+        )),
+        "{history:?}"
+    );
+    assert_eq!(history.steps.len(), 3);
+    // The source is unchanged; a step it never recorded is refused.
+    assert_eq!(kit.history("f-1").await.unwrap().steps.len(), 3);
+    let missing = kit.fork("f-1", "publish", "f-1-x").await.unwrap_err();
+    assert!(
+        matches!(
+            missing,
+            durable::Error::Usage(durable::UsageError::NoSuchStep { .. })
+        ),
+        "{missing:?}"
+    );
+    let taken = kit.fork("f-1", "save", "f-1").await.unwrap_err();
+    assert!(
+        matches!(
+            taken,
+            durable::Error::Usage(durable::UsageError::IdConflict { .. })
+        ),
+        "{taken:?}"
+    );
+    kit.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_fork_survives_a_crash_right_after_it_returns() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        let mut words = spec.split(' ').skip(1);
+        let (dir, id) = (words.next().unwrap(), words.next().unwrap());
+        // No workflow registered: the fork is recorded, nothing runs here.
+        let engine = Engine::builder()
+            .path(std::path::Path::new(dir).join("store"))
+            .open()
+            .await
+            .unwrap();
+        engine.fork(id, "save", "forked").await.unwrap();
+        std::process::abort();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Engine::builder()
+            .path(dir.path().join("store"))
+            .register(pipeline)
+            .open()
+    };
+    let engine = open().await.unwrap();
+    assert_eq!(engine.run(pipeline, "src", 2).await.unwrap(), Ok(21));
+    engine.shutdown().await;
+    child_acts(
+        "a_fork_survives_a_crash_right_after_it_returns",
+        "fork",
+        dir.path(),
+        "src",
+    );
+    let engine = open().await.unwrap();
+    let handle = engine.attach(pipeline, "forked").await.unwrap();
+    assert_eq!(guarded("the fork", handle.result()).await.unwrap(), Ok(21));
+    assert_eq!(runs_of("forked"), ["forked save"]);
+    engine.shutdown().await;
+}

@@ -130,6 +130,15 @@ pub enum UsageError {
         /// What differs: the other workflow's name, or "a different input".
         existing: String,
     },
+    /// [`Engine::fork`](crate::Engine::fork) was asked to fork from a step
+    /// the instance has not recorded.
+    #[error("instance {instance:?} has recorded no step {step:?} to fork from")]
+    NoSuchStep {
+        /// The instance id.
+        instance: String,
+        /// The step's name.
+        step: String,
+    },
     /// No instance has this id.
     #[error("no instance {id:?}")]
     NotFound {

@@ -174,6 +174,16 @@ pub enum TransitionKind {
         /// The deadline.
         at: SystemTime,
     },
+    /// Created by [`Engine::fork`](crate::Engine::fork): it replays the
+    /// checkpoints instance `from` recorded before step `step`.
+    Forked {
+        /// The instance it was forked from.
+        from: String,
+        /// The first step it runs again.
+        step: String,
+        /// Who did it.
+        by: String,
+    },
 }
 
 /// A failed step occurrence that [`Engine::retry`](crate::Engine::retry)
@@ -436,6 +446,11 @@ pub(crate) fn history_of(
                 StoredKind::DeadlinePassed { at_ms } => {
                     TransitionKind::DeadlinePassed { at: time(*at_ms) }
                 }
+                StoredKind::Forked { from, step, by } => TransitionKind::Forked {
+                    from: from.clone(),
+                    step: step.clone(),
+                    by: by.clone(),
+                },
             },
         })
         .collect();

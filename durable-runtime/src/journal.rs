@@ -63,9 +63,26 @@ impl Journal {
     }
 
     /// Records a new instance: its record, its entry among the unfinished,
-    /// and its place in the creation-time index.
-    pub(crate) async fn create(&self, id: &str, record: &InstanceRecord) -> Result<()> {
+    /// its place in the creation-time index, and `checkpoints` (a fork's),
+    /// in one atomic batch.
+    pub(crate) async fn create_with(
+        &self,
+        id: &str,
+        record: &InstanceRecord,
+        checkpoints: &[CheckpointRecord],
+    ) -> Result<()> {
         let mut batch = self.record_batch(id, record, Some(0))?;
+        for c in checkpoints {
+            let key = match &c.key {
+                Some((key, _)) => keyed_key(id, &c.name, key),
+                None => occurrence_key(id, &c.name, c.occurrence),
+            };
+            batch.put(
+                Tree::Checkpoints,
+                key,
+                encode(c, id, "a checkpoint record")?,
+            );
+        }
         batch.put(
             Tree::Created,
             created_key(record.created_at_ms, id),

@@ -208,6 +208,13 @@ pub(crate) enum TransitionKind {
     DeadlinePassed {
         at_ms: u64,
     },
+    /// Created by `Engine::fork` from instance `from`, replaying its
+    /// checkpoints recorded before step `step`.
+    Forked {
+        from: String,
+        step: String,
+        by: String,
+    },
 }
 
 impl InstanceRecord {

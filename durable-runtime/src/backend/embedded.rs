@@ -336,13 +336,22 @@ impl Backend for Embedded {
         id: &'a str,
         record: &'a InstanceRecord,
     ) -> BoxFuture<'a, Result<Created>> {
+        self.create_with(id, record, &[])
+    }
+
+    fn create_with<'a>(
+        &'a self,
+        id: &'a str,
+        record: &'a InstanceRecord,
+        checkpoints: &'a [CheckpointRecord],
+    ) -> BoxFuture<'a, Result<Created>> {
         Box::pin(async move {
             let _stripe = self.stripe(id).lock().await;
             if let Some(existing) = self.journal.load(id)? {
                 return Ok(Created::Exists(existing));
             }
             let lease = self.own(&mut self.state(), id);
-            if let Err(e) = self.journal.create(id, record).await {
+            if let Err(e) = self.journal.create_with(id, record, checkpoints).await {
                 self.state().owned.remove(id);
                 return Err(e);
             }

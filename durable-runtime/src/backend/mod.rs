@@ -173,6 +173,15 @@ pub(crate) trait Backend: Send + Sync + 'static {
         record: &'a InstanceRecord,
     ) -> BoxFuture<'a, Result<Created>>;
 
+    /// [`create`](Self::create) with `checkpoints` written in the same
+    /// atomic batch (a fork: the new instance replays them).
+    fn create_with<'a>(
+        &'a self,
+        id: &'a str,
+        record: &'a InstanceRecord,
+        checkpoints: &'a [CheckpointRecord],
+    ) -> BoxFuture<'a, Result<Created>>;
+
     /// The record of instance `id`, if it exists.
     fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<InstanceRecord>>>;
 

@@ -382,6 +382,34 @@ impl Engine {
         self.core.cancel(id).await
     }
 
+    /// Forks instance `id` from its step `from_step` as a new instance
+    /// `new_id`, durably: the new instance has the same workflow (and
+    /// version) and input, replays the checkpoints `id` recorded before the
+    /// first occurrence of `from_step` (in history order), and runs the rest
+    /// for real, here if this engine has its workflow. The source is not
+    /// changed. The new instance's history starts with
+    /// [`TransitionKind::Forked`](crate::TransitionKind::Forked) (from, step,
+    /// who). Forking again with the same arguments does nothing.
+    ///
+    /// ```
+    /// # async fn demo(engine: durable_runtime::Engine) -> durable_runtime::Result<()> {
+    /// // Run order-42 again from its "charge" step, keeping what came before.
+    /// engine.fork("order-42", "charge", "order-42-retry-1").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Errors: [`UsageError::NotFound`](crate::UsageError::NotFound),
+    /// [`UsageError::NoSuchStep`](crate::UsageError::NoSuchStep) when `id`
+    /// recorded no such step,
+    /// [`UsageError::IdConflict`](crate::UsageError::IdConflict) when
+    /// `new_id` names another instance.
+    pub async fn fork(&self, id: &str, from_step: &str, new_id: &str) -> Result<()> {
+        validate_id(id)?;
+        validate_id(new_id)?;
+        self.core.fork(id, from_step, new_id).await
+    }
+
     /// Pauses instance `id`, durably: after this returns no new step starts
     /// (a step running now finishes and is checkpointed), a parked instance
     /// stays parked (its timer and events are not acted on), and nothing

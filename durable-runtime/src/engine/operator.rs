@@ -163,6 +163,98 @@ impl Core {
 }
 
 impl Core {
+    /// Forks instance `id` from step `step` as `new_id`; see `Engine::fork`.
+    pub(super) async fn fork(self: &Arc<Self>, id: &str, step: &str, new_id: &str) -> Result<()> {
+        let backend = &self.services.backend;
+        let source = backend
+            .load(id)
+            .await?
+            .ok_or_else(|| Error::Usage(UsageError::NotFound { id: id.to_string() }))?;
+        let checkpoints = backend.checkpoints(id).await?;
+        let cut = checkpoints
+            .iter()
+            .filter(|c| c.name == step)
+            .map(|c| c.seq)
+            .min()
+            .ok_or_else(|| {
+                Error::Usage(UsageError::NoSuchStep {
+                    instance: id.to_string(),
+                    step: step.to_string(),
+                })
+            })?;
+        // Only what the source recorded before the step, and only finished
+        // outcomes: a step still retrying there starts afresh here.
+        let kept: Vec<CheckpointRecord> = checkpoints
+            .into_iter()
+            .filter(|c| c.seq < cut && !matches!(c.state, CheckpointState::Retrying { .. }))
+            .collect();
+        let by = operator();
+        let now = self.services.clock.now_ms();
+        let record = InstanceRecord {
+            workflow: source.workflow.clone(),
+            version: source.version,
+            manifest: source.manifest,
+            input: source.input.clone(),
+            state: InstanceState::Running,
+            created_at_ms: now,
+            transitions: vec![
+                crate::records::TransitionRecord {
+                    at_ms: now,
+                    kind: TransitionKind::Started,
+                },
+                crate::records::TransitionRecord {
+                    at_ms: now,
+                    kind: TransitionKind::Forked {
+                        from: id.to_string(),
+                        step: step.to_string(),
+                        by: by.clone(),
+                    },
+                },
+            ],
+        };
+        let lease = match backend.create_with(new_id, &record, &kept).await? {
+            crate::backend::Created::New(lease) => lease,
+            crate::backend::Created::Exists(existing) => {
+                // The same fork again is the same fork.
+                let same = existing.transitions.iter().any(|t| {
+                    matches!(&t.kind, TransitionKind::Forked { from, step: s, .. } if from == id && s == step)
+                });
+                return if same {
+                    Ok(())
+                } else {
+                    Err(Error::Usage(UsageError::IdConflict {
+                        id: new_id.to_string(),
+                        existing: format!(
+                            "workflow {:?}, not a fork of {id:?} from {step:?}",
+                            existing.workflow
+                        ),
+                    }))
+                };
+            }
+        };
+        tracing::info!(durable.instance_id = %new_id, durable.from = %id, durable.step = %step, durable.by = %by, "instance forked");
+        match self.registry.for_record(&record) {
+            Some((workflow, erased)) => {
+                let slot = super::instances::Slot::new(workflow, record.input.clone(), true);
+                self.instances
+                    .lock()
+                    .insert(new_id.to_string(), Arc::clone(&slot));
+                Arc::clone(self).spawn(
+                    new_id.to_string(),
+                    erased,
+                    record,
+                    super::driver::Begin::Fresh,
+                    slot,
+                    lease,
+                );
+            }
+            // Not run here: it runs in the next engine that opens the
+            // store with its workflow.
+            None => backend.release(new_id, lease).await?,
+        }
+        Ok(())
+    }
+
     /// Pauses (`paused`) or unpauses instance `id`; see `Engine::pause`.
     pub(super) async fn set_paused(&self, id: &str, paused: bool) -> Result<()> {
         let by = operator();
