@@ -1001,3 +1001,38 @@ async fn a_fork_survives_a_crash_right_after_it_returns() {
     assert_eq!(runs_of("forked"), ["forked save"]);
     engine.shutdown().await;
 }
+
+#[durable(timeout = "1h")]
+async fn bounded(_ctx: &Ctx, _: ()) -> Result<u32, String> {
+    sleep!("too-long", 2 * HOUR);
+    Ok(1)
+}
+
+#[tokio::test]
+async fn a_workflow_timeout_in_the_attribute_cancels_its_instances() {
+    let kit = TestEngine::open(Engine::builder().register(bounded))
+        .await
+        .unwrap();
+    let handle = kit.start(bounded, "b-1", ()).await.unwrap();
+    // A start option overrides the attribute.
+    let longer = kit
+        .start_with(
+            bounded,
+            "b-2",
+            (),
+            durable::StartOptions::new().deadline(3 * HOUR),
+        )
+        .await
+        .unwrap();
+    kit.run_until_idle().await;
+    kit.advance(HOUR).await;
+    assert!(guarded("the result", handle.result()).await.is_err());
+    assert_eq!(kit.status("b-1").await.unwrap(), Status::Cancelled);
+    assert!(deadline_passed(&kit.history("b-1").await.unwrap()));
+    kit.advance(HOUR).await;
+    assert_eq!(
+        guarded("the longer one", longer.result()).await.unwrap(),
+        Ok(1)
+    );
+    kit.shutdown().await;
+}

@@ -244,6 +244,9 @@ fn workflow_fn(
         .version
         .as_ref()
         .map(|v| quote!(const VERSION: u32 = #v;));
+    let timeout = args
+        .timeout_ms
+        .map(|ms| quote!(const TIMEOUT_MS: ::core::option::Option<u64> = ::core::option::Option::Some(#ms);));
     quote! {
         #(#cfgs)*
         #[doc = #doc]
@@ -258,6 +261,7 @@ fn workflow_fn(
             type Output = #output;
             const NAME: &'static str = #name;
             #version
+            #timeout
             const SITES: &'static [#decl] = &[#(#sites),*];
             #retry_policy
             #run

@@ -57,6 +57,10 @@ use proc_macro::TokenStream;
 /// - `version = N`: the workflow's version (1 by default). Register several
 ///   versions of one name side by side; an instance runs on the version it
 ///   started on.
+/// - `timeout = "3d"`: a whole-workflow deadline for each instance, a
+///   number and a unit (`ms`, `s`, `m`, `h`, `d`), checked at compile time:
+///   an instance not finished that long after its start is cancelled (see
+///   `StartOptions::deadline`, which overrides it for one start).
 /// - `allow = "nondeterminism"`: no determinism warnings for this fn (the
 ///   macro warns at `SystemTime::now()`, `Instant::now()`, `rand::..`,
 ///   `std::env::var`, `tokio::time::sleep`, `Uuid::new_v4()` outside step

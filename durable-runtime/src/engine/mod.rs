@@ -158,13 +158,16 @@ impl Engine {
         validate_id(&id)?;
         let erased = self.core.registry.get::<W<I>>()?;
         let input = self.core.services.encode_value(&id, "input", &input)?;
-        let deadline = options.deadline.map(|d| {
-            self.core
-                .services
-                .clock
-                .now_ms()
-                .saturating_add(crate::time::duration_ms(d))
-        });
+        let deadline = options
+            .deadline
+            .or(W::<I>::TIMEOUT_MS.map(std::time::Duration::from_millis))
+            .map(|d| {
+                self.core
+                    .services
+                    .clock
+                    .now_ms()
+                    .saturating_add(crate::time::duration_ms(d))
+            });
         let done = Arc::clone(&self.core)
             .start_or_attach(W::<I>::NAME, erased, id.clone(), input, false, deadline)
             .await?;
