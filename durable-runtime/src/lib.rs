@@ -87,13 +87,13 @@ pub use crash::CRASH_POINTS;
 pub use engine::admin::{STATUS_KINDS, parse_status, status_json, status_name};
 pub use engine::{
     DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, Handle, Incompatibility,
-    RecoveryReport,
+    RecoveryReport, StartOptions,
 };
 pub use error::{Error, InstanceError, ReplayError, Result, StoreError, UsageError};
 pub use future::BoxFuture;
 pub use ids::MAX_ID_LEN;
 pub use inspect::{
-    History, RunningStep, Status, StepOutcome, StepRecord, Transition, TransitionKind,
+    History, RunningStep, SetAsideStep, Status, StepOutcome, StepRecord, Transition, TransitionKind,
 };
 pub use listing::{Cursor, InstanceSummary, InvalidCursor, ListFilter, Page, StatusKind};
 pub use retry::RetryPolicy;

@@ -43,17 +43,19 @@ pub fn status_name(kind: StatusKind) -> &'static str {
         StatusKind::Failed => "failed",
         StatusKind::Cancelled => "cancelled",
         StatusKind::Incompatible => "incompatible",
+        StatusKind::Paused => "paused",
     }
 }
 
 /// Every status kind, in the order listings count them.
-pub const STATUS_KINDS: [StatusKind; 9] = [
+pub const STATUS_KINDS: [StatusKind; 10] = [
     StatusKind::Running,
     StatusKind::Sleeping,
     StatusKind::Waiting,
     StatusKind::Blocked,
     StatusKind::NeedsAttention,
     StatusKind::Incompatible,
+    StatusKind::Paused,
     StatusKind::Completed,
     StatusKind::Failed,
     StatusKind::Cancelled,
@@ -101,6 +103,9 @@ pub fn status_json(status: &Status) -> Value {
         Status::Waiting { event, until } => {
             out.insert("event".into(), event.clone().into());
             out.insert("until_ms".into(), json!(until.map(ms)));
+        }
+        Status::Paused { since } => {
+            out.insert("since_ms".into(), ms(*since).into());
         }
         Status::Cancelled => {}
     }
@@ -321,8 +326,23 @@ impl Engine {
                             ("needs-attention", Some(error))
                         }
                         TransitionKind::Incompatible { error } => ("incompatible", Some(error)),
+                        TransitionKind::Retried { .. } => ("retried", None),
+                        TransitionKind::Reopened { .. } => ("reopened", None),
+                        TransitionKind::Paused { .. } => ("paused", None),
+                        TransitionKind::Unpaused { .. } => ("unpaused", None),
+                        TransitionKind::Deadline { .. } => ("deadline", None),
+                        TransitionKind::DeadlinePassed { .. } => ("deadline-passed", None),
+                        TransitionKind::Forked { .. } => ("forked", None),
                     };
-                    json!({"at_ms": ms(t.at), "kind": kind, "error": error})
+                    let by = match &t.kind {
+                        TransitionKind::Retried { by, .. }
+                        | TransitionKind::Reopened { by, .. }
+                        | TransitionKind::Paused { by }
+                        | TransitionKind::Unpaused { by }
+                        | TransitionKind::Forked { by, .. } => Some(by.clone()),
+                        _ => None,
+                    };
+                    json!({"at_ms": ms(t.at), "kind": kind, "error": error, "by": by})
                 })
                 .collect(),
         );
@@ -394,6 +414,10 @@ impl Engine {
                 }
                 StepOutcome::Received { .. } => ("received", false),
                 StepOutcome::TimedOut => ("timed-out", false),
+                StepOutcome::Expired { timeout } => {
+                    s.insert("timeout_ms".into(), (timeout.as_millis() as u64).into());
+                    ("expired", false)
+                }
                 StepOutcome::TooLarge { size, limit } => {
                     s.insert("size".into(), (*size).into());
                     s.insert("limit".into(), (*limit).into());
@@ -611,7 +635,7 @@ impl Engine {
             }));
         };
         let _done = Arc::clone(&self.core)
-            .start_or_attach(workflow, erased, id.to_string(), record.input, true)
+            .start_or_attach(workflow, erased, id.to_string(), record.input, true, None)
             .await?;
         Ok(())
     }

@@ -228,7 +228,8 @@ impl Export {
             | CheckpointState::Panicked { finished_at_ms, .. }
             | CheckpointState::Received { finished_at_ms, .. }
             | CheckpointState::TimedOut { finished_at_ms }
-            | CheckpointState::TooLarge { finished_at_ms, .. } => *finished_at_ms,
+            | CheckpointState::TooLarge { finished_at_ms, .. }
+            | CheckpointState::Expired { finished_at_ms, .. } => *finished_at_ms,
             CheckpointState::Sleeping { .. }
             | CheckpointState::Waiting { .. }
             | CheckpointState::Retrying { .. } => c.started_at_ms,
