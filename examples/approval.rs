@@ -10,7 +10,10 @@
 //! ```
 //! Each run opens the same store (`--db PATH`, default `approval.db` in the
 //! system temp dir), resumes what is due, prints what happened and exits once
-//! nothing is due in the next few seconds. The waiting instance costs no
+//! nothing is due in the next few seconds: after `--approve` that is once
+//! the instance has completed (the approval, the two-second cool-off and
+//! the tips all run in that process). `--status` only reads: it opens the
+//! store with no workflow registered, so it never runs or resumes anything. The waiting instance costs no
 //! memory and no task between runs: it lives in the store. With no flags the
 //! example runs the whole story in one process.
 
@@ -110,11 +113,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = flag("--db")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("approval.db"));
-    let engine = Engine::builder()
-        .path(&db)
-        .register(onboarding)
-        .open()
-        .await?;
+    let inspecting = flag("--status");
+    let builder = Engine::builder().path(&db);
+    // Inspecting must never run anything: with no workflow registered the
+    // engine resumes nothing (it only reads).
+    let builder = if inspecting.is_some() {
+        builder
+    } else {
+        builder.register(onboarding)
+    };
+    let engine = builder.open().await?;
     let report = engine.recovery();
     if report.resumed + report.parked > 0 {
         println!(
@@ -152,7 +160,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "a rejection"
             }
         );
-    } else if let Some(id) = flag("--status") {
+    } else if let Some(id) = inspecting {
         println!("{id}: {:?}", engine.status(&id).await?);
         for step in engine.history(&id).await?.steps {
             println!(
@@ -160,6 +168,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 step.name, step.occurrence, step.outcome
             );
         }
+        engine.shutdown().await;
+        return Ok(());
     } else {
         return demo(engine).await;
     }
@@ -172,21 +182,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Lets whatever is due now run, then reports where the instance stands.
+/// Lets whatever is due now run, then reports where the instance stands:
+/// returns once it has finished, or waits for an event nobody sent, or
+/// sleeps for longer than a few seconds (it resumes in a later run).
 async fn settle(engine: &Engine, id: Option<String>) {
     let Some(id) = id else { return };
-    for _ in 0..100 {
+    // After `--approve`, the stored event wakes the instance: its wait
+    // shows until it has been claimed, so it is waited out here.
+    let sent = flag("--approve").or(flag("--reject")).is_some();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        let soon = |until: std::time::SystemTime| {
+            until
+                .duration_since(std::time::SystemTime::now())
+                .map_or(true, |d| d < Duration::from_secs(5))
+        };
         match engine.status(&id).await {
-            Ok(Status::Running { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
-            Ok(Status::Sleeping { until })
-                if until
-                    .duration_since(std::time::SystemTime::now())
-                    .is_ok_and(|d| d < Duration::from_secs(5)) =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
+            Ok(Status::Running { .. }) => {}
+            Ok(Status::Sleeping { until }) if soon(until) => {}
+            Ok(Status::Waiting { .. }) if sent => {}
             _ => break,
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!(
         "{id} is now {:?}",

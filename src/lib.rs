@@ -174,7 +174,14 @@
 //! returns once nothing can happen until the clock moves or an event is
 //! sent, and `advance(d)` moves the clock and runs until idle again, so a
 //! three-day `sleep!`, a 72-hour wait timeout or an hour of retry backoff is
-//! tested in microseconds, deterministically. For operators, every instance
+//! tested in microseconds, deterministically.
+//! `TestEngine::crash_at_every_step(workflow, input).run()` crashes the
+//! engine before and after every step's checkpoint in turn and checks that
+//! each resumed run ends with the clean run's output, no body running more
+//! than once more (`ProcessCrashTest` does it with `SIGKILL`ed child
+//! processes); `kit.export(id)` writes an instance's history to a JSON file
+//! and `durable::testing::replay(workflow, path)` replays it against the
+//! current code, naming the first site that diverges. For operators, every instance
 //! run and step attempt is a `tracing` span (see the runtime's crate docs),
 //! and `Engine::list` pages through instances by status, workflow and time.
 #![deny(missing_docs)]
@@ -367,6 +374,12 @@ macro_rules! patched {
         ::core::compile_error!("`patched!` can only be used inside a `#[durable]` async fn")
     };
 }
+
+#[cfg(feature = "admin")]
+pub mod admin;
+
+#[cfg(feature = "cli")]
+pub mod cli;
 
 /// Everything a workflow author needs: `use durable::prelude::*;`.
 pub mod prelude {

@@ -27,10 +27,13 @@ pub(crate) struct Args {
     pub version: Option<syn::LitInt>,
     /// `allow = "nondeterminism"`: no determinism warnings for this fn.
     pub allow: Option<LitStr>,
+    /// `timeout = "3d"`: the whole-workflow deadline of each instance, in
+    /// milliseconds (checked here).
+    pub timeout_ms: Option<u64>,
 }
 
 /// Every argument the attribute takes, as listed in messages.
-const VALID: &str = "`name = \"...\"`, `version = <n>`, `retry = <RetryPolicy>`, `allow = \"nondeterminism\"`, `crate = \"path\"`";
+const VALID: &str = "`name = \"...\"`, `version = <n>`, `retry = <RetryPolicy>`, `timeout = \"3d\"`, `allow = \"nondeterminism\"`, `crate = \"path\"`";
 
 impl Args {
     /// Reads the tokens between the attribute's parentheses. Problems go to
@@ -70,6 +73,7 @@ impl Args {
                     }
                     "crate" => "`crate` needs a value: `crate = \"::durable\"`".to_string(),
                     "version" => "`version` needs a value: `version = 2`".to_string(),
+                    "timeout" => "`timeout` needs a value: `timeout = \"3d\"`".to_string(),
                     "allow" => "`allow` needs a value: `allow = \"nondeterminism\"`".to_string(),
                     _ => unknown(&key_name),
                 },
@@ -94,6 +98,20 @@ impl Args {
                     ));
                 }
                 set_once(&mut self.allow, value, &key)?;
+            }
+            "timeout" => {
+                let value = parse_string(input, "timeout", "`timeout = \"3d\"`")?;
+                let ms = parse_duration_ms(&value.value()).ok_or_else(|| {
+                    syn::Error::new(
+                        value.span(),
+                        "`timeout` is a number and a unit (ms, s, m, h or d), more than zero: \
+                         `timeout = \"90s\"`, `timeout = \"3d\"`",
+                    )
+                })?;
+                if self.timeout_ms.is_some() {
+                    return Err(syn::Error::new_spanned(&key, "`timeout` is given twice"));
+                }
+                self.timeout_ms = Some(ms);
             }
             "version" => {
                 let value: Expr = input.parse()?;
@@ -132,6 +150,24 @@ impl Args {
         }
         Ok(())
     }
+}
+
+/// A duration such as `"90s"` or `"3d"` in milliseconds: a whole number
+/// above zero and one unit (`ms`, `s`, `m`, `h`, `d`).
+fn parse_duration_ms(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let scale = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    number.checked_mul(scale).filter(|ms| *ms > 0)
 }
 
 /// The message for an argument the attribute does not take.

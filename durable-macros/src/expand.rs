@@ -244,6 +244,9 @@ fn workflow_fn(
         .version
         .as_ref()
         .map(|v| quote!(const VERSION: u32 = #v;));
+    let timeout = args
+        .timeout_ms
+        .map(|ms| quote!(const TIMEOUT_MS: ::core::option::Option<u64> = ::core::option::Option::Some(#ms);));
     quote! {
         #(#cfgs)*
         #[doc = #doc]
@@ -258,6 +261,7 @@ fn workflow_fn(
             type Output = #output;
             const NAME: &'static str = #name;
             #version
+            #timeout
             const SITES: &'static [#decl] = &[#(#sites),*];
             #retry_policy
             #run
@@ -570,12 +574,13 @@ fn site(cx: &Cx, body: &Body, site: &Site) -> TokenStream {
         KindArgs::Step {
             retry,
             key,
+            timeout,
             body: step_body,
         } => step_call(
             cx,
             &site_phantom_at(index, first_and_last_span(step_body).0),
             name,
-            (key.as_ref(), retry.as_ref()),
+            (key.as_ref(), retry.as_ref(), timeout.as_ref()),
             step_body,
             site.position,
         ),
@@ -610,13 +615,18 @@ fn step_call(
     cx: &Cx,
     phantom: &Ident,
     name: &LitStr,
-    (key, retry): (Option<&TokenStream>, Option<&TokenStream>),
+    (key, retry, timeout): (
+        Option<&TokenStream>,
+        Option<&TokenStream>,
+        Option<&TokenStream>,
+    ),
     body: &TokenStream,
     position: Position,
 ) -> TokenStream {
-    // Input:  "charge-card", Some(key = KEY), Some(retry = EXPR), BODY, Position::Value
+    // Input:  "charge-card", Some(key = KEY), Some(retry = EXPR), Some(timeout = D), BODY,
+    //         Position::Value
     // Output: ::durable::__private::step_site(__durable_ctx, __durable_site_0, "charge-card",
-    //             Some(&KEY), Some(EXPR), || async { BODY }).await
+    //             Some(&KEY), Some(EXPR), Some(D), || async { BODY }).await
     // (`None::<&()>` without a key.)
     let (first, last) = first_and_last_span(body);
     let span = Span::mixed_site().located_at(first);
@@ -632,7 +642,16 @@ fn step_call(
         Some(key) => quote_spanned!(span=> ::core::option::Option::Some(&(#key))),
         None => quote_spanned!(span=> ::core::option::Option::None::<&()>),
     };
-    let args = quote_spanned!(span=> #phantom, #name, #key, #policy, || async #block);
+    let timeout = match timeout {
+        Some(timeout) => {
+            // Spanned at the expression: a value that is not a `Duration`
+            // is reported there.
+            let at = Span::mixed_site().located_at(first_and_last_span(timeout).0);
+            quote_spanned!(at=> ::core::option::Option::Some::<::core::time::Duration>(#timeout))
+        }
+        None => quote_spanned!(span=> ::core::option::Option::None),
+    };
+    let args = quote_spanned!(span=> #phantom, #name, #key, #policy, #timeout, || async #block);
     runtime_call(cx, "step_site", args, (first, last), position)
 }
 
@@ -800,7 +819,7 @@ mod tests {
             quote!(step!(@__durable_expanded (
                 ::durable::__private::step_site(__durable_ctx, __durable_site_0, "charge-card",
                     ::core::option::Option::None::<&()>, ::core::option::Option::None,
-                    || async { charge(&signup).await }).await
+                    ::core::option::Option::None, || async { charge(&signup).await }).await
             ))),
             quote!(
                 #[doc = r" Docs."]
@@ -833,7 +852,7 @@ mod tests {
             text(quote!(
                 ::durable::__private::step_site(__durable_ctx, #site, #name,
                     ::core::option::Option::None::<&()>, ::core::option::Option::None,
-                    || async { g().await })
+                    ::core::option::Option::None, || async { g().await })
             ))
         };
         for name in [("a", "__durable_site_0"), ("b", "__durable_site_1")] {

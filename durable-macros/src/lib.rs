@@ -57,6 +57,10 @@ use proc_macro::TokenStream;
 /// - `version = N`: the workflow's version (1 by default). Register several
 ///   versions of one name side by side; an instance runs on the version it
 ///   started on.
+/// - `timeout = "3d"`: a whole-workflow deadline for each instance, a
+///   number and a unit (`ms`, `s`, `m`, `h`, `d`), checked at compile time:
+///   an instance not finished that long after its start is cancelled (see
+///   `StartOptions::deadline`, which overrides it for one start).
 /// - `allow = "nondeterminism"`: no determinism warnings for this fn (the
 ///   macro warns at `SystemTime::now()`, `Instant::now()`, `rand::..`,
 ///   `std::env::var`, `tokio::time::sleep`, `Uuid::new_v4()` outside step
@@ -74,8 +78,12 @@ use proc_macro::TokenStream;
 ///   namespace: a name is used once within the workflow, whatever the kind
 ///   (a site inside a loop is one name with many occurrences). The error is
 ///   on the second use and names the first one's line and kind.
-/// - `wait_for!` takes one option, `timeout = <Duration>`; `step!` one,
-///   `retry = <RetryPolicy>`; `sleep!` and `sleep_until!` none.
+/// - `wait_for!` takes one option, `timeout = <Duration>`; `step!` three,
+///   `key = <serde value>`, `retry = <RetryPolicy>` and `timeout =
+///   <Duration>` (each attempt's time limit on the engine's clock: an
+///   attempt past it is a failed attempt, retried per the policy, and its
+///   body's future is dropped; a literal such as `30` or `"30s"` is refused);
+///   `sleep!` and `sleep_until!` none.
 /// - None of them can be nested inside a step's body (which is run again
 ///   on retry and skipped on replay), nor inside another site's arguments.
 ///
@@ -145,10 +153,10 @@ use proc_macro::TokenStream;
 ///                 let signup: Signup = __durable_input;
 ///                 let __durable_ret: Result<Receipt, String> = {
 ///                     let charge = ::durable::__private::step_site(__durable_ctx, __durable_site_0,
-///                         "charge-card", None::<&()>, None,
+///                         "charge-card", None::<&()>, None, None,
 ///                         || async { billing::charge(&signup, ctx.idempotency_key()).await }).await?;
 ///                     let account = ::durable::__private::step_site(__durable_ctx, __durable_site_1,
-///                         "create-account", None::<&()>, Some(RetryPolicy::no_retry()),
+///                         "create-account", None::<&()>, Some(RetryPolicy::no_retry()), None,
 ///                         || async { accounts::create(&signup).await }).await?;
 ///                     let verified: Option<Verified> = ::durable::__private::wait_for_timeout_site(
 ///                         __durable_ctx, __durable_site_2, "email-verified",

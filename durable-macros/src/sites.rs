@@ -219,6 +219,9 @@ pub(crate) enum KindArgs {
         /// `key = <expr>`, if given: the step's identity within its name
         /// (instead of its occurrence number), as its tokens.
         key: Option<TokenStream>,
+        /// `timeout = <Duration>`, if given: each attempt's time limit, as
+        /// its tokens.
+        timeout: Option<TokenStream>,
         /// The body, an expression evaluating to `Result<T, E>`, as its
         /// tokens.
         body: TokenStream,
@@ -573,18 +576,22 @@ fn parse_step(input: ParseStream, site: &Site, lenient: bool) -> syn::Result<Sit
 
     let mut retry = None;
     let mut key = None;
+    let mut timeout = None;
     while input.peek(syn::Ident) && input.peek2(Token![=]) && !input.peek2(Token![==]) {
         let option: Ident = input.parse()?;
         let slot = if option == "retry" {
             &mut retry
         } else if option == "key" {
             &mut key
+        } else if option == "timeout" {
+            &mut timeout
         } else {
             return Err(syn::Error::new_spanned(
                 &option,
                 format!(
-                    "unknown step option `{option}`; the options are `key = <serde value>` and \
-                     `retry = <RetryPolicy>`, between the name and the body"
+                    "unknown step option `{option}`; the options are `key = <serde value>`, \
+                     `retry = <RetryPolicy>` and `timeout = <Duration>`, between the name and \
+                     the body"
                 ),
             ));
         };
@@ -594,8 +601,12 @@ fn parse_step(input: ParseStream, site: &Site, lenient: bool) -> syn::Result<Sit
                 format!("step option `{option}` is given twice"),
             ));
         }
-        input.parse::<Token![=]>()?;
-        *slot = Some(parse_expr(input, lenient)?);
+        let eq = input.parse::<Token![=]>()?;
+        let value = parse_expr(input, lenient)?;
+        if option == "timeout" {
+            check_step_timeout(&name, &option, &eq, &value)?;
+        }
+        *slot = Some(value);
         if input.is_empty() {
             return Err(missing_body());
         }
@@ -624,13 +635,53 @@ fn parse_step(input: ParseStream, site: &Site, lenient: bool) -> syn::Result<Sit
         return Err(syn::Error::new_spanned(
             rest,
             "unexpected tokens after the step body; `step!` takes a name, an optional \
-             `key = ..` and `retry = ..`, and one body expression",
+             `key = ..`, `retry = ..` and `timeout = ..`, and one body expression",
         ));
     }
     Ok(SiteArgs {
         name,
-        kind: KindArgs::Step { retry, key, body },
+        kind: KindArgs::Step {
+            retry,
+            key,
+            timeout,
+            body,
+        },
     })
+}
+
+/// Refuses a step timeout that cannot be a `Duration` and says how to
+/// write one: a literal (`5`, `"30s"`, `1.5`). Any other expression is
+/// checked by the compiler as a `Duration`.
+fn check_step_timeout(
+    name: &LitStr,
+    option: &Ident,
+    eq: &Token![=],
+    value: &TokenStream,
+) -> syn::Result<()> {
+    let example = format!(
+        "`step!({:?}, timeout = Duration::from_secs(30), <body>)`",
+        name.value()
+    );
+    if let Ok(syn::Expr::Lit(lit)) = syn::parse2::<syn::Expr>(value.clone()) {
+        let what = match &lit.lit {
+            syn::Lit::Int(_) | syn::Lit::Float(_) => {
+                "a number has no unit; a step timeout is a `std::time::Duration`"
+            }
+            syn::Lit::Str(_) => "a step timeout is a `std::time::Duration`, not a string",
+            _ => "a step timeout is a `std::time::Duration`",
+        };
+        return Err(syn::Error::new_spanned(
+            value,
+            format!("{what}: write {example}"),
+        ));
+    }
+    if value.is_empty() {
+        return Err(syn::Error::new_spanned(
+            quote::quote!(#option #eq),
+            format!("`timeout` needs a duration: {example}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Parses `sleep!`'s arguments, `"name", <Duration> [,]`, or

@@ -81,6 +81,34 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError
     Ok(value)
 }
 
+/// Decodes an envelope written by [`encode`] with `seed` (values read by
+/// their stored shape rather than by a Rust type).
+#[cfg(feature = "json")]
+pub(crate) fn decode_seed<'de, S: serde::de::DeserializeSeed<'de>>(
+    bytes: &'de [u8],
+    seed: S,
+) -> Result<S::Value, DecodeError> {
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or_else(|| DecodeError::Invalid("empty record".into()))?;
+    if version != FORMAT_VERSION {
+        return Err(if version > FORMAT_VERSION {
+            DecodeError::TooNew(version)
+        } else {
+            DecodeError::TooOld(version)
+        });
+    }
+    let (value, read) = bincode::serde::seed_decode_from_slice(seed, body, config())
+        .map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    if read != body.len() {
+        return Err(DecodeError::Invalid(format!(
+            "{} trailing bytes after the value",
+            body.len() - read
+        )));
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,6 +67,9 @@ pub(crate) struct Signals {
     pub cancelled: AtomicBool,
     /// Bumped when an event arrives or the instance is cancelled.
     pub bell: watch::Sender<u64>,
+    /// Whether the instance is paused (`Engine::pause`): no new step
+    /// starts until it is unpaused (the bell rings then).
+    pub paused: AtomicBool,
     /// Steps and checkpoint writes in progress: while any is, the instance
     /// is not parked.
     pub busy: AtomicU32,
@@ -83,6 +86,7 @@ impl Signals {
             waiting: Mutex::new(Vec::new()),
             cancelled: AtomicBool::new(false),
             bell: watch::Sender::new(0),
+            paused: AtomicBool::new(false),
             busy: AtomicU32::new(0),
             in_flight: Mutex::new(Vec::new()),
             backoffs: Mutex::new(Vec::new()),
@@ -101,7 +105,8 @@ impl Signals {
     }
 
     /// Whether the instance can make no progress until its clock passes a
-    /// deadline or an event arrives: no step body or write runs (the only
+    /// deadline, an event arrives or it is unpaused (paused between steps),
+    /// else: no step body or write runs (the only
     /// busy steps are waiting out a backoff), it waits for something, and
     /// nothing it waits for is due by `now_ms` or `arrived` already.
     #[cfg(feature = "testing")]
@@ -109,12 +114,29 @@ impl Signals {
         let backoffs = self.backoffs.lock().unwrap_or_else(|e| e.into_inner());
         let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         let busy = self.busy.load(Ordering::SeqCst) as usize;
+        // Paused between steps: nothing happens until it is unpaused.
+        if busy == 0 && self.paused.load(Ordering::SeqCst) {
+            return true;
+        }
         busy == backoffs.len()
             && !(waiting.is_empty() && backoffs.is_empty())
             && backoffs.iter().all(|d| *d > now_ms)
             && waiting
                 .iter()
                 .all(|c| c.deadline_ms.is_none_or(|d| d > now_ms) && !arrived(c))
+    }
+
+    /// The earliest deadline the instance waits out: a retry backoff, a
+    /// sleep or a wait's timeout (feature `testing`).
+    #[cfg(feature = "testing")]
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
+        let backoffs = self.backoffs.lock().unwrap_or_else(|e| e.into_inner());
+        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        backoffs
+            .iter()
+            .copied()
+            .chain(waiting.iter().filter_map(|c| c.deadline_ms))
+            .min()
     }
 
     /// Shows `attempt` as running until the guard drops.
@@ -130,6 +152,16 @@ impl Signals {
     /// Wakes every wait of the instance so it looks again.
     pub(crate) fn ring(&self) {
         self.bell.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Returns once the instance is not paused (at once if it is not).
+    pub(crate) async fn unpaused(&self) {
+        let mut bell = self.bell.subscribe();
+        while self.paused.load(Ordering::SeqCst) && !self.is_cancelled() {
+            if bell.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {
@@ -475,6 +507,7 @@ impl Ctx {
             CheckpointState::Retrying { .. }
             | CheckpointState::Done { .. }
             | CheckpointState::TooLarge { .. }
+            | CheckpointState::Expired { .. }
             | CheckpointState::Panicked { .. } => "a step",
             CheckpointState::Sleeping { .. } => "a sleep",
             CheckpointState::Waiting { .. }

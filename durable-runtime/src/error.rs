@@ -130,6 +130,15 @@ pub enum UsageError {
         /// What differs: the other workflow's name, or "a different input".
         existing: String,
     },
+    /// [`Engine::fork`](crate::Engine::fork) was asked to fork from a step
+    /// the instance has not recorded.
+    #[error("instance {instance:?} has recorded no step {step:?} to fork from")]
+    NoSuchStep {
+        /// The instance id.
+        instance: String,
+        /// The step's name.
+        step: String,
+    },
     /// No instance has this id.
     #[error("no instance {id:?}")]
     NotFound {
@@ -151,6 +160,39 @@ pub enum UsageError {
     DuplicateWorkflow {
         /// The clashing name.
         workflow: String,
+    },
+    /// The last wait for event `event` timed out and nothing waits for it
+    /// now: the event was not stored (it would never be read). Send it again
+    /// once the instance waits for `event` again, if it will.
+    #[error(
+        "instance {instance:?} no longer waits for event {event:?}: its wait (occurrence {occurrence}) timed out; the event was not stored"
+    )]
+    WaitTimedOut {
+        /// The instance id.
+        instance: String,
+        /// The event's name.
+        event: String,
+        /// The occurrence of the wait that timed out.
+        occurrence: u32,
+    },
+    /// `Engine::retry` takes a failed, blocked or set-aside instance, or one
+    /// that completed with an error; this one is not.
+    #[error(
+        "instance {instance:?} is {status}: only a failed, blocked or needs-attention instance, or one that completed with an error, can be retried"
+    )]
+    NotRetryable {
+        /// The instance id.
+        instance: String,
+        /// Its status.
+        status: &'static str,
+    },
+    /// The store this engine runs on cannot do this operation yet.
+    #[error("{operation} is not supported on the {backend} store yet")]
+    NotSupported {
+        /// The operation asked for.
+        operation: &'static str,
+        /// The kind of store.
+        backend: &'static str,
     },
     /// The instance has finished, so it takes no more events or cancellation.
     #[error("instance {instance:?} has already finished ({status})")]
@@ -186,6 +228,15 @@ pub enum UsageError {
     /// `open()` was called outside a tokio runtime.
     #[error("the engine must be opened inside a tokio runtime")]
     NoRuntime,
+    /// A value given as JSON does not fit the type the workflow reads
+    /// (feature `json`), or its type is unknown; nothing was stored.
+    #[error("{what}: {reason}")]
+    InvalidJson {
+        /// What the value was for: `event "approval"`.
+        what: String,
+        /// Why it does not fit, with where in the value.
+        reason: String,
+    },
 }
 
 /// Stored history cannot be replayed by this code: a value that no longer
@@ -316,6 +367,21 @@ pub enum InstanceError {
         /// The panic message.
         message: String,
     },
+    /// A step's last attempt ran past the step's timeout (`step!(name,
+    /// timeout = d, ..)`). The instance is failed.
+    #[error(
+        "instance {instance:?} failed: step {step:?} (occurrence {occurrence}) timed out after {timeout_ms} ms on its last attempt"
+    )]
+    StepTimedOut {
+        /// The instance id.
+        instance: String,
+        /// The step's name.
+        step: String,
+        /// Which occurrence of the step.
+        occurrence: u32,
+        /// The step's timeout in milliseconds.
+        timeout_ms: u64,
+    },
     /// code is fixed; it resumes when the engine next opens.
     #[error("instance {instance:?} is blocked: the workflow panicked outside a step: {message}")]
     WorkflowPanicked {
@@ -331,6 +397,16 @@ pub enum InstanceError {
         instance: String,
         /// Why it was set aside.
         reason: String,
+    },
+    /// The instance's deadline ([`StartOptions::deadline`](crate::StartOptions::deadline))
+    /// passed before it finished: it was cancelled (its status is
+    /// [`Status::Cancelled`](crate::Status::Cancelled), its history says why).
+    #[error("instance {instance:?} was cancelled: its deadline passed")]
+    DeadlinePassed {
+        /// The instance id.
+        instance: String,
+        /// The deadline, in milliseconds since the Unix epoch.
+        deadline_ms: u64,
     },
     /// The instance was cancelled with [`Engine::cancel`](crate::Engine::cancel).
     #[error("instance {instance:?} was cancelled")]
@@ -396,8 +472,10 @@ impl Error {
             self,
             Error::Instance(
                 InstanceError::StepPanicked { .. }
+                    | InstanceError::StepTimedOut { .. }
                     | InstanceError::Failed { .. }
                     | InstanceError::Cancelled { .. }
+                    | InstanceError::DeadlinePassed { .. }
                     | InstanceError::DuplicateKey { .. }
             ) | Error::Replay(ReplayError::ValueTooLarge { .. })
         )

@@ -94,6 +94,13 @@ pub enum Status {
         /// The site and the change, in words.
         reason: String,
     },
+    /// Paused with [`Engine::pause`](crate::Engine::pause): unfinished, no
+    /// new step starts and a parked instance is not woken until
+    /// [`Engine::unpause`](crate::Engine::unpause).
+    Paused {
+        /// When it was paused.
+        since: SystemTime,
+    },
 }
 
 /// One change of an instance's status.
@@ -128,6 +135,76 @@ pub enum TransitionKind {
         /// Why.
         error: String,
     },
+    /// An operator set the instance going again with
+    /// [`Engine::retry`](crate::Engine::retry).
+    Retried {
+        /// Who did it (the operator's name, or the user and process id).
+        by: String,
+        /// The failed step set aside (it runs again), if there was one.
+        set_aside: Option<SetAsideStep>,
+    },
+    /// An operator resumed a cancelled or stopped instance with
+    /// [`Engine::resume`](crate::Engine::resume).
+    Reopened {
+        /// Who did it.
+        by: String,
+        /// The status it had (`cancelled`, `blocked`, ..).
+        from: String,
+    },
+    /// An operator paused the instance with
+    /// [`Engine::pause`](crate::Engine::pause).
+    Paused {
+        /// Who did it.
+        by: String,
+    },
+    /// An operator unpaused the instance with
+    /// [`Engine::unpause`](crate::Engine::unpause).
+    Unpaused {
+        /// Who did it.
+        by: String,
+    },
+    /// The instance was started with a deadline
+    /// ([`StartOptions::deadline`](crate::StartOptions::deadline)).
+    Deadline {
+        /// When it is cancelled unless finished.
+        at: SystemTime,
+    },
+    /// Its deadline passed before it finished: it was cancelled.
+    DeadlinePassed {
+        /// The deadline.
+        at: SystemTime,
+    },
+    /// Created by [`Engine::fork`](crate::Engine::fork): it replays the
+    /// checkpoints instance `from` recorded before step `step`.
+    Forked {
+        /// The instance it was forked from.
+        from: String,
+        /// The first step it runs again.
+        step: String,
+        /// Who did it.
+        by: String,
+    },
+}
+
+/// A failed step occurrence that [`Engine::retry`](crate::Engine::retry)
+/// took out of the checkpoints; kept here, in the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SetAsideStep {
+    /// The step's name.
+    pub name: String,
+    /// Which occurrence of the name.
+    pub occurrence: u32,
+    /// A keyed step's key text.
+    pub key: Option<String>,
+    /// The attempts it had made.
+    pub attempts: u32,
+    /// When its first attempt started.
+    pub started_at: SystemTime,
+    /// When it had failed.
+    pub finished_at: Option<SystemTime>,
+    /// How it had failed.
+    pub outcome: String,
 }
 
 /// A timestamped [`TransitionKind`].
@@ -195,6 +272,12 @@ pub enum StepOutcome {
         /// The limit it was over.
         limit: u64,
     },
+    /// The step's last attempt ran past its timeout (`step!(name, timeout
+    /// = d, ..)`): recorded as the step's failure.
+    Expired {
+        /// The step's timeout.
+        timeout: std::time::Duration,
+    },
     /// An attempt of the step is running now (in this process).
     Running {
         /// Which attempt (1 for the first).
@@ -250,6 +333,9 @@ pub(crate) fn stored_status(
     record: &InstanceRecord,
     park: Option<&crate::records::ParkRecord>,
 ) -> Status {
+    if let Some(since) = record.paused_since() {
+        return Status::Paused { since: time(since) };
+    }
     if record.state == InstanceState::Running
         && let Some(park) = park
     {
@@ -338,6 +424,33 @@ pub(crate) fn history_of(
                 StoredKind::Incompatible { error } => TransitionKind::Incompatible {
                     error: error.clone(),
                 },
+                StoredKind::Retried { by, set_aside } => TransitionKind::Retried {
+                    by: by.clone(),
+                    set_aside: set_aside.as_ref().map(|s| SetAsideStep {
+                        name: s.name.clone(),
+                        occurrence: s.occurrence,
+                        key: s.key.clone(),
+                        attempts: s.attempts,
+                        started_at: time(s.started_at_ms),
+                        finished_at: s.finished_at_ms.map(time),
+                        outcome: s.outcome.clone(),
+                    }),
+                },
+                StoredKind::Reopened { by, from } => TransitionKind::Reopened {
+                    by: by.clone(),
+                    from: from.clone(),
+                },
+                StoredKind::Paused { by } => TransitionKind::Paused { by: by.clone() },
+                StoredKind::Unpaused { by } => TransitionKind::Unpaused { by: by.clone() },
+                StoredKind::Deadline { at_ms } => TransitionKind::Deadline { at: time(*at_ms) },
+                StoredKind::DeadlinePassed { at_ms } => {
+                    TransitionKind::DeadlinePassed { at: time(*at_ms) }
+                }
+                StoredKind::Forked { from, step, by } => TransitionKind::Forked {
+                    from: from.clone(),
+                    step: step.clone(),
+                    by: by.clone(),
+                },
             },
         })
         .collect();
@@ -414,6 +527,15 @@ pub(crate) fn history_of(
                 } => (
                     Some(time(finished_at_ms)),
                     StepOutcome::TooLarge { size, limit },
+                ),
+                CheckpointState::Expired {
+                    finished_at_ms,
+                    timeout_ms,
+                } => (
+                    Some(time(finished_at_ms)),
+                    StepOutcome::Expired {
+                        timeout: std::time::Duration::from_millis(timeout_ms),
+                    },
                 ),
             };
             (

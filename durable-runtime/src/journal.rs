@@ -63,9 +63,26 @@ impl Journal {
     }
 
     /// Records a new instance: its record, its entry among the unfinished,
-    /// and its place in the creation-time index.
-    pub(crate) async fn create(&self, id: &str, record: &InstanceRecord) -> Result<()> {
+    /// its place in the creation-time index, and `checkpoints` (a fork's),
+    /// in one atomic batch.
+    pub(crate) async fn create_with(
+        &self,
+        id: &str,
+        record: &InstanceRecord,
+        checkpoints: &[CheckpointRecord],
+    ) -> Result<()> {
         let mut batch = self.record_batch(id, record, Some(0))?;
+        for c in checkpoints {
+            let key = match &c.key {
+                Some((key, _)) => keyed_key(id, &c.name, key),
+                None => occurrence_key(id, &c.name, c.occurrence),
+            };
+            batch.put(
+                Tree::Checkpoints,
+                key,
+                encode(c, id, "a checkpoint record")?,
+            );
+        }
         batch.put(
             Tree::Created,
             created_key(record.created_at_ms, id),
@@ -106,6 +123,55 @@ impl Journal {
             }
         }
         Ok(batch)
+    }
+
+    /// Writes the record of a reopened instance, unfinished with no resumes
+    /// without progress, and deletes the checkpoints `set_aside`, in one
+    /// atomic batch.
+    pub(crate) async fn reopen(
+        &self,
+        id: &str,
+        record: &InstanceRecord,
+        set_aside: &[CheckpointRecord],
+    ) -> Result<()> {
+        let mut batch = self.record_batch(id, record, Some(0))?;
+        batch.delete(Tree::Timers, instance_key(id));
+        for c in set_aside {
+            let key = match &c.key {
+                Some((key, _)) => keyed_key(id, &c.name, key),
+                None => occurrence_key(id, &c.name, c.occurrence),
+            };
+            batch.delete(Tree::Checkpoints, key);
+        }
+        self.commit(batch).await
+    }
+
+    /// Up to `limit` entries of the creation index before `before` (newest
+    /// first), as (key, id).
+    pub(crate) fn created_before(&self, before: &[u8], limit: usize) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .store
+            .scan_rev(Tree::Created, Some(before), limit)?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    /// Deletes finished instance `id` created at `created_at_ms`: record,
+    /// checkpoints, events, park record and index entries, in one batch.
+    pub(crate) async fn purge(&self, id: &str, created_at_ms: u64) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.delete(Tree::Instances, instance_key(id));
+        batch.delete(Tree::Active, instance_key(id));
+        batch.delete(Tree::Timers, instance_key(id));
+        batch.delete(Tree::Created, created_key(created_at_ms, id));
+        let prefix = instance_prefix(id);
+        for tree in [Tree::Checkpoints, Tree::Events] {
+            for (key, _) in self.store.scan_prefix(tree, &prefix)? {
+                batch.delete(tree, key);
+            }
+        }
+        self.commit(batch).await
     }
 
     /// Stores `record` as the checkpoint of its (name, occurrence); with
@@ -150,6 +216,19 @@ impl Journal {
             format!("event {name:?} (number {seq}) of instance {id:?}")
         })
         .map(Some)
+    }
+
+    /// Whether occurrence `occurrence` of wait `name` of instance `id`
+    /// ended by its timeout.
+    pub(crate) fn wait_timed_out(&self, id: &str, name: &str, occurrence: u32) -> Result<bool> {
+        let Some(bytes) = self
+            .store
+            .get(Tree::Checkpoints, &occurrence_key(id, name, occurrence))?
+        else {
+            return Ok(false);
+        };
+        Ok(codec::decode::<CheckpointRecord>(&bytes)
+            .is_ok_and(|c| matches!(c.state, CheckpointState::TimedOut { .. })))
     }
 
     /// Whether event `name` number `seq` of instance `id` was sent.
@@ -287,6 +366,31 @@ impl Journal {
                 Some((name, event.fingerprint, event.shape))
             })
             .collect())
+    }
+
+    /// Every event stored for instance `id`: name, number, record (feature
+    /// (the kit's export).
+    pub(crate) fn events_with_payloads(&self, id: &str) -> Result<Vec<(String, u32, EventRecord)>> {
+        let prefix = instance_prefix(id);
+        let mut events = Vec::new();
+        for (key, value) in self.store.scan_prefix(Tree::Events, &prefix)? {
+            let what = || format!("an event of instance {id:?}");
+            let event: EventRecord = decode(&value, what)?;
+            let parsed = key.strip_prefix(prefix.as_slice()).and_then(|rest| {
+                let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+                let name = String::from_utf8(rest.get(4..4 + len)?.to_vec()).ok()?;
+                let seq = u32::from_be_bytes(rest.get(4 + len..8 + len)?.try_into().ok()?);
+                Some((name, seq))
+            });
+            let Some((name, seq)) = parsed else {
+                return Err(Error::Store(StoreError::Decode {
+                    what: what(),
+                    reason: "malformed key".into(),
+                }));
+            };
+            events.push((name, seq, event));
+        }
+        Ok(events)
     }
 
     pub(crate) fn failure(&self) -> Option<StoreError> {

@@ -24,6 +24,7 @@
 //! | `step`, `wait`, `values` | `impl Ctx`: the operations behind `step!`, `sleep!`, `wait_for!`; checkpointed `now`, `random`, `uuid` |
 //! | `workflow` | [`Workflow`], [`IntoWorkflow`] |
 //! | `inspect`, `listing` | [`Status`], [`History`]; [`ListFilter`], [`Page`] |
+//! | `json` | (feature `json`) stored values as JSON, decoded and encoded by their manifest shape |
 //! | `testing` | (feature `testing`) `TestEngine`: in-memory store, manual clock, `advance`, `run_until_idle` |
 //! | `engine` | [`Engine`] and its parts: builder, registry, instances, driver, scheduler (parking, claim loop), events, recovery, queries |
 //!
@@ -61,6 +62,8 @@ mod hooks;
 mod ids;
 mod inspect;
 mod journal;
+#[cfg(feature = "json")]
+pub mod json;
 mod listing;
 pub mod manifest;
 mod outcome;
@@ -80,15 +83,17 @@ mod workflow;
 pub use context::{Ctx, permanent};
 #[cfg(feature = "crash-points")]
 pub use crash::CRASH_POINTS;
+#[cfg(feature = "json")]
+pub use engine::admin::{STATUS_KINDS, parse_status, status_json, status_name};
 pub use engine::{
     DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, Handle, Incompatibility,
-    RecoveryReport,
+    RecoveryReport, StartOptions,
 };
 pub use error::{Error, InstanceError, ReplayError, Result, StoreError, UsageError};
 pub use future::BoxFuture;
 pub use ids::MAX_ID_LEN;
 pub use inspect::{
-    History, RunningStep, Status, StepOutcome, StepRecord, Transition, TransitionKind,
+    History, RunningStep, SetAsideStep, Status, StepOutcome, StepRecord, Transition, TransitionKind,
 };
 pub use listing::{Cursor, InstanceSummary, InvalidCursor, ListFilter, Page, StatusKind};
 pub use retry::RetryPolicy;

@@ -30,6 +30,8 @@ pub enum StatusKind {
     Cancelled,
     /// [`Status::Incompatible`].
     Incompatible,
+    /// [`Status::Paused`].
+    Paused,
 }
 
 impl Status {
@@ -45,6 +47,7 @@ impl Status {
             Status::Failed { .. } => StatusKind::Failed,
             Status::Cancelled => StatusKind::Cancelled,
             Status::Incompatible { .. } => StatusKind::Incompatible,
+            Status::Paused { .. } => StatusKind::Paused,
         }
     }
 

@@ -864,9 +864,11 @@ pub(crate) fn check_history(
             continue;
         }
         let kind = match record.state {
-            S::Retrying { .. } | S::Done { .. } | S::Panicked { .. } | S::TooLarge { .. } => {
-                SiteKind::Step
-            }
+            S::Retrying { .. }
+            | S::Done { .. }
+            | S::Panicked { .. }
+            | S::TooLarge { .. }
+            | S::Expired { .. } => SiteKind::Step,
             S::Sleeping { .. } => SiteKind::Sleep,
             S::Waiting { .. } | S::Received { .. } | S::TimedOut { .. } => SiteKind::Wait,
         };

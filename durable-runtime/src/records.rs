@@ -164,12 +164,105 @@ pub(crate) struct TransitionRecord {
 pub(crate) enum TransitionKind {
     Started,
     Resumed,
-    Blocked { error: String },
+    Blocked {
+        error: String,
+    },
     Completed,
-    Failed { error: String },
-    NeedsAttention { error: String },
+    Failed {
+        error: String,
+    },
+    NeedsAttention {
+        error: String,
+    },
     Cancelled,
-    Incompatible { error: String },
+    Incompatible {
+        error: String,
+    },
+    // Appended below: older records keep their encoding.
+    /// Set going again by hand with `Engine::retry`: `set_aside` describes
+    /// the failed checkpoint taken out of the way (its step runs again).
+    Retried {
+        by: String,
+        set_aside: Option<SetAside>,
+    },
+    /// A cancelled (or otherwise stopped) instance set going again by hand
+    /// with `Engine::resume`; `from` is the status it had.
+    Reopened {
+        by: String,
+        from: String,
+    },
+    /// Paused with `Engine::pause`: no new step starts, a parked instance
+    /// is not woken, until `Unpaused`.
+    Paused {
+        by: String,
+    },
+    /// Unpaused with `Engine::unpause`.
+    Unpaused {
+        by: String,
+    },
+    /// The instance's deadline (`StartOptions::deadline`), recorded at start.
+    Deadline {
+        at_ms: u64,
+    },
+    /// Its deadline passed before it finished: it was cancelled.
+    DeadlinePassed {
+        at_ms: u64,
+    },
+    /// Created by `Engine::fork` from instance `from`, replaying its
+    /// checkpoints recorded before step `step`.
+    Forked {
+        from: String,
+        step: String,
+        by: String,
+    },
+}
+
+impl InstanceRecord {
+    /// The instance's deadline, if it was started with one.
+    pub(crate) fn deadline_ms(&self) -> Option<u64> {
+        self.transitions.iter().find_map(|t| match t.kind {
+            TransitionKind::Deadline { at_ms } => Some(at_ms),
+            _ => None,
+        })
+    }
+
+    /// When the instance was paused, if it is paused now: unfinished, and
+    /// its last pause is not followed by an unpause or a reopening.
+    pub(crate) fn paused_since(&self) -> Option<u64> {
+        if matches!(
+            self.state,
+            InstanceState::Completed { .. }
+                | InstanceState::Returned { .. }
+                | InstanceState::Failed { .. }
+                | InstanceState::Cancelled
+        ) {
+            return None;
+        }
+        for t in self.transitions.iter().rev() {
+            match t.kind {
+                TransitionKind::Paused { .. } => return Some(t.at_ms),
+                TransitionKind::Unpaused { .. }
+                | TransitionKind::Retried { .. }
+                | TransitionKind::Reopened { .. } => return None,
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+/// A failed checkpoint set aside by `Engine::retry`: kept in the history
+/// (the transition that set it aside) after it left the checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct SetAside {
+    pub name: String,
+    pub occurrence: u32,
+    pub key: Option<String>,
+    pub attempts: u32,
+    pub started_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    /// How it had ended (the error, panic or timeout).
+    pub outcome: String,
 }
 
 /// One step occurrence's stored state.
@@ -231,6 +324,13 @@ pub(crate) enum CheckpointState {
         finished_at_ms: u64,
         size: u64,
         limit: u64,
+    },
+    /// The step's last attempt ran past the step's timeout (`step!(name,
+    /// timeout = d, ..)`): its failure, so its body never runs again.
+    /// (Appended last: older records keep their encoding.)
+    Expired {
+        finished_at_ms: u64,
+        timeout_ms: u64,
     },
 }
 

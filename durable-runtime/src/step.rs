@@ -5,6 +5,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -57,7 +58,43 @@ impl Ctx {
         T: Serialize + DeserializeOwned + Send + 'static,
         E: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static,
     {
-        step(self, name, Some(policy), body)
+        step_at(self, name, None::<&()>, false, Some(policy), None, body)
+    }
+
+    /// Like [`step`](Self::step), with a timeout per attempt: an attempt
+    /// still running after `timeout` (on the engine's clock) is a failed
+    /// attempt, its body's future is dropped, and the step is retried per
+    /// the workflow's policy (`policy` overrides it). If the last attempt
+    /// times out, the step fails for good with
+    /// [`InstanceError::StepTimedOut`](crate::InstanceError::StepTimedOut)
+    /// and the instance is failed. `step!(name, timeout = d, body)` is the
+    /// same inside a workflow.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_runtime::Ctx;
+    ///
+    /// async fn fetch(ctx: &Ctx) -> Result<String, String> {
+    ///     ctx.step_timeout("fetch", None, Duration::from_secs(30), || async {
+    ///         Ok("page".to_string())
+    ///     })
+    ///     .await
+    /// }
+    /// ```
+    pub fn step_timeout<'c, T, E, F, Fut>(
+        &'c self,
+        name: &'static str,
+        policy: Option<RetryPolicy>,
+        timeout: Duration,
+        body: F,
+    ) -> BoxFuture<'c, Result<T, E>>
+    where
+        F: Fn() -> Fut + Send + 'c,
+        Fut: Future<Output = Result<T, E>> + Send + 'c,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        E: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        step_at(self, name, None::<&()>, false, policy, Some(timeout), body)
     }
 }
 
@@ -79,18 +116,20 @@ where
     T: Serialize + DeserializeOwned + Send + 'static,
     E: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    step_at(ctx, name, None::<&()>, false, policy, body)
+    step_at(ctx, name, None::<&()>, false, policy, None, body)
 }
 
 /// What `step!` expands to: [`step`] for a site declared in the manifest,
-/// with its phantom (which gives the manifest the site's types) and its
-/// optional key.
+/// with its phantom (which gives the manifest the site's types), its
+/// optional key, retry policy and timeout per attempt.
+#[allow(clippy::too_many_arguments)]
 pub fn step_site<'c, K, T, E, F, Fut>(
     ctx: &'c Ctx,
     _site: PhantomData<fn() -> (T, E)>,
     name: &'static str,
     key: Option<&K>,
     policy: Option<RetryPolicy>,
+    timeout: Option<Duration>,
     body: F,
 ) -> BoxFuture<'c, Result<T, E>>
 where
@@ -100,7 +139,7 @@ where
     T: Serialize + DeserializeOwned + Send + 'static,
     E: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    step_at(ctx, name, key, true, policy, body)
+    step_at(ctx, name, key, true, policy, timeout, body)
 }
 
 fn step_at<'c, K, T, E, F, Fut>(
@@ -109,6 +148,7 @@ fn step_at<'c, K, T, E, F, Fut>(
     key: Option<&K>,
     declared: bool,
     policy: Option<RetryPolicy>,
+    timeout: Option<Duration>,
     body: F,
 ) -> BoxFuture<'c, Result<T, E>>
 where
@@ -152,6 +192,7 @@ where
         at,
         declared,
         seq: ctx.next_seq(),
+        timeout,
     };
     Box::pin(async move {
         match run(ctx, site, policy, body).await {
@@ -167,6 +208,8 @@ struct Site {
     at: At,
     declared: bool,
     seq: u64,
+    /// The timeout of each attempt.
+    timeout: Option<Duration>,
 }
 
 /// The span of one step occurrence (its attempts run inside it).
@@ -209,6 +252,10 @@ where
                     durable.replayed = true,
                     "step replayed from its checkpoint"
                 );
+                #[cfg(feature = "testing")]
+                if let Some(hooks) = &ctx.services.hooks {
+                    hooks.on_replay(name, &site.at);
+                }
                 let decode_error = |reason: String| {
                     Error::Replay(crate::error::ReplayError::CheckpointDecode {
                         instance: ctx.id.clone(),
@@ -241,6 +288,9 @@ where
                     limit as usize,
                 ));
             }
+            CheckpointState::Expired { timeout_ms, .. } => {
+                return Err(timed_out(ctx, name, occurrence, timeout_ms));
+            }
             CheckpointState::Retrying { .. } => (record.attempts, record.started_at_ms, record.seq),
             other => return Err(ctx.diverged(name, occurrence, &other, "a step")),
         },
@@ -270,6 +320,8 @@ where
     E: Serialize + DeserializeOwned + std::fmt::Debug,
 {
     let (name, occurrence) = (site.name, site.at.occurrence());
+    // While the instance is paused, no new step starts.
+    ctx.signals.unpaused().await;
     // A running step keeps the instance from parking.
     let _busy = ctx.signals.busy();
     let policy = policy.unwrap_or(ctx.policy);
@@ -331,9 +383,34 @@ where
                 None => {
                     #[cfg(feature = "testing")]
                     if let Some(hooks) = &ctx.services.hooks {
-                        hooks.ran(name);
+                        hooks.before_body(name, &site.at).await;
                     }
-                    StepScope::enter(Arc::clone(&scope), CatchUnwind::new(&body)).await
+                    let run = StepScope::enter(Arc::clone(&scope), CatchUnwind::new(&body));
+                    match site.timeout {
+                        None => run.await,
+                        Some(timeout) => match within(ctx, timeout, run).await {
+                            Some(ran) => ran,
+                            None => {
+                                // Timed out: the body's future was dropped.
+                                let timeout_ms = crate::time::duration_ms(timeout);
+                                if attempts >= policy.attempts() {
+                                    tracing::warn!(
+                                        durable.attempt = attempts,
+                                        durable.timeout_ms = timeout_ms,
+                                        "step timed out on its last attempt"
+                                    );
+                                    let state = CheckpointState::Expired {
+                                        finished_at_ms: ctx.now_ms(),
+                                        timeout_ms,
+                                    };
+                                    write(ctx, record(attempts, state)).await?;
+                                    return Err(timed_out(ctx, name, occurrence, timeout_ms));
+                                }
+                                Err(Box::new(TimedOutAttempt(timeout_ms))
+                                    as Box<dyn std::any::Any + Send>)
+                            }
+                        },
+                    }
                 }
             }
         };
@@ -369,6 +446,10 @@ where
                     }
                 }
             }
+            Err(panic) if panic.is::<TimedOutAttempt>() => {
+                let ms = panic.downcast_ref::<TimedOutAttempt>().map_or(0, |t| t.0);
+                format!("timed out after {ms} ms")
+            }
             Err(panic) => {
                 let message = panic_message(&*panic);
                 if last {
@@ -401,6 +482,37 @@ where
         let _backoff = ctx.signals.backoff(until);
         clock.sleep_until(until).await;
     }
+}
+
+/// Stands for an attempt that ran past its timeout where a panic payload
+/// goes (never raised as a panic).
+struct TimedOutAttempt(u64);
+
+/// Runs `run` until it resolves or `timeout` passes on the engine's clock
+/// (`None`; `run` is dropped then).
+async fn within<F: Future>(ctx: &Ctx, timeout: Duration, run: F) -> Option<F::Output> {
+    let clock = &ctx.services.clock;
+    let until = clock
+        .now_ms()
+        .saturating_add(crate::time::duration_ms(timeout));
+    let mut run = std::pin::pin!(run);
+    let mut expiry = clock.sleep_until(until);
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(out) = run.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(out));
+        }
+        expiry.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
+fn timed_out(ctx: &Ctx, name: &str, occurrence: u32, timeout_ms: u64) -> Error {
+    Error::Instance(crate::error::InstanceError::StepTimedOut {
+        instance: ctx.id.clone(),
+        step: name.to_string(),
+        occurrence,
+        timeout_ms,
+    })
 }
 
 fn too_large(ctx: &Ctx, name: &str, at: &At, size: usize, limit: usize) -> Error {
@@ -438,11 +550,23 @@ async fn write(ctx: &Ctx, record: CheckpointRecord) -> Result<(), Error> {
     // A finished step is progress: the count of resumes without progress
     // (kept against crash loops) starts again, in the same atomic batch.
     let reset = progress && ctx.recoveries() > 0;
+    #[cfg(feature = "testing")]
+    if let Some(hooks) = &ctx.services.hooks {
+        use crate::hooks::CrashMoment::BeforeCheckpoint;
+        hooks.around_checkpoint(&record, BeforeCheckpoint).await;
+    }
+    #[cfg(feature = "testing")]
+    let written = record.clone();
     ctx.checkpoint(record, reset).await?;
     if reset {
         ctx.take_recoveries();
     }
     crate::crash::point("step.after_write");
+    #[cfg(feature = "testing")]
+    if let Some(hooks) = &ctx.services.hooks {
+        use crate::hooks::CrashMoment::AfterCheckpoint;
+        hooks.around_checkpoint(&written, AfterCheckpoint).await;
+    }
     Ok(())
 }
 

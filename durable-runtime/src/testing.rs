@@ -5,6 +5,19 @@
 //! [`TestEngine::run_until_idle`] waits for what the engine can do before
 //! it has to wait for time or for an event.
 //!
+//! Beyond one engine:
+//!
+//! - **Crash at every step**: [`TestEngine::crash_at_every_step`] runs a
+//!   workflow cleanly, then again with a crash before and after each step's
+//!   checkpoint, resumes it on what the store held, and reports every run
+//!   whose output differs or whose bodies ran more than once more
+//!   ([`CrashReport`]). [`ProcessCrashTest`] does the same with child
+//!   processes killed by `SIGKILL` on the embedded store (Unix).
+//! - **Replay tests**: [`TestEngine::export`] (or [`Export::from_engine`]
+//!   for any engine) writes an instance's history to a file; [`replay`]
+//!   replays it against the current code without running a body and reports
+//!   the first divergence with its site ([`ReplayReport`]).
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> durable_runtime::Result<()> {
 //! use std::time::Duration;
@@ -44,6 +57,11 @@
 //! # Ok(()) }
 //! ```
 
+mod crash;
+#[cfg(unix)]
+mod process;
+mod replay;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -51,12 +69,52 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::engine::{Engine, EngineBuilder};
-use crate::error::Result;
+use crate::error::{Error, Result, StoreError};
 use crate::hooks::Hooks;
 use crate::manifest::{SiteKind, step_types};
-use crate::store::MemoryStore;
+use crate::store::{Batch, Entries, MemoryStore, Store, Tree};
 use crate::time::ManualClock;
 use crate::workflow::{IntoWorkflow, manifest_of};
+
+pub use self::crash::{CrashFailure, CrashReport, CrashTest, Event};
+#[cfg(unix)]
+pub use self::process::{CHILD_ENV, ProcessCrashTest};
+pub use self::replay::{Divergence, Export, ReplayEnd, ReplayReport, replay, replay_export};
+pub use crate::hooks::CrashMoment;
+
+/// Why a test kit operation could not do its job (the workflow under test
+/// misbehaving is reported in a [`CrashReport`] or [`ReplayReport`]
+/// instead).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KitError {
+    /// The engine refused or failed.
+    #[error(transparent)]
+    Engine(#[from] Error),
+    /// A run could not go on: it waits for an event nobody sends, or it
+    /// never settles.
+    #[error("{run}: {reason}")]
+    Stuck {
+        /// Which run (the clean run, or a crash run).
+        run: String,
+        /// What it waits for.
+        reason: String,
+    },
+    /// A history file could not be read or written.
+    #[error("history file {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A history is not for this workflow, or is of an unknown format.
+    #[error("{0}")]
+    Format(String),
+    /// A child process of [`ProcessCrashTest`] did not do what was asked.
+    #[error("child process: {0}")]
+    Child(String),
+}
 
 /// Why [`TestEngine::mock`] refused a mock.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,6 +162,36 @@ pub struct TestEngine {
     engine: Engine,
     clock: ManualClock,
     hooks: Arc<Hooks>,
+    /// The in-memory store (`None` on the embedded store).
+    store: Option<Arc<MemoryStore>>,
+}
+
+/// A [`MemoryStore`] the kit keeps a handle on (to copy it at a crash).
+struct Shared(Arc<MemoryStore>);
+
+impl Store for Shared {
+    fn get(&self, tree: Tree, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(tree, key)
+    }
+    fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> std::result::Result<Entries, StoreError> {
+        self.0.scan_prefix(tree, prefix)
+    }
+    fn scan_rev(
+        &self,
+        tree: Tree,
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> std::result::Result<Entries, StoreError> {
+        self.0.scan_rev(tree, before, limit)
+    }
+    fn apply(&self, batches: &[Batch]) -> std::result::Result<(), StoreError> {
+        self.0.apply(batches)
+    }
+}
+
+/// The manual clock a kit engine starts with: at [`TEST_EPOCH_SECS`].
+fn test_clock() -> ManualClock {
+    ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(TEST_EPOCH_SECS))
 }
 
 impl TestEngine {
@@ -111,10 +199,28 @@ impl TestEngine {
     /// new in-memory store and a manual clock; a store or clock set on the
     /// builder is replaced.
     pub async fn open(builder: EngineBuilder) -> Result<TestEngine> {
-        let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(TEST_EPOCH_SECS));
-        let hooks = Arc::new(Hooks::default());
+        TestEngine::open_with(
+            builder,
+            Some(Arc::new(MemoryStore::new())),
+            test_clock(),
+            Arc::new(Hooks::default()),
+        )
+        .await
+    }
+
+    /// Opens `builder` on `store` (the builder's own store, the embedded one
+    /// at its path, when `None`), with `clock` and `hooks`.
+    async fn open_with(
+        builder: EngineBuilder,
+        store: Option<Arc<MemoryStore>>,
+        clock: ManualClock,
+        hooks: Arc<Hooks>,
+    ) -> Result<TestEngine> {
+        let builder = match &store {
+            Some(store) => builder.store(Shared(Arc::clone(store))),
+            None => builder,
+        };
         let engine = builder
-            .store(MemoryStore::new())
             .clock(clock.clone())
             .hooks(Arc::clone(&hooks))
             .open()
@@ -123,6 +229,7 @@ impl TestEngine {
             engine,
             clock,
             hooks,
+            store,
         })
     }
 
@@ -218,11 +325,19 @@ impl TestEngine {
             for _ in 0..8 {
                 tokio::task::yield_now().await;
             }
-            if self.engine.is_idle().await {
+            // A crashed engine (or a replay past its history) does nothing
+            // more.
+            if self.engine.is_idle().await || self.hooks.stopped() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+    }
+
+    /// Exports instance `id`'s recorded history (see [`Export`]), to replay
+    /// it against other code with [`replay`].
+    pub async fn export(&self, id: &str) -> Result<Export> {
+        Export::of(&self.engine, id).await
     }
 
     /// Runs until idle, moves the clock forward by `by`, then [runs until
@@ -234,6 +349,32 @@ impl TestEngine {
         self.run_until_idle().await;
         self.clock.advance(by);
         self.run_until_idle().await;
+    }
+
+    /// A process restart: shuts the engine down (see
+    /// [`Engine::shutdown`]), moves the clock by `down` (time that passes
+    /// while no engine runs: no timer fires in it), and opens `builder` on
+    /// the same store with the same clock. Body counts and mocks carry over.
+    ///
+    /// ```
+    /// # async fn demo(kit: durable_runtime::testing::TestEngine, wf: impl durable_runtime::IntoWorkflow) -> durable_runtime::Result<()> {
+    /// use std::time::Duration;
+    /// use durable_runtime::Engine;
+    ///
+    /// let kit = kit.restart(Engine::builder().register(wf), Duration::from_secs(3_600)).await?;
+    /// assert_eq!(kit.recovery().parked, 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn restart(self, builder: EngineBuilder, down: Duration) -> Result<TestEngine> {
+        let TestEngine {
+            engine,
+            clock,
+            hooks,
+            store,
+        } = self;
+        engine.shutdown().await;
+        clock.advance(down);
+        TestEngine::open_with(builder, store, clock, hooks).await
     }
 
     /// Shuts the engine down; see [`Engine::shutdown`].

@@ -86,6 +86,11 @@ pub trait Workflow: Copy + Send + Sync + 'static {
         )
     }
 
+    /// The whole-workflow deadline of each instance, in milliseconds from
+    /// its start (`#[durable(timeout = "3d")]`); `None` for none.
+    /// [`StartOptions::deadline`](crate::StartOptions::deadline) overrides it.
+    const TIMEOUT_MS: Option<u64> = None;
+
     /// The workflow's retry policy for its steps, if it overrides the engine's.
     fn retry_policy(&self) -> Option<RetryPolicy> {
         None

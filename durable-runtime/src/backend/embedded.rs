@@ -22,8 +22,8 @@ use tokio::sync::broadcast;
 
 use super::park::ParkTable;
 use super::{
-    Backend, BoxFuture, Claim, ClaimKind, Committed, Created, EventCheck, Lease, Notice, Round,
-    Write,
+    Backend, BoxFuture, Claim, ClaimKind, Committed, Created, EventCheck, Lease, Notice, Reopen,
+    Round, Write,
 };
 use crate::error::{Error, InstanceError, Result, StoreError, UsageError};
 use crate::journal::Journal;
@@ -59,6 +59,14 @@ struct State {
     parked: ParkTable,
     /// Parked instances whose awaited event arrived: claimable.
     ready: Vec<String>,
+    /// Parked instances of workflows this process does not run: shown in
+    /// status and listings, never woken here.
+    foreign: HashMap<String, ParkRecord>,
+    /// Paused instances: never claimed.
+    paused: std::collections::HashSet<String>,
+    /// Paused instances that came due (or were runnable) while paused:
+    /// claimable once unpaused.
+    held: Vec<String>,
     /// Unfinished instances found at open, for the first claim round:
     /// (id bytes, resumes without progress).
     pending: Option<Vec<(Vec<u8>, u32)>>,
@@ -196,6 +204,16 @@ impl Embedded {
                     continue;
                 }
             };
+            if record.paused_since().is_some() {
+                // Not run while paused; a parked one keeps its timer entry
+                // (held when it comes due).
+                let mut state = self.state();
+                state.paused.insert(id.clone());
+                if !state.parked.contains(&id) {
+                    state.held.push(id);
+                }
+                continue;
+            }
             if let InstanceState::NeedsAttention { error } = &record.state {
                 let reason = format!("needs attention: {error}");
                 round.passed_over.push((id, Err(reason)));
@@ -205,7 +223,13 @@ impl Embedded {
                 .iter()
                 .any(|(name, version)| *name == record.workflow && *version == record.version)
             {
-                self.state().parked.remove(&id);
+                let mut state = self.state();
+                if let Some(parked) = state.parked.remove(&id)
+                    && record.state == InstanceState::Running
+                {
+                    state.foreign.insert(id.clone(), parked.to_record());
+                }
+                drop(state);
                 round.passed_over.push((id, Ok(record)));
                 continue;
             }
@@ -321,13 +345,22 @@ impl Backend for Embedded {
         id: &'a str,
         record: &'a InstanceRecord,
     ) -> BoxFuture<'a, Result<Created>> {
+        self.create_with(id, record, &[])
+    }
+
+    fn create_with<'a>(
+        &'a self,
+        id: &'a str,
+        record: &'a InstanceRecord,
+        checkpoints: &'a [CheckpointRecord],
+    ) -> BoxFuture<'a, Result<Created>> {
         Box::pin(async move {
             let _stripe = self.stripe(id).lock().await;
             if let Some(existing) = self.journal.load(id)? {
                 return Ok(Created::Exists(existing));
             }
             let lease = self.own(&mut self.state(), id);
-            if let Err(e) = self.journal.create(id, record).await {
+            if let Err(e) = self.journal.create_with(id, record, checkpoints).await {
                 self.state().owned.remove(id);
                 return Err(e);
             }
@@ -342,10 +375,10 @@ impl Backend for Embedded {
     fn park_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ParkRecord>>> {
         Box::pin(async move {
             let state = self.state();
-            let Some(parked) = state.parked.get(id) else {
-                return Ok(None);
-            };
-            Ok(Some(parked.to_record()))
+            Ok(match state.parked.get(id) {
+                Some(parked) => Some(parked.to_record()),
+                None => state.foreign.get(id).cloned(),
+            })
         })
     }
 
@@ -364,6 +397,13 @@ impl Backend for Embedded {
 
     fn events_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<(String, u64, String)>>> {
         Box::pin(async move { self.journal.events_of(id) })
+    }
+
+    fn event_records<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, u32, EventRecord)>>> {
+        Box::pin(async move { self.journal.events_with_payloads(id) })
     }
 
     fn list<'a>(&'a self, filter: &'a ListFilter) -> BoxFuture<'a, Result<Page>> {
@@ -388,7 +428,7 @@ impl Backend for Embedded {
             let Some(record) = self.journal.load(id)? else {
                 return Ok(None);
             };
-            if ensure_unfinished(id, &record.state).is_err() {
+            if ensure_unfinished(id, &record.state).is_err() || self.state().paused.contains(id) {
                 return Ok(None);
             }
             let recoveries = self.journal.recoveries(id)?;
@@ -412,6 +452,10 @@ impl Backend for Embedded {
                 let mut woken: Vec<String> = std::mem::take(&mut state.ready);
                 let now = self.clock.now_ms();
                 woken.extend(state.parked.take_due(now).iter().map(|id| id.to_string()));
+                // Paused: held until unpaused.
+                let (held, woken): (Vec<String>, Vec<String>) =
+                    woken.into_iter().partition(|id| state.paused.contains(id));
+                state.held.extend(held);
                 woken
             };
             for (i, id) in woken.iter().enumerate() {
@@ -481,7 +525,11 @@ impl Backend for Embedded {
                         .map(|e| e.type_name.to_string())
                 })
             };
-            check(&record, seq, parked_type.as_deref())?;
+            let timed_out_before = match seq.checked_sub(1) {
+                Some(previous) => self.journal.wait_timed_out(id, name, previous)?,
+                None => false,
+            };
+            check(&record, seq, parked_type.as_deref(), timed_out_before)?;
             self.journal.put_event(id, name, seq, &event).await?;
             let woken = {
                 let mut state = self.state();
@@ -537,6 +585,110 @@ impl Backend for Embedded {
             }
             self.notify(Notice::Cancelled { id: id.to_string() });
             Ok(())
+        })
+    }
+
+    fn reopen<'a>(&'a self, id: &'a str, decide: Reopen<'a>) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let _gate = self.gate.lock().await;
+            let _stripe = self.stripe(id).lock().await;
+            let record = self.journal.load(id)?.ok_or_else(|| not_found(id))?;
+            let checkpoints = self.journal.load_checkpoints(id)?;
+            let Some((record, set_aside)) = decide(record, checkpoints)? else {
+                return Ok(false);
+            };
+            // A late owner (there should be none: the instance was stopped)
+            // is fenced out from here on.
+            let previous = {
+                let mut state = self.state();
+                let previous = state.owned.remove(id);
+                state.parked.remove(id);
+                state.ready.retain(|r| r != id);
+                previous
+            };
+            if let Err(e) = self.journal.reopen(id, &record, &set_aside).await {
+                if let Some(epoch) = previous {
+                    self.state().owned.insert(id.to_string(), epoch);
+                }
+                return Err(e);
+            }
+            self.state().ready.push(id.to_string());
+            self.notify(Notice::Ready);
+            Ok(true)
+        })
+    }
+
+    fn set_paused<'a>(
+        &'a self,
+        id: &'a str,
+        paused: bool,
+        update: &'a (dyn Fn(InstanceRecord) -> Option<InstanceRecord> + Send + Sync),
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let _gate = self.gate.lock().await;
+            let _stripe = self.stripe(id).lock().await;
+            let record = self.journal.load(id)?.ok_or_else(|| not_found(id))?;
+            ensure_unfinished(id, &record.state)?;
+            let Some(record) = update(record) else {
+                return Ok(false);
+            };
+            let recoveries = self.journal.recoveries(id)?;
+            self.journal
+                .commit_record(id, &record, Some(recoveries))
+                .await?;
+            {
+                let mut state = self.state();
+                if paused {
+                    state.paused.insert(id.to_string());
+                } else {
+                    state.paused.remove(id);
+                    let held = state.held.len();
+                    state.held.retain(|h| h != id);
+                    if state.held.len() < held {
+                        state.ready.push(id.to_string());
+                    }
+                }
+            }
+            self.notify(Notice::Paused { id: id.to_string() });
+            if !paused {
+                self.notify(Notice::Ready);
+            }
+            Ok(true)
+        })
+    }
+
+    fn purge(&self, before_ms: u64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            const PAGE: usize = 256;
+            let mut purged = 0;
+            // Finished before the cutoff means created before it: the
+            // creation index is read from there backwards.
+            let mut before = crate::records::created_key(before_ms, "");
+            loop {
+                let keys = self.journal.created_before(&before, PAGE)?;
+                let Some(last) = keys.last() else { break };
+                before = last.clone();
+                for key in &keys {
+                    let Some(id) = crate::records::id_of_created_key(key) else {
+                        continue;
+                    };
+                    let _gate = self.gate.lock().await;
+                    let _stripe = self.stripe(id).lock().await;
+                    let Some(record) = self.journal.load(id)? else {
+                        continue;
+                    };
+                    let finished = ensure_unfinished(id, &record.state).is_err();
+                    let ended_at = record.transitions.last().map_or(0, |t| t.at_ms);
+                    if finished && ended_at < before_ms {
+                        self.journal.purge(id, record.created_at_ms).await?;
+                        purged += 1;
+                    }
+                }
+                if keys.len() < PAGE {
+                    break;
+                }
+            }
+            Ok(purged)
         })
     }
 

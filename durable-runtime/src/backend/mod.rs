@@ -127,10 +127,24 @@ pub(crate) enum Committed {
 
 /// What [`Backend::send_event`] checks, under the instance's lock, before
 /// it stores an event: the instance's record, the number the event gets,
-/// and the payload type of the stored (parked) wait the event would satisfy
-/// if there is one; returns the error to refuse the event with.
+/// the payload type of the stored (parked) wait the event would satisfy
+/// if there is one, and whether the wait of that name before it (occurrence
+/// `seq - 1`) ended by its timeout; returns the error to refuse the event
+/// with.
 pub(crate) type EventCheck<'a> =
-    &'a (dyn Fn(&InstanceRecord, u32, Option<&str>) -> Result<()> + Send + Sync);
+    &'a (dyn Fn(&InstanceRecord, u32, Option<&str>, bool) -> Result<()> + Send + Sync);
+
+/// What [`Backend::reopen`] asks the engine under the instance's lock:
+/// `None` for nothing to do, or the new record and the checkpoints to take
+/// out; an error refuses.
+pub(crate) type Reopen<'a> = &'a (
+        dyn Fn(
+    InstanceRecord,
+    Vec<CheckpointRecord>,
+) -> Result<Option<(InstanceRecord, Vec<CheckpointRecord>)>>
+            + Send
+            + Sync
+    );
 
 /// A wake-up hint from the backend. Hints may be lost or repeated: the
 /// engine's claim loop polls, so a lost hint costs at most one poll.
@@ -146,6 +160,8 @@ pub(crate) enum Notice {
     Cancelled { id: String },
     /// Instance `id` finished or was set aside (handles elsewhere re-read it).
     Ended { id: String },
+    /// Instance `id` was paused or unpaused (its owner looks at the record).
+    Paused { id: String },
 }
 
 /// What the engine needs from durable storage.
@@ -157,6 +173,15 @@ pub(crate) trait Backend: Send + Sync + 'static {
         &'a self,
         id: &'a str,
         record: &'a InstanceRecord,
+    ) -> BoxFuture<'a, Result<Created>>;
+
+    /// [`create`](Self::create) with `checkpoints` written in the same
+    /// atomic batch (a fork: the new instance replays them).
+    fn create_with<'a>(
+        &'a self,
+        id: &'a str,
+        record: &'a InstanceRecord,
+        checkpoints: &'a [CheckpointRecord],
     ) -> BoxFuture<'a, Result<Created>>;
 
     /// The record of instance `id`, if it exists.
@@ -178,6 +203,13 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// The events stored for instance `id`: (name, fingerprint, shape).
     fn events_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<(String, u64, String)>>>;
+
+    /// Every event stored for instance `id`: (name, number, record), in
+    /// key order.
+    fn event_records<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, u32, EventRecord)>>>;
 
     /// One page of instances that pass `filter`, newest first.
     fn list<'a>(&'a self, filter: &'a ListFilter) -> BoxFuture<'a, Result<Page>>;
@@ -241,7 +273,47 @@ pub(crate) trait Backend: Send + Sync + 'static {
         update: &'a (dyn Fn(InstanceRecord) -> InstanceRecord + Send + Sync),
     ) -> BoxFuture<'a, Result<()>>;
 
+    /// Sets stopped instance `id` going again by hand (`Engine::retry`,
+    /// `Engine::resume` of a cancelled one). Under the instance's lock (the
+    /// one `send_event` and `cancel` take), `decide` gets its record and
+    /// checkpoints and returns `None` (nothing to do: the write is skipped)
+    /// or the new record (state `Running`, with the transition saying what
+    /// was done) and the checkpoints to take out (by name and occurrence or
+    /// key; the caller kept what it needs of them in the transition). One
+    /// atomic batch writes the record, deletes those checkpoints and puts
+    /// the instance among the unfinished with no resumes without progress.
+    /// The epoch moves (a late owner's writes are refused); the instance is
+    /// left unowned and runnable, so the next claim round takes it (a
+    /// `Ready` hint). Returns whether it wrote. `NotFound` is the backend's
+    /// error; `decide` refuses with its own.
+    fn reopen<'a>(&'a self, id: &'a str, decide: Reopen<'a>) -> BoxFuture<'a, Result<bool>>;
+
+    /// Pauses (`paused`) or unpauses unfinished instance `id`: under the
+    /// instance's lock, `update` gets its record and returns it with the
+    /// transition saying so, or `None` when it already is as asked (nothing
+    /// is written). The record is written durably; the epoch does not move
+    /// (an owner finishes the step it runs, and starts no other while
+    /// paused: the engine's `Paused` hint tells it). While paused, no claim
+    /// takes the instance: a parked one stays parked whatever its timer or
+    /// events; after an unpause, one that came due meanwhile (or that was
+    /// not parked) is claimable at once. Returns whether it wrote.
+    /// `NotFound` and `InstanceFinished` are the backend's errors.
+    fn set_paused<'a>(
+        &'a self,
+        id: &'a str,
+        paused: bool,
+        update: &'a (dyn Fn(InstanceRecord) -> Option<InstanceRecord> + Send + Sync),
+    ) -> BoxFuture<'a, Result<bool>>;
+
     // --- store-wide ---
+
+    /// Deletes every finished instance (completed, failed, cancelled) whose
+    /// last transition is before `before_ms`: its record, checkpoints,
+    /// events, park record and index entries, one instance per atomic batch,
+    /// each decided under the instance's lock (one reopened meanwhile is
+    /// kept). Unfinished instances are never touched. Returns how many were
+    /// deleted.
+    fn purge(&self, before_ms: u64) -> BoxFuture<'_, Result<u64>>;
 
     /// The ids of every unfinished instance (the deploy gate checks them).
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<String>>>;

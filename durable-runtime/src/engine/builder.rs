@@ -30,6 +30,8 @@ pub const DEFAULT_MAX_RECOVERIES: u32 = 10;
 pub(super) struct Config {
     pub retry: RetryPolicy,
     pub max_recoveries: u32,
+    /// Finished instances older than this are purged in the background.
+    pub retention: Option<std::time::Duration>,
 }
 
 /// Builds an [`Engine`]: where the store is, which workflows it runs, defaults.
@@ -83,6 +85,7 @@ impl Default for EngineBuilder {
             config: Config {
                 retry: RetryPolicy::default(),
                 max_recoveries: DEFAULT_MAX_RECOVERIES,
+                retention: None,
             },
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             clock: Arc::new(SystemClock),
@@ -223,6 +226,31 @@ impl EngineBuilder {
         self
     }
 
+    /// Purges finished instances (completed, failed, cancelled) once they
+    /// have been finished for `age`, in a background task on the engine's
+    /// clock: their record, checkpoints, events and index entries go, as
+    /// [`Engine::purge`] does. It runs at open and then every `age / 4`
+    /// (at most hourly, at least every second). Unfinished instances are
+    /// never purged. Off by default: history is kept forever.
+    ///
+    /// ```
+    /// # async fn demo() -> durable_runtime::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// let engine = durable_runtime::Engine::builder()
+    ///     .path("orders.db")
+    ///     .retention(Duration::from_secs(7 * 24 * 3600))
+    ///     .open()
+    ///     .await?;
+    /// # engine.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn retention(mut self, age: std::time::Duration) -> Self {
+        self.config.retention = Some(age);
+        self
+    }
+
     /// How many times in a row an instance may be resumed (after a crash or a
     /// block) without finishing a step before it is set aside as
     /// [`Status::NeedsAttention`](crate::Status::NeedsAttention) instead of
@@ -299,6 +327,14 @@ impl EngineBuilder {
                     .claim_task
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = Some(claims.abort_handle());
+                if let Some(age) = core.config.retention {
+                    let purges = runtime.spawn(Core::retention_loop(Arc::downgrade(&core), age));
+                    *core
+                        .scheduler
+                        .retention_task
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(purges.abort_handle());
+                }
                 Ok(Engine {
                     core,
                     recovery: Arc::new(recovery),

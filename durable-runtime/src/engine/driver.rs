@@ -175,6 +175,10 @@ impl Core {
             }
             tracing::info!("instance resumed");
         }
+        slot.signals.paused.store(
+            record.paused_since().is_some(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         let policy = erased.policy().unwrap_or(self.config.retry);
         slot.signals
             .waiting
@@ -196,12 +200,26 @@ impl Core {
         ctx.hold_lane(lane);
         ctx.set_started_patches(started_patches);
         let clock = &self.services.clock;
+        let deadline = record.deadline_ms();
         let flow = {
             let mut run = pin!(CatchUnwind::new(&|| erased.run(&ctx, &record.input)));
             let mut aborted = pin!(ctx.aborted());
+            // The whole-workflow deadline: when it passes, the run stops
+            // where it stands and the instance is cancelled.
+            let mut expiry = deadline.map(|at| clock.sleep_until(at));
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(error) = aborted.as_mut().poll(cx) {
                     return Poll::Ready(Err(error));
+                }
+                if let (Some(expiry), Some(at)) = (expiry.as_mut(), deadline)
+                    && expiry.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(Error::Instance(
+                        crate::error::InstanceError::DeadlinePassed {
+                            instance: id.to_string(),
+                            deadline_ms: at,
+                        },
+                    )));
                 }
                 match run.as_mut().poll(cx) {
                     Poll::Ready(Ok(output)) => Poll::Ready(output.map(Ok)),
@@ -220,8 +238,17 @@ impl Core {
             .await
         };
         let outcome = match flow {
-            Ok(Err(conds)) => {
+            Ok(Err(mut conds)) => {
                 drop(ctx);
+                if let Some(at) = deadline {
+                    // Parked, it is woken at its deadline too (to be cancelled).
+                    conds.push(crate::records::WaitCond {
+                        name: "durable.deadline".into(),
+                        occurrence: 0,
+                        deadline_ms: Some(at),
+                        event_type: None,
+                    });
+                }
                 return match self.park(id, conds, slot, lease).await {
                     Ok(Committed::Written) => DriveEnd::Parked,
                     Ok(Committed::EventFirst) => DriveEnd::Rerun,
@@ -263,6 +290,7 @@ impl Core {
         lease: Lease,
         outcome: Result<(Vec<u8>, bool)>,
     ) -> Result<Vec<u8>> {
+        self.fresh_transitions(id, &mut record).await;
         match outcome {
             Ok((output, is_err)) => {
                 record.state = InstanceState::Returned {
@@ -297,6 +325,7 @@ impl Core {
         lease: Lease,
         error: Error,
     ) -> Result<Vec<u8>> {
+        self.fresh_transitions(id, &mut record).await;
         let text = error.to_string();
         let active = error.blocks().then_some(recoveries);
         let kind =
@@ -314,6 +343,15 @@ impl Core {
             } else if let Error::Instance(crate::error::InstanceError::Cancelled { .. }) = &error {
                 record.state = InstanceState::Cancelled;
                 TransitionKind::Cancelled
+            } else if let Error::Instance(crate::error::InstanceError::DeadlinePassed {
+                deadline_ms,
+                ..
+            }) = &error
+            {
+                record.state = InstanceState::Cancelled;
+                TransitionKind::DeadlinePassed {
+                    at_ms: *deadline_ms,
+                }
             } else if let Error::Instance(crate::error::InstanceError::NeedsAttention {
                 reason,
                 ..
@@ -350,6 +388,14 @@ impl Core {
                 );
                 Err(error)
             }
+        }
+    }
+
+    /// Takes the stored transitions of `id` into `record` (the owner's copy
+    /// is from its claim; an operator may have recorded a pause since).
+    async fn fresh_transitions(&self, id: &str, record: &mut InstanceRecord) {
+        if let Ok(Some(stored)) = self.services.backend.load(id).await {
+            record.transitions = stored.transitions;
         }
     }
 

@@ -29,7 +29,10 @@ impl Core {
             .await?
             .ok_or_else(|| Error::Usage(UsageError::NotFound { id: id.clone() }))?;
         let manifest = self.manifest_for(&record).await;
-        let check = |_: &crate::records::InstanceRecord, seq: u32, parked: Option<&str>| {
+        let check = |_: &crate::records::InstanceRecord,
+                     seq: u32,
+                     parked: Option<&str>,
+                     timed_out_before: bool| {
             let mismatch = |expected: String| {
                 Err(Error::Usage(UsageError::EventTypeMismatch {
                     instance: id.clone(),
@@ -47,12 +50,22 @@ impl Core {
             {
                 return mismatch(types.value.text.clone());
             }
-            if let Some(expected) = parked
+            let waiting = parked
                 .map(str::to_string)
-                .or_else(|| self.waiting_type(&id, &name, seq))
-                && expected != shape.text
+                .or_else(|| self.waiting_type(&id, &name, seq));
+            if let Some(expected) = &waiting
+                && *expected != shape.text
             {
-                return mismatch(expected);
+                return mismatch(expected.clone());
+            }
+            // Late for a wait that timed out, and nothing waits for the
+            // name again now: storing it would drop it silently.
+            if timed_out_before && waiting.is_none() {
+                return Err(Error::Usage(UsageError::WaitTimedOut {
+                    instance: id.clone(),
+                    event: name.clone(),
+                    occurrence: seq - 1,
+                }));
             }
             Ok(())
         };

@@ -224,6 +224,7 @@ impl Core {
         id: String,
         input: Vec<u8>,
         manual: bool,
+        deadline_ms: Option<u64>,
     ) -> Result<watch::Receiver<Outcome>> {
         let backend = &self.services.backend;
         // Reserve the slot first: starters of the same id in this process
@@ -247,10 +248,10 @@ impl Core {
             input: input.clone(),
             state: InstanceState::Running,
             created_at_ms: now,
-            transitions: vec![TransitionRecord {
-                at_ms: now,
-                kind: TransitionKind::Started,
-            }],
+            transitions: std::iter::once(TransitionKind::Started)
+                .chain(deadline_ms.map(|at_ms| TransitionKind::Deadline { at_ms }))
+                .map(|kind| TransitionRecord { at_ms: now, kind })
+                .collect(),
         };
         crate::crash::point("start.before_record");
         let created = match backend.create(&id, &fresh).await {

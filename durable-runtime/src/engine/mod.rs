@@ -11,12 +11,16 @@
 //! | `events` | `send_event` and `cancel`, decided by the backend |
 //! | `recovery` | the first claim round at open, and its report |
 //! | `queries` | status, history, listing |
+//! | `admin` | (feature `json`) documents for operators, events as JSON, resume by id, the gate against other manifests |
 
+#[cfg(feature = "json")]
+pub(crate) mod admin;
 mod builder;
 mod driver;
 mod events;
 mod evolution;
 mod instances;
+mod operator;
 mod queries;
 mod recovery;
 mod registry;
@@ -60,6 +64,33 @@ pub(crate) struct Core {
     runtime: tokio::runtime::Handle,
 }
 
+/// Options of [`Engine::start_with`].
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct StartOptions {
+    deadline: Option<std::time::Duration>,
+}
+
+impl StartOptions {
+    /// No options: as [`Engine::start`].
+    pub fn new() -> Self {
+        StartOptions::default()
+    }
+
+    /// A whole-workflow deadline, `after` from the start on the engine's
+    /// clock: if the instance has not finished by then it is cancelled
+    /// where it stands (a step running then is dropped; a parked instance
+    /// is woken for it), with status [`Status::Cancelled`] and
+    /// [`TransitionKind::DeadlinePassed`](crate::TransitionKind::DeadlinePassed)
+    /// in its history; its handles return
+    /// [`InstanceError::DeadlinePassed`](crate::InstanceError::DeadlinePassed)
+    /// or [`InstanceError::Cancelled`](crate::InstanceError::Cancelled).
+    pub fn deadline(mut self, after: std::time::Duration) -> Self {
+        self.deadline = Some(after);
+        self
+    }
+}
+
 /// Runs workflows durably. Cheap to clone; all clones share one store.
 #[derive(Clone)]
 pub struct Engine {
@@ -94,14 +125,54 @@ impl Engine {
         id: impl Into<String>,
         input: In<I>,
     ) -> Result<Handle<Out<I>>> {
+        self.start_with(workflow, id, input, StartOptions::new())
+            .await
+    }
+
+    /// [`start`](Self::start) with options: a whole-workflow deadline.
+    /// The options are recorded with the instance when it is created (a
+    /// start that attaches to an existing instance does not change them).
+    ///
+    /// ```
+    /// # use durable_runtime::{Engine, IntoWorkflow, Workflow};
+    /// # async fn demo<W: IntoWorkflow>(engine: Engine, checkout: W, input: <W::Workflow as Workflow>::Input)
+    /// # -> durable_runtime::Result<()> {
+    /// use std::time::Duration;
+    /// use durable_runtime::StartOptions;
+    ///
+    /// // Cancelled (status Cancelled, TransitionKind::DeadlinePassed in its
+    /// // history) unless it finished within a day, parked or not.
+    /// let options = StartOptions::new().deadline(Duration::from_secs(86_400));
+    /// let handle = engine.start_with(checkout, "order-42", input, options).await?;
+    /// # drop(handle);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn start_with<I: IntoWorkflow>(
+        &self,
+        workflow: I,
+        id: impl Into<String>,
+        input: In<I>,
+        options: StartOptions,
+    ) -> Result<Handle<Out<I>>> {
         let _ = workflow;
         type W<I> = <I as IntoWorkflow>::Workflow;
         let id = id.into();
         validate_id(&id)?;
         let erased = self.core.registry.get::<W<I>>()?;
         let input = self.core.services.encode_value(&id, "input", &input)?;
+        let deadline = options
+            .deadline
+            .or(W::<I>::TIMEOUT_MS.map(std::time::Duration::from_millis))
+            .map(|d| {
+                self.core
+                    .services
+                    .clock
+                    .now_ms()
+                    .saturating_add(crate::time::duration_ms(d))
+            });
         let done = Arc::clone(&self.core)
-            .start_or_attach(W::<I>::NAME, erased, id.clone(), input, false)
+            .start_or_attach(W::<I>::NAME, erased, id.clone(), input, false, deadline)
             .await?;
         Ok(Handle::new(id, done, &self.core))
     }
@@ -130,10 +201,15 @@ impl Engine {
     }
 
     /// Resumes instance `id` by hand: one that was set aside as
-    /// [`Status::NeedsAttention`], a blocked one once its cause is fixed, or
-    /// an [`Status::Incompatible`] one (checked again first). Its count of
-    /// resumes without progress starts again. A running, completed or
-    /// cancelled instance is attached to, as with [`attach`](Self::attach).
+    /// [`Status::NeedsAttention`], a blocked one once its cause is fixed, an
+    /// [`Status::Incompatible`] one (checked again first), or a
+    /// [`Status::Cancelled`] one (durably reopened first, recorded in its
+    /// history as [`TransitionKind::Reopened`](crate::TransitionKind::Reopened)
+    /// with who did it; it runs on from its checkpoints, and a step that was
+    /// running when it was cancelled runs again). Its count of resumes
+    /// without progress starts again. A running or completed instance is
+    /// attached to, as with [`attach`](Self::attach). Resuming twice is
+    /// resuming once.
     /// A [`Status::Failed`] instance is not resumed: a step failed for good
     /// and that failure is its recorded outcome, so this returns
     /// [`InstanceError::Failed`](crate::InstanceError::Failed) (never `Ok` doing nothing);
@@ -172,10 +248,49 @@ impl Engine {
                 },
             ));
         }
+        if manual && record.state == crate::records::InstanceState::Cancelled {
+            self.core.reopen_cancelled(&id).await?;
+        }
         let done = Arc::clone(&self.core)
-            .start_or_attach(W::<I>::NAME, erased, id.clone(), record.input, manual)
+            .start_or_attach(W::<I>::NAME, erased, id.clone(), record.input, manual, None)
             .await?;
         Ok(Handle::new(id, done, &self.core))
+    }
+
+    /// Sets a [`Status::Failed`] or [`Status::Blocked`] instance (or one
+    /// that [needs attention](Status::NeedsAttention), or that completed
+    /// with an error) going again from its failed step, durably: when this
+    /// returns, the instance is `Running` in the store and runs (here if
+    /// this engine has its workflow, else in the next engine that opens the
+    /// store with it). The failed step's checkpoint is set aside: taken out
+    /// of the checkpoints so the step runs again, and kept in the history
+    /// as a [`TransitionKind::Retried`](crate::TransitionKind::Retried)
+    /// transition with who did it (`$DURABLE_OPERATOR` or `$USER`, and the
+    /// process id), when, and how the step had failed. The steps before it
+    /// replay from their checkpoints.
+    ///
+    /// Idempotent: retrying an instance that is running again already does
+    /// nothing.
+    ///
+    /// ```
+    /// # async fn demo(engine: durable_runtime::Engine) -> durable_runtime::Result<()> {
+    /// use durable_runtime::Status;
+    ///
+    /// if let Status::Failed { reason } = engine.status("order-42").await? {
+    ///     println!("retrying order-42, which failed: {reason}");
+    ///     engine.retry("order-42").await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Errors: [`UsageError::NotFound`](crate::UsageError::NotFound),
+    /// [`UsageError::NotRetryable`](crate::UsageError::NotRetryable) for a
+    /// completed or cancelled instance (resume a cancelled one with
+    /// [`resume`](Self::resume)).
+    pub async fn retry(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        self.core.retry(id).await
     }
 
     /// The status of instance `id`: with the step attempts running now, and
@@ -226,7 +341,12 @@ impl Engine {
     /// was satisfied is kept but never delivered again.
     ///
     /// Errors: [`UsageError::NotFound`](crate::UsageError::NotFound),
-    /// [`UsageError::InstanceFinished`](crate::UsageError::InstanceFinished), and
+    /// [`UsageError::InstanceFinished`](crate::UsageError::InstanceFinished),
+    /// [`UsageError::WaitTimedOut`](crate::UsageError::WaitTimedOut) when the
+    /// last wait of that name timed out and the instance does not wait for
+    /// the name again now (nothing is stored: the event would never be
+    /// read; a workflow that waits again in a loop takes it once it waits),
+    /// and
     /// [`UsageError::EventTypeMismatch`](crate::UsageError::EventTypeMismatch) when the
     /// payload's serde shape is not the one the workflow's `wait_for!` of
     /// that name reads, whether or not the instance waits yet (checked
@@ -268,6 +388,89 @@ impl Engine {
         self.core.cancel(id).await
     }
 
+    /// Forks instance `id` from its step `from_step` as a new instance
+    /// `new_id`, durably: the new instance has the same workflow (and
+    /// version) and input, replays the checkpoints `id` recorded before the
+    /// first occurrence of `from_step` (in history order), and runs the rest
+    /// for real, here if this engine has its workflow. The source is not
+    /// changed. The new instance's history starts with
+    /// [`TransitionKind::Forked`](crate::TransitionKind::Forked) (from, step,
+    /// who). Forking again with the same arguments does nothing.
+    ///
+    /// ```
+    /// # async fn demo(engine: durable_runtime::Engine) -> durable_runtime::Result<()> {
+    /// // Run order-42 again from its "charge" step, keeping what came before.
+    /// engine.fork("order-42", "charge", "order-42-retry-1").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Errors: [`UsageError::NotFound`](crate::UsageError::NotFound),
+    /// [`UsageError::NoSuchStep`](crate::UsageError::NoSuchStep) when `id`
+    /// recorded no such step,
+    /// [`UsageError::IdConflict`](crate::UsageError::IdConflict) when
+    /// `new_id` names another instance.
+    pub async fn fork(&self, id: &str, from_step: &str, new_id: &str) -> Result<()> {
+        validate_id(id)?;
+        validate_id(new_id)?;
+        self.core.fork(id, from_step, new_id).await
+    }
+
+    /// Pauses instance `id`, durably: after this returns no new step starts
+    /// (a step running now finishes and is checkpointed), a parked instance
+    /// stays parked (its timer and events are not acted on), and nothing
+    /// resumes it at the next open, until [`unpause`](Self::unpause).
+    /// [`status`](Self::status) shows [`Status::Paused`]; the history has a
+    /// [`TransitionKind::Paused`](crate::TransitionKind::Paused) with who
+    /// did it and when. Events sent meanwhile are stored. Pausing a paused
+    /// instance does nothing.
+    ///
+    /// ```
+    /// # async fn demo(engine: durable_runtime::Engine) -> durable_runtime::Result<()> {
+    /// engine.pause("order-42").await?;
+    /// // .. fix what the next step would break ..
+    /// engine.unpause("order-42").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Errors: [`UsageError::NotFound`](crate::UsageError::NotFound),
+    /// [`UsageError::InstanceFinished`](crate::UsageError::InstanceFinished).
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        self.core.set_paused(id, true).await
+    }
+
+    /// Unpauses instance `id`, durably: it goes on where it stood (a timer
+    /// that came due meanwhile fires at once). Unpausing an instance that is
+    /// not paused does nothing. Errors as for [`pause`](Self::pause).
+    pub async fn unpause(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        self.core.set_paused(id, false).await
+    }
+
+    /// Deletes every finished instance (completed, failed, cancelled) that
+    /// finished before `finished_before`: its record, checkpoints, events
+    /// and index entries, so the store stops growing with old history.
+    /// Unfinished instances are never touched. Returns how many were
+    /// deleted. Each instance goes in one atomic write: after a crash it is
+    /// either all there or all gone. [`EngineBuilder::retention`] does this
+    /// in the background.
+    ///
+    /// ```
+    /// # async fn demo(engine: durable_runtime::Engine) -> durable_runtime::Result<()> {
+    /// use std::time::{Duration, SystemTime};
+    ///
+    /// let month_ago = SystemTime::now() - Duration::from_secs(30 * 24 * 3600);
+    /// let purged = engine.purge(month_ago).await?;
+    /// println!("purged {purged} instances");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn purge(&self, finished_before: std::time::SystemTime) -> Result<u64> {
+        self.core.purge(crate::time::to_ms(finished_before)).await
+    }
+
     /// What recovery did when this engine opened.
     pub fn recovery(&self) -> &RecoveryReport {
         &self.recovery
@@ -293,6 +496,19 @@ impl Engine {
     #[cfg(feature = "testing")]
     pub(crate) async fn is_idle(&self) -> bool {
         self.core.idle().await
+    }
+
+    /// The engine's backend (feature `testing`: the kit's export).
+    #[cfg(feature = "testing")]
+    pub(crate) fn backend(&self) -> &std::sync::Arc<dyn crate::backend::Backend> {
+        &self.core.services.backend
+    }
+
+    /// The earliest deadline (clock milliseconds) anything in this engine
+    /// waits for: a timer, a backoff, a wait's timeout (feature `testing`).
+    #[cfg(feature = "testing")]
+    pub(crate) fn next_wake_ms(&self) -> Option<u64> {
+        self.core.next_wake()
     }
 
     /// How many instances are parked in this process now (feature `hooks`).

@@ -28,6 +28,8 @@ pub(crate) const PARK_AFTER_MS: u64 = 1_000;
 #[derive(Default)]
 pub(super) struct Scheduler {
     pub claim_task: TaskSlot,
+    /// The retention task (`EngineBuilder::retention`), if any.
+    pub retention_task: TaskSlot,
     /// Held while a round takes instances out of the backend and starts
     /// them, so that an idle check never sees one in neither place.
     pub claiming: tokio::sync::Mutex<()>,
@@ -36,13 +38,10 @@ pub(super) struct Scheduler {
 impl Scheduler {
     /// Stops the claim loop.
     pub(super) fn stop(&self) {
-        if let Some(task) = self
-            .claim_task
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            task.abort();
+        for slot in [&self.claim_task, &self.retention_task] {
+            if let Some(task) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                task.abort();
+            }
         }
     }
 }
@@ -137,13 +136,28 @@ impl Core {
                 }
             }
             Notice::Cancelled { id } => {
-                if let Some(slot) = self.instances.get(&id) {
+                // A hint can be late: the instance may have been resumed
+                // since. The store says whether it is cancelled now.
+                let cancelled = matches!(
+                    self.services.backend.load(&id).await,
+                    Ok(Some(record)) if record.state == crate::records::InstanceState::Cancelled
+                );
+                if cancelled && let Some(slot) = self.instances.get(&id) {
                     slot.signals.cancelled.store(true, Ordering::SeqCst);
                     slot.signals.ring();
                 }
                 self.resolve(&id).await;
             }
             Notice::Ended { id } => self.resolve(&id).await,
+            Notice::Paused { id } => {
+                if let Some(slot) = self.instances.get(&id)
+                    && let Ok(Some(record)) = self.services.backend.load(&id).await
+                {
+                    let paused = record.paused_since().is_some();
+                    slot.signals.paused.store(paused, Ordering::SeqCst);
+                    slot.signals.ring();
+                }
+            }
         }
     }
 
@@ -277,5 +291,18 @@ impl Core {
             }
         }
         true
+    }
+
+    /// The earliest deadline anything waits for: a parked instance's timer,
+    /// or a running instance's backoff, sleep or wait timeout (feature
+    /// `testing`).
+    #[cfg(feature = "testing")]
+    pub(super) fn next_wake(&self) -> Option<u64> {
+        let slots: Vec<_> = self.instances.lock().values().map(Arc::clone).collect();
+        slots
+            .iter()
+            .filter_map(|slot| slot.signals.next_deadline())
+            .chain(self.services.backend.next_due())
+            .min()
     }
 }

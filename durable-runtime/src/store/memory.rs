@@ -29,6 +29,16 @@ impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
     }
+
+    /// A copy of everything stored now (the test kit's crash: what a killed
+    /// process leaves behind).
+    #[cfg(feature = "testing")]
+    pub(crate) fn snapshot(&self) -> MemoryStore {
+        let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
+        MemoryStore {
+            trees: RwLock::new(trees.clone()),
+        }
+    }
 }
 
 impl Store for MemoryStore {

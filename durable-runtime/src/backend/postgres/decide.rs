@@ -65,7 +65,31 @@ impl Inner {
                 .iter()
                 .find(|c| c.name == name && c.occurrence == seq && c.event_type.is_some())
         });
-        check(&record, seq, wait.and_then(|w| w.event_type.as_deref()))?;
+        // Whether the wait this event's number follows timed out.
+        let timed_out_before = match seq.checked_sub(1) {
+            Some(before) => tx
+                .query_opt(
+                    &self.sql(
+                        "SELECT record FROM {s}.checkpoints WHERE instance_id = $1 AND key = $2",
+                    ),
+                    &[&id, &crate::records::occurrence_key(id, name, before)],
+                )
+                .await
+                .map_err(io("read the wait before an event"))?
+                .and_then(|r| {
+                    crate::codec::decode::<crate::records::CheckpointRecord>(r.get(0)).ok()
+                })
+                .is_some_and(|c| {
+                    matches!(c.state, crate::records::CheckpointState::TimedOut { .. })
+                }),
+            None => false,
+        };
+        check(
+            &record,
+            seq,
+            wait.and_then(|w| w.event_type.as_deref()),
+            timed_out_before,
+        )?;
         tx.execute(
             &self.sql(
                 "INSERT INTO {s}.events (instance_id, name, seq, record) VALUES ($1, $2, $3, $4)",

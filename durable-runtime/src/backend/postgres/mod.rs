@@ -42,13 +42,21 @@ use tokio::sync::broadcast;
 use tokio_postgres::NoTls;
 
 use crate::backend::{
-    Backend, BoxFuture, Claim, Committed, Created, EventCheck, Lease, Notice, Round, Write,
+    Backend, BoxFuture, Claim, Committed, Created, EventCheck, Lease, Notice, Reopen, Round, Write,
 };
 use crate::error::{Error, Result, StoreError};
 use crate::listing::{ListFilter, Page};
 use crate::manifest::Manifest;
 use crate::records::{CheckpointRecord, EventRecord, InstanceRecord, ParkRecord};
 use crate::time::Clock;
+
+/// The error of an operation this backend does not do yet.
+fn not_supported(operation: &'static str) -> Error {
+    Error::Usage(crate::error::UsageError::NotSupported {
+        operation,
+        backend: "PostgreSQL",
+    })
+}
 
 /// How a [`PgBackend`] runs.
 #[derive(Debug, Clone)]
@@ -327,6 +335,13 @@ impl Backend for PgBackend {
         Box::pin(self.inner.events_of(id))
     }
 
+    fn event_records<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, u32, EventRecord)>>> {
+        Box::pin(self.inner.event_records(id))
+    }
+
     fn list<'a>(&'a self, filter: &'a ListFilter) -> BoxFuture<'a, Result<Page>> {
         Box::pin(self.inner.list(filter))
     }
@@ -345,6 +360,37 @@ impl Backend for PgBackend {
 
     fn next_due(&self) -> Option<u64> {
         self.inner.next_due()
+    }
+
+    fn create_with<'a>(
+        &'a self,
+        id: &'a str,
+        record: &'a InstanceRecord,
+        checkpoints: &'a [CheckpointRecord],
+    ) -> BoxFuture<'a, Result<Created>> {
+        Box::pin(async move {
+            if checkpoints.is_empty() {
+                return self.inner.create(id, record).await;
+            }
+            Err(not_supported("fork"))
+        })
+    }
+
+    fn reopen<'a>(&'a self, _id: &'a str, _decide: Reopen<'a>) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move { Err(not_supported("retry and resuming a finished instance")) })
+    }
+
+    fn set_paused<'a>(
+        &'a self,
+        _id: &'a str,
+        _paused: bool,
+        _update: &'a (dyn Fn(InstanceRecord) -> Option<InstanceRecord> + Send + Sync),
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move { Err(not_supported("pause and unpause")) })
+    }
+
+    fn purge(&self, _before_ms: u64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move { Err(not_supported("purge")) })
     }
 
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<String>>> {

@@ -82,6 +82,7 @@ fn payload(token: u64, notice: &Notice) -> String {
         Notice::Ready => format!("{token:x}|R"),
         Notice::Cancelled { id } => format!("{token:x}|C{id}"),
         Notice::Ended { id } => format!("{token:x}|N{id}"),
+        Notice::Paused { id } => format!("{token:x}|P{id}"),
         Notice::Event { id, name } => format!("{token:x}|E{}:{id}{name}", id.len()),
     }
 }

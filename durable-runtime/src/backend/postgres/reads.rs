@@ -102,6 +102,29 @@ impl Inner {
             .collect())
     }
 
+    pub(super) async fn event_records(&self, id: &str) -> Result<Vec<(String, u32, EventRecord)>> {
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(
+                &self.sql(
+                    "SELECT name, seq, record FROM {s}.events WHERE instance_id = $1
+                     ORDER BY octet_length(name), name, seq",
+                ),
+                &[&id],
+            )
+            .await
+            .map_err(io("read events"))?;
+        rows.iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                let seq: i32 = r.get(1);
+                let event: EventRecord =
+                    decode(r.get(2), || format!("event {name:?} of instance {id:?}"))?;
+                Ok((name, seq as u32, event))
+            })
+            .collect()
+    }
+
     pub(super) async fn manifest(&self, hash: u64) -> Result<Option<Manifest>> {
         let conn = self.conn().await?;
         let row = conn

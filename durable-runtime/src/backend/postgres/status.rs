@@ -64,6 +64,8 @@ pub(super) fn codes(kind: StatusKind) -> &'static [i16] {
         StatusKind::Failed => &[FAILED],
         StatusKind::Cancelled => &[CANCELLED],
         StatusKind::Incompatible => &[INCOMPATIBLE],
+        // Pausing is not supported on PostgreSQL yet: nothing is paused.
+        StatusKind::Paused => &[],
     }
 }
 

@@ -30,7 +30,7 @@ async fn an_event_for_a_parked_instance_makes_it_claimable_as_a_wake_up() {
 
     let seen = Mutex::new(None);
     let seq = sender
-        .send_event("w", "approve", event(5), &|record, _, waiting| {
+        .send_event("w", "approve", event(5), &|record, _, waiting, _| {
             assert_eq!(record.workflow, "wf");
             *seen.lock().unwrap() = Some(waiting.map(str::to_string));
             Ok(())
@@ -62,7 +62,7 @@ async fn an_event_for_a_parked_instance_makes_it_claimable_as_a_wake_up() {
 
     // The next event of the name: number 1, not awaited (no type to check).
     let seq = sender
-        .send_event("w", "approve", event(6), &|_, _, waiting| {
+        .send_event("w", "approve", event(6), &|_, _, waiting, _| {
             assert_eq!(waiting, None);
             Ok(())
         })
@@ -71,7 +71,7 @@ async fn an_event_for_a_parked_instance_makes_it_claimable_as_a_wake_up() {
     assert_eq!(seq, 1);
     // A check that refuses stores nothing.
     let refused = sender
-        .send_event("w", "approve", event(7), &|_, _, _| {
+        .send_event("w", "approve", event(7), &|_, _, _, _| {
             Err(crate::error::Error::Usage(
                 crate::error::UsageError::NotFound {
                     id: "refused".into(),
@@ -149,7 +149,7 @@ async fn a_timeout_and_an_event_racing_have_exactly_one_winner() {
             let (sender, id) = (Arc::clone(&sender), id.clone());
             tokio::spawn(async move {
                 sender
-                    .send_event(&id, "w", event(1), &|_, _, _| Ok(()))
+                    .send_event(&id, "w", event(1), &|_, _, _, _| Ok(()))
                     .await
             })
         };
@@ -196,7 +196,7 @@ async fn hints_cross_processes_and_polling_survives_a_cut_listener() {
     // A hint from another process arrives through LISTEN (polling is
     // hourly here, so only the listener can bring it).
     create(&b, "x").await;
-    b.send_event("x", "go", event(1), &|_, _, _| Ok(()))
+    b.send_event("x", "go", event(1), &|_, _, _, _| Ok(()))
         .await
         .unwrap();
     notice(&mut rx, |n| {
@@ -243,7 +243,7 @@ async fn without_a_listener_polling_delivers_a_woken_instance() {
         .await
         .unwrap();
     let mut rx = a.subscribe();
-    b.send_event("p", "go", event(1), &|_, _, _| Ok(()))
+    b.send_event("p", "go", event(1), &|_, _, _, _| Ok(()))
         .await
         .unwrap();
     // The engine's claim loop: on every Ready, claim.

@@ -145,7 +145,7 @@ async fn cancel_moves_the_epoch_so_the_owner_is_refused() {
         }))
     ));
     let event = client_side
-        .send_event("c", "e", event(1), &|_, _, _| Ok(()))
+        .send_event("c", "e", event(1), &|_, _, _, _| Ok(()))
         .await;
     assert!(matches!(
         event,

@@ -1,0 +1,759 @@
+//! The `durable` command-line tool (feature `cli`): `cargo install durable
+//! --features cli`. It reaches a running service through its admin
+//! endpoint (`--url`, see [`admin`](crate::admin)) or opens an embedded
+//! store that no process holds (`--store`) without running or resuming
+//! anything: the engine it opens registers no workflow, so the only writes
+//! are the ones a command asks for (cancel, send-event).
+//!
+//! ```text
+//! durable --store ./durable.db list --status blocked
+//! durable --url http://127.0.0.1:7070/admin --token $TOKEN resume order-17
+//! ```
+//!
+//! Exit codes: `0` success; `1` an error (no such instance, an action
+//! refused or not supported yet, a deploy gate with findings, a store or
+//! connection failure); `2` a usage error (bad arguments, no target, a bulk
+//! action without `--yes` when no terminal can confirm it).
+
+mod format;
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+
+use crate::Engine;
+use crate::admin::{AdminOptions, ApiRequest, handle};
+
+use self::format::Style;
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "durable",
+    version,
+    about = "Inspect and operate durable workflow instances",
+    after_help = "Exit codes: 0 ok, 1 error (including a deploy gate with findings), 2 usage.\n\
+                  Targets: --url (a running service's admin endpoint) or --store (an embedded store no process holds)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Print JSON (complete, never truncated) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// When to colour the output (`auto`: on a terminal unless NO_COLOR is set).
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
+    color: ColorChoice,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Args)]
+struct TargetArgs {
+    /// An embedded store's directory, opened directly (no process may hold it).
+    #[arg(long, env = "DURABLE_STORE", global = true)]
+    store: Option<PathBuf>,
+    /// A running service's admin endpoint, e.g. http://127.0.0.1:7070/admin.
+    #[arg(long, env = "DURABLE_URL", global = true)]
+    url: Option<String>,
+    /// The admin endpoint's bearer token (needed for actions through --url).
+    #[arg(long, env = "DURABLE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// A PostgreSQL store (not available in this build yet).
+    #[arg(long, env = "DURABLE_DATABASE_URL", global = true)]
+    postgres: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List instances, newest first.
+    List(ListArgs),
+    /// One instance: status, where it stands, input and output.
+    Show {
+        /// The instance id.
+        id: String,
+    },
+    /// One instance's timeline: every step with start, duration, attempts, outcome, value.
+    History {
+        /// The instance id.
+        id: String,
+    },
+    /// Cancel instances (by id, or every instance passing --status/--workflow).
+    Cancel(BulkArgs),
+    /// Resume blocked, needs-attention or incompatible instances (through --url: the service runs them).
+    Resume(BulkArgs),
+    /// Send an event; the payload is checked against the wait's type.
+    SendEvent {
+        /// The instance id.
+        id: String,
+        /// The event's name (the `wait_for!` name).
+        name: String,
+        /// The payload as JSON, `@FILE` to read it from a file, or `-` for stdin.
+        payload: String,
+    },
+    /// The deploy gate: unfinished instances the new code cannot run.
+    Check {
+        /// The new build's manifests (its snapshot file, e.g. tests/manifests.txt);
+        /// needed with --store. Through --url the service checks its own build.
+        #[arg(long)]
+        manifests: Option<PathBuf>,
+    },
+    /// Counts of instances by status and by workflow.
+    Stats,
+    /// Retry a failed or blocked instance from its failed step (not supported yet).
+    Retry {
+        /// The instance id.
+        id: String,
+    },
+    /// Fork an instance from a step into a new instance (not supported yet).
+    Fork {
+        /// The instance id.
+        id: String,
+        /// The step to run again from.
+        #[arg(long)]
+        from_step: Option<String>,
+    },
+    /// Pause an instance: no new step starts (not supported yet).
+    Pause {
+        /// The instance id.
+        id: String,
+    },
+    /// Unpause a paused instance (not supported yet).
+    Unpause {
+        /// The instance id.
+        id: String,
+    },
+    /// Delete finished instances older than a time (not supported yet).
+    Purge {
+        /// A time or an age (`30d`).
+        #[arg(long)]
+        finished_before: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Only these statuses (repeatable or comma-separated): running, sleeping,
+    /// waiting, blocked, needs-attention, incompatible, completed, failed, cancelled.
+    #[arg(long, value_delimiter = ',')]
+    status: Vec<String>,
+    /// Only instances of this workflow.
+    #[arg(long)]
+    workflow: Option<String>,
+    /// Only instances created at or after this time or age (`1h`, `2d`,
+    /// `2026-11-30T10:00:00Z`, milliseconds since the epoch).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only instances created before this time or age.
+    #[arg(long)]
+    until: Option<String>,
+    /// At most this many instances per page.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// Continue after this cursor (printed when more instances follow).
+    #[arg(long)]
+    after: Option<String>,
+    /// Every page, not only the first.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Debug, Args)]
+struct BulkArgs {
+    /// Instance ids.
+    ids: Vec<String>,
+    /// Every instance with this status (repeatable or comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    status: Vec<String>,
+    /// Every instance of this workflow (with --status, both must hold).
+    #[arg(long)]
+    workflow: Option<String>,
+    /// Do not ask for confirmation of a bulk action.
+    #[arg(long, short = 'y')]
+    yes: bool,
+    /// Print what would be done, do nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// A failure, with its exit code.
+#[derive(Debug)]
+pub(crate) struct CliError {
+    code: u8,
+    message: String,
+}
+
+impl CliError {
+    fn usage(message: impl Into<String>) -> CliError {
+        CliError {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    fn error(message: impl Into<String>) -> CliError {
+        CliError {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+type Res<T> = Result<T, CliError>;
+
+/// Where commands go: a running service, or a store opened here.
+enum Target {
+    Remote {
+        agent: ureq::Agent,
+        base: String,
+        token: Option<String>,
+    },
+    Local {
+        engine: Option<Engine>,
+        runtime: tokio::runtime::Runtime,
+    },
+}
+
+const LOCAL_TOKEN: &str = "local";
+
+impl Target {
+    fn open(args: &TargetArgs) -> Res<Target> {
+        match (&args.store, &args.url, &args.postgres) {
+            (_, _, Some(_)) => Err(CliError::error(
+                "--postgres: the PostgreSQL backend is not available in this build of durable yet; \
+                 use --url with the service's admin endpoint",
+            )),
+            (Some(_), Some(_), _) => Err(CliError::usage("give either --store or --url, not both")),
+            (None, None, None) => Err(CliError::usage(
+                "no target: give --url http://host:port/admin (a running service) or --store PATH \
+                 (an embedded store no process holds), or set DURABLE_URL / DURABLE_STORE",
+            )),
+            (None, Some(url), None) => Ok(Target::Remote {
+                agent: ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(120)))
+                    .build()
+                    .into(),
+                base: url.trim_end_matches('/').to_string(),
+                token: args.token.clone(),
+            }),
+            (Some(path), None, None) => {
+                if !path.exists() {
+                    return Err(CliError::error(format!(
+                        "no store at {} (the directory does not exist)",
+                        path.display()
+                    )));
+                }
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| CliError::error(format!("cannot start a runtime: {e}")))?;
+                // No workflow is registered: nothing is resumed or run.
+                let engine = runtime
+                    .block_on(Engine::builder().path(path).open())
+                    .map_err(|e| match e {
+                        crate::Error::Store(crate::StoreError::Locked { .. }) => CliError::error(format!(
+                            "{e}\nhint: a running service holds it; reach it through its admin endpoint with --url"
+                        )),
+                        e => CliError::error(e.to_string()),
+                    })?;
+                Ok(Target::Local {
+                    engine: Some(engine),
+                    runtime,
+                })
+            }
+        }
+    }
+
+    /// One API call: the JSON body of a success, or the error's message.
+    fn call(&self, post: bool, path: &str, query: &str, body: &[u8]) -> Res<Value> {
+        let (status, value) = match self {
+            Target::Local { engine, runtime } => {
+                let engine = engine.as_ref().expect("open until dropped");
+                let options = AdminOptions::new().token(LOCAL_TOKEN.to_string());
+                let authorization = format!("Bearer {LOCAL_TOKEN}");
+                runtime.block_on(handle(
+                    engine,
+                    &options,
+                    ApiRequest {
+                        post,
+                        path,
+                        query,
+                        authorization: Some(&authorization),
+                        body,
+                    },
+                ))
+            }
+            Target::Remote { agent, base, token } => {
+                let url = if query.is_empty() {
+                    format!("{base}{path}")
+                } else {
+                    format!("{base}{path}?{query}")
+                };
+                let auth = token.as_ref().map(|t| format!("Bearer {t}"));
+                let result = if post {
+                    let mut request = agent.post(&url).header("Content-Type", "application/json");
+                    if let Some(auth) = &auth {
+                        request = request.header("Authorization", auth);
+                    }
+                    request.send(body)
+                } else {
+                    let mut request = agent.get(&url);
+                    if let Some(auth) = &auth {
+                        request = request.header("Authorization", auth);
+                    }
+                    request.call()
+                };
+                let mut response =
+                    result.map_err(|e| CliError::error(format!("cannot reach {url}: {e}")))?;
+                let status = response.status().as_u16();
+                let text = response
+                    .body_mut()
+                    .read_to_string()
+                    .map_err(|e| CliError::error(format!("reading the answer of {url}: {e}")))?;
+                let value = serde_json::from_str(&text).map_err(|_| {
+                    CliError::error(format!(
+                        "{url} answered {status} with something that is not the admin API's JSON \
+                         (is the URL the admin endpoint's mount point?)"
+                    ))
+                })?;
+                (status, value)
+            }
+        };
+        if (200..300).contains(&status) {
+            Ok(value)
+        } else {
+            let message = value["error"]["message"]
+                .as_str()
+                .unwrap_or("the request failed")
+                .to_string();
+            Err(CliError::error(message))
+        }
+    }
+
+    fn close(mut self) {
+        if let Target::Local { engine, runtime } = &mut self
+            && let Some(engine) = engine.take()
+        {
+            runtime.block_on(engine.shutdown());
+        }
+    }
+
+    fn engine(&self) -> Option<&Engine> {
+        match self {
+            Target::Local { engine, .. } => engine.as_ref(),
+            Target::Remote { .. } => None,
+        }
+    }
+
+    /// Runs `future` on the local engine's runtime (only for `--store`).
+    fn block_on<F: std::future::Future>(&self, future: F) -> Option<F::Output> {
+        match self {
+            Target::Local { runtime, .. } => Some(runtime.block_on(future)),
+            Target::Remote { .. } => None,
+        }
+    }
+}
+
+/// Runs the command line with the process's arguments; the exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let style = Style::new(match cli.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+        }
+    });
+    match run(&cli, &style) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let _ = std::io::stdout().flush();
+            eprintln!("{}: {}", style.red("error"), e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+fn run(cli: &Cli, style: &Style) -> Res<u8> {
+    // Usage problems in the arguments come before opening anything.
+    if let Command::SendEvent { payload, .. } = &cli.command {
+        read_payload(payload)?;
+    }
+    let target = Target::open(&cli.target)?;
+    let result = command(cli, style, &target);
+    target.close();
+    result
+}
+
+fn read_payload(arg: &str) -> Res<Value> {
+    let text = if arg == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| CliError::usage(format!("reading the payload from stdin: {e}")))?;
+        s
+    } else if let Some(file) = arg.strip_prefix('@') {
+        std::fs::read_to_string(file)
+            .map_err(|e| CliError::usage(format!("reading the payload from {file}: {e}")))?
+    } else {
+        arg.to_string()
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        CliError::usage(format!(
+            "the payload is not JSON ({e}); quote it for the shell: '{{\"approved\": true}}'"
+        ))
+    })
+}
+
+fn enc(s: &str) -> String {
+    crate::admin::percent_encode(s)
+}
+
+fn list_query(
+    statuses: &[String],
+    workflow: Option<&str>,
+    since: Option<&str>,
+    until: Option<&str>,
+    limit: usize,
+    after: Option<&str>,
+) -> Res<String> {
+    let mut q = Vec::new();
+    for s in statuses {
+        if crate::parse_status(s).is_none() {
+            return Err(CliError::usage(format!(
+                "--status {s:?}: not a status (running, sleeping, waiting, blocked, needs-attention, \
+                 incompatible, completed, failed, cancelled)"
+            )));
+        }
+        q.push(format!("status={}", enc(s)));
+    }
+    if let Some(w) = workflow {
+        q.push(format!("workflow={}", enc(w)));
+    }
+    if let Some(t) = since {
+        q.push(format!("since_ms={}", parse_time(t, "--since")?));
+    }
+    if let Some(t) = until {
+        q.push(format!("until_ms={}", parse_time(t, "--until")?));
+    }
+    q.push(format!("limit={}", limit.clamp(1, 1000)));
+    if let Some(a) = after {
+        q.push(format!("after={}", enc(a)));
+    }
+    Ok(q.join("&"))
+}
+
+/// A time as milliseconds since the epoch: an age (`90s`, `15m`, `2h`,
+/// `3d`, `1w`), milliseconds, or a UTC date and time
+/// (`2026-11-30`, `2026-11-30T10:00`, `2026-11-30T10:00:05Z`).
+fn parse_time(text: &str, flag: &str) -> Res<u64> {
+    let bad = || {
+        CliError::usage(format!(
+            "{flag} {text:?}: give an age (90s, 15m, 2h, 3d, 1w), a UTC time (2026-11-30T10:00:00Z) \
+             or milliseconds since the epoch"
+        ))
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if let Some(unit) = text.chars().last().filter(|c| c.is_ascii_alphabetic())
+        && text.len() > 1
+        && let Ok(n) = text[..text.len() - 1].parse::<u64>()
+    {
+        let secs = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            _ => return Err(bad()),
+        };
+        return Ok(now.saturating_sub(n.saturating_mul(secs * 1000)));
+    }
+    if text.len() > 10 && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map_err(|_| bad());
+    }
+    format::parse_utc(text).ok_or_else(bad)
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+fn command(cli: &Cli, style: &Style, target: &Target) -> Res<u8> {
+    match &cli.command {
+        Command::List(args) => {
+            let mut after = args.after.clone();
+            let mut all = Vec::new();
+            let mut next;
+            loop {
+                let query = list_query(
+                    &args.status,
+                    args.workflow.as_deref(),
+                    args.since.as_deref(),
+                    args.until.as_deref(),
+                    args.limit,
+                    after.as_deref(),
+                )?;
+                let page = target.call(false, "/instances", &query, b"")?;
+                all.extend(page["instances"].as_array().cloned().unwrap_or_default());
+                next = page["next"].as_str().map(str::to_string);
+                if !args.all || next.is_none() {
+                    break;
+                }
+                after = next.clone();
+            }
+            if cli.json {
+                print_json(&serde_json::json!({"instances": all, "next": next}));
+            } else {
+                print!("{}", format::list(&all, style));
+                if let Some(next) = next {
+                    eprintln!("more instances follow: add --after {next} (or --all)");
+                }
+            }
+            Ok(0)
+        }
+        Command::Show { id } | Command::History { id } => {
+            let doc = target.call(false, &format!("/instances/{}", enc(id)), "", b"")?;
+            if cli.json {
+                print_json(&doc);
+            } else if matches!(cli.command, Command::Show { .. }) {
+                print!("{}", format::show(&doc, style));
+            } else {
+                print!("{}", format::history(&doc, style));
+            }
+            Ok(0)
+        }
+        Command::Cancel(args) => bulk(cli, style, target, "cancel", args),
+        Command::Resume(args) => bulk(cli, style, target, "resume", args),
+        Command::SendEvent { id, name, payload } => {
+            let payload = read_payload(payload)?;
+            let body = serde_json::to_vec(&payload).unwrap_or_default();
+            let answer = target.call(
+                true,
+                &format!("/instances/{}/events/{}", enc(id), enc(name)),
+                "",
+                &body,
+            )?;
+            if cli.json {
+                print_json(&answer);
+            } else {
+                println!("sent event {name:?} to {id}");
+            }
+            Ok(0)
+        }
+        Command::Check { manifests } => {
+            let report = match (manifests, target.engine()) {
+                (Some(path), Some(engine)) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        CliError::usage(format!("cannot read {}: {e}", path.display()))
+                    })?;
+                    let mut parsed = Vec::new();
+                    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+                        parsed.push(
+                            crate::manifest::Manifest::from_text(block.trim_matches('\n'))
+                                .ok_or_else(|| {
+                                    CliError::usage(format!(
+                                        "{} holds a block that is not a manifest:\n{block}",
+                                        path.display()
+                                    ))
+                                })?,
+                        );
+                    }
+                    let found = target
+                        .block_on(engine.compatibility_with(&parsed))
+                        .expect("a local engine has a runtime")
+                        .map_err(|e| CliError::error(e.to_string()))?;
+                    crate::admin::check_json(&found)
+                }
+                (None, None) => target.call(false, "/check", "", b"")?,
+                (Some(_), None) => {
+                    return Err(CliError::usage(
+                        "--manifests is for --store; through --url the service checks the build it runs",
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(CliError::usage(
+                        "check with --store needs --manifests FILE: the new build's manifests \
+                         (the snapshot file its tests keep, e.g. tests/manifests.txt)",
+                    ));
+                }
+            };
+            if cli.json {
+                print_json(&report);
+            } else {
+                print!("{}", format::check(&report, style));
+            }
+            Ok(if report["ok"].as_bool() == Some(true) {
+                0
+            } else {
+                1
+            })
+        }
+        Command::Stats => {
+            let stats = target.call(false, "/stats", "", b"")?;
+            if cli.json {
+                print_json(&stats);
+            } else {
+                print!("{}", format::stats(&stats, style));
+            }
+            Ok(0)
+        }
+        Command::Retry { id } | Command::Pause { id } | Command::Unpause { id } => {
+            let action = match &cli.command {
+                Command::Retry { .. } => "retry",
+                Command::Pause { .. } => "pause",
+                _ => "unpause",
+            };
+            target
+                .call(true, &format!("/instances/{}/{action}", enc(id)), "", b"")
+                .map(|_| 0)
+        }
+        Command::Fork { id, .. } => target
+            .call(true, &format!("/instances/{}/fork", enc(id)), "", b"")
+            .map(|_| 0),
+        Command::Purge { .. } => target.call(true, "/purge", "", b"").map(|_| 0),
+    }
+}
+
+/// Cancel or resume: one id, several, or every instance passing a filter
+/// (a bulk action asks for confirmation, or needs `--yes`).
+fn bulk(cli: &Cli, style: &Style, target: &Target, action: &str, args: &BulkArgs) -> Res<u8> {
+    let mut ids = args.ids.clone();
+    let filtered = !args.status.is_empty() || args.workflow.is_some();
+    if filtered {
+        let mut after: Option<String> = None;
+        loop {
+            let query = list_query(
+                &args.status,
+                args.workflow.as_deref(),
+                None,
+                None,
+                1000,
+                after.as_deref(),
+            )?;
+            let page = target.call(false, "/instances", &query, b"")?;
+            for i in page["instances"].as_array().into_iter().flatten() {
+                if let Some(id) = i["id"].as_str()
+                    && !ids.iter().any(|x| x == id)
+                {
+                    ids.push(id.to_string());
+                }
+            }
+            match page["next"].as_str() {
+                Some(next) => after = Some(next.to_string()),
+                None => break,
+            }
+        }
+    }
+    if ids.is_empty() {
+        if filtered {
+            println!("no instance passes the filter; nothing to {action}");
+            return Ok(0);
+        }
+        return Err(CliError::usage(format!(
+            "{action}: give instance ids, or --status/--workflow for every instance passing them"
+        )));
+    }
+    if args.dry_run {
+        for id in &ids {
+            println!("would {action} {id}");
+        }
+        return Ok(0);
+    }
+    if ids.len() > 1 && !args.yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::usage(format!(
+                "{action} {} instances: confirm with --yes (no terminal to ask)",
+                ids.len()
+            )));
+        }
+        eprint!(
+            "{action} {} instances ({})? [y/N] ",
+            ids.len(),
+            preview(&ids)
+        );
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("nothing done");
+            return Ok(1);
+        }
+    }
+    let mut failed = 0;
+    let mut results = Vec::new();
+    let total = ids.len();
+    for (n, id) in ids.iter().enumerate() {
+        let outcome = target.call(true, &format!("/instances/{}/{action}", enc(id)), "", b"");
+        let progress = if total > 1 {
+            format!("[{}/{total}] ", n + 1)
+        } else {
+            String::new()
+        };
+        match outcome {
+            Ok(_) => {
+                results.push(serde_json::json!({"id": id, "ok": true}));
+                if !cli.json {
+                    let done = if action == "cancel" {
+                        "cancelled"
+                    } else {
+                        "resumed"
+                    };
+                    println!("{progress}{} {id}", style.green(done));
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                results.push(serde_json::json!({"id": id, "ok": false, "error": e.message}));
+                if !cli.json {
+                    eprintln!("{progress}{} {id}: {}", style.red("failed"), e.message);
+                }
+            }
+        }
+    }
+    if cli.json {
+        print_json(&serde_json::json!({"action": action, "results": results}));
+    }
+    if failed > 0 {
+        if total == 1 && !cli.json {
+            // The message was printed; the exit code says it failed.
+        }
+        Ok(1)
+    } else {
+        Ok(0)
+    }
+}
+
+fn preview(ids: &[String]) -> String {
+    let mut shown: Vec<&str> = ids.iter().take(3).map(String::as_str).collect();
+    if ids.len() > 3 {
+        shown.push("…");
+    }
+    shown.join(", ")
+}
