@@ -265,7 +265,7 @@ mod tests {
         assert_eq!(errors.len(), 4, "{errors:?}");
         assert!(errors[0].starts_with("unknown `#[durable]` argument `nmae`"));
         assert!(errors[0].contains(
-            "`name = \"...\"`, `version = <n>`, `retry = <RetryPolicy>`, `allow = \"nondeterminism\"`, `crate = \"path\"`"
+            "`name = \"...\"`, `version = <n>`, `retry = <RetryPolicy>`, `timeout = \"3d\"`, `allow = \"nondeterminism\"`, `crate = \"path\"`"
         ));
         assert!(errors[1].starts_with("`name` must be a string literal"));
         assert!(errors[2].starts_with("`crate` needs a value"));
