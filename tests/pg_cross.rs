@@ -1,4 +1,3 @@
-#![cfg(feature = "postgres")]
 //! Engines that share a PostgreSQL schema and nothing else (each its own
 //! worker row, connections and tasks), with the listener off so that
 //! polling alone must deliver: an event sent by a pure client before the
@@ -9,6 +8,7 @@
 //! `cargo test --features postgres --test pg_cross`. Needs PostgreSQL
 //! (`DURABLE_TEST_PG`); without it the tests pass after saying "skipped: no
 //! PostgreSQL", unless `CI` is set.
+#![cfg(feature = "postgres")]
 
 mod support;
 

@@ -1,4 +1,3 @@
-#![cfg(feature = "postgres")]
 //! Multi-process torture on PostgreSQL: 3 worker processes (this test
 //! binary, re-run as the `pg_torture_child` test) and a client (the test
 //! itself, which registers no workflow) share one schema and run a few
@@ -28,6 +27,7 @@
 //! `DURABLE_PG_TORTURE_SEED=S` replays the driver's choices. Needs
 //! PostgreSQL (`DURABLE_TEST_PG`); without it the test passes after saying
 //! "skipped: no PostgreSQL", unless `CI` is set.
+#![cfg(feature = "postgres")]
 
 mod support;
 
