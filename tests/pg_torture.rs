@@ -12,12 +12,12 @@
 //! instance completed, with the output the chain of its step outputs
 //! gives; an acknowledged checkpoint (a step that returned) was never lost
 //! (every replay returns the same value, every next step got the same
-//! input); a completed step never began again; within one worker process a
-//! step body ran once (plus its retries after a failure), so a body re-runs
-//! at most once per takeover; and a zombie, once awake, wrote no checkpoint
-//! of an instance taken over from it (no step of it returned there) and
-//! noticed that its lease was gone; its refused writes (`lease lost` in its
-//! log) are counted.
+//! input); a completed step never began again; within one run (from a
+//! claim or a wake-up to the end of that replay) a step body ran once, plus
+//! once per failure, so a body re-runs at most once per takeover; and a
+//! zombie, once awake, wrote no checkpoint of an instance taken over from
+//! it (no step of it returned there) and noticed that its lease was gone;
+//! its refused writes (`lease lost` in its log) are counted.
 //!
 //! `cargo test --features postgres --test pg_torture -- --nocapture`: the CI
 //! profile (600 instances of 10 steps, chaos for a minute and a half; the
@@ -151,6 +151,8 @@ async fn body(id: &str, step: u32, input: u64) -> Result<u64, String> {
 /// third of the way.
 #[durable]
 pub async fn pg_torture(ctx: &Ctx, job: PJob) -> Result<u64, String> {
+    // Every run (a claim, a wake-up) replays from here.
+    support::ledger(format!("RUN {} {}", ctx.id(), generation()));
     let mut value = job.seed();
     for step in 0..job.steps {
         if step == 1 {
@@ -638,6 +640,14 @@ fn parse(lines: &[String]) -> Vec<Line> {
                 value: 0,
                 gen_no: g.parse().unwrap_or(0),
             },
+            ["RUN", id, g] => Line {
+                at,
+                kind: "RUN".into(),
+                id: id.to_string(),
+                step: 0,
+                value: 0,
+                gen_no: g.parse().unwrap_or(0),
+            },
             ["STOP", g] | ["CONT", g] | ["KILL", g] => Line {
                 at,
                 kind: f[0].into(),
@@ -668,9 +678,20 @@ async fn check(dir: &Path, schema: &str, profile: &Profile, chaos: &Chaos) -> Ve
 
     // (id, step) -> lines about it, in ledger order.
     let mut by_step: HashMap<(String, u32), Vec<&Line>> = HashMap::new();
+    // (id, gen) -> where each run of it in that process began.
+    let mut runs: HashMap<(String, u32), Vec<usize>> = HashMap::new();
     for l in lines.iter().filter(|l| !l.id.is_empty()) {
-        by_step.entry((l.id.clone(), l.step)).or_default().push(l);
+        if l.kind == "RUN" {
+            runs.entry((l.id.clone(), l.gen_no)).or_default().push(l.at);
+        } else {
+            by_step.entry((l.id.clone(), l.step)).or_default().push(l);
+        }
     }
+    // Which run of its process a line belongs to: the last begun before it.
+    let run_of = |l: &Line| -> usize {
+        runs.get(&(l.id.clone(), l.gen_no))
+            .map_or(0, |starts| starts.partition_point(|&at| at < l.at))
+    };
     let mut reruns = 0u64;
     let mut retries = 0u64;
     let mut outputs: BTreeMap<String, u64> = BTreeMap::new();
@@ -721,26 +742,30 @@ async fn check(dir: &Path, schema: &str, profile: &Profile, chaos: &Chaos) -> Ve
                     ));
                 }
             }
-            // Within one process a body runs once, plus once per failure.
-            let mut per_gen: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
+            // Within one run (from a claim or wake-up to the end of that
+            // replay) a body runs once, plus once per failure. A process
+            // can run an instance more than once: when its lease ran out
+            // (frozen, or the database was down longer than the lease) it
+            // goes on as a new worker and may claim the instance again.
+            let mut per_run: BTreeMap<(u32, usize), (u32, u32)> = BTreeMap::new();
             for l in ls.iter() {
-                let e = per_gen.entry(l.gen_no).or_default();
+                let e = per_run.entry((l.gen_no, run_of(l))).or_default();
                 match l.kind.as_str() {
                     "BEGIN" => e.0 += 1,
                     "FAIL" => e.1 += 1,
                     _ => {}
                 }
             }
-            for (g, (begins, fails)) in &per_gen {
+            for ((g, run), (begins, fails)) in &per_run {
                 if *begins > 1 + fails {
                     errors.push(format!(
-                        "{id} step {step}: gen {g} began it {begins} times with {fails} failures"
+                        "{id} step {step}: gen {g} began it {begins} times with {fails} failures in its run {run}"
                     ));
                 }
                 retries += u64::from(*fails);
             }
-            let gens = per_gen.values().filter(|(b, _)| *b > 0).count() as u64;
-            reruns += gens.saturating_sub(1);
+            let runs_begun = per_run.values().filter(|(b, _)| *b > 0).count() as u64;
+            reruns += runs_begun.saturating_sub(1);
             input = first_ret.value;
         }
         outputs.insert(id, input);

@@ -394,3 +394,42 @@ async fn idempotency_keys_are_stable_and_distinct() {
     assert_eq!(all.len(), 8, "{a:?} {b:?}");
     assert!(a[1].contains("k-1") && a[1].contains("key"));
 }
+
+/// A chain of short durable sleeps: keeps the claim loop and the instance
+/// tasks busy.
+#[durable]
+async fn napper(ctx: &Ctx, naps: u32) -> Result<u32, String> {
+    for _ in 0..naps {
+        ctx.sleep("nap", Duration::from_millis(1)).await;
+    }
+    Ok(naps)
+}
+
+async fn reopen_after_shutdown_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..20u32 {
+        let engine = Engine::builder()
+            .path(dir.path())
+            .register(napper)
+            .open()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: reopen after shutdown: {e}"));
+        for i in 0..20 {
+            let _ = engine.start(napper, format!("nap-{round}-{i}"), 50).await;
+        }
+        tokio::task::yield_now().await;
+        engine.shutdown().await;
+    }
+}
+
+/// On one thread an aborted task is dropped only when the runtime polls it
+/// again: shutdown must wait for that before it returns.
+#[tokio::test(flavor = "current_thread")]
+async fn a_store_reopens_right_after_shutdown_on_one_thread() {
+    reopen_after_shutdown_in_flight().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_reopens_right_after_shutdown_on_many_threads() {
+    reopen_after_shutdown_in_flight().await;
+}

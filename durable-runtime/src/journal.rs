@@ -370,6 +370,7 @@ impl Journal {
 
     /// Every event stored for instance `id`: name, number, record (feature
     /// (the kit's export).
+    #[cfg(feature = "testing")]
     pub(crate) fn events_with_payloads(&self, id: &str) -> Result<Vec<(String, u32, EventRecord)>> {
         let prefix = instance_prefix(id);
         let mut events = Vec::new();

@@ -399,6 +399,7 @@ impl Backend for Embedded {
         Box::pin(async move { self.journal.events_of(id) })
     }
 
+    #[cfg(feature = "testing")]
     fn event_records<'a>(
         &'a self,
         id: &'a str,

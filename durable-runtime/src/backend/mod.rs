@@ -205,7 +205,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn events_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<(String, u64, String)>>>;
 
     /// Every event stored for instance `id`: (name, number, record), in
-    /// key order.
+    /// key order (feature `testing`: the kit's export).
+    #[cfg(feature = "testing")]
     fn event_records<'a>(
         &'a self,
         id: &'a str,

@@ -326,14 +326,14 @@ impl EngineBuilder {
                     .scheduler
                     .claim_task
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(claims.abort_handle());
+                    .unwrap_or_else(|e| e.into_inner()) = Some(claims);
                 if let Some(age) = core.config.retention {
                     let purges = runtime.spawn(Core::retention_loop(Arc::downgrade(&core), age));
                     *core
                         .scheduler
                         .retention_task
                         .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = Some(purges.abort_handle());
+                        .unwrap_or_else(|e| e.into_inner()) = Some(purges);
                 }
                 Ok(Engine {
                     core,

@@ -325,10 +325,21 @@ impl Core {
                 let error = Error::Usage(crate::error::UsageError::NotRegistered {
                     workflow: format!("{} (version {})", record.workflow, record.version),
                 });
+                let alive = self
+                    .instances
+                    .alive
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
                 let core = Arc::clone(&self);
                 self.runtime.spawn(async move {
-                    let _ = core.services.backend.release(&id, lease).await;
-                    core.finish_slot(&id, &slot, Err(error));
+                    // Shutdown waits for this task too (it holds the store).
+                    let guard = TaskGuard {
+                        core,
+                        _alive: alive,
+                    };
+                    let _ = guard.core.services.backend.release(&id, lease).await;
+                    guard.core.finish_slot(&id, &slot, Err(error));
                 });
             }
         }
@@ -366,7 +377,7 @@ impl Core {
         let task = runtime.spawn(async move {
             let guard = TaskGuard {
                 core: self,
-                _alive: alive,
+                _alive: Some(alive),
             };
             let core = &guard.core;
             match core
@@ -417,5 +428,5 @@ impl Core {
 /// (fields drop in order: the engine first, then the signal).
 struct TaskGuard {
     core: Arc<Core>,
-    _alive: mpsc::Sender<()>,
+    _alive: Option<mpsc::Sender<()>>,
 }

@@ -483,7 +483,7 @@ impl Engine {
     /// be opened again at once. Other clones of this engine can still read
     /// status and history but can no longer write.
     pub async fn shutdown(self) {
-        self.core.scheduler.stop();
+        self.core.scheduler.stop().await;
         self.core
             .instances
             .stop_all(&self.core.services.backend)

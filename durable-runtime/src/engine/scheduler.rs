@@ -16,7 +16,6 @@ use crate::error::Result;
 use crate::records::{ParkRecord, WaitCond};
 
 use super::Core;
-use super::builder::TaskSlot;
 use super::driver::Begin;
 use super::instances::{Slot, outcome_of};
 
@@ -27,20 +26,27 @@ pub(crate) const PARK_AFTER_MS: u64 = 1_000;
 /// the test kit's idle check.
 #[derive(Default)]
 pub(super) struct Scheduler {
-    pub claim_task: TaskSlot,
+    pub claim_task: LoopTask,
     /// The retention task (`EngineBuilder::retention`), if any.
-    pub retention_task: TaskSlot,
+    pub retention_task: LoopTask,
     /// Held while a round takes instances out of the backend and starts
     /// them, so that an idle check never sees one in neither place.
     pub claiming: tokio::sync::Mutex<()>,
 }
 
+/// A background loop's task: aborted and awaited at shutdown.
+pub(super) type LoopTask = std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>;
+
 impl Scheduler {
-    /// Stops the claim loop.
-    pub(super) fn stop(&self) {
+    /// Stops the claim and retention loops and waits until their tasks are
+    /// gone: a loop holds the engine (and so the store) while it works, and
+    /// a store reopened right after shutdown must find it closed.
+    pub(super) async fn stop(&self) {
         for slot in [&self.claim_task, &self.retention_task] {
-            if let Some(task) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let task = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(task) = task {
                 task.abort();
+                let _ = task.await;
             }
         }
     }

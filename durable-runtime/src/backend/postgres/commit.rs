@@ -27,8 +27,9 @@ use super::{Inner, encode, status};
 const MAX_GROUP: usize = 1024;
 /// Groups written at once, each on its own connection.
 const GROUPS_IN_FLIGHT: usize = 2;
-/// Attempts at a group whose transaction surely did not commit.
-pub(super) const ATTEMPTS: u32 = 6;
+/// Attempts at a group whose transaction surely did not commit, at least
+/// (then more while the lease lasts).
+pub(super) const MIN_ATTEMPTS: u32 = 3;
 
 /// One write, encoded, waiting for its group.
 pub(super) struct Job {

@@ -1,8 +1,11 @@
 //! One attempt after another at writing a group: retried when its
 //! transaction surely did not commit (a serialization failure, a deadlock,
-//! a connection that broke before COMMIT), resolved with `txid_status`
-//! when the answer to COMMIT was lost, answered with a store error
-//! otherwise. A lone checkpoint is one fenced statement.
+//! a connection that broke before COMMIT, a server restarting), resolved
+//! with `txid_status` when the answer to COMMIT was lost, answered with a
+//! store error otherwise. Retries go on for up to one lease (a database
+//! that restarts within it costs a wait, not a re-run of the step bodies
+//! whose checkpoints are in the group; past it the leases are gone
+//! anyway). A lone checkpoint is one fenced, idempotent statement.
 
 use std::time::Duration;
 
@@ -11,7 +14,10 @@ use crate::error::{Error, InstanceError, Result, StoreError};
 
 #[cfg(test)]
 use super::commit::Fault;
-use super::commit::{ATTEMPTS, Cp, Job, Prepared};
+use super::commit::{Cp, Job, MIN_ATTEMPTS, Prepared};
+
+/// The longest pause between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 use super::{Inner, io};
 
 /// How one attempt at a group ended.
@@ -30,7 +36,11 @@ pub(super) enum Attempt {
 pub(super) async fn write_group(inner: &Inner, jobs: &[Job]) -> Vec<Result<Committed>> {
     let mut backoff = Duration::from_millis(20);
     let mut last = None;
-    for _ in 0..ATTEMPTS {
+    let give_up = tokio::time::Instant::now() + inner.options.lease;
+    for attempt_no in 0.. {
+        if attempt_no >= MIN_ATTEMPTS && tokio::time::Instant::now() >= give_up {
+            break;
+        }
         match attempt(inner, jobs).await {
             Attempt::Done(results, notices, parked) => {
                 {
@@ -51,7 +61,7 @@ pub(super) async fn write_group(inner: &Inner, jobs: &[Job]) -> Vec<Result<Commi
                 tracing::debug!(durable.error = %e, "group commit retried");
                 last = Some(e);
                 tokio::time::sleep(backoff).await;
-                backoff *= 2;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Attempt::Fail(e) => {
                 last = Some(e);
@@ -174,7 +184,10 @@ fn injected_error() -> tokio_postgres::Error {
 
 /// A lone checkpoint: one statement, fence and upsert, in its own
 /// transaction (one round trip, like an INSERT). A broken connection
-/// leaves its outcome unknown: surfaced as a store error, not retried.
+/// leaves its outcome unknown, and that is safe to retry: the statement is
+/// idempotent (it writes the same record under the same fence; if the
+/// first try committed and the lease moved since, the retry is refused
+/// with `LeaseLost`, and the new owner replays the checkpoint).
 async fn lone_checkpoint(
     inner: &Inner,
     conn: &deadpool_postgres::Object,
@@ -227,7 +240,7 @@ async fn lone_checkpoint(
             Vec::new(),
         ),
         Err(e) => {
-            let retry = e.as_db_error().is_some() && retryable(&e);
+            let retry = retryable(&e);
             let e = io("write a checkpoint")(e);
             if retry {
                 Attempt::Retry(e)

@@ -335,6 +335,7 @@ impl Backend for PgBackend {
         Box::pin(self.inner.events_of(id))
     }
 
+    #[cfg(feature = "testing")]
     fn event_records<'a>(
         &'a self,
         id: &'a str,

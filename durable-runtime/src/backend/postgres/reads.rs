@@ -102,6 +102,7 @@ impl Inner {
             .collect())
     }
 
+    #[cfg(feature = "testing")]
     pub(super) async fn event_records(&self, id: &str) -> Result<Vec<(String, u32, EventRecord)>> {
         let conn = self.conn().await?;
         let rows = conn
