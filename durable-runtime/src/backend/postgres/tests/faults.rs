@@ -67,9 +67,16 @@ async fn failures_past_the_retries_are_store_errors_and_write_nothing() {
     let Some(db) = TestDb::new().await else {
         return;
     };
-    let backend = db.backend().await;
+    // Retries go on for one lease (a short one here), then give up.
+    let backend = db
+        .backend_with(PgOptions {
+            lease: Duration::from_millis(600),
+            ..TestDb::options()
+        })
+        .await;
     let lease = create(&backend, "x").await;
-    inject(&backend, &[Fault::Serialization; 6]);
+    inject(&backend, &[Fault::Serialization; 200]);
+    let started = std::time::Instant::now();
     let failed = backend
         .commit(
             "x",
@@ -86,6 +93,17 @@ async fn failures_past_the_retries_are_store_errors_and_write_nothing() {
         }
         other => panic!("not a store error: {other:?}"),
     }
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "gave up before the lease ran out"
+    );
+    let left = {
+        let mut faults = backend.inner().committer.faults.lock().unwrap();
+        let left = faults.len();
+        faults.clear();
+        left
+    };
+    assert!(left > 0 && left < 200 - 2, "{} attempts", 200 - left);
     assert!(backend.checkpoints("x").await.unwrap().is_empty());
     // Nothing is poisoned and the lease still holds.
     assert!(backend.failure().is_none());
