@@ -300,10 +300,7 @@ impl FaultyStore {
         let _ = self
             .failed_at
             .compare_exchange(u64::MAX, seq, Ordering::SeqCst, Ordering::SeqCst);
-        StoreError::Io {
-            op: "write",
-            reason: reason.to_string(),
-        }
+        StoreError::io_message("write", reason)
     }
 }
 
@@ -317,10 +314,7 @@ impl Store for FaultyStore {
         let fault = self.read_fault();
         let value = self.backend.get(tree, key)?;
         match fault {
-            Some(ReadFault::Error) => Err(StoreError::Io {
-                op: "read",
-                reason: "injected read error".into(),
-            }),
+            Some(ReadFault::Error) => Err(StoreError::io_message("read", "injected read error")),
             Some(ReadFault::Truncate) => Ok(value.map(truncate)),
             None => Ok(value),
         }
@@ -330,10 +324,7 @@ impl Store for FaultyStore {
         let fault = self.read_fault();
         let entries = self.backend.scan_prefix(tree, prefix)?;
         match fault {
-            Some(ReadFault::Error) => Err(StoreError::Io {
-                op: "scan",
-                reason: "injected read error".into(),
-            }),
+            Some(ReadFault::Error) => Err(StoreError::io_message("scan", "injected read error")),
             Some(ReadFault::Truncate) => {
                 Ok(entries.into_iter().map(|(k, v)| (k, truncate(v))).collect())
             }
@@ -712,10 +703,7 @@ impl Store for SlowToClose {
     }
 
     fn scan_prefix(&self, _: Tree, _: &[u8]) -> Result<Entries, StoreError> {
-        Err(StoreError::Io {
-            op: "scan",
-            reason: "injected read error".into(),
-        })
+        Err(StoreError::io_message("scan", "injected read error"))
     }
 
     fn apply(&self, _: &[Batch]) -> Result<(), StoreError> {

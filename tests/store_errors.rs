@@ -320,3 +320,33 @@ async fn a_store_held_by_another_process_is_locked() {
     // Once the holder is gone, the store opens.
     Engine::builder().path(&store).open().await.unwrap();
 }
+
+/// An i/o failure keeps its cause: `source()` walks from the umbrella error
+/// down to the operating system's error, which can be downcast.
+#[tokio::test]
+async fn an_io_failure_keeps_the_os_error_as_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let err = Engine::builder()
+        .path(file.join("store"))
+        .open()
+        .await
+        .expect_err("a store under a regular file cannot open");
+    assert!(
+        matches!(err, Error::Store(StoreError::Io { .. })),
+        "{err:?}"
+    );
+    let mut chain: Vec<String> = Vec::new();
+    let mut os_code = None;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = next {
+        chain.push(e.to_string());
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            os_code = io.raw_os_error();
+        }
+        next = e.source();
+    }
+    assert!(chain.len() >= 2, "no source: {chain:?}");
+    assert_eq!(os_code, Some(libc::ENOTDIR), "{chain:?}");
+}

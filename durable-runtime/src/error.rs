@@ -1,24 +1,26 @@
 //! Typed errors: one enum per family and the umbrella [`Error`].
+//!
+//! Errors are `Clone` (one outcome reaches every handle of an instance), so
+//! an underlying error (an `std::io::Error`, a database error, a decoder's
+//! error) is kept as a shared [`Cause`]: [`std::error::Error::source`] walks
+//! the chain down to it, and it can be downcast.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Shorthand for results whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Why the store could not be read or written.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum StoreError {
     /// Another process (or another engine in this process) holds the store.
-    #[error(
-        "store {path} is locked by another process; stop the other process or open a different path"
-    )]
     Locked {
         /// The store's directory.
         path: PathBuf,
     },
     /// The store's files are damaged or are not a store.
-    #[error("store {path} is corrupt or unreadable: {reason}")]
     Corrupt {
         /// The store's directory.
         path: PathBuf,
@@ -26,9 +28,6 @@ pub enum StoreError {
         reason: String,
     },
     /// The store was written by a newer version of this library.
-    #[error(
-        "store format version {found} is newer than the {supported} this build reads; upgrade durable"
-    )]
     FormatTooNew {
         /// The version found in the store.
         found: u32,
@@ -38,9 +37,6 @@ pub enum StoreError {
     /// The store was written by an older version of this library, in a
     /// format this build does not read. Nothing was changed: finish its
     /// instances with the older build, or start from a new store.
-    #[error(
-        "store format version {found} was written by an older durable; this build reads format version {supported} only and does not convert stores: finish its instances with the build that wrote it, or open a new store"
-    )]
     FormatTooOld {
         /// The version found in the store.
         found: u32,
@@ -48,24 +44,159 @@ pub enum StoreError {
         supported: u32,
     },
     /// An I/O error while reading or writing the store.
-    #[error("store i/o failed during {op}: {reason}")]
     Io {
         /// What the store was doing.
         op: &'static str,
         /// The underlying error's text.
         reason: String,
+        /// The underlying error (an `std::io::Error`, a database error),
+        /// when there is one; [`source`](std::error::Error::source)
+        /// returns it.
+        source: Option<Cause>,
     },
     /// A record in the store could not be decoded.
-    #[error("record {what} in the store does not decode: {reason}")]
     Decode {
         /// Which record.
         what: String,
         /// The decoder's complaint.
         reason: String,
+        /// The decoder's error, when there is one;
+        /// [`source`](std::error::Error::source) returns it.
+        source: Option<Cause>,
     },
     /// The store's committer has stopped (the engine was shut down).
-    #[error("the engine is shut down")]
     Closed,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Locked { path } => write!(
+                f,
+                "store {} is locked by another process; stop the other process or open a different path",
+                path.display()
+            ),
+            StoreError::Corrupt { path, reason } => write!(
+                f,
+                "store {} is corrupt or unreadable: {reason}",
+                path.display()
+            ),
+            StoreError::FormatTooNew { found, supported } => write!(
+                f,
+                "store format version {found} is newer than the {supported} this build reads; upgrade durable"
+            ),
+            StoreError::FormatTooOld { found, supported } => write!(
+                f,
+                "store format version {found} was written by an older durable; this build reads format version {supported} only and does not convert stores: finish its instances with the build that wrote it, or open a new store"
+            ),
+            StoreError::Io { op, reason, .. } => {
+                write!(f, "store i/o failed during {op}: {reason}")
+            }
+            StoreError::Decode { what, reason, .. } => {
+                write!(f, "record {what} in the store does not decode: {reason}")
+            }
+            StoreError::Closed => f.write_str("the engine is shut down"),
+        }
+    }
+}
+
+/// The source of an i/o or decoding failure is the underlying error itself
+/// (an `std::io::Error`, a database error), so it downcasts directly.
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Io {
+                source: Some(cause),
+                ..
+            }
+            | StoreError::Decode {
+                source: Some(cause),
+                ..
+            } => Some(cause.get_ref()),
+            _ => None,
+        }
+    }
+}
+
+impl StoreError {
+    /// An I/O failure during `op`, caused by `error` (kept as the source).
+    ///
+    /// ```
+    /// use durable_runtime::StoreError;
+    ///
+    /// let e = StoreError::io("read", std::io::Error::other("disk gone"));
+    /// let source = std::error::Error::source(&e).expect("a source");
+    /// assert_eq!(source.to_string(), "disk gone");
+    /// ```
+    pub fn io(op: &'static str, error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Io {
+            op,
+            reason: error.to_string(),
+            source: Some(Cause::new(error)),
+        }
+    }
+
+    /// An I/O failure during `op` that no underlying error describes.
+    pub fn io_message(op: &'static str, reason: impl Into<String>) -> Self {
+        StoreError::Io {
+            op,
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// Record `what` does not decode, as `error` says (kept as the source).
+    pub(crate) fn decode(
+        what: String,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StoreError::Decode {
+            what,
+            reason: error.to_string(),
+            source: Some(Cause::new(error)),
+        }
+    }
+}
+
+/// The underlying error of a failure, shared so that errors stay `Clone`.
+/// It displays as that error, and [`get_ref`](Cause::get_ref) reaches it
+/// for a downcast (so does the failure's
+/// [`source`](std::error::Error::source)):
+///
+/// ```
+/// use durable_runtime::StoreError;
+///
+/// let e = StoreError::io("read", std::io::Error::from(std::io::ErrorKind::NotFound));
+/// if let StoreError::Io { source: Some(cause), .. } = &e {
+///     let io = cause.get_ref().downcast_ref::<std::io::Error>().unwrap();
+///     assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Cause {
+    /// Wraps `error`.
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Cause(Arc::new(error))
+    }
+
+    /// The underlying error.
+    pub fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl std::fmt::Debug for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
 }
 
 /// Everything that can go wrong, by family. Match the family, then the

@@ -29,10 +29,8 @@ pub(crate) struct Journal {
 impl Journal {
     /// A journal over `store`, with its committer thread started.
     pub(crate) fn start(store: Arc<dyn Store>) -> Result<Journal> {
-        let committer = Committer::start(Arc::clone(&store)).map_err(|e| StoreError::Io {
-            op: "start the committer thread",
-            reason: e.to_string(),
-        })?;
+        let committer = Committer::start(Arc::clone(&store))
+            .map_err(|e| StoreError::io("start the committer thread", e))?;
         Ok(Journal { store, committer })
     }
 
@@ -387,6 +385,7 @@ impl Journal {
                 return Err(Error::Store(StoreError::Decode {
                     what: what(),
                     reason: "malformed key".into(),
+                    source: None,
                 }));
             };
             events.push((name, seq, event));
@@ -442,12 +441,7 @@ fn decode<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
     what: impl FnOnce() -> String,
 ) -> Result<T> {
-    codec::decode(bytes).map_err(|e| {
-        Error::Store(StoreError::Decode {
-            what: what(),
-            reason: e.to_string(),
-        })
-    })
+    codec::decode(bytes).map_err(|e| Error::Store(StoreError::decode(what(), e)))
 }
 
 /// Decodes a user value (a step outcome, an event payload, a workflow's

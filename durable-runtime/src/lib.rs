@@ -89,7 +89,7 @@ pub use engine::{
     DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, Handle, Incompatibility,
     RecoveryReport, StartOptions,
 };
-pub use error::{Error, InstanceError, ReplayError, Result, StoreError, UsageError};
+pub use error::{Cause, Error, InstanceError, ReplayError, Result, StoreError, UsageError};
 pub use future::BoxFuture;
 pub use ids::MAX_ID_LEN;
 pub use inspect::{

@@ -366,10 +366,7 @@ impl EngineBuilder {
                 let opened =
                     tokio::task::spawn_blocking(move || SledStore::open_with_cache(path, cache))
                         .await
-                        .map_err(|e| StoreError::Io {
-                            op: "open",
-                            reason: e.to_string(),
-                        })?;
+                        .map_err(|e| StoreError::io("open", e))?;
                 Arc::new(opened?)
             }
         };
@@ -377,10 +374,7 @@ impl EngineBuilder {
         // Reads the unfinished instances and park records once: blocking.
         let embedded = tokio::task::spawn_blocking(move || Embedded::open(store, clock))
             .await
-            .map_err(|e| StoreError::Io {
-                op: "open",
-                reason: e.to_string(),
-            })??;
+            .map_err(|e| StoreError::io("open", e))??;
         Ok(Arc::new(embedded))
     }
 }

@@ -49,10 +49,7 @@ pub(crate) fn fsync(file: &File, path: &Path, data_only: bool) -> std::io::Resul
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| fsync(&d, dir, false))
-        .map_err(|e| StoreError::Io {
-            op: "fsync a directory",
-            reason: e.to_string(),
-        })
+        .map_err(|e| StoreError::io("fsync a directory", e))
 }
 
 /// Entry points of the fuzz targets in `fuzz/` (feature `fuzzing`); not part

@@ -671,14 +671,14 @@ fn abandon(path: &Path, handles: Handles, error: &StoreError) {
                  files locked without writing to them; restart the process to open it again)"
             ),
         },
-        other => StoreError::Io {
-            op: "open",
-            reason: format!(
+        other => StoreError::io_message(
+            "open",
+            format!(
                 "an earlier open or use of this store in this process failed ({other}); it \
                  keeps the store's files locked without writing to them: restart the process \
                  to open it again"
             ),
-        },
+        ),
     };
     WEDGED
         .lock()
@@ -858,13 +858,12 @@ impl Drop for SledStore {
         let path = canonical(&self.path);
         WEDGED.lock().unwrap_or_else(|e| e.into_inner()).push((
             path.clone(),
-            StoreError::Io {
-                op: "open",
-                reason: "an earlier handle of this store in this process hit an i/o error and \
-                         sled 0.34.7 cannot close it (a failed write wedges its log); restart \
-                         the process to open the store again"
-                    .into(),
-            },
+            StoreError::io_message(
+                "open",
+                "an earlier handle of this store in this process hit an i/o error and sled \
+                 0.34.7 cannot close it (a failed write wedges its log); restart the process to \
+                 open the store again",
+            ),
         ));
         let (done, closed) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()
@@ -905,10 +904,7 @@ fn canonical(path: &Path) -> PathBuf {
 /// errors, [`StoreError::Corrupt`] for what sled found wrong in its files.
 fn sled_error(path: &Path, op: &'static str, e: sled::Error) -> StoreError {
     match e {
-        sled::Error::Io(e) => StoreError::Io {
-            op,
-            reason: e.to_string(),
-        },
+        sled::Error::Io(e) => StoreError::io(op, e),
         other => StoreError::Corrupt {
             path: path.to_path_buf(),
             reason: format!("sled failed while {op}: {other}"),
@@ -917,10 +913,13 @@ fn sled_error(path: &Path, op: &'static str, e: sled::Error) -> StoreError {
 }
 
 fn os(op: &'static str, e: &std::io::Error) -> StoreError {
-    StoreError::Io {
-        op,
-        reason: e.to_string(),
-    }
+    // `io::Error` is not `Clone`: the source keeps its OS code, or its kind
+    // and text.
+    let copy = match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(e.kind(), e.to_string()),
+    };
+    StoreError::io(op, copy)
 }
 
 /// Takes the store's exclusive lock, or fails with [`StoreError::Locked`].
@@ -960,10 +959,7 @@ fn map_open_error(path: &Path, e: sled::Error) -> StoreError {
                 path: path.to_path_buf(),
             }
         }
-        sled::Error::Io(io) => StoreError::Io {
-            op: "open",
-            reason: io.to_string(),
-        },
+        sled::Error::Io(io) => StoreError::io("open", io),
         other => StoreError::Corrupt {
             path: path.to_path_buf(),
             reason: other.to_string(),

@@ -96,10 +96,7 @@ pub(crate) struct Replay {
 }
 
 fn io(op: &'static str, e: std::io::Error) -> StoreError {
-    StoreError::Io {
-        op,
-        reason: e.to_string(),
-    }
+    StoreError::io(op, e)
 }
 
 /// Reads the log in `dir` without writing anything: a missing or empty
@@ -405,12 +402,10 @@ impl Wal {
     /// Appends `batches` as one record and makes it durable.
     pub(super) fn append(&mut self, batches: &[Batch]) -> Result<(), StoreError> {
         if self.broken {
-            return Err(StoreError::Io {
-                op: "append to the write-ahead log",
-                reason: "an earlier append or reset failed and could not be undone; reopen the \
-                         store"
-                    .into(),
-            });
+            return Err(StoreError::io_message(
+                "append to the write-ahead log",
+                "an earlier append or reset failed and could not be undone; reopen the store",
+            ));
         }
         let mut payload = Vec::with_capacity(
             batches
@@ -435,13 +430,13 @@ impl Wal {
             return Ok(());
         }
         if payload.len() > MAX_RECORD {
-            return Err(StoreError::Io {
-                op: "append to the write-ahead log",
-                reason: format!(
+            return Err(StoreError::io_message(
+                "append to the write-ahead log",
+                format!(
                     "a group of {} bytes is over the log's {MAX_RECORD}-byte record limit",
                     payload.len()
                 ),
-            });
+            ));
         }
         let record = encode_record(self.salt, self.seq, &payload);
         let written = self.file.write_all(&record).and_then(|()| {

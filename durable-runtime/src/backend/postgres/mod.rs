@@ -141,12 +141,9 @@ impl PgBackend {
         clock: Arc<dyn Clock>,
     ) -> Result<PgBackend> {
         let quoted = schema::quoted(schema)?;
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
-            Error::Store(StoreError::Io {
-                op: "parse the PostgreSQL URL",
-                reason: format!("{e}"),
-            })
-        })?;
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| Error::Store(StoreError::io("parse the PostgreSQL URL", e)))?;
         if config.get_application_name().is_none() {
             config.application_name("durable");
         }
@@ -163,12 +160,7 @@ impl PgBackend {
             .runtime(Runtime::Tokio1)
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
-            .map_err(|e| {
-                Error::Store(StoreError::Io {
-                    op: "build the connection pool",
-                    reason: e.to_string(),
-                })
-            })?;
+            .map_err(|e| Error::Store(StoreError::io("build the connection pool", e)))?;
         schema::migrate(&pool, schema, &quoted).await?;
         let me = workers::register(&pool, &quoted, options.lease).await?;
         let (notices, _) = broadcast::channel(1024);
@@ -265,16 +257,17 @@ pub(super) fn io(op: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
             Some(db) => format!("{} ({})", db.message(), db.code().code()),
             None => e.to_string(),
         };
-        Error::Store(StoreError::Io { op, reason })
+        Error::Store(StoreError::Io {
+            op,
+            reason,
+            source: Some(crate::error::Cause::new(e)),
+        })
     }
 }
 
 /// Maps a pool error to [`StoreError::Io`].
 pub(super) fn pool_error(e: deadpool_postgres::PoolError) -> Error {
-    Error::Store(StoreError::Io {
-        op: "get a PostgreSQL connection",
-        reason: e.to_string(),
-    })
+    Error::Store(StoreError::io("get a PostgreSQL connection", e))
 }
 
 /// Encodes a record for a column.
@@ -293,12 +286,7 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
     what: impl FnOnce() -> String,
 ) -> Result<T> {
-    crate::codec::decode(bytes).map_err(|e| {
-        Error::Store(StoreError::Decode {
-            what: what(),
-            reason: e.to_string(),
-        })
-    })
+    crate::codec::decode(bytes).map_err(|e| Error::Store(StoreError::decode(what(), e)))
 }
 
 impl Backend for PgBackend {

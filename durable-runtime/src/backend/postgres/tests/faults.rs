@@ -88,8 +88,16 @@ async fn failures_past_the_retries_are_store_errors_and_write_nothing() {
         )
         .await;
     match failed {
-        Err(Error::Store(StoreError::Io { reason, .. })) => {
-            assert!(reason.contains("40001"), "{reason}")
+        Err(Error::Store(e @ StoreError::Io { .. })) => {
+            assert!(e.to_string().contains("40001"), "{e}");
+            // The database's error is the source, with its SQLSTATE.
+            let code = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
+                .and_then(|db| db.code().cloned());
+            assert_eq!(
+                code,
+                Some(tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
+            );
         }
         other => panic!("not a store error: {other:?}"),
     }
