@@ -348,6 +348,11 @@ where
                 instance: ctx.id.clone(),
             }));
         }
+        // Where leases can run out (PostgreSQL), no attempt starts unless
+        // this process surely still holds the instance.
+        if let Some(held) = ctx.services.backend.hold(&ctx.id, ctx.lease) {
+            held.await?;
+        }
         attempts += 1;
         crate::crash::point("step.before_body");
         let scope = Arc::new(StepScope {

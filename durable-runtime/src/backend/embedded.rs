@@ -125,7 +125,7 @@ impl Embedded {
     fn own(&self, state: &mut State, id: &str) -> Lease {
         let epoch = self.epochs.fetch_add(1, Ordering::Relaxed);
         state.owned.insert(id.to_string(), epoch);
-        Lease { epoch }
+        Lease { epoch, owner: 0 }
     }
 
     /// `LeaseLost` unless `id` is owned with `lease`.

@@ -42,6 +42,9 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Lease {
     pub epoch: u64,
+    /// The worker the lease was granted to (PostgreSQL: its `workers` row;
+    /// 0 on the embedded backend, whose one process holds every lease).
+    pub owner: i64,
 }
 
 /// What [`Backend::create`] did.
@@ -248,6 +251,17 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Lets go of instance `id` without writing (its owner stopped: shutdown,
     /// a refused write). Another claim may take it.
     fn release<'a>(&'a self, id: &'a str, lease: Lease) -> BoxFuture<'a, Result<()>>;
+
+    /// Before a step body starts: `None` when this process surely still
+    /// holds `lease` (always, on one process); else a wait that ends `Ok`
+    /// once it surely does again, or with
+    /// [`InstanceError::LeaseLost`](crate::InstanceError::LeaseLost) once it
+    /// surely does not (a worker frozen past its lease wakes up to find
+    /// its instances taken over: it starts no body of theirs).
+    fn hold<'a>(&'a self, id: &'a str, lease: Lease) -> Option<BoxFuture<'a, Result<()>>> {
+        let _ = (id, lease);
+        None
+    }
 
     // --- decisions about an instance, from any process ---
 

@@ -54,6 +54,7 @@ impl Inner {
     pub(super) async fn create(&self, id: &str, record: &InstanceRecord) -> Result<Created> {
         let bytes = encode(record, id, "the instance record")?;
         let conn = self.conn().await?;
+        let me = self.me();
         let inserted = conn
             .query_opt(
                 &self.sql(
@@ -67,7 +68,7 @@ impl Inner {
                     &id,
                     &record.workflow,
                     &status::of_state(&record.state),
-                    &self.me(),
+                    &me,
                     &(record.created_at_ms as i64),
                     &status::updated_ms(record),
                     &bytes,
@@ -80,6 +81,7 @@ impl Inner {
             let epoch: i64 = row.get(0);
             return Ok(Created::New(Lease {
                 epoch: epoch as u64,
+                owner: me,
             }));
         }
         let row = conn
@@ -97,6 +99,7 @@ impl Inner {
 
     pub(super) async fn claim(&self, id: &str) -> Result<Option<Claim>> {
         let conn = self.conn().await?;
+        let me = self.me();
         let row = conn
             .query_opt(
                 &self.sql(&format!(
@@ -111,7 +114,7 @@ impl Inner {
                      FROM c WHERE i.id = c.id
                      RETURNING {CLAIMED}"
                 )),
-                &[&id, &self.me()],
+                &[&id, &me],
             )
             .await
             .map_err(io("claim an instance"))?;
@@ -122,7 +125,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        match self.claimed(&row) {
+        match self.claimed(&row, me) {
             Ok(claim) => Ok(Some(claim)),
             Err(e) => {
                 let epoch: i64 = row.get(1);
@@ -131,6 +134,7 @@ impl Inner {
                         id,
                         Lease {
                             epoch: epoch as u64,
+                            owner: me,
                         },
                     )
                     .await;
@@ -161,6 +165,7 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let conn = self.conn().await?;
+        let me = self.me();
         let rows = conn
             .query(
                 &self.sql(&format!(
@@ -186,14 +191,14 @@ impl Inner {
                     &workflows,
                     &(now as i64),
                     &(limit.min(i64::MAX as usize) as i64),
-                    &self.me(),
+                    &me,
                     &unreadable,
                 ],
             )
             .await
             .map_err(io("claim runnable instances"))?;
         for row in rows {
-            match self.claimed(&row) {
+            match self.claimed(&row, me) {
                 Ok(claim)
                     if runnable.iter().any(|(name, version)| {
                         *name == claim.record.workflow && *version == claim.record.version
@@ -221,6 +226,7 @@ impl Inner {
                         .push(id.clone());
                     let lease = Lease {
                         epoch: epoch as u64,
+                        owner: me,
                     };
                     let _ = self.release(&id, lease).await;
                 }
@@ -245,7 +251,7 @@ impl Inner {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    fn claimed(&self, row: &Row) -> Result<Claim> {
+    fn claimed(&self, row: &Row, me: i64) -> Result<Claim> {
         let id: String = row.get(0);
         let epoch: i64 = row.get(1);
         let bytes: &[u8] = row.get(2);
@@ -261,6 +267,7 @@ impl Inner {
             id,
             lease: Lease {
                 epoch: epoch as u64,
+                owner: me,
             },
             record,
             recoveries: recoveries.max(0) as u32,

@@ -110,6 +110,10 @@ pub(crate) struct Inner {
     clock: Arc<dyn Clock>,
     /// This process's worker id (a fresh one after it was declared dead).
     me: AtomicI64,
+    /// When the last renewal of this worker's lease that succeeded was
+    /// sent (on this process's monotonic clock): the lease surely holds
+    /// until then plus one lease (the database counts from later).
+    renewed: Mutex<std::time::Instant>,
     /// Tells this process's own notifications from others'.
     token: u64,
     notices: broadcast::Sender<Notice>,
@@ -162,6 +166,7 @@ impl PgBackend {
             .build()
             .map_err(|e| Error::Store(StoreError::io("build the connection pool", e)))?;
         schema::migrate(&pool, schema, &quoted).await?;
+        let registering = std::time::Instant::now();
         let me = workers::register(&pool, &quoted, options.lease).await?;
         let (notices, _) = broadcast::channel(1024);
         let (stop, _) = tokio::sync::watch::channel(false);
@@ -175,6 +180,7 @@ impl PgBackend {
             options,
             clock,
             me: AtomicI64::new(me),
+            renewed: Mutex::new(registering),
             token: notify::random_u64(),
             notices,
             hints,
@@ -221,6 +227,44 @@ impl Inner {
     /// This process's worker id now.
     fn me(&self) -> i64 {
         self.me.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether this worker's lease surely still holds: renewed less than a
+    /// lease ago, counted from when the renewal was sent.
+    fn lease_current(&self) -> bool {
+        self.renewed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            < self.options.lease
+    }
+
+    /// See [`Backend::hold`]: `None` while `lease` is this worker's and
+    /// its lease is current; else waits for a renewal (`Ok`) or for the
+    /// news that the worker was declared dead and goes on under a new id
+    /// (`LeaseLost`: every lease of the old id is gone).
+    fn hold<'a>(&'a self, id: &'a str, lease: Lease) -> Option<BoxFuture<'a, Result<()>>> {
+        if lease.owner == self.me() && self.lease_current() {
+            return None;
+        }
+        Some(Box::pin(async move {
+            tracing::warn!(durable.instance_id = %id, "this worker's lease is not surely current; the next step waits for its renewal");
+            loop {
+                if lease.owner != self.me() {
+                    return Err(Error::Instance(crate::error::InstanceError::LeaseLost {
+                        instance: id.to_string(),
+                        epoch: lease.epoch,
+                    }));
+                }
+                if self.lease_current() {
+                    return Ok(());
+                }
+                if self.stopped() {
+                    return Err(Error::Store(StoreError::Closed));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }))
     }
 
     /// Bounds how long a transaction of this worker may sit idle (its
@@ -397,6 +441,10 @@ impl Backend for PgBackend {
 
     fn release<'a>(&'a self, id: &'a str, lease: Lease) -> BoxFuture<'a, Result<()>> {
         Box::pin(self.inner.release(id, lease))
+    }
+
+    fn hold<'a>(&'a self, id: &'a str, lease: Lease) -> Option<BoxFuture<'a, Result<()>>> {
+        self.inner.hold(id, lease)
     }
 
     fn send_event<'a>(

@@ -41,6 +41,7 @@ impl Inner {
     pub(super) async fn heartbeat(&self) -> Result<()> {
         let conn = self.conn().await?;
         let me = self.me();
+        let sent = std::time::Instant::now();
         let renewed = conn
             .execute(
                 &self.sql(
@@ -52,6 +53,7 @@ impl Inner {
             .await
             .map_err(io("renew the worker's lease"))?;
         if renewed == 0 {
+            let sent = std::time::Instant::now();
             let fresh = register(&self.pool, &self.quoted, self.options.lease).await?;
             // Only if nobody swapped it meanwhile.
             let _ = self
@@ -62,8 +64,19 @@ impl Inner {
                 durable.new_worker = fresh,
                 "this worker's lease ran out and other workers took over its instances; its late writes are refused; it goes on as a new worker"
             );
+            self.renewed_at(sent);
+        } else {
+            self.renewed_at(sent);
         }
         Ok(())
+    }
+
+    /// Records a renewal sent at `sent` (never moving the mark back).
+    fn renewed_at(&self, sent: std::time::Instant) {
+        let mut renewed = self.renewed.lock().unwrap_or_else(|e| e.into_inner());
+        if sent > *renewed {
+            *renewed = sent;
+        }
     }
 
     /// Declares dead every worker whose lease ran out more than the grace

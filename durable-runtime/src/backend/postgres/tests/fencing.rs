@@ -327,3 +327,67 @@ async fn a_transaction_left_idle_past_the_lease_is_ended_by_the_server() {
     drop(conn);
     a.close().await;
 }
+
+/// A worker whose lease is not surely current starts no step body: the
+/// wait before a body ends when the lease is renewed, and with `LeaseLost`
+/// once the worker was declared dead (it goes on under a new id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_body_starts_on_a_lease_that_may_have_run_out() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let a = db.backend().await;
+    let b = db.backend().await;
+    let lease = create(&a, "job").await;
+    assert!(a.hold("job", lease).is_none(), "a fresh lease is current");
+    // The heartbeat is driven by hand below.
+    a.inner().heartbeat_paused.store(true, Ordering::SeqCst);
+    let stale =
+        || *a.inner().renewed.lock().unwrap() = std::time::Instant::now() - Duration::from_secs(60);
+
+    // Not renewed for a lease (frozen, or the database unreachable): a
+    // body waits.
+    stale();
+    let mut held = a.hold("job", lease).expect("a wait");
+    tokio::select! {
+        _ = &mut held => panic!("the wait ended while the lease was not renewed"),
+        _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+    }
+    // Renewed: the wait ends, the body may start.
+    a.inner().heartbeat().await.unwrap();
+    guard(held).await.expect("renewed");
+    assert!(a.hold("job", lease).is_none());
+
+    // Declared dead meanwhile: the renewal finds out, and the wait ends
+    // with LeaseLost.
+    let client = db.client().await;
+    client
+        .execute(
+            "UPDATE workers SET lease_until = now() - interval '1 hour' WHERE id = $1",
+            &[&a.inner().me()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.inner().reap().await.unwrap(), 1);
+    stale();
+    let held = a.hold("job", lease).expect("a wait");
+    a.inner().heartbeat().await.unwrap();
+    match guard(held).await {
+        Err(Error::Instance(InstanceError::LeaseLost { epoch, .. })) => {
+            assert_eq!(epoch, lease.epoch)
+        }
+        other => panic!("expected LeaseLost, got {other:?}"),
+    }
+    // A lease the new worker id was granted holds again.
+    let fresh = create(&a, "job-2").await;
+    assert!(a.hold("job-2", fresh).is_none());
+    a.close().await;
+    b.close().await;
+}
+
+/// Awaits `f` under a generous hang guard.
+async fn guard<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(120), f)
+        .await
+        .expect("hung")
+}
