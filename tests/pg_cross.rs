@@ -3,7 +3,8 @@
 //! polling alone must deliver: an event sent by a pure client before the
 //! instance reaches its wait, a cancel by a pure client of a parked
 //! instance, and a handle in one engine that completes when another engine
-//! finishes the instance.
+//! finishes the instance; and a pure client that starts instances the
+//! workers run (with or without a worker up at the time).
 //!
 //! `cargo test --features postgres --test pg_cross`. Needs PostgreSQL
 //! (`DURABLE_TEST_PG`); without it the tests pass after saying "skipped: no
@@ -196,4 +197,65 @@ async fn a_handle_completes_when_another_engine_finishes() {
         engine.shutdown().await;
     }
     schema.drop_schema().await;
+}
+
+/// Runs only where registered: which engine ran it shows in its output.
+static RAN_BY_WORKER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[durable]
+async fn doubled(_ctx: &Ctx, n: u64) -> Result<u64, String> {
+    let twice = step!("double", async { Ok::<_, String>(n * 2) }.await)?;
+    RAN_BY_WORKER.fetch_add(1, Ordering::SeqCst);
+    Ok(twice)
+}
+
+/// A process that registers no workflow starts instances (typed by the
+/// workflow it names); the workers run them and the client's handle gets
+/// the output. Started while no worker is up, an instance waits for the
+/// first worker that opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pure_client_starts_instances_the_workers_run() {
+    let Some(schema) = Schema::new().await else {
+        return;
+    };
+    let client = schema.builder().open().await.unwrap();
+    // No worker yet: recorded, and nobody runs it.
+    let early = client.start(doubled, "early", 20).await.unwrap();
+    assert!(matches!(
+        client.status("early").await.unwrap(),
+        Status::Running { .. }
+    ));
+    assert_eq!(RAN_BY_WORKER.load(Ordering::SeqCst), 0);
+
+    let worker = schema.builder().register(doubled).open().await.unwrap();
+    let out = support::guarded("the early instance completes", early.result()).await;
+    assert_eq!(out.unwrap(), Ok(40));
+
+    // With a worker up: started by the client, run by the worker.
+    let handles = start_ten(&client).await;
+    for (i, handle) in handles.into_iter().enumerate() {
+        let out = support::guarded("a client's instance completes", handle.result()).await;
+        assert_eq!(out.unwrap(), Ok(2 * i as u64));
+    }
+    assert_eq!(RAN_BY_WORKER.load(Ordering::SeqCst), 11);
+    // Starting again attaches: the same output, nothing runs again.
+    let again = client.run(doubled, "late-3", 3).await.unwrap();
+    assert_eq!(again, Ok(6));
+    assert_eq!(RAN_BY_WORKER.load(Ordering::SeqCst), 11);
+    // A different input under the same id is refused, as anywhere.
+    assert!(matches!(
+        client.start(doubled, "late-3", 4).await,
+        Err(Error::Usage(UsageError::IdConflict { .. }))
+    ));
+    client.shutdown().await;
+    worker.shutdown().await;
+    schema.drop_schema().await;
+}
+
+async fn start_ten(client: &Engine) -> Vec<durable::Handle<Result<u64, String>>> {
+    let mut handles = Vec::new();
+    for i in 0..10u64 {
+        handles.push(client.start(doubled, format!("late-{i}"), i).await.unwrap());
+    }
+    handles
 }

@@ -15,8 +15,9 @@
 //! input); a completed step never began again; within one run (from a
 //! claim or a wake-up to the end of that replay) a step body ran once, plus
 //! once per failure, so a body re-runs at most once per takeover; and a
-//! zombie, once awake, wrote no checkpoint of an instance taken over from
-//! it (no step of it returned there) and noticed that its lease was gone;
+//! zombie, once awake, began no step and wrote no checkpoint of an
+//! instance taken over from it (no step of it returned there) and noticed
+//! that its lease was gone;
 //! its refused writes (`lease lost` in its log) are counted.
 //!
 //! `cargo test --features postgres --test pg_torture -- --nocapture`: the CI
@@ -786,6 +787,25 @@ async fn check(dir: &Path, schema: &str, profile: &Profile, chaos: &Chaos) -> Ve
             .filter(|l| l.at > stop.at && l.at < cont.at && l.gen_no != z && l.kind == "BEGIN")
             .map(|l| l.id.as_str())
             .collect();
+        // Awake, it starts no step of an instance taken over from it,
+        // unless it claimed the instance again (a new run) first.
+        for begin in lines.iter().filter(|l| {
+            l.at > cont.at && l.gen_no == z && l.kind == "BEGIN" && taken.contains(l.id.as_str())
+        }) {
+            let reclaimed = lines.iter().any(|o| {
+                o.at > cont.at
+                    && o.at < begin.at
+                    && o.gen_no == z
+                    && o.kind == "RUN"
+                    && o.id == begin.id
+            });
+            if !reclaimed {
+                errors.push(format!(
+                    "zombie gen {z}: began step {} of {} after it woke, on the lease it had lost",
+                    begin.step, begin.id
+                ));
+            }
+        }
         for end in lines.iter().filter(|l| {
             l.at > cont.at && l.gen_no == z && l.kind == "END" && taken.contains(l.id.as_str())
         }) {

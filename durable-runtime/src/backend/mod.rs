@@ -352,6 +352,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Stores each of `manifests` not stored yet.
     fn store_manifests<'a>(&'a self, manifests: &'a [&'a Manifest]) -> BoxFuture<'a, Result<()>>;
 
+    /// Whether other processes share this storage (and may run what this
+    /// process does not register): a pure client's starts are left to them.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Wake-up hints (see [`Notice`]).
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Notice>;
 

@@ -635,7 +635,17 @@ impl Engine {
             }));
         };
         let _done = Arc::clone(&self.core)
-            .start_or_attach(workflow, erased, id.to_string(), record.input, true, None)
+            .start_or_attach(
+                workflow,
+                erased,
+                id.to_string(),
+                record.input,
+                super::instances::Run {
+                    manual: true,
+                    here: true,
+                },
+                None,
+            )
             .await?;
         Ok(())
     }

@@ -101,6 +101,15 @@ impl Instances {
     }
 }
 
+/// How a start runs what it creates or finds.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Run {
+    /// Resumed by hand (an instance set aside runs again).
+    pub manual: bool,
+    /// Run in this process (`false`: a pure client leaves it to others).
+    pub here: bool,
+}
+
 /// A started instance: await [`result`](Handle::result) for its output.
 #[must_use = "a handle does nothing unless its result is awaited; the instance runs either way"]
 pub struct Handle<O> {
@@ -212,6 +221,9 @@ impl Core {
     }
 
     /// Starts `id` or attaches to it; returns the receiver of its outcome.
+    /// With `run.here` false (a pure client of a shared store), a new
+    /// instance is recorded and released at once, and an existing one only
+    /// attached to: other processes run it.
     ///
     /// The store decides: a create-if-absent for a new instance, a claim to
     /// resume an unfinished one nobody runs. An instance running elsewhere
@@ -223,9 +235,10 @@ impl Core {
         erased: Arc<dyn Erased>,
         id: String,
         input: Vec<u8>,
-        manual: bool,
+        run: Run,
         deadline_ms: Option<u64>,
     ) -> Result<watch::Receiver<Outcome>> {
+        let Run { manual, here } = run;
         let backend = &self.services.backend;
         // Reserve the slot first: starters of the same id in this process
         // attach to it while the store decides.
@@ -269,6 +282,15 @@ impl Core {
                     durable.instance_id = %id,
                     "instance started"
                 );
+                if !here {
+                    // Left to the workers: unowned, it is claimable at once.
+                    slot.driving.store(false, Ordering::SeqCst);
+                    if let Err(e) = backend.release(&id, lease).await {
+                        // Its lease runs out with this worker's, if ever.
+                        tracing::warn!(durable.instance_id = %id, durable.error = %e, "could not hand a started instance to the workers at once");
+                    }
+                    return Ok(done);
+                }
                 self.spawn(id, erased, fresh, Begin::Fresh, slot, lease);
                 return Ok(done);
             }
@@ -281,6 +303,10 @@ impl Core {
                 }
                 if let Some(outcome) = outcome_of(&id, &record, manual) {
                     self.finish_slot(&id, &slot, outcome);
+                    return Ok(done);
+                }
+                if !here {
+                    slot.driving.store(false, Ordering::SeqCst);
                     return Ok(done);
                 }
                 match backend.claim(&id).await {

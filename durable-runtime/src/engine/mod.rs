@@ -41,7 +41,7 @@ pub use self::instances::Handle;
 pub use self::recovery::RecoveryReport;
 
 use self::builder::Config;
-use self::instances::Instances;
+use self::instances::{Instances, Run};
 use self::registry::Registry;
 use self::scheduler::Scheduler;
 
@@ -119,6 +119,13 @@ impl Engine {
     /// The id is an idempotency key: if instance `id` exists (running or
     /// finished) with the same workflow and input, this attaches to it;
     /// with another workflow or input it is [`UsageError::IdConflict`](crate::UsageError::IdConflict).
+    ///
+    /// The workflow must be registered with this engine
+    /// ([`UsageError::NotRegistered`](crate::UsageError::NotRegistered)),
+    /// except on a store other processes share (PostgreSQL): there an
+    /// engine that does not register it is a client, which records the
+    /// instance for the workers that do and runs nothing; the handle
+    /// completes when a worker finishes it.
     pub async fn start<I: IntoWorkflow>(
         &self,
         workflow: I,
@@ -155,11 +162,25 @@ impl Engine {
         input: In<I>,
         options: StartOptions,
     ) -> Result<Handle<Out<I>>> {
-        let _ = workflow;
         type W<I> = <I as IntoWorkflow>::Workflow;
         let id = id.into();
         validate_id(&id)?;
-        let erased = self.core.registry.get::<W<I>>()?;
+        let (erased, run_here) = match self.core.registry.get::<W<I>>() {
+            Ok(erased) => (erased, true),
+            // A pure client of a shared store (PostgreSQL): the instance
+            // is recorded for the workers that register the workflow.
+            Err(_) if self.core.services.backend.shared() => {
+                let (_, erased) = registry::entry(workflow.into_workflow());
+                let manifest = &erased.manifest().0;
+                self.core
+                    .services
+                    .backend
+                    .store_manifests(&[manifest])
+                    .await?;
+                (erased, false)
+            }
+            Err(e) => return Err(e),
+        };
         let input = self.core.services.encode_value(&id, "input", &input)?;
         let deadline = options
             .deadline
@@ -172,7 +193,17 @@ impl Engine {
                     .saturating_add(crate::time::duration_ms(d))
             });
         let done = Arc::clone(&self.core)
-            .start_or_attach(W::<I>::NAME, erased, id.clone(), input, false, deadline)
+            .start_or_attach(
+                W::<I>::NAME,
+                erased,
+                id.clone(),
+                input,
+                Run {
+                    manual: false,
+                    here: run_here,
+                },
+                deadline,
+            )
             .await?;
         Ok(Handle::new(id, done, &self.core))
     }
@@ -252,7 +283,14 @@ impl Engine {
             self.core.reopen_cancelled(&id).await?;
         }
         let done = Arc::clone(&self.core)
-            .start_or_attach(W::<I>::NAME, erased, id.clone(), record.input, manual, None)
+            .start_or_attach(
+                W::<I>::NAME,
+                erased,
+                id.clone(),
+                record.input,
+                Run { manual, here: true },
+                None,
+            )
             .await?;
         Ok(Handle::new(id, done, &self.core))
     }

@@ -447,6 +447,10 @@ impl Backend for PgBackend {
         self.inner.hold(id, lease)
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn send_event<'a>(
         &'a self,
         id: &'a str,
