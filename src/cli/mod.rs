@@ -1,19 +1,27 @@
 //! The `durable` command-line tool (feature `cli`): `cargo install durable
 //! --features cli`. It reaches a running service through its admin
-//! endpoint (`--url`, see [`admin`](crate::admin)) or opens an embedded
-//! store that no process holds (`--store`) without running or resuming
-//! anything: the engine it opens registers no workflow, so the only writes
-//! are the ones a command asks for (cancel, send-event).
+//! endpoint (`--url`, see [`admin`](crate::admin)), opens an embedded
+//! store that no process holds (`--store`), or opens a PostgreSQL schema
+//! (`--postgres URL [--schema NAME]`, with the feature `postgres` too),
+//! without running or resuming anything: the engine it opens registers no
+//! workflow, so it claims no instance and the only writes are the ones a
+//! command asks for. Every target answers through the same admin API.
 //!
 //! ```text
 //! durable --store ./durable.db list --status blocked
 //! durable --url http://127.0.0.1:7070/admin --token $TOKEN resume order-17
+//! durable --store ./durable.db retry order-17            # from its failed step
+//! durable --store ./durable.db fork order-17 --from-step charge
+//! durable --store ./durable.db pause order-17            # then: unpause order-17
+//! durable --store ./durable.db purge --older-than 30d --yes
+//! durable --postgres postgres://app@db/app --schema durable list
 //! ```
 //!
 //! Exit codes: `0` success; `1` an error (no such instance, an action
-//! refused or not supported yet, a deploy gate with findings, a store or
-//! connection failure); `2` a usage error (bad arguments, no target, a bulk
-//! action without `--yes` when no terminal can confirm it).
+//! refused, an action the store's backend does not support, a deploy gate
+//! with findings, a store or connection failure, a declined confirmation);
+//! `2` a usage error (bad arguments, no target, a bulk action or a purge
+//! without `--yes` when no terminal can confirm it).
 
 mod format;
 
@@ -37,7 +45,8 @@ use self::format::Style;
     version,
     about = "Inspect and operate durable workflow instances",
     after_help = "Exit codes: 0 ok, 1 error (including a deploy gate with findings), 2 usage.\n\
-                  Targets: --url (a running service's admin endpoint) or --store (an embedded store no process holds)."
+                  Targets: --url (a running service's admin endpoint), --store (an embedded store no process holds)\n\
+                  or --postgres (a PostgreSQL database; builds with the feature `postgres`)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -70,9 +79,18 @@ struct TargetArgs {
     /// The admin endpoint's bearer token (needed for actions through --url).
     #[arg(long, env = "DURABLE_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
-    /// A PostgreSQL store (not available in this build yet).
-    #[arg(long, env = "DURABLE_DATABASE_URL", global = true)]
+    /// A PostgreSQL database, e.g. postgres://app@db.internal/app (builds with
+    /// the feature `postgres`); nothing is claimed or run from it.
+    #[arg(
+        long,
+        env = "DURABLE_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
     postgres: Option<String>,
+    /// The PostgreSQL schema the instances live in (with --postgres).
+    #[arg(long, env = "DURABLE_SCHEMA", global = true, default_value = "durable")]
+    schema: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,38 +129,46 @@ enum Command {
     },
     /// Counts of instances by status and by workflow.
     Stats,
-    /// Retry a failed or blocked instance from its failed step (not supported yet).
-    Retry {
-        /// The instance id.
-        id: String,
-    },
-    /// Fork an instance from a step into a new instance (not supported yet).
+    /// Run failed, blocked or needs-attention instances again from their
+    /// failed step (the steps before it replay; through --url the service runs them).
+    Retry(BulkArgs),
+    /// Fork an instance from a step into a new instance (prints the new id):
+    /// the steps before the step replay, the rest runs for real.
     Fork {
         /// The instance id.
         id: String,
-        /// The step to run again from.
+        /// The step to run again from (its first occurrence).
         #[arg(long)]
-        from_step: Option<String>,
-    },
-    /// Pause an instance: no new step starts (not supported yet).
-    Pause {
-        /// The instance id.
-        id: String,
-    },
-    /// Unpause a paused instance (not supported yet).
-    Unpause {
-        /// The instance id.
-        id: String,
-    },
-    /// Delete finished instances older than a time (not supported yet).
-    Purge {
-        /// A time or an age (`30d`).
+        from_step: String,
+        /// The new instance's id (default: the first free ID-fork-N).
         #[arg(long)]
-        finished_before: Option<String>,
-        /// Do not ask for confirmation.
-        #[arg(long)]
-        yes: bool,
+        new_id: Option<String>,
     },
+    /// Pause instances: no new step starts until they are unpaused.
+    Pause(BulkArgs),
+    /// Unpause paused instances: they go on where they stood.
+    Unpause(BulkArgs),
+    /// Delete finished (completed, failed, cancelled) instances that finished
+    /// before a time; prints how many.
+    Purge(PurgeArgs),
+}
+
+#[derive(Debug, Args)]
+struct PurgeArgs {
+    /// Finished before this time: a UTC time (2026-11-30T10:00:00Z), milliseconds
+    /// since the epoch, or an age (30d).
+    #[arg(
+        long,
+        conflicts_with = "older_than",
+        required_unless_present = "older_than"
+    )]
+    finished_before: Option<String>,
+    /// Finished longer ago than this age (90s, 15m, 2h, 30d, 1w), by the target's clock.
+    #[arg(long)]
+    older_than: Option<String>,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    yes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -232,17 +258,26 @@ const LOCAL_TOKEN: &str = "local";
 
 impl Target {
     fn open(args: &TargetArgs) -> Res<Target> {
-        match (&args.store, &args.url, &args.postgres) {
-            (_, _, Some(_)) => Err(CliError::error(
-                "--postgres: the PostgreSQL backend is not available in this build of durable yet; \
-                 use --url with the service's admin endpoint",
+        let given = [
+            args.store.is_some(),
+            args.url.is_some(),
+            args.postgres.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(CliError::usage(
+                "give one target: --store, --url or --postgres",
+            ));
+        }
+        if let Some(url) = &args.postgres {
+            return Target::postgres(url, &args.schema);
+        }
+        match (&args.store, &args.url) {
+            (None, None) => Err(CliError::usage(
+                "no target: give --url http://host:port/admin (a running service), --store PATH \
+                 (an embedded store no process holds) or --postgres URL, or set DURABLE_URL / \
+                 DURABLE_STORE / DURABLE_DATABASE_URL",
             )),
-            (Some(_), Some(_), _) => Err(CliError::usage("give either --store or --url, not both")),
-            (None, None, None) => Err(CliError::usage(
-                "no target: give --url http://host:port/admin (a running service) or --store PATH \
-                 (an embedded store no process holds), or set DURABLE_URL / DURABLE_STORE",
-            )),
-            (None, Some(url), None) => Ok(Target::Remote {
+            (None, Some(url)) => Ok(Target::Remote {
                 agent: ureq::Agent::config_builder()
                     .http_status_as_error(false)
                     .timeout_global(Some(Duration::from_secs(120)))
@@ -251,18 +286,14 @@ impl Target {
                 base: url.trim_end_matches('/').to_string(),
                 token: args.token.clone(),
             }),
-            (Some(path), None, None) => {
+            (Some(path), _) => {
                 if !path.exists() {
                     return Err(CliError::error(format!(
                         "no store at {} (the directory does not exist)",
                         path.display()
                     )));
                 }
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .enable_all()
-                    .build()
-                    .map_err(|e| CliError::error(format!("cannot start a runtime: {e}")))?;
+                let runtime = local_runtime()?;
                 // No workflow is registered: nothing is resumed or run.
                 let engine = runtime
                     .block_on(Engine::builder().path(path).open())
@@ -278,6 +309,31 @@ impl Target {
                 })
             }
         }
+    }
+
+    /// A PostgreSQL schema, opened by an engine that registers no workflow:
+    /// its claim rounds ask for instances of no workflow, so it claims and
+    /// runs nothing, and other workers go on as before.
+    #[cfg(feature = "postgres")]
+    fn postgres(url: &str, schema: &str) -> Res<Target> {
+        let runtime = local_runtime()?;
+        let engine = runtime
+            .block_on(Engine::builder().postgres(url).schema(schema).open())
+            .map_err(|e| CliError::error(format!("--postgres: {e}")))?;
+        Ok(Target::Local {
+            engine: Some(engine),
+            runtime,
+        })
+    }
+
+    /// Without the feature `postgres`: a typed error saying how to get it.
+    #[cfg(not(feature = "postgres"))]
+    fn postgres(_url: &str, _schema: &str) -> Res<Target> {
+        Err(CliError::error(
+            "--postgres: this build of durable has no PostgreSQL backend; install it with \
+             `cargo install durable --features cli,postgres`, or use --url with the service's \
+             admin endpoint",
+        ))
     }
 
     /// One API call: the JSON body of a success, or the error's message.
@@ -368,6 +424,15 @@ impl Target {
             Target::Remote { .. } => None,
         }
     }
+}
+
+/// The runtime of a store or database opened by the command line itself.
+fn local_runtime() -> Res<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::error(format!("cannot start a runtime: {e}")))
 }
 
 /// Runs the command line with the process's arguments; the exit code.
@@ -478,24 +543,28 @@ fn parse_time(text: &str, flag: &str) -> Res<u64> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    if let Some(unit) = text.chars().last().filter(|c| c.is_ascii_alphabetic())
-        && text.len() > 1
-        && let Ok(n) = text[..text.len() - 1].parse::<u64>()
-    {
-        let secs = match unit {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 7 * 86_400,
-            _ => return Err(bad()),
-        };
-        return Ok(now.saturating_sub(n.saturating_mul(secs * 1000)));
+    if let Some(age) = parse_age(text) {
+        return Ok(now.saturating_sub(age));
     }
     if text.len() > 10 && text.bytes().all(|b| b.is_ascii_digit()) {
         return text.parse().map_err(|_| bad());
     }
     format::parse_utc(text).ok_or_else(bad)
+}
+
+/// An age (`90s`, `15m`, `2h`, `3d`, `1w`) in milliseconds.
+fn parse_age(text: &str) -> Option<u64> {
+    let unit = text.chars().last().filter(|c| c.is_ascii_alphabetic())?;
+    let n: u64 = text[..text.len() - 1].parse().ok()?;
+    let secs: u64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 7 * 86_400,
+        _ => return None,
+    };
+    Some(n.saturating_mul(secs * 1000))
 }
 
 fn print_json(value: &Value) {
@@ -624,25 +693,92 @@ fn command(cli: &Cli, style: &Style, target: &Target) -> Res<u8> {
             }
             Ok(0)
         }
-        Command::Retry { id } | Command::Pause { id } | Command::Unpause { id } => {
-            let action = match &cli.command {
-                Command::Retry { .. } => "retry",
-                Command::Pause { .. } => "pause",
-                _ => "unpause",
-            };
-            target
-                .call(true, &format!("/instances/{}/{action}", enc(id)), "", b"")
-                .map(|_| 0)
+        Command::Retry(args) => bulk(cli, style, target, "retry", args),
+        Command::Pause(args) => bulk(cli, style, target, "pause", args),
+        Command::Unpause(args) => bulk(cli, style, target, "unpause", args),
+        Command::Fork {
+            id,
+            from_step,
+            new_id,
+        } => {
+            let body = serde_json::json!({"from_step": from_step, "new_id": new_id});
+            let answer = target.call(
+                true,
+                &format!("/instances/{}/fork", enc(id)),
+                "",
+                body.to_string().as_bytes(),
+            )?;
+            if cli.json {
+                print_json(&answer);
+            } else {
+                // The new id alone on stdout, for `NEW=$(durable fork ..)`.
+                println!("{}", answer["new_id"].as_str().unwrap_or_default());
+                eprintln!("forked {id} from step {from_step:?}");
+            }
+            Ok(0)
         }
-        Command::Fork { id, .. } => target
-            .call(true, &format!("/instances/{}/fork", enc(id)), "", b"")
-            .map(|_| 0),
-        Command::Purge { .. } => target.call(true, "/purge", "", b"").map(|_| 0),
+        Command::Purge(args) => purge(cli, target, args),
     }
 }
 
-/// Cancel or resume: one id, several, or every instance passing a filter
-/// (a bulk action asks for confirmation, or needs `--yes`).
+/// Purge: one bulk deletion, confirmed on a terminal or with `--yes`.
+fn purge(cli: &Cli, target: &Target, args: &PurgeArgs) -> Res<u8> {
+    let (body, what) = match (&args.finished_before, &args.older_than) {
+        (Some(time), None) => {
+            let ms = parse_time(time, "--finished-before")?;
+            (
+                serde_json::json!({"finished_before_ms": ms}),
+                format!("before {}", format::utc(ms, false)),
+            )
+        }
+        (None, Some(age)) => {
+            let ms = parse_age(age).ok_or_else(|| {
+                CliError::usage(format!(
+                    "--older-than {age:?}: give an age (90s, 15m, 2h, 30d, 1w)"
+                ))
+            })?;
+            (
+                serde_json::json!({"older_than_ms": ms}),
+                format!("more than {age} ago"),
+            )
+        }
+        _ => {
+            return Err(CliError::usage(
+                "purge needs --finished-before TIME or --older-than AGE (one of them)",
+            ));
+        }
+    };
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::usage(format!(
+                "purge deletes every instance finished {what}: confirm with --yes (no terminal to ask)"
+            )));
+        }
+        eprint!("delete every instance finished {what}, with its history? [y/N] ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("nothing done");
+            return Ok(1);
+        }
+    }
+    let answer = target.call(true, "/purge", "", body.to_string().as_bytes())?;
+    if cli.json {
+        print_json(&answer);
+    } else {
+        let n = answer["purged"].as_u64().unwrap_or(0);
+        println!(
+            "purged {n} instance{} finished {what}",
+            if n == 1 { "" } else { "s" }
+        );
+    }
+    Ok(0)
+}
+
+/// Cancel, resume, retry, pause or unpause: one id, several, or every
+/// instance passing a filter (a bulk action asks for confirmation, or needs
+/// `--yes`).
 fn bulk(cli: &Cli, style: &Style, target: &Target, action: &str, args: &BulkArgs) -> Res<u8> {
     let mut ids = args.ids.clone();
     let filtered = !args.status.is_empty() || args.workflow.is_some();
@@ -720,10 +856,12 @@ fn bulk(cli: &Cli, style: &Style, target: &Target, action: &str, args: &BulkArgs
             Ok(_) => {
                 results.push(serde_json::json!({"id": id, "ok": true}));
                 if !cli.json {
-                    let done = if action == "cancel" {
-                        "cancelled"
-                    } else {
-                        "resumed"
+                    let done = match action {
+                        "cancel" => "cancelled",
+                        "resume" => "resumed",
+                        "retry" => "retried",
+                        "pause" => "paused",
+                        _ => "unpaused",
                     };
                     println!("{progress}{} {id}", style.green(done));
                 }
