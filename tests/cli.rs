@@ -643,6 +643,12 @@ async fn retry_pause_fork_and_purge_on_a_store() {
     assert_eq!(unpaused["results"][0]["ok"], true);
     let doc = store(d, 0, &["show", WAITING, "--json"]).await.json();
     assert_eq!(doc["status"]["kind"], "waiting");
+    let text = store(d, 0, &["history", WAITING]).await.stdout;
+    let line = text.lines().find(|l| l.contains(" paused by ")).unwrap();
+    assert!(
+        line.ends_with(')') && line.contains("(pid "),
+        "who paused it: {text}"
+    );
     let history = kinds(&doc);
     assert!(
         history.ends_with(&["paused".into(), "unpaused".into()]),
@@ -869,6 +875,71 @@ async fn retry_pause_and_fork_through_the_admin_endpoint() {
         "{}",
         refused.stderr
     );
+
+    // The HTTP answers: status codes and typed error bodies; parameters
+    // from the query string too.
+    let base = url.clone();
+    let post = move |path: &str, body: &str| {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .post(&format!("{base}{path}"))
+            .header("Authorization", "Bearer s3cret")
+            .send(body.to_string())
+            .unwrap();
+        let status = response.status().as_u16();
+        let value: Value = response.body_mut().read_json().unwrap();
+        (status, value)
+    };
+    let answers = tokio::task::spawn_blocking(move || {
+        [
+            post("/instances/nope/retry", ""),
+            post(&format!("/instances/{COMPLETED}/retry"), ""),
+            post(&format!("/instances/{COMPLETED}/fork?from_step=nosuch"), ""),
+            post(&format!("/instances/{COMPLETED}/fork?from_step=charge"), ""),
+            post(
+                &format!("/instances/{COMPLETED}/fork?from_step=nosuch"),
+                r#"{"from_step": "price", "new_id": "order-ok-copy"}"#,
+            ),
+            post(&format!("/instances/{FIRE}/fork"), ""),
+            post(
+                &format!("/instances/{COMPLETED}/fork?from_step=price&new_id={FIRE}"),
+                "",
+            ),
+            post(&format!("/instances/{COMPLETED}/pause"), ""),
+            post("/purge", ""),
+            post("/purge", r#"{"finished_before_ms": "soon"}"#),
+            post("/purge?finished_before_ms=1", ""),
+        ]
+    })
+    .await
+    .unwrap();
+    let summary: Vec<(u16, Value)> = answers
+        .iter()
+        .map(|(status, v)| (*status, v["error"]["kind"].clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (404, json!("not-found")),
+            (409, json!("not-retryable")),
+            (404, json!("no-such-step")),
+            (200, Value::Null),
+            (200, Value::Null),
+            (400, json!("usage")),
+            (409, json!("id-conflict")),
+            (409, json!("finished")),
+            (400, json!("usage")),
+            (400, json!("usage")),
+            (200, Value::Null),
+        ],
+        "{answers:?}"
+    );
+    assert_eq!(answers[3].1["new_id"], format!("{COMPLETED}-fork-2"));
+    assert_eq!(answers[4].1["new_id"], "order-ok-copy", "the body wins");
+    assert_eq!(answers[10].1["purged"], 0);
 
     // Purge through the endpoint.
     let purged = expect(
