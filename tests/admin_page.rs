@@ -242,6 +242,13 @@ async fn the_admin_page_in_chromium() {
     );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let url = format!("http://{addr}/admin");
+    let read_only = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().nest("/admin", router(engine.clone(), AdminOptions::new()));
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}/admin")
+    };
     let shots = screenshots();
 
     let browser = tokio::task::spawn_blocking(move || {
@@ -454,6 +461,15 @@ async fn the_admin_page_in_chromium() {
              return m && m.className === 'ok' && m.textContent === 'fork from charge: forked as order-ok-fork-1'",
         );
         browser.screenshot(&shots, "10-instance-forked.png");
+
+        // A read-only endpoint: the actions are disabled, and say why.
+        browser.goto(&format!("{read_only}#/i/{WAITING}"));
+        let why = browser.wait(
+            "the actions disabled",
+            "const b = document.querySelector('#pause'); \
+             return b && b.disabled && document.querySelector('#retry').disabled && b.title",
+        );
+        assert!(why.as_str().unwrap().contains("read-only"), "{why}");
         browser
     })
     .await

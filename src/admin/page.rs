@@ -205,17 +205,17 @@ async function showInstance(id) {
     </div></div>
   <div class="card"><h2>Actions</h2>
     <div class="row-flex">
-      <button class="act" id="resume" ${canResume ? "" : "disabled"} ${ro} title="resume a blocked, needs-attention or incompatible instance">Resume</button>
-      <button class="act" id="retry" ${canRetry ? "" : "disabled"} ${ro} title="run a failed, blocked or needs-attention instance again from its failed step">Retry</button>
-      <button class="act" id="pause" ${finished || kind === "paused" ? "disabled" : ""} ${ro} title="no new step starts until it is unpaused">Pause</button>
-      <button class="act" id="unpause" ${kind === "paused" ? "" : "disabled"} ${ro}>Unpause</button>
-      <button class="act danger" id="cancel" ${finished ? "disabled" : ""} ${ro}>Cancel</button>
+      <button class="act" id="resume" ${ro} ${canResume ? "" : "disabled"} title="resume a blocked, needs-attention or incompatible instance">Resume</button>
+      <button class="act" id="retry" ${ro} ${canRetry ? "" : "disabled"} title="run a failed, blocked or needs-attention instance again from its failed step">Retry</button>
+      <button class="act" id="pause" ${ro} ${finished || kind === "paused" ? "disabled" : ""} title="no new step starts until it is unpaused">Pause</button>
+      <button class="act" id="unpause" ${ro} ${kind === "paused" ? "" : "disabled"}>Unpause</button>
+      <button class="act danger" id="cancel" ${ro} ${finished ? "disabled" : ""}>Cancel</button>
     </div>
     <div class="row-flex" style="margin-top:8px">
       <span class="muted">fork from step</span><select id="fork-step" data-id="${esc(doc.id)}">${stepNames.map(n => `<option ${n === keepFork ? "selected" : ""}>${esc(n)}</option>`).join("")}</select>
-      <button class="act" id="fork" ${stepNames.length ? "" : "disabled"} ${ro} title="a new instance: the steps before this one replay, the rest runs">Fork</button>
+      <button class="act" id="fork" ${ro} ${stepNames.length ? "" : "disabled"} title="a new instance: the steps before this one replay, the rest runs">Fork</button>
       <span class="muted">send event</span><input class="f mono" id="event-name" placeholder="name" size="12"><input class="f mono" id="event-payload" placeholder='JSON payload, e.g. {"approved": true}' size="34">
-      <button class="act" id="send" ${finished ? "disabled" : ""} ${ro}>Send</button>
+      <button class="act" id="send" ${ro} ${finished ? "disabled" : ""}>Send</button>
     </div>
     <p id="message" class="${esc(keep[1])}">${esc(keep[0])}</p>
     <p class="muted">Actions need the bearer token (top right). Retry runs the instance again from its failed step (the steps before it replay); fork starts a new instance from the chosen step; pause lets no new step start until unpause. Purging old instances is <code>durable purge</code>.</p></div>
