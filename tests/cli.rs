@@ -2,7 +2,9 @@
 //! instances in every status: output, `--json`, exit codes (0 ok, 1 error,
 //! 2 usage), that opening a store directly runs and changes nothing but
 //! what a command asks for, that an event sent as JSON is the one the
-//! typed wait reads, and the same commands through the admin endpoint.
+//! typed wait reads, the operator actions (retry, pause, unpause, fork,
+//! purge) and what the service does with them, and the same commands
+//! through the admin endpoint.
 
 #[path = "ops_fixture/mod.rs"]
 mod fixture;
