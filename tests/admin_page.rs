@@ -2,8 +2,10 @@
 //! WebDriver (Debian's `chromium` and `chromium-driver`) against the admin
 //! router serving a store with instances in every status. It checks the
 //! list and its counts, opens instances and reads their timelines, resumes
-//! a blocked instance with the token and sees it complete, and saves a
-//! screenshot of each view in `target/admin-screenshots/`.
+//! a blocked instance with the token and sees it complete, retries a failed
+//! one from its failed step and sees it complete, pauses and unpauses a
+//! waiting one, forks a completed one from a step, and saves a screenshot
+//! of each view in `target/admin-screenshots/`.
 //!
 //! Without chromedriver the test fails when `CI` is set, and otherwise
 //! prints "skipped" and passes.
@@ -240,6 +242,13 @@ async fn the_admin_page_in_chromium() {
     );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let url = format!("http://{addr}/admin");
+    let read_only = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().nest("/admin", router(engine.clone(), AdminOptions::new()));
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}/admin")
+    };
     let shots = screenshots();
 
     let browser = tokio::task::spawn_blocking(move || {
@@ -383,10 +392,93 @@ async fn the_admin_page_in_chromium() {
     })
     .await
     .unwrap();
-    drop(browser);
     assert_eq!(
         engine.status(BLOCKED).await.unwrap().kind(),
         StatusKind::Completed
     );
+
+    // The failed one, its fire put out: retried from the page, it runs again
+    // from the step that panicked and completes.
+    assert_eq!(
+        engine.status(FAILED).await.unwrap().kind(),
+        StatusKind::Failed
+    );
+    extinguish(FAILED);
+    let shots = screenshots();
+    let browser = tokio::task::spawn_blocking(move || {
+        browser.open(FAILED);
+        browser.wait(
+            "the failed instance",
+            "const s = document.querySelector('#status [data-kind]'); return s && s.dataset.kind === 'failed' \
+             && !document.querySelector('#retry').disabled",
+        );
+        browser.click("#retry");
+        browser.wait(
+            "the retried instance completed",
+            "const s = document.querySelector('#status [data-kind]'); return s && s.dataset.kind === 'completed'",
+        );
+        assert_eq!(
+            browser.run(BARS),
+            json!([["price", "step", "ok", 1], ["explode", "step", "ok", 1], ["charge", "step", "ok", 1]])
+        );
+        let transitions = browser.run(
+            "return Array.from(document.querySelectorAll('td')).map(t => t.textContent).join(' ')",
+        );
+        assert!(transitions.as_str().unwrap().contains("retried"), "{transitions}");
+        browser.screenshot(&shots, "8-instance-retried.png");
+
+        // Pause and unpause the waiting one.
+        browser.open(WAITING);
+        browser.wait(
+            "the waiting instance",
+            "const s = document.querySelector('#status [data-kind]'); return s && s.dataset.kind === 'waiting'",
+        );
+        browser.click("#pause");
+        browser.wait(
+            "the paused instance",
+            "const s = document.querySelector('#status [data-kind]'); return s && s.dataset.kind === 'paused' \
+             && !document.querySelector('#unpause').disabled",
+        );
+        browser.screenshot(&shots, "9-instance-paused.png");
+        browser.click("#unpause");
+        browser.wait(
+            "the unpaused instance waiting again",
+            "const s = document.querySelector('#status [data-kind]'); return s && s.dataset.kind === 'waiting'",
+        );
+
+        // Fork the completed one from its "charge" step.
+        browser.open(COMPLETED);
+        browser.wait(
+            "the completed instance's step picker",
+            "const h = document.querySelector('#instance-id'); return h && h.textContent === 'order-ok' \
+             && document.querySelectorAll('#fork-step option').length === 2",
+        );
+        browser.run("document.querySelector('#fork-step').value = 'charge'; return null");
+        browser.click("#fork");
+        browser.wait(
+            "the new instance's id",
+            "const m = document.querySelector('#message'); \
+             return m && m.className === 'ok' && m.textContent === 'fork from charge: forked as order-ok-fork-1'",
+        );
+        browser.screenshot(&shots, "10-instance-forked.png");
+
+        // A read-only endpoint: the actions are disabled, and say why.
+        browser.goto(&format!("{read_only}#/i/{WAITING}"));
+        let why = browser.wait(
+            "the actions disabled",
+            "const b = document.querySelector('#pause'); \
+             return b && b.disabled && document.querySelector('#retry').disabled && b.title",
+        );
+        assert!(why.as_str().unwrap().contains("read-only"), "{why}");
+        browser
+    })
+    .await
+    .unwrap();
+    drop(browser);
+    until_status(&engine, FAILED, StatusKind::Completed).await;
+    until_status(&engine, "order-ok-fork-1", StatusKind::Completed).await;
+    let forked = engine.history_json("order-ok-fork-1").await.unwrap();
+    let source = engine.history_json(COMPLETED).await.unwrap();
+    assert_eq!(forked["steps"][0], source["steps"][0], "price replayed");
     engine.shutdown().await;
 }

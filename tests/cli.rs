@@ -2,70 +2,23 @@
 //! instances in every status: output, `--json`, exit codes (0 ok, 1 error,
 //! 2 usage), that opening a store directly runs and changes nothing but
 //! what a command asks for, that an event sent as JSON is the one the
-//! typed wait reads, and the same commands through the admin endpoint.
+//! typed wait reads, the operator actions (retry, pause, unpause, fork,
+//! purge) and what the service does with them, and the same commands
+//! through the admin endpoint.
 
 #[path = "ops_fixture/mod.rs"]
 mod fixture;
+#[path = "ops_fixture/run.rs"]
+mod run;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 
 use durable::prelude::*;
 use durable::{ListFilter, StatusKind};
 use fixture::*;
+use run::*;
 use serde_json::{Value, json};
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\n{}", self.stdout, self.stderr))
-    }
-}
-
-/// Runs the binary with `args` (no colour, no stdin, no target from the
-/// environment).
-async fn durable(args: &[&str]) -> Run {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_durable"))
-            .args(&args)
-            .env_remove("DURABLE_STORE")
-            .env_remove("DURABLE_URL")
-            .env_remove("DURABLE_TOKEN")
-            .env_remove("DURABLE_DATABASE_URL")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run the durable binary");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    })
-    .await
-    .unwrap()
-}
-
-/// `durable --store DIR args..`, expecting exit code `code`.
-async fn store(dir: &Path, code: i32, args: &[&str]) -> Run {
-    let mut all = vec!["--store", dir.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let run = durable(&all).await;
-    assert_eq!(
-        run.code, code,
-        "durable {all:?}\nstdout:\n{}\nstderr:\n{}",
-        run.stdout, run.stderr
-    );
-    run
-}
 
 /// Everything the store says about every instance, read by an engine that
 /// registers no workflow.
@@ -95,6 +48,7 @@ async fn snapshot_of(engine: &Engine) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_a_store_shows_every_status_and_changes_nothing() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     build(dir.path()).await.shutdown().await;
     let before = snapshot(dir.path()).await;
@@ -298,6 +252,7 @@ async fn reading_a_store_shows_every_status_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_on_a_store_and_their_errors() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     build(dir.path()).await.shutdown().await;
     let d = dir.path();
@@ -401,22 +356,6 @@ async fn actions_on_a_store_and_their_errors() {
         .json();
     assert!(still["instances"].as_array().unwrap().is_empty());
 
-    // Not supported yet: typed, exit 1.
-    for args in [
-        vec!["retry", FAILED],
-        vec!["fork", FAILED, "--from-step", "price"],
-        vec!["pause", WAITING],
-        vec!["unpause", WAITING],
-        vec!["purge", "--finished-before", "30d"],
-    ] {
-        let run = store(d, 1, &args).await;
-        assert!(
-            run.stderr.contains("is not supported yet"),
-            "{args:?}: {}",
-            run.stderr
-        );
-    }
-
     // Usage errors: exit 2.
     let none = durable(&["list"]).await;
     assert_eq!(none.code, 2, "{}", none.stderr);
@@ -429,13 +368,19 @@ async fn actions_on_a_store_and_their_errors() {
         bad_time.stderr
     );
     store(d, 2, &["list", "--status", "sleepy"]).await;
-    let pg = durable(&["--postgres", "postgres://127.0.0.1/x", "list"]).await;
-    assert_eq!(pg.code, 1);
-    assert!(
-        pg.stderr.contains("PostgreSQL backend is not available"),
-        "{}",
-        pg.stderr
-    );
+    let two = durable(&["--store", "x", "--url", "http://127.0.0.1:9/admin", "list"]).await;
+    assert_eq!(two.code, 2, "{}", two.stderr);
+    assert!(two.stderr.contains("give one target"), "{}", two.stderr);
+    if cfg!(not(feature = "postgres")) {
+        let pg = durable(&["--postgres", "postgres://127.0.0.1/x", "list"]).await;
+        assert_eq!(pg.code, 1);
+        assert!(
+            pg.stderr.contains("has no PostgreSQL backend")
+                && pg.stderr.contains("--features cli,postgres"),
+            "{}",
+            pg.stderr
+        );
+    }
     let gone = durable(&["--store", d.join("nope").to_str().unwrap(), "list"]).await;
     assert_eq!(gone.code, 1);
 
@@ -499,6 +444,7 @@ async fn serve(router: axum::Router) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_commands_through_the_admin_endpoint() {
+    let _serial = SERIAL.lock().await;
     use durable::admin::{AdminOptions, router};
     let dir = tempfile::tempdir().unwrap();
     let engine = build(dir.path()).await;
@@ -588,6 +534,431 @@ async fn the_same_commands_through_the_admin_endpoint() {
         unreachable.stderr.contains("cannot reach"),
         "{}",
         unreachable.stderr
+    );
+    engine.shutdown().await;
+}
+
+/// A failed instance of its own (the fixture's `FAILED` id is shared by
+/// every test): `id` panics in its "explode" step until [`extinguish`]d.
+async fn fail(engine: &Engine, id: &str) {
+    let input = Order {
+        sku: "panic".into(),
+        cents: 1250,
+    };
+    assert!(engine.run(order, id, input).await.is_err());
+    until_status(engine, id, StatusKind::Failed).await;
+}
+
+fn kinds(doc: &Value) -> Vec<String> {
+    doc["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn step<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name}: {doc}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_pause_fork_and_purge_on_a_store() {
+    let _serial = SERIAL.lock().await;
+    const FIRE: &str = "order-fire-store";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let engine = build(d).await;
+    fail(&engine, FIRE).await;
+    engine.shutdown().await;
+
+    // Retry: refused for a completed instance, a bulk retry needs --yes.
+    let done = store(d, 1, &["retry", COMPLETED]).await;
+    assert!(
+        done.stderr
+            .contains("only a failed, blocked or needs-attention instance"),
+        "{}",
+        done.stderr
+    );
+    store(d, 1, &["retry", "nope"]).await;
+    let bulk = store(d, 2, &["retry", "--status", "failed"]).await;
+    assert!(
+        bulk.stderr
+            .contains("retry 2 instances: confirm with --yes"),
+        "{}",
+        bulk.stderr
+    );
+    let dry = store(d, 0, &["retry", "--status", "failed", "--dry-run"]).await;
+    assert!(
+        dry.stdout.contains(&format!("would retry {FIRE}")),
+        "{}",
+        dry.stdout
+    );
+    let retried = store(d, 0, &["retry", FIRE]).await;
+    assert_eq!(retried.stdout.trim(), format!("retried {FIRE}"));
+    let doc = store(d, 0, &["show", FIRE, "--json"]).await.json();
+    assert_eq!(doc["status"]["kind"], "running", "{doc}");
+    assert_eq!(kinds(&doc).last().unwrap(), "retried");
+    let again = store(d, 0, &["retry", FIRE, "--json"]).await.json();
+    assert_eq!(
+        again["results"][0]["ok"], true,
+        "retrying again does nothing"
+    );
+
+    // Pause and unpause, shown by show and list; refused for a finished one.
+    let paused = store(d, 0, &["pause", WAITING, SLEEPING, "--yes"]).await;
+    assert!(paused.stderr.is_empty(), "{}", paused.stderr);
+    assert!(
+        paused.stdout.contains(&format!("paused {WAITING}")),
+        "{}",
+        paused.stdout
+    );
+    let show = store(d, 0, &["show", WAITING]).await.stdout;
+    assert!(show.contains("paused"), "{show}");
+    let list = store(d, 0, &["list", "--status", "paused", "--json"])
+        .await
+        .json();
+    let mut ids: Vec<&str> = list["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [SLEEPING, WAITING]);
+    let line = store(d, 0, &["list"]).await.stdout;
+    let line = line.lines().find(|l| l.starts_with(WAITING)).unwrap();
+    assert!(line.contains("paused"), "{line}");
+    let finished = store(d, 1, &["pause", COMPLETED]).await;
+    assert!(
+        finished.stderr.contains("already finished"),
+        "{}",
+        finished.stderr
+    );
+    let unpaused = store(d, 0, &["unpause", WAITING, "--json"]).await.json();
+    assert_eq!(unpaused["action"], "unpause");
+    assert_eq!(unpaused["results"][0]["ok"], true);
+    let doc = store(d, 0, &["show", WAITING, "--json"]).await.json();
+    assert_eq!(doc["status"]["kind"], "waiting");
+    let text = store(d, 0, &["history", WAITING]).await.stdout;
+    let line = text.lines().find(|l| l.contains(" paused by ")).unwrap();
+    assert!(
+        line.ends_with(')') && line.contains("(pid "),
+        "who paused it: {text}"
+    );
+    let history = kinds(&doc);
+    assert!(
+        history.ends_with(&["paused".into(), "unpaused".into()]),
+        "{history:?}"
+    );
+
+    // Fork: a derived id printed alone, then the next free one, or the given one.
+    let source = store(d, 0, &["history", COMPLETED, "--json"]).await.json();
+    let first = store(d, 0, &["fork", COMPLETED, "--from-step", "charge"]).await;
+    assert_eq!(first.stdout, format!("{COMPLETED}-fork-1\n"));
+    let second = store(d, 0, &["fork", COMPLETED, "--from-step", "charge"]).await;
+    assert_eq!(second.stdout.trim(), format!("{COMPLETED}-fork-2"));
+    let named = store(
+        d,
+        0,
+        &[
+            "fork",
+            COMPLETED,
+            "--from-step",
+            "price",
+            "--new-id",
+            "order-anew",
+            "--json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(named["new_id"], "order-anew");
+    assert_eq!(named["from_step"], "price");
+    let no_step = store(d, 1, &["fork", COMPLETED, "--from-step", "nosuch"]).await;
+    assert!(
+        no_step.stderr.contains("has recorded no step"),
+        "{}",
+        no_step.stderr
+    );
+    let taken = store(
+        d,
+        1,
+        &["fork", FIRE, "--from-step", "price", "--new-id", COMPLETED],
+    )
+    .await;
+    assert!(taken.stderr.contains("already exists"), "{}", taken.stderr);
+    store(d, 1, &["fork", "nope", "--from-step", "price"]).await;
+    store(d, 2, &["fork", COMPLETED]).await;
+    let fork = store(d, 0, &["history", &format!("{COMPLETED}-fork-1"), "--json"])
+        .await
+        .json();
+    assert_eq!(fork["status"]["kind"], "running");
+    assert!(kinds(&fork).contains(&"forked".to_string()), "{fork}");
+    let steps = fork["steps"].as_array().unwrap();
+    assert_eq!(
+        steps.len(),
+        1,
+        "only the steps before the fork point: {fork}"
+    );
+    assert_eq!(step(&fork, "price"), step(&source, "price"));
+
+    // The service (with the workflow) runs what the commands set going.
+    extinguish(FIRE);
+    BROKEN.store(false, Ordering::SeqCst);
+    let service = Engine::builder()
+        .path(d)
+        .register(order)
+        .open()
+        .await
+        .unwrap();
+    let charged = Ok("charged 1350 approved by auto".to_string());
+    for id in [FIRE, &format!("{COMPLETED}-fork-1"), "order-anew"] {
+        until_status(&service, id, StatusKind::Completed).await;
+        let out = service
+            .attach(order, id)
+            .await
+            .unwrap()
+            .result()
+            .await
+            .unwrap();
+        assert_eq!(out, charged, "{id}");
+    }
+    service.shutdown().await;
+    let fire = store(d, 0, &["history", FIRE, "--json"]).await.json();
+    assert_eq!(step(&fire, "explode")["outcome"], "ok", "{fire}");
+    let fork = store(d, 0, &["history", &format!("{COMPLETED}-fork-1"), "--json"])
+        .await
+        .json();
+    // The step before the fork point was replayed, not run again.
+    assert_eq!(step(&fork, "price"), step(&source, "price"));
+    assert_eq!(step(&fork, "charge")["outcome"], "ok");
+    assert!(
+        step(&fork, "charge")["started_at_ms"].as_u64()
+            > step(&source, "charge")["started_at_ms"].as_u64()
+    );
+
+    // Purge: needs --yes without a terminal, a time or an age, and says how many.
+    let unconfirmed = store(d, 2, &["purge", "--older-than", "0s"]).await;
+    assert!(
+        unconfirmed.stderr.contains("confirm with --yes"),
+        "{}",
+        unconfirmed.stderr
+    );
+    store(d, 2, &["purge", "--yes"]).await;
+    store(d, 2, &["purge", "--older-than", "yesterday", "--yes"]).await;
+    store(d, 2, &["purge", "--finished-before", "soon", "--yes"]).await;
+    let none = store(d, 0, &["purge", "--finished-before", "2000-01-01", "--yes"]).await;
+    assert!(
+        none.stdout
+            .starts_with("purged 0 instances finished before 2000-01-01"),
+        "{}",
+        none.stdout
+    );
+    let finished = store(
+        d,
+        0,
+        &[
+            "list",
+            "--status",
+            "completed,failed,cancelled",
+            "--all",
+            "--json",
+        ],
+    )
+    .await
+    .json();
+    let mut ids: Vec<&str> = finished["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    let fork_1 = format!("{COMPLETED}-fork-1");
+    let fork_2 = format!("{COMPLETED}-fork-2");
+    // The blocked one completed too: the service runs it with the printer fixed.
+    let mut expected = vec![
+        COMPLETED,
+        COMPLETED_ERR,
+        FAILED,
+        CANCELLED,
+        BLOCKED,
+        FIRE,
+        &fork_1,
+        &fork_2,
+        "order-anew",
+    ];
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+    let finished = ids.len();
+    let total = store(d, 0, &["stats", "--json"]).await.json()["total"]
+        .as_u64()
+        .unwrap();
+    let purged = store(d, 0, &["purge", "--older-than", "0s", "--yes", "--json"])
+        .await
+        .json();
+    assert_eq!(purged["purged"], finished);
+    let stats = store(d, 0, &["stats", "--json"]).await.json();
+    assert_eq!(stats["total"].as_u64().unwrap(), total - finished as u64);
+    store(d, 1, &["show", COMPLETED]).await;
+    let left = store(d, 0, &["show", WAITING, "--json"]).await.json();
+    assert_eq!(
+        left["status"]["kind"], "waiting",
+        "unfinished instances stay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_pause_and_fork_through_the_admin_endpoint() {
+    let _serial = SERIAL.lock().await;
+    use durable::admin::{AdminOptions, router};
+    const FIRE: &str = "order-fire-url";
+    let dir = tempfile::tempdir().unwrap();
+    let engine = build(dir.path()).await;
+    fail(&engine, FIRE).await;
+    let url = serve(router(
+        engine.clone(),
+        AdminOptions::new().token("s3cret".to_string()),
+    ))
+    .await;
+    let with = ["--url", url.as_str(), "--token", "s3cret"];
+
+    // Actions need the token.
+    let anonymous = expect(&["--url", &url], 1, &["retry", FIRE]).await;
+    assert!(anonymous.stderr.contains("Bearer"), "{}", anonymous.stderr);
+    assert_eq!(
+        engine.status(FIRE).await.unwrap().kind(),
+        StatusKind::Failed
+    );
+
+    // Retry: the service runs it again from the failed step and it completes.
+    extinguish(FIRE);
+    BROKEN.store(false, Ordering::SeqCst);
+    let retried = expect(&with, 0, &["retry", FIRE]).await;
+    assert_eq!(retried.stdout.trim(), format!("retried {FIRE}"));
+    until_status(&engine, FIRE, StatusKind::Completed).await;
+    let doc = expect(&with, 0, &["history", FIRE, "--json"]).await.json();
+    assert_eq!(
+        doc["output"],
+        json!({"Ok": "charged 1350 approved by auto"})
+    );
+    assert!(kinds(&doc).contains(&"retried".to_string()), "{doc}");
+
+    // Pause holds an event until unpause.
+    expect(&with, 0, &["pause", WAITING]).await;
+    let approve = r#"{"approved": true, "by": "cy"}"#;
+    expect(&with, 0, &["send-event", WAITING, "approval", approve]).await;
+    let shown = expect(&with, 0, &["show", WAITING, "--json"]).await.json();
+    assert_eq!(shown["status"]["kind"], "paused", "{shown}");
+    assert_eq!(shown["events"][0]["name"], "approval", "stored meanwhile");
+    expect(&with, 0, &["unpause", WAITING]).await;
+    until_status(&engine, WAITING, StatusKind::Completed).await;
+
+    // Fork: the service runs the new instance; --json answers its id.
+    let forked = expect(
+        &with,
+        0,
+        &["fork", COMPLETED, "--from-step", "charge", "--json"],
+    )
+    .await
+    .json();
+    let new_id = forked["new_id"].as_str().unwrap().to_string();
+    assert_eq!(new_id, format!("{COMPLETED}-fork-1"));
+    until_status(&engine, &new_id, StatusKind::Completed).await;
+    let refused = expect(&with, 1, &["fork", COMPLETED, "--from-step", "nosuch"]).await;
+    assert!(
+        refused.stderr.contains("has recorded no step"),
+        "{}",
+        refused.stderr
+    );
+
+    // The HTTP answers: status codes and typed error bodies; parameters
+    // from the query string too.
+    let base = url.clone();
+    let post = move |path: &str, body: &str| {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .post(&format!("{base}{path}"))
+            .header("Authorization", "Bearer s3cret")
+            .send(body.to_string())
+            .unwrap();
+        let status = response.status().as_u16();
+        let value: Value = response.body_mut().read_json().unwrap();
+        (status, value)
+    };
+    let answers = tokio::task::spawn_blocking(move || {
+        [
+            post("/instances/nope/retry", ""),
+            post(&format!("/instances/{COMPLETED}/retry"), ""),
+            post(&format!("/instances/{COMPLETED}/fork?from_step=nosuch"), ""),
+            post(&format!("/instances/{COMPLETED}/fork?from_step=charge"), ""),
+            post(
+                &format!("/instances/{COMPLETED}/fork?from_step=nosuch"),
+                r#"{"from_step": "price", "new_id": "order-ok-copy"}"#,
+            ),
+            post(&format!("/instances/{FIRE}/fork"), ""),
+            post(
+                &format!("/instances/{COMPLETED}/fork?from_step=price&new_id={FIRE}"),
+                "",
+            ),
+            post(&format!("/instances/{COMPLETED}/pause"), ""),
+            post("/purge", ""),
+            post("/purge", r#"{"finished_before_ms": "soon"}"#),
+            post("/purge?finished_before_ms=1", ""),
+        ]
+    })
+    .await
+    .unwrap();
+    let summary: Vec<(u16, Value)> = answers
+        .iter()
+        .map(|(status, v)| (*status, v["error"]["kind"].clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (404, json!("not-found")),
+            (409, json!("not-retryable")),
+            (404, json!("no-such-step")),
+            (200, Value::Null),
+            (200, Value::Null),
+            (400, json!("usage")),
+            (409, json!("id-conflict")),
+            (409, json!("finished")),
+            (400, json!("usage")),
+            (400, json!("usage")),
+            (200, Value::Null),
+        ],
+        "{answers:?}"
+    );
+    assert_eq!(answers[3].1["new_id"], format!("{COMPLETED}-fork-2"));
+    assert_eq!(answers[4].1["new_id"], "order-ok-copy", "the body wins");
+    assert_eq!(answers[10].1["purged"], 0);
+
+    // Purge through the endpoint.
+    let purged = expect(
+        &with,
+        0,
+        &[
+            "purge",
+            "--finished-before",
+            "2000-01-01T00:00:00Z",
+            "--yes",
+        ],
+    )
+    .await;
+    assert!(
+        purged.stdout.starts_with("purged 0 instances"),
+        "{}",
+        purged.stdout
     );
     engine.shutdown().await;
 }

@@ -7,11 +7,23 @@ use std::time::{Duration, UNIX_EPOCH};
 use durable_runtime::{Error, InstanceError, ListFilter, UsageError, parse_status};
 use serde_json::{Value, json};
 
-use super::AdminOptions;
+use super::{AdminOptions, actions};
 use crate::Engine;
 
-/// Operator actions the API names but the engine does not offer yet.
-pub(crate) const NOT_SUPPORTED: [&str; 5] = ["retry", "fork", "pause", "unpause", "purge"];
+/// Every action the API offers (`POST`), as `GET /info` lists them.
+const ACTIONS: [&str; 8] = [
+    "cancel",
+    "resume",
+    "send-event",
+    "retry",
+    "fork",
+    "pause",
+    "unpause",
+    "purge",
+];
+
+/// A success's JSON body, or an error's status code and JSON body.
+pub(super) type Reply = Result<Value, (u16, Value)>;
 
 /// One request, as the router or the command line sees it.
 pub(crate) struct ApiRequest<'a> {
@@ -27,7 +39,7 @@ pub(crate) struct ApiRequest<'a> {
     pub body: &'a [u8],
 }
 
-fn error(status: u16, kind: &str, message: impl Into<String>) -> (u16, Value) {
+pub(super) fn error(status: u16, kind: &str, message: impl Into<String>) -> (u16, Value) {
     (
         status,
         json!({"error": {"kind": kind, "message": message.into()}}),
@@ -35,11 +47,15 @@ fn error(status: u16, kind: &str, message: impl Into<String>) -> (u16, Value) {
 }
 
 /// The status code and kind of an engine error.
-fn engine_error(e: &Error) -> (u16, Value) {
+pub(super) fn engine_error(e: &Error) -> (u16, Value) {
     let (status, kind) = match e {
         Error::Usage(UsageError::NotFound { .. }) => (404, "not-found"),
+        Error::Usage(UsageError::NoSuchStep { .. }) => (404, "no-such-step"),
         Error::Usage(UsageError::InstanceFinished { .. }) => (409, "finished"),
         Error::Usage(UsageError::NotRegistered { .. }) => (409, "not-registered"),
+        Error::Usage(UsageError::NotRetryable { .. }) => (409, "not-retryable"),
+        Error::Usage(UsageError::IdConflict { .. }) => (409, "id-conflict"),
+        Error::Usage(UsageError::NotSupported { .. }) => (501, "not-supported"),
         Error::Usage(UsageError::EventTypeMismatch { .. } | UsageError::InvalidJson { .. }) => {
             (400, "invalid-payload")
         }
@@ -90,7 +106,7 @@ pub(crate) fn percent_encode(s: &str) -> String {
     out
 }
 
-fn query_pairs(query: &str) -> Result<Vec<(String, String)>, (u16, Value)> {
+pub(super) fn query_pairs(query: &str) -> Result<Vec<(String, String)>, (u16, Value)> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -188,11 +204,7 @@ pub(crate) async fn handle(
     }
 }
 
-async fn route(
-    engine: &Engine,
-    options: &AdminOptions,
-    request: &ApiRequest<'_>,
-) -> Result<Value, (u16, Value)> {
+async fn route(engine: &Engine, options: &AdminOptions, request: &ApiRequest<'_>) -> Reply {
     let segments: Vec<String> = request
         .path
         .trim_matches('/')
@@ -227,11 +239,20 @@ async fn route(
                     .map_err(e)?;
                 Ok(json!({"ok": true, "action": "send-event", "id": id, "event": name}))
             }
-            ["instances", _, action] | [action] if NOT_SUPPORTED.contains(action) => Err(error(
-                501,
-                "not-supported",
-                format!("`{action}` is not supported yet by this version of durable"),
-            )),
+            ["instances", id, "retry"] => {
+                engine.retry(id).await.map_err(e)?;
+                Ok(json!({"ok": true, "action": "retry", "id": id}))
+            }
+            ["instances", id, "pause"] => {
+                engine.pause(id).await.map_err(e)?;
+                Ok(json!({"ok": true, "action": "pause", "id": id}))
+            }
+            ["instances", id, "unpause"] => {
+                engine.unpause(id).await.map_err(e)?;
+                Ok(json!({"ok": true, "action": "unpause", "id": id}))
+            }
+            ["instances", id, "fork"] => actions::fork(engine, id, request).await,
+            ["purge"] => actions::purge(engine, request).await,
             _ => Err(error(
                 404,
                 "no-route",
@@ -254,8 +275,7 @@ async fn route(
         }
         ["info"] => Ok(json!({
             "actions": options.token.is_some(),
-            "supported": ["cancel", "resume", "send-event"],
-            "not_supported": NOT_SUPPORTED,
+            "supported": ACTIONS,
         })),
         _ => Err(error(
             404,

@@ -26,16 +26,27 @@
 //! | `GET /instances/{id}/history` | the same document: transitions, every step occurrence, events |
 //! | `GET /stats` | counts by status and by workflow |
 //! | `GET /check` | the deploy gate of the running build ([`Engine::compatibility`](crate::Engine::compatibility)) |
-//! | `GET /info` | whether actions are enabled, the API's actions and which are not supported yet |
+//! | `GET /info` | whether actions are enabled, and the API's actions |
 //! | `POST /instances/{id}/cancel` | cancel |
 //! | `POST /instances/{id}/resume` | resume a blocked, needs-attention or incompatible instance |
 //! | `POST /instances/{id}/events/{name}` | send an event; the body is the JSON payload, checked against the wait's type |
-//! | `POST /instances/{id}/retry`, `/fork`, `/pause`, `/unpause`, `POST /purge` | not supported yet: 501 |
+//! | `POST /instances/{id}/retry` | run a failed, blocked or needs-attention instance again from its failed step ([`Engine::retry`](crate::Engine::retry)) |
+//! | `POST /instances/{id}/fork` | fork from a step into a new instance ([`Engine::fork`](crate::Engine::fork)): `from_step` (required) and `new_id` (optional; else the first free `{id}-fork-{n}`); answers `{"new_id": ..}` |
+//! | `POST /instances/{id}/pause`, `/unpause` | no new step starts until unpaused ([`Engine::pause`](crate::Engine::pause)) |
+//! | `POST /purge` | delete instances finished before `finished_before_ms` (milliseconds since the Unix epoch) or more than `older_than_ms` before the server's clock ([`Engine::purge`](crate::Engine::purge)); answers `{"purged": n}` |
+//!
+//! The parameters of `fork` and `purge` come from a JSON object in the body
+//! (`{"from_step": "charge", "new_id": "order-42-again"}`) or from the
+//! query string (`?from_step=charge`); the body wins.
 //!
 //! Errors are `{"error": {"kind": .., "message": ..}}` with the status
-//! code: 400 a wrong call, 401/403 refused, 404 no such instance, 409 the
-//! instance's state forbids it, 501 not supported yet, 500 the store failed.
+//! code: 400 a wrong call, 401/403 refused, 404 no such instance (or no
+//! such step to fork from), 409 the instance's state forbids it (`finished`,
+//! `not-retryable`, `id-conflict`, ..), 501 the store's backend does not
+//! support the action (`not-supported`: PostgreSQL, for retry, fork,
+//! pause, unpause and purge), 500 the store failed.
 
+mod actions;
 mod api;
 mod page;
 

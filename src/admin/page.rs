@@ -34,6 +34,7 @@ tbody tr.link:hover { background:#f1f5f9; }
 .s-completed { background:var(--ok); } .s-failed { background:var(--err); } .s-blocked { background:var(--warn); }
 .s-running { background:var(--run); } .s-sleeping { background:var(--sleep); } .s-waiting { background:var(--wait); }
 .s-needs-attention { background:var(--attn); } .s-incompatible { background:var(--err); } .s-cancelled { background:var(--grey); }
+.s-paused { background:#475569; }
 .muted { color:var(--muted); }
 .row-flex { display:flex; gap:10px; align-items:center; flex-wrap:wrap; }
 button.act { border:1px solid #111827; background:#111827; color:#fff; border-radius:4px; padding:5px 12px; cursor:pointer; }
@@ -80,7 +81,8 @@ const tokenInput = document.getElementById("token");
 tokenInput.value = sessionStorage.getItem("durable-token") || "";
 tokenInput.addEventListener("input", () => { sessionStorage.setItem("durable-token", tokenInput.value); });
 const state = { statuses: new Set(), workflow: "", timer: null };
-const KINDS = ["running","sleeping","waiting","blocked","needs-attention","incompatible","completed","failed","cancelled"];
+const KINDS = ["running","sleeping","waiting","blocked","needs-attention","incompatible","paused","completed","failed","cancelled"];
+let info = null;
 
 function esc(s) { return String(s).replace(/[&<>"']/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;","\"":"&quot;","'":"&#39;"}[c])); }
 function fmtTime(ms) { if (ms == null) return ""; const d = new Date(ms); return d.toISOString().replace("T"," ").replace(/\.\d+Z$/,"Z"); }
@@ -93,6 +95,7 @@ function detail(st) {
   if (st.reason) return st.reason;
   if (st.kind === "waiting") return "event " + st.event + (st.until_ms ? " until " + fmtTime(st.until_ms) : "");
   if (st.kind === "sleeping") return "until " + fmtTime(st.until_ms);
+  if (st.kind === "paused") return "since " + fmtTime(st.since_ms);
   if (st.kind === "completed") return st.is_err ? "returned Err" : "";
   if (st.kind === "running" && st.steps && st.steps.length) return "in " + st.steps.map(s => s.name + " (attempt " + s.attempt + ")").join(", ");
   return "";
@@ -177,9 +180,15 @@ async function showInstance(id) {
   const open = document.activeElement && document.activeElement.id;
   const evName = document.getElementById("event-name"), evPayload = document.getElementById("event-payload");
   const keepEv = evName ? [evName.value, evPayload.value] : ["", ""];
+  const forkStep = document.getElementById("fork-step");
+  const keepFork = forkStep && forkStep.dataset.id === doc.id ? forkStep.value : "";
+  if (info === null) { try { info = await api("info"); } catch (e) { info = {actions: true}; } }
+  const ro = info.actions ? "" : `disabled title="this endpoint is read-only (no token configured)"`;
   const kind = doc.status.kind;
   const finished = ["completed","failed","cancelled"].includes(kind);
   const canResume = ["blocked","needs-attention","incompatible"].includes(kind);
+  const canRetry = ["failed","blocked","needs-attention"].includes(kind) || (kind === "completed" && doc.status.is_err);
+  const stepNames = [...new Set(doc.steps.map(s => s.name))];
   const cur = doc.current;
   const steps = doc.steps.map(s => `<tr data-step="${esc(s.name)}"><td class="mono">${esc(s.name)}${s.key ? "[" + esc(s.key) + "]" : (s.occurrence ? "#" + s.occurrence : "")}</td><td>${esc(s.kind)}</td><td title="${fmtTime(s.started_at_ms)}">${fmtTime(s.started_at_ms)}</td><td>${s.finished_at_ms ? fmtDur(s.finished_at_ms - s.started_at_ms) : "…"}</td><td>${s.attempts}</td><td><span class="badge o-${esc(s.outcome)}">${esc(s.outcome)}</span></td><td>${valueCell(s)}</td></tr>`).join("");
   const transitions = doc.transitions.map(t => `<tr><td>${fmtTime(t.at_ms)}</td><td>${esc(t.kind)}</td><td class="muted">${esc(t.error || "")}</td></tr>`).join("");
@@ -196,16 +205,20 @@ async function showInstance(id) {
     </div></div>
   <div class="card"><h2>Actions</h2>
     <div class="row-flex">
-      <button class="act" id="resume" ${canResume ? "" : "disabled"} title="resume a blocked, needs-attention or incompatible instance">Resume</button>
-      <button class="act danger" id="cancel" ${finished ? "disabled" : ""}>Cancel</button>
-      <button class="act" id="retry" disabled title="not supported yet">Retry</button>
-      <button class="act" id="fork" disabled title="not supported yet">Fork</button>
-      <button class="act" id="pause" disabled title="not supported yet">Pause</button>
+      <button class="act" id="resume" ${ro} ${canResume ? "" : "disabled"} title="resume a blocked, needs-attention or incompatible instance">Resume</button>
+      <button class="act" id="retry" ${ro} ${canRetry ? "" : "disabled"} title="run a failed, blocked or needs-attention instance again from its failed step">Retry</button>
+      <button class="act" id="pause" ${ro} ${finished || kind === "paused" ? "disabled" : ""} title="no new step starts until it is unpaused">Pause</button>
+      <button class="act" id="unpause" ${ro} ${kind === "paused" ? "" : "disabled"}>Unpause</button>
+      <button class="act danger" id="cancel" ${ro} ${finished ? "disabled" : ""}>Cancel</button>
+    </div>
+    <div class="row-flex" style="margin-top:8px">
+      <span class="muted">fork from step</span><select id="fork-step" data-id="${esc(doc.id)}">${stepNames.map(n => `<option ${n === keepFork ? "selected" : ""}>${esc(n)}</option>`).join("")}</select>
+      <button class="act" id="fork" ${ro} ${stepNames.length ? "" : "disabled"} title="a new instance: the steps before this one replay, the rest runs">Fork</button>
       <span class="muted">send event</span><input class="f mono" id="event-name" placeholder="name" size="12"><input class="f mono" id="event-payload" placeholder='JSON payload, e.g. {"approved": true}' size="34">
-      <button class="act" id="send" ${finished ? "disabled" : ""}>Send</button>
+      <button class="act" id="send" ${ro} ${finished ? "disabled" : ""}>Send</button>
     </div>
     <p id="message" class="${esc(keep[1])}">${esc(keep[0])}</p>
-    <p class="muted">Actions need the bearer token (top right). Retry from a failed step, fork, pause and purge are not supported yet.</p></div>
+    <p class="muted">Actions need the bearer token (top right). Retry runs the instance again from its failed step (the steps before it replay); fork starts a new instance from the chosen step; pause lets no new step start until unpause. Purging old instances is <code>durable purge</code>.</p></div>
   <div class="card"><h2>Timeline</h2>${timeline(doc)}</div>
   <div class="card"><h2>Steps</h2><table id="steps"><thead><tr><th>step</th><th>kind</th><th>start</th><th>duration</th><th>attempts</th><th>outcome</th><th>value</th></tr></thead><tbody>${steps || `<tr><td colspan="7" class="muted">none</td></tr>`}</tbody></table></div>
   <div class="card"><h2>Input and output</h2><h3>input</h3>${"input" in doc ? json(doc.input) : esc(doc.input_error || "")}
@@ -216,9 +229,16 @@ async function showInstance(id) {
   document.getElementById("event-payload").value = keepEv[1];
   if (open && document.getElementById(open)) document.getElementById(open).focus();
   const say = (text, ok) => { const m = document.getElementById("message"); m.textContent = text; m.className = ok ? "ok" : "err"; };
-  const run = async (what, f) => { try { await f(); say(what + ": done", true); } catch (e) { say(what + ": " + e.message, false); } refreshSoon(); };
+  const run = async (what, f) => { try { const r = await f(); say(what + ": " + (typeof r === "string" ? r : "done"), true); } catch (e) { say(what + ": " + e.message, false); } refreshSoon(); };
   const enc = encodeURIComponent(doc.id);
   document.getElementById("resume").onclick = () => run("resume", () => act("instances/" + enc + "/resume"));
+  document.getElementById("retry").onclick = () => run("retry", () => act("instances/" + enc + "/retry"));
+  document.getElementById("pause").onclick = () => run("pause", () => act("instances/" + enc + "/pause"));
+  document.getElementById("unpause").onclick = () => run("unpause", () => act("instances/" + enc + "/unpause"));
+  document.getElementById("fork").onclick = () => {
+    const step = document.getElementById("fork-step").value;
+    run("fork from " + step, async () => "forked as " + (await act("instances/" + enc + "/fork", JSON.stringify({from_step: step}))).new_id);
+  };
   document.getElementById("cancel").onclick = () => { if (confirm("Cancel instance " + doc.id + "?")) run("cancel", () => act("instances/" + enc + "/cancel")); };
   document.getElementById("send").onclick = () => {
     const name = document.getElementById("event-name").value.trim();

@@ -46,6 +46,7 @@ impl Style {
             "running" => "34",
             "sleeping" => "36",
             "waiting" => "95",
+            "paused" => "93",
             _ => "2",
         };
         self.paint(code, kind)
@@ -183,6 +184,9 @@ fn status_detail(status: &Value) -> String {
                 .map_or_else(String::new, |t| utc(t, false))
         ),
         "completed" if status["is_err"] == Value::Bool(true) => "returned Err".into(),
+        "paused" => status["since_ms"]
+            .as_u64()
+            .map_or_else(String::new, |t| format!("since {}", utc(t, false))),
         "running" => status["steps"]
             .as_array()
             .filter(|s| !s.is_empty())
@@ -491,6 +495,9 @@ pub(super) fn history(doc: &Value, style: &Style) -> String {
             utc(at, true),
             t["kind"].as_str().unwrap_or_default()
         );
+        if let Some(by) = t["by"].as_str() {
+            let _ = write!(out, " by {by}");
+        }
         if let Some(e) = t["error"].as_str() {
             let _ = write!(out, ": {}", style.red(e));
         }

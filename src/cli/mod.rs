@@ -1,34 +1,43 @@
 //! The `durable` command-line tool (feature `cli`): `cargo install durable
 //! --features cli`. It reaches a running service through its admin
-//! endpoint (`--url`, see [`admin`](crate::admin)) or opens an embedded
-//! store that no process holds (`--store`) without running or resuming
-//! anything: the engine it opens registers no workflow, so the only writes
-//! are the ones a command asks for (cancel, send-event).
+//! endpoint (`--url`, see [`admin`](crate::admin)), opens an embedded
+//! store that no process holds (`--store`), or opens a PostgreSQL schema
+//! (`--postgres URL [--schema NAME]`, with the feature `postgres` too),
+//! without running or resuming anything: the engine it opens registers no
+//! workflow, so it claims no instance and the only writes are the ones a
+//! command asks for. Every target answers through the same admin API.
 //!
 //! ```text
 //! durable --store ./durable.db list --status blocked
 //! durable --url http://127.0.0.1:7070/admin --token $TOKEN resume order-17
+//! durable --store ./durable.db retry order-17            # from its failed step
+//! durable --store ./durable.db fork order-17 --from-step charge
+//! durable --store ./durable.db pause order-17            # then: unpause order-17
+//! durable --store ./durable.db purge --older-than 30d --yes
+//! durable --postgres postgres://app@db/app --schema durable list
 //! ```
 //!
 //! Exit codes: `0` success; `1` an error (no such instance, an action
-//! refused or not supported yet, a deploy gate with findings, a store or
-//! connection failure); `2` a usage error (bad arguments, no target, a bulk
-//! action without `--yes` when no terminal can confirm it).
+//! refused, an action the store's backend does not support, a deploy gate
+//! with findings, a store or connection failure, a declined confirmation);
+//! `2` a usage error (bad arguments, no target, a bulk action or a purge
+//! without `--yes` when no terminal can confirm it).
 
+mod actions;
 mod format;
+mod target;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
-use crate::Engine;
-use crate::admin::{AdminOptions, ApiRequest, handle};
-
+use self::actions::{bulk, purge};
 use self::format::Style;
+use self::target::Target;
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -37,7 +46,8 @@ use self::format::Style;
     version,
     about = "Inspect and operate durable workflow instances",
     after_help = "Exit codes: 0 ok, 1 error (including a deploy gate with findings), 2 usage.\n\
-                  Targets: --url (a running service's admin endpoint) or --store (an embedded store no process holds)."
+                  Targets: --url (a running service's admin endpoint), --store (an embedded store no process holds)\n\
+                  or --postgres (a PostgreSQL database; builds with the feature `postgres`)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -70,9 +80,18 @@ struct TargetArgs {
     /// The admin endpoint's bearer token (needed for actions through --url).
     #[arg(long, env = "DURABLE_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
-    /// A PostgreSQL store (not available in this build yet).
-    #[arg(long, env = "DURABLE_DATABASE_URL", global = true)]
+    /// A PostgreSQL database, e.g. postgres://app@db.internal/app (builds with
+    /// the feature `postgres`); nothing is claimed or run from it.
+    #[arg(
+        long,
+        env = "DURABLE_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
     postgres: Option<String>,
+    /// The PostgreSQL schema the instances live in (with --postgres).
+    #[arg(long, env = "DURABLE_SCHEMA", global = true, default_value = "durable")]
+    schema: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,38 +130,46 @@ enum Command {
     },
     /// Counts of instances by status and by workflow.
     Stats,
-    /// Retry a failed or blocked instance from its failed step (not supported yet).
-    Retry {
-        /// The instance id.
-        id: String,
-    },
-    /// Fork an instance from a step into a new instance (not supported yet).
+    /// Run failed, blocked or needs-attention instances again from their
+    /// failed step (the steps before it replay; through --url the service runs them).
+    Retry(BulkArgs),
+    /// Fork an instance from a step into a new instance (prints the new id):
+    /// the steps before the step replay, the rest runs for real.
     Fork {
         /// The instance id.
         id: String,
-        /// The step to run again from.
+        /// The step to run again from (its first occurrence).
         #[arg(long)]
-        from_step: Option<String>,
-    },
-    /// Pause an instance: no new step starts (not supported yet).
-    Pause {
-        /// The instance id.
-        id: String,
-    },
-    /// Unpause a paused instance (not supported yet).
-    Unpause {
-        /// The instance id.
-        id: String,
-    },
-    /// Delete finished instances older than a time (not supported yet).
-    Purge {
-        /// A time or an age (`30d`).
+        from_step: String,
+        /// The new instance's id (default: the first free ID-fork-N).
         #[arg(long)]
-        finished_before: Option<String>,
-        /// Do not ask for confirmation.
-        #[arg(long)]
-        yes: bool,
+        new_id: Option<String>,
     },
+    /// Pause instances: no new step starts until they are unpaused.
+    Pause(BulkArgs),
+    /// Unpause paused instances: they go on where they stood.
+    Unpause(BulkArgs),
+    /// Delete finished (completed, failed, cancelled) instances that finished
+    /// before a time; prints how many.
+    Purge(PurgeArgs),
+}
+
+#[derive(Debug, Args)]
+struct PurgeArgs {
+    /// Finished before this time: a UTC time (2026-11-30T10:00:00Z), milliseconds
+    /// since the epoch, or an age (30d).
+    #[arg(
+        long,
+        conflicts_with = "older_than",
+        required_unless_present = "older_than"
+    )]
+    finished_before: Option<String>,
+    /// Finished longer ago than this age (90s, 15m, 2h, 30d, 1w), by the target's clock.
+    #[arg(long)]
+    older_than: Option<String>,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    yes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -214,161 +241,6 @@ impl CliError {
 }
 
 type Res<T> = Result<T, CliError>;
-
-/// Where commands go: a running service, or a store opened here.
-enum Target {
-    Remote {
-        agent: ureq::Agent,
-        base: String,
-        token: Option<String>,
-    },
-    Local {
-        engine: Option<Engine>,
-        runtime: tokio::runtime::Runtime,
-    },
-}
-
-const LOCAL_TOKEN: &str = "local";
-
-impl Target {
-    fn open(args: &TargetArgs) -> Res<Target> {
-        match (&args.store, &args.url, &args.postgres) {
-            (_, _, Some(_)) => Err(CliError::error(
-                "--postgres: the PostgreSQL backend is not available in this build of durable yet; \
-                 use --url with the service's admin endpoint",
-            )),
-            (Some(_), Some(_), _) => Err(CliError::usage("give either --store or --url, not both")),
-            (None, None, None) => Err(CliError::usage(
-                "no target: give --url http://host:port/admin (a running service) or --store PATH \
-                 (an embedded store no process holds), or set DURABLE_URL / DURABLE_STORE",
-            )),
-            (None, Some(url), None) => Ok(Target::Remote {
-                agent: ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .timeout_global(Some(Duration::from_secs(120)))
-                    .build()
-                    .into(),
-                base: url.trim_end_matches('/').to_string(),
-                token: args.token.clone(),
-            }),
-            (Some(path), None, None) => {
-                if !path.exists() {
-                    return Err(CliError::error(format!(
-                        "no store at {} (the directory does not exist)",
-                        path.display()
-                    )));
-                }
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .enable_all()
-                    .build()
-                    .map_err(|e| CliError::error(format!("cannot start a runtime: {e}")))?;
-                // No workflow is registered: nothing is resumed or run.
-                let engine = runtime
-                    .block_on(Engine::builder().path(path).open())
-                    .map_err(|e| match e {
-                        crate::Error::Store(crate::StoreError::Locked { .. }) => CliError::error(format!(
-                            "{e}\nhint: a running service holds it; reach it through its admin endpoint with --url"
-                        )),
-                        e => CliError::error(e.to_string()),
-                    })?;
-                Ok(Target::Local {
-                    engine: Some(engine),
-                    runtime,
-                })
-            }
-        }
-    }
-
-    /// One API call: the JSON body of a success, or the error's message.
-    fn call(&self, post: bool, path: &str, query: &str, body: &[u8]) -> Res<Value> {
-        let (status, value) = match self {
-            Target::Local { engine, runtime } => {
-                let engine = engine.as_ref().expect("open until dropped");
-                let options = AdminOptions::new().token(LOCAL_TOKEN.to_string());
-                let authorization = format!("Bearer {LOCAL_TOKEN}");
-                runtime.block_on(handle(
-                    engine,
-                    &options,
-                    ApiRequest {
-                        post,
-                        path,
-                        query,
-                        authorization: Some(&authorization),
-                        body,
-                    },
-                ))
-            }
-            Target::Remote { agent, base, token } => {
-                let url = if query.is_empty() {
-                    format!("{base}{path}")
-                } else {
-                    format!("{base}{path}?{query}")
-                };
-                let auth = token.as_ref().map(|t| format!("Bearer {t}"));
-                let result = if post {
-                    let mut request = agent.post(&url).header("Content-Type", "application/json");
-                    if let Some(auth) = &auth {
-                        request = request.header("Authorization", auth);
-                    }
-                    request.send(body)
-                } else {
-                    let mut request = agent.get(&url);
-                    if let Some(auth) = &auth {
-                        request = request.header("Authorization", auth);
-                    }
-                    request.call()
-                };
-                let mut response =
-                    result.map_err(|e| CliError::error(format!("cannot reach {url}: {e}")))?;
-                let status = response.status().as_u16();
-                let text = response
-                    .body_mut()
-                    .read_to_string()
-                    .map_err(|e| CliError::error(format!("reading the answer of {url}: {e}")))?;
-                let value = serde_json::from_str(&text).map_err(|_| {
-                    CliError::error(format!(
-                        "{url} answered {status} with something that is not the admin API's JSON \
-                         (is the URL the admin endpoint's mount point?)"
-                    ))
-                })?;
-                (status, value)
-            }
-        };
-        if (200..300).contains(&status) {
-            Ok(value)
-        } else {
-            let message = value["error"]["message"]
-                .as_str()
-                .unwrap_or("the request failed")
-                .to_string();
-            Err(CliError::error(message))
-        }
-    }
-
-    fn close(mut self) {
-        if let Target::Local { engine, runtime } = &mut self
-            && let Some(engine) = engine.take()
-        {
-            runtime.block_on(engine.shutdown());
-        }
-    }
-
-    fn engine(&self) -> Option<&Engine> {
-        match self {
-            Target::Local { engine, .. } => engine.as_ref(),
-            Target::Remote { .. } => None,
-        }
-    }
-
-    /// Runs `future` on the local engine's runtime (only for `--store`).
-    fn block_on<F: std::future::Future>(&self, future: F) -> Option<F::Output> {
-        match self {
-            Target::Local { runtime, .. } => Some(runtime.block_on(future)),
-            Target::Remote { .. } => None,
-        }
-    }
-}
 
 /// Runs the command line with the process's arguments; the exit code.
 pub fn main() -> ExitCode {
@@ -478,24 +350,28 @@ fn parse_time(text: &str, flag: &str) -> Res<u64> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    if let Some(unit) = text.chars().last().filter(|c| c.is_ascii_alphabetic())
-        && text.len() > 1
-        && let Ok(n) = text[..text.len() - 1].parse::<u64>()
-    {
-        let secs = match unit {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 7 * 86_400,
-            _ => return Err(bad()),
-        };
-        return Ok(now.saturating_sub(n.saturating_mul(secs * 1000)));
+    if let Some(age) = parse_age(text) {
+        return Ok(now.saturating_sub(age));
     }
     if text.len() > 10 && text.bytes().all(|b| b.is_ascii_digit()) {
         return text.parse().map_err(|_| bad());
     }
     format::parse_utc(text).ok_or_else(bad)
+}
+
+/// An age (`90s`, `15m`, `2h`, `3d`, `1w`) in milliseconds.
+fn parse_age(text: &str) -> Option<u64> {
+    let unit = text.chars().last().filter(|c| c.is_ascii_alphabetic())?;
+    let n: u64 = text[..text.len() - 1].parse().ok()?;
+    let secs: u64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 7 * 86_400,
+        _ => return None,
+    };
+    Some(n.saturating_mul(secs * 1000))
 }
 
 fn print_json(value: &Value) {
@@ -624,136 +500,30 @@ fn command(cli: &Cli, style: &Style, target: &Target) -> Res<u8> {
             }
             Ok(0)
         }
-        Command::Retry { id } | Command::Pause { id } | Command::Unpause { id } => {
-            let action = match &cli.command {
-                Command::Retry { .. } => "retry",
-                Command::Pause { .. } => "pause",
-                _ => "unpause",
-            };
-            target
-                .call(true, &format!("/instances/{}/{action}", enc(id)), "", b"")
-                .map(|_| 0)
-        }
-        Command::Fork { id, .. } => target
-            .call(true, &format!("/instances/{}/fork", enc(id)), "", b"")
-            .map(|_| 0),
-        Command::Purge { .. } => target.call(true, "/purge", "", b"").map(|_| 0),
-    }
-}
-
-/// Cancel or resume: one id, several, or every instance passing a filter
-/// (a bulk action asks for confirmation, or needs `--yes`).
-fn bulk(cli: &Cli, style: &Style, target: &Target, action: &str, args: &BulkArgs) -> Res<u8> {
-    let mut ids = args.ids.clone();
-    let filtered = !args.status.is_empty() || args.workflow.is_some();
-    if filtered {
-        let mut after: Option<String> = None;
-        loop {
-            let query = list_query(
-                &args.status,
-                args.workflow.as_deref(),
-                None,
-                None,
-                1000,
-                after.as_deref(),
+        Command::Retry(args) => bulk(cli, style, target, "retry", args),
+        Command::Pause(args) => bulk(cli, style, target, "pause", args),
+        Command::Unpause(args) => bulk(cli, style, target, "unpause", args),
+        Command::Fork {
+            id,
+            from_step,
+            new_id,
+        } => {
+            let body = serde_json::json!({"from_step": from_step, "new_id": new_id});
+            let answer = target.call(
+                true,
+                &format!("/instances/{}/fork", enc(id)),
+                "",
+                body.to_string().as_bytes(),
             )?;
-            let page = target.call(false, "/instances", &query, b"")?;
-            for i in page["instances"].as_array().into_iter().flatten() {
-                if let Some(id) = i["id"].as_str()
-                    && !ids.iter().any(|x| x == id)
-                {
-                    ids.push(id.to_string());
-                }
+            if cli.json {
+                print_json(&answer);
+            } else {
+                // The new id alone on stdout, for `NEW=$(durable fork ..)`.
+                println!("{}", answer["new_id"].as_str().unwrap_or_default());
+                eprintln!("forked {id} from step {from_step:?}");
             }
-            match page["next"].as_str() {
-                Some(next) => after = Some(next.to_string()),
-                None => break,
-            }
+            Ok(0)
         }
+        Command::Purge(args) => purge(cli, target, args),
     }
-    if ids.is_empty() {
-        if filtered {
-            println!("no instance passes the filter; nothing to {action}");
-            return Ok(0);
-        }
-        return Err(CliError::usage(format!(
-            "{action}: give instance ids, or --status/--workflow for every instance passing them"
-        )));
-    }
-    if args.dry_run {
-        for id in &ids {
-            println!("would {action} {id}");
-        }
-        return Ok(0);
-    }
-    if ids.len() > 1 && !args.yes {
-        if !std::io::stdin().is_terminal() {
-            return Err(CliError::usage(format!(
-                "{action} {} instances: confirm with --yes (no terminal to ask)",
-                ids.len()
-            )));
-        }
-        eprint!(
-            "{action} {} instances ({})? [y/N] ",
-            ids.len(),
-            preview(&ids)
-        );
-        let _ = std::io::stderr().flush();
-        let mut answer = String::new();
-        let _ = std::io::stdin().read_line(&mut answer);
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            eprintln!("nothing done");
-            return Ok(1);
-        }
-    }
-    let mut failed = 0;
-    let mut results = Vec::new();
-    let total = ids.len();
-    for (n, id) in ids.iter().enumerate() {
-        let outcome = target.call(true, &format!("/instances/{}/{action}", enc(id)), "", b"");
-        let progress = if total > 1 {
-            format!("[{}/{total}] ", n + 1)
-        } else {
-            String::new()
-        };
-        match outcome {
-            Ok(_) => {
-                results.push(serde_json::json!({"id": id, "ok": true}));
-                if !cli.json {
-                    let done = if action == "cancel" {
-                        "cancelled"
-                    } else {
-                        "resumed"
-                    };
-                    println!("{progress}{} {id}", style.green(done));
-                }
-            }
-            Err(e) => {
-                failed += 1;
-                results.push(serde_json::json!({"id": id, "ok": false, "error": e.message}));
-                if !cli.json {
-                    eprintln!("{progress}{} {id}: {}", style.red("failed"), e.message);
-                }
-            }
-        }
-    }
-    if cli.json {
-        print_json(&serde_json::json!({"action": action, "results": results}));
-    }
-    if failed > 0 {
-        if total == 1 && !cli.json {
-            // The message was printed; the exit code says it failed.
-        }
-        Ok(1)
-    } else {
-        Ok(0)
-    }
-}
-
-fn preview(ids: &[String]) -> String {
-    let mut shown: Vec<&str> = ids.iter().take(3).map(String::as_str).collect();
-    if ids.len() > 3 {
-        shown.push("…");
-    }
-    shown.join(", ")
 }
