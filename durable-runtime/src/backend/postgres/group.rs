@@ -183,7 +183,10 @@ fn injected_error() -> tokio_postgres::Error {
 }
 
 /// A lone checkpoint: one statement, fence and upsert, in its own
-/// transaction (one round trip, like an INSERT). A broken connection
+/// transaction (one round trip, like an INSERT). The fence is a share
+/// lock on the instance's row (a takeover or cancel waits for it, and this
+/// statement sees theirs): no new row version unless the count of resumes
+/// without progress must go back to 0. A broken connection
 /// leaves its outcome unknown, and that is safe to retry: the statement is
 /// idempotent (it writes the same record under the same fence; if the
 /// first try committed and the lease moved since, the retry is refused
@@ -200,9 +203,11 @@ async fn lone_checkpoint(
         let statement = conn
             .prepare_cached(&inner.sql(
                 "WITH f AS (
-                     UPDATE {s}.instances
-                     SET recoveries = CASE WHEN $7 THEN 0 ELSE recoveries END
-                     WHERE id = $1 AND epoch = $2 AND owner = $3 RETURNING id),
+                     SELECT id, recoveries FROM {s}.instances
+                     WHERE id = $1 AND epoch = $2 AND owner = $3 FOR SHARE),
+                 r AS (
+                     UPDATE {s}.instances i SET recoveries = 0
+                     FROM f WHERE i.id = f.id AND $7 AND f.recoveries <> 0),
                  c AS (
                      INSERT INTO {s}.checkpoints (instance_id, key, name, ended_wait, record)
                      SELECT f.id, $4, $5, $6, $8 FROM f
