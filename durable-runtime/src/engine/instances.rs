@@ -269,6 +269,7 @@ impl Core {
                     durable.instance_id = %id,
                     "instance started"
                 );
+                crate::metrics::instance_started(workflow);
                 self.spawn(id, erased, fresh, Begin::Fresh, slot, lease);
                 return Ok(done);
             }
