@@ -9,13 +9,20 @@
 //! histograms got samples (the claim lag exactly: the clock moves only when
 //! the test moves it), and that no metric is labelled by instance id.
 //!
-//! `cargo test --features metrics --test metrics`. One test: the recorder
-//! is global to the binary.
+//! With the feature `postgres` as well, a sleep on PostgreSQL follows
+//! (`pg.rs`): the backend's group commits and its claim of a due timer.
+//!
+//! `cargo test --features metrics,postgres --test metrics` (or `--features
+//! metrics` for the embedded part alone). One test: the recorder is global
+//! to the binary.
 #![cfg(feature = "metrics")]
 
+#[cfg(feature = "postgres")]
+mod pg;
+mod seen;
+#[path = "../support/mod.rs"]
 mod support;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -23,7 +30,8 @@ use durable::metrics;
 use durable::prelude::*;
 use durable::time::ManualClock;
 use durable::{Engine, Status};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::debugging::DebuggingRecorder;
+use seen::Seen;
 
 static FLAKY_CALLS: AtomicU32 = AtomicU32::new(0);
 
@@ -70,103 +78,6 @@ async fn doomed(_ctx: &Ctx, n: u32) -> Result<u32, String> {
 async fn sleeper(_ctx: &Ctx, _n: u32) -> Result<(), String> {
     sleep!("nap", Duration::from_secs(10 * 3600));
     Ok(())
-}
-
-/// One metric: its name and labels, sorted.
-type Key = (String, Vec<(String, String)>);
-
-/// What the recorder saw: counters and gauges as they stand, every
-/// histogram sample so far (a snapshot drains the recorder).
-#[derive(Default)]
-struct Seen {
-    values: HashMap<Key, f64>,
-    samples: HashMap<Key, Vec<f64>>,
-    described: HashMap<String, Option<::metrics::Unit>>,
-}
-
-impl Seen {
-    fn take(&mut self, snapshotter: &Snapshotter) {
-        for (key, unit, description, value) in snapshotter.snapshot().into_vec() {
-            let (_, key) = key.into_parts();
-            let (name, labels) = key.into_parts();
-            let mut labels: Vec<(String, String)> = labels
-                .iter()
-                .map(|l| (l.key().to_string(), l.value().to_string()))
-                .collect();
-            labels.sort();
-            let name = name.as_str().to_string();
-            if description.is_some() {
-                self.described.insert(name.clone(), unit);
-            }
-            let key = (name, labels);
-            // A snapshot swaps counters and gauges to zero: each holds what
-            // changed since the last one (this recorder's gauges are moved
-            // only by increments and decrements).
-            match value {
-                DebugValue::Counter(n) => *self.values.entry(key).or_default() += n as f64,
-                DebugValue::Gauge(g) => *self.values.entry(key).or_default() += g.into_inner(),
-                DebugValue::Histogram(xs) => self
-                    .samples
-                    .entry(key)
-                    .or_default()
-                    .extend(xs.into_iter().map(|x| x.into_inner())),
-            }
-        }
-    }
-
-    /// Takes snapshots until `holds` does (the engine records from its own
-    /// tasks, a moment after what the test can observe otherwise).
-    async fn until(
-        &mut self,
-        snapshotter: &Snapshotter,
-        what: &str,
-        holds: impl Fn(&Seen) -> bool,
-    ) {
-        support::wait_until(what, async || {
-            self.take(snapshotter);
-            if holds(self) {
-                Ok(())
-            } else {
-                Err(format!("{:?}", self.values))
-            }
-        })
-        .await
-    }
-
-    /// The value of counter or gauge `name` with exactly `labels`.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let mut labels: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        labels.sort();
-        self.values
-            .get(&(name.to_string(), labels))
-            .copied()
-            .unwrap_or(0.0)
-    }
-
-    /// Every sample of histogram `name`, whatever its labels.
-    fn samples(&self, name: &str) -> Vec<f64> {
-        self.samples
-            .iter()
-            .filter(|((n, _), _)| n == name)
-            .flat_map(|(_, xs)| xs.iter().copied())
-            .collect()
-    }
-
-    /// Every sample of histogram `name` with exactly `labels`.
-    fn samples_of(&self, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
-        let mut labels: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        labels.sort();
-        self.samples
-            .get(&(name.to_string(), labels))
-            .cloned()
-            .unwrap_or_default()
-    }
 }
 
 /// Waits until `id`'s status passes `parked`, under the hang guard.
@@ -335,8 +246,12 @@ async fn metrics_count_instances_steps_commits_parking_and_claims() {
         );
     }
 
+    // With the feature `postgres`: its group commits and claim lag.
+    #[cfg(feature = "postgres")]
+    pg::sleep_on_postgres(&mut seen, &snapshotter).await;
+
     // Never labelled by instance id (nor by anything unbounded).
-    let ids = ["m-ordered", "m-doomed", "m-sleeper"];
+    let ids = ["m-ordered", "m-doomed", "m-sleeper", "m-pg-sleeper"];
     let allowed = ["workflow", "step", "outcome", "backend"];
     for (name, labels) in seen.values.keys().chain(seen.samples.keys()) {
         assert!(name.starts_with("durable_"), "{name}");
