@@ -183,7 +183,10 @@
 //! and `durable::testing::replay(workflow, path)` replays it against the
 //! current code, naming the first site that diverges. For operators, every instance
 //! run and step attempt is a `tracing` span (see the runtime's crate docs),
-//! and `Engine::list` pages through instances by status, workflow and time.
+//! `Engine::list` pages through instances by status, workflow and time, and
+//! with the feature `metrics` the runtime records counters and histograms
+//! through the `metrics` facade (names and meanings in `durable::metrics`
+//! and the README's "Metrics" section).
 #![deny(missing_docs)]
 
 pub use durable_macros::durable;

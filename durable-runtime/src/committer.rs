@@ -181,7 +181,9 @@ fn apply(
         Some(error) => Err(error),
         None => {
             let started = (!span.is_disabled()).then(std::time::Instant::now);
+            let timer = crate::metrics::Timer::start();
             let result = store.apply(batches);
+            crate::metrics::commit_group(crate::metrics::Backend::Embedded, batches.len(), timer);
             if let Some(started) = started {
                 span.record(
                     "durable.bytes",

@@ -25,6 +25,7 @@
 //! | `workflow` | [`Workflow`], [`IntoWorkflow`] |
 //! | `inspect`, `listing` | [`Status`], [`History`]; [`ListFilter`], [`Page`] |
 //! | `json` | (feature `json`) stored values as JSON, decoded and encoded by their manifest shape |
+//! | `metrics` | (feature `metrics`, a no-op without it) every metric name and description, and the recording functions the rest calls |
 //! | `testing` | (feature `testing`) `TestEngine`: in-memory store, manual clock, `advance`, `run_until_idle` |
 //! | `engine` | [`Engine`] and its parts: builder, registry, instances, driver, scheduler (parking, claim loop), events, recovery, queries |
 //!
@@ -66,6 +67,10 @@ mod journal;
 pub mod json;
 mod listing;
 pub mod manifest;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 mod outcome;
 mod panic;
 mod records;

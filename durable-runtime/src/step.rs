@@ -15,6 +15,7 @@ use crate::context::{Ctx, InFlight, StepScope};
 use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::journal::decode_value;
+use crate::metrics::StepOutcome::{self, Failed};
 use crate::panic::{CatchUnwind, panic_message};
 use crate::records::{At, CheckpointRecord, CheckpointState};
 use crate::retry::{RetryPolicy, jitter_random};
@@ -274,6 +275,7 @@ where
                         types.error.as_ref().map_or("", |e| e.text.as_str())
                     )));
                 }
+                crate::metrics::step(ctx.workflow, name, StepOutcome::Replayed);
                 return decode_value::<Result<T, E>>(&outcome).map_err(decode_error);
             }
             CheckpointState::Panicked { message, .. } => {
@@ -359,6 +361,7 @@ where
             key: key.clone(),
             permanent: AtomicBool::new(false),
         });
+        let timer = crate::metrics::Timer::start();
         let attempt = {
             let _running = ctx.signals.running(InFlight {
                 name,
@@ -409,6 +412,7 @@ where
                                         timeout_ms,
                                     };
                                     write(ctx, record(attempts, state)).await?;
+                                    crate::metrics::step(ctx.workflow, name, Failed);
                                     return Err(timed_out(ctx, name, occurrence, timeout_ms));
                                 }
                                 Err(Box::new(TimedOutAttempt(timeout_ms))
@@ -420,6 +424,7 @@ where
             }
         };
         crate::crash::point("step.after_body");
+        crate::metrics::step_body(ctx.workflow, name, timer);
         let last = attempts >= policy.attempts();
         let retry_error = match attempt {
             Ok(outcome) => {
@@ -442,11 +447,13 @@ where
                                     limit: limit as u64,
                                 };
                                 write(ctx, record(attempts, state)).await?;
+                                crate::metrics::step(ctx.workflow, name, Failed);
                                 return Err(too_large(ctx, name, &site.at, size, limit));
                             }
                             Err(e) => return Err(e),
                         };
                         write(ctx, record(attempts, state)).await?;
+                        crate::metrics::step(ctx.workflow, name, StepOutcome::of(outcome.is_ok()));
                         return Ok(outcome);
                     }
                 }
@@ -464,6 +471,7 @@ where
                         message: message.clone(),
                     };
                     write(ctx, record(attempts, state)).await?;
+                    crate::metrics::step(ctx.workflow, name, Failed);
                     return Err(panicked(ctx, name, occurrence, message));
                 }
                 format!("panicked: {message}")
@@ -480,6 +488,7 @@ where
             last_error: retry_error,
         };
         write(ctx, record(attempts, state)).await?;
+        crate::metrics::step_retry(ctx.workflow, name);
         let clock = &ctx.services.clock;
         let until = clock
             .now_ms()

@@ -124,6 +124,7 @@ impl ParkTable {
                 events,
             },
         );
+        crate::metrics::parked(1);
         earliest
     }
 
@@ -142,6 +143,7 @@ impl ParkTable {
         if let Some(d) = parked.deadline_ms {
             self.timers.remove(&(d, key));
         }
+        crate::metrics::parked(-1);
         Some(parked)
     }
 
@@ -168,16 +170,25 @@ impl ParkTable {
             if *d > now_ms {
                 break;
             }
-            let (_, id) = self.timers.pop_first().expect("first exists");
+            let (d, id) = self.timers.pop_first().expect("first exists");
             self.by_id.remove(&id);
+            crate::metrics::claim_lag_ms(now_ms.saturating_sub(d));
             due.push(id);
         }
+        crate::metrics::parked(-(due.len() as i64));
         due
     }
 
     /// The earliest deadline of any parked instance.
     pub(super) fn next_deadline(&self) -> Option<u64> {
         self.timers.first().map(|(d, _)| *d)
+    }
+}
+
+impl Drop for ParkTable {
+    fn drop(&mut self) {
+        // Its instances are no longer parked in this process.
+        crate::metrics::parked(-(self.by_id.len() as i64));
     }
 }
 

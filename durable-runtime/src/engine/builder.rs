@@ -272,6 +272,7 @@ impl EngineBuilder {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Usage(crate::error::UsageError::NoRuntime))?;
         let registry = Registry::build(std::mem::take(&mut self.workflows))?;
+        crate::metrics::describe();
         #[allow(unused_mut)]
         let mut poll = None;
         #[cfg(feature = "postgres")]

@@ -298,12 +298,14 @@ impl Core {
                     is_err,
                 };
                 self.push_transition(&mut record, TransitionKind::Completed);
+                let ending = crate::metrics::Ending::new(&record.workflow, &record.state);
                 crate::crash::point("complete.before_write");
                 let write = Write::Record {
                     record,
                     active: None,
                 };
                 self.services.backend.commit(id, lease, write).await?;
+                ending.record();
                 crate::crash::point("complete.after_write");
                 tracing::info!("instance completed");
                 Ok(output)
@@ -374,11 +376,15 @@ impl Core {
             };
         tracing::warn!(durable.error = %error, durable.status = ?kind, "instance stopped by an error");
         self.push_transition(&mut record, kind);
+        let ending = crate::metrics::Ending::new(&record.workflow, &record.state);
         // If the store itself is failing this write fails too; the instance
         // then stays `Running` in the store and resumes at the next open.
         let write = Write::Record { record, active };
         match self.services.backend.commit(id, lease, write).await {
-            Ok(_) => Err(error),
+            Ok(_) => {
+                ending.record();
+                Err(error)
+            }
             // Cancelled (or taken over) first: that end wins.
             Err(e) if lost(&e) => Err(e),
             Err(write) => {

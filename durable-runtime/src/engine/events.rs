@@ -83,18 +83,23 @@ impl Core {
             durable.occurrence = seq,
             "event sent"
         );
+        crate::metrics::event_sent(&record.workflow);
         Ok(())
     }
 
     /// Cancels instance `id`; see `Engine::cancel`.
     pub(super) async fn cancel(self: &Arc<Self>, id: &str) -> Result<()> {
+        let workflow = std::sync::OnceLock::new();
         let update = |mut record: crate::records::InstanceRecord| {
+            let _ = workflow.set(record.workflow.clone());
             record.state = InstanceState::Cancelled;
             self.push_transition(&mut record, TransitionKind::Cancelled);
             record
         };
         self.services.backend.cancel(id, &update).await?;
         tracing::info!(durable.instance_id = %id, "instance cancelled");
+        let workflow = workflow.get().map_or("", String::as_str);
+        crate::metrics::instance_finished(workflow, &InstanceState::Cancelled);
         // The owner's later writes are refused by the backend already; this
         // stops an owner in this process before its next step.
         if let Some(slot) = self.instances.get(id) {

@@ -282,6 +282,7 @@ impl Core {
                     durable.instance_id = %id,
                     "instance started"
                 );
+                crate::metrics::instance_started(workflow);
                 if !here {
                     // Left to the workers: unowned, it is claimable at once.
                     slot.driving.store(false, Ordering::SeqCst);

@@ -233,6 +233,7 @@ impl Core {
             }
         };
         tracing::info!(durable.instance_id = %new_id, durable.from = %id, durable.step = %step, durable.by = %by, "instance forked");
+        crate::metrics::instance_started(&record.workflow);
         match self.registry.for_record(&record) {
             Some((workflow, erased)) => {
                 let slot = super::instances::Slot::new(workflow, record.input.clone(), true);

@@ -46,6 +46,17 @@ impl Timers {
     }
 }
 
+/// Records how late a claimed timer (sleeping or waiting with a deadline)
+/// was claimed; the row's sixth column is its due time before the claim.
+fn claim_lag(row: &Row, now: u64) {
+    let before: i16 = row.get(4);
+    if let (status::SLEEPING | status::WAITING, Ok(Some(at))) =
+        (before, row.try_get::<_, Option<i64>>(5))
+    {
+        crate::metrics::claim_lag_ms(now.saturating_sub(at.max(0) as u64));
+    }
+}
+
 /// The columns a claim returns: id, epoch, record, recoveries, the status
 /// before the claim.
 const CLAIMED: &str = "i.id, i.epoch, i.record, i.recoveries, c.status";
@@ -170,7 +181,7 @@ impl Inner {
             .query(
                 &self.sql(&format!(
                     "WITH c AS (
-                         SELECT id, status FROM {{s}}.instances
+                         SELECT id, status, wake_at_ms FROM {{s}}.instances
                          WHERE workflow = ANY($1) AND owner IS NULL AND id <> ALL($5)
                            AND (status IN ({RUNNING}, {READY})
                                 OR (status IN ({}, {}) AND wake_at_ms <= $2)
@@ -183,7 +194,7 @@ impl Inner {
                          status = CASE WHEN i.status = {BLOCKED} THEN i.status ELSE {RUNNING} END,
                          park = NULL, wake_at_ms = NULL
                      FROM c WHERE i.id = c.id
-                     RETURNING {CLAIMED}",
+                     RETURNING {CLAIMED}, c.wake_at_ms",
                     status::SLEEPING,
                     status::WAITING
                 )),
@@ -198,6 +209,7 @@ impl Inner {
             .await
             .map_err(io("claim runnable instances"))?;
         for row in rows {
+            claim_lag(&row, now);
             match self.claimed(&row, me) {
                 Ok(claim)
                     if runnable.iter().any(|(name, version)| {

@@ -37,6 +37,7 @@ pub(super) async fn write_group(inner: &Inner, jobs: &[Job]) -> Vec<Result<Commi
     let mut backoff = Duration::from_millis(20);
     let mut last = None;
     let give_up = tokio::time::Instant::now() + inner.options.lease;
+    let timer = crate::metrics::Timer::start();
     for attempt_no in 0.. {
         if attempt_no >= MIN_ATTEMPTS && tokio::time::Instant::now() >= give_up {
             break;
@@ -55,6 +56,7 @@ pub(super) async fn write_group(inner: &Inner, jobs: &[Job]) -> Vec<Result<Commi
                 for notice in notices {
                     inner.announce(notice);
                 }
+                crate::metrics::commit_group(crate::metrics::Backend::Postgres, jobs.len(), timer);
                 return results;
             }
             Attempt::Retry(e) => {
