@@ -18,7 +18,7 @@
 //! | [`store`] | the KV device seam: [`Store`](store::Store), sled + write-ahead log, memory |
 //! | `committer` | group commit: one durable apply for many batches |
 //! | `journal` | every record encoded and decoded here; typed reads and writes |
-//! | `backend` | the instance-level storage seam (async, fenced by epoch): create-if-absent, claims, commits, events, cancel, listing, wake-up hints; `embedded` over the journal |
+//! | `backend` | the instance-level storage seam (async, fenced by epoch): create-if-absent, claims, commits, events, cancel, listing, wake-up hints; `embedded` over the journal, `postgres` (feature `postgres`) over a shared database |
 //! | `services` | what a running instance may use: backend, clock, value limit |
 //! | `context` | [`Ctx`]: an instance's id, counters, signals |
 //! | `step`, `wait`, `values` | `impl Ctx`: the operations behind `step!`, `sleep!`, `wait_for!`; checkpointed `now`, `random`, `uuid` |
