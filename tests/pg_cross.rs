@@ -259,3 +259,45 @@ async fn start_ten(client: &Engine) -> Vec<durable::Handle<Result<u64, String>>>
     }
     handles
 }
+
+#[durable]
+async fn twice(_ctx: &Ctx, n: u64) -> Result<u64, String> {
+    step!("double", async { Ok::<_, String>(n * 2) }.await)
+}
+
+/// `start_many` on PostgreSQL: one statement records every new instance;
+/// a pure client's batch is run by the worker; ids that exist attach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_many_records_a_batch_the_workers_run() {
+    let Some(schema) = Schema::new().await else {
+        return;
+    };
+    let worker = schema.builder().register(twice).open().await.unwrap();
+    let client = schema.builder().open().await.unwrap();
+    let first = client.run(twice, "many-3", 3).await.unwrap();
+    assert_eq!(first, Ok(6));
+    let items = (0..300u64).map(|n| (format!("many-{n}"), n));
+    let handles = client.start_many(twice, items).await.unwrap();
+    for (n, handle) in handles.into_iter().enumerate() {
+        let out = support::guarded("a batch instance completes", handle.result()).await;
+        assert_eq!(out.unwrap(), Ok(2 * n as u64));
+    }
+    // The same batch from the worker attaches to every instance.
+    let again = worker
+        .start_many(twice, (0..300u64).map(|n| (format!("many-{n}"), n)))
+        .await
+        .unwrap();
+    for (n, handle) in again.into_iter().enumerate() {
+        assert_eq!(handle.result().await.unwrap(), Ok(2 * n as u64));
+    }
+    // A conflicting input is refused.
+    assert!(matches!(
+        client
+            .start_many(twice, [("many-1".to_string(), 99u64)])
+            .await,
+        Err(Error::Usage(UsageError::IdConflict { .. }))
+    ));
+    client.shutdown().await;
+    worker.shutdown().await;
+    schema.drop_schema().await;
+}

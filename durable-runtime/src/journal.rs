@@ -69,6 +69,26 @@ impl Journal {
         record: &InstanceRecord,
         checkpoints: &[CheckpointRecord],
     ) -> Result<()> {
+        let batch = self.create_batch(id, record, checkpoints)?;
+        self.commit(batch).await
+    }
+
+    /// Records every new instance of `items` in one atomic batch (one
+    /// durable write), as [`create_with`](Self::create_with) does one.
+    pub(crate) async fn create_many(&self, items: &[(&str, &InstanceRecord)]) -> Result<()> {
+        let mut all = Batch::new();
+        for (id, record) in items {
+            all.ops.extend(self.create_batch(id, record, &[])?.ops);
+        }
+        self.commit(all).await
+    }
+
+    fn create_batch(
+        &self,
+        id: &str,
+        record: &InstanceRecord,
+        checkpoints: &[CheckpointRecord],
+    ) -> Result<Batch> {
         let mut batch = self.record_batch(id, record, Some(0))?;
         for c in checkpoints {
             let key = match &c.key {
@@ -86,7 +106,7 @@ impl Journal {
             created_key(record.created_at_ms, id),
             Vec::new(),
         );
-        self.commit(batch).await
+        Ok(batch)
     }
 
     /// Writes the instance record durably, with its entry in `Active`: the

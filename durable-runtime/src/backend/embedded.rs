@@ -112,9 +112,13 @@ impl Embedded {
     }
 
     fn stripe(&self, id: &str) -> &tokio::sync::Mutex<()> {
+        &self.stripes[self.stripe_index(id)]
+    }
+
+    fn stripe_index(&self, id: &str) -> usize {
         let mut h = self.hasher.build_hasher();
         h.write(id.as_bytes());
-        &self.stripes[(h.finish() as usize) % STRIPES]
+        (h.finish() as usize) % STRIPES
     }
 
     fn notify(&self, notice: Notice) {
@@ -346,6 +350,45 @@ impl Backend for Embedded {
         record: &'a InstanceRecord,
     ) -> BoxFuture<'a, Result<Created>> {
         self.create_with(id, record, &[])
+    }
+
+    fn create_many<'a>(
+        &'a self,
+        items: &'a [(String, InstanceRecord)],
+    ) -> BoxFuture<'a, Result<Vec<Created>>> {
+        Box::pin(async move {
+            // Each stripe once, in index order (no two callers wait on
+            // each other in opposite orders).
+            let mut stripes: Vec<usize> =
+                items.iter().map(|(id, _)| self.stripe_index(id)).collect();
+            stripes.sort_unstable();
+            stripes.dedup();
+            let mut guards = Vec::with_capacity(stripes.len());
+            for i in stripes {
+                guards.push(self.stripes[i].lock().await);
+            }
+            let mut answers = Vec::with_capacity(items.len());
+            let mut new = Vec::new();
+            for (id, record) in items {
+                match self.journal.load(id)? {
+                    Some(existing) => answers.push(Created::Exists(existing)),
+                    None => {
+                        answers.push(Created::New(self.own(&mut self.state(), id)));
+                        new.push((id.as_str(), record));
+                    }
+                }
+            }
+            if !new.is_empty()
+                && let Err(e) = self.journal.create_many(&new).await
+            {
+                let mut state = self.state();
+                for (id, _) in &new {
+                    state.owned.remove(*id);
+                }
+                return Err(e);
+            }
+            Ok(answers)
+        })
     }
 
     fn create_with<'a>(

@@ -178,6 +178,14 @@ pub(crate) trait Backend: Send + Sync + 'static {
         record: &'a InstanceRecord,
     ) -> BoxFuture<'a, Result<Created>>;
 
+    /// [`create`](Self::create) of every instance of `items` (distinct
+    /// ids), the new ones in one atomic write: one fsync or one
+    /// transaction for all. Answers in the order of `items`.
+    fn create_many<'a>(
+        &'a self,
+        items: &'a [(String, InstanceRecord)],
+    ) -> BoxFuture<'a, Result<Vec<Created>>>;
+
     /// [`create`](Self::create) with `checkpoints` written in the same
     /// atomic batch (a fork: the new instance replays them).
     fn create_with<'a>(

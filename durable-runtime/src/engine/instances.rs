@@ -101,6 +101,14 @@ impl Instances {
     }
 }
 
+/// What [`Core::reserve`] found.
+pub(super) enum Reserved {
+    /// This process already has the instance: its outcome's receiver.
+    Attached(watch::Receiver<Outcome>),
+    /// A new slot, reserved for the store's decision.
+    Slot(Arc<Slot>),
+}
+
 /// How a start runs what it creates or finds.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Run {
@@ -238,36 +246,77 @@ impl Core {
         run: Run,
         deadline_ms: Option<u64>,
     ) -> Result<watch::Receiver<Outcome>> {
-        let Run { manual, here } = run;
-        let backend = &self.services.backend;
-        // Reserve the slot first: starters of the same id in this process
-        // attach to it while the store decides.
-        let slot = {
-            let mut running = self.instances.lock();
-            if let Some(slot) = running.get(&id) {
-                check_conflict(&id, workflow, &input, slot.workflow, &slot.input)?;
-                return Ok(slot.done.subscribe());
-            }
-            let slot = Slot::new(workflow, input.clone(), true);
-            running.insert(id.clone(), Arc::clone(&slot));
-            slot
+        let slot = match self.reserve(workflow, &id, &input)? {
+            Reserved::Attached(done) => return Ok(done),
+            Reserved::Slot(slot) => slot,
         };
         let done = slot.done.subscribe();
+        let fresh = self.fresh_record(workflow, &*erased, input, deadline_ms);
+        crate::crash::point("start.before_record");
+        let created = self.services.backend.create(&id, &fresh).await;
+        self.settle(erased, id, fresh, slot, run, created).await?;
+        Ok(done)
+    }
+
+    /// Reserves the slot of `id` before the store decides, so that
+    /// starters of the same id in this process attach to it; or attaches
+    /// to the slot this process already has.
+    pub(super) fn reserve(
+        &self,
+        workflow: &'static str,
+        id: &str,
+        input: &[u8],
+    ) -> Result<Reserved> {
+        let mut running = self.instances.lock();
+        if let Some(slot) = running.get(id) {
+            check_conflict(id, workflow, input, slot.workflow, &slot.input)?;
+            return Ok(Reserved::Attached(slot.done.subscribe()));
+        }
+        let slot = Slot::new(workflow, input.to_vec(), true);
+        running.insert(id.to_string(), Arc::clone(&slot));
+        Ok(Reserved::Slot(slot))
+    }
+
+    /// The record of a new instance of `workflow`, started now.
+    pub(super) fn fresh_record(
+        &self,
+        workflow: &'static str,
+        erased: &dyn Erased,
+        input: Vec<u8>,
+        deadline_ms: Option<u64>,
+    ) -> InstanceRecord {
         let now = self.services.clock.now_ms();
-        let fresh = InstanceRecord {
+        InstanceRecord {
             workflow: workflow.to_string(),
             version: erased.version(),
             manifest: erased.manifest().1,
-            input: input.clone(),
+            input,
             state: InstanceState::Running,
             created_at_ms: now,
             transitions: std::iter::once(TransitionKind::Started)
                 .chain(deadline_ms.map(|at_ms| TransitionKind::Deadline { at_ms }))
                 .map(|kind| TransitionRecord { at_ms: now, kind })
                 .collect(),
-        };
-        crate::crash::point("start.before_record");
-        let created = match backend.create(&id, &fresh).await {
+        }
+    }
+
+    /// Acts on what the store decided for reserved `slot` of `id`: runs a
+    /// new instance (or, for a pure client, hands it to the workers),
+    /// attaches to an existing one (after the conflict check), claims one
+    /// nobody runs. Resolves the slot with the error if there is one.
+    pub(super) async fn settle(
+        self: Arc<Self>,
+        erased: Arc<dyn Erased>,
+        id: String,
+        fresh: InstanceRecord,
+        slot: Arc<Slot>,
+        run: Run,
+        created: Result<Created>,
+    ) -> Result<()> {
+        let Run { manual, here } = run;
+        let backend = &self.services.backend;
+        let workflow = slot.workflow;
+        let created = match created {
             Ok(created) => created,
             Err(e) => {
                 self.finish_slot(&id, &slot, Err(e.clone()));
@@ -290,25 +339,25 @@ impl Core {
                         // Its lease runs out with this worker's, if ever.
                         tracing::warn!(durable.instance_id = %id, durable.error = %e, "could not hand a started instance to the workers at once");
                     }
-                    return Ok(done);
+                    return Ok(());
                 }
                 self.spawn(id, erased, fresh, Begin::Fresh, slot, lease);
-                return Ok(done);
+                return Ok(());
             }
             Created::Exists(record) => {
                 if let Err(e) =
-                    check_conflict(&id, workflow, &input, &record.workflow, &record.input)
+                    check_conflict(&id, workflow, &fresh.input, &record.workflow, &record.input)
                 {
                     self.finish_slot(&id, &slot, Err(e.clone()));
                     return Err(e);
                 }
                 if let Some(outcome) = outcome_of(&id, &record, manual) {
                     self.finish_slot(&id, &slot, outcome);
-                    return Ok(done);
+                    return Ok(());
                 }
                 if !here {
                     slot.driving.store(false, Ordering::SeqCst);
-                    return Ok(done);
+                    return Ok(());
                 }
                 match backend.claim(&id).await {
                     Ok(claim) => claim,
@@ -322,13 +371,13 @@ impl Core {
         let Some(claim) = claim else {
             // Parked, or run by another process: its end resolves the slot.
             slot.driving.store(false, Ordering::SeqCst);
-            return Ok(done);
+            return Ok(());
         };
         if let Some(outcome) = outcome_of(&id, &claim.record, manual) {
             // It finished between the read and the claim.
             let _ = backend.release(&id, claim.lease).await;
             self.finish_slot(&id, &slot, outcome);
-            return Ok(done);
+            return Ok(());
         }
         let begin = if manual {
             Begin::ResumeByHand
@@ -336,7 +385,7 @@ impl Core {
             Begin::Resume(Some(claim.recoveries))
         };
         self.run_claim(claim, begin, slot);
-        Ok(done)
+        Ok(())
     }
 
     /// Drives claimed instance `claim` with `slot`, on the version of the

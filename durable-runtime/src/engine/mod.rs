@@ -24,6 +24,7 @@ mod driver;
 mod events;
 mod evolution;
 mod instances;
+mod many;
 mod operator;
 mod queries;
 mod recovery;
@@ -169,33 +170,9 @@ impl Engine {
         type W<I> = <I as IntoWorkflow>::Workflow;
         let id = id.into();
         validate_id(&id)?;
-        let (erased, run_here) = match self.core.registry.get::<W<I>>() {
-            Ok(erased) => (erased, true),
-            // A pure client of a shared store (PostgreSQL): the instance
-            // is recorded for the workers that register the workflow.
-            Err(_) if self.core.services.backend.shared() => {
-                let (_, erased) = registry::entry(workflow.into_workflow());
-                let manifest = &erased.manifest().0;
-                self.core
-                    .services
-                    .backend
-                    .store_manifests(&[manifest])
-                    .await?;
-                (erased, false)
-            }
-            Err(e) => return Err(e),
-        };
+        let (erased, run_here) = self.to_start(workflow).await?;
         let input = self.core.services.encode_value(&id, "input", &input)?;
-        let deadline = options
-            .deadline
-            .or(W::<I>::TIMEOUT_MS.map(std::time::Duration::from_millis))
-            .map(|d| {
-                self.core
-                    .services
-                    .clock
-                    .now_ms()
-                    .saturating_add(crate::time::duration_ms(d))
-            });
+        let deadline = self.deadline_of::<W<I>>(options.deadline);
         let done = Arc::clone(&self.core)
             .start_or_attach(
                 W::<I>::NAME,
@@ -210,6 +187,43 @@ impl Engine {
             )
             .await?;
         Ok(Handle::new(id, done, &self.core))
+    }
+
+    /// The workflow to start and whether this process runs it: a
+    /// registered one, or (a pure client of a shared store such as
+    /// PostgreSQL) one recorded for the workers that register it.
+    async fn to_start<I: IntoWorkflow>(
+        &self,
+        workflow: I,
+    ) -> Result<(Arc<dyn registry::Erased>, bool)> {
+        match self.core.registry.get::<I::Workflow>() {
+            Ok(erased) => Ok((erased, true)),
+            Err(_) if self.core.services.backend.shared() => {
+                let (_, erased) = registry::entry(workflow.into_workflow());
+                let manifest = &erased.manifest().0;
+                self.core
+                    .services
+                    .backend
+                    .store_manifests(&[manifest])
+                    .await?;
+                Ok((erased, false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The deadline (clock milliseconds) of an instance of `W` started
+    /// now: `given`, else the workflow's own `timeout`, else none.
+    fn deadline_of<W: Workflow>(&self, given: Option<std::time::Duration>) -> Option<u64> {
+        given
+            .or(W::TIMEOUT_MS.map(std::time::Duration::from_millis))
+            .map(|d| {
+                self.core
+                    .services
+                    .clock
+                    .now_ms()
+                    .saturating_add(crate::time::duration_ms(d))
+            })
     }
 
     /// Starts (or attaches to) instance `id` and waits for its output; see

@@ -108,6 +108,97 @@ impl Inner {
         })?))
     }
 
+    /// [`create`](Self::create) of every instance of `items`: one
+    /// statement inserts the new ones (one transaction, one commit), a
+    /// second reads the ones that existed.
+    pub(super) async fn create_many(
+        &self,
+        items: &[(String, InstanceRecord)],
+    ) -> Result<Vec<Created>> {
+        let mut ids = Vec::with_capacity(items.len());
+        let mut workflows = Vec::with_capacity(items.len());
+        let mut statuses = Vec::with_capacity(items.len());
+        let mut created_at = Vec::with_capacity(items.len());
+        let mut updated = Vec::with_capacity(items.len());
+        let mut records = Vec::with_capacity(items.len());
+        let mut finished = Vec::with_capacity(items.len());
+        for (id, record) in items {
+            records.push(encode(record, id, "the instance record")?);
+            ids.push(id.as_str());
+            workflows.push(record.workflow.as_str());
+            statuses.push(status::of_state(&record.state));
+            created_at.push(record.created_at_ms as i64);
+            updated.push(status::updated_ms(record));
+            finished.push(status::finished(&record.state));
+        }
+        let conn = self.conn().await?;
+        let me = self.me();
+        let inserted = conn
+            .query(
+                &self.sql(
+                    "INSERT INTO {s}.instances
+                         (id, workflow, status, epoch, owner, created_at_ms, updated_ms, record,
+                          finished)
+                     SELECT t.id, t.wf, t.st, 1, $4, t.c, t.u, t.r, t.f
+                     FROM unnest($1::text[], $2::text[], $3::int2[], $5::int8[], $6::int8[],
+                                 $7::bytea[], $8::bool[]) AS t(id, wf, st, c, u, r, f)
+                     ON CONFLICT (id) DO NOTHING RETURNING id, epoch",
+                ),
+                &[
+                    &ids,
+                    &workflows,
+                    &statuses,
+                    &me,
+                    &created_at,
+                    &updated,
+                    &records,
+                    &finished,
+                ],
+            )
+            .await
+            .map_err(io("create instances"))?;
+        let new: HashMap<String, i64> = inserted
+            .iter()
+            .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1)))
+            .collect();
+        let missing: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !new.contains_key(*id))
+            .collect();
+        let mut existing: HashMap<String, InstanceRecord> = HashMap::new();
+        if !missing.is_empty() {
+            let rows = conn
+                .query(
+                    &self.sql("SELECT id, record FROM {s}.instances WHERE id = ANY($1)"),
+                    &[&missing],
+                )
+                .await
+                .map_err(io("read instances"))?;
+            for row in rows {
+                let id: String = row.get(0);
+                let bytes: &[u8] = row.get(1);
+                let record = decode(bytes, || format!("instance {id:?}"))?;
+                existing.insert(id, record);
+            }
+        }
+        ids.iter()
+            .map(|id| match new.get(*id) {
+                Some(epoch) => Ok(Created::New(Lease {
+                    epoch: *epoch as u64,
+                    owner: me,
+                })),
+                None => existing.remove(*id).map(Created::Exists).ok_or_else(|| {
+                    // Purged between the insert and the read.
+                    crate::error::Error::Store(crate::error::StoreError::io_message(
+                        "create instances",
+                        format!("instance {id:?} vanished while it was being created"),
+                    ))
+                }),
+            })
+            .collect()
+    }
+
     pub(super) async fn claim(&self, id: &str) -> Result<Option<Claim>> {
         let conn = self.conn().await?;
         let me = self.me();

@@ -342,6 +342,13 @@ impl Backend for PgBackend {
         Box::pin(self.inner.create(id, record))
     }
 
+    fn create_many<'a>(
+        &'a self,
+        items: &'a [(String, InstanceRecord)],
+    ) -> BoxFuture<'a, Result<Vec<Created>>> {
+        Box::pin(self.inner.create_many(items))
+    }
+
     fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<InstanceRecord>>> {
         Box::pin(self.inner.load(id))
     }
