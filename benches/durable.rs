@@ -15,7 +15,10 @@
 //!    the park table's own heap per instance;
 //! 7. timers: instances started at once into an hour's `sleep!` (handles
 //!    dropped): time until all are parked, and the reopen with them all
-//!    parked (the load `tests/timers.rs` only checks the behaviour of).
+//!    parked (the load `tests/timers.rs` only checks the behaviour of);
+//! 8. starting 2,000 instances at once: from a loop of `start` (a durable
+//!    write each) and with one `start_many` (one durable write): steps/s
+//!    until all finished, against the sequential step rate of scenario 3.
 //!
 //! Each figure is the median of several runs. Store directories live under
 //! `DURABLE_BENCH_DIR` (default: the system temp dir); put it on the disk you
@@ -124,6 +127,7 @@ struct Profile {
     recovery_instances: u64,
     memory_instances: u64,
     timer_instances: u64,
+    batch_instances: u64,
 }
 
 fn bench_dir() -> PathBuf {
@@ -219,6 +223,33 @@ async fn concurrent(dir: &Path, instances: u64, in_flight: usize) -> f64 {
     }
     for t in tasks {
         t.await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    engine.shutdown().await;
+    (instances * 5) as f64 / secs
+}
+
+/// Steps/s of `instances` five-step instances started from one loop of
+/// `start` (each start a durable write of its own) or with one
+/// `start_many` (one durable write), from the first start until all
+/// finished.
+async fn start_batch(dir: &Path, instances: u64, many: bool) -> f64 {
+    let engine = open(dir).await;
+    let start = Instant::now();
+    let handles = if many {
+        engine
+            .start_many(five, (0..instances).map(|n| (format!("b-{n}"), n)))
+            .await
+            .unwrap()
+    } else {
+        let mut handles = Vec::with_capacity(instances as usize);
+        for n in 0..instances {
+            handles.push(engine.start(five, format!("b-{n}"), n).await.unwrap());
+        }
+        handles
+    };
+    for handle in handles {
+        handle.result().await.unwrap().unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
     engine.shutdown().await;
@@ -437,6 +468,7 @@ fn main() {
             recovery_instances: 2_000,
             memory_instances: 2_000,
             timer_instances: 2_000,
+            batch_instances: 2_000,
         }
     } else {
         Profile {
@@ -447,6 +479,7 @@ fn main() {
             recovery_instances: 100_000,
             memory_instances: 100_000,
             timer_instances: 10_000,
+            batch_instances: 2_000,
         }
     };
     // `DURABLE_BENCH_MEMORY=N` sets scenario 6's instance count.
@@ -483,6 +516,8 @@ async fn run(p: Profile, quick: bool) {
         filesystem(&bench_dir()),
     );
 
+    // The sequential step latency, once scenario 3 measured it.
+    let mut sequential: Option<f64> = None;
     let mut floors = Vec::new();
     let mut floor99 = Vec::new();
     for _ in 0..p.runs {
@@ -536,6 +571,7 @@ async fn run(p: Profile, quick: bool) {
             engine.shutdown().await;
         }
         let seq = median(p50s);
+        sequential = Some(seq);
         println!(
             "3. sequential step latency              p50 {:>8.1} µs   p99 {:>8.1} µs   ratio to floor {:.2}x",
             seq * 1e6,
@@ -613,6 +649,28 @@ async fn run(p: Profile, quick: bool) {
             p.timer_instances as f64 / park,
             median(reopens)
         );
+    }
+    if want(8) {
+        println!(
+            "8. starting {} five-step instances at once, first start -> all finished",
+            p.batch_instances
+        );
+        for (label, many) in [("a loop of start", false), ("one start_many", true)] {
+            let mut rates = Vec::new();
+            for _ in 0..p.runs {
+                let d = fresh_dir("batch");
+                rates.push(start_batch(d.path(), p.batch_instances, many).await);
+            }
+            let rate = median(rates);
+            let against_sequential = match sequential {
+                Some(seq) => format!("{:.1}x the sequential step rate", rate * seq),
+                None => "(scenario 3 not run)".to_string(),
+            };
+            println!(
+                "   {label:<16}                    {rate:>10.0} steps/s   {against_sequential}; ratio to floor ops/s {:.2}x",
+                rate * floor_s
+            );
+        }
     }
 }
 
