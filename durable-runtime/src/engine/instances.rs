@@ -80,6 +80,12 @@ impl Instances {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A signal for a task that holds the engine: shutdown waits until
+    /// every one is dropped. `None` once shutdown began.
+    fn alive(&self) -> Option<mpsc::Sender<()>> {
+        self.alive.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Aborts every instance task, waits until all have stopped, and lets
     /// go of their leases (another worker may take them at once).
     pub(super) async fn stop_all(&self, backend: &Arc<dyn Backend>) {
@@ -401,12 +407,7 @@ impl Core {
                 let error = Error::Usage(crate::error::UsageError::NotRegistered {
                     workflow: format!("{} (version {})", record.workflow, record.version),
                 });
-                let alive = self
-                    .instances
-                    .alive
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
+                let alive = self.instances.alive();
                 let core = Arc::clone(&self);
                 self.runtime.spawn(async move {
                     // Shutdown waits for this task too (it holds the store).
@@ -432,13 +433,7 @@ impl Core {
         lease: Lease,
     ) {
         *slot.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
-        let alive = self
-            .instances
-            .alive
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let Some(alive) = alive else {
+        let Some(alive) = self.instances.alive() else {
             self.finish_slot(
                 &id,
                 &slot,

@@ -34,13 +34,7 @@ async fn a_worker_past_its_lease_is_taken_over_and_its_late_writes_refused() {
     // A stops renewing its lease (frozen), and the lease runs out.
     a.inner().heartbeat_paused.store(true, Ordering::SeqCst);
     let client = db.client().await;
-    client
-        .execute(
-            "UPDATE workers SET lease_until = now() - interval '1 hour' WHERE id = $1",
-            &[&a.inner().me()],
-        )
-        .await
-        .unwrap();
+    expire(&client, &a).await;
     assert_eq!(b.inner().reap().await.unwrap(), 1);
     let claims = b.claim_due(&[("wf", 1)], 10).await.unwrap().claims;
     assert_eq!(claims.len(), 1);
@@ -361,13 +355,7 @@ async fn no_body_starts_on_a_lease_that_may_have_run_out() {
     // Declared dead meanwhile: the renewal finds out, and the wait ends
     // with LeaseLost.
     let client = db.client().await;
-    client
-        .execute(
-            "UPDATE workers SET lease_until = now() - interval '1 hour' WHERE id = $1",
-            &[&a.inner().me()],
-        )
-        .await
-        .unwrap();
+    expire(&client, &a).await;
     assert_eq!(b.inner().reap().await.unwrap(), 1);
     stale();
     let held = a.hold("job", lease).expect("a wait");
@@ -390,4 +378,15 @@ async fn guard<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(120), f)
         .await
         .expect("hung")
+}
+
+/// Makes `worker`'s lease run out an hour ago (as if it had been frozen).
+async fn expire(client: &tokio_postgres::Client, worker: &PgBackend) {
+    client
+        .execute(
+            "UPDATE workers SET lease_until = now() - interval '1 hour' WHERE id = $1",
+            &[&worker.inner().me()],
+        )
+        .await
+        .unwrap();
 }
