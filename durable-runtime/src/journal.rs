@@ -164,7 +164,12 @@ impl Journal {
         batch.delete(Tree::Timers, instance_key(id));
         batch.delete(Tree::Created, created_key(created_at_ms, id));
         let prefix = instance_prefix(id);
-        for tree in [Tree::Checkpoints, Tree::Events] {
+        for tree in [
+            Tree::Checkpoints,
+            Tree::Events,
+            Tree::Published,
+            Tree::SendKeys,
+        ] {
             for (key, _) in self.store.scan_prefix(tree, &prefix)? {
                 batch.delete(tree, key);
             }
@@ -261,18 +266,65 @@ impl Journal {
         Ok(u32::try_from(events.max(ended_waits)).unwrap_or(u32::MAX))
     }
 
-    /// Stores event `name` number `seq` of instance `id`, durably.
+    /// Stores event `name` number `seq` of instance `id`, durably, with
+    /// the idempotency key it was sent with (if any) in the same batch.
     pub(crate) async fn put_event(
         &self,
         id: &str,
         name: &str,
         seq: u32,
         event: &EventRecord,
+        send_key: Option<&str>,
     ) -> Result<()> {
         let value = encode(event, id, &format!("event {name:?}"))?;
         let mut batch = Batch::new();
         batch.put(Tree::Events, occurrence_key(id, name, seq), value);
+        if let Some(key) = send_key {
+            let at = encode(&(name, seq), id, "the key of an event")?;
+            batch.put(Tree::SendKeys, sub_key(id, key), at);
+        }
         self.commit(batch).await
+    }
+
+    /// Whether an event was stored for instance `id` with idempotency key `key`.
+    pub(crate) fn has_send_key(&self, id: &str, key: &str) -> Result<bool> {
+        Ok(self.store.get(Tree::SendKeys, &sub_key(id, key))?.is_some())
+    }
+
+    /// Stores `record` (the checkpoint of a `set_event`) and `value` as the
+    /// published value of `key` of instance `id`, and sets the count of
+    /// resumes without progress back to zero, in one atomic batch.
+    pub(crate) async fn publish(
+        &self,
+        id: &str,
+        record: &CheckpointRecord,
+        key: &str,
+        value: &EventRecord,
+    ) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.put(
+            Tree::Checkpoints,
+            occurrence_key(id, &record.name, record.occurrence),
+            encode(record, id, "a checkpoint record")?,
+        );
+        batch.put(Tree::Active, instance_key(id), recoveries_value(0));
+        batch.put(
+            Tree::Published,
+            sub_key(id, key),
+            encode(value, id, &format!("published key {key:?}"))?,
+        );
+        self.commit(batch).await
+    }
+
+    /// The value instance `id` published under `key`, if any.
+    pub(crate) fn published(&self, id: &str, key: &str) -> Result<Option<EventRecord>> {
+        let Some(bytes) = self.store.get(Tree::Published, &sub_key(id, key))? else {
+            return Ok(None);
+        };
+        decode(&bytes, || {
+            format!("published key {key:?} of instance {id:?}")
+        })
+        .map(Some)
     }
 
     /// Every unfinished instance: (id bytes, resumes without progress).
@@ -411,6 +463,14 @@ impl Journal {
     async fn commit(&self, batch: Batch) -> Result<()> {
         self.committer.commit(batch).await.map_err(Error::from)
     }
+}
+
+/// Key of one key of one instance in `Published` and `SendKeys`:
+/// `len(id) id key`.
+fn sub_key(id: &str, key: &str) -> Vec<u8> {
+    let mut out = instance_prefix(id);
+    out.extend_from_slice(key.as_bytes());
+    out
 }
 
 /// Unfinished instances: (id bytes, resumes without progress).

@@ -166,11 +166,16 @@ pub enum Tree {
     Events,
     /// An index of instances by creation time: (milliseconds, id), empty values.
     Created,
+    /// State published by instances (`Ctx::set_event`), keyed by (id, key).
+    Published,
+    /// The keys of idempotent sends (`Engine::send_event_with_key`),
+    /// keyed by (id, key).
+    SendKeys,
 }
 
 impl Tree {
     /// Every tree, in a fixed order.
-    pub const ALL: [Tree; 7] = [
+    pub const ALL: [Tree; 9] = [
         Tree::Meta,
         Tree::Instances,
         Tree::Active,
@@ -178,6 +183,8 @@ impl Tree {
         Tree::Timers,
         Tree::Events,
         Tree::Created,
+        Tree::Published,
+        Tree::SendKeys,
     ];
 
     /// A stable name for the tree.
@@ -190,6 +197,8 @@ impl Tree {
             Tree::Timers => "timers",
             Tree::Events => "events",
             Tree::Created => "created",
+            Tree::Published => "published",
+            Tree::SendKeys => "send_keys",
         }
     }
 

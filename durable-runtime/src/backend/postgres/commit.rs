@@ -69,7 +69,7 @@ pub(super) struct Cp {
 }
 
 impl Cp {
-    fn of(id: &str, record: &CheckpointRecord) -> Result<Cp> {
+    pub(super) fn of(id: &str, record: &CheckpointRecord) -> Result<Cp> {
         let key = match &record.key {
             Some((key, _)) => keyed_key(id, &record.name, key),
             None => occurrence_key(id, &record.name, record.occurrence),
@@ -154,6 +154,9 @@ impl Committer {
 impl Inner {
     pub(super) async fn commit(&self, id: &str, lease: Lease, write: Write) -> Result<Committed> {
         let prepared = match write {
+            Write::Publish { record, key, value } => {
+                return self.publish(id, lease, &record, &key, &value).await;
+            }
             Write::Checkpoint { record, progress } => {
                 Prepared::Checkpoint(Cp::of(id, &record)?, progress)
             }
