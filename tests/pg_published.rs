@@ -1,0 +1,204 @@
+//! Published state and idempotent events across engines that share a
+//! PostgreSQL schema and nothing else: a worker publishes, a pure client
+//! (an engine that registers no workflow) reads with a wait; two clients
+//! send the same keyed event at once and it is delivered once.
+//!
+//! `cargo test --features postgres --test pg_published`. Needs PostgreSQL
+//! (`DURABLE_TEST_PG`); without it the tests pass after saying "skipped: no
+//! PostgreSQL", unless `CI` is set.
+#![cfg(feature = "postgres")]
+
+mod support;
+
+use std::time::Duration;
+
+use durable::Status;
+use durable::prelude::*;
+
+fn url() -> String {
+    std::env::var("DURABLE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A schema of one test, dropped at its end; `None` (after saying so)
+/// when there is no server and `CI` is not set.
+struct Schema {
+    name: String,
+    client: tokio_postgres::Client,
+}
+
+impl Schema {
+    async fn new() -> Option<Schema> {
+        match tokio_postgres::connect(&url(), tokio_postgres::NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0);
+                let name = format!(
+                    "durable_pub_{:016x}",
+                    support::mix(nanos ^ u64::from(std::process::id()))
+                );
+                Some(Schema { name, client })
+            }
+            Err(e) => {
+                if std::env::var_os("CI").is_some() {
+                    panic!("no PostgreSQL at {}: {e}", url());
+                }
+                eprintln!("skipped: no PostgreSQL ({e})");
+                None
+            }
+        }
+    }
+
+    /// An engine's builder; `listen`: whether it takes hints of other
+    /// processes (LISTEN/NOTIFY) or polls alone.
+    fn builder(&self, listen: bool) -> durable::EngineBuilder {
+        Engine::builder()
+            .postgres(url())
+            .schema(&self.name)
+            .lease(Duration::from_secs(2))
+            .poll_interval(Duration::from_millis(100))
+            .listen(listen)
+    }
+
+    async fn drop_schema(self) {
+        self.client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
+            .await
+            .expect("drop the test schema");
+    }
+}
+
+#[durable]
+async fn answerer(ctx: &Ctx, base: u64) -> Result<u64, String> {
+    let question: u64 = wait_for!("question");
+    ctx.set_event("answer", &(base + question))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(question)
+}
+
+async fn wait_waiting(engine: &Engine, id: &str) {
+    support::wait_until("the instance waits", async || {
+        match engine.status(id).await {
+            Ok(Status::Waiting { .. }) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+/// The worker publishes, the client waits for the key and gets it: woken
+/// by the worker's notice (`listen`), or by polling alone.
+async fn a_client_reads_what_the_worker_publishes(listen: bool) {
+    let Some(schema) = Schema::new().await else {
+        return;
+    };
+    let worker = schema
+        .builder(listen)
+        .register(answerer)
+        .open()
+        .await
+        .unwrap();
+    let client = schema.builder(listen).open().await.unwrap();
+    let handle = worker.start(answerer, "ask", 100).await.unwrap();
+    wait_waiting(&client, "ask").await;
+    assert_eq!(client.get_event::<u64>("ask", "answer").await.unwrap(), None);
+    let (got, sent) = tokio::join!(
+        client.get_event_timeout::<u64>("ask", "answer", support::hang_guard()),
+        async {
+            tokio::task::yield_now().await;
+            client.send_event("ask", "question", 23u64).await
+        }
+    );
+    sent.unwrap();
+    assert_eq!(got.unwrap(), Some(123));
+    let out = support::guarded("the instance completes", handle.result()).await;
+    assert_eq!(out.unwrap(), Ok(23));
+    // Read again, typed wrong, and for an unknown instance.
+    assert_eq!(client.get_event::<u64>("ask", "answer").await.unwrap(), Some(123));
+    let wrong = client.get_event::<String>("ask", "answer").await;
+    assert!(
+        matches!(
+            wrong,
+            Err(Error::Usage(UsageError::PublishedTypeMismatch { .. }))
+        ),
+        "{wrong:?}"
+    );
+    let unknown = client.get_event::<u64>("nosuch", "answer").await;
+    assert!(
+        matches!(unknown, Err(Error::Usage(UsageError::NotFound { .. }))),
+        "{unknown:?}"
+    );
+    let never = client
+        .get_event_timeout::<u64>("ask", "never", Duration::from_millis(50))
+        .await;
+    assert_eq!(never.unwrap(), None);
+    client.shutdown().await;
+    worker.shutdown().await;
+    schema.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pure_client_waits_for_published_state_with_notices() {
+    a_client_reads_what_the_worker_publishes(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pure_client_waits_for_published_state_by_polling() {
+    a_client_reads_what_the_worker_publishes(false).await;
+}
+
+#[durable]
+async fn two_goes(_ctx: &Ctx, _n: u32) -> Result<(u64, u64), String> {
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let go: u64 = wait_for!("go");
+        got.push(go);
+    }
+    Ok((got[0], got[1]))
+}
+
+/// Two clients send the same keyed event at once, to each of several
+/// instances: one send stores it, the other is a no-op; the instance's
+/// second `go` is the one sent under another key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_sending_the_same_key_deliver_once() {
+    let Some(schema) = Schema::new().await else {
+        return;
+    };
+    let worker = schema
+        .builder(true)
+        .register(two_goes)
+        .open()
+        .await
+        .unwrap();
+    let one = schema.builder(true).open().await.unwrap();
+    let two = schema.builder(true).open().await.unwrap();
+    const N: u64 = 8;
+    let mut handles = Vec::new();
+    for i in 0..N {
+        handles.push(worker.start(two_goes, format!("goes-{i}"), 0).await.unwrap());
+    }
+    for i in 0..N {
+        let id = format!("goes-{i}");
+        let (a, b) = tokio::join!(
+            one.send_event_with_key(&id, "go", 10 * i + 1, "webhook-1"),
+            two.send_event_with_key(&id, "go", 10 * i + 2, "webhook-1"),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(a != b, "exactly one of two sends stores the event: {a} {b}");
+        // A retry from either client later is a no-op too.
+        assert!(!one.send_event_with_key(&id, "go", 99u64, "webhook-1").await.unwrap());
+        assert!(two.send_event_with_key(&id, "go", 10 * i + 3, "webhook-2").await.unwrap());
+        let winner = if a { 10 * i + 1 } else { 10 * i + 2 };
+        let out = support::guarded("the instance completes", handles.remove(0).result()).await;
+        assert_eq!(out.unwrap(), Ok((winner, 10 * i + 3)));
+    }
+    for engine in [one, two, worker] {
+        engine.shutdown().await;
+    }
+    schema.drop_schema().await;
+}
