@@ -46,11 +46,7 @@ async fn import(ctx: &Ctx, rows: u32) -> Result<u32, String> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("durable-published-{}", std::process::id()));
-    let engine = Engine::builder()
-        .path(&dir)
-        .register(import)
-        .open()
-        .await?;
+    let engine = Engine::builder().path(&dir).register(import).open().await?;
     let handle = engine.start(import, "import-1", 1000).await?;
 
     // Outside code waits for the first published value.

@@ -105,7 +105,10 @@ async fn a_client_reads_what_the_worker_publishes(listen: bool) {
     let client = schema.builder(listen).open().await.unwrap();
     let handle = worker.start(answerer, "ask", 100).await.unwrap();
     wait_waiting(&client, "ask").await;
-    assert_eq!(client.get_event::<u64>("ask", "answer").await.unwrap(), None);
+    assert_eq!(
+        client.get_event::<u64>("ask", "answer").await.unwrap(),
+        None
+    );
     let (got, sent) = tokio::join!(
         client.get_event_timeout::<u64>("ask", "answer", support::hang_guard()),
         async {
@@ -118,7 +121,10 @@ async fn a_client_reads_what_the_worker_publishes(listen: bool) {
     let out = support::guarded("the instance completes", handle.result()).await;
     assert_eq!(out.unwrap(), Ok(23));
     // Read again, typed wrong, and for an unknown instance.
-    assert_eq!(client.get_event::<u64>("ask", "answer").await.unwrap(), Some(123));
+    assert_eq!(
+        client.get_event::<u64>("ask", "answer").await.unwrap(),
+        Some(123)
+    );
     let wrong = client.get_event::<String>("ask", "answer").await;
     assert!(
         matches!(
@@ -180,7 +186,12 @@ async fn two_clients_sending_the_same_key_deliver_once() {
     const N: u64 = 8;
     let mut handles = Vec::new();
     for i in 0..N {
-        handles.push(worker.start(two_goes, format!("goes-{i}"), 0).await.unwrap());
+        handles.push(
+            worker
+                .start(two_goes, format!("goes-{i}"), 0)
+                .await
+                .unwrap(),
+        );
     }
     for i in 0..N {
         let id = format!("goes-{i}");
@@ -191,8 +202,16 @@ async fn two_clients_sending_the_same_key_deliver_once() {
         let (a, b) = (a.unwrap(), b.unwrap());
         assert!(a != b, "exactly one of two sends stores the event: {a} {b}");
         // A retry from either client later is a no-op too.
-        assert!(!one.send_event_with_key(&id, "go", 99u64, "webhook-1").await.unwrap());
-        assert!(two.send_event_with_key(&id, "go", 10 * i + 3, "webhook-2").await.unwrap());
+        assert!(
+            !one.send_event_with_key(&id, "go", 99u64, "webhook-1")
+                .await
+                .unwrap()
+        );
+        assert!(
+            two.send_event_with_key(&id, "go", 10 * i + 3, "webhook-2")
+                .await
+                .unwrap()
+        );
         let winner = if a { 10 * i + 1 } else { 10 * i + 2 };
         let out = support::guarded("the instance completes", handles.remove(0).result()).await;
         assert_eq!(out.unwrap(), Ok((winner, 10 * i + 3)));

@@ -172,7 +172,11 @@ fn set_event_survives_a_sigkill_and_is_not_published_again() {
     let count = |line: &str| ledger.iter().filter(|l| *l == line).count();
     assert_eq!(count("BODY"), 2, "one run per process: {ledger:?}");
     assert_eq!(count("PUBLISHED"), 2, "{ledger:?}");
-    assert_eq!(count("BEGIN hold"), 2, "the killed step runs again: {ledger:?}");
+    assert_eq!(
+        count("BEGIN hold"),
+        2,
+        "the killed step runs again: {ledger:?}"
+    );
 }
 
 #[durable]
@@ -201,7 +205,10 @@ async fn get_event_with_a_timeout_returns_once_the_key_is_set() {
     let engine = open(dir.path()).await;
     let handle = engine.start(answerer, "ask-1", 0).await.unwrap();
     wait_status(&engine, "ask-1", true).await;
-    assert_eq!(engine.get_event::<u64>("ask-1", "answer").await.unwrap(), None);
+    assert_eq!(
+        engine.get_event::<u64>("ask-1", "answer").await.unwrap(),
+        None
+    );
     let (got, sent) = tokio::join!(
         engine.get_event_timeout::<u64>("ask-1", "answer", support::hang_guard()),
         async {
@@ -283,11 +290,21 @@ async fn a_key_is_remembered_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path()).await;
     let _ = engine.start(two_goes, "goes", 0).await.unwrap();
-    assert!(engine.send_event_with_key("goes", "go", 1u64, "k1").await.unwrap());
+    assert!(
+        engine
+            .send_event_with_key("goes", "go", 1u64, "k1")
+            .await
+            .unwrap()
+    );
     engine.shutdown().await;
 
     let engine = open(dir.path()).await;
-    assert!(!engine.send_event_with_key("goes", "go", 2u64, "k1").await.unwrap());
+    assert!(
+        !engine
+            .send_event_with_key("goes", "go", 2u64, "k1")
+            .await
+            .unwrap()
+    );
     // The plain send does not look at keys.
     engine.send_event("goes", "go", 3u64).await.unwrap();
     let out = support::guarded("the instance completes", engine.run(two_goes, "goes", 0))
@@ -304,9 +321,17 @@ async fn purge_deletes_published_state_and_send_keys() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path()).await;
     let _ = engine.start(answerer, "p", 0).await.unwrap();
-    assert!(engine.send_event_with_key("p", "question", 5u64, "k").await.unwrap());
+    assert!(
+        engine
+            .send_event_with_key("p", "question", 5u64, "k")
+            .await
+            .unwrap()
+    );
     wait_status(&engine, "p", false).await;
-    assert_eq!(engine.get_event::<u64>("p", "answer").await.unwrap(), Some(10));
+    assert_eq!(
+        engine.get_event::<u64>("p", "answer").await.unwrap(),
+        Some(10)
+    );
     let later = SystemTime::now() + Duration::from_secs(3600);
     assert_eq!(engine.purge(later).await.unwrap(), 1);
     let gone = engine.get_event::<u64>("p", "answer").await;
@@ -319,7 +344,10 @@ async fn purge_deletes_published_state_and_send_keys() {
     wait_status(&engine, "p", true).await;
     assert_eq!(engine.get_event::<u64>("p", "answer").await.unwrap(), None);
     assert!(
-        engine.send_event_with_key("p", "question", 6u64, "k").await.unwrap(),
+        engine
+            .send_event_with_key("p", "question", 6u64, "k")
+            .await
+            .unwrap(),
         "the old key went with the purged instance"
     );
     let out = support::guarded("the new instance completes", handle.result()).await;

@@ -52,11 +52,9 @@ impl Ctx {
         let occurrence = self.next_occurrence(SET_EVENT);
         let seq = self.next_seq();
         let key = key.to_string();
-        let encoded = self.services.encode_value(
-            &self.id,
-            &format!("published key {key:?}"),
-            value,
-        );
+        let encoded =
+            self.services
+                .encode_value(&self.id, &format!("published key {key:?}"), value);
         let shape = crate::manifest::shape_of::<T>();
         let type_name = std::any::type_name::<T>();
         Box::pin(async move {
@@ -85,8 +83,7 @@ impl Ctx {
                     self.abort(error).await
                 }
                 Some(other) => {
-                    let error =
-                        self.diverged(SET_EVENT, occurrence, &other.state, "a set_event");
+                    let error = self.diverged(SET_EVENT, occurrence, &other.state, "a set_event");
                     self.abort(error).await
                 }
                 None => {}

@@ -22,7 +22,9 @@ impl Core {
         typed: (&'static str, Arc<Shape>),
         payload: Vec<u8>,
     ) -> Result<()> {
-        self.deliver(id, name, typed, payload, None).await.map(|_| ())
+        self.deliver(id, name, typed, payload, None)
+            .await
+            .map(|_| ())
     }
 
     /// [`send_event`](Self::send_event), with an idempotency key when

@@ -114,7 +114,11 @@ impl Inner {
             return Err(Error::Usage(UsageError::NotFound { id: id.to_string() }));
         }
         row.get::<_, Option<&[u8]>>(1)
-            .map(|bytes| decode(bytes, || format!("published key {key:?} of instance {id:?}")))
+            .map(|bytes| {
+                decode(bytes, || {
+                    format!("published key {key:?} of instance {id:?}")
+                })
+            })
             .transpose()
     }
 }
