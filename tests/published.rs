@@ -82,6 +82,7 @@ async fn open(dir: &Path) -> Engine {
         .register(publisher)
         .register(answerer)
         .register(two_goes)
+        .register(staged)
         .open()
         .await
         .unwrap()
@@ -352,5 +353,47 @@ async fn purge_deletes_published_state_and_send_keys() {
     );
     let out = support::guarded("the new instance completes", handle.result()).await;
     assert_eq!(out.unwrap(), Ok(6));
+    engine.shutdown().await;
+}
+
+#[durable]
+async fn staged(ctx: &Ctx, _n: u32) -> Result<u64, String> {
+    let text = |e: Error| e.to_string();
+    ctx.set_event("stage", &"one".to_string())
+        .await
+        .map_err(text)?;
+    step!("middle", Ok::<_, String>(()))?;
+    let go: u64 = wait_for!("go");
+    ctx.set_event("stage", &"two".to_string())
+        .await
+        .map_err(text)?;
+    Ok(go)
+}
+
+/// A fork keeps what the steps before its fork point published: its new
+/// instance replays those `set_event`s (publishing nothing) and starts with
+/// their state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_starts_with_the_state_published_before_its_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let stage = async |id: &str| engine.get_event::<String>(id, "stage").await.unwrap();
+    let out = support::guarded("the original completes", async {
+        let handle = engine.start(staged, "orig", 0).await.unwrap();
+        engine.send_event("orig", "go", 1u64).await.unwrap();
+        handle.result().await
+    })
+    .await;
+    assert_eq!(out.unwrap(), Ok(1));
+    assert_eq!(stage("orig").await.as_deref(), Some("two"));
+
+    engine.fork("orig", "middle", "copy").await.unwrap();
+    assert_eq!(stage("copy").await.as_deref(), Some("one"));
+    wait_status(&engine, "copy", true).await;
+    assert_eq!(stage("copy").await.as_deref(), Some("one"));
+    engine.send_event("copy", "go", 2u64).await.unwrap();
+    wait_status(&engine, "copy", false).await;
+    assert_eq!(stage("copy").await.as_deref(), Some("two"));
+    assert_eq!(stage("orig").await.as_deref(), Some("two"));
     engine.shutdown().await;
 }

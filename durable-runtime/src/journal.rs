@@ -61,8 +61,8 @@ impl Journal {
     }
 
     /// Records a new instance: its record, its entry among the unfinished,
-    /// its place in the creation-time index, and `checkpoints` (a fork's),
-    /// in one atomic batch.
+    /// its place in the creation-time index, and `checkpoints` (a fork's)
+    /// with the state their `set_event`s published, in one atomic batch.
     pub(crate) async fn create_with(
         &self,
         id: &str,
@@ -79,6 +79,13 @@ impl Journal {
                 Tree::Checkpoints,
                 key,
                 encode(c, id, "a checkpoint record")?,
+            );
+        }
+        for (key, value) in crate::records::published_by(checkpoints) {
+            batch.put(
+                Tree::Published,
+                sub_key(id, &key),
+                encode(&value, id, &format!("published key {key:?}"))?,
             );
         }
         batch.put(

@@ -3,8 +3,9 @@
 //! ([`Engine::get_event`](crate::Engine::get_event)).
 //!
 //! A `set_event` is a step of the reserved name `durable::set_event`,
-//! numbered by occurrence: its checkpoint and the value are written in one
-//! atomic, fenced write, so a replay finds the checkpoint and publishes
+//! numbered by occurrence, whose outcome is the `(key, value)` it
+//! published: its checkpoint and the value are written in one atomic,
+//! fenced write, so a replay finds the checkpoint and publishes
 //! nothing again, and a later `set_event` of the same key replaces the
 //! value (last write wins, in workflow order). The value is stored encoded,
 //! with its type's fingerprint and shape, like an event's payload: a read
@@ -17,10 +18,7 @@ use crate::backend::Write;
 use crate::context::Ctx;
 use crate::error::{Error, ReplayError, Result};
 use crate::future::BoxFuture;
-use crate::records::{CheckpointRecord, CheckpointState, EventRecord};
-
-/// The reserved step name of `set_event` checkpoints.
-pub(crate) const SET_EVENT: &str = "durable::set_event";
+use crate::records::{CheckpointRecord, CheckpointState, EventRecord, SET_EVENT};
 
 impl Ctx {
     /// Publishes `value` under `key` for outside code to read with
@@ -58,26 +56,19 @@ impl Ctx {
         let shape = crate::manifest::shape_of::<T>();
         let type_name = std::any::type_name::<T>();
         Box::pin(async move {
-            let key_bytes = crate::codec::encode(&key).map_err(|reason| {
-                Error::Replay(ReplayError::Encode {
-                    instance: self.id.clone(),
-                    what: format!("published key {key:?}"),
-                    reason,
-                })
-            })?;
             match self.take_checkpoint(SET_EVENT, occurrence) {
                 Some(CheckpointRecord {
                     state: CheckpointState::Done { outcome, .. },
                     ..
-                }) if outcome == key_bytes => return Ok(()),
-                Some(CheckpointRecord {
-                    state: CheckpointState::Done { .. },
-                    ..
                 }) => {
+                    let recorded = crate::codec::decode::<(String, EventRecord)>(&outcome);
+                    if matches!(&recorded, Ok((k, _)) if *k == key) {
+                        return Ok(());
+                    }
                     let error = Error::Replay(ReplayError::Nondeterminism {
                         instance: self.id.clone(),
                         detail: format!(
-                            "set_event occurrence {occurrence} was recorded for another key than {key:?}"
+                            "set_event occurrence {occurrence} was not recorded for key {key:?}"
                         ),
                     });
                     self.abort(error).await
@@ -90,6 +81,22 @@ impl Ctx {
             }
             let payload = encoded?;
             let now = self.now_ms();
+            let value = EventRecord {
+                type_name: type_name.to_string(),
+                fingerprint: shape.fingerprint,
+                shape: shape.text.clone(),
+                payload,
+                sent_at_ms: now,
+            };
+            // The checkpoint holds what it published: a fork's new
+            // instance, which replays it, starts with that state.
+            let outcome = crate::codec::encode(&(&key, &value)).map_err(|reason| {
+                Error::Replay(ReplayError::Encode {
+                    instance: self.id.clone(),
+                    what: format!("published key {key:?}"),
+                    reason,
+                })
+            })?;
             let record = CheckpointRecord {
                 name: SET_EVENT.to_string(),
                 occurrence,
@@ -103,16 +110,9 @@ impl Ctx {
                     ok: true,
                     type_name: SET_EVENT.to_string(),
                     fingerprint: 0,
-                    outcome: key_bytes,
+                    outcome,
                     error_text: None,
                 },
-            };
-            let value = EventRecord {
-                type_name: type_name.to_string(),
-                fingerprint: shape.fingerprint,
-                shape: shape.text.clone(),
-                payload,
-                sent_at_ms: now,
             };
             let write = Write::Publish {
                 record,
