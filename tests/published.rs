@@ -386,6 +386,14 @@ async fn a_fork_starts_with_the_state_published_before_its_step() {
     .await;
     assert_eq!(out.unwrap(), Ok(1));
     assert_eq!(stage("orig").await.as_deref(), Some("two"));
+    // Each set_event is a step occurrence of its reserved name.
+    let history = engine.history("orig").await.unwrap();
+    let sets = history
+        .steps
+        .iter()
+        .filter(|s| s.name == "durable::set_event")
+        .count();
+    assert_eq!(sets, 2, "{:?}", history.steps);
 
     engine.fork("orig", "middle", "copy").await.unwrap();
     assert_eq!(stage("copy").await.as_deref(), Some("one"));
