@@ -1,6 +1,8 @@
-//! Published state and idempotent events: an import workflow publishes its
-//! progress (`ctx.set_event`) for outside code to read (`get_event`, with a
-//! wait), and takes its batch size from a webhook that is delivered twice
+//! Published state, streams and idempotent events: an import workflow
+//! publishes its progress (`ctx.set_event`) for outside code to read
+//! (`get_event`, with a wait), appends a log line per batch
+//! (`ctx.write_stream`) that `main` follows (`read_stream_timeout`), and
+//! takes its batch size from a webhook that is delivered twice
 //! (`send_event_with_key`: the retry is a no-op).
 //!
 //! ```sh
@@ -36,6 +38,9 @@ async fn import(ctx: &Ctx, rows: u32) -> Result<u32, String> {
         ctx.set_event("progress", &(done, rows))
             .await
             .map_err(publish_error)?;
+        ctx.write_stream("log", &format!("copied {done} of {rows} rows"))
+            .await
+            .map_err(publish_error)?;
     }
     ctx.set_event("status", &"done".to_string())
         .await
@@ -68,6 +73,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .get_event_timeout("import-1", "progress", Duration::from_secs(10))
         .await?;
     println!("progress: {progress:?}");
+
+    // Follow the log: each line once, in order, waiting for new ones.
+    let mut offset = 0;
+    while offset < 4 {
+        let (lines, next) = engine
+            .read_stream_timeout::<String>("import-1", "log", offset, Duration::from_secs(10))
+            .await?;
+        for line in lines {
+            println!("log: {line}");
+        }
+        offset = next;
+    }
 
     let copied = handle.result().await?;
     println!("result: {copied:?}");

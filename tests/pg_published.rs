@@ -1,6 +1,7 @@
-//! Published state and idempotent events across engines that share a
-//! PostgreSQL schema and nothing else: a worker publishes, a pure client
-//! (an engine that registers no workflow) reads with a wait; two clients
+//! Published state, streams and idempotent events across engines that
+//! share a PostgreSQL schema and nothing else: a worker publishes and
+//! appends, a pure client (an engine that registers no workflow) reads
+//! with a wait; two clients
 //! send the same keyed event at once and it is delivered once.
 //!
 //! `cargo test --features postgres --test pg_published`. Needs PostgreSQL
@@ -73,8 +74,14 @@ impl Schema {
 
 #[durable]
 async fn answerer(ctx: &Ctx, base: u64) -> Result<u64, String> {
+    ctx.write_stream("log", &"asked".to_string())
+        .await
+        .map_err(|e| e.to_string())?;
     let question: u64 = wait_for!("question");
     ctx.set_event("answer", &(base + question))
+        .await
+        .map_err(|e| e.to_string())?;
+    ctx.write_stream("log", &format!("answered {question}"))
         .await
         .map_err(|e| e.to_string())?;
     Ok(question)
@@ -118,6 +125,22 @@ async fn a_client_reads_what_the_worker_publishes(listen: bool) {
     );
     sent.unwrap();
     assert_eq!(got.unwrap(), Some(123));
+    // The stream, read incrementally by the client.
+    let first = client.read_stream::<String>("ask", "log", 0).await.unwrap();
+    assert_eq!(first.1, first.0.len() as u64);
+    assert_eq!(first.0.first().map(String::as_str), Some("asked"));
+    let mut log = first.0;
+    let mut offset = first.1;
+    while log.len() < 2 {
+        let (more, next) = client
+            .read_stream_timeout::<String>("ask", "log", offset, support::hang_guard())
+            .await
+            .unwrap();
+        log.extend(more);
+        offset = next;
+    }
+    assert_eq!(log, ["asked", "answered 23"]);
+    assert_eq!(offset, 2);
     let out = support::guarded("the instance completes", handle.result()).await;
     assert_eq!(out.unwrap(), Ok(23));
     // Read again, typed wrong, and for an unknown instance.

@@ -1,4 +1,5 @@
-//! Published state (`Ctx::set_event`, `Engine::get_event`) and idempotent
+//! Published state (`Ctx::set_event`, `Engine::get_event`), streams
+//! (`Ctx::write_stream`, `Engine::read_stream`) and idempotent
 //! events (`Engine::send_event_with_key`) on the embedded store.
 //!
 //! The crash test runs the workflow in a child process (this test binary,
@@ -68,9 +69,15 @@ async fn publisher(ctx: &Ctx, dir: String) -> Result<u32, String> {
     ctx.set_event("publisher", &std::process::id())
         .await
         .map_err(text)?;
+    ctx.write_stream("log", &std::process::id())
+        .await
+        .map_err(text)?;
     ledger(&dir, "PUBLISHED");
     let n = step!("hold", hold(&dir).await)?;
     ctx.set_event("status", &"done".to_string())
+        .await
+        .map_err(text)?;
+    ctx.write_stream("log", &std::process::id())
         .await
         .map_err(text)?;
     Ok(n)
@@ -82,7 +89,6 @@ async fn open(dir: &Path) -> Engine {
         .register(publisher)
         .register(answerer)
         .register(two_goes)
-        .register(staged)
         .open()
         .await
         .unwrap()
@@ -150,6 +156,11 @@ fn set_event_survives_a_sigkill_and_is_not_published_again() {
         );
         let status: Option<String> = engine.get_event("pub-1", "status").await.unwrap();
         assert_eq!(status.as_deref(), Some("done"), "last write wins");
+        // The stream: the child's entry once, then this process's.
+        let log = engine.read_stream::<u32>("pub-1", "log", 0).await.unwrap();
+        assert_eq!(log, (vec![child_pid, std::process::id()], 2));
+        let rest = engine.read_stream::<u32>("pub-1", "log", 2).await.unwrap();
+        assert_eq!(rest, (vec![], 2));
 
         // A read as another type is refused; unknown instances and keys.
         let wrong = engine.get_event::<String>("pub-1", "publisher").await;
@@ -184,6 +195,9 @@ fn set_event_survives_a_sigkill_and_is_not_published_again() {
 async fn answerer(ctx: &Ctx, _n: u32) -> Result<u64, String> {
     let question: u64 = wait_for!("question");
     ctx.set_event("answer", &(question * 2))
+        .await
+        .map_err(|e| e.to_string())?;
+    ctx.write_stream("answers", &(question * 2))
         .await
         .map_err(|e| e.to_string())?;
     Ok(question)
@@ -315,10 +329,10 @@ async fn a_key_is_remembered_across_a_restart() {
     engine.shutdown().await;
 }
 
-/// Purge deletes published state and send keys with the instance: an
-/// instance started again under the same id sees neither.
+/// Purge deletes published state, streams and send keys with the
+/// instance: an instance started again under the same id sees none of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn purge_deletes_published_state_and_send_keys() {
+async fn purge_deletes_published_state_streams_and_send_keys() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path()).await;
     let _ = engine.start(answerer, "p", 0).await.unwrap();
@@ -333,6 +347,8 @@ async fn purge_deletes_published_state_and_send_keys() {
         engine.get_event::<u64>("p", "answer").await.unwrap(),
         Some(10)
     );
+    let stream = engine.read_stream::<u64>("p", "answers", 0).await.unwrap();
+    assert_eq!(stream, (vec![10], 1));
     let later = SystemTime::now() + Duration::from_secs(3600);
     assert_eq!(engine.purge(later).await.unwrap(), 1);
     let gone = engine.get_event::<u64>("p", "answer").await;
@@ -344,6 +360,12 @@ async fn purge_deletes_published_state_and_send_keys() {
     let handle = engine.start(answerer, "p", 1).await.unwrap();
     wait_status(&engine, "p", true).await;
     assert_eq!(engine.get_event::<u64>("p", "answer").await.unwrap(), None);
+    let stream = engine.read_stream::<u64>("p", "answers", 0).await.unwrap();
+    assert_eq!(
+        stream,
+        (vec![], 0),
+        "the old stream went with the purged instance"
+    );
     assert!(
         engine
             .send_event_with_key("p", "question", 6u64, "k")
@@ -353,55 +375,5 @@ async fn purge_deletes_published_state_and_send_keys() {
     );
     let out = support::guarded("the new instance completes", handle.result()).await;
     assert_eq!(out.unwrap(), Ok(6));
-    engine.shutdown().await;
-}
-
-#[durable]
-async fn staged(ctx: &Ctx, _n: u32) -> Result<u64, String> {
-    let text = |e: Error| e.to_string();
-    ctx.set_event("stage", &"one".to_string())
-        .await
-        .map_err(text)?;
-    step!("middle", Ok::<_, String>(()))?;
-    let go: u64 = wait_for!("go");
-    ctx.set_event("stage", &"two".to_string())
-        .await
-        .map_err(text)?;
-    Ok(go)
-}
-
-/// A fork keeps what the steps before its fork point published: its new
-/// instance replays those `set_event`s (publishing nothing) and starts with
-/// their state.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fork_starts_with_the_state_published_before_its_step() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(dir.path()).await;
-    let stage = async |id: &str| engine.get_event::<String>(id, "stage").await.unwrap();
-    let out = support::guarded("the original completes", async {
-        let handle = engine.start(staged, "orig", 0).await.unwrap();
-        engine.send_event("orig", "go", 1u64).await.unwrap();
-        handle.result().await
-    })
-    .await;
-    assert_eq!(out.unwrap(), Ok(1));
-    assert_eq!(stage("orig").await.as_deref(), Some("two"));
-    // Each set_event is a step occurrence of its reserved name.
-    let history = engine.history("orig").await.unwrap();
-    let sets = history
-        .steps
-        .iter()
-        .filter(|s| s.name == "durable::set_event")
-        .count();
-    assert_eq!(sets, 2, "{:?}", history.steps);
-
-    engine.fork("orig", "middle", "copy").await.unwrap();
-    assert_eq!(stage("copy").await.as_deref(), Some("one"));
-    wait_status(&engine, "copy", true).await;
-    assert_eq!(stage("copy").await.as_deref(), Some("one"));
-    engine.send_event("copy", "go", 2u64).await.unwrap();
-    wait_status(&engine, "copy", false).await;
-    assert_eq!(stage("copy").await.as_deref(), Some("two"));
-    assert_eq!(stage("orig").await.as_deref(), Some("two"));
     engine.shutdown().await;
 }

@@ -368,8 +368,9 @@ pub enum UsageError {
         /// Why it does not fit, with where in the value.
         reason: String,
     },
-    /// Published state (`Ctx::set_event`) read as another type than the
-    /// one it was written as; nothing was decoded.
+    /// Published state (`Ctx::set_event`) or a stream value
+    /// (`Ctx::write_stream`) read as another type than the one it was
+    /// written as; nothing was decoded.
     #[error(
         "instance {instance:?}: published key {key:?} holds a value shaped `{stored}`, not `{asked}`"
     )]

@@ -62,7 +62,8 @@ impl Journal {
 
     /// Records a new instance: its record, its entry among the unfinished,
     /// its place in the creation-time index, and `checkpoints` (a fork's)
-    /// with the state their `set_event`s published, in one atomic batch.
+    /// with the state their `set_event`s published and the stream entries
+    /// their `write_stream`s appended, in one atomic batch.
     pub(crate) async fn create_with(
         &self,
         id: &str,
@@ -86,6 +87,13 @@ impl Journal {
                 Tree::Published,
                 sub_key(id, &key),
                 encode(&value, id, &format!("published key {key:?}"))?,
+            );
+        }
+        for (key, offset, value) in crate::records::streamed_by(checkpoints) {
+            batch.put(
+                Tree::Streams,
+                stream_key(id, &key, offset),
+                encode(&value, id, &format!("stream {key:?}"))?,
             );
         }
         batch.put(
@@ -176,6 +184,7 @@ impl Journal {
             Tree::Events,
             Tree::Published,
             Tree::SendKeys,
+            Tree::Streams,
         ] {
             for (key, _) in self.store.scan_prefix(tree, &prefix)? {
                 batch.delete(tree, key);
@@ -321,6 +330,62 @@ impl Journal {
             encode(value, id, &format!("published key {key:?}"))?,
         );
         self.commit(batch).await
+    }
+
+    /// Stores `record` (the checkpoint of a `write_stream`) and `value` as
+    /// entry `offset` of stream `key` of instance `id`, and sets the count
+    /// of resumes without progress back to zero, in one atomic batch.
+    pub(crate) async fn append(
+        &self,
+        id: &str,
+        record: &CheckpointRecord,
+        (key, offset): (&str, u64),
+        value: &EventRecord,
+    ) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.put(
+            Tree::Checkpoints,
+            occurrence_key(id, &record.name, record.occurrence),
+            encode(record, id, "a checkpoint record")?,
+        );
+        batch.put(Tree::Active, instance_key(id), recoveries_value(0));
+        batch.put(
+            Tree::Streams,
+            stream_key(id, key, offset),
+            encode(value, id, &format!("stream {key:?}"))?,
+        );
+        self.commit(batch).await
+    }
+
+    /// Up to `limit` entries of stream `key` of instance `id` from offset
+    /// `from` on: (offset, value), in offset order.
+    pub(crate) fn stream(
+        &self,
+        id: &str,
+        key: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, EventRecord)>> {
+        let prefix = name_prefix(id, key);
+        let mut entries = Vec::new();
+        for (k, bytes) in self.store.scan_prefix(Tree::Streams, &prefix)? {
+            let offset = k
+                .get(prefix.len()..)
+                .and_then(|rest| rest.try_into().ok())
+                .map(u64::from_be_bytes);
+            let Some(offset) = offset else { continue };
+            if offset < from {
+                continue;
+            }
+            let value = decode(&bytes, || {
+                format!("entry {offset} of stream {key:?} of instance {id:?}")
+            })?;
+            entries.push((offset, value));
+            if entries.len() >= limit {
+                break;
+            }
+        }
+        Ok(entries)
     }
 
     /// The value instance `id` published under `key`, if any.
@@ -477,6 +542,14 @@ impl Journal {
 fn sub_key(id: &str, key: &str) -> Vec<u8> {
     let mut out = instance_prefix(id);
     out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// Key of one stream entry in `Streams`: `len(id) id len(key) key offset`
+/// (the offset big-endian, so entries sort by it).
+fn stream_key(id: &str, key: &str, offset: u64) -> Vec<u8> {
+    let mut out = name_prefix(id, key);
+    out.extend_from_slice(&offset.to_be_bytes());
     out
 }
 

@@ -386,6 +386,24 @@ pub(crate) fn published_by(checkpoints: &[CheckpointRecord]) -> Vec<(String, Eve
     last.into_iter().collect()
 }
 
+/// The reserved step name of `Ctx::write_stream` checkpoints. Their
+/// outcome is the encoded `(key, offset, value)` they appended.
+pub(crate) const WRITE_STREAM: &str = "durable::write_stream";
+
+/// The stream entries that the `write_stream` checkpoints among
+/// `checkpoints` appended: (key, offset, value). Checkpoints that do not
+/// decode are left out.
+pub(crate) fn streamed_by(checkpoints: &[CheckpointRecord]) -> Vec<(String, u64, EventRecord)> {
+    checkpoints
+        .iter()
+        .filter(|c| c.name == WRITE_STREAM)
+        .filter_map(|c| match &c.state {
+            CheckpointState::Done { outcome, .. } => crate::codec::decode(outcome).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -373,6 +373,22 @@ impl Embedded {
                 });
                 Ok(Committed::Written)
             }
+            Write::Append {
+                record,
+                key,
+                offset,
+                value,
+            } => {
+                self.fence(id, lease)?;
+                self.journal
+                    .append(id, &record, (&key, offset), &value)
+                    .await?;
+                self.notify(Notice::Published {
+                    id: id.to_string(),
+                    key,
+                });
+                Ok(Committed::Written)
+            }
             Write::TimeOut { record } => {
                 let _gate = self.gate.lock().await;
                 let _stripe = self.stripe(id).lock().await;
@@ -595,6 +611,21 @@ impl Backend for Embedded {
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<u32>>> {
         Box::pin(self.deliver(id, name, event, check, Some(key)))
+    }
+
+    fn stream<'a>(
+        &'a self,
+        id: &'a str,
+        key: &'a str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<(u64, EventRecord)>>> {
+        Box::pin(async move {
+            if self.journal.load(id)?.is_none() {
+                return Err(not_found(id));
+            }
+            self.journal.stream(id, key, from, limit)
+        })
     }
 
     fn published<'a>(

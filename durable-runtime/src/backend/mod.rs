@@ -125,6 +125,16 @@ pub(crate) enum Write {
         key: String,
         value: EventRecord,
     },
+    /// A stream entry (`Ctx::write_stream`): writes `record` (its
+    /// checkpoint) and `value` as entry `offset` of stream `key` in one
+    /// atomic batch (replacing an entry of that offset), and sets the count
+    /// of resumes without progress back to zero.
+    Append {
+        record: CheckpointRecord,
+        key: String,
+        offset: u64,
+        value: EventRecord,
+    },
 }
 
 /// The outcome of a fenced write that was not refused.
@@ -174,8 +184,8 @@ pub(crate) enum Notice {
     Ended { id: String },
     /// Instance `id` was paused or unpaused (its owner looks at the record).
     Paused { id: String },
-    /// Instance `id` published a value under `key` (readers waiting in
-    /// `Engine::get_event_timeout` look again).
+    /// Instance `id` published a value under `key`, or appended to stream
+    /// `key` (readers waiting in `Engine::get_event_timeout` look again).
     Published { id: String, key: String },
 }
 
@@ -317,6 +327,17 @@ pub(crate) trait Backend: Send + Sync + 'static {
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<EventRecord>>>;
 
+    /// Up to `limit` entries of stream `key` of instance `id` from offset
+    /// `from` on, in offset order: (offset, value). `NotFound` when the
+    /// instance does not exist.
+    fn stream<'a>(
+        &'a self,
+        id: &'a str,
+        key: &'a str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<(u64, EventRecord)>>>;
+
     /// Cancels unfinished instance `id`: records `record` (its state set to
     /// `Cancelled` by the caller from the latest record, passed in through
     /// `update`) and moves its epoch, so its owner's later writes are
@@ -363,8 +384,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// Deletes every finished instance (completed, failed, cancelled) whose
     /// last transition is before `before_ms`: its record, checkpoints,
-    /// events, published state, keys of idempotent sends, park record and
-    /// index entries, one instance per atomic batch,
+    /// events, published state, streams, keys of idempotent sends, park
+    /// record and index entries, one instance per atomic batch,
     /// each decided under the instance's lock (one reopened meanwhile is
     /// kept). Unfinished instances are never touched. Returns how many were
     /// deleted.

@@ -1,5 +1,6 @@
-//! Reading published state (`get_event`, with an optional wait woken by
-//! the backend's notices) and idempotent events (`send_event_with_key`).
+//! Reading published state and streams (`get_event`, `read_stream`, each
+//! with an optional wait woken by the backend's notices) and idempotent
+//! events (`send_event_with_key`).
 
 use std::time::Duration;
 
@@ -10,12 +11,16 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::backend::Notice;
 use crate::error::{Error, Result, StoreError, UsageError};
 use crate::ids::validate_id;
+use crate::records::EventRecord;
 
 use super::Engine;
 
-/// How often a waiting `get_event_timeout` reads again without a notice (a
-/// hint across processes may be lost; one in this process is not).
+/// How often a waiting read reads again without a notice (a hint across
+/// processes may be lost; one in this process is not).
 const POLL: Duration = Duration::from_millis(500);
+
+/// Most stream values one `read_stream` returns.
+const STREAM_PAGE: usize = 1024;
 
 impl Engine {
     /// The value instance `id` published under `key` with
@@ -43,26 +48,10 @@ impl Engine {
         key: &str,
     ) -> Result<Option<T>> {
         validate_id(id)?;
-        let Some(stored) = self.core.services.backend.published(id, key).await? else {
-            return Ok(None);
-        };
-        let asked = crate::manifest::shape_of::<T>();
-        if stored.fingerprint != asked.fingerprint {
-            return Err(Error::Usage(UsageError::PublishedTypeMismatch {
-                instance: id.to_string(),
-                key: key.to_string(),
-                stored: stored.shape,
-                asked: asked.text.clone(),
-            }));
+        match self.core.services.backend.published(id, key).await? {
+            Some(stored) => decode_as(id, key, stored).map(Some),
+            None => Ok(None),
         }
-        crate::codec::decode(&stored.payload)
-            .map(Some)
-            .map_err(|e| {
-                Error::Store(StoreError::decode(
-                    format!("published key {key:?} of instance {id:?}"),
-                    e,
-                ))
-            })
     }
 
     /// [`get_event`](Self::get_event), waiting up to `timeout` for the key
@@ -88,12 +77,112 @@ impl Engine {
         key: &str,
         timeout: Duration,
     ) -> Result<Option<T>> {
+        self.wait_for_key(id, key, timeout, async || self.get_event(id, key).await)
+            .await
+    }
+
+    /// Up to 1,024 values of stream `key` of instance `id` (appended with
+    /// [`Ctx::write_stream`](crate::Ctx::write_stream)) from offset
+    /// `from_offset` on, decoded as `T`, and the offset to read from next
+    /// (after the last value returned; `from_offset` when there is none
+    /// yet). Offsets are dense: the first value is at 0. Reading from the
+    /// returned offset again and again reads the stream incrementally, each
+    /// value once, in order, from any process on the same store.
+    ///
+    /// Errors: [`UsageError::NotFound`] for an unknown instance,
+    /// [`UsageError::PublishedTypeMismatch`] when a value was written as
+    /// another type than `T`.
+    ///
+    /// ```
+    /// # async fn demo(engine: durable_runtime::Engine) -> durable_runtime::Result<()> {
+    /// let mut offset = 0;
+    /// let (tokens, next) = engine.read_stream::<String>("chat-9", "tokens", offset).await?;
+    /// for token in tokens {
+    ///     print!("{token}");
+    /// }
+    /// offset = next;
+    /// # let _ = offset;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn read_stream<T: DeserializeOwned + 'static>(
+        &self,
+        id: &str,
+        key: &str,
+        from_offset: u64,
+    ) -> Result<(Vec<T>, u64)> {
+        validate_id(id)?;
+        let entries = self
+            .core
+            .services
+            .backend
+            .stream(id, key, from_offset, STREAM_PAGE)
+            .await?;
+        let mut next = from_offset;
+        let mut values = Vec::with_capacity(entries.len());
+        for (offset, entry) in entries {
+            values.push(decode_as(id, key, entry)?);
+            next = offset + 1;
+        }
+        Ok((values, next))
+    }
+
+    /// [`read_stream`](Self::read_stream), waiting up to `timeout` for a
+    /// value at or after `from_offset` when there is none yet (woken as
+    /// [`get_event_timeout`](Self::get_event_timeout) is); an empty list
+    /// and `from_offset` once the timeout passed.
+    ///
+    /// ```
+    /// # async fn demo(engine: durable_runtime::Engine) -> durable_runtime::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// let mut offset = 0;
+    /// loop {
+    ///     let (tokens, next) = engine
+    ///         .read_stream_timeout::<String>("chat-9", "tokens", offset, Duration::from_secs(30))
+    ///         .await?;
+    ///     if tokens.is_empty() {
+    ///         break;
+    ///     }
+    ///     tokens.iter().for_each(|t| print!("{t}"));
+    ///     offset = next;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn read_stream_timeout<T: DeserializeOwned + 'static>(
+        &self,
+        id: &str,
+        key: &str,
+        from_offset: u64,
+        timeout: Duration,
+    ) -> Result<(Vec<T>, u64)> {
+        let read = async || {
+            let (values, next) = self.read_stream(id, key, from_offset).await?;
+            Ok((!values.is_empty()).then_some((values, next)))
+        };
+        Ok(self
+            .wait_for_key(id, key, timeout, read)
+            .await?
+            .unwrap_or((Vec::new(), from_offset)))
+    }
+
+    /// Runs `read` until it returns `Some`, waiting between two reads for
+    /// the notice that instance `id` wrote `key` (or a poll interval), at
+    /// most `timeout`: then `None`.
+    async fn wait_for_key<V>(
+        &self,
+        id: &str,
+        key: &str,
+        timeout: Duration,
+        mut read: impl AsyncFnMut() -> Result<Option<V>>,
+    ) -> Result<Option<V>> {
         let deadline = tokio::time::Instant::now() + timeout;
-        // Subscribed before the first read: a value published between the
+        // Subscribed before the first read: a value written between the
         // read and the wait still rings.
         let mut notices = self.core.services.backend.subscribe();
         loop {
-            if let Some(value) = self.get_event(id, key).await? {
+            if let Some(value) = read().await? {
                 return Ok(Some(value));
             }
             let now = tokio::time::Instant::now();
@@ -172,4 +261,24 @@ impl Engine {
             )
             .await
     }
+}
+
+/// `stored` (published under `key` by instance `id`) decoded as `T`, only
+/// if it was written as `T`.
+fn decode_as<T: DeserializeOwned + 'static>(id: &str, key: &str, stored: EventRecord) -> Result<T> {
+    let asked = crate::manifest::shape_of::<T>();
+    if stored.fingerprint != asked.fingerprint {
+        return Err(Error::Usage(UsageError::PublishedTypeMismatch {
+            instance: id.to_string(),
+            key: key.to_string(),
+            stored: stored.shape,
+            asked: asked.text.clone(),
+        }));
+    }
+    crate::codec::decode(&stored.payload).map_err(|e| {
+        Error::Store(StoreError::decode(
+            format!("published key {key:?} of instance {id:?}"),
+            e,
+        ))
+    })
 }

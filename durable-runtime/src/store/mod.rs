@@ -171,11 +171,13 @@ pub enum Tree {
     /// The keys of idempotent sends (`Engine::send_event_with_key`),
     /// keyed by (id, key).
     SendKeys,
+    /// Stream entries (`Ctx::write_stream`), keyed by (id, key, offset).
+    Streams,
 }
 
 impl Tree {
     /// Every tree, in a fixed order.
-    pub const ALL: [Tree; 9] = [
+    pub const ALL: [Tree; 10] = [
         Tree::Meta,
         Tree::Instances,
         Tree::Active,
@@ -185,6 +187,7 @@ impl Tree {
         Tree::Created,
         Tree::Published,
         Tree::SendKeys,
+        Tree::Streams,
     ];
 
     /// A stable name for the tree.
@@ -199,6 +202,7 @@ impl Tree {
             Tree::Created => "created",
             Tree::Published => "published",
             Tree::SendKeys => "send_keys",
+            Tree::Streams => "streams",
         }
     }
 

@@ -155,7 +155,17 @@ impl Inner {
     pub(super) async fn commit(&self, id: &str, lease: Lease, write: Write) -> Result<Committed> {
         let prepared = match write {
             Write::Publish { record, key, value } => {
-                return self.publish(id, lease, &record, &key, &value).await;
+                let beside = super::published::Beside::Value { key: &key };
+                return self.publish(id, lease, &record, beside, &value).await;
+            }
+            Write::Append {
+                record,
+                key,
+                offset,
+                value,
+            } => {
+                let beside = super::published::Beside::Entry { key: &key, offset };
+                return self.publish(id, lease, &record, beside, &value).await;
             }
             Write::Checkpoint { record, progress } => {
                 Prepared::Checkpoint(Cp::of(id, &record)?, progress)

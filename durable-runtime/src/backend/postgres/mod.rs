@@ -484,6 +484,16 @@ impl Backend for PgBackend {
         Box::pin(self.inner.published(id, key))
     }
 
+    fn stream<'a>(
+        &'a self,
+        id: &'a str,
+        key: &'a str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<(u64, EventRecord)>>> {
+        Box::pin(self.inner.stream(id, key, from, limit))
+    }
+
     fn cancel<'a>(
         &'a self,
         id: &'a str,

@@ -1,6 +1,6 @@
-//! Published state: a `set_event` is one fenced, idempotent statement (the
-//! checkpoint and the value in one), outside the group commit; a read is a
-//! plain select, from any process.
+//! Published state and streams: a `set_event` or `write_stream` is one
+//! fenced, idempotent statement (the checkpoint and the value in one),
+//! outside the group commit; a read is a plain select, from any process.
 
 use std::time::Duration;
 
@@ -12,23 +12,59 @@ use super::commit::{Cp, MIN_ATTEMPTS};
 use super::group::retryable;
 use super::{Inner, decode, encode, io};
 
+/// What a fenced write stores beside its checkpoint.
+pub(super) enum Beside<'a> {
+    /// The value of a published key.
+    Value { key: &'a str },
+    /// An entry of a stream.
+    Entry { key: &'a str, offset: u64 },
+}
+
 impl Inner {
-    /// Writes the checkpoint `record` of a `set_event` and the value of
-    /// `key` for instance `id`, fenced by `lease`: one statement, so one
-    /// atomic write. Its outcome is unknown only when the connection broke,
-    /// and retrying is safe then: it writes the same rows under the same
-    /// fence (refused with `LeaseLost` if the lease moved meanwhile; the new
-    /// owner replays the checkpoint or publishes again).
+    /// Writes the checkpoint `record` of a `set_event` or `write_stream`
+    /// and `value` (the published value of a key, or a stream entry) for
+    /// instance `id`, fenced by `lease`: one statement, so one atomic
+    /// write. Its outcome is unknown only when the connection broke, and
+    /// retrying is safe then: it writes the same rows under the same fence
+    /// (refused with `LeaseLost` if the lease moved meanwhile; the new owner
+    /// replays the checkpoint or writes again).
     pub(super) async fn publish(
         &self,
         id: &str,
         lease: Lease,
         record: &CheckpointRecord,
-        key: &str,
+        beside: Beside<'_>,
         value: &EventRecord,
     ) -> Result<Committed> {
         let cp = Cp::of(id, record)?;
-        let bytes = encode(value, id, &format!("published key {key:?}"))?;
+        let (key, offset, table) = match beside {
+            Beside::Value { key } => (key, None, "published"),
+            Beside::Entry { key, offset } => (key, Some(offset as i64), "stream"),
+        };
+        let bytes = encode(value, id, &format!("{table} {key:?}"))?;
+        let write = match offset {
+            None => {
+                "INSERT INTO {s}.published (instance_id, key, record)
+                 SELECT f.id, $7, $8 FROM f
+                 ON CONFLICT (instance_id, key) DO UPDATE SET record = EXCLUDED.record"
+            }
+            Some(_) => {
+                "INSERT INTO {s}.streams (instance_id, key, \"offset\", record)
+                 SELECT f.id, $7, $9, $8 FROM f
+                 ON CONFLICT (instance_id, key, \"offset\") DO UPDATE SET record = EXCLUDED.record"
+            }
+        };
+        let statement = self.sql(&format!(
+            "WITH f AS (
+                 UPDATE {{s}}.instances SET recoveries = 0
+                 WHERE id = $1 AND epoch = $2 AND owner = $3 RETURNING id),
+             c AS (
+                 INSERT INTO {{s}}.checkpoints (instance_id, key, name, ended_wait, record)
+                 SELECT f.id, $4, $5, false, $6 FROM f
+                 ON CONFLICT (instance_id, key) DO UPDATE SET record = EXCLUDED.record),
+             p AS ({write})
+             SELECT count(*) FROM f"
+        ));
         let epoch = lease.epoch as i64;
         let give_up = tokio::time::Instant::now() + self.options.lease;
         let mut backoff = Duration::from_millis(20);
@@ -37,33 +73,14 @@ impl Inner {
             attempt += 1;
             let written = async {
                 let conn = self.conn().await.map_err(|e| (true, e))?;
+                let me = self.me();
+                let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    vec![&id, &epoch, &me, &cp.key, &cp.name, &cp.bytes, &key, &bytes];
+                if let Some(offset) = &offset {
+                    params.push(offset);
+                }
                 let row = conn
-                    .query_one(
-                        &self.sql(
-                            "WITH f AS (
-                                 UPDATE {s}.instances SET recoveries = 0
-                                 WHERE id = $1 AND epoch = $2 AND owner = $3 RETURNING id),
-                             c AS (
-                                 INSERT INTO {s}.checkpoints (instance_id, key, name, ended_wait, record)
-                                 SELECT f.id, $4, $5, false, $6 FROM f
-                                 ON CONFLICT (instance_id, key) DO UPDATE SET record = EXCLUDED.record),
-                             p AS (
-                                 INSERT INTO {s}.published (instance_id, key, record)
-                                 SELECT f.id, $7, $8 FROM f
-                                 ON CONFLICT (instance_id, key) DO UPDATE SET record = EXCLUDED.record)
-                             SELECT count(*) FROM f",
-                        ),
-                        &[
-                            &id,
-                            &epoch,
-                            &self.me(),
-                            &cp.key,
-                            &cp.name,
-                            &cp.bytes,
-                            &key,
-                            &bytes,
-                        ],
-                    )
+                    .query_one(&statement, &params)
                     .await
                     .map_err(|e| (retryable(&e), io("publish a value")(e)))?;
                 Ok::<bool, (bool, Error)>(row.get::<_, i64>(0) == 1)
@@ -94,6 +111,53 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Up to `limit` entries of stream `key` of instance `id` from offset
+    /// `from` on; `NotFound` when the instance does not exist.
+    pub(super) async fn stream(
+        &self,
+        id: &str,
+        key: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, EventRecord)>> {
+        let conn = self.conn().await?;
+        let exists = conn
+            .query_one(
+                &self.sql("SELECT EXISTS (SELECT 1 FROM {s}.instances WHERE id = $1)"),
+                &[&id],
+            )
+            .await
+            .map_err(io("read a stream"))?;
+        if !exists.get::<_, bool>(0) {
+            return Err(Error::Usage(UsageError::NotFound { id: id.to_string() }));
+        }
+        let rows = conn
+            .query(
+                &self.sql(
+                    "SELECT \"offset\", record FROM {s}.streams
+                     WHERE instance_id = $1 AND key = $2 AND \"offset\" >= $3
+                     ORDER BY \"offset\" LIMIT $4",
+                ),
+                &[
+                    &id,
+                    &key,
+                    &i64::try_from(from).unwrap_or(i64::MAX),
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                ],
+            )
+            .await
+            .map_err(io("read a stream"))?;
+        rows.iter()
+            .map(|row| {
+                let offset = row.get::<_, i64>(0) as u64;
+                let value = decode(row.get(1), || {
+                    format!("entry {offset} of stream {key:?} of instance {id:?}")
+                })?;
+                Ok((offset, value))
+            })
+            .collect()
     }
 
     /// The value instance `id` published under `key`; `NotFound` when the

@@ -1,4 +1,4 @@
--- Published state and idempotent events. Applied with search_path set to
+-- Published state, streams and idempotent events. Applied with search_path set to
 -- the backend's schema, inside the migration transaction.
 
 -- The value each instance published under each key (`Ctx::set_event`):
@@ -18,4 +18,14 @@ CREATE TABLE send_keys (
     name        text COLLATE "C" NOT NULL,
     seq         integer NOT NULL,
     PRIMARY KEY (instance_id, key)
+);
+
+-- Stream entries (`Ctx::write_stream`): append-only in workflow order, read
+-- from an offset on.
+CREATE TABLE streams (
+    instance_id text COLLATE "C" NOT NULL REFERENCES instances (id) ON DELETE CASCADE,
+    key         text COLLATE "C" NOT NULL,
+    "offset"    bigint NOT NULL,
+    record      bytea NOT NULL,
+    PRIMARY KEY (instance_id, key, "offset")
 );
