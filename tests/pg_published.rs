@@ -1,8 +1,9 @@
 //! Published state, streams and idempotent events across engines that
 //! share a PostgreSQL schema and nothing else: a worker publishes and
 //! appends, a pure client (an engine that registers no workflow) reads
-//! with a wait; two clients
-//! send the same keyed event at once and it is delivered once.
+//! with a wait; two clients send the same keyed event at once and it is
+//! delivered once; a worker process killed with SIGKILL after it published
+//! is taken over by another, whose replay publishes nothing again.
 //!
 //! `cargo test --features postgres --test pg_published`. Needs PostgreSQL
 //! (`DURABLE_TEST_PG`); without it the tests pass after saying "skipped: no
@@ -11,6 +12,10 @@
 
 mod support;
 
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use durable::Status;
@@ -19,6 +24,16 @@ use durable::prelude::*;
 fn url() -> String {
     std::env::var("DURABLE_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A builder of an engine on `schema` with a short lease (2 s).
+fn builder_on(schema: &str, listen: bool) -> durable::EngineBuilder {
+    Engine::builder()
+        .postgres(url())
+        .schema(schema)
+        .lease(Duration::from_secs(2))
+        .poll_interval(Duration::from_millis(100))
+        .listen(listen)
 }
 
 /// A schema of one test, dropped at its end; `None` (after saying so)
@@ -56,12 +71,7 @@ impl Schema {
     /// An engine's builder; `listen`: whether it takes hints of other
     /// processes (LISTEN/NOTIFY) or polls alone.
     fn builder(&self, listen: bool) -> durable::EngineBuilder {
-        Engine::builder()
-            .postgres(url())
-            .schema(&self.name)
-            .lease(Duration::from_secs(2))
-            .poll_interval(Duration::from_millis(100))
-            .listen(listen)
+        builder_on(&self.name, listen)
     }
 
     async fn drop_schema(self) {
@@ -242,5 +252,140 @@ async fn two_clients_sending_the_same_key_deliver_once() {
     for engine in [one, two, worker] {
         engine.shutdown().await;
     }
+    schema.drop_schema().await;
+}
+
+const CHILD_ENV: &str = "DURABLE_PG_PUBLISH_CHILD";
+const DIR_ENV: &str = "DURABLE_PG_PUBLISH_DIR";
+
+fn ledger_path(dir: &Path) -> PathBuf {
+    dir.join("ledger.txt")
+}
+
+/// Appends one fsynced line to the ledger in `dir` (a torn line lacks its
+/// ` $` and is left out).
+fn ledger(dir: &str, line: &str) {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(ledger_path(Path::new(dir)))
+        .unwrap();
+    file.write_all(format!("\n{line} $\n").as_bytes()).unwrap();
+    file.sync_data().unwrap();
+}
+
+fn read_ledger(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(ledger_path(dir))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_suffix(" $"))
+        .map(str::to_string)
+        .collect()
+}
+
+async fn hold(dir: &str) -> Result<u32, String> {
+    ledger(dir, "BEGIN hold");
+    if std::env::var_os(CHILD_ENV).is_some() {
+        // In flight until the parent kills this process.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    }
+    Ok(7)
+}
+
+#[durable]
+async fn publisher(ctx: &Ctx, dir: String) -> Result<u32, String> {
+    let text = |e: Error| e.to_string();
+    ledger(&dir, "BODY");
+    // Not checkpointed by a step: a replay that wrote again would store
+    // the pid of the process that replays.
+    ctx.set_event("publisher", &std::process::id())
+        .await
+        .map_err(text)?;
+    ctx.write_stream("log", &std::process::id())
+        .await
+        .map_err(text)?;
+    let n = step!("hold", hold(&dir).await)?;
+    ctx.write_stream("log", &std::process::id())
+        .await
+        .map_err(text)?;
+    ctx.set_event("status", &"done".to_string())
+        .await
+        .map_err(text)?;
+    Ok(n)
+}
+
+/// Runs in the child process only: a worker that starts `publisher`.
+#[tokio::test]
+async fn pg_publish_child() {
+    let (Ok(schema), Ok(dir)) = (std::env::var(CHILD_ENV), std::env::var(DIR_ENV)) else {
+        return;
+    };
+    let worker = builder_on(&schema, true)
+        .register(publisher)
+        .open()
+        .await
+        .unwrap();
+    let _ = worker.run(publisher, "pub-1", dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_publishes_nothing_again_when_taken_over() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let Some(schema) = Schema::new().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "pg_publish_child", "--nocapture"])
+        .env(CHILD_ENV, &schema.name)
+        .env(DIR_ENV, dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let child_pid = child.id();
+    support::wait_until("the child's step is in flight", async || {
+        let ledger = read_ledger(dir.path());
+        if ledger.iter().any(|l| l == "BEGIN hold") {
+            Ok(())
+        } else {
+            Err(ledger)
+        }
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Another worker takes the instance over once the child's lease ran
+    // out; a pure client waits for the end it publishes.
+    let worker = schema
+        .builder(true)
+        .register(publisher)
+        .open()
+        .await
+        .unwrap();
+    let client = schema.builder(true).open().await.unwrap();
+    let status = client
+        .get_event_timeout::<String>("pub-1", "status", support::hang_guard())
+        .await
+        .unwrap();
+    assert_eq!(status.as_deref(), Some("done"));
+    let publisher_pid = client.get_event::<u32>("pub-1", "publisher").await.unwrap();
+    assert_eq!(
+        publisher_pid,
+        Some(child_pid),
+        "the replay published again (this process is {})",
+        std::process::id()
+    );
+    let log = client.read_stream::<u32>("pub-1", "log", 0).await.unwrap();
+    assert_eq!(log, (vec![child_pid, std::process::id()], 2));
+    let ledger = read_ledger(dir.path());
+    let count = |line: &str| ledger.iter().filter(|l| *l == line).count();
+    assert_eq!(count("BODY"), 2, "one run per worker: {ledger:?}");
+    assert_eq!(count("BEGIN hold"), 2, "{ledger:?}");
+    client.shutdown().await;
+    worker.shutdown().await;
     schema.drop_schema().await;
 }
