@@ -288,6 +288,8 @@ pub struct Ctx {
     started_patches: Mutex<Option<Vec<String>>>,
     /// Next occurrence number per step name.
     counters: Mutex<HashMap<&'static str, u32>>,
+    /// Next offset per stream key (`Ctx::write_stream`), assigned in call order.
+    pub(crate) stream_offsets: Mutex<HashMap<String, u64>>,
     /// Resumes in a row without finishing a step, as stored in `Active`.
     recoveries: AtomicU32,
     /// The suspects' lane, held by a suspect until it finishes a step.
@@ -360,6 +362,7 @@ impl Ctx {
             seq: std::sync::atomic::AtomicU64::new(seq),
             started_patches: Mutex::new(None),
             counters: Mutex::new(HashMap::new()),
+            stream_offsets: Mutex::new(HashMap::new()),
             recoveries: AtomicU32::new(recoveries),
             lane: Mutex::new(None),
             abort: Mutex::new(None),

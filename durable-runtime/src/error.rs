@@ -368,6 +368,22 @@ pub enum UsageError {
         /// Why it does not fit, with where in the value.
         reason: String,
     },
+    /// Published state (`Ctx::set_event`) or a stream value
+    /// (`Ctx::write_stream`) read as another type than the one it was
+    /// written as; nothing was decoded.
+    #[error(
+        "instance {instance:?}: published key {key:?} holds a value shaped `{stored}`, not `{asked}`"
+    )]
+    PublishedTypeMismatch {
+        /// The instance id.
+        instance: String,
+        /// The published key.
+        key: String,
+        /// The shape of the type the value was written as.
+        stored: String,
+        /// The shape of the type asked for.
+        asked: String,
+    },
 }
 
 /// Stored history cannot be replayed by this code: a value that no longer

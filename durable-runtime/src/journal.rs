@@ -61,8 +61,9 @@ impl Journal {
     }
 
     /// Records a new instance: its record, its entry among the unfinished,
-    /// its place in the creation-time index, and `checkpoints` (a fork's),
-    /// in one atomic batch.
+    /// its place in the creation-time index, and `checkpoints` (a fork's)
+    /// with the state their `set_event`s published and the stream entries
+    /// their `write_stream`s appended, in one atomic batch.
     pub(crate) async fn create_with(
         &self,
         id: &str,
@@ -99,6 +100,20 @@ impl Journal {
                 Tree::Checkpoints,
                 key,
                 encode(c, id, "a checkpoint record")?,
+            );
+        }
+        for (key, value) in crate::records::published_by(checkpoints) {
+            batch.put(
+                Tree::Published,
+                sub_key(id, &key),
+                encode(&value, id, &format!("published key {key:?}"))?,
+            );
+        }
+        for (key, offset, value) in crate::records::streamed_by(checkpoints) {
+            batch.put(
+                Tree::Streams,
+                stream_key(id, &key, offset),
+                encode(&value, id, &format!("stream {key:?}"))?,
             );
         }
         batch.put(
@@ -184,7 +199,13 @@ impl Journal {
         batch.delete(Tree::Timers, instance_key(id));
         batch.delete(Tree::Created, created_key(created_at_ms, id));
         let prefix = instance_prefix(id);
-        for tree in [Tree::Checkpoints, Tree::Events] {
+        for tree in [
+            Tree::Checkpoints,
+            Tree::Events,
+            Tree::Published,
+            Tree::SendKeys,
+            Tree::Streams,
+        ] {
             for (key, _) in self.store.scan_prefix(tree, &prefix)? {
                 batch.delete(tree, key);
             }
@@ -281,18 +302,121 @@ impl Journal {
         Ok(u32::try_from(events.max(ended_waits)).unwrap_or(u32::MAX))
     }
 
-    /// Stores event `name` number `seq` of instance `id`, durably.
+    /// Stores event `name` number `seq` of instance `id`, durably, with
+    /// the idempotency key it was sent with (if any) in the same batch.
     pub(crate) async fn put_event(
         &self,
         id: &str,
         name: &str,
         seq: u32,
         event: &EventRecord,
+        send_key: Option<&str>,
     ) -> Result<()> {
         let value = encode(event, id, &format!("event {name:?}"))?;
         let mut batch = Batch::new();
         batch.put(Tree::Events, occurrence_key(id, name, seq), value);
+        if let Some(key) = send_key {
+            let at = encode(&(name, seq), id, "the key of an event")?;
+            batch.put(Tree::SendKeys, sub_key(id, key), at);
+        }
         self.commit(batch).await
+    }
+
+    /// Whether an event was stored for instance `id` with idempotency key `key`.
+    pub(crate) fn has_send_key(&self, id: &str, key: &str) -> Result<bool> {
+        Ok(self.store.get(Tree::SendKeys, &sub_key(id, key))?.is_some())
+    }
+
+    /// Stores `record` (the checkpoint of a `set_event`) and `value` as the
+    /// published value of `key` of instance `id`, and sets the count of
+    /// resumes without progress back to zero, in one atomic batch.
+    pub(crate) async fn publish(
+        &self,
+        id: &str,
+        record: &CheckpointRecord,
+        key: &str,
+        value: &EventRecord,
+    ) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.put(
+            Tree::Checkpoints,
+            occurrence_key(id, &record.name, record.occurrence),
+            encode(record, id, "a checkpoint record")?,
+        );
+        batch.put(Tree::Active, instance_key(id), recoveries_value(0));
+        batch.put(
+            Tree::Published,
+            sub_key(id, key),
+            encode(value, id, &format!("published key {key:?}"))?,
+        );
+        self.commit(batch).await
+    }
+
+    /// Stores `record` (the checkpoint of a `write_stream`) and `value` as
+    /// entry `offset` of stream `key` of instance `id`, and sets the count
+    /// of resumes without progress back to zero, in one atomic batch.
+    pub(crate) async fn append(
+        &self,
+        id: &str,
+        record: &CheckpointRecord,
+        (key, offset): (&str, u64),
+        value: &EventRecord,
+    ) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.put(
+            Tree::Checkpoints,
+            occurrence_key(id, &record.name, record.occurrence),
+            encode(record, id, "a checkpoint record")?,
+        );
+        batch.put(Tree::Active, instance_key(id), recoveries_value(0));
+        batch.put(
+            Tree::Streams,
+            stream_key(id, key, offset),
+            encode(value, id, &format!("stream {key:?}"))?,
+        );
+        self.commit(batch).await
+    }
+
+    /// Up to `limit` entries of stream `key` of instance `id` from offset
+    /// `from` on: (offset, value), in offset order.
+    pub(crate) fn stream(
+        &self,
+        id: &str,
+        key: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, EventRecord)>> {
+        let prefix = name_prefix(id, key);
+        let mut entries = Vec::new();
+        for (k, bytes) in self.store.scan_prefix(Tree::Streams, &prefix)? {
+            let offset = k
+                .get(prefix.len()..)
+                .and_then(|rest| rest.try_into().ok())
+                .map(u64::from_be_bytes);
+            let Some(offset) = offset else { continue };
+            if offset < from {
+                continue;
+            }
+            let value = decode(&bytes, || {
+                format!("entry {offset} of stream {key:?} of instance {id:?}")
+            })?;
+            entries.push((offset, value));
+            if entries.len() >= limit {
+                break;
+            }
+        }
+        Ok(entries)
+    }
+
+    /// The value instance `id` published under `key`, if any.
+    pub(crate) fn published(&self, id: &str, key: &str) -> Result<Option<EventRecord>> {
+        let Some(bytes) = self.store.get(Tree::Published, &sub_key(id, key))? else {
+            return Ok(None);
+        };
+        decode(&bytes, || {
+            format!("published key {key:?} of instance {id:?}")
+        })
+        .map(Some)
     }
 
     /// Every unfinished instance: (id bytes, resumes without progress).
@@ -431,6 +555,22 @@ impl Journal {
     async fn commit(&self, batch: Batch) -> Result<()> {
         self.committer.commit(batch).await.map_err(Error::from)
     }
+}
+
+/// Key of one key of one instance in `Published` and `SendKeys`:
+/// `len(id) id key`.
+fn sub_key(id: &str, key: &str) -> Vec<u8> {
+    let mut out = instance_prefix(id);
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// Key of one stream entry in `Streams`: `len(id) id len(key) key offset`
+/// (the offset big-endian, so entries sort by it).
+fn stream_key(id: &str, key: &str, offset: u64) -> Vec<u8> {
+    let mut out = name_prefix(id, key);
+    out.extend_from_slice(&offset.to_be_bytes());
+    out
 }
 
 /// Unfinished instances: (id bytes, resumes without progress).

@@ -22,6 +22,7 @@
 //! | `services` | what a running instance may use: backend, clock, value limit |
 //! | `context` | [`Ctx`]: an instance's id, counters, signals |
 //! | `step`, `wait`, `values` | `impl Ctx`: the operations behind `step!`, `sleep!`, `wait_for!`; checkpointed `now`, `random`, `uuid` |
+//! | `published` | `impl Ctx`: `set_event`, `write_stream`, published state and streams checkpointed like a step |
 //! | `workflow` | [`Workflow`], [`IntoWorkflow`] |
 //! | `inspect`, `listing` | [`Status`], [`History`]; [`ListFilter`], [`Page`] |
 //! | `json` | (feature `json`) stored values as JSON, decoded and encoded by their manifest shape |
@@ -73,6 +74,7 @@ pub mod metrics;
 mod metrics;
 mod outcome;
 mod panic;
+mod published;
 mod records;
 mod retry;
 mod services;

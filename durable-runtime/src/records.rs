@@ -363,6 +363,47 @@ pub(crate) struct EventRecord {
     pub sent_at_ms: u64,
 }
 
+/// The reserved step name of `Ctx::set_event` checkpoints. Their outcome
+/// is the encoded `(key, value)` they published.
+pub(crate) const SET_EVENT: &str = "durable::set_event";
+
+/// The published state that the `set_event` checkpoints among
+/// `checkpoints` wrote: the last value of each key in workflow order (a
+/// fork's new instance starts with it). Checkpoints that do not decode are
+/// left out.
+pub(crate) fn published_by(checkpoints: &[CheckpointRecord]) -> Vec<(String, EventRecord)> {
+    let mut sets: Vec<&CheckpointRecord> =
+        checkpoints.iter().filter(|c| c.name == SET_EVENT).collect();
+    sets.sort_by_key(|c| c.occurrence);
+    let mut last = std::collections::BTreeMap::new();
+    for c in sets {
+        if let CheckpointState::Done { outcome, .. } = &c.state
+            && let Ok((key, value)) = crate::codec::decode::<(String, EventRecord)>(outcome)
+        {
+            last.insert(key, value);
+        }
+    }
+    last.into_iter().collect()
+}
+
+/// The reserved step name of `Ctx::write_stream` checkpoints. Their
+/// outcome is the encoded `(key, offset, value)` they appended.
+pub(crate) const WRITE_STREAM: &str = "durable::write_stream";
+
+/// The stream entries that the `write_stream` checkpoints among
+/// `checkpoints` appended: (key, offset, value). Checkpoints that do not
+/// decode are left out.
+pub(crate) fn streamed_by(checkpoints: &[CheckpointRecord]) -> Vec<(String, u64, EventRecord)> {
+    checkpoints
+        .iter()
+        .filter(|c| c.name == WRITE_STREAM)
+        .filter_map(|c| match &c.state {
+            CheckpointState::Done { outcome, .. } => crate::codec::decode(outcome).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

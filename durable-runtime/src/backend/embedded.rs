@@ -259,6 +259,66 @@ impl Embedded {
         }
     }
 
+    /// Stores an event (see `Backend::send_event`), unless `key` was
+    /// stored with an event before: then `None`.
+    async fn deliver(
+        &self,
+        id: &str,
+        name: &str,
+        event: EventRecord,
+        check: EventCheck<'_>,
+        key: Option<&str>,
+    ) -> Result<Option<u32>> {
+        let _gate = self.gate.lock().await;
+        let _stripe = self.stripe(id).lock().await;
+        let record = self.journal.load(id)?.ok_or_else(|| not_found(id))?;
+        if let Some(key) = key
+            && self.journal.has_send_key(id, key)?
+        {
+            return Ok(None);
+        }
+        ensure_unfinished(id, &record.state)?;
+        let seq = self.journal.next_event_seq(id, name)?;
+        let parked_type = {
+            let state = self.state();
+            state.parked.get(id).and_then(|p| {
+                p.events
+                    .iter()
+                    .find(|e| &*e.name == name && e.occurrence == seq)
+                    .map(|e| e.type_name.to_string())
+            })
+        };
+        let timed_out_before = match seq.checked_sub(1) {
+            Some(previous) => self.journal.wait_timed_out(id, name, previous)?,
+            None => false,
+        };
+        check(&record, seq, parked_type.as_deref(), timed_out_before)?;
+        self.journal.put_event(id, name, seq, &event, key).await?;
+        let woken = {
+            let mut state = self.state();
+            let waits = state.parked.get(id).is_some_and(|p| {
+                p.events
+                    .iter()
+                    .any(|e| &*e.name == name && e.occurrence == seq)
+            });
+            if waits && state.parked.remove(id).is_some() {
+                state.ready.push(id.to_string());
+                true
+            } else {
+                false
+            }
+        };
+        self.notify(if woken {
+            Notice::Ready
+        } else {
+            Notice::Event {
+                id: id.to_string(),
+                name: name.to_string(),
+            }
+        });
+        Ok(Some(seq))
+    }
+
     fn lost(id: &str, lease: Lease) -> Error {
         Error::Instance(InstanceError::LeaseLost {
             instance: id.to_string(),
@@ -306,6 +366,31 @@ impl Embedded {
                 if earliest {
                     self.notify(Notice::Ready);
                 }
+                Ok(Committed::Written)
+            }
+            Write::Publish { record, key, value } => {
+                self.fence(id, lease)?;
+                self.journal.publish(id, &record, &key, &value).await?;
+                self.notify(Notice::Published {
+                    id: id.to_string(),
+                    key,
+                });
+                Ok(Committed::Written)
+            }
+            Write::Append {
+                record,
+                key,
+                offset,
+                value,
+            } => {
+                self.fence(id, lease)?;
+                self.journal
+                    .append(id, &record, (&key, offset), &value)
+                    .await?;
+                self.notify(Notice::Published {
+                    id: id.to_string(),
+                    key,
+                });
                 Ok(Committed::Written)
             }
             Write::TimeOut { record } => {
@@ -555,49 +640,48 @@ impl Backend for Embedded {
         check: EventCheck<'a>,
     ) -> BoxFuture<'a, Result<u32>> {
         Box::pin(async move {
-            let _gate = self.gate.lock().await;
-            let _stripe = self.stripe(id).lock().await;
-            let record = self.journal.load(id)?.ok_or_else(|| not_found(id))?;
-            ensure_unfinished(id, &record.state)?;
-            let seq = self.journal.next_event_seq(id, name)?;
-            let parked_type = {
-                let state = self.state();
-                state.parked.get(id).and_then(|p| {
-                    p.events
-                        .iter()
-                        .find(|e| &*e.name == name && e.occurrence == seq)
-                        .map(|e| e.type_name.to_string())
-                })
-            };
-            let timed_out_before = match seq.checked_sub(1) {
-                Some(previous) => self.journal.wait_timed_out(id, name, previous)?,
-                None => false,
-            };
-            check(&record, seq, parked_type.as_deref(), timed_out_before)?;
-            self.journal.put_event(id, name, seq, &event).await?;
-            let woken = {
-                let mut state = self.state();
-                let waits = state.parked.get(id).is_some_and(|p| {
-                    p.events
-                        .iter()
-                        .any(|e| &*e.name == name && e.occurrence == seq)
-                });
-                if waits && state.parked.remove(id).is_some() {
-                    state.ready.push(id.to_string());
-                    true
-                } else {
-                    false
-                }
-            };
-            self.notify(if woken {
-                Notice::Ready
-            } else {
-                Notice::Event {
-                    id: id.to_string(),
-                    name: name.to_string(),
-                }
-            });
-            Ok(seq)
+            let seq = self.deliver(id, name, event, check, None).await?;
+            Ok(seq.unwrap_or_default())
+        })
+    }
+
+    fn send_event_keyed<'a>(
+        &'a self,
+        id: &'a str,
+        name: &'a str,
+        event: EventRecord,
+        check: EventCheck<'a>,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u32>>> {
+        Box::pin(self.deliver(id, name, event, check, Some(key)))
+    }
+
+    fn stream<'a>(
+        &'a self,
+        id: &'a str,
+        key: &'a str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<(u64, EventRecord)>>> {
+        Box::pin(async move {
+            if self.journal.load(id)?.is_none() {
+                return Err(not_found(id));
+            }
+            self.journal.stream(id, key, from, limit)
+        })
+    }
+
+    fn published<'a>(
+        &'a self,
+        id: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<EventRecord>>> {
+        Box::pin(async move {
+            let value = self.journal.published(id, key)?;
+            if value.is_none() && self.journal.load(id)?.is_none() {
+                return Err(not_found(id));
+            }
+            Ok(value)
         })
     }
 

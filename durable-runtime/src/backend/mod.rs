@@ -116,6 +116,25 @@ pub(crate) enum Write {
     /// event it waits for (its name and occurrence) was stored first: then
     /// nothing is written and the result is [`Committed::EventFirst`].
     TimeOut { record: CheckpointRecord },
+    /// Published state (`Ctx::set_event`): writes `record` (the checkpoint
+    /// that makes a replay skip it) and `value` as the value of `key`
+    /// (replacing one set before) in one atomic batch, and sets the count of
+    /// resumes without progress back to zero.
+    Publish {
+        record: CheckpointRecord,
+        key: String,
+        value: EventRecord,
+    },
+    /// A stream entry (`Ctx::write_stream`): writes `record` (its
+    /// checkpoint) and `value` as entry `offset` of stream `key` in one
+    /// atomic batch (replacing an entry of that offset), and sets the count
+    /// of resumes without progress back to zero.
+    Append {
+        record: CheckpointRecord,
+        key: String,
+        offset: u64,
+        value: EventRecord,
+    },
 }
 
 /// The outcome of a fenced write that was not refused.
@@ -165,6 +184,9 @@ pub(crate) enum Notice {
     Ended { id: String },
     /// Instance `id` was paused or unpaused (its owner looks at the record).
     Paused { id: String },
+    /// Instance `id` published a value under `key`, or appended to stream
+    /// `key` (readers waiting in `Engine::get_event_timeout` look again).
+    Published { id: String, key: String },
 }
 
 /// What the engine needs from durable storage.
@@ -286,6 +308,44 @@ pub(crate) trait Backend: Send + Sync + 'static {
         check: EventCheck<'a>,
     ) -> BoxFuture<'a, Result<u32>>;
 
+    /// [`send_event`](Self::send_event) with an idempotency key: decided
+    /// under the instance's lock, like it, after a look-up of `key` among
+    /// the keys of instance `id`'s events. If an event was stored with
+    /// `key` before, nothing is checked or written and the result is
+    /// `None`; else the event is checked and stored as `send_event` does,
+    /// with `key` recorded in the same atomic write, and the result is its
+    /// number. `NotFound` comes first; `InstanceFinished` only for a key
+    /// not seen before (a retried send of a delivered event is a no-op even
+    /// after the instance finished).
+    fn send_event_keyed<'a>(
+        &'a self,
+        id: &'a str,
+        name: &'a str,
+        event: EventRecord,
+        check: EventCheck<'a>,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u32>>>;
+
+    /// The value instance `id` published under `key` (see
+    /// [`Write::Publish`]), if any. `NotFound` when the instance does not
+    /// exist.
+    fn published<'a>(
+        &'a self,
+        id: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<EventRecord>>>;
+
+    /// Up to `limit` entries of stream `key` of instance `id` from offset
+    /// `from` on, in offset order: (offset, value). `NotFound` when the
+    /// instance does not exist.
+    fn stream<'a>(
+        &'a self,
+        id: &'a str,
+        key: &'a str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<(u64, EventRecord)>>>;
+
     /// Cancels unfinished instance `id`: records `record` (its state set to
     /// `Cancelled` by the caller from the latest record, passed in through
     /// `update`) and moves its epoch, so its owner's later writes are
@@ -332,7 +392,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// Deletes every finished instance (completed, failed, cancelled) whose
     /// last transition is before `before_ms`: its record, checkpoints,
-    /// events, park record and index entries, one instance per atomic batch,
+    /// events, published state, streams, keys of idempotent sends, park
+    /// record and index entries, one instance per atomic batch,
     /// each decided under the instance's lock (one reopened meanwhile is
     /// kept). Unfinished instances are never touched. Returns how many were
     /// deleted.

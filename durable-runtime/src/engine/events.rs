@@ -19,9 +19,25 @@ impl Core {
         self: &Arc<Self>,
         id: String,
         name: String,
-        (type_name, shape): (&'static str, Arc<Shape>),
+        typed: (&'static str, Arc<Shape>),
         payload: Vec<u8>,
     ) -> Result<()> {
+        self.deliver(id, name, typed, payload, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`send_event`](Self::send_event), with an idempotency key when
+    /// `key` is given: returns whether the event was stored now (`false`:
+    /// an event with that key was stored before, nothing was done).
+    pub(super) async fn deliver(
+        self: &Arc<Self>,
+        id: String,
+        name: String,
+        (type_name, shape): (&'static str, Arc<Shape>),
+        payload: Vec<u8>,
+        key: Option<&str>,
+    ) -> Result<bool> {
         let backend = &self.services.backend;
         // The manifest an instance runs on never changes: read it first.
         let record = backend
@@ -76,7 +92,24 @@ impl Core {
             payload,
             sent_at_ms: self.services.clock.now_ms(),
         };
-        let seq = backend.send_event(&id, &name, event, &check).await?;
+        let seq = match key {
+            None => backend.send_event(&id, &name, event, &check).await?,
+            Some(key) => match backend
+                .send_event_keyed(&id, &name, event, &check, key)
+                .await?
+            {
+                Some(seq) => seq,
+                None => {
+                    tracing::info!(
+                        durable.instance_id = %id,
+                        durable.event = %name,
+                        durable.send_key = %key,
+                        "event already sent with this key; nothing done"
+                    );
+                    return Ok(false);
+                }
+            },
+        };
         tracing::info!(
             durable.instance_id = %id,
             durable.event = %name,
@@ -84,7 +117,7 @@ impl Core {
             "event sent"
         );
         crate::metrics::event_sent(&record.workflow);
-        Ok(())
+        Ok(true)
     }
 
     /// Cancels instance `id`; see `Engine::cancel`.

@@ -9,6 +9,7 @@
 //! | `driver` | one run of one instance, the crash-loop guard, its end |
 //! | `scheduler` | the claim loop: claims due and runnable work from the backend, wake-up hints |
 //! | `events` | `send_event` and `cancel`, decided by the backend |
+//! | `published` | `get_event`, `read_stream` (each with a wait), `send_event_with_key` |
 //! | `recovery` | the first claim round at open, and its report |
 //! | `queries` | status, history, listing |
 //! | `control` | the operator's public actions: retry, cancel, fork, pause, unpause, purge |
@@ -26,6 +27,7 @@ mod evolution;
 mod instances;
 mod many;
 mod operator;
+mod published;
 mod queries;
 mod recovery;
 mod registry;

@@ -135,7 +135,7 @@ impl Core {
     /// Follows one wake-up hint about a single instance.
     async fn follow(self: &Arc<Self>, notice: Notice) {
         match notice {
-            Notice::Ready => {}
+            Notice::Ready | Notice::Published { .. } => {}
             Notice::Event { id, .. } => {
                 if let Some(slot) = self.instances.get(&id) {
                     slot.signals.ring();

@@ -166,11 +166,18 @@ pub enum Tree {
     Events,
     /// An index of instances by creation time: (milliseconds, id), empty values.
     Created,
+    /// State published by instances (`Ctx::set_event`), keyed by (id, key).
+    Published,
+    /// The keys of idempotent sends (`Engine::send_event_with_key`),
+    /// keyed by (id, key).
+    SendKeys,
+    /// Stream entries (`Ctx::write_stream`), keyed by (id, key, offset).
+    Streams,
 }
 
 impl Tree {
     /// Every tree, in a fixed order.
-    pub const ALL: [Tree; 7] = [
+    pub const ALL: [Tree; 10] = [
         Tree::Meta,
         Tree::Instances,
         Tree::Active,
@@ -178,6 +185,9 @@ impl Tree {
         Tree::Timers,
         Tree::Events,
         Tree::Created,
+        Tree::Published,
+        Tree::SendKeys,
+        Tree::Streams,
     ];
 
     /// A stable name for the tree.
@@ -190,6 +200,9 @@ impl Tree {
             Tree::Timers => "timers",
             Tree::Events => "events",
             Tree::Created => "created",
+            Tree::Published => "published",
+            Tree::SendKeys => "send_keys",
+            Tree::Streams => "streams",
         }
     }
 

@@ -69,7 +69,7 @@ pub(super) struct Cp {
 }
 
 impl Cp {
-    fn of(id: &str, record: &CheckpointRecord) -> Result<Cp> {
+    pub(super) fn of(id: &str, record: &CheckpointRecord) -> Result<Cp> {
         let key = match &record.key {
             Some((key, _)) => keyed_key(id, &record.name, key),
             None => occurrence_key(id, &record.name, record.occurrence),
@@ -154,6 +154,19 @@ impl Committer {
 impl Inner {
     pub(super) async fn commit(&self, id: &str, lease: Lease, write: Write) -> Result<Committed> {
         let prepared = match write {
+            Write::Publish { record, key, value } => {
+                let beside = super::published::Beside::Value { key: &key };
+                return self.publish(id, lease, &record, beside, &value).await;
+            }
+            Write::Append {
+                record,
+                key,
+                offset,
+                value,
+            } => {
+                let beside = super::published::Beside::Entry { key: &key, offset };
+                return self.publish(id, lease, &record, beside, &value).await;
+            }
             Write::Checkpoint { record, progress } => {
                 Prepared::Checkpoint(Cp::of(id, &record)?, progress)
             }

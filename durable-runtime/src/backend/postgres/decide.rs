@@ -11,13 +11,16 @@ use super::status::{self, READY, SLEEPING, WAITING};
 use super::{Inner, decode, encode, io};
 
 impl Inner {
+    /// Stores an event (see `Backend::send_event`); with `key`, nothing
+    /// is done (`None`) when an event was stored with that key before.
     pub(super) async fn send_event(
         &self,
         id: &str,
         name: &str,
         event: EventRecord,
         check: EventCheck<'_>,
-    ) -> Result<u32> {
+        key: Option<&str>,
+    ) -> Result<Option<u32>> {
         let bytes = encode(&event, id, &format!("event {name:?}"))?;
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(io("begin an event"))?;
@@ -36,6 +39,20 @@ impl Inner {
             return Err(Error::Usage(UsageError::NotFound { id: id.to_string() }));
         };
         let record: InstanceRecord = decode(row.get(0), || format!("instance {id:?}"))?;
+        // Under the row lock: a concurrent send with the same key waits
+        // for this one and then finds its key.
+        if let Some(key) = key
+            && tx
+                .query_opt(
+                    &self.sql("SELECT 1 FROM {s}.send_keys WHERE instance_id = $1 AND key = $2"),
+                    &[&id, &key],
+                )
+                .await
+                .map_err(io("look up the key of an event"))?
+                .is_some()
+        {
+            return Ok(None);
+        }
         status::ensure_unfinished(id, &record.state)?;
         let code: i16 = row.get(2);
         // Counted in a statement of its own, after the lock: its snapshot
@@ -98,6 +115,16 @@ impl Inner {
         )
         .await
         .map_err(io("store an event"))?;
+        if let Some(key) = key {
+            tx.execute(
+                &self.sql(
+                    "INSERT INTO {s}.send_keys (instance_id, key, name, seq) VALUES ($1, $2, $3, $4)",
+                ),
+                &[&id, &key, &name, &(seq as i32)],
+            )
+            .await
+            .map_err(io("store the key of an event"))?;
+        }
         let woken = wait.is_some();
         if woken {
             tx.execute(
@@ -126,7 +153,7 @@ impl Inner {
         if woken {
             self.announce(Notice::Ready);
         }
-        Ok(seq)
+        Ok(Some(seq))
     }
 
     pub(super) async fn cancel(

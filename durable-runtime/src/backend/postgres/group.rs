@@ -77,7 +77,7 @@ pub(super) async fn write_group(inner: &Inner, jobs: &[Job]) -> Vec<Result<Commi
 }
 
 /// Whether a database error leaves a transaction worth retrying.
-fn retryable(e: &tokio_postgres::Error) -> bool {
+pub(super) fn retryable(e: &tokio_postgres::Error) -> bool {
     match e.code() {
         Some(code) => {
             let code = code.code();

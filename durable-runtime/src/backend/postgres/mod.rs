@@ -25,6 +25,7 @@ mod commit;
 mod decide;
 mod group;
 mod notify;
+mod published;
 mod reads;
 mod schema;
 mod status;
@@ -465,7 +466,39 @@ impl Backend for PgBackend {
         event: EventRecord,
         check: EventCheck<'a>,
     ) -> BoxFuture<'a, Result<u32>> {
-        Box::pin(self.inner.send_event(id, name, event, check))
+        Box::pin(async move {
+            let seq = self.inner.send_event(id, name, event, check, None).await?;
+            Ok(seq.unwrap_or_default())
+        })
+    }
+
+    fn send_event_keyed<'a>(
+        &'a self,
+        id: &'a str,
+        name: &'a str,
+        event: EventRecord,
+        check: EventCheck<'a>,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u32>>> {
+        Box::pin(self.inner.send_event(id, name, event, check, Some(key)))
+    }
+
+    fn published<'a>(
+        &'a self,
+        id: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<EventRecord>>> {
+        Box::pin(self.inner.published(id, key))
+    }
+
+    fn stream<'a>(
+        &'a self,
+        id: &'a str,
+        key: &'a str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<(u64, EventRecord)>>> {
+        Box::pin(self.inner.stream(id, key, from, limit))
     }
 
     fn cancel<'a>(

@@ -84,6 +84,7 @@ fn payload(token: u64, notice: &Notice) -> String {
         Notice::Ended { id } => format!("{token:x}|N{id}"),
         Notice::Paused { id } => format!("{token:x}|P{id}"),
         Notice::Event { id, name } => format!("{token:x}|E{}:{id}{name}", id.len()),
+        Notice::Published { id, key } => format!("{token:x}|U{}:{id}{key}", id.len()),
     }
 }
 
@@ -104,6 +105,14 @@ fn parse(payload: &str) -> Option<(u64, Result<Notice, &str>)> {
             Notice::Event {
                 id: rest.get(..len)?.into(),
                 name: rest.get(len..)?.into(),
+            }
+        }
+        "U" => {
+            let (len, rest) = body.split_once(':')?;
+            let len: usize = len.parse().ok()?;
+            Notice::Published {
+                id: rest.get(..len)?.into(),
+                key: rest.get(len..)?.into(),
             }
         }
         "T" => return Some((token, Err(body))),

@@ -10,7 +10,10 @@ use super::io;
 
 /// The migrations, oldest first: (version, SQL). The SQL names tables
 /// without a schema; it runs with `search_path` set to the backend's.
-pub(super) const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+pub(super) const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_published.sql")),
+];
 
 /// The newest schema version this build knows.
 pub(super) fn latest() -> i32 {
