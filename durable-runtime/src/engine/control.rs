@@ -7,6 +7,8 @@ use crate::ids::validate_id;
 
 use super::Engine;
 #[cfg(doc)]
+use super::EngineBuilder;
+#[cfg(doc)]
 use crate::inspect::Status;
 
 impl Engine {
