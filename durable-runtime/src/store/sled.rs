@@ -269,10 +269,27 @@ impl SledStore {
             .path(&path)
             .flush_every_ms(None)
             .cache_capacity(cache_bytes);
-        let db = match catch_unwind(AssertUnwindSafe(|| config.open())) {
-            Ok(Ok(db)) => db,
-            Ok(Err(e)) => return Err(map_open_error(&path, e)),
-            Err(panic) => return Err(sled_panicked(&path, "opening sled", &*panic)),
+        // We hold the store's lock, so no other engine has it open: a lock
+        // sled still finds taken is this process's previous handle, whose
+        // background threads close its files just after it was dropped
+        // (late on a busy machine). Wait for them, within a hang guard.
+        let mut waited = Duration::ZERO;
+        let mut pause = Duration::from_millis(2);
+        let db = loop {
+            match catch_unwind(AssertUnwindSafe(|| config.open())) {
+                Ok(Ok(db)) => break db,
+                Ok(Err(e)) => {
+                    let error = map_open_error(&path, e);
+                    if matches!(error, StoreError::Locked { .. }) && waited < SLED_LOCK_WAIT {
+                        std::thread::sleep(pause);
+                        waited += pause;
+                        pause = (pause * 2).min(Duration::from_millis(100));
+                        continue;
+                    }
+                    return Err(error);
+                }
+                Err(panic) => return Err(sled_panicked(&path, "opening sled", &*panic)),
+            }
         };
         stage("sled opened", &path);
         // sled's recovery removes blob files that no log entry reached, and
@@ -921,6 +938,10 @@ fn os(op: &'static str, e: &std::io::Error) -> StoreError {
     };
     StoreError::io(op, copy)
 }
+
+/// How long an open waits for sled's own lock once it holds the store's:
+/// the previous handle of this process releasing its files.
+const SLED_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// Takes the store's exclusive lock, or fails with [`StoreError::Locked`].
 /// An `flock` is released by the kernel when its holder dies, even by
