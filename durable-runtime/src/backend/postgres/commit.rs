@@ -69,7 +69,7 @@ pub(super) struct Cp {
 }
 
 impl Cp {
-    fn of(id: &str, record: &CheckpointRecord) -> Result<Cp> {
+    pub(super) fn of(id: &str, record: &CheckpointRecord) -> Result<Cp> {
         let key = match &record.key {
             Some((key, _)) => keyed_key(id, &record.name, key),
             None => occurrence_key(id, &record.name, record.occurrence),

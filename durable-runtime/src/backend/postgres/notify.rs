@@ -98,6 +98,7 @@ fn parse(payload: &str) -> Option<(u64, Result<Notice, &str>)> {
         "R" => Notice::Ready,
         "C" => Notice::Cancelled { id: body.into() },
         "N" => Notice::Ended { id: body.into() },
+        "P" => Notice::Paused { id: body.into() },
         "E" => {
             let (len, rest) = body.split_once(':')?;
             let len: usize = len.parse().ok()?;
@@ -323,6 +324,7 @@ mod tests {
             Notice::Ready,
             Notice::Cancelled { id: "a|b".into() },
             Notice::Ended { id: "x".into() },
+            Notice::Paused { id: "p|q".into() },
             Notice::Event {
                 id: "i:d".into(),
                 name: "na:me".into(),

@@ -10,7 +10,13 @@ use super::io;
 
 /// The migrations, oldest first: (version, SQL). The SQL names tables
 /// without a schema; it runs with `search_path` set to the backend's.
-pub(super) const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+/// Versions may have gaps; every one not recorded in the schema's
+/// `migrations` table is applied, in this order (so a version added later
+/// below the newest applied one still applies).
+pub(super) const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (3, include_str!("migrations/0003_paused.sql")),
+];
 
 /// The newest schema version this build knows.
 pub(super) fn latest() -> i32 {
@@ -74,22 +80,21 @@ pub(super) async fn migrate(pool: &Pool, schema: &str, quoted: &str) -> Result<(
     ))
     .await
     .map_err(io("create the schema"))?;
-    let found: Option<i32> = tx
-        .query_one(
-            &format!("SELECT max(version) FROM {quoted}.migrations"),
-            &[],
-        )
+    let applied: Vec<i32> = tx
+        .query(&format!("SELECT version FROM {quoted}.migrations"), &[])
         .await
         .map_err(io("read the schema version"))?
-        .get(0);
-    let found = found.unwrap_or(0);
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let found = applied.iter().copied().max().unwrap_or(0);
     if found > latest() {
         return Err(Error::Store(StoreError::FormatTooNew {
             found: found as u32,
             supported: latest() as u32,
         }));
     }
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| !applied.contains(v)) {
         tx.batch_execute(sql)
             .await
             .map_err(io("apply a schema migration"))?;
