@@ -6,6 +6,8 @@
 //! (finished instances deleted with their checkpoints and events, each
 //! decided under its row lock).
 
+use std::collections::HashSet;
+
 use crate::backend::{Created, Lease, Notice, Reopen};
 use crate::error::{Error, Result, UsageError};
 use crate::records::{CheckpointRecord, InstanceRecord};
@@ -221,6 +223,28 @@ impl Inner {
             self.announce(Notice::Ready);
         }
         Ok(true)
+    }
+
+    /// Tells this process of each instance this worker owns that was
+    /// paused or unpaused since `seen` (the ones found paused last time,
+    /// updated): its owner looks at the record.
+    pub(super) async fn owned_paused(&self, seen: &mut HashSet<String>) -> Result<()> {
+        let conn = self.conn().await?;
+        let now: HashSet<String> = conn
+            .query(
+                &self.sql("SELECT id FROM {s}.instances WHERE owner = $1 AND paused"),
+                &[&self.me()],
+            )
+            .await
+            .map_err(io("look for paused instances"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for id in now.symmetric_difference(seen) {
+            let _ = self.notices.send(Notice::Paused { id: id.clone() });
+        }
+        *seen = now;
+        Ok(())
     }
 
     /// See [`Backend::purge`](crate::backend::Backend::purge): a page of

@@ -378,3 +378,30 @@ async fn purge_deletes_only_old_finished_instances_with_all_their_rows() {
     );
     a.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_learns_of_a_pause_and_an_unpause_without_the_hint() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    // No listener: only the owner's own poll can tell it.
+    let a = db.backend().await;
+    let b = db.backend().await;
+    let mut rx = a.subscribe();
+    create(&a, "owned").await;
+    let paused = |n: &Notice| *n == Notice::Paused { id: "owned".into() };
+    assert!(
+        b.set_paused("owned", true, &pause_update(true))
+            .await
+            .unwrap()
+    );
+    notice(&mut rx, paused).await;
+    assert!(
+        b.set_paused("owned", false, &pause_update(false))
+            .await
+            .unwrap()
+    );
+    notice(&mut rx, paused).await;
+    a.close().await;
+    b.close().await;
+}
