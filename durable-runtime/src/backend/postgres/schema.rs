@@ -18,7 +18,8 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("migrations/0003_paused.sql")),
 ];
 
-/// The newest schema version this build knows.
+/// The newest schema version this build knows (tests).
+#[cfg(test)]
 pub(super) fn latest() -> i32 {
     MIGRATIONS.last().map_or(0, |(v, _)| *v)
 }
@@ -60,6 +61,17 @@ pub(super) fn quoted(schema: &str) -> Result<String> {
 /// Creates the schema or brings it up to date; refuses one written by a
 /// newer build with [`StoreError::FormatTooNew`].
 pub(super) async fn migrate(pool: &Pool, schema: &str, quoted: &str) -> Result<()> {
+    migrate_with(pool, schema, quoted, MIGRATIONS).await
+}
+
+/// [`migrate`] with `migrations` (oldest first) for [`MIGRATIONS`].
+pub(super) async fn migrate_with(
+    pool: &Pool,
+    schema: &str,
+    quoted: &str,
+    migrations: &[(i32, &str)],
+) -> Result<()> {
+    let latest = migrations.last().map_or(0, |(v, _)| *v);
     let mut conn = pool.get().await.map_err(super::pool_error)?;
     let tx = conn
         .transaction()
@@ -88,13 +100,13 @@ pub(super) async fn migrate(pool: &Pool, schema: &str, quoted: &str) -> Result<(
         .map(|row| row.get(0))
         .collect();
     let found = applied.iter().copied().max().unwrap_or(0);
-    if found > latest() {
+    if found > latest {
         return Err(Error::Store(StoreError::FormatTooNew {
             found: found as u32,
-            supported: latest() as u32,
+            supported: latest as u32,
         }));
     }
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| !applied.contains(v)) {
+    for (version, sql) in migrations.iter().filter(|(v, _)| !applied.contains(v)) {
         tx.batch_execute(sql)
             .await
             .map_err(io("apply a schema migration"))?;

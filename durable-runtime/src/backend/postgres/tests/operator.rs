@@ -247,6 +247,9 @@ async fn pause_keeps_due_and_woken_instances_from_claims_until_unpaused() {
     let mut filter = ListFilter::default();
     filter.statuses.push(StatusKind::Paused);
     assert_eq!(a.list(&filter).await.unwrap().instances.len(), 3);
+    let mut waiting = ListFilter::default();
+    waiting.statuses.push(StatusKind::Waiting);
+    assert!(a.list(&waiting).await.unwrap().instances.is_empty());
 
     // The timer comes due, the awaited event arrives: still nobody claims.
     db.clock.advance(Duration::from_secs(120));
@@ -263,6 +266,10 @@ async fn pause_keeps_due_and_woken_instances_from_claims_until_unpaused() {
     }
     assert_eq!(claim_ids(&b).await, vec!["nap", "run", "waiter"]);
     assert!(a.list(&filter).await.unwrap().instances.is_empty());
+    // Unpaused and claimed: the listing shows them running again.
+    let mut running = ListFilter::default();
+    running.statuses.push(StatusKind::Running);
+    assert_eq!(b.list(&running).await.unwrap().instances.len(), 3);
     a.close().await;
     b.close().await;
 }
