@@ -1,9 +1,7 @@
 //! The `durable` command line on PostgreSQL (`--postgres URL --schema S`),
-//! run as a real process: it lists, shows and cancels what a worker left
-//! in the schema, claims and runs nothing (the engine it opens registers no
-//! workflow), and answers the actions the PostgreSQL backend does not
-//! support yet (retry, fork, pause, unpause, purge) with their typed error
-//! and exit code 1.
+//! run as a real process: it lists and shows what a worker left in the
+//! schema, claims and runs nothing (the engine it opens registers no
+//! workflow), and retries, forks, pauses, unpauses, cancels and purges.
 //!
 //! `cargo test --features postgres --test cli_pg`. Needs PostgreSQL
 //! (`DURABLE_TEST_PG`); without it the test passes after saying "skipped:
@@ -79,6 +77,8 @@ async fn the_command_line_on_postgresql() {
     until_status(&worker, WAITING, StatusKind::Waiting).await;
     let _ = worker.start(order, RUNNING, input("hang")).await.unwrap();
     until_in_step(&worker, RUNNING).await;
+    let failed = worker.run(order, FAILED, input("panic")).await;
+    assert!(failed.is_err(), "{failed:?}");
     worker.shutdown().await;
     let reader = builder().open().await.unwrap();
     let before = snapshot(&reader).await;
@@ -86,9 +86,10 @@ async fn the_command_line_on_postgresql() {
     // Reading: the same documents as through --store or --url.
     let list = expect(&pg, 0, &["list", "--json"]).await.json();
     let instances = list["instances"].as_array().unwrap();
-    assert_eq!(instances.len(), 3, "{list}");
+    assert_eq!(instances.len(), 4, "{list}");
     for (id, kind) in [
         (COMPLETED, "completed"),
+        (FAILED, "failed"),
         (WAITING, "waiting"),
         (RUNNING, "running"),
     ] {
@@ -109,7 +110,7 @@ async fn the_command_line_on_postgresql() {
         .json();
     assert_eq!(history["steps"][1]["name"], "charge");
     let stats = expect(&pg, 0, &["stats", "--json"]).await.json();
-    assert_eq!(stats["total"], 3);
+    assert_eq!(stats["total"], 4);
     let missing = expect(&pg, 1, &["show", "nope"]).await;
     assert!(
         missing.stderr.contains("no instance \"nope\""),
@@ -117,10 +118,53 @@ async fn the_command_line_on_postgresql() {
         missing.stderr
     );
 
-    // Not supported by the PostgreSQL backend yet: typed, exit 1.
-    for args in [
-        vec!["retry", COMPLETED],
-        vec![
+    // Nothing was claimed or run: the interrupted instance is as it was.
+    assert_eq!(snapshot(&reader).await, before);
+    let interrupted = reader.history_json(RUNNING).await.unwrap();
+
+    // Retry: running again in the store (no engine here runs it).
+    let retried = expect(&pg, 0, &["retry", FAILED]).await;
+    assert_eq!(retried.stdout.trim(), format!("retried {FAILED}"));
+    let doc = expect(&pg, 0, &["show", FAILED, "--json"]).await.json();
+    assert_eq!(doc["status"]["kind"], "running", "{doc}");
+    let refused = expect(&pg, 1, &["retry", COMPLETED]).await;
+    assert!(
+        refused
+            .stderr
+            .contains("only a failed, blocked or needs-attention instance"),
+        "{}",
+        refused.stderr
+    );
+
+    // Pause and unpause.
+    let paused = expect(&pg, 0, &["pause", WAITING]).await;
+    assert!(
+        paused.stdout.contains(&format!("paused {WAITING}")),
+        "{}",
+        paused.stdout
+    );
+    let doc = expect(&pg, 0, &["show", WAITING, "--json"]).await.json();
+    assert_eq!(doc["status"]["kind"], "paused", "{doc}");
+    let listed = expect(&pg, 0, &["list", "--status", "paused", "--json"])
+        .await
+        .json();
+    let ids: Vec<&str> = listed["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [WAITING], "{listed}");
+    let unpaused = expect(&pg, 0, &["unpause", WAITING, "--json"]).await.json();
+    assert_eq!(unpaused["results"][0]["ok"], true, "{unpaused}");
+    let doc = expect(&pg, 0, &["show", WAITING, "--json"]).await.json();
+    assert_eq!(doc["status"]["kind"], "waiting", "{doc}");
+
+    // Fork: a new instance with the checkpoints before the step.
+    let forked = expect(
+        &pg,
+        0,
+        &[
             "fork",
             COMPLETED,
             "--from-step",
@@ -128,21 +172,20 @@ async fn the_command_line_on_postgresql() {
             "--new-id",
             "copy",
         ],
-        vec!["pause", WAITING],
-        vec!["unpause", WAITING],
-        vec!["purge", "--older-than", "0s", "--yes"],
-    ] {
-        let run = expect(&pg, 1, &args).await;
-        assert!(
-            run.stderr
-                .contains("not supported on the PostgreSQL store yet"),
-            "{args:?}: {}",
-            run.stderr
-        );
-    }
+    )
+    .await;
+    assert_eq!(forked.stdout, "copy\n");
+    let doc = expect(&pg, 0, &["history", "copy", "--json"]).await.json();
+    let steps: Vec<&str> = doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["price"], "{doc}");
 
-    // Nothing was claimed or run: the interrupted instance is as it was.
-    assert_eq!(snapshot(&reader).await, before);
+    // The interrupted instance was left alone throughout.
+    assert_eq!(reader.history_json(RUNNING).await.unwrap(), interrupted);
 
     // Cancel: refused for a finished instance, done for the waiting one.
     let finished = expect(&pg, 1, &["cancel", COMPLETED]).await;
@@ -159,6 +202,15 @@ async fn the_command_line_on_postgresql() {
         reader.status(WAITING).await.unwrap().kind(),
         StatusKind::Cancelled
     );
+
+    // Purge: the finished ones (completed, cancelled) go.
+    let purged = expect(&pg, 0, &["purge", "--older-than", "0s", "--yes", "--json"])
+        .await
+        .json();
+    assert_eq!(purged["purged"], 2, "{purged}");
+    expect(&pg, 1, &["show", COMPLETED]).await;
+    let left = expect(&pg, 0, &["list", "--json"]).await.json();
+    assert_eq!(left["instances"].as_array().unwrap().len(), 3, "{left}");
 
     // Another schema is another store; a server that is not there is an error.
     let empty = expect(

@@ -389,3 +389,52 @@ async fn a_killed_worker_publishes_nothing_again_when_taken_over() {
     worker.shutdown().await;
     schema.drop_schema().await;
 }
+
+#[durable]
+async fn staged(ctx: &Ctx, _n: u32) -> Result<u64, String> {
+    let text = |e: Error| e.to_string();
+    ctx.set_event("stage", &"one".to_string())
+        .await
+        .map_err(text)?;
+    ctx.write_stream("stages", &1u32).await.map_err(text)?;
+    step!("middle", Ok::<_, String>(()))?;
+    ctx.set_event("stage", &"two".to_string())
+        .await
+        .map_err(text)?;
+    ctx.write_stream("stages", &2u32).await.map_err(text)?;
+    Ok(7)
+}
+
+/// On PostgreSQL too, a fork starts with the state and stream entries its
+/// checkpoints before the fork point published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_starts_with_what_was_published_before_its_step() {
+    let Some(schema) = Schema::new().await else {
+        return;
+    };
+    let worker = schema.builder(true).register(staged).open().await.unwrap();
+    let client = schema.builder(true).open().await.unwrap();
+    let out = support::guarded("the original completes", worker.run(staged, "orig", 0)).await;
+    assert_eq!(out.unwrap(), Ok(7));
+    client.fork("orig", "middle", "copy").await.unwrap();
+    // Before the fork's own run gets past its fork point, or after: the
+    // state published before it is there from the start.
+    let stages = client
+        .read_stream::<u32>("copy", "stages", 0)
+        .await
+        .unwrap();
+    assert_eq!(stages.0.first(), Some(&1));
+    let copy = worker.attach(staged, "copy").await.unwrap();
+    let out = support::guarded("the fork completes", copy.result()).await;
+    assert_eq!(out.unwrap(), Ok(7));
+    let stage = client.get_event::<String>("copy", "stage").await.unwrap();
+    assert_eq!(stage.as_deref(), Some("two"));
+    let stages = client
+        .read_stream::<u32>("copy", "stages", 0)
+        .await
+        .unwrap();
+    assert_eq!(stages.0, vec![1, 2]);
+    client.shutdown().await;
+    worker.shutdown().await;
+    schema.drop_schema().await;
+}

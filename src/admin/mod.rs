@@ -43,8 +43,8 @@
 //! code: 400 a wrong call, 401/403 refused, 404 no such instance (or no
 //! such step to fork from), 409 the instance's state forbids it (`finished`,
 //! `not-retryable`, `id-conflict`, ..), 501 the store's backend does not
-//! support the action (`not-supported`: PostgreSQL, for retry, fork,
-//! pause, unpause and purge), 500 the store failed.
+//! support the action (`not-supported`; both backends support every action
+//! today), 500 the store failed.
 
 mod actions;
 mod api;

@@ -127,7 +127,7 @@ impl Engine {
     /// and index entries, so the store stops growing with old history.
     /// Unfinished instances are never touched. Returns how many were
     /// deleted. Each instance goes in one atomic write: after a crash it is
-    /// either all there or all gone. [`EngineBuilder::retention`] does this
+    /// either all there or all gone. [`EngineBuilder::retention`](super::EngineBuilder::retention) does this
     /// in the background.
     ///
     /// ```

@@ -207,7 +207,8 @@ impl Inner {
                 &self.sql(&format!(
                     "WITH c AS (
                          SELECT id, status FROM {{s}}.instances
-                         WHERE id = $1 AND owner IS NULL AND status IN ({RUNNING}, {READY},
+                         WHERE id = $1 AND owner IS NULL AND NOT paused
+                           AND status IN ({RUNNING}, {READY},
                                {BLOCKED}, {NEEDS_ATTENTION}, {INCOMPATIBLE})
                          FOR UPDATE)
                      UPDATE {{s}}.instances i
@@ -273,7 +274,8 @@ impl Inner {
                 &self.sql(&format!(
                     "WITH c AS (
                          SELECT id, status, wake_at_ms FROM {{s}}.instances
-                         WHERE workflow = ANY($1) AND owner IS NULL AND id <> ALL($5)
+                         WHERE workflow = ANY($1) AND owner IS NULL AND NOT paused
+                           AND id <> ALL($5)
                            AND (status IN ({RUNNING}, {READY})
                                 OR (status IN ({}, {}) AND wake_at_ms <= $2)
                                 OR (status = {BLOCKED} AND NOT EXISTS (

@@ -25,6 +25,7 @@ mod commit;
 mod decide;
 mod group;
 mod notify;
+mod operator;
 mod published;
 mod reads;
 mod schema;
@@ -50,14 +51,6 @@ use crate::listing::{ListFilter, Page};
 use crate::manifest::Manifest;
 use crate::records::{CheckpointRecord, EventRecord, InstanceRecord, ParkRecord};
 use crate::time::Clock;
-
-/// The error of an operation this backend does not do yet.
-fn not_supported(operation: &'static str) -> Error {
-    Error::Usage(crate::error::UsageError::NotSupported {
-        operation,
-        backend: "PostgreSQL",
-    })
-}
 
 /// How a [`PgBackend`] runs.
 #[derive(Debug, Clone)]
@@ -409,29 +402,24 @@ impl Backend for PgBackend {
         record: &'a InstanceRecord,
         checkpoints: &'a [CheckpointRecord],
     ) -> BoxFuture<'a, Result<Created>> {
-        Box::pin(async move {
-            if checkpoints.is_empty() {
-                return self.inner.create(id, record).await;
-            }
-            Err(not_supported("fork"))
-        })
+        Box::pin(self.inner.create_with(id, record, checkpoints))
     }
 
-    fn reopen<'a>(&'a self, _id: &'a str, _decide: Reopen<'a>) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(async move { Err(not_supported("retry and resuming a finished instance")) })
+    fn reopen<'a>(&'a self, id: &'a str, decide: Reopen<'a>) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(self.inner.reopen(id, decide))
     }
 
     fn set_paused<'a>(
         &'a self,
-        _id: &'a str,
-        _paused: bool,
-        _update: &'a (dyn Fn(InstanceRecord) -> Option<InstanceRecord> + Send + Sync),
+        id: &'a str,
+        paused: bool,
+        update: &'a (dyn Fn(InstanceRecord) -> Option<InstanceRecord> + Send + Sync),
     ) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(async move { Err(not_supported("pause and unpause")) })
+        Box::pin(self.inner.set_paused(id, paused, update))
     }
 
-    fn purge(&self, _before_ms: u64) -> BoxFuture<'_, Result<u64>> {
-        Box::pin(async move { Err(not_supported("purge")) })
+    fn purge(&self, before_ms: u64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.inner.purge(before_ms))
     }
 
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<String>>> {

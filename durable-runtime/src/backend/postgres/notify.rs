@@ -99,6 +99,7 @@ fn parse(payload: &str) -> Option<(u64, Result<Notice, &str>)> {
         "R" => Notice::Ready,
         "C" => Notice::Cancelled { id: body.into() },
         "N" => Notice::Ended { id: body.into() },
+        "P" => Notice::Paused { id: body.into() },
         "E" => {
             let (len, rest) = body.split_once(':')?;
             let len: usize = len.parse().ok()?;
@@ -154,9 +155,12 @@ async fn send(inner: &Inner, payloads: &[String]) -> crate::error::Result<()> {
 }
 
 /// Sends [`Notice::Ready`] every poll interval: the short one until the
-/// listener proved itself, the long one after.
+/// listener proved itself, the long one after; and [`Notice::Paused`] for
+/// each instance this worker owns that was paused or unpaused since the
+/// last tick (so that an owner learns of it without the hint).
 pub(super) async fn poll_tick(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
+    let mut paused = std::collections::HashSet::new();
     loop {
         let every = if inner.listening.load(Ordering::SeqCst) {
             inner.options.poll_listening
@@ -168,6 +172,9 @@ pub(super) async fn poll_tick(inner: Arc<Inner>) {
             _ = stop.wait_for(|s| *s) => return,
         }
         let _ = inner.notices.send(Notice::Ready);
+        if let Err(e) = inner.owned_paused(&mut paused).await {
+            tracing::debug!(durable.error = %e, "could not look for paused instances");
+        }
     }
 }
 
@@ -332,6 +339,7 @@ mod tests {
             Notice::Ready,
             Notice::Cancelled { id: "a|b".into() },
             Notice::Ended { id: "x".into() },
+            Notice::Paused { id: "p|q".into() },
             Notice::Event {
                 id: "i:d".into(),
                 name: "na:me".into(),

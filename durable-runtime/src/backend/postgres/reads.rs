@@ -185,7 +185,9 @@ impl Inner {
                        AND ($3::int8 IS NULL OR created_at_ms < $3)
                        AND ($4::int8 IS NULL OR updated_ms >= $4)
                        AND ($5::int8 IS NULL OR updated_ms < $5)
-                       AND (cardinality($6::int2[]) = 0 OR status = ANY($6))
+                       AND (cardinality($6::int2[]) = 0
+                            OR (CASE WHEN paused AND NOT finished THEN -1::int2
+                                ELSE status END) = ANY($6))
                        AND ($7::int8 IS NULL OR (created_at_ms, id) < ($7, $8::text))
                      ORDER BY created_at_ms DESC, id DESC
                      LIMIT $9",

@@ -10,12 +10,17 @@ use super::io;
 
 /// The migrations, oldest first: (version, SQL). The SQL names tables
 /// without a schema; it runs with `search_path` set to the backend's.
+/// Versions may have gaps; every one not recorded in the schema's
+/// `migrations` table is applied, in this order (so a version added later
+/// below the newest applied one still applies).
 pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_published.sql")),
+    (3, include_str!("migrations/0003_paused.sql")),
 ];
 
-/// The newest schema version this build knows.
+/// The newest schema version this build knows (tests).
+#[cfg(test)]
 pub(super) fn latest() -> i32 {
     MIGRATIONS.last().map_or(0, |(v, _)| *v)
 }
@@ -57,6 +62,17 @@ pub(super) fn quoted(schema: &str) -> Result<String> {
 /// Creates the schema or brings it up to date; refuses one written by a
 /// newer build with [`StoreError::FormatTooNew`].
 pub(super) async fn migrate(pool: &Pool, schema: &str, quoted: &str) -> Result<()> {
+    migrate_with(pool, schema, quoted, MIGRATIONS).await
+}
+
+/// [`migrate`] with `migrations` (oldest first) for [`MIGRATIONS`].
+pub(super) async fn migrate_with(
+    pool: &Pool,
+    schema: &str,
+    quoted: &str,
+    migrations: &[(i32, &str)],
+) -> Result<()> {
+    let latest = migrations.last().map_or(0, |(v, _)| *v);
     let mut conn = pool.get().await.map_err(super::pool_error)?;
     let tx = conn
         .transaction()
@@ -77,22 +93,21 @@ pub(super) async fn migrate(pool: &Pool, schema: &str, quoted: &str) -> Result<(
     ))
     .await
     .map_err(io("create the schema"))?;
-    let found: Option<i32> = tx
-        .query_one(
-            &format!("SELECT max(version) FROM {quoted}.migrations"),
-            &[],
-        )
+    let applied: Vec<i32> = tx
+        .query(&format!("SELECT version FROM {quoted}.migrations"), &[])
         .await
         .map_err(io("read the schema version"))?
-        .get(0);
-    let found = found.unwrap_or(0);
-    if found > latest() {
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let found = applied.iter().copied().max().unwrap_or(0);
+    if found > latest {
         return Err(Error::Store(StoreError::FormatTooNew {
             found: found as u32,
-            supported: latest() as u32,
+            supported: latest as u32,
         }));
     }
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
+    for (version, sql) in migrations.iter().filter(|(v, _)| !applied.contains(v)) {
         tx.batch_execute(sql)
             .await
             .map_err(io("apply a schema migration"))?;

@@ -19,6 +19,9 @@ pub(super) const INCOMPATIBLE: i16 = 6;
 pub(super) const COMPLETED: i16 = 7;
 pub(super) const FAILED: i16 = 8;
 pub(super) const CANCELLED: i16 = 9;
+/// Not a value of the column: what a listing matches a paused unfinished
+/// instance as (the `paused` column), whatever its status.
+pub(super) const PAUSED: i16 = -1;
 
 /// The status of an instance in `state`, not parked.
 pub(super) fn of_state(state: &InstanceState) -> i16 {
@@ -64,14 +67,18 @@ pub(super) fn codes(kind: StatusKind) -> &'static [i16] {
         StatusKind::Failed => &[FAILED],
         StatusKind::Cancelled => &[CANCELLED],
         StatusKind::Incompatible => &[INCOMPATIBLE],
-        // Pausing is not supported on PostgreSQL yet: nothing is paused.
-        StatusKind::Paused => &[],
+        StatusKind::Paused => &[PAUSED],
     }
 }
 
 /// The [`Status`] of an instance whose row says `code`, `record` and `park`,
 /// as the engine shows it (without step attempts running in a process).
 pub(super) fn status(code: i16, record: &InstanceRecord, park: Option<&ParkRecord>) -> Status {
+    if let Some(since) = record.paused_since() {
+        return Status::Paused {
+            since: from_ms(since),
+        };
+    }
     if record.state == InstanceState::Running
         && let Some(park) = park.filter(|_| code == SLEEPING || code == WAITING)
     {

@@ -8,6 +8,7 @@ mod events;
 mod faults;
 mod fencing;
 mod listing;
+mod operator;
 mod schema;
 mod speed;
 

@@ -31,7 +31,10 @@ async fn eight_workers_starting_together_migrate_once() {
         .collect();
     assert_eq!(
         versions,
-        (1..=super::super::schema::latest()).collect::<Vec<_>>()
+        super::super::schema::MIGRATIONS
+            .iter()
+            .map(|(v, _)| *v)
+            .collect::<Vec<_>>()
     );
     let workers: i64 = client
         .query_one(
@@ -113,4 +116,38 @@ async fn close_releases_what_the_worker_holds() {
     assert_eq!(claims[0].kind, crate::backend::ClaimKind::Recover);
     assert!(claims[0].lease.epoch > 1);
     b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_not_recorded_is_applied_even_below_the_newest() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let first = db.backend().await;
+    let pool = first.inner().pool.clone();
+    let quoted = first.inner().quoted.clone();
+    // A build that knows a version between two the schema has (as after a
+    // merge that adds one below the newest) applies it, and only it.
+    let mut migrations = super::super::schema::MIGRATIONS.to_vec();
+    let at = migrations.iter().position(|(v, _)| *v > 1).unwrap_or(1);
+    migrations.insert(at, (2, "CREATE TABLE between_ones (x integer)"));
+    super::super::schema::migrate_with(&pool, &db.schema, &quoted, &migrations)
+        .await
+        .unwrap();
+    first.close().await;
+    let client = db.client().await;
+    let versions: Vec<i32> = client
+        .query("SELECT version FROM migrations ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut want: Vec<i32> = migrations.iter().map(|(v, _)| *v).collect();
+    want.sort();
+    assert_eq!(versions, want);
+    client
+        .execute("SELECT x FROM between_ones", &[])
+        .await
+        .unwrap();
 }
