@@ -129,8 +129,12 @@ async fn a_migration_not_recorded_is_applied_even_below_the_newest() {
     // A build that knows a version between two the schema has (as after a
     // merge that adds one below the newest) applies it, and only it.
     let mut migrations = super::super::schema::MIGRATIONS.to_vec();
-    let at = migrations.iter().position(|(v, _)| *v > 1).unwrap_or(1);
-    migrations.insert(at, (2, "CREATE TABLE between_ones (x integer)"));
+    migrations.push((2000, "CREATE TABLE above_ones (x integer)"));
+    super::super::schema::migrate_with(&pool, &db.schema, &quoted, &migrations)
+        .await
+        .unwrap();
+    let at = migrations.len() - 1;
+    migrations.insert(at, (1000, "CREATE TABLE between_ones (x integer)"));
     super::super::schema::migrate_with(&pool, &db.schema, &quoted, &migrations)
         .await
         .unwrap();
