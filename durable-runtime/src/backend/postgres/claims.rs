@@ -62,11 +62,17 @@ fn claim_lag(row: &Row, now: u64) {
 const CLAIMED: &str = "i.id, i.epoch, i.record, i.recoveries, c.status";
 
 impl Inner {
-    pub(super) async fn create(&self, id: &str, record: &InstanceRecord) -> Result<Created> {
+    /// Inserts instance `id`, owned by worker `me`, unless it exists:
+    /// its epoch if it is new.
+    pub(super) async fn insert_instance<C: deadpool_postgres::GenericClient + Sync>(
+        &self,
+        client: &C,
+        id: &str,
+        record: &InstanceRecord,
+        me: i64,
+    ) -> Result<Option<i64>> {
         let bytes = encode(record, id, "the instance record")?;
-        let conn = self.conn().await?;
-        let me = self.me();
-        let inserted = conn
+        let inserted = client
             .query_opt(
                 &self.sql(
                     "INSERT INTO {s}.instances
@@ -88,8 +94,13 @@ impl Inner {
             )
             .await
             .map_err(io("create an instance"))?;
-        if let Some(row) = inserted {
-            let epoch: i64 = row.get(0);
+        Ok(inserted.map(|row| row.get(0)))
+    }
+
+    pub(super) async fn create(&self, id: &str, record: &InstanceRecord) -> Result<Created> {
+        let conn = self.conn().await?;
+        let me = self.me();
+        if let Some(epoch) = self.insert_instance(&conn, id, record, me).await? {
             return Ok(Created::New(Lease {
                 epoch: epoch as u64,
                 owner: me,

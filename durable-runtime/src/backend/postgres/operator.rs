@@ -30,7 +30,6 @@ impl Inner {
         if checkpoints.is_empty() {
             return self.create(id, record).await;
         }
-        let bytes = encode(record, id, "the instance record")?;
         let cps = checkpoints
             .iter()
             .map(|c| Cp::of(id, c))
@@ -38,29 +37,7 @@ impl Inner {
         let me = self.me();
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(io("begin a fork"))?;
-        let inserted = tx
-            .query_opt(
-                &self.sql(
-                    "INSERT INTO {s}.instances
-                         (id, workflow, status, epoch, owner, created_at_ms, updated_ms, record,
-                          finished)
-                     VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8)
-                     ON CONFLICT (id) DO NOTHING RETURNING epoch",
-                ),
-                &[
-                    &id,
-                    &record.workflow,
-                    &status::of_state(&record.state),
-                    &me,
-                    &(record.created_at_ms as i64),
-                    &status::updated_ms(record),
-                    &bytes,
-                    &status::finished(&record.state),
-                ],
-            )
-            .await
-            .map_err(io("create a forked instance"))?;
-        let Some(row) = inserted else {
+        let Some(epoch) = self.insert_instance(&tx, id, record, me).await? else {
             drop(tx);
             let existing = self.load(id).await?.ok_or_else(|| {
                 Error::Store(crate::error::StoreError::io_message(
@@ -70,7 +47,6 @@ impl Inner {
             })?;
             return Ok(Created::Exists(existing));
         };
-        let epoch: i64 = row.get(0);
         let ids: Vec<&str> = cps.iter().map(|_| id).collect();
         let keys: Vec<&[u8]> = cps.iter().map(|c| c.key.as_slice()).collect();
         let names: Vec<&str> = cps.iter().map(|c| c.name.as_str()).collect();
