@@ -19,59 +19,7 @@ use std::time::Duration;
 use durable::Status;
 use durable::prelude::*;
 
-fn url() -> String {
-    std::env::var("DURABLE_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A schema of one test, dropped at its end; `None` (after saying so)
-/// when there is no server and `CI` is not set.
-struct Schema {
-    name: String,
-    client: tokio_postgres::Client,
-}
-
-impl Schema {
-    async fn new() -> Option<Schema> {
-        match tokio_postgres::connect(&url(), tokio_postgres::NoTls).await {
-            Ok((client, conn)) => {
-                tokio::spawn(conn);
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0);
-                let name = format!(
-                    "durable_cross_{:016x}",
-                    support::mix(nanos ^ u64::from(std::process::id()))
-                );
-                Some(Schema { name, client })
-            }
-            Err(e) => {
-                if std::env::var_os("CI").is_some() {
-                    panic!("no PostgreSQL at {}: {e}", url());
-                }
-                eprintln!("skipped: no PostgreSQL ({e})");
-                None
-            }
-        }
-    }
-
-    fn builder(&self) -> durable::EngineBuilder {
-        Engine::builder()
-            .postgres(url())
-            .schema(&self.name)
-            .lease(Duration::from_secs(2))
-            .poll_interval(Duration::from_millis(100))
-            .listen(false)
-    }
-
-    async fn drop_schema(self) {
-        self.client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
-            .await
-            .expect("drop the test schema");
-    }
-}
+use support::pg::Schema;
 
 /// While set, the first step of `gated` does not return.
 static GATE: AtomicBool = AtomicBool::new(true);
@@ -99,7 +47,7 @@ async fn gated(_ctx: &Ctx, base: u64) -> Result<u64, String> {
 /// find the event first, run again and park again for ever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_sent_before_the_wait_is_received() {
-    let Some(schema) = Schema::new().await else {
+    let Some(schema) = Schema::new("durable_cross").await else {
         return;
     };
     let worker = schema.builder().register(gated).open().await.unwrap();
@@ -133,7 +81,7 @@ async fn waits(_ctx: &Ctx, base: u64) -> Result<u64, String> {
 /// its cancel ends another one; polling alone delivers both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pure_client_sends_and_cancels_with_polling_alone() {
-    let Some(schema) = Schema::new().await else {
+    let Some(schema) = Schema::new("durable_cross").await else {
         return;
     };
     let worker = schema.builder().register(waits).open().await.unwrap();
@@ -173,7 +121,7 @@ async fn a_pure_client_sends_and_cancels_with_polling_alone() {
 /// runs it when the event arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_completes_when_another_engine_finishes() {
-    let Some(schema) = Schema::new().await else {
+    let Some(schema) = Schema::new("durable_cross").await else {
         return;
     };
     let starter = schema.builder().register(waits).open().await.unwrap();
@@ -215,7 +163,7 @@ async fn doubled(_ctx: &Ctx, n: u64) -> Result<u64, String> {
 /// first worker that opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pure_client_starts_instances_the_workers_run() {
-    let Some(schema) = Schema::new().await else {
+    let Some(schema) = Schema::new("durable_cross").await else {
         return;
     };
     let client = schema.builder().open().await.unwrap();
@@ -269,7 +217,7 @@ async fn twice(_ctx: &Ctx, n: u64) -> Result<u64, String> {
 /// a pure client's batch is run by the worker; ids that exist attach.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_many_records_a_batch_the_workers_run() {
-    let Some(schema) = Schema::new().await else {
+    let Some(schema) = Schema::new("durable_cross").await else {
         return;
     };
     let worker = schema.builder().register(twice).open().await.unwrap();

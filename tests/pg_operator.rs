@@ -18,75 +18,24 @@ use std::time::{Duration, SystemTime};
 use durable::Status;
 use durable::prelude::*;
 
-fn url() -> String {
-    std::env::var("DURABLE_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
+use support::pg::Schema;
 
-/// A schema of one test, dropped at its end; `None` (after saying so)
-/// when there is no server and `CI` is not set.
-struct Schema {
-    name: String,
-    client: tokio_postgres::Client,
-}
-
-impl Schema {
-    async fn new() -> Option<Schema> {
-        match tokio_postgres::connect(&url(), tokio_postgres::NoTls).await {
-            Ok((client, conn)) => {
-                tokio::spawn(conn);
-                let nanos = SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0);
-                let name = format!(
-                    "durable_op_{:016x}",
-                    support::mix(nanos ^ u64::from(std::process::id()))
-                );
-                Some(Schema { name, client })
-            }
-            Err(e) => {
-                if std::env::var_os("CI").is_some() {
-                    panic!("no PostgreSQL at {}: {e}", url());
-                }
-                eprintln!("skipped: no PostgreSQL ({e})");
-                None
-            }
-        }
-    }
-
-    fn builder(&self) -> durable::EngineBuilder {
-        Engine::builder()
-            .postgres(url())
-            .schema(&self.name)
-            .lease(Duration::from_secs(2))
-            .poll_interval(Duration::from_millis(100))
-            .listen(false)
-    }
-
-    /// The ids with rows in `table` (its instance column named `column`).
-    async fn ids_in(&self, table: &str, column: &str) -> Vec<String> {
-        self.client
-            .query(
-                &format!(
-                    "SELECT DISTINCT {column} FROM {}.{table} ORDER BY 1",
-                    self.name
-                ),
-                &[],
-            )
-            .await
-            .expect("read a table")
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    }
-
-    async fn drop_schema(self) {
-        self.client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
-            .await
-            .expect("drop the test schema");
-    }
+/// The ids with rows in `table` (its instance column named `column`).
+async fn ids_in(schema: &Schema, table: &str, column: &str) -> Vec<String> {
+    schema
+        .client
+        .query(
+            &format!(
+                "SELECT DISTINCT {column} FROM {}.{table} ORDER BY 1",
+                schema.name
+            ),
+            &[],
+        )
+        .await
+        .expect("read a table")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 async fn status_is(engine: &Engine, id: &str, want: fn(&Status) -> bool) {
@@ -138,7 +87,7 @@ async fn approval(_ctx: &Ctx, base: u32) -> Result<u32, String> {
 /// is resumed (reopened) and runs on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pure_client_retries_a_failed_instance_the_worker_runs() {
-    let Some(schema) = Schema::new().await else {
+    let Some(schema) = Schema::new("durable_op").await else {
         return;
     };
     let worker = schema
@@ -227,7 +176,7 @@ async fn canary(_ctx: &Ctx, n: u32) -> Result<u32, String> {
 /// claim round passed it over) until the client unpauses it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_instance_runs_nothing_until_unpaused() {
-    let Some(schema) = Schema::new().await else {
+    let Some(schema) = Schema::new("durable_op").await else {
         return;
     };
     let worker = schema
@@ -313,7 +262,7 @@ fn runs_of(id: &str) -> Vec<String> {
 /// the fork: the steps before the fork point replay, the rest run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_by_a_pure_client_is_run_by_the_worker() {
-    let Some(schema) = Schema::new().await else {
+    let Some(schema) = Schema::new("durable_op").await else {
         return;
     };
     let worker = schema.builder().register(pipeline).open().await.unwrap();
@@ -343,7 +292,7 @@ async fn short(_ctx: &Ctx, n: u32) -> Result<u32, String> {
 /// table; an unfinished one (with a stored event) is kept whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pure_client_purges_finished_instances() {
-    let Some(schema) = Schema::new().await else {
+    let Some(schema) = Schema::new("durable_op").await else {
         return;
     };
     let worker = schema
@@ -368,15 +317,14 @@ async fn a_pure_client_purges_finished_instances() {
     assert_eq!(client.purge(SystemTime::now() - hour).await.unwrap(), 0);
     assert_eq!(client.purge(SystemTime::now() + hour).await.unwrap(), 3);
     assert_eq!(client.purge(SystemTime::now() + hour).await.unwrap(), 0);
-    assert_eq!(schema.ids_in("instances", "id").await, ["open-1"]);
+    assert_eq!(ids_in(&schema, "instances", "id").await, ["open-1"]);
     assert!(
-        schema
-            .ids_in("checkpoints", "instance_id")
+        ids_in(&schema, "checkpoints", "instance_id")
             .await
             .iter()
             .all(|id| id == "open-1")
     );
-    assert_eq!(schema.ids_in("events", "instance_id").await, ["open-1"]);
+    assert_eq!(ids_in(&schema, "events", "instance_id").await, ["open-1"]);
     assert!(matches!(
         client.status("done-1").await,
         Err(Error::Usage(UsageError::NotFound { .. }))

@@ -21,66 +21,7 @@ use std::time::Duration;
 use durable::Status;
 use durable::prelude::*;
 
-fn url() -> String {
-    std::env::var("DURABLE_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A builder of an engine on `schema` with a short lease (2 s).
-fn builder_on(schema: &str, listen: bool) -> durable::EngineBuilder {
-    Engine::builder()
-        .postgres(url())
-        .schema(schema)
-        .lease(Duration::from_secs(2))
-        .poll_interval(Duration::from_millis(100))
-        .listen(listen)
-}
-
-/// A schema of one test, dropped at its end; `None` (after saying so)
-/// when there is no server and `CI` is not set.
-struct Schema {
-    name: String,
-    client: tokio_postgres::Client,
-}
-
-impl Schema {
-    async fn new() -> Option<Schema> {
-        match tokio_postgres::connect(&url(), tokio_postgres::NoTls).await {
-            Ok((client, conn)) => {
-                tokio::spawn(conn);
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0);
-                let name = format!(
-                    "durable_pub_{:016x}",
-                    support::mix(nanos ^ u64::from(std::process::id()))
-                );
-                Some(Schema { name, client })
-            }
-            Err(e) => {
-                if std::env::var_os("CI").is_some() {
-                    panic!("no PostgreSQL at {}: {e}", url());
-                }
-                eprintln!("skipped: no PostgreSQL ({e})");
-                None
-            }
-        }
-    }
-
-    /// An engine's builder; `listen`: whether it takes hints of other
-    /// processes (LISTEN/NOTIFY) or polls alone.
-    fn builder(&self, listen: bool) -> durable::EngineBuilder {
-        builder_on(&self.name, listen)
-    }
-
-    async fn drop_schema(self) {
-        self.client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
-            .await
-            .expect("drop the test schema");
-    }
-}
+use support::pg::{Schema, builder_on};
 
 #[durable]
 async fn answerer(ctx: &Ctx, base: u64) -> Result<u64, String> {
@@ -110,16 +51,16 @@ async fn wait_waiting(engine: &Engine, id: &str) {
 /// The worker publishes, the client waits for the key and gets it: woken
 /// by the worker's notice (`listen`), or by polling alone.
 async fn a_client_reads_what_the_worker_publishes(listen: bool) {
-    let Some(schema) = Schema::new().await else {
+    let Some(schema) = Schema::new("durable_pub").await else {
         return;
     };
     let worker = schema
-        .builder(listen)
+        .builder_with(listen)
         .register(answerer)
         .open()
         .await
         .unwrap();
-    let client = schema.builder(listen).open().await.unwrap();
+    let client = schema.builder_with(listen).open().await.unwrap();
     let handle = worker.start(answerer, "ask", 100).await.unwrap();
     wait_waiting(&client, "ask").await;
     assert_eq!(
@@ -205,17 +146,17 @@ async fn two_goes(_ctx: &Ctx, _n: u32) -> Result<(u64, u64), String> {
 /// second `go` is the one sent under another key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_sending_the_same_key_deliver_once() {
-    let Some(schema) = Schema::new().await else {
+    let Some(schema) = Schema::new("durable_pub").await else {
         return;
     };
     let worker = schema
-        .builder(true)
+        .builder_with(true)
         .register(two_goes)
         .open()
         .await
         .unwrap();
-    let one = schema.builder(true).open().await.unwrap();
-    let two = schema.builder(true).open().await.unwrap();
+    let one = schema.builder_with(true).open().await.unwrap();
+    let two = schema.builder_with(true).open().await.unwrap();
     const N: u64 = 8;
     let mut handles = Vec::new();
     for i in 0..N {
@@ -333,7 +274,7 @@ async fn a_killed_worker_publishes_nothing_again_when_taken_over() {
     if std::env::var_os(CHILD_ENV).is_some() {
         return;
     }
-    let Some(schema) = Schema::new().await else {
+    let Some(schema) = Schema::new("durable_pub").await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -361,12 +302,12 @@ async fn a_killed_worker_publishes_nothing_again_when_taken_over() {
     // Another worker takes the instance over once the child's lease ran
     // out; a pure client waits for the end it publishes.
     let worker = schema
-        .builder(true)
+        .builder_with(true)
         .register(publisher)
         .open()
         .await
         .unwrap();
-    let client = schema.builder(true).open().await.unwrap();
+    let client = schema.builder_with(true).open().await.unwrap();
     let status = client
         .get_event_timeout::<String>("pub-1", "status", support::hang_guard())
         .await
@@ -409,11 +350,16 @@ async fn staged(ctx: &Ctx, _n: u32) -> Result<u64, String> {
 /// checkpoints before the fork point published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_starts_with_what_was_published_before_its_step() {
-    let Some(schema) = Schema::new().await else {
+    let Some(schema) = Schema::new("durable_pub").await else {
         return;
     };
-    let worker = schema.builder(true).register(staged).open().await.unwrap();
-    let client = schema.builder(true).open().await.unwrap();
+    let worker = schema
+        .builder_with(true)
+        .register(staged)
+        .open()
+        .await
+        .unwrap();
+    let client = schema.builder_with(true).open().await.unwrap();
     let out = support::guarded("the original completes", worker.run(staged, "orig", 0)).await;
     assert_eq!(out.unwrap(), Ok(7));
     client.fork("orig", "middle", "copy").await.unwrap();

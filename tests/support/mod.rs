@@ -19,6 +19,9 @@
 //! different inputs to that next step.
 #![allow(dead_code)] // each test binary uses a part of this module
 
+#[cfg(feature = "postgres")]
+pub mod pg;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
