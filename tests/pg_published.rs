@@ -12,9 +12,6 @@
 
 mod support;
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -199,33 +196,8 @@ async fn two_clients_sending_the_same_key_deliver_once() {
 const CHILD_ENV: &str = "DURABLE_PG_PUBLISH_CHILD";
 const DIR_ENV: &str = "DURABLE_PG_PUBLISH_DIR";
 
-fn ledger_path(dir: &Path) -> PathBuf {
-    dir.join("ledger.txt")
-}
-
-/// Appends one fsynced line to the ledger in `dir` (a torn line lacks its
-/// ` $` and is left out).
-fn ledger(dir: &str, line: &str) {
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(ledger_path(Path::new(dir)))
-        .unwrap();
-    file.write_all(format!("\n{line} $\n").as_bytes()).unwrap();
-    file.sync_data().unwrap();
-}
-
-fn read_ledger(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(ledger_path(dir))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.strip_suffix(" $"))
-        .map(str::to_string)
-        .collect()
-}
-
 async fn hold(dir: &str) -> Result<u32, String> {
-    ledger(dir, "BEGIN hold");
+    support::ledger_in(dir, "BEGIN hold");
     if std::env::var_os(CHILD_ENV).is_some() {
         // In flight until the parent kills this process.
         tokio::time::sleep(Duration::from_secs(600)).await;
@@ -236,7 +208,7 @@ async fn hold(dir: &str) -> Result<u32, String> {
 #[durable]
 async fn publisher(ctx: &Ctx, dir: String) -> Result<u32, String> {
     let text = |e: Error| e.to_string();
-    ledger(&dir, "BODY");
+    support::ledger_in(&dir, "BODY");
     // Not checkpointed by a step: a replay that wrote again would store
     // the pid of the process that replays.
     ctx.set_event("publisher", &std::process::id())
@@ -288,7 +260,7 @@ async fn a_killed_worker_publishes_nothing_again_when_taken_over() {
         .unwrap();
     let child_pid = child.id();
     support::wait_until("the child's step is in flight", async || {
-        let ledger = read_ledger(dir.path());
+        let ledger = support::read_ledger(dir.path());
         if ledger.iter().any(|l| l == "BEGIN hold") {
             Ok(())
         } else {
@@ -322,7 +294,7 @@ async fn a_killed_worker_publishes_nothing_again_when_taken_over() {
     );
     let log = client.read_stream::<u32>("pub-1", "log", 0).await.unwrap();
     assert_eq!(log, (vec![child_pid, std::process::id()], 2));
-    let ledger = read_ledger(dir.path());
+    let ledger = support::read_ledger(dir.path());
     let count = |line: &str| ledger.iter().filter(|l| *l == line).count();
     assert_eq!(count("BODY"), 2, "one run per worker: {ledger:?}");
     assert_eq!(count("BEGIN hold"), 2, "{ledger:?}");

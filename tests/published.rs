@@ -11,9 +11,7 @@
 
 mod support;
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
@@ -23,33 +21,8 @@ use durable::prelude::*;
 const CHILD_ENV: &str = "DURABLE_PUBLISH_CHILD";
 const HANG_ENV: &str = "DURABLE_PUBLISH_HANG";
 
-fn ledger_path(dir: &Path) -> PathBuf {
-    dir.join("ledger.txt")
-}
-
-/// Appends one line to the ledger in `dir` and fsyncs it (a torn line,
-/// from a kill mid-write, lacks its ` $` and is left out).
-fn ledger(dir: &str, line: &str) {
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(ledger_path(Path::new(dir)))
-        .unwrap();
-    file.write_all(format!("\n{line} $\n").as_bytes()).unwrap();
-    file.sync_data().unwrap();
-}
-
-fn read_ledger(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(ledger_path(dir))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.strip_suffix(" $"))
-        .map(str::to_string)
-        .collect()
-}
-
 async fn hold(dir: &str) -> Result<u32, String> {
-    ledger(dir, "BEGIN hold");
+    support::ledger_in(dir, "BEGIN hold");
     if std::env::var_os(HANG_ENV).is_some() {
         // In flight until the parent kills this process.
         tokio::time::sleep(Duration::from_secs(600)).await;
@@ -59,7 +32,7 @@ async fn hold(dir: &str) -> Result<u32, String> {
 
 #[durable]
 async fn publisher(ctx: &Ctx, dir: String) -> Result<u32, String> {
-    ledger(&dir, "BODY");
+    support::ledger_in(&dir, "BODY");
     let text = |e: Error| e.to_string();
     ctx.set_event("status", &"working".to_string())
         .await
@@ -72,7 +45,7 @@ async fn publisher(ctx: &Ctx, dir: String) -> Result<u32, String> {
     ctx.write_stream("log", &std::process::id())
         .await
         .map_err(text)?;
-    ledger(&dir, "PUBLISHED");
+    support::ledger_in(&dir, "PUBLISHED");
     let n = step!("hold", hold(&dir).await)?;
     ctx.set_event("status", &"done".to_string())
         .await
@@ -102,7 +75,7 @@ async fn publish_child() {
     };
     let engine = open(Path::new(&dir)).await;
     let out = engine.run(publisher, "pub-1", dir.clone()).await.unwrap();
-    ledger(&dir, &format!("RESULT {out:?}"));
+    support::ledger_in(&dir, &format!("RESULT {out:?}"));
 }
 
 fn spawn_child(dir: &Path) -> Child {
@@ -126,7 +99,7 @@ fn set_event_survives_a_sigkill_and_is_not_published_again() {
     let mut child = spawn_child(dir.path());
     let child_pid = child.id();
     support::wait_until_blocking("the child's step is in flight", || {
-        let ledger = read_ledger(dir.path());
+        let ledger = support::read_ledger(dir.path());
         if ledger.iter().any(|l| l == "BEGIN hold") {
             Ok(())
         } else {
@@ -180,7 +153,7 @@ fn set_event_survives_a_sigkill_and_is_not_published_again() {
         engine.shutdown().await;
     });
 
-    let ledger = read_ledger(dir.path());
+    let ledger = support::read_ledger(dir.path());
     let count = |line: &str| ledger.iter().filter(|l| *l == line).count();
     assert_eq!(count("BODY"), 2, "one run per process: {ledger:?}");
     assert_eq!(count("PUBLISHED"), 2, "{ledger:?}");

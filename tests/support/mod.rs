@@ -267,6 +267,22 @@ pub fn ledger_synced(line: impl AsRef<str>) {
     append(line.as_ref(), true);
 }
 
+/// Appends one fsynced line to the ledger of test directory `dir`,
+/// opening it for this line alone (for step bodies that take the directory
+/// as input rather than a ledger opened by [`open_ledger`]). The line
+/// starts on a line of its own, so a line a kill tore before it stays torn
+/// and is left out.
+pub fn ledger_in(dir: impl AsRef<Path>, line: &str) {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(ledger_path(dir.as_ref()))
+        .expect("open the ledger");
+    file.write_all(format!("\n{line}{END}\n").as_bytes())
+        .expect("append to the ledger");
+    file.sync_data().expect("fsync the ledger");
+}
+
 /// Every ledger line: `Ok` with the end marker removed, or `Err` with a
 /// line a kill tore.
 pub fn read_ledger_raw(dir: &Path) -> Vec<Result<String, String>> {
