@@ -358,28 +358,41 @@ where
             Arc::clone(&after),
         )
         .await?;
-        let handle = kit.attach(self.workflow, INSTANCE).await?;
-        let driven = drive(
-            &kit,
-            INSTANCE,
-            handle,
+        let before = hooks.site_runs();
+        resume_and_judge(
+            kit,
+            self.workflow,
             self.on_wait.as_ref(),
-            "the resumed run",
+            (clean, clean_runs),
+            &before,
+            &after,
         )
-        .await;
-        kit.shutdown().await;
-        let output = match driven? {
-            Driven::Finished(output) => output,
-            Driven::Crashed => unreachable!("no crash is planned in the resumed run"),
-        };
-        Ok(judge(
-            output,
-            clean,
-            &hooks.site_runs(),
-            &after.site_runs(),
-            clean_runs,
-        ))
+        .await
     }
+}
+
+/// Resumes the crashed instance on `kit` (whose hooks are `after`), drives
+/// it to its end and [`judge`]s the run against the clean one (`clean`:
+/// its output and body runs), with `before` the body runs before the crash.
+pub(crate) async fn resume_and_judge<I: IntoWorkflow>(
+    kit: TestEngine,
+    workflow: I,
+    on_wait: Option<&OnWait>,
+    clean: (&Out<I>, &HashMap<String, u32>),
+    before: &HashMap<String, u32>,
+    after: &Hooks,
+) -> Result<Option<String>, KitError>
+where
+    Out<I>: PartialEq + fmt::Debug,
+{
+    let handle = kit.attach(workflow, INSTANCE).await?;
+    let driven = drive(&kit, INSTANCE, handle, on_wait, "the resumed run").await;
+    kit.shutdown().await;
+    let output = match driven? {
+        Driven::Finished(output) => output,
+        Driven::Crashed => unreachable!("no crash is planned in the resumed run"),
+    };
+    Ok(judge(output, clean.0, before, &after.site_runs(), clean.1))
 }
 
 /// Compares a resumed run with the clean run: `None` when its output is the

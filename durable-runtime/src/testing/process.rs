@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use super::crash::{Driven, INSTANCE, MakeBuilder, OnWait, drive, judge};
+use super::crash::{Driven, INSTANCE, MakeBuilder, OnWait, drive, resume_and_judge};
 use super::{CrashFailure, CrashMoment, CrashReport, Event, KitError, TestEngine, test_clock};
 use crate::engine::{Engine, EngineBuilder};
 use crate::hooks::{CrashPlan, Hooks};
@@ -252,27 +252,15 @@ where
         }
         let after = Arc::new(Hooks::default());
         let kit = self.open(&dir.join("store"), Arc::clone(&after)).await?;
-        let handle = kit.attach(self.workflow, INSTANCE).await?;
-        let driven = drive(
-            &kit,
-            INSTANCE,
-            handle,
+        resume_and_judge(
+            kit,
+            self.workflow,
             self.on_wait.as_ref(),
-            "the resumed run",
-        )
-        .await;
-        kit.shutdown().await;
-        let output = match driven? {
-            Driven::Finished(output) => output,
-            Driven::Crashed => unreachable!("no crash is planned in the resumed run"),
-        };
-        Ok(judge(
-            output,
-            clean,
+            (clean, clean_runs),
             &before,
-            &after.site_runs(),
-            clean_runs,
-        ))
+            &after,
+        )
+        .await
     }
 
     /// A kit engine on the sled store at `path`.
