@@ -294,6 +294,9 @@ pub struct Ctx {
     recoveries: AtomicU32,
     /// The suspects' lane, held by a suspect until it finishes a step.
     lane: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+    /// The compensations of the steps that succeeded, in registration
+    /// order (see `saga.rs`).
+    pub(crate) compensations: Mutex<Vec<crate::saga::Compensation>>,
     /// The error that stopped this instance, if any.
     abort: Mutex<Option<Error>>,
     aborted: Notify,
@@ -365,6 +368,7 @@ impl Ctx {
             stream_offsets: Mutex::new(HashMap::new()),
             recoveries: AtomicU32::new(recoveries),
             lane: Mutex::new(None),
+            compensations: Mutex::new(Vec::new()),
             abort: Mutex::new(None),
             aborted: Notify::new(),
         }

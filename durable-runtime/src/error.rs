@@ -598,6 +598,24 @@ pub enum InstanceError {
         /// The epoch this process had claimed it with.
         epoch: u64,
     },
+    /// A compensation (`step!(.., compensate = ..)`) failed for good while
+    /// the instance was being compensated: the chain stopped there (the
+    /// compensations of earlier steps did not run) and the instance failed.
+    #[error(
+        "instance {instance:?} failed: the compensation of step {step:?} ({at}) failed: {error} (compensating because: {cause})"
+    )]
+    CompensationFailed {
+        /// The instance id.
+        instance: String,
+        /// The step whose compensation failed.
+        step: String,
+        /// Which occurrence (or key) of the step.
+        at: String,
+        /// The compensation's error, as `Debug` shows it.
+        error: String,
+        /// Why the instance was being compensated (its failure, or a cancel).
+        cause: String,
+    },
     /// A keyed step used one key twice in one instance. The instance fails.
     #[error(
         "instance {instance:?}: step {step:?} was called twice with key {key}; a key names one step of an instance"
@@ -624,6 +642,7 @@ impl Error {
                     | InstanceError::Cancelled { .. }
                     | InstanceError::DeadlinePassed { .. }
                     | InstanceError::DuplicateKey { .. }
+                    | InstanceError::CompensationFailed { .. }
             ) | Error::Replay(ReplayError::ValueTooLarge { .. })
         )
     }

@@ -184,6 +184,30 @@ pub enum TransitionKind {
         /// Who did it.
         by: String,
     },
+    /// Cancelled with [`Engine::cancel`](crate::Engine::cancel) while its
+    /// workflow has compensations (`step!(.., compensate = ..)`): it stays
+    /// unfinished until the compensations of its completed steps have run,
+    /// then it ends cancelled.
+    CancelRequested {
+        /// Who did it.
+        by: String,
+    },
+    /// The compensations of its completed steps ran, in reverse order,
+    /// after it failed or was cancelled.
+    Compensated {
+        /// How many ran.
+        count: u32,
+    },
+    /// The compensation of a step failed for good: the chain stopped there
+    /// (the compensations of earlier steps did not run).
+    CompensationFailed {
+        /// The step whose compensation failed.
+        step: String,
+        /// Its occurrence or key, in words.
+        at: String,
+        /// The compensation's error.
+        error: String,
+    },
 }
 
 /// A failed step occurrence that [`Engine::retry`](crate::Engine::retry)
@@ -451,6 +475,17 @@ pub(crate) fn history_of(
                     step: step.clone(),
                     by: by.clone(),
                 },
+                StoredKind::CancelRequested { by } => {
+                    TransitionKind::CancelRequested { by: by.clone() }
+                }
+                StoredKind::Compensated { count } => TransitionKind::Compensated { count: *count },
+                StoredKind::CompensationFailed { step, at, error } => {
+                    TransitionKind::CompensationFailed {
+                        step: step.clone(),
+                        at: at.clone(),
+                        error: error.clone(),
+                    }
+                }
             },
         })
         .collect();

@@ -77,6 +77,7 @@ mod panic;
 mod published;
 mod records;
 mod retry;
+mod saga;
 mod services;
 mod step;
 pub mod store;
@@ -128,6 +129,7 @@ pub mod __private {
         step_probe, wait_probe,
     };
     pub use crate::retry::RetryPolicy;
+    pub use crate::saga::step_site_compensated;
     pub use crate::step::{step, step_site};
     pub use crate::wait::{sleep, sleep_until, wait_for_site, wait_for_timeout_site};
     pub use crate::workflow::{Workflow, WorkflowMarker, body_fn};

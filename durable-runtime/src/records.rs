@@ -215,9 +215,47 @@ pub(crate) enum TransitionKind {
         step: String,
         by: String,
     },
+    /// Cancelled with `Engine::cancel` while its workflow has
+    /// compensations: it stays unfinished until a run has compensated its
+    /// completed steps, then it is `Cancelled`.
+    CancelRequested {
+        by: String,
+    },
+    /// The compensations of its completed steps ran (`count` of them),
+    /// after it failed or was cancelled.
+    Compensated {
+        count: u32,
+    },
+    /// The compensation of step `step` (`at`: its occurrence or key)
+    /// failed for good: the chain stopped there.
+    CompensationFailed {
+        step: String,
+        at: String,
+        error: String,
+    },
 }
 
 impl InstanceRecord {
+    /// Whether a cancel was requested that has not yet been carried out
+    /// (the instance compensates, then ends cancelled): unfinished, and its
+    /// last `CancelRequested` is not followed by a reopening.
+    pub(crate) fn cancel_requested(&self) -> bool {
+        if !matches!(
+            self.state,
+            InstanceState::Running | InstanceState::Blocked { .. }
+        ) {
+            return false;
+        }
+        for t in self.transitions.iter().rev() {
+            match t.kind {
+                TransitionKind::CancelRequested { .. } => return true,
+                TransitionKind::Retried { .. } | TransitionKind::Reopened { .. } => return false,
+                _ => {}
+            }
+        }
+        false
+    }
+
     /// The instance's deadline, if it was started with one.
     pub(crate) fn deadline_ms(&self) -> Option<u64> {
         self.transitions.iter().find_map(|t| match t.kind {

@@ -59,7 +59,7 @@ impl Ctx {
         T: Serialize + DeserializeOwned + Send + 'static,
         E: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static,
     {
-        step_at(self, name, None::<&()>, false, Some(policy), None, body)
+        step_at(self, name, None::<&()>, false, Some(policy), None, body, None)
     }
 
     /// Like [`step`](Self::step), with a timeout per attempt: an attempt
@@ -95,7 +95,7 @@ impl Ctx {
         T: Serialize + DeserializeOwned + Send + 'static,
         E: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static,
     {
-        step_at(self, name, None::<&()>, false, policy, Some(timeout), body)
+        step_at(self, name, None::<&()>, false, policy, Some(timeout), body, None)
     }
 }
 
@@ -117,7 +117,7 @@ where
     T: Serialize + DeserializeOwned + Send + 'static,
     E: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    step_at(ctx, name, None::<&()>, false, policy, None, body)
+    step_at(ctx, name, None::<&()>, false, policy, None, body, None)
 }
 
 /// What `step!` expands to: [`step`] for a site declared in the manifest,
@@ -140,10 +140,11 @@ where
     T: Serialize + DeserializeOwned + Send + 'static,
     E: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    step_at(ctx, name, key, true, policy, timeout, body)
+    step_at(ctx, name, key, true, policy, timeout, body, None)
 }
 
-fn step_at<'c, K, T, E, F, Fut>(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn step_at<'c, K, T, E, F, Fut>(
     ctx: &'c Ctx,
     name: &'static str,
     key: Option<&K>,
@@ -151,6 +152,7 @@ fn step_at<'c, K, T, E, F, Fut>(
     policy: Option<RetryPolicy>,
     timeout: Option<Duration>,
     body: F,
+    undo: Option<crate::saga::Undo<T>>,
 ) -> BoxFuture<'c, Result<T, E>>
 where
     K: Serialize + std::fmt::Debug + ?Sized,
@@ -196,8 +198,22 @@ where
         timeout,
     };
     Box::pin(async move {
+        let at = site.at.clone();
         match run(ctx, site, policy, body).await {
-            Ok(outcome) => outcome,
+            Ok((outcome, seq)) => {
+                // A step that succeeded (now or in a replay) registers its
+                // compensation, with the value it returned.
+                let registered = match (undo, &outcome) {
+                    (Some(undo), Ok(value)) => {
+                        ctx.register_compensation(name, at, seq, policy, value, undo)
+                    }
+                    _ => Ok(()),
+                };
+                if let Err(error) = registered {
+                    ctx.abort(error).await
+                }
+                outcome
+            }
             Err(error) => ctx.abort(error).await,
         }
     })
@@ -228,7 +244,7 @@ async fn run<T, E, F, Fut>(
     site: Site,
     policy: Option<RetryPolicy>,
     body: F,
-) -> Result<Result<T, E>, Error>
+) -> Result<(Result<T, E>, u64), Error>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<T, E>>,
@@ -276,7 +292,9 @@ where
                     )));
                 }
                 crate::metrics::step(ctx.workflow, name, StepOutcome::Replayed);
-                return decode_value::<Result<T, E>>(&outcome).map_err(decode_error);
+                return decode_value::<Result<T, E>>(&outcome)
+                    .map(|outcome| (outcome, record.seq))
+                    .map_err(decode_error);
             }
             CheckpointState::Panicked { message, .. } => {
                 return Err(panicked(ctx, name, occurrence, message));
@@ -303,6 +321,7 @@ where
     run_attempts(ctx, &site, policy, body, (attempts, started_at_ms), &types)
         .instrument(span)
         .await
+        .map(|outcome| (outcome, seq))
 }
 
 /// Runs attempts of a step that has no final outcome yet, until one is
@@ -559,7 +578,7 @@ fn done_state<T: Serialize, E: Serialize + std::fmt::Debug>(
     })
 }
 
-async fn write(ctx: &Ctx, record: CheckpointRecord) -> Result<(), Error> {
+pub(crate) async fn write(ctx: &Ctx, record: CheckpointRecord) -> Result<(), Error> {
     let progress = !matches!(record.state, CheckpointState::Retrying { .. });
     // A finished step is progress: the count of resumes without progress
     // (kept against crash loops) starts again, in the same atomic batch.

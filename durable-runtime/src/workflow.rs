@@ -91,6 +91,12 @@ pub trait Workflow: Copy + Send + Sync + 'static {
     /// [`StartOptions::deadline`](crate::StartOptions::deadline) overrides it.
     const TIMEOUT_MS: Option<u64> = None;
 
+    /// Whether some step of the body has a compensation (`step!(..,
+    /// compensate = ..)`), set by `#[durable]`. A cancel of an instance of
+    /// such a workflow lets it compensate its completed steps before it
+    /// ends cancelled (see [`Engine::cancel`](crate::Engine::cancel)).
+    const COMPENSATES: bool = false;
+
     /// The workflow's retry policy for its steps, if it overrides the engine's.
     fn retry_policy(&self) -> Option<RetryPolicy> {
         None

@@ -66,10 +66,10 @@ impl Core {
         self: &Arc<Self>,
         id: &str,
         erased: Arc<dyn Erased>,
-        record: InstanceRecord,
+        mut record: InstanceRecord,
         mut begin: Begin,
         slot: &Arc<Slot>,
-        lease: Lease,
+        mut lease: Lease,
     ) -> DriveEnd {
         loop {
             let span = tracing::info_span!(
@@ -85,10 +85,28 @@ impl Core {
                 .await;
             match end {
                 DriveEnd::Rerun => begin = Begin::Wake,
-                DriveEnd::Finished(Err(e)) if lost(&e) => return self.after_lost(id).await,
+                DriveEnd::Finished(Err(e)) if lost(&e) => match self.reclaim_cancelled(id).await {
+                    // Cancelled with compensations while driven here: this
+                    // task claims it again and carries out the cancel.
+                    Some(claim) => {
+                        *slot.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(claim.lease);
+                        (record, lease, begin) = (claim.record, claim.lease, Begin::Wake);
+                    }
+                    None => return self.after_lost(id).await,
+                },
                 end => return end,
             }
         }
+    }
+
+    /// Claims instance `id` again if its lease was lost to a requested
+    /// cancel (see `engine/saga.rs`) and nobody else claimed it since.
+    async fn reclaim_cancelled(&self, id: &str) -> Option<crate::backend::Claim> {
+        let record = self.services.backend.load(id).await.ok()??;
+        if !record.cancel_requested() || record.state != InstanceState::Running {
+            return None;
+        }
+        self.services.backend.claim(id).await.ok()?
     }
 
     /// What became of instance `id` after this process lost its lease: its
@@ -185,6 +203,14 @@ impl Core {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        // A requested cancel (see `engine/saga.rs`): this run stops at the
+        // first unfinished site and compensates.
+        let cancel_run = record.cancel_requested();
+        if cancel_run {
+            slot.signals
+                .cancelled
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let ctx = Ctx::new(
             id.to_string(),
             slot.workflow,
@@ -259,8 +285,18 @@ impl Core {
                 };
             }
             Ok(Ok(output)) => {
+                // A workflow that returned `Err` is compensated first.
+                let compensated = match output.1 {
+                    true => {
+                        let cause = "the workflow returned an error";
+                        self.compensate(id, &ctx, &record, lease, cause).await
+                    }
+                    false => Ok(()),
+                };
                 let left = ctx.unreplayed();
-                if left.is_empty() {
+                if let Err(stopped) = compensated {
+                    Err(stopped)
+                } else if left.is_empty() {
                     Ok(output)
                 } else {
                     Err(Error::Replay(crate::error::ReplayError::Nondeterminism {
@@ -272,7 +308,10 @@ impl Core {
                     }))
                 }
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                let compensating = (e, cancel_run, erased.compensates());
+                Err(self.after_error(id, &ctx, &record, lease, compensating).await)
+            }
         };
         let recoveries = ctx.recoveries();
         drop(ctx);

@@ -122,6 +122,10 @@ impl Core {
 
     /// Cancels instance `id`; see `Engine::cancel`.
     pub(super) async fn cancel(self: &Arc<Self>, id: &str) -> Result<()> {
+        // A workflow with compensations compensates first (`engine/saga.rs`).
+        if self.cancel_compensating(id).await? {
+            return Ok(());
+        }
         let workflow = std::sync::OnceLock::new();
         let update = |mut record: crate::records::InstanceRecord| {
             let _ = workflow.set(record.workflow.clone());

@@ -31,6 +31,7 @@ mod published;
 mod queries;
 mod recovery;
 mod registry;
+mod saga;
 mod scheduler;
 
 use std::sync::Arc;

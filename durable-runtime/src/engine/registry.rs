@@ -19,6 +19,8 @@ use crate::workflow::Workflow;
 pub(super) trait Erased: Send + Sync {
     fn type_id(&self) -> TypeId;
     fn policy(&self) -> Option<RetryPolicy>;
+    /// Whether the workflow has compensations (`Workflow::COMPENSATES`).
+    fn compensates(&self) -> bool;
     /// The workflow's manifest and its hash.
     fn manifest(&self) -> &(Manifest, u64);
     /// The workflow's version.
@@ -44,6 +46,10 @@ impl<W: Workflow> Erased for Registered<W> {
 
     fn policy(&self) -> Option<RetryPolicy> {
         self.0.retry_policy()
+    }
+
+    fn compensates(&self) -> bool {
+        W::COMPENSATES
     }
 
     fn run<'a>(&self, ctx: &'a Ctx, input: &'a [u8]) -> BoxFuture<'a, Result<(Vec<u8>, bool)>> {

@@ -85,13 +85,19 @@ impl Engine {
                         TransitionKind::Deadline { .. } => ("deadline", None),
                         TransitionKind::DeadlinePassed { .. } => ("deadline-passed", None),
                         TransitionKind::Forked { .. } => ("forked", None),
+                        TransitionKind::CancelRequested { .. } => ("cancel-requested", None),
+                        TransitionKind::Compensated { .. } => ("compensated", None),
+                        TransitionKind::CompensationFailed { error, .. } => {
+                            ("compensation-failed", Some(error))
+                        }
                     };
                     let by = match &t.kind {
                         TransitionKind::Retried { by, .. }
                         | TransitionKind::Reopened { by, .. }
                         | TransitionKind::Paused { by }
                         | TransitionKind::Unpaused { by }
-                        | TransitionKind::Forked { by, .. } => Some(by.clone()),
+                        | TransitionKind::Forked { by, .. }
+                        | TransitionKind::CancelRequested { by } => Some(by.clone()),
                         _ => None,
                     };
                     json!({"at_ms": ms(t.at), "kind": kind, "error": error, "by": by})

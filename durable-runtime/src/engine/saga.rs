@@ -1,0 +1,144 @@
+//! The engine's side of saga compensation (see `crate::saga`): running
+//! an instance's compensations when it fails for good, and a cancel that
+//! lets the instance compensate before it ends cancelled.
+//!
+//! A cancel of an instance whose workflow has compensations does not end
+//! it at once: under the instance's lock it records
+//! [`TransitionKind::CancelRequested`], moves the epoch (the owner's later
+//! writes are refused) and leaves the instance unowned and runnable. The
+//! next run (in any process that registers the workflow) starts cancelled:
+//! it replays the finished steps, which registers their compensations
+//! again, stops at the first unfinished site, runs the compensations in
+//! reverse order (each checkpointed), and records `Cancelled`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::backend::{Lease, Write};
+use crate::context::Ctx;
+use crate::error::{Error, InstanceError, Result};
+use crate::records::{InstanceRecord, InstanceState, TransitionKind};
+
+use super::Core;
+
+impl Core {
+    /// Cancels `id` by letting it compensate first, if its workflow has
+    /// compensations and this process registers it. `Ok(false)`: not such
+    /// an instance, the caller cancels it at once.
+    pub(super) async fn cancel_compensating(self: &Arc<Self>, id: &str) -> Result<bool> {
+        let Some(record) = self.services.backend.load(id).await? else {
+            return Ok(false);
+        };
+        let compensates = self
+            .registry
+            .for_record(&record)
+            .is_some_and(|(_, erased)| erased.compensates());
+        if !compensates {
+            return Ok(false);
+        }
+        let by = super::operator::operator();
+        let fallback = AtomicBool::new(false);
+        let decide = |mut record: InstanceRecord, _| {
+            crate::backend::embedded::ensure_unfinished(id, &record.state)?;
+            if record.cancel_requested() {
+                // Cancelled already: it is compensating.
+                return Ok(None);
+            }
+            if record.state != InstanceState::Running {
+                // Blocked, set aside: not run again; cancelled at once.
+                fallback.store(true, Ordering::SeqCst);
+                return Ok(None);
+            }
+            self.push_transition(&mut record, TransitionKind::CancelRequested { by: by.clone() });
+            Ok(Some((record, Vec::new())))
+        };
+        let wrote = self.services.backend.reopen(id, &decide).await?;
+        if fallback.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        if wrote {
+            tracing::info!(durable.instance_id = %id, durable.by = %by, "cancel requested; the instance compensates");
+            // An owner in this process stops before its next step; its run
+            // then hands over to one that starts cancelled.
+            if let Some(slot) = self.instances.get(id) {
+                slot.signals.cancelled.store(true, Ordering::SeqCst);
+                slot.signals.ring();
+            }
+        }
+        Ok(true)
+    }
+
+    /// Runs the compensations `ctx` registered, because the instance stops
+    /// with `cause`, and records how that went in its history (durably,
+    /// before the end is written). `Err`: the chain stopped
+    /// ([`InstanceError::CompensationFailed`]) or could not be written.
+    pub(super) async fn compensate(
+        &self,
+        id: &str,
+        ctx: &Ctx,
+        record: &InstanceRecord,
+        lease: Lease,
+        cause: &str,
+    ) -> Result<()> {
+        if !ctx.has_compensations() {
+            return Ok(());
+        }
+        tracing::info!(durable.instance_id = %id, durable.cause = %cause, "compensating");
+        let result = ctx.compensate(cause).await;
+        let kind = match &result {
+            Ok(count) => TransitionKind::Compensated { count: *count },
+            Err(Error::Instance(InstanceError::CompensationFailed {
+                step, at, error, ..
+            })) => TransitionKind::CompensationFailed {
+                step: step.clone(),
+                at: at.clone(),
+                error: error.clone(),
+            },
+            Err(other) => return Err(other.clone()),
+        };
+        let mut record = record.clone();
+        if let Ok(Some(stored)) = self.services.backend.load(id).await {
+            record.transitions = stored.transitions;
+        }
+        record.state = InstanceState::Running;
+        self.push_transition(&mut record, kind);
+        let write = Write::Record {
+            record,
+            active: Some(ctx.recoveries()),
+        };
+        self.services.backend.commit(id, lease, write).await?;
+        result.map(|_| ())
+    }
+
+    /// How a run that ended with `error` ends, compensating first when the
+    /// instance failed for good. `cancel_run`: the run started cancelled
+    /// (a requested cancel it carries out). A cancel that reached a run
+    /// that did not start cancelled hands over: the run ends as lost, and
+    /// the run that claims it next compensates.
+    pub(super) async fn after_error(
+        &self,
+        id: &str,
+        ctx: &Ctx,
+        record: &InstanceRecord,
+        lease: Lease,
+        (error, cancel_run, compensating_workflow): (Error, bool, bool),
+    ) -> Error {
+        let cancelled = matches!(error, Error::Instance(InstanceError::Cancelled { .. }));
+        if cancelled && !cancel_run && compensating_workflow {
+            return Error::Instance(InstanceError::LeaseLost {
+                instance: id.to_string(),
+                epoch: lease.epoch,
+            });
+        }
+        if !crate::saga::compensates(&error) {
+            return error;
+        }
+        match self
+            .compensate(id, ctx, record, lease, &error.to_string())
+            .await
+        {
+            Ok(()) => error,
+            Err(stopped) => stopped,
+        }
+    }
+}
