@@ -247,6 +247,20 @@ fn workflow_fn(
     let timeout = args
         .timeout_ms
         .map(|ms| quote!(const TIMEOUT_MS: ::core::option::Option<u64> = ::core::option::Option::Some(#ms);));
+    // A step with `compensate = ..` lets a cancel compensate first.
+    let compensates = body
+        .sites
+        .iter()
+        .any(|site| {
+            matches!(
+                site.args.as_ref().map(|args| &args.kind),
+                Some(KindArgs::Step {
+                    compensate: Some(_),
+                    ..
+                })
+            )
+        })
+        .then(|| quote!(const COMPENSATES: bool = true;));
     quote! {
         #(#cfgs)*
         #[doc = #doc]
@@ -262,6 +276,7 @@ fn workflow_fn(
             const NAME: &'static str = #name;
             #version
             #timeout
+            #compensates
             const SITES: &'static [#decl] = &[#(#sites),*];
             #retry_policy
             #run
@@ -576,12 +591,13 @@ fn site(cx: &Cx, body: &Body, site: &Site) -> TokenStream {
             key,
             timeout,
             body: step_body,
+            compensate,
         } => step_call(
             cx,
             &site_phantom_at(index, first_and_last_span(step_body).0),
             name,
             (key.as_ref(), retry.as_ref(), timeout.as_ref()),
-            step_body,
+            (step_body, compensate.as_ref()),
             site.position,
         ),
         KindArgs::Sleep { duration } => timer_call(cx, "sleep", name, duration, site.position),
@@ -620,14 +636,15 @@ fn step_call(
         Option<&TokenStream>,
         Option<&TokenStream>,
     ),
-    body: &TokenStream,
+    (body, compensate): (&TokenStream, Option<&TokenStream>),
     position: Position,
 ) -> TokenStream {
     // Input:  "charge-card", Some(key = KEY), Some(retry = EXPR), Some(timeout = D), BODY,
     //         Position::Value
     // Output: ::durable::__private::step_site(__durable_ctx, __durable_site_0, "charge-card",
     //             Some(&KEY), Some(EXPR), Some(D), || async { BODY }).await
-    // (`None::<&()>` without a key.)
+    // (`None::<&()>` without a key.) With `compensate = C`:
+    // ::durable::__private::step_site_compensated(.., || async { BODY }, C).await
     let (first, last) = first_and_last_span(body);
     let span = Span::mixed_site().located_at(first);
     let end = Span::mixed_site().located_at(last);
@@ -652,7 +669,16 @@ fn step_call(
         None => quote_spanned!(span=> ::core::option::Option::None),
     };
     let args = quote_spanned!(span=> #phantom, #name, #key, #policy, #timeout, || async #block);
-    runtime_call(cx, "step_site", args, (first, last), position)
+    match compensate {
+        None => runtime_call(cx, "step_site", args, (first, last), position),
+        Some(compensate) => {
+            // Spanned at the closure: one that does not fit (not `'static`,
+            // no future) is reported there.
+            let at = Span::mixed_site().located_at(first_and_last_span(compensate).0);
+            let args = quote_spanned!(at=> #args, #compensate);
+            runtime_call(cx, "step_site_compensated", args, (first, last), position)
+        }
+    }
 }
 
 /// The call behind one `sleep!` (`function` is `sleep`) or `sleep_until!`

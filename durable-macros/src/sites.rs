@@ -225,6 +225,9 @@ pub(crate) enum KindArgs {
         /// The body, an expression evaluating to `Result<T, E>`, as its
         /// tokens.
         body: TokenStream,
+        /// `compensate = <closure>` (after the body, or among the options),
+        /// if given: undoes the step's effect, as its tokens.
+        compensate: Option<TokenStream>,
     },
     /// `sleep!`'s argument after the name.
     Sleep {
@@ -577,6 +580,7 @@ fn parse_step(input: ParseStream, site: &Site, lenient: bool) -> syn::Result<Sit
     let mut retry = None;
     let mut key = None;
     let mut timeout = None;
+    let mut compensate = None;
     while input.peek(syn::Ident) && input.peek2(Token![=]) && !input.peek2(Token![==]) {
         let option: Ident = input.parse()?;
         let slot = if option == "retry" {
@@ -585,13 +589,15 @@ fn parse_step(input: ParseStream, site: &Site, lenient: bool) -> syn::Result<Sit
             &mut key
         } else if option == "timeout" {
             &mut timeout
+        } else if option == "compensate" {
+            &mut compensate
         } else {
             return Err(syn::Error::new_spanned(
                 &option,
                 format!(
                     "unknown step option `{option}`; the options are `key = <serde value>`, \
                      `retry = <RetryPolicy>` and `timeout = <Duration>`, between the name and \
-                     the body"
+                     the body, and `compensate = |value| async move {{ .. }}`"
                 ),
             ));
         };
@@ -605,6 +611,9 @@ fn parse_step(input: ParseStream, site: &Site, lenient: bool) -> syn::Result<Sit
         let value = parse_expr(input, lenient)?;
         if option == "timeout" {
             check_step_timeout(&name, &option, &eq, &value)?;
+        }
+        if option == "compensate" {
+            check_compensate(&name, &option, &eq, &value)?;
         }
         *slot = Some(value);
         if input.is_empty() {
@@ -630,12 +639,43 @@ fn parse_step(input: ParseStream, site: &Site, lenient: bool) -> syn::Result<Sit
     if input.peek(Token![,]) {
         input.parse::<Token![,]>()?;
     }
+    // `compensate = <closure>` may follow the body.
+    if input.peek(syn::Ident) && !input.peek2(Token![==]) {
+        let fork = input.fork();
+        let option: Ident = fork.parse()?;
+        if option == "compensate" {
+            input.parse::<Ident>()?;
+            if !input.peek(Token![=]) {
+                return Err(syn::Error::new_spanned(
+                    &option,
+                    format!(
+                        "`compensate` needs a closure: {}",
+                        compensate_example(&name)
+                    ),
+                ));
+            }
+            let eq = input.parse::<Token![=]>()?;
+            if compensate.is_some() {
+                return Err(syn::Error::new_spanned(
+                    &option,
+                    "step option `compensate` is given twice",
+                ));
+            }
+            let value = parse_expr(input, lenient)?;
+            check_compensate(&name, &option, &eq, &value)?;
+            compensate = Some(value);
+            if input.peek(Token![,]) {
+                input.parse::<Token![,]>()?;
+            }
+        }
+    }
     if !input.is_empty() {
         let rest: TokenStream = input.parse()?;
         return Err(syn::Error::new_spanned(
             rest,
             "unexpected tokens after the step body; `step!` takes a name, an optional \
-             `key = ..`, `retry = ..` and `timeout = ..`, and one body expression",
+             `key = ..`, `retry = ..` and `timeout = ..`, one body expression, and an \
+             optional `compensate = ..`",
         ));
     }
     Ok(SiteArgs {
@@ -645,8 +685,53 @@ fn parse_step(input: ParseStream, site: &Site, lenient: bool) -> syn::Result<Sit
             key,
             timeout,
             body,
+            compensate,
         },
     })
+}
+
+/// How to write a compensation, for messages.
+fn compensate_example(name: &LitStr) -> String {
+    format!(
+        "`step!({:?}, <body>, compensate = |value| async move {{ undo(value).await }})`",
+        name.value()
+    )
+}
+
+/// Refuses a compensation that cannot be one: nothing, a literal, or a
+/// closure that does not take exactly one argument (the step's value).
+/// Any other expression (a fn's name) is checked by the compiler.
+fn check_compensate(
+    name: &LitStr,
+    option: &Ident,
+    eq: &Token![=],
+    value: &TokenStream,
+) -> syn::Result<()> {
+    let example = compensate_example(name);
+    if value.is_empty() {
+        return Err(syn::Error::new_spanned(
+            quote::quote!(#option #eq),
+            format!("`compensate` needs a closure: {example}"),
+        ));
+    }
+    match syn::parse2::<syn::Expr>(value.clone()) {
+        Ok(syn::Expr::Lit(_)) => Err(syn::Error::new_spanned(
+            value,
+            format!("a compensation is a closure that gets the step's value: write {example}"),
+        )),
+        Ok(syn::Expr::Closure(closure)) if closure.inputs.len() != 1 => {
+            let n = closure.inputs.len();
+            let (or1, inputs, or2) = (&closure.or1_token, &closure.inputs, &closure.or2_token);
+            Err(syn::Error::new_spanned(
+                quote::quote!(#or1 #inputs #or2),
+                format!(
+                    "a compensation takes one argument, the step's value (this one takes {n}): \
+                     write {example}"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Refuses a step timeout that cannot be a `Duration` and says how to
