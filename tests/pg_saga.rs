@@ -1,0 +1,131 @@
+//! Saga compensation on PostgreSQL: a workflow that fails compensates its
+//! completed steps in reverse order, and an instance started on one engine
+//! and cancelled from another (each its own worker, sharing only the
+//! schema) compensates each completed step exactly once, then ends
+//! cancelled, with the handle on the first engine resolving.
+//!
+//! `cargo test --features postgres --test pg_saga`. Needs PostgreSQL
+//! (`DURABLE_TEST_PG`); without it the tests pass after saying "skipped: no
+//! PostgreSQL", unless `CI` is set.
+#![cfg(feature = "postgres")]
+
+mod support;
+
+use durable::prelude::*;
+use durable::{InstanceError, Status};
+use serde::{Deserialize, Serialize};
+
+use support::pg::Schema;
+
+/// What a trip books; the ledger of `dir` records every body run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Trip {
+    dir: String,
+    wait: bool,
+}
+
+/// A booking, as its step returns it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Booking {
+    dir: String,
+    what: String,
+}
+
+fn book(trip: &Trip, what: &str) -> Result<Booking, String> {
+    support::ledger_in(&trip.dir, &format!("book {what}"));
+    Ok(Booking {
+        dir: trip.dir.clone(),
+        what: what.to_string(),
+    })
+}
+
+async fn cancel_booking(b: Booking) -> Result<(), String> {
+    support::ledger_in(&b.dir, &format!("undo {}", b.what));
+    Ok(())
+}
+
+#[durable]
+async fn pg_trip(_ctx: &Ctx, trip: Trip) -> Result<String, String> {
+    let car = step!(
+        "car",
+        async { book(&trip, "car") }.await,
+        compensate = |b: Booking| cancel_booking(b)
+    )?;
+    let hotel = step!(
+        "hotel",
+        async { book(&trip, "hotel") }.await,
+        compensate = |b: Booking| cancel_booking(b)
+    )?;
+    if trip.wait {
+        let _go: String = wait_for!("go");
+    }
+    step!(
+        "pay",
+        async { Err::<(), String>(durable::permanent("card declined".to_string())) }.await
+    )?;
+    Ok(format!("{} {}", car.what, hotel.what))
+}
+
+fn trip_in(dir: &std::path::Path, wait: bool) -> Trip {
+    Trip {
+        dir: dir.to_string_lossy().into_owned(),
+        wait,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_workflow_compensates_in_reverse() {
+    let Some(schema) = Schema::new("durable_saga").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let engine = schema.builder().register(pg_trip).open().await.unwrap();
+    let out = support::guarded(
+        "the trip ends",
+        engine.run(pg_trip, "s-1", trip_in(dir.path(), false)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, Err("card declined".to_string()));
+    assert_eq!(
+        support::read_ledger(dir.path()),
+        ["book car", "book hotel", "undo hotel", "undo car"]
+    );
+    engine.shutdown().await;
+    schema.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_from_another_engine_compensates_once() {
+    let Some(schema) = Schema::new("durable_saga").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let first = schema.builder().register(pg_trip).open().await.unwrap();
+    let second = schema.builder().register(pg_trip).open().await.unwrap();
+    let handle = first
+        .start(pg_trip, "s-2", trip_in(dir.path(), true))
+        .await
+        .unwrap();
+    support::wait_until("the trip waits for go", async || {
+        let ledger = support::read_ledger(dir.path());
+        if ledger.len() == 2 { Ok(()) } else { Err(ledger) }
+    })
+    .await;
+    second.cancel("s-2").await.unwrap();
+    let err = support::guarded("the trip ends", handle.result())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Instance(InstanceError::Cancelled { .. })),
+        "{err:?}"
+    );
+    assert_eq!(second.status("s-2").await.unwrap(), Status::Cancelled);
+    assert_eq!(
+        support::read_ledger(dir.path()),
+        ["book car", "book hotel", "undo hotel", "undo car"]
+    );
+    first.shutdown().await;
+    second.shutdown().await;
+    schema.drop_schema().await;
+}
