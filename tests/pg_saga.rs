@@ -109,7 +109,11 @@ async fn a_cancel_from_another_engine_compensates_once() {
         .unwrap();
     support::wait_until("the trip waits for go", async || {
         let ledger = support::read_ledger(dir.path());
-        if ledger.len() == 2 { Ok(()) } else { Err(ledger) }
+        if ledger.len() == 2 {
+            Ok(())
+        } else {
+            Err(ledger)
+        }
     })
     .await;
     second.cancel("s-2").await.unwrap();

@@ -192,7 +192,10 @@ async fn a_failing_compensation_stops_the_chain_and_is_reported() {
     );
     match engine.status("t-2").await.unwrap() {
         Status::Failed { reason } => {
-            assert!(reason.contains("compensation of step \"hotel\""), "{reason}")
+            assert!(
+                reason.contains("compensation of step \"hotel\""),
+                "{reason}"
+            )
         }
         other => panic!("not failed: {other:?}"),
     }
@@ -219,7 +222,11 @@ async fn a_cancel_compensates_the_completed_steps_then_cancels() {
     let handle = engine.start(trip, "t-3", trip_in).await.unwrap();
     support::wait_until("the trip waits for go", async || {
         let ledger = support::read_ledger(dir.path());
-        if ledger.len() == 3 { Ok(()) } else { Err(ledger) }
+        if ledger.len() == 3 {
+            Ok(())
+        } else {
+            Err(ledger)
+        }
     })
     .await;
     engine.cancel("t-3").await.unwrap();

@@ -260,7 +260,11 @@ fn workflow_fn(
                 })
             )
         })
-        .then(|| quote!(const COMPENSATES: bool = true;));
+        .then(|| {
+            quote!(
+                const COMPENSATES: bool = true;
+            )
+        });
     quote! {
         #(#cfgs)*
         #[doc = #doc]

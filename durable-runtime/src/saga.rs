@@ -167,12 +167,8 @@ impl Ctx {
     /// that fails for good stops the chain: its error names it, and
     /// `cause` (why the instance is compensated) goes with it.
     pub(crate) async fn compensate(&self, cause: &str) -> Result<u32, Error> {
-        let mut chain = std::mem::take(
-            &mut *self
-                .compensations
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let mut chain =
+            std::mem::take(&mut *self.compensations.lock().unwrap_or_else(|e| e.into_inner()));
         chain.sort_by_key(|c| std::cmp::Reverse(c.seq));
         let mut count = 0;
         for compensation in &chain {
@@ -238,7 +234,9 @@ impl Ctx {
                     match started {
                         Ok(fut) => fut.await.map_err(|e| (e, false)),
                         // The step's value no longer decodes: no retry helps.
-                        Err(reason) => Err((format!("the step's value does not decode: {reason}"), true)),
+                        Err(reason) => {
+                            Err((format!("the step's value does not decode: {reason}"), true))
+                        }
                     }
                 }
             });

@@ -59,7 +59,16 @@ impl Ctx {
         T: Serialize + DeserializeOwned + Send + 'static,
         E: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static,
     {
-        step_at(self, name, None::<&()>, false, Some(policy), None, body, None)
+        step_at(
+            self,
+            name,
+            None::<&()>,
+            false,
+            Some(policy),
+            None,
+            body,
+            None,
+        )
     }
 
     /// Like [`step`](Self::step), with a timeout per attempt: an attempt
@@ -95,7 +104,16 @@ impl Ctx {
         T: Serialize + DeserializeOwned + Send + 'static,
         E: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static,
     {
-        step_at(self, name, None::<&()>, false, policy, Some(timeout), body, None)
+        step_at(
+            self,
+            name,
+            None::<&()>,
+            false,
+            policy,
+            Some(timeout),
+            body,
+            None,
+        )
     }
 }
 

@@ -310,7 +310,9 @@ impl Core {
             }
             Err(e) => {
                 let compensating = (e, cancel_run, erased.compensates());
-                Err(self.after_error(id, &ctx, &record, lease, compensating).await)
+                Err(self
+                    .after_error(id, &ctx, &record, lease, compensating)
+                    .await)
             }
         };
         let recoveries = ctx.recoveries();

@@ -49,7 +49,10 @@ impl Core {
                 fallback.store(true, Ordering::SeqCst);
                 return Ok(None);
             }
-            self.push_transition(&mut record, TransitionKind::CancelRequested { by: by.clone() });
+            self.push_transition(
+                &mut record,
+                TransitionKind::CancelRequested { by: by.clone() },
+            );
             Ok(Some((record, Vec::new())))
         };
         let wrote = self.services.backend.reopen(id, &decide).await?;
