@@ -36,6 +36,10 @@ use crate::retry::{RetryPolicy, jitter_random};
 /// returns the compensation's future; its error as `Debug` text.
 pub(crate) type Undo<T> = Box<dyn Fn(T) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
+/// A compensation bound to its step's value: decodes the value and calls
+/// the compensation with it (`Err`: the value does not decode).
+type Bound = Box<dyn Fn() -> Result<BoxFuture<'static, Result<(), String>>, String> + Send + Sync>;
+
 /// One registered compensation: the step it undoes and how to run it.
 pub(crate) struct Compensation {
     step: &'static str,
@@ -45,7 +49,7 @@ pub(crate) struct Compensation {
     policy: Option<RetryPolicy>,
     /// Decodes the step's value and calls the compensation with it (once
     /// per attempt).
-    run: Box<dyn Fn() -> Result<BoxFuture<'static, Result<(), String>>, String> + Send + Sync>,
+    run: Bound,
 }
 
 impl std::fmt::Debug for Compensation {
