@@ -614,7 +614,7 @@ pub enum InstanceError {
         /// The compensation's error, as `Debug` shows it.
         error: String,
         /// Why the instance was being compensated (its failure, or a cancel).
-        cause: String,
+        cause: Box<str>,
     },
     /// A keyed step used one key twice in one instance. The instance fails.
     #[error(

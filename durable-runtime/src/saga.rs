@@ -191,7 +191,7 @@ impl Ctx {
                 step: c.step.to_string(),
                 at: c.at.to_string(),
                 error,
-                cause: cause.to_string(),
+                cause: cause.into(),
             })
         };
         let (mut attempts, started_at_ms, seq) = match self.take_checkpoint_at(&name, &c.at) {
