@@ -323,3 +323,93 @@ async fn a_kill_in_the_middle_of_compensating_resumes_the_chain() {
     );
     engine.shutdown().await;
 }
+
+/// While set, the "slow" step of `gated_trip` does not return.
+static GATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+#[durable]
+async fn gated_trip(_ctx: &Ctx, trip: Trip) -> Result<(), String> {
+    step!(
+        "car",
+        async { book(&trip, "car") }.await,
+        compensate = |b: Booking| cancel_booking(b)
+    )?;
+    step!(
+        "slow",
+        retry = RetryPolicy::no_retry(),
+        async {
+            support::ledger_in(&trip.dir, "slow");
+            while GATE.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            if trip.failing_undo.is_some() {
+                panic!("the slow step breaks");
+            }
+            Ok::<_, String>(())
+        }
+        .await
+    )?;
+    step!("never", async { book(&trip, "never") }.await)?;
+    Ok(())
+}
+
+/// A cancel while a step runs in this very process: the step finishes
+/// (its checkpoint is refused), the run hands over to one that starts
+/// cancelled, and that one compensates. Then a step that panics on its
+/// last attempt fails the instance for good, which compensates too.
+#[tokio::test]
+async fn a_cancel_during_a_step_and_a_panicking_step_compensate() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .path(dir.path().join("store"))
+        .register(gated_trip)
+        .open()
+        .await
+        .unwrap();
+    let handle = engine
+        .start(gated_trip, "g-1", input(dir.path()))
+        .await
+        .unwrap();
+    support::wait_until("the slow step runs", async || {
+        let ledger = support::read_ledger(dir.path());
+        if ledger.len() == 2 {
+            Ok(())
+        } else {
+            Err(ledger)
+        }
+    })
+    .await;
+    engine.cancel("g-1").await.unwrap();
+    GATE.store(false, std::sync::atomic::Ordering::SeqCst);
+    let err = support::guarded("g-1 ends", handle.result())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Instance(InstanceError::Cancelled { .. })),
+        "{err:?}"
+    );
+    assert_eq!(
+        support::read_ledger(dir.path()),
+        ["book car", "slow", "undo car"]
+    );
+    assert_eq!(engine.status("g-1").await.unwrap(), Status::Cancelled);
+
+    // A panic on the last attempt: the instance fails, compensated.
+    let dir2 = tempfile::tempdir().unwrap();
+    let trip_in = Trip {
+        failing_undo: Some("none".into()),
+        ..input(dir2.path())
+    };
+    let err = support::guarded("g-2 ends", engine.run(gated_trip, "g-2", trip_in))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Instance(InstanceError::StepPanicked { .. })),
+        "{err:?}"
+    );
+    assert_eq!(
+        support::read_ledger(dir2.path()),
+        ["book car", "slow", "undo car"]
+    );
+    engine.shutdown().await;
+}
