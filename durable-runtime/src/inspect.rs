@@ -184,6 +184,14 @@ pub enum TransitionKind {
         /// Who did it.
         by: String,
     },
+    /// Started by instance `parent` as its child
+    /// ([`Ctx::start_child`](crate::Ctx::start_child)).
+    ChildOf {
+        /// The parent instance.
+        parent: String,
+        /// Whether cancelling the parent cancels this instance.
+        cancel_with_parent: bool,
+    },
 }
 
 /// A failed step occurrence that [`Engine::retry`](crate::Engine::retry)
@@ -322,6 +330,11 @@ pub struct History {
     pub transitions: Vec<Transition>,
     /// Its step occurrences, in the order they started.
     pub steps: Vec<StepRecord>,
+    /// The instance that started this one as its child, if one did.
+    pub parent: Option<String>,
+    /// The ids of the child instances it started
+    /// ([`Ctx::start_child`](crate::Ctx::start_child)), in start order.
+    pub children: Vec<String>,
 }
 
 /// The status a stored state implies, before what only the engine knows
@@ -402,6 +415,10 @@ pub(crate) fn history_of(
     checkpoints: Vec<CheckpointRecord>,
     in_flight: &[InFlight],
 ) -> History {
+    let children = crate::records::children_of(&checkpoints)
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     let transitions = record
         .transitions
         .iter()
@@ -450,6 +467,10 @@ pub(crate) fn history_of(
                     from: from.clone(),
                     step: step.clone(),
                     by: by.clone(),
+                },
+                StoredKind::ChildOf { parent, cascade } => TransitionKind::ChildOf {
+                    parent: parent.clone(),
+                    cancel_with_parent: *cascade,
                 },
             },
         })
@@ -591,5 +612,7 @@ pub(crate) fn history_of(
         created_at: time(record.created_at_ms),
         transitions,
         steps,
+        parent: record.parent().map(|(p, _)| p.to_string()),
+        children,
     }
 }

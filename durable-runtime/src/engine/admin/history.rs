@@ -61,6 +61,8 @@ impl Engine {
             }
             _ => {}
         }
+        doc.insert("parent".into(), json!(history.parent));
+        doc.insert("children".into(), json!(history.children));
         doc.insert(
             "transitions".into(),
             history
@@ -85,6 +87,7 @@ impl Engine {
                         TransitionKind::Deadline { .. } => ("deadline", None),
                         TransitionKind::DeadlinePassed { .. } => ("deadline-passed", None),
                         TransitionKind::Forked { .. } => ("forked", None),
+                        TransitionKind::ChildOf { .. } => ("child-of", None),
                     };
                     let by = match &t.kind {
                         TransitionKind::Retried { by, .. }
