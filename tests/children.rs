@@ -117,7 +117,10 @@ async fn failing_child(ctx: &Ctx, _n: u64) -> Result<String, String> {
     assert_eq!(child.id(), "unlucky-child");
     // A child that returned its own `Err` completed: its output is that.
     let seven = ctx.start_child(add_one, 7).await.map_err(text)?;
-    assert_eq!(seven.result().await.map_err(text)?, Err("seven".to_string()));
+    assert_eq!(
+        seven.result().await.map_err(text)?,
+        Err("seven".to_string())
+    );
     match child.result().await {
         Err(Error::Instance(InstanceError::Failed { instance, .. })) => Ok(instance),
         other => Err(format!("{other:?}")),
@@ -156,7 +159,13 @@ async fn waiter(_ctx: &Ctx, n: u64) -> Result<u64, String> {
 async fn cancellable_parent(ctx: &Ctx, n: u64) -> Result<u64, String> {
     let bound = ctx.start_child(waiter, n).await.map_err(text)?;
     let free = ctx
-        .start_child_with(waiter, n, ChildOptions::new().id(format!("{}-free", ctx.id())).detached())
+        .start_child_with(
+            waiter,
+            n,
+            ChildOptions::new()
+                .id(format!("{}-free", ctx.id()))
+                .detached(),
+        )
         .await
         .map_err(text)?;
     let a = bound.result().await.map_err(text)??;
@@ -238,7 +247,10 @@ async fn a_fan_out_runs_at_most_its_bound_at_once_and_keeps_input_order() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path()).await;
     let out = support::guarded("the fan-out completes", engine.run(fan_out, "fan", 20)).await;
-    assert_eq!(out.unwrap(), Ok((0..20).map(|n| n * 2).collect::<Vec<u64>>()));
+    assert_eq!(
+        out.unwrap(),
+        Ok((0..20).map(|n| n * 2).collect::<Vec<u64>>())
+    );
     let most = MOST.load(Ordering::SeqCst);
     assert!((1..=3).contains(&most), "{most} children ran at once");
     assert_eq!(engine.history("fan").await.unwrap().children.len(), 20);
@@ -316,7 +328,10 @@ async fn a_kill_in_the_middle_of_a_child_starts_nothing_twice() {
         .spawn()
         .unwrap();
     support::wait_until("the second child runs in the killed process", async || {
-        if support::read_ledger(dir.path()).iter().any(|l| l == "BODY 2") {
+        if support::read_ledger(dir.path())
+            .iter()
+            .any(|l| l == "BODY 2")
+        {
             Ok(())
         } else if let Ok(Some(status)) = target.try_wait() {
             panic!("the process ended first: {status}");

@@ -229,7 +229,8 @@ impl Ctx {
                     }
                 },
                 Some(other) => {
-                    let error = self.diverged(START_CHILD, occurrence, &other.state, "a child start");
+                    let error =
+                        self.diverged(START_CHILD, occurrence, &other.state, "a child start");
                     self.abort(error).await
                 }
                 None => id,
@@ -353,7 +354,13 @@ impl Ctx {
     /// the write is refused or fails.
     async fn done_checkpoint<T: serde::Serialize>(
         &self,
-        (name, occurrence, key, seq, started_at_ms): (&str, u32, Option<(Vec<u8>, String)>, u64, u64),
+        (name, occurrence, key, seq, started_at_ms): (
+            &str,
+            u32,
+            Option<(Vec<u8>, String)>,
+            u64,
+            u64,
+        ),
         value: &T,
         ok: bool,
         error_text: Option<String>,
@@ -456,14 +463,16 @@ impl<'c, O: serde::de::DeserializeOwned + Send + 'c> Child<'c, O> {
                 }
             };
             match end {
-                ChildEnd::Returned(bytes) => crate::journal::decode_value(&bytes).map_err(|reason| {
-                    Error::Replay(ReplayError::ValueDecode {
-                        instance: id.clone(),
-                        what: "output",
-                        expected_type: std::any::type_name::<O>(),
-                        reason,
+                ChildEnd::Returned(bytes) => {
+                    crate::journal::decode_value(&bytes).map_err(|reason| {
+                        Error::Replay(ReplayError::ValueDecode {
+                            instance: id.clone(),
+                            what: "output",
+                            expected_type: std::any::type_name::<O>(),
+                            reason,
+                        })
                     })
-                }),
+                }
                 ChildEnd::Failed(reason) => Err(Error::Instance(InstanceError::Failed {
                     instance: id,
                     reason,

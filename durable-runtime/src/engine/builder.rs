@@ -321,7 +321,9 @@ impl EngineBuilder {
         let _ = core
             .services
             .starter
-            .set(Arc::new(super::children::CoreStarter(Arc::downgrade(&core))));
+            .set(Arc::new(super::children::CoreStarter(Arc::downgrade(
+                &core,
+            ))));
         let recovered = async {
             core.store_manifests().await?;
             core.recover().await

@@ -325,9 +325,7 @@ impl Core {
             created_at_ms: now,
             transitions: std::iter::once(TransitionKind::Started)
                 .chain(deadline_ms.map(|at_ms| TransitionKind::Deadline { at_ms }))
-                .chain(
-                    parent.map(|(parent, cascade)| TransitionKind::ChildOf { parent, cascade }),
-                )
+                .chain(parent.map(|(parent, cascade)| TransitionKind::ChildOf { parent, cascade }))
                 .map(|kind| TransitionRecord { at_ms: now, kind })
                 .collect(),
         }

@@ -100,9 +100,12 @@ impl Engine {
                 }
                 Ok(Reserved::Slot(slot)) => {
                     done.insert(id.clone(), slot.done.subscribe());
-                    let fresh = self
-                        .core
-                        .fresh_record(name, &*erased, inputs[i].clone(), Birth::deadline(deadline));
+                    let fresh = self.core.fresh_record(
+                        name,
+                        &*erased,
+                        inputs[i].clone(),
+                        Birth::deadline(deadline),
+                    );
                     to_create.push((slot, id.clone(), fresh));
                 }
                 Err(e) => {
