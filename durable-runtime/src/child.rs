@@ -255,7 +255,13 @@ impl Ctx {
                 cascade: spec.cascade,
             };
             self.done_checkpoint(
-                (START_CHILD, occurrence, None, seq, started_at_ms),
+                ReservedSite {
+                    name: START_CHILD,
+                    occurrence,
+                    key: None,
+                    seq,
+                    started_at_ms,
+                },
                 &started,
                 true,
                 None,
@@ -341,30 +347,30 @@ impl Ctx {
                 instance: self.id.clone(),
             }));
         }
-        if let Some(held) = self.services.backend.hold(&self.id, self.lease) {
-            if let Err(e) = held.await {
-                self.abort(e).await
-            }
+        if let Some(held) = self.services.backend.hold(&self.id, self.lease)
+            && let Err(e) = held.await
+        {
+            self.abort(e).await
         }
         Ok(())
     }
 
-    /// Writes a finished checkpoint of reserved site `(name, occurrence,
-    /// key, seq, started)` whose outcome is `value`; stops the instance if
-    /// the write is refused or fails.
+    /// Writes a finished checkpoint of reserved site `site` whose outcome
+    /// is `value`; stops the instance if the write is refused or fails.
     async fn done_checkpoint<T: serde::Serialize>(
         &self,
-        (name, occurrence, key, seq, started_at_ms): (
-            &str,
-            u32,
-            Option<(Vec<u8>, String)>,
-            u64,
-            u64,
-        ),
+        site: ReservedSite,
         value: &T,
         ok: bool,
         error_text: Option<String>,
     ) {
+        let ReservedSite {
+            name,
+            occurrence,
+            key,
+            seq,
+            started_at_ms,
+        } = site;
         let outcome = match crate::codec::encode(value) {
             Ok(outcome) => outcome,
             Err(reason) => {
@@ -453,7 +459,13 @@ impl<'c, O: serde::de::DeserializeOwned + Send + 'c> Child<'c, O> {
                         ChildEnd::Cancelled => (false, Some("cancelled".to_string())),
                     };
                     ctx.done_checkpoint(
-                        (CHILD_RESULT, 0, at.key(), seq, started_at_ms),
+                        ReservedSite {
+                            name: CHILD_RESULT,
+                            occurrence: 0,
+                            key: at.key(),
+                            seq,
+                            started_at_ms,
+                        },
                         &end,
                         ok,
                         text,
@@ -536,6 +548,15 @@ impl Ctx {
             Err(e) => Err(e),
         }
     }
+}
+
+/// A site of a reserved name: where its checkpoint goes.
+struct ReservedSite {
+    name: &'static str,
+    occurrence: u32,
+    key: Option<(Vec<u8>, String)>,
+    seq: u64,
+    started_at_ms: u64,
 }
 
 /// Waits for the first of `running` to finish; removes it and returns its
