@@ -208,6 +208,14 @@ pub enum TransitionKind {
         /// The compensation's error.
         error: String,
     },
+    /// Started by instance `parent` as its child
+    /// ([`Ctx::start_child`](crate::Ctx::start_child)).
+    ChildOf {
+        /// The parent instance.
+        parent: String,
+        /// Whether cancelling the parent cancels this instance.
+        cancel_with_parent: bool,
+    },
 }
 
 /// A failed step occurrence that [`Engine::retry`](crate::Engine::retry)
@@ -346,6 +354,11 @@ pub struct History {
     pub transitions: Vec<Transition>,
     /// Its step occurrences, in the order they started.
     pub steps: Vec<StepRecord>,
+    /// The instance that started this one as its child, if one did.
+    pub parent: Option<String>,
+    /// The ids of the child instances it started
+    /// ([`Ctx::start_child`](crate::Ctx::start_child)), in start order.
+    pub children: Vec<String>,
 }
 
 /// The status a stored state implies, before what only the engine knows
@@ -426,6 +439,10 @@ pub(crate) fn history_of(
     checkpoints: Vec<CheckpointRecord>,
     in_flight: &[InFlight],
 ) -> History {
+    let children = crate::records::children_of(&checkpoints)
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     let transitions = record
         .transitions
         .iter()
@@ -486,6 +503,10 @@ pub(crate) fn history_of(
                         error: error.clone(),
                     }
                 }
+                StoredKind::ChildOf { parent, cascade } => TransitionKind::ChildOf {
+                    parent: parent.clone(),
+                    cancel_with_parent: *cascade,
+                },
             },
         })
         .collect();
@@ -626,5 +647,7 @@ pub(crate) fn history_of(
         created_at: time(record.created_at_ms),
         transitions,
         steps,
+        parent: record.parent().map(|(p, _)| p.to_string()),
+        children,
     }
 }

@@ -52,6 +52,7 @@
 #![warn(unreachable_pub)]
 
 mod backend;
+mod child;
 mod codec;
 mod committer;
 mod context;
@@ -88,6 +89,7 @@ mod values;
 mod wait;
 mod workflow;
 
+pub use child::{Child, ChildOptions};
 pub use context::{Ctx, permanent};
 #[cfg(feature = "crash-points")]
 pub use crash::CRASH_POINTS;

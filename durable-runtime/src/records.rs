@@ -233,6 +233,12 @@ pub(crate) enum TransitionKind {
         at: String,
         error: String,
     },
+    /// Started by instance `parent` with `Ctx::start_child`; with
+    /// `cascade`, cancelling the parent cancels it.
+    ChildOf {
+        parent: String,
+        cascade: bool,
+    },
 }
 
 impl InstanceRecord {
@@ -254,6 +260,15 @@ impl InstanceRecord {
             }
         }
         false
+    }
+
+    /// The parent that started this instance as its child, and whether
+    /// cancelling the parent cancels it.
+    pub(crate) fn parent(&self) -> Option<(&str, bool)> {
+        self.transitions.iter().find_map(|t| match &t.kind {
+            TransitionKind::ChildOf { parent, cascade } => Some((parent.as_str(), *cascade)),
+            _ => None,
+        })
     }
 
     /// The instance's deadline, if it was started with one.
@@ -435,6 +450,51 @@ pub(crate) fn streamed_by(checkpoints: &[CheckpointRecord]) -> Vec<(String, u64,
     checkpoints
         .iter()
         .filter(|c| c.name == WRITE_STREAM)
+        .filter_map(|c| match &c.state {
+            CheckpointState::Done { outcome, .. } => crate::codec::decode(outcome).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The reserved step name of `Ctx::start_child` checkpoints. Their
+/// outcome is the encoded [`ChildStarted`].
+pub(crate) const START_CHILD: &str = "durable::start_child";
+
+/// The reserved step name of the checkpoints of awaited child results,
+/// keyed by the child's id. Their outcome is the encoded [`ChildEnd`].
+pub(crate) const CHILD_RESULT: &str = "durable::child_result";
+
+/// What a `START_CHILD` checkpoint records: the child's id, workflow and
+/// whether cancelling the parent cancels it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct ChildStarted {
+    pub id: String,
+    pub workflow: String,
+    pub cascade: bool,
+}
+
+/// How a child instance ended, as its parent recorded it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) enum ChildEnd {
+    /// It returned: its encoded output.
+    Returned(Vec<u8>),
+    /// It failed: the reason.
+    Failed(String),
+    /// It was cancelled.
+    Cancelled,
+}
+
+/// The children that the `start_child` checkpoints among `checkpoints`
+/// started, in start order. Checkpoints that do not decode are left out.
+pub(crate) fn children_of(checkpoints: &[CheckpointRecord]) -> Vec<ChildStarted> {
+    let mut started: Vec<&CheckpointRecord> = checkpoints
+        .iter()
+        .filter(|c| c.name == START_CHILD)
+        .collect();
+    started.sort_by_key(|c| c.seq);
+    started
+        .into_iter()
         .filter_map(|c| match &c.state {
             CheckpointState::Done { outcome, .. } => crate::codec::decode(outcome).ok(),
             _ => None,

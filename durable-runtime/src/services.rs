@@ -2,7 +2,7 @@
 //! more: the backend, the clock and the value codec's limit. The engine
 //! builds it; [`Ctx`](crate::Ctx) holds it and never names the engine.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 
@@ -21,6 +21,40 @@ pub(crate) struct Services {
     /// The test kit's step mocks and body counters.
     #[cfg(feature = "testing")]
     pub hooks: Option<Arc<crate::hooks::Hooks>>,
+    /// Starts and awaits other instances (child workflows); set by the
+    /// engine once it exists.
+    pub starter: OnceLock<Arc<dyn Starter>>,
+}
+
+/// The outcome of an instance once it has one: its encoded output, or the
+/// instance error (failed, cancelled, ..).
+pub(crate) type Ended = tokio::sync::watch::Receiver<Option<Result<Vec<u8>>>>;
+
+/// A child instance to start or attach to.
+pub(crate) struct ChildStart {
+    /// The child's workflow name, version and type.
+    pub workflow: &'static str,
+    pub version: u32,
+    pub type_id: std::any::TypeId,
+    /// The child's workflow with its types erased, built only when this
+    /// process does not register it (a pure client of a shared store).
+    pub erase: Box<dyn Fn() -> Arc<dyn crate::engine::ErasedWorkflow> + Send + Sync>,
+    pub id: String,
+    pub input: Vec<u8>,
+    /// The parent's id.
+    pub parent: String,
+    /// Whether cancelling the parent cancels the child.
+    pub cascade: bool,
+}
+
+/// What an instance may ask of the engine about other instances: the
+/// engine implements it; [`Ctx`](crate::Ctx) reaches it through
+/// [`Services::starter`] without naming the engine.
+pub(crate) trait Starter: Send + Sync {
+    /// Starts `child` (create-if-absent) or attaches to it; resolves once it
+    /// is durably recorded, with the receiver of its outcome. `ShutDown`
+    /// once the engine is gone.
+    fn start_child(&self, child: ChildStart) -> crate::backend::BoxFuture<'_, Result<Ended>>;
 }
 
 impl Services {
@@ -35,7 +69,18 @@ impl Services {
             max_value_size,
             #[cfg(feature = "testing")]
             hooks: None,
+            starter: OnceLock::new(),
         }
+    }
+
+    /// The engine's [`Starter`]; `ShutDown` for instance `id` before the
+    /// engine set it.
+    pub(crate) fn starter(&self, id: &str) -> Result<Arc<dyn Starter>> {
+        self.starter.get().cloned().ok_or_else(|| {
+            Error::Instance(crate::error::InstanceError::ShutDown {
+                instance: id.to_string(),
+            })
+        })
     }
 
     /// Encodes a user value (input, output, step outcome, event payload),

@@ -316,6 +316,14 @@ impl EngineBuilder {
             suspects: Arc::new(tokio::sync::Semaphore::new(1)),
             runtime: runtime.clone(),
         });
+        // Instances start children through the engine (recovery may resume
+        // a parent at once).
+        let _ = core
+            .services
+            .starter
+            .set(Arc::new(super::children::CoreStarter(Arc::downgrade(
+                &core,
+            ))));
         let recovered = async {
             core.store_manifests().await?;
             core.recover().await

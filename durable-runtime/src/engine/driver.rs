@@ -132,6 +132,13 @@ impl Core {
         lease: Lease,
     ) -> DriveEnd {
         let backend = &self.services.backend;
+        // A child whose parent was cancelled goes with it.
+        if self.orphaned(&record).await {
+            let error = Error::Instance(crate::error::InstanceError::Cancelled {
+                instance: id.to_string(),
+            });
+            return DriveEnd::Finished(self.end(id, record, 0, lease, Err(error)).await);
+        }
         // Before any body runs: does the recorded history fit this code?
         let checkpoints = match backend.checkpoints(id).await {
             Ok(c) => c,
@@ -418,12 +425,16 @@ impl Core {
         tracing::warn!(durable.error = %error, durable.status = ?kind, "instance stopped by an error");
         self.push_transition(&mut record, kind);
         let ending = crate::metrics::Ending::new(&record.workflow, &record.state);
+        let cancelled = record.state == InstanceState::Cancelled;
         // If the store itself is failing this write fails too; the instance
         // then stays `Running` in the store and resumes at the next open.
         let write = Write::Record { record, active };
         match self.services.backend.commit(id, lease, write).await {
             Ok(_) => {
                 ending.record();
+                if cancelled {
+                    self.cancel_children(id).await;
+                }
                 Err(error)
             }
             // Cancelled (or taken over) first: that end wins.

@@ -120,12 +120,20 @@ impl Core {
         Ok(true)
     }
 
-    /// Cancels instance `id`; see `Engine::cancel`.
+    /// Cancels instance `id` and the children started to go with it; see
+    /// `Engine::cancel`.
     pub(super) async fn cancel(self: &Arc<Self>, id: &str) -> Result<()> {
         // A workflow with compensations compensates first (`engine/saga.rs`).
-        if self.cancel_compensating(id).await? {
-            return Ok(());
+        // Its children go at once either way.
+        if !self.cancel_compensating(id).await? {
+            self.cancel_one(id).await?;
         }
+        self.cancel_children(id).await;
+        Ok(())
+    }
+
+    /// Cancels instance `id` alone, at once.
+    pub(super) async fn cancel_one(&self, id: &str) -> Result<()> {
         let workflow = std::sync::OnceLock::new();
         let update = |mut record: crate::records::InstanceRecord| {
             let _ = workflow.set(record.workflow.clone());

@@ -124,6 +124,26 @@ pub(super) struct Run {
     pub here: bool,
 }
 
+/// What a new instance's record starts with besides its input.
+#[derive(Debug, Default)]
+pub(super) struct Birth {
+    /// Its whole-workflow deadline (clock milliseconds).
+    pub deadline_ms: Option<u64>,
+    /// The parent that starts it as a child, and whether cancelling the
+    /// parent cancels it.
+    pub parent: Option<(String, bool)>,
+}
+
+impl Birth {
+    /// A top-level instance with `deadline_ms`.
+    pub(super) fn deadline(deadline_ms: Option<u64>) -> Birth {
+        Birth {
+            deadline_ms,
+            parent: None,
+        }
+    }
+}
+
 /// A started instance: await [`result`](Handle::result) for its output.
 #[must_use = "a handle does nothing unless its result is awaited; the instance runs either way"]
 pub struct Handle<O> {
@@ -250,14 +270,14 @@ impl Core {
         id: String,
         input: Vec<u8>,
         run: Run,
-        deadline_ms: Option<u64>,
+        birth: Birth,
     ) -> Result<watch::Receiver<Outcome>> {
         let slot = match self.reserve(workflow, &id, &input)? {
             Reserved::Attached(done) => return Ok(done),
             Reserved::Slot(slot) => slot,
         };
         let done = slot.done.subscribe();
-        let fresh = self.fresh_record(workflow, &*erased, input, deadline_ms);
+        let fresh = self.fresh_record(workflow, &*erased, input, birth);
         crate::crash::point("start.before_record");
         let created = self.services.backend.create(&id, &fresh).await;
         self.settle(erased, id, fresh, slot, run, created).await?;
@@ -289,9 +309,13 @@ impl Core {
         workflow: &'static str,
         erased: &dyn Erased,
         input: Vec<u8>,
-        deadline_ms: Option<u64>,
+        birth: Birth,
     ) -> InstanceRecord {
         let now = self.services.clock.now_ms();
+        let Birth {
+            deadline_ms,
+            parent,
+        } = birth;
         InstanceRecord {
             workflow: workflow.to_string(),
             version: erased.version(),
@@ -301,6 +325,7 @@ impl Core {
             created_at_ms: now,
             transitions: std::iter::once(TransitionKind::Started)
                 .chain(deadline_ms.map(|at_ms| TransitionKind::Deadline { at_ms }))
+                .chain(parent.map(|(parent, cascade)| TransitionKind::ChildOf { parent, cascade }))
                 .map(|kind| TransitionRecord { at_ms: now, kind })
                 .collect(),
         }

@@ -13,7 +13,7 @@ use crate::ids::{check_conflict, validate_id};
 use crate::records::InstanceRecord;
 use crate::workflow::{IntoWorkflow, Workflow};
 
-use super::instances::{Handle, Outcome, Reserved, Run, Slot};
+use super::instances::{Birth, Handle, Outcome, Reserved, Run, Slot};
 use super::{Engine, In, Out};
 
 /// The most instances recorded in one write; a longer list is written in
@@ -100,9 +100,12 @@ impl Engine {
                 }
                 Ok(Reserved::Slot(slot)) => {
                     done.insert(id.clone(), slot.done.subscribe());
-                    let fresh = self
-                        .core
-                        .fresh_record(name, &*erased, inputs[i].clone(), deadline);
+                    let fresh = self.core.fresh_record(
+                        name,
+                        &*erased,
+                        inputs[i].clone(),
+                        Birth::deadline(deadline),
+                    );
                     to_create.push((slot, id.clone(), fresh));
                 }
                 Err(e) => {

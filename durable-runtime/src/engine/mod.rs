@@ -12,6 +12,7 @@
 //! | `published` | `get_event`, `read_stream` (each with a wait), `send_event_with_key` |
 //! | `recovery` | the first claim round at open, and its report |
 //! | `queries` | status, history, listing |
+//! | `children` | child workflows: starting one for a parent, cancelling a parent's children |
 //! | `control` | the operator's public actions: retry, cancel, fork, pause, unpause, purge |
 //! | `operator` | what those actions do: reopening, forking, pausing, retention |
 //! | `evolution` | the compatibility check of stored history against this code |
@@ -20,6 +21,7 @@
 #[cfg(feature = "json")]
 pub(crate) mod admin;
 mod builder;
+mod children;
 mod control;
 mod driver;
 mod events;
@@ -47,9 +49,10 @@ pub use self::builder::{DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, EngineBu
 pub use self::evolution::Incompatibility;
 pub use self::instances::Handle;
 pub use self::recovery::RecoveryReport;
+pub(crate) use self::registry::{Erased as ErasedWorkflow, entry as erase};
 
 use self::builder::Config;
-use self::instances::{Instances, Run};
+use self::instances::{Birth, Instances, Run};
 use self::registry::Registry;
 use self::scheduler::Scheduler;
 
@@ -186,7 +189,7 @@ impl Engine {
                     manual: false,
                     here: run_here,
                 },
-                deadline,
+                Birth::deadline(deadline),
             )
             .await?;
         Ok(Handle::new(id, done, &self.core))
@@ -310,7 +313,7 @@ impl Engine {
                 id.clone(),
                 record.input,
                 Run { manual, here: true },
-                None,
+                Birth::default(),
             )
             .await?;
         Ok(Handle::new(id, done, &self.core))

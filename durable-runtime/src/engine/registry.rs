@@ -16,7 +16,7 @@ use crate::retry::RetryPolicy;
 use crate::workflow::Workflow;
 
 /// A registered workflow with its types erased.
-pub(super) trait Erased: Send + Sync {
+pub(crate) trait Erased: Send + Sync {
     fn type_id(&self) -> TypeId;
     fn policy(&self) -> Option<RetryPolicy>;
     /// Whether the workflow has compensations (`Workflow::COMPENSATES`).
@@ -71,10 +71,10 @@ impl<W: Workflow> Erased for Registered<W> {
 }
 
 /// A workflow handed to the builder, not yet checked against the others.
-pub(super) type Entry = (&'static str, Arc<dyn Erased>);
+pub(crate) type Entry = (&'static str, Arc<dyn Erased>);
 
 /// Wraps `workflow` for the registry.
-pub(super) fn entry<W: Workflow>(workflow: W) -> Entry {
+pub(crate) fn entry<W: Workflow>(workflow: W) -> Entry {
     let manifest = workflow.manifest();
     let hash = manifest.hash();
     (W::NAME, Arc::new(Registered(workflow, (manifest, hash))))
@@ -125,6 +125,20 @@ impl Registry {
                 workflow: W::NAME.to_string(),
             })),
         }
+    }
+
+    /// The registered workflow of this name and version, if it is this
+    /// very definition (`type_id`).
+    pub(super) fn get_by(
+        &self,
+        name: &'static str,
+        version: u32,
+        type_id: TypeId,
+    ) -> Option<Arc<dyn Erased>> {
+        self.by_name
+            .get(&(name, version))
+            .filter(|erased| erased.type_id() == type_id)
+            .cloned()
     }
 
     /// The version of the workflow instance `record` started on, with the

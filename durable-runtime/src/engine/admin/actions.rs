@@ -108,7 +108,7 @@ impl Engine {
                     manual: true,
                     here: true,
                 },
-                None,
+                super::super::instances::Birth::default(),
             )
             .await?;
         Ok(())

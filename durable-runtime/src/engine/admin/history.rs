@@ -61,6 +61,8 @@ impl Engine {
             }
             _ => {}
         }
+        doc.insert("parent".into(), json!(history.parent));
+        doc.insert("children".into(), json!(history.children));
         doc.insert(
             "transitions".into(),
             history
@@ -90,6 +92,7 @@ impl Engine {
                         TransitionKind::CompensationFailed { error, .. } => {
                             ("compensation-failed", Some(error))
                         }
+                        TransitionKind::ChildOf { .. } => ("child-of", None),
                     };
                     let by = match &t.kind {
                         TransitionKind::Retried { by, .. }
