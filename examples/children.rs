@@ -47,7 +47,7 @@ async fn order(ctx: &Ctx, (cents, parcels): (u64, u32)) -> Result<Vec<String>, S
     let text = |e: Error| e.to_string();
     // Checkpointed like a step: a replay after a crash attaches to the
     // same child instead of starting a second payment.
-    let payment = ctx.start_child(pay, cents).await.map_err(text)?;
+    let payment = ctx.start_child(pay, None, cents).await.map_err(text)?;
     let charge = payment.result().await.map_err(text)??;
     // One child per parcel, two at a time; results in parcel order.
     let labels = ctx.run_children(ship, 1..=parcels, 2).await.map_err(text)?;

@@ -48,8 +48,8 @@ async fn add_one(ctx: &Ctx, n: u64) -> Result<u64, String> {
 
 #[durable]
 async fn two_children(ctx: &Ctx, n: u64) -> Result<u64, String> {
-    let a = ctx.start_child(add_one, n).await.map_err(text)?;
-    let b = ctx.start_child(add_one, n * 10).await.map_err(text)?;
+    let a = ctx.start_child(add_one, None, n).await.map_err(text)?;
+    let b = ctx.start_child(add_one, None, n * 10).await.map_err(text)?;
     let a = a.result().await.map_err(text)??;
     let b = b.result().await.map_err(text)??;
     Ok(a + b)
@@ -111,12 +111,12 @@ async fn a_parent_gets_its_childrens_outputs_and_the_histories_link_them() {
 #[durable]
 async fn failing_child(ctx: &Ctx, _n: u64) -> Result<String, String> {
     let child = ctx
-        .start_child_with(add_one, 13, ChildOptions::new().id("unlucky-child"))
+        .start_child(add_one, "unlucky-child", 13)
         .await
         .map_err(text)?;
     assert_eq!(child.id(), "unlucky-child");
     // A child that returned its own `Err` completed: its output is that.
-    let seven = ctx.start_child(add_one, 7).await.map_err(text)?;
+    let seven = ctx.start_child(add_one, None, 7).await.map_err(text)?;
     assert_eq!(
         seven.result().await.map_err(text)?,
         Err("seven".to_string())
@@ -157,14 +157,13 @@ async fn waiter(_ctx: &Ctx, n: u64) -> Result<u64, String> {
 
 #[durable]
 async fn cancellable_parent(ctx: &Ctx, n: u64) -> Result<u64, String> {
-    let bound = ctx.start_child(waiter, n).await.map_err(text)?;
+    let bound = ctx.start_child(waiter, None, n).await.map_err(text)?;
     let free = ctx
         .start_child_with(
             waiter,
+            format!("{}-free", ctx.id()),
             n,
-            ChildOptions::new()
-                .id(format!("{}-free", ctx.id()))
-                .detached(),
+            ChildOptions::new().detached(),
         )
         .await
         .map_err(text)?;
@@ -284,9 +283,15 @@ async fn ledgered_child(_ctx: &Ctx, n: u64) -> Result<u64, String> {
 
 #[durable]
 async fn ledgered_parent(ctx: &Ctx, _n: u64) -> Result<u64, String> {
-    let one = ctx.start_child(ledgered_child, 1).await.map_err(text)?;
+    let one = ctx
+        .start_child(ledgered_child, None, 1)
+        .await
+        .map_err(text)?;
     let one = one.result().await.map_err(text)??;
-    let two = ctx.start_child(ledgered_child, 2).await.map_err(text)?;
+    let two = ctx
+        .start_child(ledgered_child, None, 2)
+        .await
+        .map_err(text)?;
     let two = two.result().await.map_err(text)??;
     Ok(one + two)
 }

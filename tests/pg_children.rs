@@ -72,7 +72,7 @@ async fn sum_of_children(ctx: &Ctx, count: u64) -> Result<u64, String> {
 /// Registered by this process only.
 #[durable]
 async fn waits_on_child(ctx: &Ctx, n: u64) -> Result<u64, String> {
-    let child = ctx.start_child(waits_for_go, n).await.map_err(text)?;
+    let child = ctx.start_child(waits_for_go, None, n).await.map_err(text)?;
     child.result().await.map_err(text)?
 }
 

@@ -14,7 +14,7 @@
 //!   without looking at the child again.
 //!
 //! A child's id is `{parent id}/{workflow name}-{n}` (n: the occurrence of
-//! `start_child` in the parent) unless [`ChildOptions::id`] gives one.
+//! `start_child` in the parent) unless the caller gives one.
 //! Cancelling the parent cancels its unfinished children (and theirs),
 //! unless a child was started [`detached`](ChildOptions::detached).
 
@@ -37,11 +37,49 @@ use crate::workflow::{IntoWorkflow, Workflow};
 type In<I> = <<I as IntoWorkflow>::Workflow as Workflow>::Input;
 type Out<I> = <<I as IntoWorkflow>::Workflow as Workflow>::Output;
 
+/// The id of a child instance: [`Derived`](ChildId::Derived) from the
+/// parent's (`{parent id}/{workflow name}-{n}`, n counting the parent's
+/// child starts from 0, so the same on every replay), or given. A `&str`
+/// or `String` gives it; `None` or `ChildId::Derived` derives it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ChildId {
+    /// `{parent id}/{workflow name}-{n}`.
+    #[default]
+    Derived,
+    /// This id. Like any instance id it is an idempotency key: an instance
+    /// that exists with this id (same workflow and input) is attached to,
+    /// not started again.
+    Given(String),
+}
+
+impl From<&str> for ChildId {
+    fn from(id: &str) -> Self {
+        ChildId::Given(id.to_string())
+    }
+}
+
+impl From<String> for ChildId {
+    fn from(id: String) -> Self {
+        ChildId::Given(id)
+    }
+}
+
+impl From<&String> for ChildId {
+    fn from(id: &String) -> Self {
+        ChildId::Given(id.clone())
+    }
+}
+
+impl From<Option<String>> for ChildId {
+    fn from(id: Option<String>) -> Self {
+        id.map_or(ChildId::Derived, ChildId::Given)
+    }
+}
+
 /// Options of [`Ctx::start_child_with`].
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct ChildOptions {
-    id: Option<String>,
     detached: bool,
 }
 
@@ -49,15 +87,6 @@ impl ChildOptions {
     /// No options: as [`Ctx::start_child`].
     pub fn new() -> Self {
         ChildOptions::default()
-    }
-
-    /// The child's instance id, instead of the derived
-    /// `{parent id}/{workflow name}-{n}`. Like any instance id it is an
-    /// idempotency key: an instance that exists with this id (same
-    /// workflow and input) is attached to, not started again.
-    pub fn id(mut self, id: impl Into<String>) -> Self {
-        self.id = Some(id.into());
-        self
     }
 
     /// The child is not cancelled when its parent is (by default it is).
@@ -126,11 +155,12 @@ impl Spec {
 }
 
 impl Ctx {
-    /// Starts instance `{this id}/{workflow name}-{n}` of `workflow` with
-    /// `input` as a child of this instance, durably, and returns once it is
+    /// Starts instance `id` of `workflow` with `input` as a child of this
+    /// instance, durably, and returns once it is
     /// recorded (it runs to its end across crashes, here or on any worker
     /// that registers its workflow), without waiting for it: await
-    /// [`Child::result`] for its output.
+    /// [`Child::result`] for its output. With `id` `None` (or
+    /// [`ChildId::Derived`]) the id is `{this id}/{workflow name}-{n}`.
     ///
     /// It is checkpointed like a step: a replay (after a crash or restart)
     /// does not start it again, and gets the same child back. Cancelling
@@ -157,7 +187,7 @@ impl Ctx {
     /// {
     ///     let mut total = 0;
     ///     for order in orders {
-    ///         let child = ctx.start_child(charge, order).await?;
+    ///         let child = ctx.start_child(charge, format!("charge-{order}"), order).await?;
     ///         total += child.result().await?.unwrap_or(0);
     ///     }
     ///     Ok(total)
@@ -166,16 +196,18 @@ impl Ctx {
     pub fn start_child<'c, I: IntoWorkflow>(
         &'c self,
         workflow: I,
+        id: impl Into<ChildId>,
         input: In<I>,
     ) -> BoxFuture<'c, Result<Child<'c, Out<I>>>> {
-        self.start_child_with(workflow, input, ChildOptions::new())
+        self.start_child_with(workflow, id, input, ChildOptions::new())
     }
 
-    /// [`start_child`](Self::start_child) with options: the child's id,
-    /// and whether it goes when this instance is cancelled.
+    /// [`start_child`](Self::start_child) with options: whether the child
+    /// goes when this instance is cancelled.
     pub fn start_child_with<'c, I: IntoWorkflow>(
         &'c self,
         workflow: I,
+        id: impl Into<ChildId>,
         input: In<I>,
         options: ChildOptions,
     ) -> BoxFuture<'c, Result<Child<'c, Out<I>>>> {
@@ -185,11 +217,12 @@ impl Ctx {
         let seq = self.next_seq();
         let input = self.services.encode_value(&self.id, "child input", &input);
         let workflow = workflow.into_workflow();
+        let id = id.into();
         Box::pin(async move {
             let spec = Spec::of(workflow, input?, !options.detached);
-            let id = match options.id {
-                Some(id) => id,
-                None => format!("{}/{}-{occurrence}", self.id, W::<I>::NAME),
+            let id = match id {
+                ChildId::Given(id) => id,
+                ChildId::Derived => format!("{}/{}-{occurrence}", self.id, W::<I>::NAME),
             };
             let id = match self.take_checkpoint(START_CHILD, occurrence) {
                 Some(CheckpointRecord {
@@ -281,7 +314,8 @@ impl Ctx {
     /// `in_flight` at a time (at least one), and returns their results in
     /// the order of `inputs`: each child's output, or the error it ended
     /// with ([`InstanceError::Failed`], [`InstanceError::Cancelled`]).
-    /// Each start and each result is checkpointed as with
+    /// Each child's id is derived (see [`ChildId::Derived`]). Each start and
+    /// each result is checkpointed as with
     /// [`start_child`](Self::start_child) and [`Child::result`]: a replay
     /// starts no child twice and re-reads the results it recorded. A new
     /// child starts as soon as any running one ends.
@@ -324,7 +358,7 @@ impl Ctx {
                     let (at, result) = first_of(&mut running).await;
                     results[at] = Some(result);
                 }
-                let child = self.start_child(workflow, input).await?;
+                let child = self.start_child(workflow, None, input).await?;
                 results.push(None);
                 running.push((i, child.result()));
             }

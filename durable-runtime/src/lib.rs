@@ -89,7 +89,7 @@ mod values;
 mod wait;
 mod workflow;
 
-pub use child::{Child, ChildOptions};
+pub use child::{Child, ChildId, ChildOptions};
 pub use context::{Ctx, permanent};
 #[cfg(feature = "crash-points")]
 pub use crash::CRASH_POINTS;
