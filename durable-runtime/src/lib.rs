@@ -29,6 +29,7 @@
 //! | `metrics` | (feature `metrics`, a no-op without it) every metric name and description, and the recording functions the rest calls |
 //! | `testing` | (feature `testing`) `TestEngine`: in-memory store, manual clock, `advance`, `run_until_idle` |
 //! | `engine` | [`Engine`] and its parts: builder, registry, instances, driver, scheduler (parking, claim loop), events, recovery, queries |
+//! | `cron`, `schedule` | cron expressions; [`Schedule`], [`Tick`], [`Debounce`] (the engine's `schedules` and `debounce` modules fire them) |
 //!
 //! # Tracing
 //!
@@ -56,6 +57,7 @@ mod codec;
 mod committer;
 mod context;
 mod crash;
+pub mod cron;
 mod engine;
 mod error;
 mod future;
@@ -77,6 +79,7 @@ mod panic;
 mod published;
 mod records;
 mod retry;
+mod schedule;
 mod services;
 mod step;
 pub mod store;
@@ -104,6 +107,7 @@ pub use inspect::{
 };
 pub use listing::{Cursor, InstanceSummary, InvalidCursor, ListFilter, Page, StatusKind};
 pub use retry::RetryPolicy;
+pub use schedule::{DEFAULT_GRACE, Debounce, Missed, Schedule, ScheduleInfo, Tick};
 pub use workflow::{IntoWorkflow, Workflow, manifest_of};
 
 /// Hooks for the benchmark (feature `hooks`). Not public API.

@@ -14,6 +14,8 @@
 //! | `queries` | status, history, listing |
 //! | `control` | the operator's public actions: retry, cancel, fork, pause, unpause, purge |
 //! | `operator` | what those actions do: reopening, forking, pausing, retention |
+//! | `schedules` | cron schedules: add, pause, resume, remove, list; the flow loop that fires their ticks and due debounces |
+//! | `debounce` | `debounce`: a pending start per key, fired once its calls stop |
 //! | `evolution` | the compatibility check of stored history against this code |
 //! | `admin` | (feature `json`) documents for operators (`admin/history`: an instance's story), events as JSON, resume by id, the gate against other manifests (`admin/actions`) |
 
@@ -21,6 +23,7 @@
 pub(crate) mod admin;
 mod builder;
 mod control;
+mod debounce;
 mod driver;
 mod events;
 mod evolution;
@@ -32,6 +35,7 @@ mod queries;
 mod recovery;
 mod registry;
 mod scheduler;
+mod schedules;
 
 use std::sync::Arc;
 
