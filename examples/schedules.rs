@@ -23,7 +23,10 @@ async fn report(ctx: &Ctx, tick: Tick) -> Result<u64, String> {
 
 #[durable]
 async fn reindex(_ctx: &Ctx, document: String) -> Result<String, String> {
-    step!("index", async { Ok::<_, String>(format!("indexed {document}")) }.await)
+    step!(
+        "index",
+        async { Ok::<_, String>(format!("indexed {document}")) }.await
+    )
 }
 
 #[tokio::main]

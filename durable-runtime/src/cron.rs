@@ -149,11 +149,12 @@ impl Cron {
         while day <= last {
             let (_, month, dom) = civil(day);
             let dow = (day + 4).rem_euclid(7) as u32; // 1970-01-01 was a Thursday
-            if self.months & (1 << month) != 0 && self.day_matches(dom, dow) {
-                if let Some(s) = self.time_of_day(secs) {
-                    let at = u64::try_from(day).ok()? * 86_400 + s;
-                    return at.checked_mul(1000);
-                }
+            if self.months & (1 << month) != 0
+                && self.day_matches(dom, dow)
+                && let Some(s) = self.time_of_day(secs)
+            {
+                let at = u64::try_from(day).ok()? * 86_400 + s;
+                return at.checked_mul(1000);
             }
             day += 1;
             secs = 0;

@@ -51,9 +51,9 @@ impl Missed {
 ///
 /// A workflow started by a schedule takes `Tick` as its input:
 ///
-/// ```ignore
+/// ```text
 /// #[durable]
-/// async fn nightly_report(ctx: &Ctx, tick: Tick) -> Result<(), String> { … }
+/// async fn nightly_report(ctx: &Ctx, tick: Tick) -> Result<(), String> { ... }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tick {

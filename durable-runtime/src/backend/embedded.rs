@@ -852,7 +852,7 @@ impl Backend for Embedded {
         })
     }
 
-    fn rows(&self, table: super::Table) -> BoxFuture<'_, Result<Vec<(String, Vec<u8>)>>> {
+    fn rows(&self, table: super::Table) -> BoxFuture<'_, Result<super::Rows>> {
         Box::pin(async move { self.rows_of(table) })
     }
 

@@ -212,6 +212,9 @@ pub(crate) enum Change {
     Delete,
 }
 
+/// Rows of a [`Table`]: (key, value), in key order.
+pub(crate) type Rows = Vec<(String, Vec<u8>)>;
+
 /// What [`Backend::update_row`] asks under the row's lock: given the row's
 /// value (`None` if absent), what to do; an error refuses (nothing written).
 pub(crate) type DecideRow<'a> = &'a (dyn Fn(Option<&[u8]>) -> Result<Change> + Send + Sync);
@@ -449,7 +452,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn store_manifests<'a>(&'a self, manifests: &'a [&'a Manifest]) -> BoxFuture<'a, Result<()>>;
 
     /// Every row of `table`: (key, value), in key order.
-    fn rows(&self, table: Table) -> BoxFuture<'_, Result<Vec<(String, Vec<u8>)>>>;
+    fn rows(&self, table: Table) -> BoxFuture<'_, Result<Rows>>;
 
     /// Reads row `key` of `table`, lets `decide` say what becomes of it,
     /// and writes that durably, all under a lock on the key that every

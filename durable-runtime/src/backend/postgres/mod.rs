@@ -406,7 +406,7 @@ impl Backend for PgBackend {
         Box::pin(self.inner.create_with(id, record, checkpoints))
     }
 
-    fn rows(&self, table: super::Table) -> BoxFuture<'_, Result<Vec<(String, Vec<u8>)>>> {
+    fn rows(&self, table: super::Table) -> BoxFuture<'_, Result<super::Rows>> {
         Box::pin(self.inner.rows(table))
     }
 
