@@ -162,6 +162,32 @@ async fn a_pending_debounce_survives_a_restart_and_fires_once() {
     engine.shutdown().await;
 }
 
+#[tokio::test]
+async fn the_test_kit_drives_debounces() {
+    let kit = durable::testing::TestEngine::open(Engine::builder().register(echo))
+        .await
+        .unwrap();
+    for n in 1..=3u64 {
+        kit.debounce(echo, "kit", n, Debounce::new(secs(10)))
+            .await
+            .unwrap();
+    }
+    kit.advance(secs(10)).await;
+    // `advance` returned once idle: the instance has finished.
+    let status = kit.status("debounce:kit:0").await.unwrap();
+    assert!(
+        matches!(status, durable::Status::Completed { .. }),
+        "{status:?}"
+    );
+    let out = kit
+        .attach(echo, "debounce:kit:0")
+        .await
+        .unwrap()
+        .result()
+        .await;
+    assert_eq!(out.unwrap(), Ok(3));
+}
+
 // ------------------------------------------------ a SIGKILL between calls
 
 const CHILD_ENV: &str = "DURABLE_DEBOUNCE_CHILD";

@@ -16,8 +16,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use durable::cron::CronError;
 use durable::prelude::*;
+use durable::testing::TestEngine;
 use durable::time::{Clock, ManualClock};
-use durable::{ListFilter, Missed, Schedule, StatusKind, Tick};
+use durable::{ListFilter, Missed, Schedule, Status, StatusKind, Tick};
 
 /// 2026-01-01T00:00:00Z.
 const T0: u64 = 1_767_225_600_000;
@@ -218,6 +219,26 @@ async fn schedules_are_paused_resumed_and_removed_at_run_time() {
         );
     }
     engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_test_kit_drives_ticks() {
+    let kit = TestEngine::open(Engine::builder().register(on_tick))
+        .await
+        .unwrap();
+    assert_eq!(kit.clock().now_ms(), T0);
+    let s = Schedule::new("kit", "*/5 * * * *").unwrap();
+    kit.add_schedule(on_tick, s).await.unwrap();
+    for i in 1..=3 {
+        kit.advance(Duration::from_millis(5 * MIN)).await;
+        // `advance` returned once idle: the tick's instance has finished.
+        let id = format!("sched:kit:{}", T0 + i * 5 * MIN);
+        let status = kit.status(&id).await.unwrap();
+        assert!(
+            matches!(status, Status::Completed { .. }),
+            "{id}: {status:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -146,7 +146,7 @@ impl Engine {
             Some(bytes) => decode_row::<DebounceRecord>(&bytes, &key)?.generation,
             None => 0,
         };
-        self.core.scheduler.flow_bell.notify_one();
+        self.core.ring_flow();
         Ok(id_of(&key, generation))
     }
 }

@@ -34,6 +34,11 @@ pub(super) struct Scheduler {
     /// Rung when a schedule or debounce changed here: the flow loop looks
     /// again at once.
     pub flow_bell: Arc<tokio::sync::Notify>,
+    /// When the flow loop has work next (clock ms; 0: now, or a change is
+    /// not looked at yet), for the test kit's idle check.
+    pub flow_due: std::sync::atomic::AtomicU64,
+    /// Changes rung on the bell so far.
+    pub flow_rings: std::sync::atomic::AtomicU64,
     /// Held while a round takes instances out of the backend and starts
     /// them, so that an idle check never sees one in neither place.
     pub claiming: tokio::sync::Mutex<()>,
@@ -261,6 +266,9 @@ impl Core {
     pub(super) async fn idle(&self) -> bool {
         let now = self.services.clock.now_ms();
         let _claiming = self.scheduler.claiming.lock().await;
+        if self.scheduler.flow_due.load(Ordering::SeqCst) <= now {
+            return false; // a schedule tick or debounce is due
+        }
         if self.services.backend.next_due().is_some_and(|d| d <= now) {
             return false;
         }
