@@ -14,7 +14,8 @@
 //! | `queries` | status, history, listing |
 //! | `control` | the operator's public actions: retry, cancel, fork, pause, unpause, purge |
 //! | `operator` | what those actions do: reopening, forking, pausing, retention |
-//! | `schedules` | cron schedules: add, pause, resume, remove, list; the flow loop that fires their ticks and due debounces |
+//! | `schedules` | cron schedules: add, pause, resume, remove, list; firing their ticks |
+//! | `flow` | the flow loop: fires due schedule ticks and debounces, sleeps until the next |
 //! | `debounce` | `debounce`: a pending start per key, fired once its calls stop |
 //! | `evolution` | the compatibility check of stored history against this code |
 //! | `admin` | (feature `json`) documents for operators (`admin/history`: an instance's story), events as JSON, resume by id, the gate against other manifests (`admin/actions`) |
@@ -27,6 +28,7 @@ mod debounce;
 mod driver;
 mod events;
 mod evolution;
+mod flow;
 mod instances;
 mod many;
 mod operator;
