@@ -384,6 +384,20 @@ pub enum UsageError {
         /// The shape of the type asked for.
         asked: String,
     },
+    /// A schedule's cron expression does not parse.
+    #[error("invalid cron expression {expression:?}: {error}")]
+    InvalidCron {
+        /// The expression, truncated for display.
+        expression: String,
+        /// What is wrong with it.
+        error: crate::cron::CronError,
+    },
+    /// No schedule has this name.
+    #[error("no schedule {name:?}")]
+    NoSuchSchedule {
+        /// The schedule's name.
+        name: String,
+    },
 }
 
 /// Stored history cannot be replayed by this code: a value that no longer

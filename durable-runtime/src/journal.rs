@@ -419,6 +419,32 @@ impl Journal {
         .map(Some)
     }
 
+    /// Every row of `tree` (a table of store-wide records such as
+    /// schedules), in key order.
+    pub(crate) fn rows(&self, tree: Tree) -> Result<Entries> {
+        Ok(self.store.scan_prefix(tree, &[])?)
+    }
+
+    /// Row `key` of `tree`, if present.
+    pub(crate) fn row(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.store.get(tree, key)?)
+    }
+
+    /// Puts (`Some`) or deletes (`None`) row `key` of `tree`, durably.
+    pub(crate) async fn put_row(
+        &self,
+        tree: Tree,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    ) -> Result<()> {
+        let mut batch = Batch::new();
+        match value {
+            Some(value) => batch.put(tree, key, value),
+            None => batch.delete(tree, key),
+        };
+        self.commit(batch).await
+    }
+
     /// Every unfinished instance: (id bytes, resumes without progress).
     pub(crate) fn active(&self) -> Result<Vec<(Vec<u8>, u32)>> {
         active_of(&*self.store)

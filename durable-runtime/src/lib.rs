@@ -29,6 +29,7 @@
 //! | `metrics` | (feature `metrics`, a no-op without it) every metric name and description, and the recording functions the rest calls |
 //! | `testing` | (feature `testing`) `TestEngine`: in-memory store, manual clock, `advance`, `run_until_idle` |
 //! | `engine` | [`Engine`] and its parts: builder, registry, instances, driver, scheduler (parking, claim loop), events, recovery, queries |
+//! | `cron`, `schedule` | cron expressions; [`Schedule`], [`Tick`], [`Debounce`] (the engine's `schedules` and `debounce` modules fire them) |
 //!
 //! # Tracing
 //!
@@ -57,6 +58,7 @@ mod codec;
 mod committer;
 mod context;
 mod crash;
+pub mod cron;
 mod engine;
 mod error;
 mod future;
@@ -79,6 +81,7 @@ mod published;
 mod records;
 mod retry;
 mod saga;
+mod schedule;
 mod services;
 mod step;
 pub mod store;
@@ -107,6 +110,7 @@ pub use inspect::{
 };
 pub use listing::{Cursor, InstanceSummary, InvalidCursor, ListFilter, Page, StatusKind};
 pub use retry::RetryPolicy;
+pub use schedule::{DEFAULT_GRACE, Debounce, Missed, Schedule, ScheduleInfo, Tick};
 pub use workflow::{IntoWorkflow, Workflow, manifest_of};
 
 /// Hooks for the benchmark (feature `hooks`). Not public API.

@@ -269,6 +269,18 @@ async fn route(engine: &Engine, options: &AdminOptions, request: &ApiRequest<'_>
             engine.history_json(id).await.map_err(e)
         }
         ["stats"] => engine.stats_json().await.map_err(e),
+        ["schedules"] => {
+            let schedules = engine.schedules().await.map_err(e)?;
+            Ok(json!({"schedules": schedules.iter().map(|s| json!({
+                "name": s.name,
+                "workflow": s.workflow,
+                "cron": s.cron,
+                "missed": format!("{:?}", s.missed),
+                "paused": s.paused,
+                "last_tick_ms": s.last_tick_ms,
+                "next_tick_ms": s.next_tick_ms,
+            })).collect::<Vec<_>>()}))
+        }
         ["check"] => {
             let found = engine.compatibility().await.map_err(e)?;
             Ok(check_json(&found))

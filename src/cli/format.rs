@@ -209,7 +209,7 @@ fn status_detail(status: &Value) -> String {
 }
 
 /// Rows as aligned columns; `colour[i]` paints column i's cells after padding.
-fn table(
+pub(super) fn table(
     header: &[&str],
     rows: &[Vec<String>],
     paint: impl Fn(usize, &str) -> String,

@@ -25,6 +25,7 @@
 
 mod actions;
 mod format;
+mod schedules;
 mod target;
 
 use std::io::{IsTerminal, Read, Write};
@@ -130,6 +131,8 @@ enum Command {
     },
     /// Counts of instances by status and by workflow.
     Stats,
+    /// Every cron schedule: workflow, expression, policy, paused, last and next tick.
+    Schedules,
     /// Run failed, blocked or needs-attention instances again from their
     /// failed step (the steps before it replay; through --url the service runs them).
     Retry(BulkArgs),
@@ -497,6 +500,15 @@ fn command(cli: &Cli, style: &Style, target: &Target) -> Res<u8> {
                 print_json(&stats);
             } else {
                 print!("{}", format::stats(&stats, style));
+            }
+            Ok(0)
+        }
+        Command::Schedules => {
+            let doc = target.call(false, "/schedules", "", b"")?;
+            if cli.json {
+                print_json(&doc);
+            } else {
+                print!("{}", schedules::table(&doc, style));
             }
             Ok(0)
         }

@@ -107,6 +107,16 @@ impl Embedded {
         })
     }
 
+    /// The journal (for the tables of `embedded_rows`).
+    pub(super) fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// The lock stripe of `name` (for the tables of `embedded_rows`).
+    pub(super) fn row_stripe(&self, name: &str) -> &tokio::sync::Mutex<()> {
+        self.stripe(name)
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -840,6 +850,19 @@ impl Backend for Embedded {
             self.journal.index_existing().await?;
             self.journal.store_manifests(manifests).await
         })
+    }
+
+    fn rows(&self, table: super::Table) -> BoxFuture<'_, Result<super::Rows>> {
+        Box::pin(async move { self.rows_of(table) })
+    }
+
+    fn update_row<'a>(
+        &'a self,
+        table: super::Table,
+        key: &'a str,
+        decide: super::DecideRow<'a>,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        Box::pin(self.update_row_of(table, key, decide))
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Notice> {

@@ -20,6 +20,7 @@
 //! handles and ringing waits.
 
 pub(crate) mod embedded;
+mod embedded_rows;
 pub(crate) mod park;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
@@ -188,6 +189,35 @@ pub(crate) enum Notice {
     /// `key` (readers waiting in `Engine::get_event_timeout` look again).
     Published { id: String, key: String },
 }
+
+/// A table of small store-wide records kept beside the instances, keyed
+/// by name: schedules and pending debounces (the engine encodes and
+/// decodes them; the backend stores bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Table {
+    /// One record per schedule, keyed by its name.
+    Schedules,
+    /// One record per debounce key.
+    Debounces,
+}
+
+/// What a decision of [`Backend::update_row`] does with the row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Nothing is written.
+    Keep,
+    /// The row becomes this value (inserted if absent).
+    Put(Vec<u8>),
+    /// The row is deleted.
+    Delete,
+}
+
+/// Rows of a [`Table`]: (key, value), in key order.
+pub(crate) type Rows = Vec<(String, Vec<u8>)>;
+
+/// What [`Backend::update_row`] asks under the row's lock: given the row's
+/// value (`None` if absent), what to do; an error refuses (nothing written).
+pub(crate) type DecideRow<'a> = &'a (dyn Fn(Option<&[u8]>) -> Result<Change> + Send + Sync);
 
 /// What the engine needs from durable storage.
 pub(crate) trait Backend: Send + Sync + 'static {
@@ -420,6 +450,21 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// Stores each of `manifests` not stored yet.
     fn store_manifests<'a>(&'a self, manifests: &'a [&'a Manifest]) -> BoxFuture<'a, Result<()>>;
+
+    /// Every row of `table`: (key, value), in key order.
+    fn rows(&self, table: Table) -> BoxFuture<'_, Result<Rows>>;
+
+    /// Reads row `key` of `table`, lets `decide` say what becomes of it,
+    /// and writes that durably, all under a lock on the key that every
+    /// process of the store respects (a read-modify-write: two processes
+    /// never both decide on the same old value). Returns the row's value
+    /// afterwards (`None` if absent).
+    fn update_row<'a>(
+        &'a self,
+        table: Table,
+        key: &'a str,
+        decide: DecideRow<'a>,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
 
     /// Whether other processes share this storage (and may run what this
     /// process does not register): a pure client's starts are left to them.

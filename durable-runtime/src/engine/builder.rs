@@ -336,6 +336,12 @@ impl EngineBuilder {
                     .claim_task
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = Some(claims);
+                let flows = runtime.spawn(Core::flow_loop(Arc::downgrade(&core), poll));
+                *core
+                    .scheduler
+                    .flow_task
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(flows);
                 if let Some(age) = core.config.retention {
                     let purges = runtime.spawn(Core::retention_loop(Arc::downgrade(&core), age));
                     *core

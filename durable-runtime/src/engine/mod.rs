@@ -15,6 +15,9 @@
 //! | `children` | child workflows: starting one for a parent, cancelling a parent's children |
 //! | `control` | the operator's public actions: retry, cancel, fork, pause, unpause, purge |
 //! | `operator` | what those actions do: reopening, forking, pausing, retention |
+//! | `schedules` | cron schedules: add, pause, resume, remove, list; firing their ticks |
+//! | `flow` | the flow loop: fires due schedule ticks and debounces, sleeps until the next |
+//! | `debounce` | `debounce`: a pending start per key, fired once its calls stop |
 //! | `evolution` | the compatibility check of stored history against this code |
 //! | `admin` | (feature `json`) documents for operators (`admin/history`: an instance's story), events as JSON, resume by id, the gate against other manifests (`admin/actions`) |
 
@@ -23,9 +26,11 @@ pub(crate) mod admin;
 mod builder;
 mod children;
 mod control;
+mod debounce;
 mod driver;
 mod events;
 mod evolution;
+mod flow;
 mod instances;
 mod many;
 mod operator;
@@ -35,6 +40,7 @@ mod recovery;
 mod registry;
 mod saga;
 mod scheduler;
+mod schedules;
 
 use std::sync::Arc;
 

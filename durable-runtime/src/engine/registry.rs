@@ -153,6 +153,28 @@ impl Registry {
             .map(|((name, _), erased)| (*name, Arc::clone(erased)))
     }
 
+    /// The registered workflow named `name`: version `version` if it is
+    /// registered, else the newest registered version.
+    pub(super) fn named(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Option<(&'static str, Arc<dyn Erased>)> {
+        let exact = version.and_then(|v| {
+            self.by_name
+                .iter()
+                .find(|((n, ver), _)| *n == name && *ver == v)
+        });
+        exact
+            .or_else(|| {
+                self.by_name
+                    .iter()
+                    .filter(|((n, _), _)| *n == name)
+                    .max_by_key(|((_, v), _)| *v)
+            })
+            .map(|((n, _), erased)| (*n, Arc::clone(erased)))
+    }
+
     /// Why instance `record` has no registered workflow here.
     pub(super) fn not_registered(&self, record: &InstanceRecord) -> String {
         let mut others: Vec<u32> = self

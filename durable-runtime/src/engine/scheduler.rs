@@ -29,6 +29,16 @@ pub(super) struct Scheduler {
     pub claim_task: LoopTask,
     /// The retention task (`EngineBuilder::retention`), if any.
     pub retention_task: LoopTask,
+    /// The task that fires schedules and debounces (`schedules.rs`).
+    pub flow_task: LoopTask,
+    /// Rung when a schedule or debounce changed here: the flow loop looks
+    /// again at once.
+    pub flow_bell: Arc<tokio::sync::Notify>,
+    /// When the flow loop has work next (clock ms; 0: now, or a change is
+    /// not looked at yet), for the test kit's idle check.
+    pub flow_due: std::sync::atomic::AtomicU64,
+    /// Changes rung on the bell so far.
+    pub flow_rings: std::sync::atomic::AtomicU64,
     /// Held while a round takes instances out of the backend and starts
     /// them, so that an idle check never sees one in neither place.
     pub claiming: tokio::sync::Mutex<()>,
@@ -42,7 +52,7 @@ impl Scheduler {
     /// gone: a loop holds the engine (and so the store) while it works, and
     /// a store reopened right after shutdown must find it closed.
     pub(super) async fn stop(&self) {
-        for slot in [&self.claim_task, &self.retention_task] {
+        for slot in [&self.claim_task, &self.retention_task, &self.flow_task] {
             let task = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(task) = task {
                 task.abort();
@@ -256,6 +266,9 @@ impl Core {
     pub(super) async fn idle(&self) -> bool {
         let now = self.services.clock.now_ms();
         let _claiming = self.scheduler.claiming.lock().await;
+        if self.scheduler.flow_due.load(Ordering::SeqCst) <= now {
+            return false; // a schedule tick or debounce is due
+        }
         if self.services.backend.next_due().is_some_and(|d| d <= now) {
             return false;
         }

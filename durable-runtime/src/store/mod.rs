@@ -173,11 +173,15 @@ pub enum Tree {
     SendKeys,
     /// Stream entries (`Ctx::write_stream`), keyed by (id, key, offset).
     Streams,
+    /// Schedules (`Engine::add_schedule`), keyed by name.
+    Schedules,
+    /// Pending debounces (`Engine::debounce`), keyed by debounce key.
+    Debounces,
 }
 
 impl Tree {
     /// Every tree, in a fixed order.
-    pub const ALL: [Tree; 10] = [
+    pub const ALL: [Tree; 12] = [
         Tree::Meta,
         Tree::Instances,
         Tree::Active,
@@ -188,6 +192,8 @@ impl Tree {
         Tree::Published,
         Tree::SendKeys,
         Tree::Streams,
+        Tree::Schedules,
+        Tree::Debounces,
     ];
 
     /// A stable name for the tree.
@@ -203,6 +209,8 @@ impl Tree {
             Tree::Published => "published",
             Tree::SendKeys => "send_keys",
             Tree::Streams => "streams",
+            Tree::Schedules => "schedules",
+            Tree::Debounces => "debounces",
         }
     }
 

@@ -28,6 +28,7 @@ mod notify;
 mod operator;
 mod published;
 mod reads;
+mod rows;
 mod schema;
 mod status;
 mod workers;
@@ -403,6 +404,19 @@ impl Backend for PgBackend {
         checkpoints: &'a [CheckpointRecord],
     ) -> BoxFuture<'a, Result<Created>> {
         Box::pin(self.inner.create_with(id, record, checkpoints))
+    }
+
+    fn rows(&self, table: super::Table) -> BoxFuture<'_, Result<super::Rows>> {
+        Box::pin(self.inner.rows(table))
+    }
+
+    fn update_row<'a>(
+        &'a self,
+        table: super::Table,
+        key: &'a str,
+        decide: super::DecideRow<'a>,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        Box::pin(self.inner.update_row(table, key, decide))
     }
 
     fn reopen<'a>(&'a self, id: &'a str, decide: Reopen<'a>) -> BoxFuture<'a, Result<bool>> {
