@@ -416,3 +416,77 @@ async fn a_cancel_during_a_step_and_a_panicking_step_compensate() {
     );
     engine.shutdown().await;
 }
+
+/// While set, the "room" step of `gated_room` does not return.
+static ROOM_GATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+#[durable]
+async fn gated_room(_ctx: &Ctx, trip: Trip) -> Result<(), String> {
+    step!(
+        "car",
+        async { book(&trip, "car") }.await,
+        compensate = |b: Booking| cancel_booking(b)
+    )?;
+    step!(
+        "room",
+        async {
+            let booked = book(&trip, "room");
+            while ROOM_GATE.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            booked
+        }
+        .await,
+        compensate = |b: Booking| cancel_booking(b)
+    )?;
+    step!("never", async { book(&trip, "never") }.await)?;
+    Ok(())
+}
+
+/// A cancel while a compensable step runs in this process: the step
+/// finishes and is checkpointed, so it is compensated with the one before
+/// it, in reverse order; no later step starts.
+#[tokio::test]
+async fn a_cancel_during_a_compensable_step_compensates_that_step_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .path(dir.path().join("store"))
+        .register(gated_room)
+        .open()
+        .await
+        .unwrap();
+    let handle = engine
+        .start(gated_room, "room-1", input(dir.path()))
+        .await
+        .unwrap();
+    support::wait_until("the room step runs", async || {
+        let ledger = support::read_ledger(dir.path());
+        if ledger.len() == 2 {
+            Ok(())
+        } else {
+            Err(ledger)
+        }
+    })
+    .await;
+    engine.cancel("room-1").await.unwrap();
+    ROOM_GATE.store(false, std::sync::atomic::Ordering::SeqCst);
+    let err = support::guarded("room-1 ends", handle.result())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Instance(InstanceError::Cancelled { .. })),
+        "{err:?}"
+    );
+    assert_eq!(
+        support::read_ledger(dir.path()),
+        ["book car", "book room", "undo room", "undo car"]
+    );
+    assert_eq!(engine.status("room-1").await.unwrap(), Status::Cancelled);
+    let history = engine.history("room-1").await.unwrap();
+    assert!(
+        kinds(&history).contains(&TransitionKind::Compensated { count: 2 }),
+        "{:?}",
+        kinds(&history)
+    );
+    engine.shutdown().await;
+}

@@ -65,6 +65,10 @@ pub(crate) struct Signals {
     pub waiting: Mutex<Vec<WaitCond>>,
     /// Set by `Engine::cancel`: no new step starts.
     pub cancelled: AtomicBool,
+    /// Set by a cancel that lets this process's run compensate where it
+    /// stands (its lease kept: the step it runs is checkpointed, then
+    /// compensated with the others; see `engine/saga.rs`).
+    pub cancel_here: AtomicBool,
     /// Bumped when an event arrives or the instance is cancelled.
     pub bell: watch::Sender<u64>,
     /// Whether the instance is paused (`Engine::pause`): no new step
@@ -85,6 +89,7 @@ impl Signals {
         Signals {
             waiting: Mutex::new(Vec::new()),
             cancelled: AtomicBool::new(false),
+            cancel_here: AtomicBool::new(false),
             bell: watch::Sender::new(0),
             paused: AtomicBool::new(false),
             busy: AtomicU32::new(0),

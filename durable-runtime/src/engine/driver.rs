@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use tracing::Instrument;
@@ -283,7 +284,13 @@ impl Core {
                     });
                 }
                 return match self.park(id, conds, slot, lease).await {
-                    Ok(Committed::Written) => DriveEnd::Parked,
+                    Ok(Committed::Written) => {
+                        // Cancelled while it parked: woken to compensate.
+                        if slot.signals.cancel_here.load(Ordering::SeqCst) {
+                            self.wake_cancelled(id).await;
+                        }
+                        DriveEnd::Parked
+                    }
                     Ok(Committed::EventFirst) => DriveEnd::Rerun,
                     Err(e) if lost(&e) => DriveEnd::Finished(Err(e)),
                     Err(e) => {
@@ -316,7 +323,10 @@ impl Core {
                 }
             }
             Err(e) => {
-                let compensating = (e, cancel_run, erased.compensates());
+                // A cancel that lets this run compensate where it stands
+                // counts as a run that started cancelled.
+                let here = slot.signals.cancel_here.load(Ordering::SeqCst);
+                let compensating = (e, cancel_run || here, erased.compensates());
                 Err(self
                     .after_error(id, &ctx, &record, lease, compensating)
                     .await)

@@ -10,6 +10,10 @@
 //! it replays the finished steps, which registers their compensations
 //! again, stops at the first unfinished site, runs the compensations in
 //! reverse order (each checkpointed), and records `Cancelled`.
+//!
+//! When the owner runs the instance in the cancelling process, the cancel
+//! keeps the epoch instead (`cancel_here`): the step it runs is
+//! checkpointed and compensated with the others, by that very run.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +41,9 @@ impl Core {
             return Ok(false);
         }
         let by = super::operator::operator();
+        if self.cancel_here(id, &record, &by).await? {
+            return Ok(true);
+        }
         let fallback = AtomicBool::new(false);
         let decide = |mut record: InstanceRecord, _| {
             crate::backend::embedded::ensure_unfinished(id, &record.state)?;
@@ -69,6 +76,79 @@ impl Core {
             }
         }
         Ok(true)
+    }
+
+    /// A cancel of instance `id` whose owner runs it in this process (not
+    /// paused): records `CancelRequested` under the instance's lock without
+    /// moving its epoch (the record is written as an unpause is: the
+    /// instance is not paused), then tells the owner. The step it runs
+    /// finishes and is checkpointed, the next site sees the cancel, and the
+    /// run compensates every completed step, that one included, before it
+    /// records `Cancelled`. A run that parked meanwhile is woken for it.
+    /// `Ok(false)`: not such an instance (the caller takes the other path).
+    async fn cancel_here(&self, id: &str, record: &InstanceRecord, by: &str) -> Result<bool> {
+        let Some(slot) = self.instances.get(id) else {
+            return Ok(false);
+        };
+        let open = |record: &InstanceRecord| {
+            record.state == InstanceState::Running
+                && record.paused_since().is_none()
+                && !record.cancel_requested()
+        };
+        if !slot.driving.load(Ordering::SeqCst) || !open(record) {
+            return Ok(false);
+        }
+        slot.signals.cancel_here.store(true, Ordering::SeqCst);
+        let update = |mut record: InstanceRecord| {
+            if !open(&record) {
+                return None;
+            }
+            self.push_transition(
+                &mut record,
+                TransitionKind::CancelRequested { by: by.to_string() },
+            );
+            Some(record)
+        };
+        let wrote = match self.services.backend.set_paused(id, false, &update).await {
+            Ok(wrote) => wrote,
+            Err(e) => {
+                slot.signals.cancel_here.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        if !wrote {
+            slot.signals.cancel_here.store(false, Ordering::SeqCst);
+            return Ok(false);
+        }
+        tracing::info!(durable.instance_id = %id, durable.by = %by, "cancel requested; the instance compensates where it stands");
+        slot.signals.cancelled.store(true, Ordering::SeqCst);
+        slot.signals.ring();
+        if !slot.driving.load(Ordering::SeqCst) {
+            self.wake_cancelled(id).await;
+        }
+        Ok(true)
+    }
+
+    /// Wakes parked instance `id` whose cancel was requested, so that a run
+    /// starts cancelled and compensates (its epoch moves: nobody owns it).
+    pub(super) async fn wake_cancelled(&self, id: &str) {
+        let decide = |record: InstanceRecord, _| {
+            if record.cancel_requested() && record.state == InstanceState::Running {
+                Ok(Some((record, Vec::new())))
+            } else {
+                Ok(None)
+            }
+        };
+        if self
+            .services
+            .backend
+            .park_of(id)
+            .await
+            .is_ok_and(|p| p.is_some())
+            && let Err(e) = self.services.backend.reopen(id, &decide).await
+        {
+            tracing::warn!(durable.instance_id = %id, durable.error = %e, "could not wake a cancelled instance; it compensates when it next wakes");
+        }
     }
 
     /// Runs the compensations `ctx` registered, because the instance stops
