@@ -364,3 +364,53 @@ async fn a_kill_in_the_middle_of_a_child_starts_nothing_twice() {
     assert_eq!(ids, ["lp", "lp/ledgered_child-0", "lp/ledgered_child-1"]);
     engine.shutdown().await;
 }
+
+#[durable]
+async fn patient_parent(ctx: &Ctx, n: u64) -> Result<u64, String> {
+    let child = ctx
+        .start_child(waiter, "patient-child", n)
+        .await
+        .map_err(text)?;
+    child.result().await.map_err(text)?
+}
+
+/// A parent that waits long for its child parks (it holds no task), is not
+/// counted as resumed without progress across restarts, and wakes to take
+/// the child's output once the child ends.
+#[tokio::test]
+async fn a_waiting_parent_parks_and_survives_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = async |dir: &Path| {
+        Engine::builder()
+            .path(dir)
+            .max_recoveries(1)
+            .register(waiter)
+            .register(patient_parent)
+            .open()
+            .await
+            .unwrap()
+    };
+    let engine = open(dir.path()).await;
+    let _ = engine.start(patient_parent, "patient", 4).await.unwrap();
+    support::wait_until("the parent parks on its child", async || {
+        match engine.status("patient").await {
+            Ok(Status::Waiting { event, .. }) if event.ends_with("patient-child") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    engine.shutdown().await;
+    for _ in 0..3 {
+        let engine = open(dir.path()).await;
+        engine.shutdown().await;
+    }
+    let engine = open(dir.path()).await;
+    engine
+        .send_event("patient-child", "go", 10u64)
+        .await
+        .unwrap();
+    let parent = engine.attach(patient_parent, "patient").await.unwrap();
+    let out = support::guarded("the parent completes", parent.result()).await;
+    assert_eq!(out.unwrap(), Ok(14));
+    engine.shutdown().await;
+}

@@ -104,6 +104,8 @@ pub struct Child<'c, O> {
     ctx: &'c Ctx,
     id: String,
     spec: Spec,
+    /// When the child was started (clock milliseconds).
+    since_ms: u64,
     _output: PhantomData<fn() -> O>,
 }
 
@@ -227,6 +229,7 @@ impl Ctx {
             let id = match self.take_checkpoint(START_CHILD, occurrence) {
                 Some(CheckpointRecord {
                     state: CheckpointState::Done { outcome, .. },
+                    started_at_ms,
                     ..
                 }) => match crate::codec::decode::<ChildStarted>(&outcome) {
                     Ok(started) if started.workflow == W::<I>::NAME => {
@@ -237,6 +240,7 @@ impl Ctx {
                                 cascade: started.cascade,
                                 ..spec
                             },
+                            since_ms: started_at_ms,
                             _output: PhantomData,
                         });
                     }
@@ -305,6 +309,7 @@ impl Ctx {
                 ctx: self,
                 id,
                 spec,
+                since_ms: started_at_ms,
                 _output: PhantomData,
             })
         })
@@ -449,8 +454,12 @@ impl<'c, O: serde::de::DeserializeOwned + Send + 'c> Child<'c, O> {
 
     /// Waits for the child to end and returns its output, durably: how it
     /// ended is checkpointed in this instance, so a replay returns the same
-    /// without asking the child again. While waiting, this instance stays
-    /// live (it is not parked); after a restart it waits again.
+    /// without asking the child again. A live parent learns of the end at
+    /// once; one that waits long parks (its status is
+    /// [`Status::Waiting`](crate::Status::Waiting) for
+    /// `durable::child_result:{child id}`) and wakes to look again after a
+    /// tenth of the child's age so far (1 s to 5 min), so restarts while it
+    /// waits do not count as resumes without progress.
     ///
     /// Errors: [`InstanceError::Failed`] or [`InstanceError::Cancelled`]
     /// (naming the child) when the child ended so, recorded like an output;
@@ -460,7 +469,13 @@ impl<'c, O: serde::de::DeserializeOwned + Send + 'c> Child<'c, O> {
     /// instance is cancelled while it waits.
     pub fn result(self) -> BoxFuture<'c, Result<O>> {
         Box::pin(async move {
-            let Child { ctx, id, spec, .. } = self;
+            let Child {
+                ctx,
+                id,
+                spec,
+                since_ms,
+                ..
+            } = self;
             let key = crate::codec::encode(&id).unwrap_or_else(|_| id.as_bytes().to_vec());
             let at = At::Key(key, id.clone());
             let end = match ctx.take_checkpoint_at(CHILD_RESULT, &at) {
@@ -486,7 +501,7 @@ impl<'c, O: serde::de::DeserializeOwned + Send + 'c> Child<'c, O> {
                 None => {
                     let seq = ctx.next_seq();
                     let started_at_ms = ctx.now_ms();
-                    let end = ctx.wait_child(&id, &spec).await?;
+                    let end = ctx.wait_child(&id, &spec, since_ms).await?;
                     let (ok, text) = match &end {
                         ChildEnd::Returned(_) => (true, None),
                         ChildEnd::Failed(reason) => (false, Some(reason.clone())),
@@ -532,18 +547,24 @@ impl<'c, O: serde::de::DeserializeOwned + Send + 'c> Child<'c, O> {
 }
 
 impl Ctx {
-    /// Attaches to child `id` and waits for its end.
-    async fn wait_child(&self, id: &str, spec: &Spec) -> Result<ChildEnd> {
-        let _busy = self.signals.busy();
+    /// Attaches to child `id` (started at `since_ms`) and waits for its
+    /// end. The wait is a timer wait to the scheduler: a run that waits
+    /// long enough parks, and wakes to look again after a tenth of the
+    /// child's age so far (1 s to 5 min); a live run learns of the end at
+    /// once.
+    async fn wait_child(&self, id: &str, spec: &Spec, since_ms: u64) -> Result<ChildEnd> {
         let starter = match self.services.starter(&self.id) {
             Ok(starter) => starter,
             Err(e) => self.abort(e).await,
         };
-        let mut ended = match starter.start_child(spec.start(&self.id, id)).await {
-            Ok(ended) => ended,
-            Err(e @ Error::Instance(InstanceError::ShutDown { .. })) => self.abort(e).await,
-            Err(e @ Error::Store(_)) => self.abort(e).await,
-            Err(e) => return Err(e),
+        let mut ended = {
+            let _busy = self.signals.busy();
+            match starter.start_child(spec.start(&self.id, id)).await {
+                Ok(ended) => ended,
+                Err(e @ Error::Instance(InstanceError::ShutDown { .. })) => self.abort(e).await,
+                Err(e @ Error::Store(_)) => self.abort(e).await,
+                Err(e) => return Err(e),
+            }
         };
         let mut bell = self.signals.bell.subscribe();
         let outcome = loop {
@@ -555,6 +576,18 @@ impl Ctx {
                     instance: self.id.clone(),
                 }));
             }
+            let now = self.now_ms();
+            let due = now.saturating_add(
+                (now.saturating_sub(since_ms) / 10).clamp(RECHECK_MIN_MS, RECHECK_MAX_MS),
+            );
+            let _wait = self.signals.wait(crate::records::WaitCond {
+                name: format!("{CHILD_RESULT}:{id}"),
+                occurrence: 0,
+                deadline_ms: Some(due),
+                // Shown as waiting for it (no event of that name is sent:
+                // the deadline wakes a parked parent).
+                event_type: Some("the child's end".to_string()),
+            });
             tokio::select! {
                 changed = ended.changed() => {
                     if changed.is_err() {
@@ -564,6 +597,13 @@ impl Ctx {
                     }
                 }
                 _ = bell.changed() => {}
+                // Looks again: the child may have ended where no hint
+                // reaches this process.
+                () = self.services.clock.sleep_until(due) => {
+                    if let Ok(again) = starter.start_child(spec.start(&self.id, id)).await {
+                        ended = again;
+                    }
+                }
             }
         };
         match outcome {
@@ -583,6 +623,11 @@ impl Ctx {
         }
     }
 }
+
+/// The shortest and longest time between two looks at a child's end by a
+/// parent that waits for it (see `Ctx::wait_child`).
+const RECHECK_MIN_MS: u64 = 1_000;
+const RECHECK_MAX_MS: u64 = 300_000;
 
 /// A site of a reserved name: where its checkpoint goes.
 struct ReservedSite {
