@@ -414,3 +414,49 @@ async fn a_waiting_parent_parks_and_survives_restarts() {
     assert_eq!(out.unwrap(), Ok(14));
     engine.shutdown().await;
 }
+
+#[durable]
+async fn napping_child(_ctx: &Ctx, n: u64) -> Result<u64, String> {
+    sleep!("nap", std::time::Duration::from_secs(3_600));
+    Ok(n * 3)
+}
+
+#[durable]
+async fn napping_parent(ctx: &Ctx, n: u64) -> Result<u64, String> {
+    let child = ctx
+        .start_child(napping_child, None, n)
+        .await
+        .map_err(text)?;
+    child.result().await.map_err(text)?
+}
+
+/// On the test kit's clock: the parent parks while its child sleeps an
+/// hour, and an hour later both are done (the child's end wakes the
+/// parent, whose own recheck is not due yet).
+#[tokio::test]
+async fn the_test_kit_drives_a_parent_and_its_sleeping_child() {
+    let kit = durable::testing::TestEngine::open(
+        Engine::builder()
+            .register(napping_child)
+            .register(napping_parent),
+    )
+    .await
+    .unwrap();
+    let handle = kit
+        .engine()
+        .start(napping_parent, "napper", 5)
+        .await
+        .unwrap();
+    kit.run_until_idle().await;
+    assert!(matches!(
+        kit.engine().status("napper").await.unwrap(),
+        Status::Waiting { .. }
+    ));
+    kit.advance(std::time::Duration::from_secs(3_600)).await;
+    assert!(matches!(
+        kit.engine().status("napper").await.unwrap(),
+        Status::Completed { .. }
+    ));
+    assert_eq!(handle.result().await.unwrap(), Ok(15));
+    kit.shutdown().await;
+}

@@ -457,9 +457,11 @@ impl<'c, O: serde::de::DeserializeOwned + Send + 'c> Child<'c, O> {
     /// without asking the child again. A live parent learns of the end at
     /// once; one that waits long parks (its status is
     /// [`Status::Waiting`](crate::Status::Waiting) for
-    /// `durable::child_result:{child id}`) and wakes to look again after a
-    /// tenth of the child's age so far (1 s to 5 min), so restarts while it
-    /// waits do not count as resumes without progress.
+    /// `durable::child_result:{child id}`, an event the child's end sends),
+    /// and restarts while it waits do not count as resumes without
+    /// progress. Should that event be lost (a crash right after the child
+    /// ended), the parent looks again after a tenth of the child's age so
+    /// far (1 s to 5 min).
     ///
     /// Errors: [`InstanceError::Failed`] or [`InstanceError::Cancelled`]
     /// (naming the child) when the child ended so, recorded like an output;
@@ -548,10 +550,11 @@ impl<'c, O: serde::de::DeserializeOwned + Send + 'c> Child<'c, O> {
 
 impl Ctx {
     /// Attaches to child `id` (started at `since_ms`) and waits for its
-    /// end. The wait is a timer wait to the scheduler: a run that waits
-    /// long enough parks, and wakes to look again after a tenth of the
-    /// child's age so far (1 s to 5 min); a live run learns of the end at
-    /// once.
+    /// end. To the scheduler it is a wait for event
+    /// `durable::child_result:{id}`, which the child's end sends: a run
+    /// that waits long enough parks and is woken by it, or looks again
+    /// after a tenth of the child's age so far (1 s to 5 min) should the
+    /// event be lost; a live run learns of the end at once.
     async fn wait_child(&self, id: &str, spec: &Spec, since_ms: u64) -> Result<ChildEnd> {
         let starter = match self.services.starter(&self.id) {
             Ok(starter) => starter,
@@ -584,8 +587,8 @@ impl Ctx {
                 name: format!("{CHILD_RESULT}:{id}"),
                 occurrence: 0,
                 deadline_ms: Some(due),
-                // Shown as waiting for it (no event of that name is sent:
-                // the deadline wakes a parked parent).
+                // The child's end sends this event (`tell_parent`), which
+                // wakes a parked parent; the deadline, should it be lost.
                 event_type: Some("the child's end".to_string()),
             });
             tokio::select! {

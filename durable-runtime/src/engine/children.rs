@@ -16,7 +16,7 @@ use std::sync::{Arc, Weak};
 
 use crate::backend::BoxFuture;
 use crate::error::{Error, InstanceError, Result, UsageError};
-use crate::records::{InstanceRecord, InstanceState, children_of};
+use crate::records::{CHILD_RESULT, EventRecord, InstanceRecord, InstanceState, children_of};
 use crate::services::{ChildStart, Ended, Starter};
 
 use super::Core;
@@ -112,6 +112,38 @@ impl Core {
                 // Its own children go too, finished or not (a child that
                 // ended may have left running children of its own).
                 stack.push(child.id);
+            }
+        }
+    }
+
+    /// Tells `parent` (if child `id` has one) that `id` ended: an event
+    /// `durable::child_result:{id}` wakes the parent if it parked waiting
+    /// for it (a parent that is live learns of the end from its handle).
+    /// Best effort: a parent whose hint is lost looks again at its next
+    /// recheck (see `Ctx::wait_child`).
+    pub(super) async fn tell_parent(&self, id: &str, parent: Option<&str>) {
+        let Some(parent) = parent else { return };
+        let event = EventRecord {
+            type_name: "the child's end".to_string(),
+            fingerprint: 0,
+            shape: String::new(),
+            payload: Vec::new(),
+            sent_at_ms: self.services.clock.now_ms(),
+        };
+        let name = format!("{CHILD_RESULT}:{id}");
+        let check = |_: &InstanceRecord, _: u32, _: Option<&str>, _: bool| Ok(());
+        match self
+            .services
+            .backend
+            .send_event(parent, &name, event, &check)
+            .await
+        {
+            Ok(_)
+            | Err(Error::Usage(
+                UsageError::NotFound { .. } | UsageError::InstanceFinished { .. },
+            )) => {}
+            Err(e) => {
+                tracing::debug!(durable.instance_id = %id, durable.parent = %parent, durable.error = %e, "could not tell the parent that its child ended; it looks again later");
             }
         }
     }

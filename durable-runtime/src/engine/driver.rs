@@ -357,6 +357,7 @@ impl Core {
                 };
                 self.push_transition(&mut record, TransitionKind::Completed);
                 let ending = crate::metrics::Ending::new(&record.workflow, &record.state);
+                let parent = record.parent().map(|(p, _)| p.to_string());
                 crate::crash::point("complete.before_write");
                 let write = Write::Record {
                     record,
@@ -364,6 +365,7 @@ impl Core {
                 };
                 self.services.backend.commit(id, lease, write).await?;
                 ending.record();
+                self.tell_parent(id, parent.as_deref()).await;
                 crate::crash::point("complete.after_write");
                 tracing::info!("instance completed");
                 Ok(output)
@@ -436,6 +438,10 @@ impl Core {
         self.push_transition(&mut record, kind);
         let ending = crate::metrics::Ending::new(&record.workflow, &record.state);
         let cancelled = record.state == InstanceState::Cancelled;
+        // A parent waits for this end (not for a blocked child's).
+        let parent = outcome_of(id, &record, false)
+            .and(record.parent())
+            .map(|(p, _)| p.to_string());
         // If the store itself is failing this write fails too; the instance
         // then stays `Running` in the store and resumes at the next open.
         let write = Write::Record { record, active };
@@ -445,6 +451,7 @@ impl Core {
                 if cancelled {
                     self.cancel_children(id).await;
                 }
+                self.tell_parent(id, parent.as_deref()).await;
                 Err(error)
             }
             // Cancelled (or taken over) first: that end wins.

@@ -135,8 +135,10 @@ impl Core {
     /// Cancels instance `id` alone, at once.
     pub(super) async fn cancel_one(&self, id: &str) -> Result<()> {
         let workflow = std::sync::OnceLock::new();
+        let parent = std::sync::OnceLock::new();
         let update = |mut record: crate::records::InstanceRecord| {
             let _ = workflow.set(record.workflow.clone());
+            let _ = parent.set(record.parent().map(|(p, _)| p.to_string()));
             record.state = InstanceState::Cancelled;
             self.push_transition(&mut record, TransitionKind::Cancelled);
             record
@@ -145,6 +147,8 @@ impl Core {
         tracing::info!(durable.instance_id = %id, "instance cancelled");
         let workflow = workflow.get().map_or("", String::as_str);
         crate::metrics::instance_finished(workflow, &InstanceState::Cancelled);
+        self.tell_parent(id, parent.get().and_then(Option::as_deref))
+            .await;
         // The owner's later writes are refused by the backend already; this
         // stops an owner in this process before its next step.
         if let Some(slot) = self.instances.get(id) {
