@@ -94,7 +94,7 @@ pub use crash::CRASH_POINTS;
 pub use engine::admin::{STATUS_KINDS, parse_status, status_json, status_name};
 pub use engine::{
     DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, Handle, Incompatibility,
-    RecoveryReport, StartOptions,
+    EnqueueOptions, Queue, QueueInfo, RecoveryReport, StartOptions,
 };
 pub use error::{Cause, Error, InstanceError, ReplayError, Result, StoreError, UsageError};
 pub use future::BoxFuture;

@@ -189,6 +189,19 @@ pub(crate) enum Notice {
     Published { id: String, key: String },
 }
 
+/// What [`Backend::enqueue_many`] did with one item.
+#[derive(Debug)]
+pub(crate) enum Queued {
+    /// Written, held in its queue.
+    New,
+    /// An instance with that id already exists (it was not changed).
+    Exists(InstanceRecord),
+    /// Not written: this pending instance holds the deduplication id.
+    Duplicate(String),
+}
+
+pub(crate) use crate::engine::QueueSpec;
+
 /// What the engine needs from durable storage.
 pub(crate) trait Backend: Send + Sync + 'static {
     // --- creating and reading instances ---
@@ -387,6 +400,35 @@ pub(crate) trait Backend: Send + Sync + 'static {
         paused: bool,
         update: &'a (dyn Fn(InstanceRecord) -> Option<InstanceRecord> + Send + Sync),
     ) -> BoxFuture<'a, Result<bool>>;
+
+    // --- queues (see `queues.rs`) ---
+
+    /// Creates each instance of `items` (distinct ids; each record carries
+    /// its `Enqueued` transition) held in its queue: no claim takes it
+    /// until [`dispatch`](Self::dispatch) does. New ones in one atomic
+    /// write. Decided under the queue's lock: an item whose deduplication
+    /// id is held by a pending instance of its queue (enqueued, not
+    /// finished) is not written. Answers in the order of `items`.
+    fn enqueue_many<'a>(
+        &'a self,
+        items: &'a [(String, InstanceRecord)],
+    ) -> BoxFuture<'a, Result<Vec<Queued>>>;
+
+    /// Under queue `spec.name`'s lock (across processes), takes up to
+    /// `room` of its held instances whose `not_before` passed, lowest
+    /// priority first and then in enqueue order, as far as the queue's
+    /// concurrency limit (dispatched and unfinished instances, per
+    /// partition for the partition limit) and rate limit (dispatches in
+    /// the last period) allow; records their `Dispatched` transition and
+    /// claims them for the caller, in one atomic write.
+    fn dispatch<'a>(
+        &'a self,
+        spec: &'a QueueSpec,
+        room: usize,
+    ) -> BoxFuture<'a, Result<Vec<Claim>>>;
+
+    /// Counts of queue `name`: (held, dispatched and unfinished).
+    fn queue_counts<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(u64, u64)>>;
 
     // --- store-wide ---
 

@@ -29,6 +29,7 @@ mod many;
 mod operator;
 mod published;
 mod queries;
+mod queues;
 mod recovery;
 mod registry;
 mod scheduler;
@@ -45,6 +46,8 @@ use crate::workflow::{IntoWorkflow, Workflow};
 pub use self::builder::{DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, EngineBuilder};
 pub use self::evolution::Incompatibility;
 pub use self::instances::Handle;
+pub use self::queues::{EnqueueOptions, Queue, QueueInfo};
+pub(crate) use self::queues::QueueSpec;
 pub use self::recovery::RecoveryReport;
 
 use self::builder::Config;
@@ -65,6 +68,8 @@ pub(crate) struct Core {
     registry: Registry,
     instances: Instances,
     scheduler: Scheduler,
+    /// Declared queues and what this process dispatched.
+    queues: queues::Queues,
     /// One permit: instances resumed again without progress run one at a
     /// time until they finish a step (see `driver.rs`).
     suspects: Arc<tokio::sync::Semaphore>,

@@ -85,6 +85,8 @@ impl Engine {
                         TransitionKind::Deadline { .. } => ("deadline", None),
                         TransitionKind::DeadlinePassed { .. } => ("deadline-passed", None),
                         TransitionKind::Forked { .. } => ("forked", None),
+                        TransitionKind::Enqueued { .. } => ("enqueued", None),
+                        TransitionKind::Dispatched => ("dispatched", None),
                     };
                     let by = match &t.kind {
                         TransitionKind::Retried { by, .. }

@@ -1,0 +1,522 @@
+//! Queues with flow control: instances enqueued on a named queue wait there
+//! (created, held from every claim) until a dispatch takes them, under the
+//! queue's lock in the store, as far as its limits allow: a concurrency
+//! limit across every worker (per partition key too), a rate limit, and a
+//! per-worker limit (in this process). Lower priority numbers go first,
+//! then enqueue order; an instance is not dispatched before its
+//! `not_before` time.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
+
+use crate::backend::{Claim, Queued};
+use crate::error::{Error, Result, UsageError};
+use crate::ids::{check_conflict, validate_id};
+use crate::records::{InstanceRecord, QueueEntry, TransitionKind, TransitionRecord};
+use crate::workflow::{IntoWorkflow, Workflow};
+
+use super::driver::Begin;
+use super::instances::{Handle, Outcome, Reserved, Slot, outcome_of};
+use super::{Core, Engine, In, Out};
+
+/// The longest queue name, in bytes.
+const MAX_QUEUE_NAME: usize = 200;
+
+/// How often the dispatch loop looks at the queues when no hint comes.
+const DISPATCH_POLL: Duration = Duration::from_millis(50);
+
+/// A named queue, declared with [`EngineBuilder::queue`](crate::EngineBuilder::queue).
+/// Every limit is off unless set.
+///
+/// ```
+/// use std::time::Duration;
+/// use durable_runtime::Queue;
+///
+/// let emails = Queue::new("emails")
+///     .concurrency(10)            // across every worker of the store
+///     .partition_concurrency(2)   // per partition key (per tenant)
+///     .per_worker(4)              // in this process
+///     .rate_limit(100, Duration::from_secs(60));
+/// # let _ = emails;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queue {
+    pub(crate) name: String,
+    pub(crate) concurrency: Option<u32>,
+    pub(crate) partition_concurrency: Option<u32>,
+    pub(crate) per_worker: Option<u32>,
+    pub(crate) rate: Option<(u32, Duration)>,
+}
+
+/// The queue as the backend sees it.
+pub(crate) type QueueSpec = Queue;
+
+impl Queue {
+    /// A queue named `name`, with no limits.
+    pub fn new(name: impl Into<String>) -> Queue {
+        Queue {
+            name: name.into(),
+            concurrency: None,
+            partition_concurrency: None,
+            per_worker: None,
+            rate: None,
+        }
+    }
+
+    /// At most `n` of its instances dispatched and unfinished at once,
+    /// across every worker of the store.
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = Some(n);
+        self
+    }
+
+    /// At most `n` dispatched and unfinished at once per partition key
+    /// ([`EnqueueOptions::partition`]); instances without a key share one.
+    pub fn partition_concurrency(mut self, n: u32) -> Self {
+        self.partition_concurrency = Some(n);
+        self
+    }
+
+    /// At most `n` of its instances running in this process at once.
+    pub fn per_worker(mut self, n: u32) -> Self {
+        self.per_worker = Some(n);
+        self
+    }
+
+    /// At most `n` dispatches in any window of `period`.
+    pub fn rate_limit(mut self, n: u32, period: Duration) -> Self {
+        self.rate = Some((n, period));
+        self
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn rate_ms(&self) -> Option<(u32, u64)> {
+        self.rate
+            .map(|(n, period)| (n, crate::time::duration_ms(period).max(1)))
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |reason: &str| {
+            Err(Error::Usage(UsageError::InvalidQueue {
+                queue: self.name.clone(),
+                reason: reason.to_string(),
+            }))
+        };
+        if self.name.is_empty() || self.name.len() > MAX_QUEUE_NAME {
+            return bad("the name must be 1 to 200 bytes long");
+        }
+        if [self.concurrency, self.partition_concurrency, self.per_worker]
+            .contains(&Some(0))
+            || self.rate.is_some_and(|(n, p)| n == 0 || p.is_zero())
+        {
+            return bad("a limit of zero would never dispatch anything");
+        }
+        Ok(())
+    }
+}
+
+/// Where an instance goes in its queue (see [`Engine::enqueue_with`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnqueueOptions {
+    priority: i32,
+    partition: Option<String>,
+    dedup: Option<String>,
+    not_before: Option<SystemTime>,
+    delay: Option<Duration>,
+}
+
+impl EnqueueOptions {
+    /// Default options: priority 0, no partition, no deduplication id,
+    /// dispatchable at once.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lower numbers are dispatched first (default 0); equal ones in
+    /// enqueue order.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// The partition key whose concurrency limit it counts against.
+    pub fn partition(mut self, key: impl Into<String>) -> Self {
+        self.partition = Some(key.into());
+        self
+    }
+
+    /// A deduplication id: a second enqueue with the same id on the same
+    /// queue is refused with [`UsageError::Duplicate`] while an instance
+    /// enqueued with it has not finished.
+    pub fn dedup(mut self, id: impl Into<String>) -> Self {
+        self.dedup = Some(id.into());
+        self
+    }
+
+    /// Not dispatched before `at`.
+    pub fn not_before(mut self, at: SystemTime) -> Self {
+        self.not_before = Some(at);
+        self
+    }
+
+    /// Not dispatched before `delay` from now (on the engine's clock).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+}
+
+/// A queue's limits and counts, from [`Engine::queues`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueInfo {
+    /// The queue as declared.
+    pub queue: Queue,
+    /// Instances waiting in it (enqueued, not dispatched, not finished).
+    pub pending: u64,
+    /// Instances dispatched and not finished (on every worker).
+    pub running: u64,
+}
+
+/// The queues of an engine and what this process dispatched.
+#[derive(Default)]
+pub(super) struct Queues {
+    pub specs: Vec<Queue>,
+    /// Ids this process dispatched, by queue: the per-worker limit counts
+    /// those it still drives.
+    local: Mutex<HashMap<String, Vec<String>>>,
+    /// Rung by a local enqueue.
+    pub bell: tokio::sync::Notify,
+}
+
+impl Queues {
+    /// The declared queues, checked.
+    pub(super) fn build(specs: Vec<Queue>) -> Result<Queues> {
+        for (i, q) in specs.iter().enumerate() {
+            q.check()?;
+            if specs[..i].iter().any(|p| p.name == q.name) {
+                return Err(Error::Usage(UsageError::InvalidQueue {
+                    queue: q.name.clone(),
+                    reason: "declared twice".into(),
+                }));
+            }
+        }
+        Ok(Queues {
+            specs,
+            ..Queues::default()
+        })
+    }
+
+    fn spec(&self, name: &str) -> Result<&Queue> {
+        self.specs.iter().find(|q| q.name == name).ok_or_else(|| {
+            Error::Usage(UsageError::UnknownQueue {
+                queue: name.to_string(),
+            })
+        })
+    }
+}
+
+impl Engine {
+    /// Enqueues instance `id` of `workflow` on queue `queue` with default
+    /// [`EnqueueOptions`]; see [`enqueue_with`](Self::enqueue_with).
+    pub async fn enqueue<I: IntoWorkflow>(
+        &self,
+        queue: &str,
+        workflow: I,
+        id: impl Into<String>,
+        input: In<I>,
+    ) -> Result<Handle<Out<I>>> {
+        self.enqueue_with(queue, workflow, id, input, EnqueueOptions::new())
+            .await
+    }
+
+    /// Enqueues instance `id` of `workflow` on queue `queue` (declared with
+    /// [`EngineBuilder::queue`](crate::EngineBuilder::queue)): it is
+    /// recorded durably at once, and runs when a dispatch on some worker
+    /// takes it within the queue's limits. The handle resolves when it
+    /// finishes. As with `start`, an id that exists attaches to it (or is
+    /// [`UsageError::IdConflict`] with another workflow or input).
+    ///
+    /// ```
+    /// # use durable_runtime::{Engine, EnqueueOptions, IntoWorkflow, Workflow};
+    /// # async fn demo<W: IntoWorkflow>(engine: Engine, send: W)
+    /// # -> durable_runtime::Result<()>
+    /// # where W::Workflow: Workflow<Input = String> {
+    /// let options = EnqueueOptions::new().priority(1).partition("tenant-7").dedup("welcome-42");
+    /// let handle = engine
+    ///     .enqueue_with("emails", send, "welcome-42", "ada@example.com".to_string(), options)
+    ///     .await?;
+    /// let _output = handle.result().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn enqueue_with<I: IntoWorkflow>(
+        &self,
+        queue: &str,
+        workflow: I,
+        id: impl Into<String>,
+        input: In<I>,
+        options: EnqueueOptions,
+    ) -> Result<Handle<Out<I>>> {
+        let mut handles = self
+            .enqueue_inner(queue, workflow, vec![(id.into(), input, options)])
+            .await?;
+        Ok(handles.remove(0))
+    }
+
+    /// Enqueues one instance of `workflow` per `(id, input)` of `items` on
+    /// `queue` with default options, recorded in one durable write (like
+    /// [`start_many`](Self::start_many)); handles in the same order.
+    pub async fn enqueue_many<I, S>(
+        &self,
+        queue: &str,
+        workflow: I,
+        items: impl IntoIterator<Item = (S, In<I>)>,
+    ) -> Result<Vec<Handle<Out<I>>>>
+    where
+        I: IntoWorkflow,
+        S: Into<String>,
+    {
+        let items = items
+            .into_iter()
+            .map(|(id, input)| (id.into(), input, EnqueueOptions::new()))
+            .collect();
+        self.enqueue_inner(queue, workflow, items).await
+    }
+
+    /// Every declared queue with its counts of pending and running
+    /// instances (from the store: every worker's).
+    pub async fn queues(&self) -> Result<Vec<QueueInfo>> {
+        let mut infos = Vec::new();
+        for queue in &self.core.queues.specs {
+            let (pending, running) = self
+                .core
+                .services
+                .backend
+                .queue_counts(&queue.name)
+                .await?;
+            infos.push(QueueInfo {
+                queue: queue.clone(),
+                pending,
+                running,
+            });
+        }
+        Ok(infos)
+    }
+
+    async fn enqueue_inner<I: IntoWorkflow>(
+        &self,
+        queue: &str,
+        workflow: I,
+        items: Vec<(String, In<I>, EnqueueOptions)>,
+    ) -> Result<Vec<Handle<Out<I>>>> {
+        type W<I> = <I as IntoWorkflow>::Workflow;
+        let name = W::<I>::NAME;
+        self.core.queues.spec(queue)?;
+        let (erased, _) = self.to_start(workflow).await?;
+        let deadline = self.deadline_of::<W<I>>(None);
+        let now = self.core.services.clock.now_ms();
+        let mut records: Vec<(String, InstanceRecord)> = Vec::new();
+        for (id, input, options) in items {
+            validate_id(&id)?;
+            let input = self.core.services.encode_value(&id, "input", &input)?;
+            if let Some((_, other)) = records.iter().find(|(other, _)| *other == id) {
+                check_conflict(&id, name, &input, name, &other.input)?;
+                continue;
+            }
+            let mut record = self.core.fresh_record(name, &*erased, input, deadline);
+            let not_before_ms = options
+                .not_before
+                .map(crate::time::to_ms)
+                .or(options
+                    .delay
+                    .map(|d| now.saturating_add(crate::time::duration_ms(d))))
+                .unwrap_or(0);
+            record.transitions.push(TransitionRecord {
+                at_ms: now,
+                kind: TransitionKind::Enqueued(QueueEntry {
+                    queue: queue.to_string(),
+                    priority: options.priority,
+                    partition: options.partition,
+                    dedup: options.dedup,
+                    not_before_ms,
+                }),
+            });
+            records.push((id, record));
+        }
+        let answers = self.core.services.backend.enqueue_many(&records).await?;
+        self.core.queues.bell.notify_one();
+        let mut done: HashMap<String, watch::Receiver<Outcome>> = HashMap::new();
+        let mut first_error = None;
+        for ((id, record), answer) in records.iter().zip(answers) {
+            match self.core.after_enqueue(name, id, record, answer) {
+                Ok(rx) => {
+                    done.insert(id.clone(), rx);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        Ok(records
+            .iter()
+            .map(|(id, _)| Handle::new(id.clone(), done[id].clone(), &self.core))
+            .collect())
+    }
+}
+
+impl Core {
+    /// A handle's receiver for enqueued `id` after the store answered.
+    fn after_enqueue(
+        &self,
+        workflow: &'static str,
+        id: &str,
+        record: &InstanceRecord,
+        answer: Queued,
+    ) -> Result<watch::Receiver<Outcome>> {
+        if let Queued::Duplicate(existing) = answer {
+            let (queue, dedup) = match record.queue_entry() {
+                Some((e, _)) => (e.queue.clone(), e.dedup.clone().unwrap_or_default()),
+                None => Default::default(),
+            };
+            return Err(Error::Usage(UsageError::Duplicate {
+                queue,
+                dedup,
+                existing,
+            }));
+        }
+        let rx = match self.reserve(workflow, id, &record.input)? {
+            Reserved::Attached(rx) => return Ok(rx),
+            Reserved::Slot(slot) => {
+                // Driven by whoever dispatches it; its end resolves the slot.
+                slot.driving.store(false, Ordering::SeqCst);
+                slot.done.subscribe()
+            }
+        };
+        if let Queued::Exists(existing) = answer {
+            let slot = self.instances.get(id);
+            let checked = check_conflict(
+                id,
+                workflow,
+                &record.input,
+                &existing.workflow,
+                &existing.input,
+            );
+            if let Some(slot) = slot {
+                if let Err(e) = checked {
+                    self.finish_slot(id, &slot, Err(e.clone()));
+                    return Err(e);
+                }
+                if let Some(outcome) = outcome_of(id, &existing, false) {
+                    self.finish_slot(id, &slot, outcome);
+                }
+            }
+        }
+        Ok(rx)
+    }
+
+    /// One dispatch round over every queue: takes what the limits allow
+    /// and drives it here.
+    async fn dispatch_round(self: &Arc<Self>) -> Result<()> {
+        for spec in &self.queues.specs {
+            let room = match spec.per_worker {
+                Some(limit) => {
+                    let mut local = self.queues.local.lock().unwrap_or_else(|e| e.into_inner());
+                    let ids = local.entry(spec.name.clone()).or_default();
+                    ids.retain(|id| {
+                        self.instances
+                            .get(id)
+                            .is_some_and(|s| s.driving.load(Ordering::SeqCst))
+                    });
+                    (limit as usize).saturating_sub(ids.len())
+                }
+                None => usize::MAX,
+            };
+            if room == 0 {
+                continue;
+            }
+            let claims = self.services.backend.dispatch(spec, room).await?;
+            for claim in claims {
+                if spec.per_worker.is_some() {
+                    self.queues
+                        .local
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(spec.name.clone())
+                        .or_default()
+                        .push(claim.id.clone());
+                }
+                self.drive_dispatched(claim).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drives dispatched instance `claim` on a task of its own.
+    async fn drive_dispatched(self: &Arc<Self>, claim: Claim) {
+        let slot = {
+            let mut running = self.instances.lock();
+            let slot = running.entry(claim.id.clone()).or_insert_with(|| {
+                let workflow = self
+                    .registry
+                    .for_record(&claim.record)
+                    .map_or("", |(w, _)| w);
+                Slot::new(workflow, claim.record.input.clone(), false)
+            });
+            if slot.driving.swap(true, Ordering::SeqCst) {
+                None
+            } else {
+                Some(Arc::clone(slot))
+            }
+        };
+        match slot {
+            Some(slot) => Arc::clone(self).run_claim(claim, Begin::Wake, slot),
+            None => {
+                let _ = self.services.backend.release(&claim.id, claim.lease).await;
+            }
+        }
+    }
+
+    /// The dispatch loop: a round whenever something is enqueued here, a
+    /// hint comes from the backend (an instance ended), or the poll
+    /// interval passes; until the engine is gone.
+    pub(super) async fn dispatch_loop(core: Weak<Core>) {
+        let Some(mut notices) = core.upgrade().map(|c| c.services.backend.subscribe()) else {
+            return;
+        };
+        loop {
+            {
+                let Some(core) = core.upgrade() else { return };
+                if core.queues.specs.is_empty() {
+                    return;
+                }
+                if let Err(e) = core.dispatch_round().await {
+                    tracing::warn!(durable.error = %e, "dispatch round failed; retrying at the next poll");
+                }
+            }
+            let bell = async {
+                match core.upgrade() {
+                    Some(c) => c.queues.bell.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                notice = notices.recv() => if let Err(RecvError::Closed) = notice { return },
+                _ = bell => {}
+                _ = tokio::time::sleep(DISPATCH_POLL) => {}
+            }
+        }
+    }
+}
