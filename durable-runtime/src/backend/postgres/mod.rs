@@ -27,6 +27,7 @@ mod group;
 mod notify;
 mod operator;
 mod published;
+mod queues;
 mod reads;
 mod schema;
 mod status;
@@ -378,6 +379,25 @@ impl Backend for PgBackend {
 
     fn list<'a>(&'a self, filter: &'a ListFilter) -> BoxFuture<'a, Result<Page>> {
         Box::pin(self.inner.list(filter))
+    }
+
+    fn enqueue_many<'a>(
+        &'a self,
+        items: &'a [(String, InstanceRecord)],
+    ) -> BoxFuture<'a, Result<Vec<crate::backend::Queued>>> {
+        Box::pin(self.inner.enqueue_many(items))
+    }
+
+    fn dispatch<'a>(
+        &'a self,
+        spec: &'a crate::backend::QueueSpec,
+        room: usize,
+    ) -> BoxFuture<'a, Result<Vec<Claim>>> {
+        Box::pin(self.inner.dispatch(spec, room))
+    }
+
+    fn queue_counts<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(u64, u64)>> {
+        Box::pin(self.inner.queue_counts(name))
     }
 
     fn claim<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Claim>>> {
