@@ -93,8 +93,8 @@ pub use crash::CRASH_POINTS;
 #[cfg(feature = "json")]
 pub use engine::admin::{STATUS_KINDS, parse_status, status_json, status_name};
 pub use engine::{
-    DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, Handle, Incompatibility,
-    EnqueueOptions, Queue, QueueInfo, RecoveryReport, StartOptions,
+    DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, EnqueueOptions, Handle,
+    Incompatibility, Queue, QueueInfo, RecoveryReport, StartOptions,
 };
 pub use error::{Cause, Error, InstanceError, ReplayError, Result, StoreError, UsageError};
 pub use future::BoxFuture;

@@ -46,8 +46,8 @@ use crate::workflow::{IntoWorkflow, Workflow};
 pub use self::builder::{DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, EngineBuilder};
 pub use self::evolution::Incompatibility;
 pub use self::instances::Handle;
-pub use self::queues::{EnqueueOptions, Queue, QueueInfo};
 pub(crate) use self::queues::QueueSpec;
+pub use self::queues::{EnqueueOptions, Queue, QueueInfo};
 pub use self::recovery::RecoveryReport;
 
 use self::builder::Config;

@@ -114,8 +114,12 @@ impl Queue {
         if self.name.is_empty() || self.name.len() > MAX_QUEUE_NAME {
             return bad("the name must be 1 to 200 bytes long");
         }
-        if [self.concurrency, self.partition_concurrency, self.per_worker]
-            .contains(&Some(0))
+        if [
+            self.concurrency,
+            self.partition_concurrency,
+            self.per_worker,
+        ]
+        .contains(&Some(0))
             || self.rate.is_some_and(|(n, p)| n == 0 || p.is_zero())
         {
             return bad("a limit of zero would never dispatch anything");
@@ -298,12 +302,7 @@ impl Engine {
     pub async fn queues(&self) -> Result<Vec<QueueInfo>> {
         let mut infos = Vec::new();
         for queue in &self.core.queues.specs {
-            let (pending, running) = self
-                .core
-                .services
-                .backend
-                .queue_counts(&queue.name)
-                .await?;
+            let (pending, running) = self.core.services.backend.queue_counts(&queue.name).await?;
             infos.push(QueueInfo {
                 queue: queue.clone(),
                 pending,
@@ -326,10 +325,13 @@ impl Engine {
         let deadline = self.deadline_of::<W<I>>(None);
         let now = self.core.services.clock.now_ms();
         let mut records: Vec<(String, InstanceRecord)> = Vec::new();
+        let mut order: Vec<String> = Vec::new();
         for (id, input, options) in items {
             validate_id(&id)?;
             let input = self.core.services.encode_value(&id, "input", &input)?;
+            order.push(id.clone());
             if let Some((_, other)) = records.iter().find(|(other, _)| *other == id) {
+                // An id listed twice is one instance.
                 check_conflict(&id, name, &input, name, &other.input)?;
                 continue;
             }
@@ -370,9 +372,12 @@ impl Engine {
         if let Some(e) = first_error {
             return Err(e);
         }
-        Ok(records
-            .iter()
-            .map(|(id, _)| Handle::new(id.clone(), done[id].clone(), &self.core))
+        Ok(order
+            .into_iter()
+            .map(|id| {
+                let rx = done[&id].clone();
+                Handle::new(id, rx, &self.core)
+            })
             .collect())
     }
 }

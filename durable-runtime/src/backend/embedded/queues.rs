@@ -67,9 +67,7 @@ impl QueueIndex {
 
 impl Embedded {
     /// The queue index, built at the first call.
-    async fn queue_index(
-        &self,
-    ) -> Result<tokio::sync::MutexGuard<'_, Option<QueueIndex>>> {
+    async fn queue_index(&self) -> Result<tokio::sync::MutexGuard<'_, Option<QueueIndex>>> {
         let mut guard = self.queues.lock().await;
         if guard.is_none() {
             let mut index = QueueIndex::default();
@@ -156,7 +154,10 @@ impl Embedded {
         let times = index.dispatched_at.entry(spec.name.clone()).or_default();
         let mut rate_room = usize::MAX;
         if let Some((n, period)) = spec.rate_ms() {
-            while times.front().is_some_and(|&t| t.saturating_add(period) <= now) {
+            while times
+                .front()
+                .is_some_and(|&t| t.saturating_add(period) <= now)
+            {
                 times.pop_front();
             }
             rate_room = (n as usize).saturating_sub(times.len());

@@ -98,7 +98,9 @@ impl Inner {
                 .map_err(io("read an instance"))?;
             if let Some(row) = row {
                 let bytes: &[u8] = row.get(0);
-                answers.push(Queued::Exists(decode(bytes, || format!("instance {id:?}"))?));
+                answers.push(Queued::Exists(decode(bytes, || {
+                    format!("instance {id:?}")
+                })?));
                 continue;
             }
             let holder = conn

@@ -44,11 +44,13 @@ pub fn status_name(kind: StatusKind) -> &'static str {
         StatusKind::Cancelled => "cancelled",
         StatusKind::Incompatible => "incompatible",
         StatusKind::Paused => "paused",
+        StatusKind::Queued => "queued",
     }
 }
 
 /// Every status kind, in the order listings count them.
-pub const STATUS_KINDS: [StatusKind; 10] = [
+pub const STATUS_KINDS: [StatusKind; 11] = [
+    StatusKind::Queued,
     StatusKind::Running,
     StatusKind::Sleeping,
     StatusKind::Waiting,
@@ -106,6 +108,9 @@ pub fn status_json(status: &Status) -> Value {
         }
         Status::Paused { since } => {
             out.insert("since_ms".into(), ms(*since).into());
+        }
+        Status::Queued { queue } => {
+            out.insert("queue".into(), queue.clone().into());
         }
         Status::Cancelled => {}
     }
