@@ -628,9 +628,10 @@ impl Backend for Embedded {
     fn dispatch<'a>(
         &'a self,
         spec: &'a super::QueueSpec,
+        workflows: &'a [(&'static str, u32)],
         room: usize,
     ) -> BoxFuture<'a, Result<Vec<Claim>>> {
-        Box::pin(self.dispatch_inner(spec, room))
+        Box::pin(self.dispatch_inner(spec, workflows, room))
     }
 
     fn queue_counts<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(u64, u64)>> {

@@ -415,7 +415,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<Queued>>>;
 
     /// Under queue `spec.name`'s lock (across processes), takes up to
-    /// `room` of its held instances whose `not_before` passed, lowest
+    /// `room` of its held instances of the `workflows` (names; the caller
+    /// runs them) whose `not_before` passed, lowest
     /// priority first and then in enqueue order, as far as the queue's
     /// concurrency limit (dispatched and unfinished instances, per
     /// partition for the partition limit) and rate limit (dispatches in
@@ -424,6 +425,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn dispatch<'a>(
         &'a self,
         spec: &'a QueueSpec,
+        workflows: &'a [(&'static str, u32)],
         room: usize,
     ) -> BoxFuture<'a, Result<Vec<Claim>>>;
 

@@ -452,7 +452,11 @@ impl Core {
             if room == 0 {
                 continue;
             }
-            let claims = self.services.backend.dispatch(spec, room).await?;
+            let claims = self
+                .services
+                .backend
+                .dispatch(spec, self.registry.runnable(), room)
+                .await?;
             for claim in claims {
                 if spec.per_worker.is_some() {
                     self.queues

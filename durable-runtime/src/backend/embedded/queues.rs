@@ -134,7 +134,15 @@ impl Embedded {
         Ok(answers.into_iter().flatten().collect())
     }
 
-    pub(super) async fn dispatch_inner(&self, spec: &QueueSpec, room: usize) -> Result<Vec<Claim>> {
+    pub(super) async fn dispatch_inner(
+        &self,
+        spec: &QueueSpec,
+        workflows: &[(&'static str, u32)],
+        room: usize,
+    ) -> Result<Vec<Claim>> {
+        if room == 0 || workflows.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut guard = self.queue_index().await?;
         let index = guard.as_mut().expect("built above");
         let now = self.clock.now_ms();
@@ -192,7 +200,7 @@ impl Embedded {
                 taken.push(*key);
                 continue;
             };
-            if entry.not_before_ms > now {
+            if entry.not_before_ms > now || !workflows.iter().any(|(w, _)| *w == record.workflow) {
                 continue;
             }
             let partition = entry.partition.clone();

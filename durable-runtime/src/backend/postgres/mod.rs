@@ -391,9 +391,10 @@ impl Backend for PgBackend {
     fn dispatch<'a>(
         &'a self,
         spec: &'a crate::backend::QueueSpec,
+        workflows: &'a [(&'static str, u32)],
         room: usize,
     ) -> BoxFuture<'a, Result<Vec<Claim>>> {
-        Box::pin(self.inner.dispatch(spec, room))
+        Box::pin(self.inner.dispatch(spec, workflows, room))
     }
 
     fn queue_counts<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(u64, u64)>> {

@@ -127,8 +127,15 @@ impl Inner {
     }
 
     /// See [`Backend::dispatch`](crate::backend::Backend::dispatch).
-    pub(super) async fn dispatch(&self, spec: &QueueSpec, room: usize) -> Result<Vec<Claim>> {
-        if room == 0 || self.stopped() {
+    pub(super) async fn dispatch(
+        &self,
+        spec: &QueueSpec,
+        runnable: &[(&'static str, u32)],
+        room: usize,
+    ) -> Result<Vec<Claim>> {
+        let mut workflows: Vec<&str> = runnable.iter().map(|(name, _)| *name).collect();
+        workflows.dedup();
+        if room == 0 || workflows.is_empty() || self.stopped() {
             return Ok(Vec::new());
         }
         let now = self.clock.now_ms();
@@ -203,9 +210,10 @@ impl Inner {
                 &self.sql(
                     "SELECT id, partition_key, record, recoveries FROM {s}.instances
                      WHERE queue = $1 AND queued AND NOT finished AND not_before_ms <= $2
+                       AND workflow = ANY($4)
                      ORDER BY priority, queue_seq LIMIT $3",
                 ),
-                &[&name, &(now as i64), &scan],
+                &[&name, &(now as i64), &scan, &workflows],
             )
             .await
             .map_err(io("read a queue"))?;
