@@ -461,3 +461,118 @@ async fn a_kill_in_the_middle_loses_nothing_and_keeps_the_limit() {
     assert!(twice <= 2, "{twice} instances ran their first step again");
     engine.shutdown().await;
 }
+
+/// Enqueues three `ledger_job`s from a workflow, then (in the child) hangs.
+#[durable(name = "fanout")]
+async fn fanout(ctx: &Ctx, dir: String) -> Result<u32, String> {
+    let id = ctx.id().to_string();
+    for i in 0..3 {
+        ctx.enqueue(
+            "fan",
+            ledger_job,
+            format!("{id}-{i}"),
+            dir.clone(),
+            EnqueueOptions::new().priority(i),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    }
+    step!(
+        "hang",
+        async {
+            support::ledger_in(&dir, &format!("hang {id}"));
+            if std::env::var_os(DIR_ENV).is_some() {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, String>(3u32)
+        }
+        .await
+    )
+}
+
+fn fan_engine(dir: &Path) -> durable::EngineBuilder {
+    Engine::builder()
+        .path(dir.join("store"))
+        .register(fanout)
+        .register(ledger_job)
+        .queue(Queue::new("fan"))
+}
+
+/// The child: runs `fanout` until killed.
+#[tokio::test]
+async fn fanout_child() {
+    let Some(dir) = std::env::var_os(DIR_ENV) else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let engine = fan_engine(&dir).open().await.unwrap();
+    let arg = dir.to_string_lossy().into_owned();
+    let _ = engine.start(fanout, "fan", arg).await.unwrap();
+    std::future::pending::<()>().await;
+}
+
+/// `Ctx::enqueue` is checkpointed: a workflow killed after enqueueing
+/// replays its enqueues without enqueueing again, and everything it
+/// enqueued runs to its end once.
+#[tokio::test]
+async fn a_workflow_enqueues_replay_safely_across_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "fanout_child", "--nocapture"])
+        .env(DIR_ENV, dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    support::wait_until("the workflow enqueued and hangs", async || {
+        let ledger = support::read_ledger(dir.path());
+        let started = ledger
+            .iter()
+            .filter(|l| l.starts_with("start fan-"))
+            .count();
+        if ledger.iter().any(|l| l == "hang fan") && started == 3 {
+            Ok(())
+        } else if let Ok(Some(status)) = child.try_wait() {
+            panic!("the child ended first: {status}");
+        } else {
+            Err(ledger)
+        }
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let engine = fan_engine(dir.path()).open().await.unwrap();
+    let parent = engine.attach(fanout, "fan").await.unwrap();
+    let out = support::guarded("the workflow completes", parent.result()).await;
+    assert_eq!(out.unwrap(), Ok(3));
+    for i in 0..3 {
+        let h = engine.attach(ledger_job, format!("fan-{i}")).await.unwrap();
+        support::guarded("an enqueued instance completes", h.result())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let history = engine.history("fan").await.unwrap();
+    let enqueues = history
+        .steps
+        .iter()
+        .filter(|s| s.name == "durable::enqueue")
+        .count();
+    assert_eq!(enqueues, 3);
+    let listed = engine
+        .list(&ListFilter::new().queue("fan"))
+        .await
+        .unwrap()
+        .instances;
+    assert_eq!(listed.len(), 3);
+    let ledger = support::read_ledger(dir.path());
+    for i in 0..3 {
+        let after = ledger
+            .iter()
+            .filter(|l| **l == format!("after fan-{i}"))
+            .count();
+        assert_eq!(after, 1, "fan-{i}");
+    }
+    engine.shutdown().await;
+}

@@ -30,6 +30,7 @@ mod operator;
 mod published;
 mod queries;
 mod queues;
+mod queues_ctx;
 mod recovery;
 mod registry;
 mod scheduler;

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::backend::{Claim, Queued};
 use crate::error::{Error, Result, UsageError};
 use crate::ids::{check_conflict, validate_id};
-use crate::records::{InstanceRecord, QueueEntry, TransitionKind, TransitionRecord};
+use crate::records::{InstanceRecord, TransitionKind, TransitionRecord};
 use crate::workflow::{IntoWorkflow, Workflow};
 
 use super::driver::Begin;
@@ -131,11 +131,11 @@ impl Queue {
 /// Where an instance goes in its queue (see [`Engine::enqueue_with`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnqueueOptions {
-    priority: i32,
-    partition: Option<String>,
-    dedup: Option<String>,
-    not_before: Option<SystemTime>,
-    delay: Option<Duration>,
+    pub(super) priority: i32,
+    pub(super) partition: Option<String>,
+    pub(super) dedup: Option<String>,
+    pub(super) not_before: Option<SystemTime>,
+    pub(super) delay: Option<Duration>,
 }
 
 impl EnqueueOptions {
@@ -336,22 +336,9 @@ impl Engine {
                 continue;
             }
             let mut record = self.core.fresh_record(name, &*erased, input, deadline);
-            let not_before_ms = options
-                .not_before
-                .map(crate::time::to_ms)
-                .or(options
-                    .delay
-                    .map(|d| now.saturating_add(crate::time::duration_ms(d))))
-                .unwrap_or(0);
             record.transitions.push(TransitionRecord {
                 at_ms: now,
-                kind: TransitionKind::Enqueued(QueueEntry {
-                    queue: queue.to_string(),
-                    priority: options.priority,
-                    partition: options.partition,
-                    dedup: options.dedup,
-                    not_before_ms,
-                }),
+                kind: TransitionKind::Enqueued(options.entry(queue, now)),
             });
             records.push((id, record));
         }

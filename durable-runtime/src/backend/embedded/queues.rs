@@ -131,6 +131,7 @@ impl Embedded {
                 Created::Exists(existing) => Queued::Exists(existing),
             });
         }
+        self.notify(crate::backend::Notice::Ready);
         Ok(answers.into_iter().flatten().collect())
     }
 
