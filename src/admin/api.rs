@@ -269,6 +269,7 @@ async fn route(engine: &Engine, options: &AdminOptions, request: &ApiRequest<'_>
             engine.history_json(id).await.map_err(e)
         }
         ["stats"] => engine.stats_json().await.map_err(e),
+        ["queues"] => engine.queues_json().await.map_err(e),
         ["check"] => {
             let found = engine.compatibility().await.map_err(e)?;
             Ok(check_json(&found))

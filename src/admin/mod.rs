@@ -25,6 +25,7 @@
 //! | `GET /instances/{id}` | one instance: status, where it stands, input, output, steps with values |
 //! | `GET /instances/{id}/history` | the same document: transitions, every step occurrence, events |
 //! | `GET /stats` | counts by status and by workflow |
+//! | `GET /queues` | every queue: pending and running counts, limits ([`Engine::queues`](crate::Engine::queues)) |
 //! | `GET /check` | the deploy gate of the running build ([`Engine::compatibility`](crate::Engine::compatibility)) |
 //! | `GET /info` | whether actions are enabled, and the API's actions |
 //! | `POST /instances/{id}/cancel` | cancel |

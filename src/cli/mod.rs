@@ -14,6 +14,7 @@
 //! durable --store ./durable.db fork order-17 --from-step charge
 //! durable --store ./durable.db pause order-17            # then: unpause order-17
 //! durable --store ./durable.db purge --older-than 30d --yes
+//! durable --postgres postgres://app@db/app queues         # pending, running, limits
 //! durable --postgres postgres://app@db/app --schema durable list
 //! ```
 //!
@@ -130,6 +131,8 @@ enum Command {
     },
     /// Counts of instances by status and by workflow.
     Stats,
+    /// Every queue: pending and running instances, and its limits.
+    Queues,
     /// Run failed, blocked or needs-attention instances again from their
     /// failed step (the steps before it replay; through --url the service runs them).
     Retry(BulkArgs),
@@ -490,6 +493,15 @@ fn command(cli: &Cli, style: &Style, target: &Target) -> Res<u8> {
             } else {
                 1
             })
+        }
+        Command::Queues => {
+            let queues = target.call(false, "/queues", "", b"")?;
+            if cli.json {
+                print_json(&queues);
+            } else {
+                print!("{}", format::queues(&queues, style));
+            }
+            Ok(0)
         }
         Command::Stats => {
             let stats = target.call(false, "/stats", "", b"")?;

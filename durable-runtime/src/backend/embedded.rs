@@ -634,8 +634,8 @@ impl Backend for Embedded {
         Box::pin(self.dispatch_inner(spec, workflows, room))
     }
 
-    fn queue_counts<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(u64, u64)>> {
-        Box::pin(self.queue_counts_inner(name))
+    fn queue_stats(&self) -> BoxFuture<'_, Result<Vec<super::QueueStats>>> {
+        Box::pin(self.queue_stats_inner())
     }
 
     fn next_due(&self) -> Option<u64> {

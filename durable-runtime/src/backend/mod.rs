@@ -202,6 +202,18 @@ pub(crate) enum Queued {
 
 pub(crate) use crate::engine::QueueSpec;
 
+/// One queue as [`Backend::queue_stats`] sees it.
+#[derive(Debug)]
+pub(crate) struct QueueStats {
+    pub name: String,
+    /// Its limits as stored by the last dispatch (PostgreSQL), if kept.
+    pub limits: Option<QueueSpec>,
+    /// Held instances (enqueued, not dispatched, unfinished).
+    pub pending: u64,
+    /// Dispatched and unfinished instances.
+    pub running: u64,
+}
+
 /// What the engine needs from durable storage.
 pub(crate) trait Backend: Send + Sync + 'static {
     // --- creating and reading instances ---
@@ -429,8 +441,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
         room: usize,
     ) -> BoxFuture<'a, Result<Vec<Claim>>>;
 
-    /// Counts of queue `name`: (held, dispatched and unfinished).
-    fn queue_counts<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(u64, u64)>>;
+    /// Every queue the store knows of (by its unfinished instances, or
+    /// by a dispatch), with its counts and, where the store keeps them,
+    /// its limits.
+    fn queue_stats(&self) -> BoxFuture<'_, Result<Vec<QueueStats>>>;
 
     // --- store-wide ---
 

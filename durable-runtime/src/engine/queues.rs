@@ -99,6 +99,26 @@ impl Queue {
         &self.name
     }
 
+    /// Its concurrency limit across workers, if any.
+    pub fn concurrency_limit(&self) -> Option<u32> {
+        self.concurrency
+    }
+
+    /// Its concurrency limit per partition key, if any.
+    pub fn partition_limit(&self) -> Option<u32> {
+        self.partition_concurrency
+    }
+
+    /// Its limit per worker process, if any.
+    pub fn per_worker_limit(&self) -> Option<u32> {
+        self.per_worker
+    }
+
+    /// Its rate limit (dispatches per period), if any.
+    pub fn rate(&self) -> Option<(u32, Duration)> {
+        self.rate
+    }
+
     pub(crate) fn rate_ms(&self) -> Option<(u32, u64)> {
         self.rate
             .map(|(n, period)| (n, crate::time::duration_ms(period).max(1)))
@@ -189,6 +209,9 @@ pub struct QueueInfo {
     pub pending: u64,
     /// Instances dispatched and not finished (on every worker).
     pub running: u64,
+    /// Whether this engine declared it (else its limits are those stored
+    /// by another worker, or unknown).
+    pub declared: bool,
 }
 
 /// The queues of an engine and what this process dispatched.
@@ -297,16 +320,35 @@ impl Engine {
         self.enqueue_inner(queue, workflow, items).await
     }
 
-    /// Every declared queue with its counts of pending and running
-    /// instances (from the store: every worker's).
+    /// Every queue with its counts of pending and running instances (from
+    /// the store: every worker's): those declared on this engine with
+    /// their limits, then those the store knows of that this engine did
+    /// not declare (with the limits another worker dispatched them with,
+    /// where the store keeps them: PostgreSQL).
     pub async fn queues(&self) -> Result<Vec<QueueInfo>> {
+        let mut stats = self.core.services.backend.queue_stats().await?;
         let mut infos = Vec::new();
         for queue in &self.core.queues.specs {
-            let (pending, running) = self.core.services.backend.queue_counts(&queue.name).await?;
+            let (pending, running) = match stats.iter().position(|s| s.name == queue.name) {
+                Some(i) => {
+                    let s = stats.remove(i);
+                    (s.pending, s.running)
+                }
+                None => (0, 0),
+            };
             infos.push(QueueInfo {
                 queue: queue.clone(),
                 pending,
                 running,
+                declared: true,
+            });
+        }
+        for s in stats {
+            infos.push(QueueInfo {
+                queue: s.limits.unwrap_or_else(|| Queue::new(s.name.clone())),
+                pending: s.pending,
+                running: s.running,
+                declared: false,
             });
         }
         Ok(infos)

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use super::Embedded;
-use crate::backend::{Claim, ClaimKind, Created, Queued, Write};
+use crate::backend::{Claim, ClaimKind, Created, QueueStats, Queued, Write};
 use crate::engine::QueueSpec;
 use crate::error::Result;
 use crate::records::{InstanceRecord, TransitionKind, TransitionRecord};
@@ -251,18 +251,39 @@ impl Embedded {
         Ok(claims)
     }
 
-    pub(super) async fn queue_counts_inner(&self, name: &str) -> Result<(u64, u64)> {
+    pub(super) async fn queue_stats_inner(&self) -> Result<Vec<QueueStats>> {
         let mut guard = self.queue_index().await?;
         let index = guard.as_mut().expect("built above");
-        let running = index.running.entry(name.to_string()).or_default();
-        let ids: Vec<String> = running.keys().cloned().collect();
-        for id in ids {
-            if !self.unfinished_now(&id) {
-                running.remove(&id);
+        let mut names: Vec<String> = index
+            .pending
+            .keys()
+            .chain(index.running.keys())
+            .cloned()
+            .collect();
+        names.sort();
+        names.dedup();
+        let mut out = Vec::new();
+        for name in names {
+            let running = index.running.entry(name.clone()).or_default();
+            let ids: Vec<String> = running.keys().cloned().collect();
+            for id in ids {
+                if !self.unfinished_now(&id) {
+                    running.remove(&id);
+                }
             }
+            let running = running.len() as u64;
+            let pending = index.pending.get(&name).map_or(0, |p| {
+                p.values()
+                    .filter(|id| matches!(self.journal.load(id), Ok(Some(r)) if r.queued()))
+                    .count() as u64
+            });
+            out.push(QueueStats {
+                name,
+                limits: None,
+                pending,
+                running,
+            });
         }
-        let running = running.len() as u64;
-        let pending = index.pending.get(name).map_or(0, |p| p.len() as u64);
-        Ok((pending, running))
+        Ok(out)
     }
 }

@@ -397,8 +397,8 @@ impl Backend for PgBackend {
         Box::pin(self.inner.dispatch(spec, workflows, room))
     }
 
-    fn queue_counts<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(u64, u64)>> {
-        Box::pin(self.inner.queue_counts(name))
+    fn queue_stats(&self) -> BoxFuture<'_, Result<Vec<crate::backend::QueueStats>>> {
+        Box::pin(self.inner.queue_stats())
     }
 
     fn claim<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Claim>>> {

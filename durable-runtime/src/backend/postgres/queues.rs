@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::backend::{Claim, ClaimKind, Lease, Queued};
+use crate::backend::{Claim, ClaimKind, Lease, QueueStats, Queued};
 use crate::engine::QueueSpec;
 use crate::error::{Error, Result, StoreError};
 use crate::records::{InstanceRecord, TransitionKind, TransitionRecord};
@@ -146,9 +146,28 @@ impl Inner {
         tx.batch_execute(&self.idle_timeout())
             .await
             .map_err(io("begin a dispatch"))?;
+        let rate = spec.rate_ms();
+        let as_int = |v: Option<u32>| v.map(|n| n.min(i32::MAX as u32) as i32);
         tx.execute(
-            &self.sql("INSERT INTO {s}.queues (name) VALUES ($1) ON CONFLICT DO NOTHING"),
-            &[&name],
+            &self.sql(
+                "INSERT INTO {s}.queues
+                     (name, concurrency, partition_concurrency, per_worker, rate_n, rate_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (name) DO UPDATE
+                 SET concurrency = $2, partition_concurrency = $3, per_worker = $4,
+                     rate_n = $5, rate_ms = $6
+                 WHERE ({s}.queues.concurrency, {s}.queues.partition_concurrency,
+                        {s}.queues.per_worker, {s}.queues.rate_n, {s}.queues.rate_ms)
+                       IS DISTINCT FROM ($2, $3, $4, $5, $6)",
+            ),
+            &[
+                &name,
+                &as_int(spec.concurrency),
+                &as_int(spec.partition_concurrency),
+                &as_int(spec.per_worker),
+                &as_int(rate.map(|(n, _)| n)),
+                &rate.map(|(_, ms)| ms as i64),
+            ],
         )
         .await
         .map_err(io("declare a queue"))?;
@@ -272,21 +291,57 @@ impl Inner {
         Ok(claims)
     }
 
-    /// See [`Backend::queue_counts`](crate::backend::Backend::queue_counts).
-    pub(super) async fn queue_counts(&self, name: &str) -> Result<(u64, u64)> {
+    /// See [`Backend::queue_stats`](crate::backend::Backend::queue_stats).
+    pub(super) async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
         let conn = self.conn().await?;
-        let row = conn
-            .query_one(
+        let rows = conn
+            .query(
                 &self.sql(
-                    "SELECT count(*) FILTER (WHERE queued), count(*) FILTER (WHERE NOT queued)
-                     FROM {s}.instances WHERE queue = $1 AND NOT finished",
+                    "WITH c AS (
+                         SELECT queue, count(*) FILTER (WHERE queued) AS pending,
+                                count(*) FILTER (WHERE NOT queued) AS running
+                         FROM {s}.instances WHERE queue IS NOT NULL AND NOT finished
+                         GROUP BY queue)
+                     SELECT coalesce(q.name, c.queue), coalesce(c.pending, 0),
+                            coalesce(c.running, 0), q.name IS NOT NULL, q.concurrency,
+                            q.partition_concurrency, q.per_worker, q.rate_n, q.rate_ms
+                     FROM {s}.queues q FULL JOIN c ON c.queue = q.name
+                     ORDER BY 1",
                 ),
-                &[&name],
+                &[],
             )
             .await
-            .map_err(io("count a queue"))?;
-        let pending: i64 = row.get(0);
-        let running: i64 = row.get(1);
-        Ok((pending.max(0) as u64, running.max(0) as u64))
+            .map_err(io("count the queues"))?;
+        let limit = |v: Option<i32>| v.map(|n| n.max(0) as u32);
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let name: String = row.get(0);
+                let pending: i64 = row.get(1);
+                let running: i64 = row.get(2);
+                let stored: bool = row.get(3);
+                let limits = stored.then(|| {
+                    let mut q = QueueSpec::new(name.clone());
+                    q.concurrency = limit(row.get(4));
+                    q.partition_concurrency = limit(row.get(5));
+                    q.per_worker = limit(row.get(6));
+                    let rate_n: Option<i32> = row.get(7);
+                    let rate_ms: Option<i64> = row.get(8);
+                    if let (Some(n), Some(ms)) = (rate_n, rate_ms) {
+                        q.rate = Some((
+                            n.max(0) as u32,
+                            std::time::Duration::from_millis(ms.max(0) as u64),
+                        ));
+                    }
+                    q
+                });
+                QueueStats {
+                    name,
+                    limits,
+                    pending: pending.max(0) as u64,
+                    running: running.max(0) as u64,
+                }
+            })
+            .collect())
     }
 }

@@ -267,4 +267,29 @@ impl Engine {
         }
         Ok(json!({"total": total, "by_status": by_status, "by_workflow": by_workflow}))
     }
+
+    /// Every queue with its counts and limits ([`Engine::queues`]):
+    /// `{"queues": [{"name": .., "pending": n, "running": n, "declared":
+    /// bool, "concurrency": n|null, "partition_concurrency": n|null,
+    /// "per_worker": n|null, "rate": {"n": n, "period_ms": n}|null}]}`.
+    pub async fn queues_json(&self) -> Result<Value> {
+        let queues: Vec<Value> = self
+            .queues()
+            .await?
+            .into_iter()
+            .map(|q| {
+                json!({
+                    "name": q.queue.name(),
+                    "pending": q.pending,
+                    "running": q.running,
+                    "declared": q.declared,
+                    "concurrency": q.queue.concurrency_limit(),
+                    "partition_concurrency": q.queue.partition_limit(),
+                    "per_worker": q.queue.per_worker_limit(),
+                    "rate": q.queue.rate().map(|(n, p)| json!({"n": n, "period_ms": p.as_millis() as u64})),
+                })
+            })
+            .collect();
+        Ok(json!({ "queues": queues }))
+    }
 }

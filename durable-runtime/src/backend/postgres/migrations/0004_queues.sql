@@ -18,8 +18,15 @@ CREATE SEQUENCE queue_seq;
 
 -- One row per queue: a dispatch locks it FOR UPDATE, so limits are
 -- decided by one worker at a time.
+-- Its limits as the last worker that dispatched declared them (shown by
+-- `durable queues`; each worker dispatches with its own).
 CREATE TABLE queues (
-    name text COLLATE "C" PRIMARY KEY
+    name                  text COLLATE "C" PRIMARY KEY,
+    concurrency           integer,
+    partition_concurrency integer,
+    per_worker            integer,
+    rate_n                integer,
+    rate_ms               bigint
 );
 
 CREATE INDEX instances_queued ON instances (queue, priority, queue_seq)
