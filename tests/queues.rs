@@ -113,6 +113,21 @@ async fn the_concurrency_limit_holds() {
 }
 
 #[tokio::test]
+async fn the_per_worker_limit_holds_in_this_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), vec![Queue::new("local").per_worker(2)]).await;
+    let items = (0..10).map(|n| (format!("w-{n}"), ("local".to_string(), false)));
+    let handles = engine.enqueue_many("local", job, items).await.unwrap();
+    finish_all(handles).await;
+    let max = max_seen("local");
+    assert!(
+        (1..=2).contains(&max),
+        "max in flight {max} over the limit 2"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_partition_limit_holds_per_key() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(

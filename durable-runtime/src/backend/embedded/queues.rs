@@ -201,7 +201,10 @@ impl Embedded {
                 taken.push(*key);
                 continue;
             };
-            if entry.not_before_ms > now || !workflows.iter().any(|(w, _)| *w == record.workflow) {
+            if entry.not_before_ms > now
+                || !workflows.iter().any(|(w, _)| *w == record.workflow)
+                || record.paused_since().is_some()
+            {
                 continue;
             }
             let partition = entry.partition.clone();

@@ -229,7 +229,7 @@ impl Inner {
                 &self.sql(
                     "SELECT id, partition_key, record, recoveries FROM {s}.instances
                      WHERE queue = $1 AND queued AND NOT finished AND not_before_ms <= $2
-                       AND workflow = ANY($4)
+                       AND workflow = ANY($4) AND NOT paused
                      ORDER BY priority, queue_seq LIMIT $3",
                 ),
                 &[&name, &(now as i64), &scan, &workflows],
