@@ -75,6 +75,7 @@ mod metrics;
 mod outcome;
 mod panic;
 mod published;
+mod queue;
 mod records;
 mod retry;
 mod services;
@@ -93,8 +94,8 @@ pub use crash::CRASH_POINTS;
 #[cfg(feature = "json")]
 pub use engine::admin::{STATUS_KINDS, parse_status, status_json, status_name};
 pub use engine::{
-    DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, EnqueueOptions, Handle,
-    Incompatibility, Queue, QueueInfo, RecoveryReport, StartOptions,
+    DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, Engine, EngineBuilder, Handle, Incompatibility,
+    RecoveryReport, StartOptions,
 };
 pub use error::{Cause, Error, InstanceError, ReplayError, Result, StoreError, UsageError};
 pub use future::BoxFuture;
@@ -103,6 +104,7 @@ pub use inspect::{
     History, RunningStep, SetAsideStep, Status, StepOutcome, StepRecord, Transition, TransitionKind,
 };
 pub use listing::{Cursor, InstanceSummary, InvalidCursor, ListFilter, Page, StatusKind};
+pub use queue::{EnqueueOptions, Queue, QueueInfo};
 pub use retry::RetryPolicy;
 pub use workflow::{IntoWorkflow, Workflow, manifest_of};
 

@@ -200,7 +200,7 @@ pub(crate) enum Queued {
     Duplicate(String),
 }
 
-pub(crate) use crate::engine::QueueSpec;
+pub(crate) use crate::queue::QueueSpec;
 
 /// One queue as [`Backend::queue_stats`] sees it.
 #[derive(Debug)]

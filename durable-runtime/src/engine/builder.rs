@@ -41,7 +41,7 @@ pub struct EngineBuilder {
     store: Option<Arc<dyn Store>>,
     cache_bytes: u64,
     workflows: Vec<Entry>,
-    queues: Vec<super::Queue>,
+    queues: Vec<crate::queue::Queue>,
     config: Config,
     max_value_size: usize,
     clock: Arc<dyn Clock>,
@@ -220,7 +220,7 @@ impl EngineBuilder {
     /// on. Checked at open: an empty name, a name declared twice or a
     /// limit of zero is [`UsageError::InvalidQueue`](crate::UsageError::InvalidQueue).
     /// Every worker of a shared store should declare the same limits.
-    pub fn queue(mut self, queue: super::Queue) -> Self {
+    pub fn queue(mut self, queue: crate::queue::Queue) -> Self {
         self.queues.push(queue);
         self
     }

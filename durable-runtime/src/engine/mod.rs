@@ -47,8 +47,6 @@ use crate::workflow::{IntoWorkflow, Workflow};
 pub use self::builder::{DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, EngineBuilder};
 pub use self::evolution::Incompatibility;
 pub use self::instances::Handle;
-pub(crate) use self::queues::QueueSpec;
-pub use self::queues::{EnqueueOptions, Queue, QueueInfo};
 pub use self::recovery::RecoveryReport;
 
 use self::builder::Config;

@@ -9,13 +9,13 @@ use crate::context::Ctx;
 use crate::error::{Error, ReplayError, Result, UsageError};
 use crate::ids::{check_conflict, validate_id};
 use crate::records::{
-    CheckpointRecord, CheckpointState, InstanceRecord, InstanceState, QueueEntry, TransitionKind,
+    CheckpointRecord, CheckpointState, InstanceRecord, InstanceState, TransitionKind,
     TransitionRecord,
 };
 use crate::workflow::{IntoWorkflow, Workflow};
 
-use super::queues::EnqueueOptions;
 use super::{In, registry};
+use crate::queue::EnqueueOptions;
 
 /// The reserved step name of [`Ctx::enqueue`].
 const ENQUEUE: &str = "durable::enqueue";
@@ -176,25 +176,5 @@ impl Ctx {
             self.abort(error).await
         }
         Ok(id)
-    }
-}
-
-impl EnqueueOptions {
-    /// The queue entry these options make on `queue`, enqueued at `now`.
-    pub(super) fn entry(self, queue: &str, now: u64) -> QueueEntry {
-        let not_before_ms = self
-            .not_before
-            .map(crate::time::to_ms)
-            .or(self
-                .delay
-                .map(|d| now.saturating_add(crate::time::duration_ms(d))))
-            .unwrap_or(0);
-        QueueEntry {
-            queue: queue.to_string(),
-            priority: self.priority,
-            partition: self.partition,
-            dedup: self.dedup,
-            not_before_ms,
-        }
     }
 }

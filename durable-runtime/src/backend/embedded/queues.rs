@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use super::Embedded;
 use crate::backend::{Claim, ClaimKind, Created, QueueStats, Queued, Write};
-use crate::engine::QueueSpec;
 use crate::error::Result;
+use crate::queue::QueueSpec;
 use crate::records::{InstanceRecord, TransitionKind, TransitionRecord};
 
 /// The queues' state in memory.

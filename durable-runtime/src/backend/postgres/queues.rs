@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 
 use crate::backend::{Claim, ClaimKind, Lease, QueueStats, Queued};
-use crate::engine::QueueSpec;
 use crate::error::{Error, Result, StoreError};
+use crate::queue::QueueSpec;
 use crate::records::{InstanceRecord, TransitionKind, TransitionRecord};
 
 use super::status::{self, RUNNING};
