@@ -54,6 +54,20 @@ async fn queues_of_an_embedded_store() {
     let json = store(dir.path(), 0, &["queues", "--json"]).await.json();
     assert_eq!(json["queues"][0]["name"], "emails");
     assert_eq!(json["queues"][0]["pending"], 3);
+    let listed = store(dir.path(), 0, &["list", "--queue", "emails", "--json"])
+        .await
+        .json();
+    let instances = listed["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 3);
+    for i in instances {
+        assert_eq!(i["queue"], "emails");
+        assert_eq!(i["status"]["kind"], "queued");
+        assert_eq!(i["status"]["queue"], "emails");
+    }
+    let none = store(dir.path(), 0, &["list", "--queue", "other", "--json"])
+        .await
+        .json();
+    assert_eq!(none["instances"].as_array().unwrap().len(), 0);
 }
 
 #[cfg(feature = "postgres")]

@@ -135,6 +135,8 @@ fn list_filter(query: &str) -> Result<ListFilter, (u16, Value)> {
             }
             "workflow" if !value.is_empty() => filter = filter.workflow(value.clone()),
             "workflow" => {}
+            "queue" if !value.is_empty() => filter = filter.queue(value.clone()),
+            "queue" => {}
             "limit" => {
                 let n: usize = value.parse().map_err(|_| bad("not a number"))?;
                 filter = filter.limit(n.min(1000));

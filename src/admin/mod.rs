@@ -21,7 +21,7 @@
 //! | route | does |
 //! | --- | --- |
 //! | `GET /` | the web page (one self-contained HTML document, no external assets) |
-//! | `GET /instances?status=&workflow=&limit=&after=&since_ms=&until_ms=` | one page of instances, newest first; `status` repeatable or comma-separated |
+//! | `GET /instances?status=&workflow=&queue=&limit=&after=&since_ms=&until_ms=` | one page of instances, newest first; `status` repeatable or comma-separated |
 //! | `GET /instances/{id}` | one instance: status, where it stands, input, output, steps with values |
 //! | `GET /instances/{id}/history` | the same document: transitions, every step occurrence, events |
 //! | `GET /stats` | counts by status and by workflow |

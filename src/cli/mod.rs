@@ -184,6 +184,9 @@ struct ListArgs {
     /// Only instances of this workflow.
     #[arg(long)]
     workflow: Option<String>,
+    /// Only instances enqueued on this queue.
+    #[arg(long)]
+    queue: Option<String>,
     /// Only instances created at or after this time or age (`1h`, `2d`,
     /// `2026-11-30T10:00:00Z`, milliseconds since the epoch).
     #[arg(long)]
@@ -391,7 +394,7 @@ fn command(cli: &Cli, style: &Style, target: &Target) -> Res<u8> {
             let mut all = Vec::new();
             let mut next;
             loop {
-                let query = list_query(
+                let mut query = list_query(
                     &args.status,
                     args.workflow.as_deref(),
                     args.since.as_deref(),
@@ -399,6 +402,9 @@ fn command(cli: &Cli, style: &Style, target: &Target) -> Res<u8> {
                     args.limit,
                     after.as_deref(),
                 )?;
+                if let Some(queue) = &args.queue {
+                    query.push_str(&format!("&queue={}", enc(queue)));
+                }
                 let page = target.call(false, "/instances", &query, b"")?;
                 all.extend(page["instances"].as_array().cloned().unwrap_or_default());
                 next = page["next"].as_str().map(str::to_string);

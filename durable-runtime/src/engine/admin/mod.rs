@@ -121,6 +121,7 @@ fn summary_json(s: &InstanceSummary) -> Value {
     json!({
         "id": s.id,
         "workflow": s.workflow,
+        "queue": s.queue,
         "status": status_json(&s.status),
         "created_at_ms": ms(s.created_at),
         "updated_at_ms": ms(s.updated_at),
