@@ -343,7 +343,7 @@ impl EngineBuilder {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = Some(claims);
                 if !core.queues.specs.is_empty() {
-                    let dispatch = runtime.spawn(Core::dispatch_loop(Arc::downgrade(&core)));
+                    let dispatch = runtime.spawn(Core::dispatch_loop(Arc::downgrade(&core), poll));
                     *core
                         .scheduler
                         .dispatch_task

@@ -25,7 +25,9 @@ use super::instances::{Handle, Outcome, Reserved, Slot, outcome_of};
 use super::{Core, Engine, In, Out};
 use crate::queue::{EnqueueOptions, Queue, QueueInfo};
 
-/// How often the dispatch loop looks at the queues when no hint comes.
+/// How often the dispatch loop looks at the queues of an embedded store
+/// when no hint comes (a delay or a rate window may have passed); on a
+/// shared store, the store's poll interval.
 const DISPATCH_POLL: Duration = Duration::from_millis(50);
 
 /// The queues of an engine and what this process dispatched.
@@ -342,9 +344,11 @@ impl Core {
     }
 
     /// The dispatch loop: a round whenever something is enqueued here, a
-    /// hint comes from the backend (an instance ended), or the poll
-    /// interval passes; until the engine is gone.
-    pub(super) async fn dispatch_loop(core: Weak<Core>) {
+    /// hint comes from the backend (an instance ended, something was
+    /// enqueued elsewhere), or `poll` passes (default [`DISPATCH_POLL`]);
+    /// until the engine is gone.
+    pub(super) async fn dispatch_loop(core: Weak<Core>, poll: Option<Duration>) {
+        let poll = poll.unwrap_or(DISPATCH_POLL);
         let Some(mut notices) = core.upgrade().map(|c| c.services.backend.subscribe()) else {
             return;
         };
@@ -367,7 +371,7 @@ impl Core {
             tokio::select! {
                 notice = notices.recv() => if let Err(RecvError::Closed) = notice { return },
                 _ = bell => {}
-                _ = tokio::time::sleep(DISPATCH_POLL) => {}
+                _ = tokio::time::sleep(poll) => {}
             }
         }
     }
