@@ -18,7 +18,10 @@
 //!    parked (the load `tests/timers.rs` only checks the behaviour of);
 //! 8. starting 2,000 instances at once: from a loop of `start` (a durable
 //!    write each) and with one `start_many` (one durable write): steps/s
-//!    until all finished, against the sequential step rate of scenario 3.
+//!    until all finished, against the sequential step rate of scenario 3;
+//! 9. queues: dispatch overhead, the median time from `enqueue` to the first
+//!    step's beginning against `start` to the first step in the same run
+//!    (one instance at a time).
 //!
 //! Each figure is the median of several runs. Store directories live under
 //! `DURABLE_BENCH_DIR` (default: the system temp dir); put it on the disk you
@@ -32,6 +35,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use durable::prelude::*;
+
+#[path = "queues/mod.rs"]
+mod queues;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
@@ -671,6 +677,22 @@ async fn run(p: Profile, quick: bool) {
                 rate * floor_s
             );
         }
+    }
+    if want(9) {
+        let d = fresh_dir("queues");
+        let engine = queues::register(Engine::builder().path(d.path()), 4)
+            .open()
+            .await
+            .unwrap();
+        let (start, enqueue) =
+            queues::dispatch_overhead(&engine, "q", if quick { 50 } else { 300 }).await;
+        println!(
+            "9. queues: call -> first step began (median, one at a time): start {:.3} ms, enqueue {:.3} ms (dispatch overhead {:+.3} ms)",
+            start.as_secs_f64() * 1000.0,
+            enqueue.as_secs_f64() * 1000.0,
+            (enqueue.as_secs_f64() - start.as_secs_f64()) * 1000.0
+        );
+        engine.shutdown().await;
     }
 }
 

@@ -15,7 +15,11 @@
 //!    2 s: lease + grace + a reaper period bound it);
 //! 4. event latency: a pure client sends an event to a parked instance; the
 //!    time until the step after the wait begins, with and without the
-//!    worker's listener.
+//!    worker's listener;
+//! 5. queues: dispatch overhead (enqueue -> first step began, against start
+//!    -> first step began, one at a time), and a global concurrency limit of
+//!    4 under 4 worker engines on one schema: the most instances ever seen
+//!    in flight, beside the limit.
 
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -23,6 +27,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use durable::prelude::*;
+
+#[path = "queues/mod.rs"]
+mod queues;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
@@ -451,6 +458,39 @@ async fn run(quick: bool) {
             },
             median(e)
         );
+    }
+    let limit = 4;
+    let mut engines = Vec::new();
+    for _ in 0..4 {
+        engines.push(
+            queues::register(builder(&schema).listen(true), limit)
+                .open()
+                .await
+                .unwrap(),
+        );
+    }
+    let (start, enqueue) =
+        queues::dispatch_overhead(&engines[0], "q", if quick { 30 } else { 100 }).await;
+    println!(
+        "queues: call -> first step began (median, one at a time, 4 workers listening): start {:.1} ms, enqueue {:.1} ms (dispatch overhead {:+.1} ms)",
+        ms(start),
+        ms(enqueue),
+        ms(enqueue) - ms(start)
+    );
+    let mut max = 0;
+    for r in 0..runs {
+        max = max.max(queues::limit_under_workers(&engines, &format!("lim{r}"), 400).await);
+    }
+    println!(
+        "queues: global concurrency limit {limit} under 4 worker engines, 400 instances x {runs} run(s): most ever in flight {max}{}",
+        if max <= limit as usize {
+            " (held)"
+        } else {
+            " (EXCEEDED)"
+        }
+    );
+    for engine in engines {
+        engine.shutdown().await;
     }
     db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await

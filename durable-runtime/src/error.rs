@@ -398,6 +398,32 @@ pub enum UsageError {
         /// The schedule's name.
         name: String,
     },
+    /// A queue was declared wrongly (`EngineBuilder::queue`): an empty or
+    /// too long name, a name declared twice, or a limit of zero.
+    #[error("invalid queue {queue:?}: {reason}")]
+    InvalidQueue {
+        /// The queue's name.
+        queue: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `Engine::enqueue` named a queue the engine was not built with.
+    #[error("no queue named {queue:?} was declared on this engine")]
+    UnknownQueue {
+        /// The queue's name.
+        queue: String,
+    },
+    /// An instance with the same deduplication id is still pending in the
+    /// queue (enqueued and not finished); nothing was enqueued.
+    #[error("queue {queue:?} already holds instance {existing:?} with deduplication id {dedup:?}")]
+    Duplicate {
+        /// The queue's name.
+        queue: String,
+        /// The deduplication id.
+        dedup: String,
+        /// The pending instance that holds it.
+        existing: String,
+    },
 }
 
 /// Stored history cannot be replayed by this code: a value that no longer

@@ -101,6 +101,12 @@ pub enum Status {
         /// When it was paused.
         since: SystemTime,
     },
+    /// Enqueued with [`Engine::enqueue`](crate::Engine::enqueue) and waiting
+    /// in its queue for a dispatch.
+    Queued {
+        /// The queue.
+        queue: String,
+    },
 }
 
 /// One change of an instance's status.
@@ -216,6 +222,22 @@ pub enum TransitionKind {
         /// Whether cancelling the parent cancels this instance.
         cancel_with_parent: bool,
     },
+    /// Enqueued on queue `queue` (`Engine::enqueue`): waits there until a
+    /// dispatch takes it.
+    Enqueued {
+        /// The queue.
+        queue: String,
+        /// Its priority (lower first).
+        priority: i32,
+        /// Its partition key, if any.
+        partition: Option<String>,
+        /// Its deduplication id, if any.
+        dedup: Option<String>,
+        /// Not dispatched before this time.
+        not_before: std::time::SystemTime,
+    },
+    /// Taken off its queue by a dispatch.
+    Dispatched,
 }
 
 /// A failed step occurrence that [`Engine::retry`](crate::Engine::retry)
@@ -373,6 +395,13 @@ pub(crate) fn stored_status(
     if let Some(since) = record.paused_since() {
         return Status::Paused { since: time(since) };
     }
+    if record.queued()
+        && let Some((entry, _)) = record.queue_entry()
+    {
+        return Status::Queued {
+            queue: entry.queue.clone(),
+        };
+    }
     if record.state == InstanceState::Running
         && let Some(park) = park
     {
@@ -507,6 +536,14 @@ pub(crate) fn history_of(
                     parent: parent.clone(),
                     cancel_with_parent: *cascade,
                 },
+                StoredKind::Enqueued(e) => TransitionKind::Enqueued {
+                    queue: e.queue.clone(),
+                    priority: e.priority,
+                    partition: e.partition.clone(),
+                    dedup: e.dedup.clone(),
+                    not_before: time(e.not_before_ms),
+                },
+                StoredKind::Dispatched => TransitionKind::Dispatched,
             },
         })
         .collect();

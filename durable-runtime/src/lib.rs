@@ -78,6 +78,7 @@ mod metrics;
 mod outcome;
 mod panic;
 mod published;
+mod queue;
 mod records;
 mod retry;
 mod saga;
@@ -109,6 +110,7 @@ pub use inspect::{
     History, RunningStep, SetAsideStep, Status, StepOutcome, StepRecord, Transition, TransitionKind,
 };
 pub use listing::{Cursor, InstanceSummary, InvalidCursor, ListFilter, Page, StatusKind};
+pub use queue::{EnqueueOptions, Queue, QueueInfo};
 pub use retry::RetryPolicy;
 pub use schedule::{DEFAULT_GRACE, Debounce, Missed, Schedule, ScheduleInfo, Tick};
 pub use workflow::{IntoWorkflow, Workflow, manifest_of};

@@ -32,6 +32,8 @@ pub enum StatusKind {
     Incompatible,
     /// [`Status::Paused`].
     Paused,
+    /// [`Status::Queued`].
+    Queued,
 }
 
 impl Status {
@@ -48,6 +50,7 @@ impl Status {
             Status::Cancelled => StatusKind::Cancelled,
             Status::Incompatible { .. } => StatusKind::Incompatible,
             Status::Paused { .. } => StatusKind::Paused,
+            Status::Queued { .. } => StatusKind::Queued,
         }
     }
 
@@ -83,6 +86,8 @@ pub struct ListFilter {
     pub statuses: Vec<StatusKind>,
     /// Only instances of this workflow.
     pub workflow: Option<String>,
+    /// Only instances enqueued on this queue (pending or dispatched).
+    pub queue: Option<String>,
     /// Only instances created at or after this time.
     pub created_after: Option<SystemTime>,
     /// Only instances created before this time.
@@ -102,6 +107,7 @@ impl Default for ListFilter {
         ListFilter {
             statuses: Vec::new(),
             workflow: None,
+            queue: None,
             created_after: None,
             created_before: None,
             updated_after: None,
@@ -127,6 +133,12 @@ impl ListFilter {
     /// Only instances of workflow `name`.
     pub fn workflow(mut self, name: impl Into<String>) -> Self {
         self.workflow = Some(name.into());
+        self
+    }
+
+    /// Only instances enqueued on queue `name`.
+    pub fn queue(mut self, name: impl Into<String>) -> Self {
+        self.queue = Some(name.into());
         self
     }
 
@@ -173,6 +185,10 @@ impl ListFilter {
                 .workflow
                 .as_ref()
                 .is_none_or(|w| *w == summary.workflow)
+            && self
+                .queue
+                .as_ref()
+                .is_none_or(|q| summary.queue.as_ref() == Some(q))
             && self.updated_after.is_none_or(|t| summary.updated_at >= t)
             && self.updated_before.is_none_or(|t| summary.updated_at < t)
     }
@@ -233,6 +249,8 @@ pub struct InstanceSummary {
     pub id: String,
     /// Its workflow's name.
     pub workflow: String,
+    /// The queue it was enqueued on, if any.
+    pub queue: Option<String>,
     /// Its status now.
     pub status: Status,
     /// When it was started.
@@ -251,6 +269,7 @@ impl InstanceSummary {
         InstanceSummary {
             id,
             workflow: record.workflow.clone(),
+            queue: record.queue_entry().map(|(e, _)| e.queue.clone()),
             status,
             created_at: time(record.created_at_ms),
             updated_at: time(updated_ms),

@@ -239,6 +239,24 @@ pub(crate) enum TransitionKind {
         parent: String,
         cascade: bool,
     },
+    /// Enqueued on a queue (`Engine::enqueue`): not run until dispatched.
+    Enqueued(QueueEntry),
+    /// Taken off its queue by a dispatch: runnable from now on.
+    Dispatched,
+}
+
+/// Where an enqueued instance waits: its queue and its place there.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct QueueEntry {
+    pub queue: String,
+    /// Lower first; equal priorities in enqueue order.
+    pub priority: i32,
+    /// The partition key its concurrency limit is counted in, if any.
+    pub partition: Option<String>,
+    /// The deduplication id, if any.
+    pub dedup: Option<String>,
+    /// Not dispatched before this time (ms on the engine's clock).
+    pub not_before_ms: u64,
 }
 
 impl InstanceRecord {
@@ -277,6 +295,34 @@ impl InstanceRecord {
             TransitionKind::Deadline { at_ms } => Some(at_ms),
             _ => None,
         })
+    }
+
+    /// The queue entry of an instance that was enqueued, and whether it
+    /// was dispatched since.
+    pub(crate) fn queue_entry(&self) -> Option<(&QueueEntry, bool)> {
+        let mut found = None;
+        for t in &self.transitions {
+            match &t.kind {
+                TransitionKind::Enqueued(entry) => found = Some((entry, false)),
+                TransitionKind::Dispatched => {
+                    if let Some((_, dispatched)) = found.as_mut() {
+                        *dispatched = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        found
+    }
+
+    /// Whether the instance waits in its queue: enqueued, not dispatched,
+    /// unfinished. No claim takes it; only a dispatch does.
+    pub(crate) fn queued(&self) -> bool {
+        matches!(self.queue_entry(), Some((_, false)))
+            && matches!(
+                self.state,
+                InstanceState::Running | InstanceState::Blocked { .. }
+            )
     }
 
     /// When the instance was paused, if it is paused now: unfinished, and

@@ -135,6 +135,8 @@ fn list_filter(query: &str) -> Result<ListFilter, (u16, Value)> {
             }
             "workflow" if !value.is_empty() => filter = filter.workflow(value.clone()),
             "workflow" => {}
+            "queue" if !value.is_empty() => filter = filter.queue(value.clone()),
+            "queue" => {}
             "limit" => {
                 let n: usize = value.parse().map_err(|_| bad("not a number"))?;
                 filter = filter.limit(n.min(1000));
@@ -281,6 +283,7 @@ async fn route(engine: &Engine, options: &AdminOptions, request: &ApiRequest<'_>
                 "next_tick_ms": s.next_tick_ms,
             })).collect::<Vec<_>>()}))
         }
+        ["queues"] => engine.queues_json().await.map_err(e),
         ["check"] => {
             let found = engine.compatibility().await.map_err(e)?;
             Ok(check_json(&found))

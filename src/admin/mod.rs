@@ -21,11 +21,12 @@
 //! | route | does |
 //! | --- | --- |
 //! | `GET /` | the web page (one self-contained HTML document, no external assets) |
-//! | `GET /instances?status=&workflow=&limit=&after=&since_ms=&until_ms=` | one page of instances, newest first; `status` repeatable or comma-separated |
+//! | `GET /instances?status=&workflow=&queue=&limit=&after=&since_ms=&until_ms=` | one page of instances, newest first; `status` repeatable or comma-separated |
 //! | `GET /instances/{id}` | one instance: status, where it stands, input, output, steps with values |
 //! | `GET /instances/{id}/history` | the same document: transitions, every step occurrence, events |
 //! | `GET /stats` | counts by status and by workflow |
 //! | `GET /schedules` | every schedule: name, workflow, cron, missed-tick policy, paused, last and next tick ([`Engine::schedules`](crate::Engine::schedules)) |
+//! | `GET /queues` | every queue: pending and running counts, limits ([`Engine::queues`](crate::Engine::queues)) |
 //! | `GET /check` | the deploy gate of the running build ([`Engine::compatibility`](crate::Engine::compatibility)) |
 //! | `GET /info` | whether actions are enabled, and the API's actions |
 //! | `POST /instances/{id}/cancel` | cancel |

@@ -524,6 +524,69 @@ pub(super) fn history(doc: &Value, style: &Style) -> String {
     out
 }
 
+/// The `queues` table: one row per queue; a limit not set is `-`, one
+/// the target does not know (declared in another process's code) is `?`.
+pub(super) fn queues(doc: &Value, style: &Style) -> String {
+    let rows: Vec<Vec<String>> = doc["queues"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|q| {
+            let known = q["declared"].as_bool().unwrap_or(false)
+                || !q["concurrency"].is_null()
+                || !q["partition_concurrency"].is_null()
+                || !q["per_worker"].is_null()
+                || !q["rate"].is_null();
+            let limit = |v: &Value| match v.as_u64() {
+                Some(n) => n.to_string(),
+                None if known => "-".into(),
+                None => "?".into(),
+            };
+            let rate = match (q["rate"]["n"].as_u64(), q["rate"]["period_ms"].as_u64()) {
+                (Some(n), Some(ms)) => format!("{n}/{}", duration_text(ms)),
+                _ if known => "-".into(),
+                _ => "?".into(),
+            };
+            vec![
+                q["name"].as_str().unwrap_or_default().to_string(),
+                q["pending"].as_u64().unwrap_or(0).to_string(),
+                q["running"].as_u64().unwrap_or(0).to_string(),
+                limit(&q["concurrency"]),
+                limit(&q["partition_concurrency"]),
+                limit(&q["per_worker"]),
+                rate,
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return "no queues\n".into();
+    }
+    table(
+        &[
+            "QUEUE",
+            "PENDING",
+            "RUNNING",
+            "CONCURRENCY",
+            "PER-PARTITION",
+            "PER-WORKER",
+            "RATE",
+        ],
+        &rows,
+        |_, cell| cell.to_string(),
+        style,
+    )
+}
+
+/// A period in ms as text: `500ms`, `30s`, `5m`, `2h`.
+fn duration_text(ms: u64) -> String {
+    match ms {
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
 /// The `stats` tables.
 pub(super) fn stats(stats: &Value, style: &Style) -> String {
     let mut out = String::new();

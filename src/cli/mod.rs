@@ -14,6 +14,7 @@
 //! durable --store ./durable.db fork order-17 --from-step charge
 //! durable --store ./durable.db pause order-17            # then: unpause order-17
 //! durable --store ./durable.db purge --older-than 30d --yes
+//! durable --postgres postgres://app@db/app queues         # pending, running, limits
 //! durable --postgres postgres://app@db/app --schema durable list
 //! ```
 //!
@@ -133,6 +134,8 @@ enum Command {
     Stats,
     /// Every cron schedule: workflow, expression, policy, paused, last and next tick.
     Schedules,
+    /// Every queue: pending and running instances, and its limits.
+    Queues,
     /// Run failed, blocked or needs-attention instances again from their
     /// failed step (the steps before it replay; through --url the service runs them).
     Retry(BulkArgs),
@@ -184,6 +187,9 @@ struct ListArgs {
     /// Only instances of this workflow.
     #[arg(long)]
     workflow: Option<String>,
+    /// Only instances enqueued on this queue.
+    #[arg(long)]
+    queue: Option<String>,
     /// Only instances created at or after this time or age (`1h`, `2d`,
     /// `2026-11-30T10:00:00Z`, milliseconds since the epoch).
     #[arg(long)]
@@ -391,7 +397,7 @@ fn command(cli: &Cli, style: &Style, target: &Target) -> Res<u8> {
             let mut all = Vec::new();
             let mut next;
             loop {
-                let query = list_query(
+                let mut query = list_query(
                     &args.status,
                     args.workflow.as_deref(),
                     args.since.as_deref(),
@@ -399,6 +405,9 @@ fn command(cli: &Cli, style: &Style, target: &Target) -> Res<u8> {
                     args.limit,
                     after.as_deref(),
                 )?;
+                if let Some(queue) = &args.queue {
+                    query.push_str(&format!("&queue={}", enc(queue)));
+                }
                 let page = target.call(false, "/instances", &query, b"")?;
                 all.extend(page["instances"].as_array().cloned().unwrap_or_default());
                 next = page["next"].as_str().map(str::to_string);
@@ -493,6 +502,15 @@ fn command(cli: &Cli, style: &Style, target: &Target) -> Res<u8> {
             } else {
                 1
             })
+        }
+        Command::Queues => {
+            let queues = target.call(false, "/queues", "", b"")?;
+            if cli.json {
+                print_json(&queues);
+            } else {
+                print!("{}", format::queues(&queues, style));
+            }
+            Ok(0)
         }
         Command::Stats => {
             let stats = target.call(false, "/stats", "", b"")?;

@@ -13,6 +13,8 @@
 //! (events, cancels, timeouts), then the instance's stripe (its record,
 //! park and end writes), then the state mutex (never held across an await).
 
+mod queues;
+
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +51,9 @@ pub(crate) struct Embedded {
     hasher: std::collections::hash_map::RandomState,
     epochs: AtomicU64,
     notices: broadcast::Sender<Notice>,
+    /// The queue index (see `queues.rs`), built at the first queue call;
+    /// its mutex is the queue lock.
+    queues: tokio::sync::Mutex<Option<queues::QueueIndex>>,
 }
 
 #[derive(Default)]
@@ -104,6 +109,7 @@ impl Embedded {
             hasher: std::collections::hash_map::RandomState::new(),
             epochs: AtomicU64::new(1),
             notices: broadcast::channel(1024).0,
+            queues: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -218,6 +224,10 @@ impl Embedded {
                     continue;
                 }
             };
+            if record.queued() {
+                // Waits in its queue for a dispatch.
+                continue;
+            }
             if record.paused_since().is_some() {
                 // Not run while paused; a parked one keeps its timer entry
                 // (held when it comes due).
@@ -567,7 +577,10 @@ impl Backend for Embedded {
             let Some(record) = self.journal.load(id)? else {
                 return Ok(None);
             };
-            if ensure_unfinished(id, &record.state).is_err() || self.state().paused.contains(id) {
+            if ensure_unfinished(id, &record.state).is_err()
+                || self.state().paused.contains(id)
+                || record.queued()
+            {
                 return Ok(None);
             }
             let recoveries = self.journal.recoveries(id)?;
@@ -613,6 +626,26 @@ impl Backend for Embedded {
             }
             Ok(round)
         })
+    }
+
+    fn enqueue_many<'a>(
+        &'a self,
+        items: &'a [(String, InstanceRecord)],
+    ) -> BoxFuture<'a, Result<Vec<super::Queued>>> {
+        Box::pin(self.enqueue_inner(items))
+    }
+
+    fn dispatch<'a>(
+        &'a self,
+        spec: &'a super::QueueSpec,
+        workflows: &'a [(&'static str, u32)],
+        room: usize,
+    ) -> BoxFuture<'a, Result<Vec<Claim>>> {
+        Box::pin(self.dispatch_inner(spec, workflows, room))
+    }
+
+    fn queue_stats(&self) -> BoxFuture<'_, Result<Vec<super::QueueStats>>> {
+        Box::pin(self.queue_stats_inner())
     }
 
     fn next_due(&self) -> Option<u64> {

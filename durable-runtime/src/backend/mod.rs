@@ -219,6 +219,31 @@ pub(crate) type Rows = Vec<(String, Vec<u8>)>;
 /// value (`None` if absent), what to do; an error refuses (nothing written).
 pub(crate) type DecideRow<'a> = &'a (dyn Fn(Option<&[u8]>) -> Result<Change> + Send + Sync);
 
+/// What [`Backend::enqueue_many`] did with one item.
+#[derive(Debug)]
+pub(crate) enum Queued {
+    /// Written, held in its queue.
+    New,
+    /// An instance with that id already exists (it was not changed).
+    Exists(InstanceRecord),
+    /// Not written: this pending instance holds the deduplication id.
+    Duplicate(String),
+}
+
+pub(crate) use crate::queue::QueueSpec;
+
+/// One queue as [`Backend::queue_stats`] sees it.
+#[derive(Debug)]
+pub(crate) struct QueueStats {
+    pub name: String,
+    /// Its limits as stored by the last dispatch (PostgreSQL), if kept.
+    pub limits: Option<QueueSpec>,
+    /// Held instances (enqueued, not dispatched, unfinished).
+    pub pending: u64,
+    /// Dispatched and unfinished instances.
+    pub running: u64,
+}
+
 /// What the engine needs from durable storage.
 pub(crate) trait Backend: Send + Sync + 'static {
     // --- creating and reading instances ---
@@ -417,6 +442,39 @@ pub(crate) trait Backend: Send + Sync + 'static {
         paused: bool,
         update: &'a (dyn Fn(InstanceRecord) -> Option<InstanceRecord> + Send + Sync),
     ) -> BoxFuture<'a, Result<bool>>;
+
+    // --- queues (see `queues.rs`) ---
+
+    /// Creates each instance of `items` (distinct ids; each record carries
+    /// its `Enqueued` transition) held in its queue: no claim takes it
+    /// until [`dispatch`](Self::dispatch) does. New ones in one atomic
+    /// write. Decided under the queue's lock: an item whose deduplication
+    /// id is held by a pending instance of its queue (enqueued, not
+    /// finished) is not written. Answers in the order of `items`.
+    fn enqueue_many<'a>(
+        &'a self,
+        items: &'a [(String, InstanceRecord)],
+    ) -> BoxFuture<'a, Result<Vec<Queued>>>;
+
+    /// Under queue `spec.name`'s lock (across processes), takes up to
+    /// `room` of its held instances of the `workflows` (names; the caller
+    /// runs them) whose `not_before` passed, lowest
+    /// priority first and then in enqueue order, as far as the queue's
+    /// concurrency limit (dispatched and unfinished instances, per
+    /// partition for the partition limit) and rate limit (dispatches in
+    /// the last period) allow; records their `Dispatched` transition and
+    /// claims them for the caller, in one atomic write.
+    fn dispatch<'a>(
+        &'a self,
+        spec: &'a QueueSpec,
+        workflows: &'a [(&'static str, u32)],
+        room: usize,
+    ) -> BoxFuture<'a, Result<Vec<Claim>>>;
+
+    /// Every queue the store knows of (by its unfinished instances, or
+    /// by a dispatch), with its counts and, where the store keeps them,
+    /// its limits.
+    fn queue_stats(&self) -> BoxFuture<'_, Result<Vec<QueueStats>>>;
 
     // --- store-wide ---
 

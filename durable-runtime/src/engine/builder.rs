@@ -41,6 +41,7 @@ pub struct EngineBuilder {
     store: Option<Arc<dyn Store>>,
     cache_bytes: u64,
     workflows: Vec<Entry>,
+    queues: Vec<crate::queue::Queue>,
     config: Config,
     max_value_size: usize,
     clock: Arc<dyn Clock>,
@@ -82,6 +83,7 @@ impl Default for EngineBuilder {
             store: None,
             cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             workflows: Vec::new(),
+            queues: Vec::new(),
             config: Config {
                 retry: RetryPolicy::default(),
                 max_recoveries: DEFAULT_MAX_RECOVERIES,
@@ -213,6 +215,16 @@ impl EngineBuilder {
         self
     }
 
+    /// Declares queue `queue` (its name and limits), which
+    /// [`Engine::enqueue`](crate::Engine::enqueue) can then put instances
+    /// on. Checked at open: an empty name, a name declared twice or a
+    /// limit of zero is [`UsageError::InvalidQueue`](crate::UsageError::InvalidQueue).
+    /// Every worker of a shared store should declare the same limits.
+    pub fn queue(mut self, queue: crate::queue::Queue) -> Self {
+        self.queues.push(queue);
+        self
+    }
+
     /// The retry policy of steps whose workflow and step set none.
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.config.retry = policy;
@@ -272,6 +284,7 @@ impl EngineBuilder {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Usage(crate::error::UsageError::NoRuntime))?;
         let registry = Registry::build(std::mem::take(&mut self.workflows))?;
+        let queues = super::queues::Queues::build(std::mem::take(&mut self.queues))?;
         crate::metrics::describe();
         #[allow(unused_mut)]
         let mut poll = None;
@@ -313,6 +326,7 @@ impl EngineBuilder {
             registry,
             instances: Instances::new(),
             scheduler: Scheduler::default(),
+            queues,
             suspects: Arc::new(tokio::sync::Semaphore::new(1)),
             runtime: runtime.clone(),
         });
@@ -342,6 +356,14 @@ impl EngineBuilder {
                     .flow_task
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = Some(flows);
+                if !core.queues.specs.is_empty() {
+                    let dispatch = runtime.spawn(Core::dispatch_loop(Arc::downgrade(&core), poll));
+                    *core
+                        .scheduler
+                        .dispatch_task
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(dispatch);
+                }
                 if let Some(age) = core.config.retention {
                     let purges = runtime.spawn(Core::retention_loop(Arc::downgrade(&core), age));
                     *core

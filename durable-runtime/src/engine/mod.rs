@@ -36,6 +36,8 @@ mod many;
 mod operator;
 mod published;
 mod queries;
+mod queues;
+mod queues_ctx;
 mod recovery;
 mod registry;
 mod saga;
@@ -75,6 +77,8 @@ pub(crate) struct Core {
     registry: Registry,
     instances: Instances,
     scheduler: Scheduler,
+    /// Declared queues and what this process dispatched.
+    queues: queues::Queues,
     /// One permit: instances resumed again without progress run one at a
     /// time until they finish a step (see `driver.rs`).
     suspects: Arc<tokio::sync::Semaphore>,

@@ -39,6 +39,8 @@ pub(super) struct Scheduler {
     pub flow_due: std::sync::atomic::AtomicU64,
     /// Changes rung on the bell so far.
     pub flow_rings: std::sync::atomic::AtomicU64,
+    /// The queue dispatch task, if queues are declared.
+    pub dispatch_task: LoopTask,
     /// Held while a round takes instances out of the backend and starts
     /// them, so that an idle check never sees one in neither place.
     pub claiming: tokio::sync::Mutex<()>,
@@ -52,7 +54,12 @@ impl Scheduler {
     /// gone: a loop holds the engine (and so the store) while it works, and
     /// a store reopened right after shutdown must find it closed.
     pub(super) async fn stop(&self) {
-        for slot in [&self.claim_task, &self.retention_task, &self.flow_task] {
+        for slot in [
+            &self.claim_task,
+            &self.retention_task,
+            &self.flow_task,
+            &self.dispatch_task,
+        ] {
             let task = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(task) = task {
                 task.abort();

@@ -218,7 +218,7 @@ impl Inner {
                 &self.sql(&format!(
                     "WITH c AS (
                          SELECT id, status FROM {{s}}.instances
-                         WHERE id = $1 AND owner IS NULL AND NOT paused
+                         WHERE id = $1 AND owner IS NULL AND NOT paused AND NOT queued
                            AND status IN ({RUNNING}, {READY},
                                {BLOCKED}, {NEEDS_ATTENTION}, {INCOMPATIBLE})
                          FOR UPDATE)
@@ -285,7 +285,7 @@ impl Inner {
                 &self.sql(&format!(
                     "WITH c AS (
                          SELECT id, status, wake_at_ms FROM {{s}}.instances
-                         WHERE workflow = ANY($1) AND owner IS NULL AND NOT paused
+                         WHERE workflow = ANY($1) AND owner IS NULL AND NOT paused AND NOT queued
                            AND id <> ALL($5)
                            AND (status IN ({RUNNING}, {READY})
                                 OR (status IN ({}, {}) AND wake_at_ms <= $2)

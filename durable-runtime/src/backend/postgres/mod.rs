@@ -27,6 +27,7 @@ mod group;
 mod notify;
 mod operator;
 mod published;
+mod queues;
 mod reads;
 mod rows;
 mod schema;
@@ -379,6 +380,26 @@ impl Backend for PgBackend {
 
     fn list<'a>(&'a self, filter: &'a ListFilter) -> BoxFuture<'a, Result<Page>> {
         Box::pin(self.inner.list(filter))
+    }
+
+    fn enqueue_many<'a>(
+        &'a self,
+        items: &'a [(String, InstanceRecord)],
+    ) -> BoxFuture<'a, Result<Vec<crate::backend::Queued>>> {
+        Box::pin(self.inner.enqueue_many(items))
+    }
+
+    fn dispatch<'a>(
+        &'a self,
+        spec: &'a crate::backend::QueueSpec,
+        workflows: &'a [(&'static str, u32)],
+        room: usize,
+    ) -> BoxFuture<'a, Result<Vec<Claim>>> {
+        Box::pin(self.inner.dispatch(spec, workflows, room))
+    }
+
+    fn queue_stats(&self) -> BoxFuture<'_, Result<Vec<crate::backend::QueueStats>>> {
+        Box::pin(self.inner.queue_stats())
     }
 
     fn claim<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Claim>>> {

@@ -187,7 +187,9 @@ impl Inner {
                        AND ($5::int8 IS NULL OR updated_ms < $5)
                        AND (cardinality($6::int2[]) = 0
                             OR (CASE WHEN paused AND NOT finished THEN -1::int2
+                                WHEN queued AND NOT finished THEN -2::int2
                                 ELSE status END) = ANY($6))
+                       AND ($10::text IS NULL OR queue = $10)
                        AND ($7::int8 IS NULL OR (created_at_ms, id) < ($7, $8::text))
                      ORDER BY created_at_ms DESC, id DESC
                      LIMIT $9",
@@ -202,6 +204,7 @@ impl Inner {
                     &cursor.as_ref().map(|c| c.0),
                     &cursor.as_ref().map_or("", |c| c.1.as_str()),
                     &((limit + 1).min(i64::MAX as usize) as i64),
+                    &filter.queue,
                 ],
             )
             .await

@@ -17,6 +17,7 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_published.sql")),
     (3, include_str!("migrations/0003_paused.sql")),
+    (4, include_str!("migrations/0004_queues.sql")),
     (5, include_str!("migrations/0005_schedules.sql")),
 ];
 

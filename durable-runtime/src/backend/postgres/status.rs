@@ -22,6 +22,9 @@ pub(super) const CANCELLED: i16 = 9;
 /// Not a value of the column: what a listing matches a paused unfinished
 /// instance as (the `paused` column), whatever its status.
 pub(super) const PAUSED: i16 = -1;
+/// Not a value of the column: what a listing matches an instance held in
+/// its queue as (the `queued` column).
+pub(super) const QUEUED: i16 = -2;
 
 /// The status of an instance in `state`, not parked.
 pub(super) fn of_state(state: &InstanceState) -> i16 {
@@ -68,6 +71,7 @@ pub(super) fn codes(kind: StatusKind) -> &'static [i16] {
         StatusKind::Cancelled => &[CANCELLED],
         StatusKind::Incompatible => &[INCOMPATIBLE],
         StatusKind::Paused => &[PAUSED],
+        StatusKind::Queued => &[QUEUED],
     }
 }
 
@@ -77,6 +81,13 @@ pub(super) fn status(code: i16, record: &InstanceRecord, park: Option<&ParkRecor
     if let Some(since) = record.paused_since() {
         return Status::Paused {
             since: from_ms(since),
+        };
+    }
+    if record.queued()
+        && let Some((entry, _)) = record.queue_entry()
+    {
+        return Status::Queued {
+            queue: entry.queue.clone(),
         };
     }
     if record.state == InstanceState::Running

@@ -93,6 +93,8 @@ impl Engine {
                             ("compensation-failed", Some(error))
                         }
                         TransitionKind::ChildOf { .. } => ("child-of", None),
+                        TransitionKind::Enqueued { .. } => ("enqueued", None),
+                        TransitionKind::Dispatched => ("dispatched", None),
                     };
                     let by = match &t.kind {
                         TransitionKind::Retried { by, .. }

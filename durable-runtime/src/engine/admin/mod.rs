@@ -44,11 +44,13 @@ pub fn status_name(kind: StatusKind) -> &'static str {
         StatusKind::Cancelled => "cancelled",
         StatusKind::Incompatible => "incompatible",
         StatusKind::Paused => "paused",
+        StatusKind::Queued => "queued",
     }
 }
 
 /// Every status kind, in the order listings count them.
-pub const STATUS_KINDS: [StatusKind; 10] = [
+pub const STATUS_KINDS: [StatusKind; 11] = [
+    StatusKind::Queued,
     StatusKind::Running,
     StatusKind::Sleeping,
     StatusKind::Waiting,
@@ -107,6 +109,9 @@ pub fn status_json(status: &Status) -> Value {
         Status::Paused { since } => {
             out.insert("since_ms".into(), ms(*since).into());
         }
+        Status::Queued { queue } => {
+            out.insert("queue".into(), queue.clone().into());
+        }
         Status::Cancelled => {}
     }
     Value::Object(out)
@@ -116,6 +121,7 @@ fn summary_json(s: &InstanceSummary) -> Value {
     json!({
         "id": s.id,
         "workflow": s.workflow,
+        "queue": s.queue,
         "status": status_json(&s.status),
         "created_at_ms": ms(s.created_at),
         "updated_at_ms": ms(s.updated_at),
@@ -261,5 +267,30 @@ impl Engine {
             }
         }
         Ok(json!({"total": total, "by_status": by_status, "by_workflow": by_workflow}))
+    }
+
+    /// Every queue with its counts and limits ([`Engine::queues`]):
+    /// `{"queues": [{"name": .., "pending": n, "running": n, "declared":
+    /// bool, "concurrency": n|null, "partition_concurrency": n|null,
+    /// "per_worker": n|null, "rate": {"n": n, "period_ms": n}|null}]}`.
+    pub async fn queues_json(&self) -> Result<Value> {
+        let queues: Vec<Value> = self
+            .queues()
+            .await?
+            .into_iter()
+            .map(|q| {
+                json!({
+                    "name": q.queue.name(),
+                    "pending": q.pending,
+                    "running": q.running,
+                    "declared": q.declared,
+                    "concurrency": q.queue.concurrency_limit(),
+                    "partition_concurrency": q.queue.partition_limit(),
+                    "per_worker": q.queue.per_worker_limit(),
+                    "rate": q.queue.rate().map(|(n, p)| json!({"n": n, "period_ms": p.as_millis() as u64})),
+                })
+            })
+            .collect();
+        Ok(json!({ "queues": queues }))
     }
 }
