@@ -124,7 +124,7 @@ struct Spec {
     workflow: &'static str,
     version: u32,
     type_id: TypeId,
-    erase: Arc<dyn Fn() -> Arc<dyn crate::engine::ErasedWorkflow> + Send + Sync>,
+    erase: Arc<dyn Fn() -> Box<dyn std::any::Any + Send> + Send + Sync>,
     input: Vec<u8>,
     cascade: bool,
 }
@@ -135,7 +135,7 @@ impl Spec {
             workflow: W::NAME,
             version: W::VERSION,
             type_id: TypeId::of::<W>(),
-            erase: Arc::new(move || crate::engine::erase(workflow).1),
+            erase: Arc::new(move || Box::new(crate::engine::erase(workflow).1)),
             input,
             cascade,
         }

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, watch};
 
 use crate::error::Error;
+use crate::future::BoxFuture;
 use crate::ids::{instance_idempotency_key, step_idempotency_key};
-use crate::records::{CheckpointRecord, CheckpointState, WaitCond};
+use crate::records::{At, CheckpointRecord, CheckpointState, WaitCond};
 use crate::retry::RetryPolicy;
 use crate::services::Services;
 
@@ -301,7 +302,7 @@ pub struct Ctx {
     lane: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
     /// The compensations of the steps that succeeded, in registration
     /// order (see `saga.rs`).
-    pub(crate) compensations: Mutex<Vec<crate::saga::Compensation>>,
+    pub(crate) compensations: Mutex<Vec<Compensation>>,
     /// The error that stopped this instance, if any.
     abort: Mutex<Option<Error>>,
     aborted: Notify,
@@ -595,5 +596,35 @@ impl Ctx {
             }
             self.aborted.notified().await;
         }
+    }
+}
+
+/// A compensation as the step holds it: called with the step's value, it
+/// returns the compensation's future; its error as `Debug` text.
+pub(crate) type Undo<T> = Box<dyn Fn(T) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// A compensation bound to its step's value: decodes the value and calls
+/// the compensation with it (`Err`: the value does not decode).
+pub(crate) type Bound =
+    Box<dyn Fn() -> Result<BoxFuture<'static, Result<(), String>>, String> + Send + Sync>;
+
+/// One registered compensation: the step it undoes and how to run it.
+pub(crate) struct Compensation {
+    pub step: &'static str,
+    pub at: At,
+    /// The step's start sequence number: compensations run in its reverse.
+    pub seq: u64,
+    pub policy: Option<RetryPolicy>,
+    /// Decodes the step's value and calls the compensation with it (once
+    /// per attempt).
+    pub run: Bound,
+}
+
+impl std::fmt::Debug for Compensation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compensation")
+            .field("step", &self.step)
+            .field("at", &self.at)
+            .finish_non_exhaustive()
     }
 }

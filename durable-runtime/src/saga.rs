@@ -25,41 +25,12 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::context::{Ctx, StepScope};
+use crate::context::{Compensation, Ctx, StepScope, Undo};
 use crate::error::{Error, InstanceError, ReplayError};
 use crate::future::BoxFuture;
 use crate::panic::{CatchUnwind, panic_message};
 use crate::records::{At, CheckpointRecord, CheckpointState};
 use crate::retry::{RetryPolicy, jitter_random};
-
-/// A compensation as the step holds it: called with the step's value, it
-/// returns the compensation's future; its error as `Debug` text.
-pub(crate) type Undo<T> = Box<dyn Fn(T) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
-
-/// A compensation bound to its step's value: decodes the value and calls
-/// the compensation with it (`Err`: the value does not decode).
-type Bound = Box<dyn Fn() -> Result<BoxFuture<'static, Result<(), String>>, String> + Send + Sync>;
-
-/// One registered compensation: the step it undoes and how to run it.
-pub(crate) struct Compensation {
-    step: &'static str,
-    at: At,
-    /// The step's start sequence number: compensations run in its reverse.
-    seq: u64,
-    policy: Option<RetryPolicy>,
-    /// Decodes the step's value and calls the compensation with it (once
-    /// per attempt).
-    run: Bound,
-}
-
-impl std::fmt::Debug for Compensation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Compensation")
-            .field("step", &self.step)
-            .field("at", &self.at)
-            .finish_non_exhaustive()
-    }
-}
 
 /// The name a compensation of step `step` is checkpointed under.
 pub(crate) fn compensation_name(step: &str) -> String {

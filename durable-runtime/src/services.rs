@@ -36,9 +36,11 @@ pub(crate) struct ChildStart {
     pub workflow: &'static str,
     pub version: u32,
     pub type_id: std::any::TypeId,
-    /// The child's workflow with its types erased, built only when this
-    /// process does not register it (a pure client of a shared store).
-    pub erase: Box<dyn Fn() -> Arc<dyn crate::engine::ErasedWorkflow> + Send + Sync>,
+    /// The child's workflow with its types erased (the engine's
+    /// `Arc<dyn Erased>`, boxed as `Any` so that this seam does not name
+    /// the engine), built only when this process does not register it (a
+    /// pure client of a shared store).
+    pub erase: Box<dyn Fn() -> Box<dyn std::any::Any + Send> + Send + Sync>,
     pub id: String,
     pub input: Vec<u8>,
     /// The parent's id.

@@ -170,7 +170,7 @@ pub(crate) fn step_at<'c, K, T, E, F, Fut>(
     policy: Option<RetryPolicy>,
     timeout: Option<Duration>,
     body: F,
-    undo: Option<crate::saga::Undo<T>>,
+    undo: Option<crate::context::Undo<T>>,
 ) -> BoxFuture<'c, Result<T, E>>
 where
     K: Serialize + std::fmt::Debug + ?Sized,

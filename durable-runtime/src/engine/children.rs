@@ -57,7 +57,15 @@ impl Core {
         let (erased, here) = match self.registry.get_by(workflow, version, type_id) {
             Some(erased) => (erased, true),
             None if self.services.backend.shared() => {
-                let erased = erase();
+                let erased = match erase().downcast::<Arc<dyn super::registry::Erased>>() {
+                    Ok(erased) => *erased,
+                    // `Ctx::start_child` erases with `engine::erase`.
+                    Err(_) => {
+                        return Err(Error::Usage(UsageError::NotRegistered {
+                            workflow: workflow.to_string(),
+                        }));
+                    }
+                };
                 self.services
                     .backend
                     .store_manifests(&[&erased.manifest().0])

@@ -57,7 +57,7 @@ pub use self::builder::{DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, EngineBu
 pub use self::evolution::Incompatibility;
 pub use self::instances::Handle;
 pub use self::recovery::RecoveryReport;
-pub(crate) use self::registry::{Erased as ErasedWorkflow, entry as erase};
+pub(crate) use self::registry::entry as erase;
 
 use self::builder::Config;
 use self::instances::{Birth, Instances, Run};
