@@ -324,12 +324,9 @@ async fn children_kill_target() {
 #[tokio::test]
 async fn a_kill_in_the_middle_of_a_child_starts_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let mut target = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "children_kill_target", "--nocapture"])
+    let mut target = support::test_process("children_kill_target")
         .env(DIR_ENV, dir.path())
         .env("DURABLE_CHILDREN_BLOCK", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     support::wait_until("the second child runs in the killed process", async || {

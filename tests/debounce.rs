@@ -217,11 +217,8 @@ async fn debouncing_child() {
 #[tokio::test]
 async fn a_debounce_pending_across_a_sigkill_fires_once_with_the_last_input() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "debouncing_child", "--nocapture"])
+    let mut child = support::test_process("debouncing_child")
         .env(CHILD_ENV, dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let n_file = dir.path().join("n");

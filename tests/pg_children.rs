@@ -94,12 +94,9 @@ async fn pg_children_worker() {
 }
 
 fn spawn_worker(schema: &Schema, dir: &std::path::Path) -> Process {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "pg_children_worker", "--nocapture"])
+    support::test_process("pg_children_worker")
         .env(SCHEMA_ENV, &schema.name)
         .env(DIR_ENV, dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap()
 }

@@ -250,12 +250,9 @@ async fn a_killed_worker_publishes_nothing_again_when_taken_over() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "pg_publish_child", "--nocapture"])
+    let mut child = support::test_process("pg_publish_child")
         .env(CHILD_ENV, &schema.name)
         .env(DIR_ENV, dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let child_pid = child.id();

@@ -167,12 +167,9 @@ async fn schedule_worker_child() {
 }
 
 fn spawn_worker(dir: &std::path::Path, schema: &str) -> std::process::Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "schedule_worker_child", "--nocapture"])
+    support::test_process("schedule_worker_child")
         .env(CHILD_ENV, dir)
         .env(SCHEMA_ENV, schema)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap()
 }

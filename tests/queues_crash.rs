@@ -111,11 +111,8 @@ async fn queues_child() {
 #[tokio::test]
 async fn a_kill_in_the_middle_loses_nothing_and_keeps_the_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "queues_child", "--nocapture"])
+    let mut child = support::test_process("queues_child")
         .env(DIR_ENV, dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     support::wait_until("two instances run in the child", async || {
@@ -224,11 +221,8 @@ async fn fanout_child() {
 #[tokio::test]
 async fn a_workflow_enqueues_replay_safely_across_a_kill() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "fanout_child", "--nocapture"])
+    let mut child = support::test_process("fanout_child")
         .env(DIR_ENV, dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     support::wait_until("the workflow enqueued and hangs", async || {

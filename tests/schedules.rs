@@ -307,11 +307,8 @@ async fn ticking_child() {
 #[tokio::test]
 async fn each_tick_fires_once_across_a_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "ticking_child", "--nocapture"])
+    let mut child = support::test_process("ticking_child")
         .env(CHILD_ENV, dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let clock_file = dir.path().join("clock");

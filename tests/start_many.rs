@@ -210,11 +210,8 @@ async fn start_many_child() {
 #[tokio::test]
 async fn every_instance_survives_a_kill_right_after_start_many_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "start_many_child", "--nocapture"])
+    let mut child = support::test_process("start_many_child")
         .env(DIR_ENV, dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let returned = dir.path().join("returned");

@@ -29,7 +29,8 @@ use crate::error::{Error, InstanceError, ReplayError, Result};
 use crate::future::BoxFuture;
 use crate::ids::validate_id;
 use crate::records::{
-    At, CHILD_RESULT, CheckpointRecord, CheckpointState, ChildEnd, ChildStarted, START_CHILD,
+    At, CHILD_RESULT, CheckpointRecord, CheckpointState, ChildEnd, ChildStarted, ReservedSite,
+    START_CHILD,
 };
 use crate::services::ChildStart;
 use crate::workflow::{IntoWorkflow, Workflow};
@@ -403,13 +404,7 @@ impl Ctx {
         ok: bool,
         error_text: Option<String>,
     ) {
-        let ReservedSite {
-            name,
-            occurrence,
-            key,
-            seq,
-            started_at_ms,
-        } = site;
+        let name = site.name;
         let outcome = match crate::codec::encode(value) {
             Ok(outcome) => outcome,
             Err(reason) => {
@@ -421,24 +416,7 @@ impl Ctx {
                 self.abort(error).await
             }
         };
-        let now = self.now_ms();
-        let record = CheckpointRecord {
-            name: name.to_string(),
-            occurrence,
-            key,
-            declared: false,
-            seq,
-            attempts: 1,
-            started_at_ms,
-            state: CheckpointState::Done {
-                finished_at_ms: now,
-                ok,
-                type_name: name.to_string(),
-                fingerprint: 0,
-                outcome,
-                error_text,
-            },
-        };
+        let record = CheckpointRecord::reserved(site, outcome, ok, error_text, self.now_ms());
         self.take_recoveries();
         if let Err(e) = self.checkpoint(record, true).await {
             self.abort(e).await
@@ -632,14 +610,6 @@ impl Ctx {
 const RECHECK_MIN_MS: u64 = 1_000;
 const RECHECK_MAX_MS: u64 = 300_000;
 
-/// A site of a reserved name: where its checkpoint goes.
-struct ReservedSite {
-    name: &'static str,
-    occurrence: u32,
-    key: Option<(Vec<u8>, String)>,
-    seq: u64,
-    started_at_ms: u64,
-}
 
 /// Waits for the first of `running` to finish; removes it and returns its
 /// index (in the caller's numbering) and result.

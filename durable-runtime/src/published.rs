@@ -22,7 +22,9 @@ use crate::backend::Write;
 use crate::context::Ctx;
 use crate::error::{Error, ReplayError, Result};
 use crate::future::BoxFuture;
-use crate::records::{CheckpointRecord, CheckpointState, EventRecord, SET_EVENT, WRITE_STREAM};
+use crate::records::{
+    CheckpointRecord, CheckpointState, EventRecord, ReservedSite, SET_EVENT, WRITE_STREAM,
+};
 
 impl Ctx {
     /// Publishes `value` under `key` for outside code to read with
@@ -189,23 +191,14 @@ impl Ctx {
             })
         })?;
         let now = self.now_ms();
-        let record = CheckpointRecord {
-            name: name.to_string(),
+        let site = ReservedSite {
+            name,
             occurrence,
             key: None,
-            declared: false,
             seq,
-            attempts: 0,
             started_at_ms: now,
-            state: CheckpointState::Done {
-                finished_at_ms: now,
-                ok: true,
-                type_name: name.to_string(),
-                fingerprint: 0,
-                outcome,
-                error_text: None,
-            },
         };
+        let record = CheckpointRecord::reserved(site, outcome, true, None, now);
         let write = match offset {
             None => Write::Publish {
                 record,

@@ -383,6 +383,48 @@ pub(crate) struct CheckpointRecord {
     pub state: CheckpointState,
 }
 
+/// A site of a reserved name (`durable::...`: a child's start, a published
+/// value, an enqueue): where its checkpoint goes.
+#[derive(Debug, Clone)]
+pub(crate) struct ReservedSite {
+    pub name: &'static str,
+    pub occurrence: u32,
+    pub key: Option<(Vec<u8>, String)>,
+    pub seq: u64,
+    pub started_at_ms: u64,
+}
+
+impl CheckpointRecord {
+    /// The finished checkpoint of reserved site `site`, at `now_ms`: its
+    /// outcome is `outcome` (the encoded record of what the site did), `ok`
+    /// and `error_text` say how it went. No body ran: no attempts.
+    pub(crate) fn reserved(
+        site: ReservedSite,
+        outcome: Vec<u8>,
+        ok: bool,
+        error_text: Option<String>,
+        now_ms: u64,
+    ) -> CheckpointRecord {
+        CheckpointRecord {
+            name: site.name.to_string(),
+            occurrence: site.occurrence,
+            key: site.key,
+            declared: false,
+            seq: site.seq,
+            attempts: 0,
+            started_at_ms: site.started_at_ms,
+            state: CheckpointState::Done {
+                finished_at_ms: now_ms,
+                ok,
+                type_name: site.name.to_string(),
+                fingerprint: 0,
+                outcome,
+                error_text,
+            },
+        }
+    }
+}
+
 /// Whether the step finished and how.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum CheckpointState {

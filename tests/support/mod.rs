@@ -137,6 +137,18 @@ pub async fn guarded<F: std::future::Future>(what: &str, future: F) -> F::Output
 
 /// Waits for child process `child` to exit, under `guard`; if it runs out,
 /// kills the child and returns the hang as an error.
+/// This test binary run again for test `test` alone (its output shown,
+/// stdout dropped): the process a crash test kills. Add its environment
+/// with `.env(..)`, then `.spawn()`.
+pub fn test_process(test: &str) -> Command {
+    let mut command = Command::new(std::env::current_exe().expect("the test binary"));
+    command
+        .args(["--exact", test, "--nocapture"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    command
+}
+
 pub fn wait_child(child: &mut Child, what: &str, guard: Duration) -> Result<ExitStatus, String> {
     let start = Instant::now();
     let mut polls = 0;

@@ -9,7 +9,7 @@ use crate::context::Ctx;
 use crate::error::{Error, ReplayError, Result, UsageError};
 use crate::ids::{check_conflict, validate_id};
 use crate::records::{
-    CheckpointRecord, CheckpointState, InstanceRecord, InstanceState, TransitionKind,
+    CheckpointRecord, CheckpointState, InstanceRecord, InstanceState, ReservedSite, TransitionKind,
     TransitionRecord,
 };
 use crate::workflow::{IntoWorkflow, Workflow};
@@ -141,23 +141,14 @@ impl Ctx {
             })
         })?;
         let now = self.now_ms();
-        let record = CheckpointRecord {
-            name: ENQUEUE.to_string(),
+        let site = ReservedSite {
+            name: ENQUEUE,
             occurrence,
             key: None,
-            declared: false,
             seq,
-            attempts: 0,
             started_at_ms: now,
-            state: CheckpointState::Done {
-                finished_at_ms: now,
-                ok: true,
-                type_name: ENQUEUE.to_string(),
-                fingerprint: 0,
-                outcome,
-                error_text: None,
-            },
         };
+        let record = CheckpointRecord::reserved(site, outcome, true, None, now);
         let written = {
             let _busy = self.signals.busy();
             self.services
