@@ -13,7 +13,7 @@
 
 mod support;
 
-use std::process::{Child as Process, Command, Stdio};
+use std::process::Child as Process;
 
 use durable::Status;
 use durable::prelude::*;

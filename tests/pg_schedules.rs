@@ -13,7 +13,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, UNIX_EPOCH};
 

@@ -8,7 +8,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use durable::prelude::*;
 use durable::{History, InstanceError, Status, TransitionKind};
@@ -421,4 +420,3 @@ async fn a_cancel_during_a_step_and_a_panicking_step_compensate() {
     );
     engine.shutdown().await;
 }
-

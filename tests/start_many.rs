@@ -7,7 +7,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use durable::Status;

@@ -610,7 +610,6 @@ impl Ctx {
 const RECHECK_MIN_MS: u64 = 1_000;
 const RECHECK_MAX_MS: u64 = 300_000;
 
-
 /// Waits for the first of `running` to finish; removes it and returns its
 /// index (in the caller's numbering) and result.
 async fn first_of<'c, T>(running: &mut Vec<(usize, BoxFuture<'c, T>)>) -> (usize, T) {
