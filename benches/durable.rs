@@ -504,11 +504,12 @@ fn main() {
 }
 
 async fn run(p: Profile, quick: bool) {
-    // `DURABLE_BENCH_ONLY=4` runs the floor and scenario 4 only (for profiling).
-    let only: Option<u32> = std::env::var("DURABLE_BENCH_ONLY")
+    // `DURABLE_BENCH_ONLY=4` runs the floor and scenario 4 only (for
+    // profiling); `DURABLE_BENCH_ONLY=3,8` the floor and those two.
+    let only: Option<Vec<u32>> = std::env::var("DURABLE_BENCH_ONLY")
         .ok()
-        .and_then(|v| v.parse().ok());
-    let want = |n: u32| only.is_none_or(|o| o == n);
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    let want = |n: u32| only.as_ref().is_none_or(|o| o.contains(&n));
     println!(
         "durable benchmark ({} profile)",
         if quick { "quick" } else { "full" }
