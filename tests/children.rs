@@ -456,3 +456,46 @@ async fn the_test_kit_drives_a_parent_and_its_sleeping_child() {
     assert_eq!(handle.result().await.unwrap(), Ok(15));
     kit.shutdown().await;
 }
+
+/// Gives up after an hour (its own deadline), sleeping two.
+#[durable(timeout = "1h")]
+async fn hasty_child(_ctx: &Ctx, n: u64) -> Result<u64, String> {
+    sleep!("long-nap", std::time::Duration::from_secs(7_200));
+    Ok(n)
+}
+
+#[durable]
+async fn hasty_parent(ctx: &Ctx, n: u64) -> Result<String, String> {
+    let child = ctx.start_child(hasty_child, None, n).await.map_err(text)?;
+    match child.result().await {
+        Err(Error::Instance(InstanceError::Cancelled { instance })) => Ok(instance),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// A child gets its workflow's own deadline (`#[durable(timeout)]`) as
+/// any instance does: when it passes, the child is cancelled and its
+/// parent gets that.
+#[tokio::test]
+async fn a_child_keeps_its_workflows_own_deadline() {
+    let kit = durable::testing::TestEngine::open(
+        Engine::builder()
+            .register(hasty_child)
+            .register(hasty_parent),
+    )
+    .await
+    .unwrap();
+    let handle = kit.engine().start(hasty_parent, "hasty", 1).await.unwrap();
+    kit.advance(std::time::Duration::from_secs(3_601)).await;
+    assert_eq!(handle.result().await.unwrap(), Ok("hasty/hasty_child-0".into()));
+    let child = kit.engine().history("hasty/hasty_child-0").await.unwrap();
+    assert!(
+        child
+            .transitions
+            .iter()
+            .any(|t| matches!(t.kind, TransitionKind::DeadlinePassed { .. })),
+        "{:?}",
+        child.transitions
+    );
+    kit.shutdown().await;
+}

@@ -342,3 +342,34 @@ async fn each_tick_fires_once_across_a_sigkill() {
     wait_completed(&engine, "secs", &want).await;
     engine.shutdown().await;
 }
+
+/// Gives up after a minute (its own deadline), sleeping two.
+#[durable(timeout = "1m")]
+async fn slow_tick(_ctx: &Ctx, tick: Tick) -> Result<u64, String> {
+    sleep!("nap", Duration::from_secs(120));
+    Ok(tick.at_ms)
+}
+
+/// A tick's instance gets its workflow's own deadline
+/// (`#[durable(timeout)]`), counted from the tick's start.
+#[tokio::test]
+async fn a_ticks_instance_keeps_its_workflows_own_deadline() {
+    let kit = TestEngine::open(Engine::builder().register(slow_tick))
+        .await
+        .unwrap();
+    let s = Schedule::new("slow", "*/5 * * * *").unwrap();
+    kit.add_schedule(slow_tick, s).await.unwrap();
+    kit.advance(Duration::from_millis(5 * MIN)).await;
+    let id = format!("sched:slow:{}", T0 + 5 * MIN);
+    kit.advance(Duration::from_secs(61)).await;
+    let history = kit.history(&id).await.unwrap();
+    assert!(matches!(history.status, Status::Cancelled), "{history:?}");
+    assert!(
+        history
+            .transitions
+            .iter()
+            .any(|t| matches!(t.kind, durable::TransitionKind::DeadlinePassed { .. })),
+        "{:?}",
+        history.transitions
+    );
+}

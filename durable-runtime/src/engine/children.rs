@@ -78,21 +78,16 @@ impl Core {
                 }));
             }
         };
-        self.start_or_attach(
-            workflow,
-            erased,
-            id,
-            input,
-            Run {
-                manual: false,
-                here,
-            },
-            Birth {
-                deadline_ms: None,
-                parent: Some((parent, cascade)),
-            },
-        )
-        .await
+        let birth = Birth {
+            parent: Some((parent, cascade)),
+            ..Birth::own(&*erased, self.services.clock.now_ms())
+        };
+        let run = Run {
+            manual: false,
+            here,
+        };
+        self.start_or_attach(workflow, erased, id, input, run, birth)
+            .await
     }
 
     /// Cancels the unfinished children of cancelled instance `id` that

@@ -190,8 +190,9 @@ impl Core {
                 manual: false,
                 here: true,
             };
+            let birth = Birth::own(&*erased, self.services.clock.now_ms());
             match Arc::clone(self)
-                .start_or_attach(workflow, erased, id.clone(), f.input, run, Birth::default())
+                .start_or_attach(workflow, erased, id.clone(), f.input, run, birth)
                 .await
             {
                 Ok(done) => {

@@ -142,6 +142,13 @@ impl Birth {
             parent: None,
         }
     }
+
+    /// An instance of `erased` started now by the engine itself (a tick,
+    /// a debounce, a child): the workflow's own `timeout`, if it has one,
+    /// from `now_ms`.
+    pub(super) fn own(erased: &dyn Erased, now_ms: u64) -> Birth {
+        Birth::deadline(erased.timeout_ms().map(|t| now_ms.saturating_add(t)))
+    }
 }
 
 /// A started instance: await [`result`](Handle::result) for its output.

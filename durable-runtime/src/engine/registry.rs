@@ -25,6 +25,9 @@ pub(crate) trait Erased: Send + Sync {
     fn manifest(&self) -> &(Manifest, u64);
     /// The workflow's version.
     fn version(&self) -> u32;
+    /// The workflow's own whole-workflow deadline, in milliseconds from an
+    /// instance's start (`#[durable(timeout = ..)]`).
+    fn timeout_ms(&self) -> Option<u64>;
     /// Runs the workflow; its encoded output, and whether it is an `Err`.
     fn run<'a>(&self, ctx: &'a Ctx, input: &'a [u8]) -> BoxFuture<'a, Result<(Vec<u8>, bool)>>;
 }
@@ -42,6 +45,10 @@ impl<W: Workflow> Erased for Registered<W> {
 
     fn version(&self) -> u32 {
         W::VERSION
+    }
+
+    fn timeout_ms(&self) -> Option<u64> {
+        W::TIMEOUT_MS
     }
 
     fn policy(&self) -> Option<RetryPolicy> {

@@ -342,15 +342,10 @@ impl Core {
             manual: false,
             here: true,
         };
+        // The workflow's own deadline counts from the tick's start.
+        let birth = Birth::own(&**erased, self.services.clock.now_ms());
         let done = Arc::clone(self)
-            .start_or_attach(
-                workflow,
-                Arc::clone(erased),
-                id.clone(),
-                input,
-                run,
-                Birth::default(),
-            )
+            .start_or_attach(workflow, Arc::clone(erased), id.clone(), input, run, birth)
             .await?;
         tracing::info!(durable.schedule = %name, durable.instance_id = %id, "schedule ticked");
         drop(Handle::<()>::new(id, done, self));
