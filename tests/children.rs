@@ -487,7 +487,10 @@ async fn a_child_keeps_its_workflows_own_deadline() {
     .unwrap();
     let handle = kit.engine().start(hasty_parent, "hasty", 1).await.unwrap();
     kit.advance(std::time::Duration::from_secs(3_601)).await;
-    assert_eq!(handle.result().await.unwrap(), Ok("hasty/hasty_child-0".into()));
+    assert_eq!(
+        handle.result().await.unwrap(),
+        Ok("hasty/hasty_child-0".into())
+    );
     let child = kit.engine().history("hasty/hasty_child-0").await.unwrap();
     assert!(
         child

@@ -19,7 +19,8 @@ use crate::error::{Error, Result, UsageError};
 use crate::schedule::{Debounce, check_name};
 use crate::workflow::{IntoWorkflow, Workflow};
 
-use super::instances::{Birth, Handle, Run};
+use super::handle::Handle;
+use super::instances::{Birth, Run};
 use super::schedules::{decode_row, encode_row};
 use super::{Core, Engine, In};
 

@@ -1,6 +1,6 @@
 //! One run of one instance: resume bookkeeping and the crash-loop guard,
-//! replaying the workflow against its checkpoints, parking, and recording
-//! how it ended.
+//! replaying the workflow against its checkpoints, and parking (`ending.rs`
+//! records how it ended).
 
 use std::future::Future;
 use std::pin::pin;
@@ -14,15 +14,13 @@ use crate::backend::{Committed, Lease, Write};
 use crate::context::{Ctx, RunStart};
 use crate::error::{Error, Result};
 use crate::panic::{CatchUnwind, panic_message};
-use crate::records::{InstanceRecord, InstanceState, TransitionKind, TransitionRecord};
+use crate::records::{InstanceRecord, InstanceState, TransitionKind};
 
 use super::Core;
-use super::instances::{Slot, outcome_of};
+use super::handle::outcome_of;
+use super::instances::Slot;
 use super::registry::Erased;
 use super::scheduler::PARK_AFTER_MS;
-
-/// Transitions kept per instance; older `Resumed` entries are dropped first.
-const MAX_TRANSITIONS: usize = 64;
 
 /// How an instance task begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +52,7 @@ pub(super) enum DriveEnd {
 }
 
 /// Whether `error` says the lease was lost.
-fn lost(error: &Error) -> bool {
+pub(super) fn lost(error: &Error) -> bool {
     matches!(
         error,
         Error::Instance(crate::error::InstanceError::LeaseLost { .. })
@@ -335,159 +333,5 @@ impl Core {
         let recoveries = ctx.recoveries();
         drop(ctx);
         DriveEnd::Finished(self.end(id, record, recoveries, lease, outcome).await)
-    }
-
-    /// Records how the instance ended: completed, blocked (resumable),
-    /// failed or cancelled. The write is fenced: a cancel that was recorded
-    /// first wins (the write is refused with `LeaseLost`).
-    pub(super) async fn end(
-        &self,
-        id: &str,
-        mut record: InstanceRecord,
-        recoveries: u32,
-        lease: Lease,
-        outcome: Result<(Vec<u8>, bool)>,
-    ) -> Result<Vec<u8>> {
-        self.fresh_transitions(id, &mut record).await;
-        match outcome {
-            Ok((output, is_err)) => {
-                record.state = InstanceState::Returned {
-                    output: output.clone(),
-                    is_err,
-                };
-                self.push_transition(&mut record, TransitionKind::Completed);
-                let ending = crate::metrics::Ending::new(&record.workflow, &record.state);
-                let parent = record.parent().map(|(p, _)| p.to_string());
-                crate::crash::point("complete.before_write");
-                let write = Write::Record {
-                    record,
-                    active: None,
-                };
-                self.services.backend.commit(id, lease, write).await?;
-                ending.record();
-                self.tell_parent(id, parent.as_deref()).await;
-                crate::crash::point("complete.after_write");
-                tracing::info!("instance completed");
-                Ok(output)
-            }
-            Err(error) if lost(&error) => Err(error),
-            Err(error) => {
-                self.end_with_error(id, record, recoveries, lease, error)
-                    .await
-            }
-        }
-    }
-
-    /// Records that the instance is blocked (resumable) or failed, and returns `error`.
-    pub(super) async fn end_with_error(
-        &self,
-        id: &str,
-        mut record: InstanceRecord,
-        recoveries: u32,
-        lease: Lease,
-        error: Error,
-    ) -> Result<Vec<u8>> {
-        self.fresh_transitions(id, &mut record).await;
-        let text = error.to_string();
-        let active = error.blocks().then_some(recoveries);
-        let kind =
-            if let Error::Replay(crate::error::ReplayError::Incompatible { reason, .. }) = &error {
-                let state = InstanceState::Incompatible {
-                    error: reason.clone(),
-                };
-                if record.state == state {
-                    // Already set aside for this reason: left untouched.
-                    let _ = self.services.backend.release(id, lease).await;
-                    return Err(error);
-                }
-                record.state = state;
-                TransitionKind::Incompatible { error: text }
-            } else if let Error::Instance(crate::error::InstanceError::Cancelled { .. }) = &error {
-                record.state = InstanceState::Cancelled;
-                TransitionKind::Cancelled
-            } else if let Error::Instance(crate::error::InstanceError::DeadlinePassed {
-                deadline_ms,
-                ..
-            }) = &error
-            {
-                record.state = InstanceState::Cancelled;
-                TransitionKind::DeadlinePassed {
-                    at_ms: *deadline_ms,
-                }
-            } else if let Error::Instance(crate::error::InstanceError::NeedsAttention {
-                reason,
-                ..
-            }) = &error
-            {
-                record.state = InstanceState::NeedsAttention {
-                    error: reason.clone(),
-                };
-                TransitionKind::NeedsAttention { error: text }
-            } else if active.is_some() {
-                record.state = InstanceState::Blocked {
-                    error: text.clone(),
-                };
-                TransitionKind::Blocked { error: text }
-            } else {
-                record.state = InstanceState::Failed {
-                    error: text.clone(),
-                };
-                TransitionKind::Failed { error: text }
-            };
-        tracing::warn!(durable.error = %error, durable.status = ?kind, "instance stopped by an error");
-        self.push_transition(&mut record, kind);
-        let ending = crate::metrics::Ending::new(&record.workflow, &record.state);
-        let cancelled = record.state == InstanceState::Cancelled;
-        // A parent waits for this end (not for a blocked child's).
-        let parent = outcome_of(id, &record, false)
-            .and(record.parent())
-            .map(|(p, _)| p.to_string());
-        // If the store itself is failing this write fails too; the instance
-        // then stays `Running` in the store and resumes at the next open.
-        let write = Write::Record { record, active };
-        match self.services.backend.commit(id, lease, write).await {
-            Ok(_) => {
-                ending.record();
-                if cancelled {
-                    self.cancel_children(id).await;
-                }
-                self.tell_parent(id, parent.as_deref()).await;
-                Err(error)
-            }
-            // Cancelled (or taken over) first: that end wins.
-            Err(e) if lost(&e) => Err(e),
-            Err(write) => {
-                tracing::error!(
-                    durable.error = %write,
-                    "the instance's end could not be recorded; it resumes at the next open"
-                );
-                Err(error)
-            }
-        }
-    }
-
-    /// Takes the stored transitions of `id` into `record` (the owner's copy
-    /// is from its claim; an operator may have recorded a pause since).
-    async fn fresh_transitions(&self, id: &str, record: &mut InstanceRecord) {
-        if let Ok(Some(stored)) = self.services.backend.load(id).await {
-            record.transitions = stored.transitions;
-        }
-    }
-
-    /// Appends a transition stamped now, dropping the oldest `Resumed`
-    /// entry once the record holds [`MAX_TRANSITIONS`].
-    pub(super) fn push_transition(&self, record: &mut InstanceRecord, kind: TransitionKind) {
-        if record.transitions.len() >= MAX_TRANSITIONS
-            && let Some(i) = record
-                .transitions
-                .iter()
-                .position(|t| t.kind == TransitionKind::Resumed)
-        {
-            record.transitions.remove(i);
-        }
-        record.transitions.push(TransitionRecord {
-            at_ms: self.services.clock.now_ms(),
-            kind,
-        });
     }
 }

@@ -1,9 +1,8 @@
 //! Live instances: those running in this process, or parked with someone
 //! waiting for their outcome. Starters of the same id attach to them; a
-//! [`Handle`] waits for the outcome.
+//! [`Handle`](super::Handle) (`handle.rs`) waits for the outcome.
 
 use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -13,12 +12,12 @@ use crate::backend::{Backend, Claim, Created, Lease};
 use crate::context::Signals;
 use crate::error::{Error, Result};
 use crate::ids::check_conflict;
-use crate::journal::decode_value;
 use crate::records::{InstanceRecord, InstanceState, TransitionKind, TransitionRecord};
 
 use super::Core;
 use super::builder::TaskSlot;
 use super::driver::{Begin, DriveEnd};
+use super::handle::outcome_of;
 use super::registry::Erased;
 
 /// What a finished instance returned, once it has.
@@ -151,116 +150,7 @@ impl Birth {
     }
 }
 
-/// A started instance: await [`result`](Handle::result) for its output.
-#[must_use = "a handle does nothing unless its result is awaited; the instance runs either way"]
-pub struct Handle<O> {
-    id: String,
-    done: watch::Receiver<Outcome>,
-    /// To let go of a parked instance's slot when the last handle drops.
-    core: std::sync::Weak<Core>,
-    _output: PhantomData<fn() -> O>,
-}
-
-impl<O> Handle<O> {
-    pub(super) fn new(id: String, done: watch::Receiver<Outcome>, core: &Arc<Core>) -> Self {
-        Handle {
-            id,
-            done,
-            core: Arc::downgrade(core),
-            _output: PhantomData,
-        }
-    }
-}
-
-impl<O> Drop for Handle<O> {
-    fn drop(&mut self) {
-        if let Some(core) = self.core.upgrade() {
-            core.release(&self.id, &self.done);
-        }
-    }
-}
-
-impl<O> std::fmt::Debug for Handle<O> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handle")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<O: serde::de::DeserializeOwned> Handle<O> {
-    /// The instance id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// Waits for the instance to finish and returns the workflow's output.
-    pub async fn result(mut self) -> Result<O> {
-        let outcome = match self.done.wait_for(Option::is_some).await {
-            Ok(outcome) => outcome.clone(),
-            Err(_) => None,
-        };
-        match outcome {
-            Some(Ok(bytes)) => decode_value(&bytes).map_err(|reason| {
-                Error::Replay(crate::error::ReplayError::ValueDecode {
-                    instance: self.id.clone(),
-                    what: "output",
-                    expected_type: std::any::type_name::<O>(),
-                    reason,
-                })
-            }),
-            Some(Err(e)) => Err(e),
-            None => Err(Error::Instance(crate::error::InstanceError::ShutDown {
-                instance: self.id.clone(),
-            })),
-        }
-    }
-}
-
-/// The outcome of an instance that has one: finished (completed, failed,
-/// cancelled), or set aside for attention when not resumed by hand.
-pub(super) fn outcome_of(id: &str, record: &InstanceRecord, manual: bool) -> Outcome {
-    let error = match &record.state {
-        InstanceState::Completed { output } | InstanceState::Returned { output, .. } => {
-            return Some(Ok(output.clone()));
-        }
-        InstanceState::Failed { error } => crate::error::InstanceError::Failed {
-            instance: id.to_string(),
-            reason: error.clone(),
-        },
-        InstanceState::Cancelled => crate::error::InstanceError::Cancelled {
-            instance: id.to_string(),
-        },
-        InstanceState::NeedsAttention { error } if !manual => {
-            crate::error::InstanceError::NeedsAttention {
-                instance: id.to_string(),
-                reason: error.clone(),
-            }
-        }
-        InstanceState::Running
-        | InstanceState::Blocked { .. }
-        | InstanceState::Incompatible { .. }
-        | InstanceState::NeedsAttention { .. } => return None,
-    };
-    Some(Err(Error::Instance(error)))
-}
-
 impl Core {
-    /// Drops the slot of parked instance `id` when `last` is the last
-    /// receiver of its outcome: a parked instance nobody waits for holds
-    /// nothing but its park table entry.
-    fn release(&self, id: &str, last: &watch::Receiver<Outcome>) {
-        let mut running = self.instances.lock();
-        let Some(slot) = running.get(id) else { return };
-        let probe = slot.done.subscribe();
-        // Two receivers: the probe and `last`, which is still alive.
-        let unwatched = last.same_channel(&probe) && slot.done.receiver_count() <= 2;
-        drop(probe);
-        if unwatched && !slot.driving.load(Ordering::SeqCst) {
-            running.remove(id);
-        }
-    }
-
     /// Starts `id` or attaches to it; returns the receiver of its outcome.
     /// With `run.here` false (a pure client of a shared store), a new
     /// instance is recorded and released at once, and an existing one only

@@ -13,7 +13,8 @@ use crate::ids::{check_conflict, validate_id};
 use crate::records::InstanceRecord;
 use crate::workflow::{IntoWorkflow, Workflow};
 
-use super::instances::{Birth, Handle, Outcome, Reserved, Run, Slot};
+use super::handle::Handle;
+use super::instances::{Birth, Outcome, Reserved, Run, Slot};
 use super::{Engine, In, Out};
 
 /// The most instances recorded in one write; a longer list is written in

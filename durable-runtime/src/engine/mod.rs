@@ -4,14 +4,21 @@
 //! | module | concern |
 //! | --- | --- |
 //! | `builder` | [`EngineBuilder`], configuration, open |
+//! | `start` | [`StartOptions`], the workflow a start records and its deadline |
 //! | `registry` | workflows by name, types erased |
-//! | `instances` | live instances, [`Handle`], start and attach |
-//! | `driver` | one run of one instance, the crash-loop guard, its end |
+//! | `instances` | live instances, start and attach |
+//! | `handle` | [`Handle`], the outcome a stored record implies |
+//! | `driver` | one run of one instance, the crash-loop guard |
+//! | `ending` | how a run ended, recorded; an instance's transitions |
 //! | `scheduler` | the claim loop: claims due and runnable work from the backend, wake-up hints |
 //! | `events` | `send_event` and `cancel`, decided by the backend |
 //! | `published` | `get_event`, `read_stream` (each with a wait), `send_event_with_key` |
 //! | `recovery` | the first claim round at open, and its report |
 //! | `queries` | status, history, listing |
+//! | `many` | `start_many`: many instances recorded in one durable write |
+//! | `queues` | queues with flow control: enqueue, the dispatch loop, queue stats |
+//! | `queues_ctx` | `Ctx::enqueue`: enqueueing from a workflow, checkpointed |
+//! | `saga` | compensation when an instance fails or is cancelled |
 //! | `children` | child workflows: starting one for a parent, cancelling a parent's children |
 //! | `control` | the operator's public actions: retry, cancel, fork, pause, unpause, purge |
 //! | `operator` | what those actions do: reopening, forking, pausing, retention |
@@ -28,9 +35,11 @@ mod children;
 mod control;
 mod debounce;
 mod driver;
+mod ending;
 mod events;
 mod evolution;
 mod flow;
+mod handle;
 mod instances;
 mod many;
 mod operator;
@@ -43,6 +52,7 @@ mod registry;
 mod saga;
 mod scheduler;
 mod schedules;
+mod start;
 
 use std::sync::Arc;
 
@@ -55,9 +65,10 @@ use crate::workflow::{IntoWorkflow, Workflow};
 
 pub use self::builder::{DEFAULT_MAX_RECOVERIES, DEFAULT_MAX_VALUE_SIZE, EngineBuilder};
 pub use self::evolution::Incompatibility;
-pub use self::instances::Handle;
+pub use self::handle::Handle;
 pub use self::recovery::RecoveryReport;
 pub(crate) use self::registry::entry as erase;
+pub use self::start::StartOptions;
 
 use self::builder::Config;
 use self::instances::{Birth, Instances, Run};
@@ -83,33 +94,6 @@ pub(crate) struct Core {
     /// time until they finish a step (see `driver.rs`).
     suspects: Arc<tokio::sync::Semaphore>,
     runtime: tokio::runtime::Handle,
-}
-
-/// Options of [`Engine::start_with`].
-#[derive(Debug, Clone, Default)]
-#[must_use]
-pub struct StartOptions {
-    deadline: Option<std::time::Duration>,
-}
-
-impl StartOptions {
-    /// No options: as [`Engine::start`].
-    pub fn new() -> Self {
-        StartOptions::default()
-    }
-
-    /// A whole-workflow deadline, `after` from the start on the engine's
-    /// clock: if the instance has not finished by then it is cancelled
-    /// where it stands (a step running then is dropped; a parked instance
-    /// is woken for it), with status [`Status::Cancelled`] and
-    /// [`TransitionKind::DeadlinePassed`](crate::TransitionKind::DeadlinePassed)
-    /// in its history; its handles return
-    /// [`InstanceError::DeadlinePassed`](crate::InstanceError::DeadlinePassed)
-    /// or [`InstanceError::Cancelled`](crate::InstanceError::Cancelled).
-    pub fn deadline(mut self, after: std::time::Duration) -> Self {
-        self.deadline = Some(after);
-        self
-    }
 }
 
 /// Runs workflows durably. Cheap to clone; all clones share one store.
@@ -203,43 +187,6 @@ impl Engine {
             )
             .await?;
         Ok(Handle::new(id, done, &self.core))
-    }
-
-    /// The workflow to start and whether this process runs it: a
-    /// registered one, or (a pure client of a shared store such as
-    /// PostgreSQL) one recorded for the workers that register it.
-    async fn to_start<I: IntoWorkflow>(
-        &self,
-        workflow: I,
-    ) -> Result<(Arc<dyn registry::Erased>, bool)> {
-        match self.core.registry.get::<I::Workflow>() {
-            Ok(erased) => Ok((erased, true)),
-            Err(_) if self.core.services.backend.shared() => {
-                let (_, erased) = registry::entry(workflow.into_workflow());
-                let manifest = &erased.manifest().0;
-                self.core
-                    .services
-                    .backend
-                    .store_manifests(&[manifest])
-                    .await?;
-                Ok((erased, false))
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The deadline (clock milliseconds) of an instance of `W` started
-    /// now: `given`, else the workflow's own `timeout`, else none.
-    fn deadline_of<W: Workflow>(&self, given: Option<std::time::Duration>) -> Option<u64> {
-        given
-            .or(W::TIMEOUT_MS.map(std::time::Duration::from_millis))
-            .map(|d| {
-                self.core
-                    .services
-                    .clock
-                    .now_ms()
-                    .saturating_add(crate::time::duration_ms(d))
-            })
     }
 
     /// Starts (or attaches to) instance `id` and waits for its output; see

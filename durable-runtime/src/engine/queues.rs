@@ -21,7 +21,8 @@ use crate::records::{InstanceRecord, TransitionKind, TransitionRecord};
 use crate::workflow::{IntoWorkflow, Workflow};
 
 use super::driver::Begin;
-use super::instances::{Birth, Handle, Outcome, Reserved, Slot, outcome_of};
+use super::handle::{Handle, outcome_of};
+use super::instances::{Birth, Outcome, Reserved, Slot};
 use super::{Core, Engine, In, Out};
 use crate::queue::{EnqueueOptions, Queue, QueueInfo};
 

@@ -17,7 +17,8 @@ use crate::records::{ParkRecord, WaitCond};
 
 use super::Core;
 use super::driver::Begin;
-use super::instances::{Slot, outcome_of};
+use super::handle::outcome_of;
+use super::instances::Slot;
 
 /// Waits ending sooner than this stay in memory instead of parking.
 pub(crate) const PARK_AFTER_MS: u64 = 1_000;

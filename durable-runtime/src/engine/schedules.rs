@@ -18,7 +18,8 @@ use crate::error::{Error, Result, StoreError, UsageError};
 use crate::schedule::{Missed, Schedule, ScheduleInfo, Tick, check_name};
 use crate::workflow::{IntoWorkflow, Workflow};
 
-use super::instances::{Birth, Handle, Run};
+use super::handle::Handle;
+use super::instances::{Birth, Run};
 use super::{Core, Engine};
 
 /// A schedule as stored.
