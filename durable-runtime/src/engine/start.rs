@@ -26,7 +26,7 @@ impl StartOptions {
     /// A whole-workflow deadline, `after` from the start on the engine's
     /// clock: if the instance has not finished by then it is cancelled
     /// where it stands (a step running then is dropped; a parked instance
-    /// is woken for it), with status [`Status::Cancelled`] and
+    /// is woken for it), with status [`Status::Cancelled`](crate::Status::Cancelled) and
     /// [`TransitionKind::DeadlinePassed`](crate::TransitionKind::DeadlinePassed)
     /// in its history; its handles return
     /// [`InstanceError::DeadlinePassed`](crate::InstanceError::DeadlinePassed)
