@@ -23,13 +23,15 @@
 //! | `context` | [`Ctx`]: an instance's id, counters, signals |
 //! | `step`, `wait`, `values` | `impl Ctx`: the operations behind `step!`, `sleep!`, `wait_for!`; checkpointed `now`, `random`, `uuid` |
 //! | `published` | `impl Ctx`: `set_event`, `write_stream`, published state and streams checkpointed like a step |
+//! | `saga` | `impl Ctx`: compensations registered by `step!(.., compensate = ..)` and run in reverse when an instance fails or is cancelled |
 //! | `workflow` | [`Workflow`], [`IntoWorkflow`] |
 //! | `inspect`, `listing` | [`Status`], [`History`]; [`ListFilter`], [`Page`] |
 //! | `json` | (feature `json`) stored values as JSON, decoded and encoded by their manifest shape |
 //! | `metrics` | (feature `metrics`, a no-op without it) every metric name and description, and the recording functions the rest calls |
 //! | `testing` | (feature `testing`) `TestEngine`: in-memory store, manual clock, `advance`, `run_until_idle` |
-//! | `engine` | [`Engine`] and its parts: builder, registry, instances, driver, scheduler (parking, claim loop), events, recovery, queries |
-//! | `cron`, `schedule` | cron expressions; [`Schedule`], [`Tick`], [`Debounce`] (the engine's `schedules` and `debounce` modules fire them) |
+//! | `engine` | [`Engine`] and its parts (its own module map): builder, start, registry, instances, handle, driver, ending, scheduler (parking, claim loop), events, recovery, queries, control, children, saga, queues, schedules, debounce |
+//! | `cron`, `schedule`, `queue` | (leaves, listed here by topic) cron expressions; [`Schedule`], [`Tick`], [`Debounce`] (the engine's `schedules` and `debounce` modules fire them); [`Queue`], [`EnqueueOptions`] (the engine's `queues` dispatches) |
+//! | `child` | `impl Ctx`: [`Ctx::start_child`], [`Child`], [`Ctx::run_children`]: child workflows, started through the engine's `Starter` seam in `services` |
 //!
 //! # Tracing
 //!
