@@ -20,6 +20,9 @@
 //!    -> first step began, one at a time), and a global concurrency limit of
 //!    4 under 4 worker engines on one schema: the most instances ever seen
 //!    in flight, beside the limit.
+//!
+//! `DURABLE_BENCH_ONLY=2` runs figure 2 only, `DURABLE_BENCH_ONLY=1,4` those
+//! two (for profiling).
 
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -394,6 +397,10 @@ async fn run(quick: bool) {
         return;
     };
     let runs = if quick { 1 } else { 3 };
+    let only: Option<Vec<u32>> = std::env::var("DURABLE_BENCH_ONLY")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    let wanted = |n: u32| only.as_ref().is_none_or(|o| o.contains(&n));
     let schema = format!("durable_bench_{}", std::process::id());
     db.batch_execute(&format!(
         "CREATE SCHEMA {schema};
@@ -407,90 +414,100 @@ async fn run(quick: bool) {
     );
 
     let engine = builder(&schema).register(five).open().await.unwrap();
-    let mut t = Vec::new();
-    let mut o = Vec::new();
-    for _ in 0..runs {
-        t.push(table_sequential(&schema, 200).await.as_secs_f64());
-        o.push(ours_sequential(&engine, 40).await.as_secs_f64());
-    }
-    let (t, o) = (median(t), median(o));
-    println!(
-        "sequential per-step latency: durable {:.3} ms, table {:.3} ms, ratio {:.2}x",
-        o * 1000.0,
-        t * 1000.0,
-        o / t
-    );
-    for in_flight in [1usize, 16, 64, 256] {
-        let instances = (in_flight as u64 * 4).max(64);
+    if wanted(1) {
         let mut t = Vec::new();
         let mut o = Vec::new();
         for _ in 0..runs {
-            t.push(table_concurrent(&schema, instances, in_flight).await);
-            o.push(ours_concurrent(&engine, instances, in_flight).await);
+            t.push(table_sequential(&schema, 200).await.as_secs_f64());
+            o.push(ours_sequential(&engine, 40).await.as_secs_f64());
         }
         let (t, o) = (median(t), median(o));
         println!(
-            "{in_flight:>3} in flight, 1 worker process: durable {o:>7.0} steps/s, table {t:>7.0} steps/s, ratio {:.2}x",
+            "sequential per-step latency: durable {:.3} ms, table {:.3} ms, ratio {:.2}x",
+            o * 1000.0,
+            t * 1000.0,
             o / t
         );
     }
+    if wanted(2) {
+        for in_flight in [1usize, 16, 64, 256] {
+            let instances = (in_flight as u64 * 4).max(64);
+            let mut t = Vec::new();
+            let mut o = Vec::new();
+            for _ in 0..runs {
+                t.push(table_concurrent(&schema, instances, in_flight).await);
+                o.push(ours_concurrent(&engine, instances, in_flight).await);
+            }
+            let (t, o) = (median(t), median(o));
+            println!(
+                "{in_flight:>3} in flight, 1 worker process: durable {o:>7.0} steps/s, table {t:>7.0} steps/s, ratio {:.2}x",
+                o / t
+            );
+        }
+    }
     engine.shutdown().await;
 
-    let mut f = Vec::new();
-    for r in 0..runs {
-        f.push(ms(failover(&schema, r as u64).await));
-    }
-    println!(
-        "failover after SIGKILL of a worker holding 16 running instances (lease 2 s): {:.0} ms",
-        median(f)
-    );
-    for listen in [true, false] {
-        let mut e = Vec::new();
-        for _ in 0..runs {
-            e.push(ms(event_latency(&schema, listen, 20).await));
+    if wanted(3) {
+        let mut f = Vec::new();
+        for r in 0..runs {
+            f.push(ms(failover(&schema, r as u64).await));
         }
         println!(
-            "event latency (send by a pure client -> step after the wait began), listener {}: {:.1} ms",
-            if listen {
-                "on"
-            } else {
-                "off (polling, 250 ms)"
-            },
-            median(e)
+            "failover after SIGKILL of a worker holding 16 running instances (lease 2 s): {:.0} ms",
+            median(f)
         );
     }
-    let limit = 4;
-    let mut engines = Vec::new();
-    for _ in 0..4 {
-        engines.push(
-            queues::register(builder(&schema).listen(true), limit)
-                .open()
-                .await
-                .unwrap(),
-        );
-    }
-    let (start, enqueue) =
-        queues::dispatch_overhead(&engines[0], "q", if quick { 30 } else { 100 }).await;
-    println!(
-        "queues: call -> first step began (median, one at a time, 4 workers listening): start {:.1} ms, enqueue {:.1} ms (dispatch overhead {:+.1} ms)",
-        ms(start),
-        ms(enqueue),
-        ms(enqueue) - ms(start)
-    );
-    let mut max = 0;
-    for r in 0..runs {
-        max = max.max(queues::limit_under_workers(&engines, &format!("lim{r}"), 400).await);
-    }
-    println!(
-        "queues: global concurrency limit {limit} under 4 worker engines, 400 instances x {runs} run(s): most ever in flight {max}{}",
-        if max <= limit as usize {
-            " (held)"
-        } else {
-            " (EXCEEDED)"
+    if wanted(4) {
+        for listen in [true, false] {
+            let mut e = Vec::new();
+            for _ in 0..runs {
+                e.push(ms(event_latency(&schema, listen, 20).await));
+            }
+            println!(
+                "event latency (send by a pure client -> step after the wait began), listener {}: {:.1} ms",
+                if listen {
+                    "on"
+                } else {
+                    "off (polling, 250 ms)"
+                },
+                median(e)
+            );
         }
-    );
-    for engine in engines {
-        engine.shutdown().await;
+    }
+    if wanted(5) {
+        let limit = 4;
+        let mut engines = Vec::new();
+        for _ in 0..4 {
+            engines.push(
+                queues::register(builder(&schema).listen(true), limit)
+                    .open()
+                    .await
+                    .unwrap(),
+            );
+        }
+        let (start, enqueue) =
+            queues::dispatch_overhead(&engines[0], "q", if quick { 30 } else { 100 }).await;
+        println!(
+            "queues: call -> first step began (median, one at a time, 4 workers listening): start {:.1} ms, enqueue {:.1} ms (dispatch overhead {:+.1} ms)",
+            ms(start),
+            ms(enqueue),
+            ms(enqueue) - ms(start)
+        );
+        let mut max = 0;
+        for r in 0..runs {
+            max = max.max(queues::limit_under_workers(&engines, &format!("lim{r}"), 400).await);
+        }
+        println!(
+            "queues: global concurrency limit {limit} under 4 worker engines, 400 instances x {runs} run(s): most ever in flight {max}{}",
+            if max <= limit as usize {
+                " (held)"
+            } else {
+                " (EXCEEDED)"
+            }
+        );
+        for engine in engines {
+            engine.shutdown().await;
+        }
     }
     db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await

@@ -55,6 +55,9 @@ pub(crate) enum Created {
     New(Lease),
     /// An instance with that id already exists (it was not changed).
     Exists(InstanceRecord),
+    /// The instance is new and owned by nobody: the first claim runs it
+    /// ([`Backend::create_unclaimed`]).
+    Unclaimed,
 }
 
 /// Why an instance was claimed.
@@ -262,6 +265,28 @@ pub(crate) trait Backend: Send + Sync + 'static {
         &'a self,
         items: &'a [(String, InstanceRecord)],
     ) -> BoxFuture<'a, Result<Vec<Created>>>;
+
+    /// [`create_many`](Self::create_many) for other processes to run (a
+    /// pure client's starts): new instances are left unowned, answered
+    /// [`Created::Unclaimed`]. By default created owned, then released.
+    fn create_unclaimed<'a>(
+        &'a self,
+        items: &'a [(String, InstanceRecord)],
+    ) -> BoxFuture<'a, Result<Vec<Created>>> {
+        Box::pin(async move {
+            let mut created = self.create_many(items).await?;
+            for ((id, _), answer) in items.iter().zip(created.iter_mut()) {
+                if let Created::New(lease) = answer {
+                    if let Err(e) = self.release(id, *lease).await {
+                        // Its lease runs out with this worker's, if ever.
+                        tracing::warn!(durable.instance_id = %id, durable.error = %e, "could not hand a started instance to the workers at once");
+                    }
+                    *answer = Created::Unclaimed;
+                }
+            }
+            Ok(created)
+        })
+    }
 
     /// [`create`](Self::create) with `checkpoints` written in the same
     /// atomic batch (a fork: the new instance replays them).

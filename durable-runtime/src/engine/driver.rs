@@ -25,8 +25,10 @@ use super::scheduler::PARK_AFTER_MS;
 /// How an instance task begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Begin {
-    /// Just created: nothing to resume.
+    /// Just created here: nothing to resume, no checkpoint to load.
     Fresh,
+    /// Forked from another instance: its copied checkpoints replay.
+    Forked,
     /// Resumed by recovery or by a start that found it unfinished; counts
     /// towards `max_recoveries`. Carries the stored count of resumes
     /// without progress when the caller already read it.
@@ -139,9 +141,13 @@ impl Core {
             return DriveEnd::Finished(self.end(id, record, 0, lease, Err(error)).await);
         }
         // Before any body runs: does the recorded history fit this code?
-        let checkpoints = match backend.checkpoints(id).await {
-            Ok(c) => c,
-            Err(e) => return DriveEnd::Finished(Err(e)),
+        // (An instance this task just created has none: no read.)
+        let checkpoints = match begin {
+            Begin::Fresh => Vec::new(),
+            _ => match backend.checkpoints(id).await {
+                Ok(c) => c,
+                Err(e) => return DriveEnd::Finished(Err(e)),
+            },
         };
         let admitted = self
             .admit(id, &record, erased.manifest(), &checkpoints)
@@ -158,7 +164,7 @@ impl Core {
         };
         let mut lane = None;
         let recoveries = match begin {
-            Begin::Fresh | Begin::Wake => 0,
+            Begin::Fresh | Begin::Forked | Begin::Wake => 0,
             Begin::ResumeByHand => 1,
             Begin::Resume(known) => {
                 let stored = known.unwrap_or(0);

@@ -176,7 +176,23 @@ impl Core {
         let done = slot.done.subscribe();
         let fresh = self.fresh_record(workflow, &*erased, input, birth);
         crate::crash::point("start.before_record");
-        let created = self.services.backend.create(&id, &fresh).await;
+        let created = if run.here {
+            self.services.backend.create(&id, &fresh).await
+        } else {
+            let items = [(id.clone(), fresh.clone())];
+            self.services
+                .backend
+                .create_unclaimed(&items)
+                .await
+                .and_then(|mut created| {
+                    created.pop().ok_or_else(|| {
+                        Error::Store(crate::error::StoreError::io_message(
+                            "create an instance",
+                            format!("no answer for instance {id:?}"),
+                        ))
+                    })
+                })
+        };
         self.settle(erased, id, fresh, slot, run, created).await?;
         Ok(done)
     }
@@ -252,6 +268,17 @@ impl Core {
             }
         };
         let claim = match created {
+            Created::Unclaimed => {
+                crate::crash::point("start.after_record");
+                tracing::info!(
+                    durable.workflow = workflow,
+                    durable.instance_id = %id,
+                    "instance started for the workers"
+                );
+                crate::metrics::instance_started(workflow);
+                slot.driving.store(false, Ordering::SeqCst);
+                return Ok(());
+            }
             Created::New(lease) => {
                 crate::crash::point("start.after_record");
                 tracing::info!(

@@ -130,7 +130,11 @@ impl Engine {
                 .map(|(_, id, fresh)| (id.clone(), fresh.clone()))
                 .collect();
             crate::crash::point("start.before_record");
-            let created = self.core.services.backend.create_many(&records).await;
+            let backend = &self.core.services.backend;
+            let created = match run.here {
+                true => backend.create_many(&records).await,
+                false => backend.create_unclaimed(&records).await,
+            };
             let mut answers: Vec<Result<Created>> = match created {
                 Ok(answers) => answers.into_iter().map(Ok).collect(),
                 Err(e) => group.iter().map(|_| Err(e.clone())).collect(),

@@ -231,6 +231,12 @@ impl Core {
                     }))
                 };
             }
+            crate::backend::Created::Unclaimed => {
+                return Err(Error::Store(crate::error::StoreError::io_message(
+                    "fork an instance",
+                    format!("instance {new_id:?} was created without an owner"),
+                )));
+            }
         };
         tracing::info!(durable.instance_id = %new_id, durable.from = %id, durable.step = %step, durable.by = %by, "instance forked");
         crate::metrics::instance_started(&record.workflow);
@@ -244,7 +250,7 @@ impl Core {
                     new_id.to_string(),
                     erased,
                     record,
-                    super::driver::Begin::Fresh,
+                    super::driver::Begin::Forked,
                     slot,
                     lease,
                 );

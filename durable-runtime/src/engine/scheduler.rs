@@ -228,14 +228,21 @@ impl Core {
         }) else {
             return;
         };
+        // Only a hint that something may be claimable (`Notice::Ready`), a
+        // due timer, a poll or lost hints start a round: an instance's end
+        // or an event for a running owner makes nothing claimable.
+        let mut round = true;
+        let mut polled_at = tokio::time::Instant::now();
         loop {
             let next = {
                 let Some(core) = core.upgrade() else { return };
-                if let Err(e) = core.claim_round().await {
-                    tracing::warn!(durable.error = %e, "claim round failed; retrying at the next poll");
-                }
-                if poll.is_some() {
-                    core.resolve_waiting().await;
+                if round {
+                    if let Err(e) = core.claim_round().await {
+                        tracing::warn!(durable.error = %e, "claim round failed; retrying at the next poll");
+                    }
+                    if poll.is_some() {
+                        core.resolve_waiting().await;
+                    }
                 }
                 core.services.backend.next_due()
             };
@@ -245,24 +252,30 @@ impl Core {
                     None => std::future::pending().await,
                 }
             };
+            if round {
+                polled_at = tokio::time::Instant::now();
+            }
+            // Counted from the last round, not from the last hint.
             let polled = async {
                 match poll {
-                    Some(every) => tokio::time::sleep(every).await,
+                    Some(every) => tokio::time::sleep_until(polled_at + every).await,
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            round = tokio::select! {
                 notice = notices.recv() => match notice {
                     Ok(notice) => {
                         let Some(core) = core.upgrade() else { return };
+                        let ready = matches!(notice, Notice::Ready);
                         core.follow(notice).await;
+                        ready
                     }
-                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Lagged(_)) => true,
                     Err(RecvError::Closed) => return,
                 },
-                _ = timer => {}
-                _ = polled => {}
-            }
+                _ = timer => true,
+                _ = polled => true,
+            };
         }
     }
 

@@ -128,6 +128,10 @@ impl Embedded {
                     index.add(id, record);
                     Queued::New
                 }
+                Created::Unclaimed => {
+                    index.add(id, record);
+                    Queued::New
+                }
                 Created::Exists(existing) => Queued::Exists(existing),
             });
         }

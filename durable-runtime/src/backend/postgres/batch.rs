@@ -2,7 +2,8 @@
 //! order and read their epoch and owner, decide each write in turn (a
 //! refused fence fails only its own write), look up the events that parks
 //! and timeouts depend on, then upsert the checkpoints and update the rows
-//! with array-bound statements, pipelined.
+//! with array-bound statements, pipelined with the COMMIT. Two round
+//! trips: the writes wait for the locks' answer, which decides them.
 
 use std::collections::{HashMap, HashSet};
 
@@ -34,21 +35,27 @@ pub(super) type Decided = (
     Vec<(String, Option<u64>)>,
 );
 
-/// Inside the transaction: locks, decides and writes; returns each write's
-/// outcome, the hints to send and the timers parked or unparked here.
+/// How COMMIT answered.
+pub(super) type CommitAnswer = std::result::Result<(), tokio_postgres::Error>;
+
+/// Inside the transaction: locks, decides and writes (and commits, when
+/// `commit`: pipelined behind the writes); returns each write's outcome,
+/// the hints to send and the timers parked or unparked here, and how
+/// COMMIT answered if it was sent.
 pub(super) async fn decide_and_write(
     inner: &Inner,
     conn: &deadpool_postgres::ClientWrapper,
     jobs: &[Job],
     me: i64,
     txid: &mut Option<i64>,
-) -> std::result::Result<Decided, tokio_postgres::Error> {
+    commit: bool,
+) -> std::result::Result<(Decided, Option<CommitAnswer>), tokio_postgres::Error> {
     let mut ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
     let fence = conn
         .prepare_cached(&inner.sql(
-            "SELECT id, epoch, owner FROM {s}.instances WHERE id = ANY($1)
+            "SELECT id, epoch, owner, recoveries FROM {s}.instances WHERE id = ANY($1)
              ORDER BY id FOR UPDATE",
         ))
         .await?;
@@ -67,6 +74,12 @@ pub(super) async fn decide_and_write(
     let mut held: HashMap<String, (i64, Option<i64>)> = rows
         .iter()
         .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2))))
+        .collect();
+    // Each row's count of resumes without progress, as this group leaves
+    // it: a checkpoint rewrites the row only to set it back to 0.
+    let mut recoveries: HashMap<String, i32> = rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get(3)))
         .collect();
     let fenced = |held: &HashMap<String, (i64, Option<i64>)>, job: &Job| {
         held.get(&job.id)
@@ -131,7 +144,7 @@ pub(super) async fn decide_and_write(
         let result = match &job.write {
             Prepared::Checkpoint(cp, progress) => {
                 checkpoints.push((id, cp.clone()));
-                if *progress {
+                if *progress && recoveries.insert(job.id.clone(), 0).is_some_and(|n| n != 0) {
                     changes.entry(id).or_default().recoveries = Some(0);
                 }
                 Committed::Written
@@ -178,7 +191,11 @@ pub(super) async fn decide_and_write(
                 change.updated_ms = Some(*updated_ms);
                 change.blocked = *blocked;
                 match active {
-                    Some(n) => change.recoveries = Some((*n).min(i32::MAX as u32) as i32),
+                    Some(n) => {
+                        let n = (*n).min(i32::MAX as u32) as i32;
+                        change.recoveries = Some(n);
+                        recoveries.insert(job.id.clone(), n);
+                    }
                     None => {
                         change.finished = true;
                         change.park_op = 2;
@@ -285,12 +302,31 @@ pub(super) async fn decide_and_write(
         ];
         writes.push((update, params));
     }
-    // Pipelined; COMMIT follows once every one answered.
-    let answers = pipelined(conn, &writes).await;
+    // Pipelined, with COMMIT right behind them when asked (one round
+    // trip). A write that failed aborted the transaction: COMMIT then
+    // rolls it back, and the write's error is the answer.
+    let (answers, committed) = tokio::join!(pipelined(conn, &writes), async {
+        match commit {
+            true => Some(conn.batch_execute("COMMIT").await),
+            false => None,
+        }
+    });
     for answer in answers {
-        answer?;
+        match answer {
+            Ok(_) => {}
+            // The connection broke with COMMIT sent: whether it took is
+            // for COMMIT's own answer (then `txid_status`) to say.
+            Err(e) if committed.is_some() && e.as_db_error().is_none() => {
+                let committed = match committed {
+                    Some(Ok(())) => Some(Err(e)),
+                    other => other,
+                };
+                return Ok(((results, notices, parked), committed));
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok((results, notices, parked))
+    Ok(((results, notices, parked), committed))
 }
 
 /// Owned statement parameters.

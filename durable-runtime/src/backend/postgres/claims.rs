@@ -10,6 +10,7 @@ use crate::backend::{Claim, ClaimKind, Created, Lease, Notice, Round};
 use crate::error::Result;
 use crate::records::InstanceRecord;
 
+use super::Cached;
 use super::status::{self, BLOCKED, INCOMPATIBLE, NEEDS_ATTENTION, READY, RUNNING};
 use super::{Inner, decode, encode, io};
 
@@ -73,7 +74,7 @@ impl Inner {
     ) -> Result<Option<i64>> {
         let bytes = encode(record, id, "the instance record")?;
         let inserted = client
-            .query_opt(
+            .query_opt_cached(
                 &self.sql(
                     "INSERT INTO {s}.instances
                          (id, workflow, status, epoch, owner, created_at_ms, updated_ms, record,
@@ -97,34 +98,22 @@ impl Inner {
         Ok(inserted.map(|row| row.get(0)))
     }
 
-    pub(super) async fn create(&self, id: &str, record: &InstanceRecord) -> Result<Created> {
-        let conn = self.conn().await?;
-        let me = self.me();
-        if let Some(epoch) = self.insert_instance(&conn, id, record, me).await? {
-            return Ok(Created::New(Lease {
-                epoch: epoch as u64,
-                owner: me,
-            }));
-        }
-        let row = conn
-            .query_one(
-                &self.sql("SELECT record FROM {s}.instances WHERE id = $1"),
-                &[&id],
-            )
-            .await
-            .map_err(io("read an instance"))?;
-        let bytes: &[u8] = row.get(0);
-        Ok(Created::Exists(decode(bytes, || {
-            format!("instance {id:?}")
-        })?))
-    }
-
     /// [`create`](Self::create) of every instance of `items`: one
     /// statement inserts the new ones (one transaction, one commit), a
     /// second reads the ones that existed.
     pub(super) async fn create_many(
         &self,
         items: &[(String, InstanceRecord)],
+    ) -> Result<Vec<Created>> {
+        self.insert_many(items, true).await
+    }
+
+    /// [`create_many`](Self::create_many), owned by this worker when
+    /// `owned`, else by nobody ([`Created::Unclaimed`]).
+    pub(super) async fn insert_many(
+        &self,
+        items: &[(String, InstanceRecord)],
+        owned: bool,
     ) -> Result<Vec<Created>> {
         let mut ids = Vec::with_capacity(items.len());
         let mut workflows = Vec::with_capacity(items.len());
@@ -144,8 +133,9 @@ impl Inner {
         }
         let conn = self.conn().await?;
         let me = self.me();
+        let owner = owned.then_some(me);
         let inserted = conn
-            .query(
+            .query_cached(
                 &self.sql(
                     "INSERT INTO {s}.instances
                          (id, workflow, status, epoch, owner, created_at_ms, updated_ms, record,
@@ -159,7 +149,7 @@ impl Inner {
                     &ids,
                     &workflows,
                     &statuses,
-                    &me,
+                    &owner,
                     &created_at,
                     &updated,
                     &records,
@@ -180,7 +170,7 @@ impl Inner {
         let mut existing: HashMap<String, InstanceRecord> = HashMap::new();
         if !missing.is_empty() {
             let rows = conn
-                .query(
+                .query_cached(
                     &self.sql("SELECT id, record FROM {s}.instances WHERE id = ANY($1)"),
                     &[&missing],
                 )
@@ -195,10 +185,11 @@ impl Inner {
         }
         ids.iter()
             .map(|id| match new.get(*id) {
-                Some(epoch) => Ok(Created::New(Lease {
+                Some(epoch) if owned => Ok(Created::New(Lease {
                     epoch: *epoch as u64,
                     owner: me,
                 })),
+                Some(_) => Ok(Created::Unclaimed),
                 None => existing.remove(*id).map(Created::Exists).ok_or_else(|| {
                     // Purged between the insert and the read.
                     crate::error::Error::Store(crate::error::StoreError::io_message(
@@ -214,7 +205,7 @@ impl Inner {
         let conn = self.conn().await?;
         let me = self.me();
         let row = conn
-            .query_opt(
+            .query_opt_cached(
                 &self.sql(&format!(
                     "WITH c AS (
                          SELECT id, status FROM {{s}}.instances
@@ -281,7 +272,7 @@ impl Inner {
         let conn = self.conn().await?;
         let me = self.me();
         let rows = conn
-            .query(
+            .query_cached(
                 &self.sql(&format!(
                     "WITH c AS (
                          SELECT id, status, wake_at_ms FROM {{s}}.instances
@@ -355,7 +346,7 @@ impl Inner {
     pub(super) async fn unfinished(&self) -> Result<Vec<String>> {
         let conn = self.conn().await?;
         let rows = conn
-            .query(
+            .query_cached(
                 &self.sql(&format!(
                     "SELECT id FROM {{s}}.instances WHERE status < {} ORDER BY id",
                     status::COMPLETED
@@ -394,7 +385,7 @@ impl Inner {
     pub(super) async fn release(&self, id: &str, lease: Lease) -> Result<()> {
         let conn = self.conn().await?;
         let released = conn
-            .execute(
+            .execute_cached(
                 &self.sql(
                     "UPDATE {s}.instances SET owner = NULL, updated_at = now()
                      WHERE id = $1 AND epoch = $2 AND owner = $3",

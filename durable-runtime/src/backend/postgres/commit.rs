@@ -100,6 +100,8 @@ pub(crate) struct CommitStats {
 /// The sending side of the committer task.
 pub(super) struct Committer {
     tx: std::sync::Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    /// Writes handed over or written directly, not answered yet.
+    pending: std::sync::atomic::AtomicUsize,
     done: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
     done_tx: std::sync::Mutex<Option<oneshot::Sender<()>>>,
     pub(super) stats: CommitStats,
@@ -130,6 +132,7 @@ impl Committer {
         (
             Committer {
                 tx: std::sync::Mutex::new(Some(tx)),
+                pending: Default::default(),
                 done: tokio::sync::Mutex::new(Some(done)),
                 done_tx: std::sync::Mutex::new(Some(done_tx)),
                 stats: CommitStats::default(),
@@ -140,6 +143,30 @@ impl Committer {
             },
             rx,
         )
+    }
+
+    /// Whether a write may go to the database from its caller's task: none
+    /// is pending (it is then marked pending until its [`Pending`] drops). Saves the hand-off to the committer
+    /// and back for a lone write; with others pending, it joins a group.
+    fn direct(&self) -> bool {
+        #[cfg(test)]
+        if self.hold.try_lock().is_err()
+            || !self
+                .faults
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+        {
+            return false;
+        }
+        self.pending
+            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// Whether the committer stopped taking writes.
+    fn closed(&self) -> bool {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).is_none()
     }
 
     /// Stops taking writes and waits until every queued one is answered.
@@ -197,6 +224,19 @@ impl Inner {
             write: prepared,
             reply,
         };
+        if self.committer.closed() {
+            return Err(Error::Store(StoreError::Closed));
+        }
+        if matches!(job.write, Prepared::Checkpoint(..)) && self.committer.direct() {
+            let _pending = Pending(&self.committer);
+            let result = super::group::write_group(self, std::slice::from_ref(&job)).await;
+            return result
+                .into_iter()
+                .next()
+                .unwrap_or(Err(Error::Store(StoreError::Closed)));
+        }
+        self.committer.pending.fetch_add(1, Ordering::SeqCst);
+        let _pending = Pending(&self.committer);
         let sent = match &*self.committer.tx.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(tx) => tx.send(job).is_ok(),
             None => false,
@@ -208,6 +248,16 @@ impl Inner {
         answer
             .await
             .unwrap_or(Err(Error::Store(StoreError::Closed)))
+    }
+}
+
+/// A write counted as pending until this drops (answered, or its caller
+/// gone).
+struct Pending<'a>(&'a Committer);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

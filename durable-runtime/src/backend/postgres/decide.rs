@@ -7,6 +7,7 @@ use crate::backend::{EventCheck, Notice};
 use crate::error::{Error, Result, UsageError};
 use crate::records::{EventRecord, InstanceRecord, ParkRecord};
 
+use super::Cached;
 use super::status::{self, READY, SLEEPING, WAITING};
 use super::{Inner, decode, encode, io};
 
@@ -43,7 +44,7 @@ impl Inner {
         // for this one and then finds its key.
         if let Some(key) = key
             && tx
-                .query_opt(
+                .query_opt_cached(
                     &self.sql("SELECT 1 FROM {s}.send_keys WHERE instance_id = $1 AND key = $2"),
                     &[&id, &key],
                 )
@@ -58,7 +59,7 @@ impl Inner {
         // Counted in a statement of its own, after the lock: its snapshot
         // sees every write of the owner that committed before.
         let counts = tx
-            .query_one(
+            .query_one_cached(
                 &self.sql(
                     "SELECT (SELECT count(*) FROM {s}.events WHERE instance_id = $1 AND name = $2),
                             (SELECT count(*) FROM {s}.checkpoints
@@ -85,7 +86,7 @@ impl Inner {
         // Whether the wait this event's number follows timed out.
         let timed_out_before = match seq.checked_sub(1) {
             Some(before) => tx
-                .query_opt(
+                .query_opt_cached(
                     &self.sql(
                         "SELECT record FROM {s}.checkpoints WHERE instance_id = $1 AND key = $2",
                     ),
@@ -107,7 +108,7 @@ impl Inner {
             wait.and_then(|w| w.event_type.as_deref()),
             timed_out_before,
         )?;
-        tx.execute(
+        tx.execute_cached(
             &self.sql(
                 "INSERT INTO {s}.events (instance_id, name, seq, record) VALUES ($1, $2, $3, $4)",
             ),
@@ -116,7 +117,7 @@ impl Inner {
         .await
         .map_err(io("store an event"))?;
         if let Some(key) = key {
-            tx.execute(
+            tx.execute_cached(
                 &self.sql(
                     "INSERT INTO {s}.send_keys (instance_id, key, name, seq) VALUES ($1, $2, $3, $4)",
                 ),
@@ -127,7 +128,7 @@ impl Inner {
         }
         let woken = wait.is_some();
         if woken {
-            tx.execute(
+            tx.execute_cached(
                 &self.sql(&format!(
                     "UPDATE {{s}}.instances SET status = {READY}, park = NULL, wake_at_ms = NULL,
                          updated_at = now()
@@ -167,7 +168,7 @@ impl Inner {
             .await
             .map_err(io("begin a cancel"))?;
         let row = tx
-            .query_opt(
+            .query_opt_cached(
                 &self.sql("SELECT record FROM {s}.instances WHERE id = $1 FOR UPDATE"),
                 &[&id],
             )
@@ -180,7 +181,7 @@ impl Inner {
         status::ensure_unfinished(id, &record.state)?;
         let record = update(record);
         let bytes = encode(&record, id, "the instance record")?;
-        tx.execute(
+        tx.execute_cached(
             &self.sql(
                 "UPDATE {s}.instances
                  SET record = $2, status = $3, finished = $4, updated_ms = $5,

@@ -110,8 +110,15 @@ async fn attempt(inner: &Inner, jobs: &[Job]) -> Attempt {
     {
         return lone_checkpoint(inner, &conn, job, cp, *progress, me).await;
     }
+    // An injected fault goes between the writes and COMMIT.
+    #[cfg(test)]
+    let commit_with_writes = fault.is_none();
+    #[cfg(not(test))]
+    let commit_with_writes = true;
     let body = async {
-        let decided = super::batch::decide_and_write(inner, &conn, jobs, me, &mut txid).await?;
+        let decided =
+            super::batch::decide_and_write(inner, &conn, jobs, me, &mut txid, commit_with_writes)
+                .await?;
         #[cfg(test)]
         match fault {
             Some(Fault::KillBeforeCommit) => {
@@ -129,7 +136,7 @@ async fn attempt(inner: &Inner, jobs: &[Job]) -> Attempt {
         Ok(decided)
     }
     .await;
-    let decided = match body {
+    let (decided, committed) = match body {
         Ok(decided) => decided,
         Err(e) => {
             let retry = retryable(&e);
@@ -142,7 +149,10 @@ async fn attempt(inner: &Inner, jobs: &[Job]) -> Attempt {
             };
         }
     };
-    let committed = conn.batch_execute("COMMIT").await;
+    let committed = match committed {
+        Some(committed) => committed,
+        None => conn.batch_execute("COMMIT").await,
+    };
     #[cfg(test)]
     if committed.is_ok() && matches!(fault, Some(Fault::LoseCommitAck)) {
         let _ = deadpool_postgres::Object::take(conn);

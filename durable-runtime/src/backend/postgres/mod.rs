@@ -22,6 +22,7 @@
 mod batch;
 mod claims;
 mod commit;
+mod creates;
 mod decide;
 mod group;
 mod notify;
@@ -54,6 +55,81 @@ use crate::manifest::Manifest;
 use crate::records::{CheckpointRecord, EventRecord, InstanceRecord, ParkRecord};
 use crate::time::Clock;
 
+/// Statement parameters, as tokio-postgres takes them.
+type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
+
+/// Queries by text, each statement prepared once per connection (the
+/// pool's statement cache): a hot statement costs one round trip instead
+/// of a parse and then an execute. For statement texts from a bounded set
+/// only (the schema's name and constants, never values).
+trait Cached {
+    fn query_cached<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> BoxFuture<'a, std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>>;
+    fn query_one_cached<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> BoxFuture<'a, std::result::Result<tokio_postgres::Row, tokio_postgres::Error>>;
+    fn query_opt_cached<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> BoxFuture<'a, std::result::Result<Option<tokio_postgres::Row>, tokio_postgres::Error>>;
+    fn execute_cached<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> BoxFuture<'a, std::result::Result<u64, tokio_postgres::Error>>;
+}
+
+impl<C: deadpool_postgres::GenericClient + Sync> Cached for C {
+    fn query_cached<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> BoxFuture<'a, std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>> {
+        Box::pin(async move { self.query(&self.prepare_cached(sql).await?, params).await })
+    }
+
+    fn query_one_cached<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> BoxFuture<'a, std::result::Result<tokio_postgres::Row, tokio_postgres::Error>> {
+        Box::pin(async move {
+            self.query_one(&self.prepare_cached(sql).await?, params)
+                .await
+        })
+    }
+
+    fn query_opt_cached<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> BoxFuture<'a, std::result::Result<Option<tokio_postgres::Row>, tokio_postgres::Error>>
+    {
+        Box::pin(async move {
+            self.query_opt(&self.prepare_cached(sql).await?, params)
+                .await
+        })
+    }
+
+    fn execute_cached<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> BoxFuture<'a, std::result::Result<u64, tokio_postgres::Error>> {
+        Box::pin(async move { self.execute(&self.prepare_cached(sql).await?, params).await })
+    }
+}
+
+/// How long the row of a gone worker is kept by default (for whoever
+/// looks at the `workers` table after an incident).
+pub(crate) const WORKER_RETENTION: Duration = Duration::from_secs(3600);
+
 /// How a [`PgBackend`] runs.
 #[derive(Debug, Clone)]
 pub(crate) struct PgOptions {
@@ -69,6 +145,9 @@ pub(crate) struct PgOptions {
     pub pool_size: usize,
     /// Whether to LISTEN for hints of other processes.
     pub listen: bool,
+    /// How long the row of a worker that is gone (closed, or declared
+    /// dead) is kept past its lease, once it holds no instance.
+    pub worker_retention: Duration,
 }
 
 impl Default for PgOptions {
@@ -79,6 +158,7 @@ impl Default for PgOptions {
             poll_listening: Duration::from_secs(5),
             pool_size: 8,
             listen: true,
+            worker_retention: WORKER_RETENTION,
         }
     }
 }
@@ -115,6 +195,7 @@ pub(crate) struct Inner {
     notices: broadcast::Sender<Notice>,
     hints: notify::Hints,
     committer: commit::Committer,
+    creator: creates::Creator,
     timers: Mutex<claims::Timers>,
     /// Ids whose record this build cannot read: left to other workers.
     unreadable: Mutex<Vec<String>>,
@@ -168,6 +249,7 @@ impl PgBackend {
         let (stop, _) = tokio::sync::watch::channel(false);
         let (hints, hint_rx) = notify::Hints::new();
         let (committer, commit_rx) = commit::Committer::new();
+        let (creator, create_rx) = creates::Creator::new();
         let inner = Arc::new(Inner {
             pool,
             config,
@@ -181,6 +263,7 @@ impl PgBackend {
             notices,
             hints,
             committer,
+            creator,
             timers: Mutex::new(claims::Timers::default()),
             unreadable: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
@@ -193,6 +276,7 @@ impl PgBackend {
         });
         let mut tasks = vec![
             tokio::spawn(commit::run(Arc::clone(&inner), commit_rx)),
+            tokio::spawn(creates::run(Arc::clone(&inner), create_rx)),
             tokio::spawn(notify::notifier(Arc::clone(&inner), hint_rx)),
             tokio::spawn(workers::heartbeat(Arc::clone(&inner))),
             tokio::spawn(workers::reaper(Arc::clone(&inner))),
@@ -343,6 +427,20 @@ impl Backend for PgBackend {
         items: &'a [(String, InstanceRecord)],
     ) -> BoxFuture<'a, Result<Vec<Created>>> {
         Box::pin(self.inner.create_many(items))
+    }
+
+    fn create_unclaimed<'a>(
+        &'a self,
+        items: &'a [(String, InstanceRecord)],
+    ) -> BoxFuture<'a, Result<Vec<Created>>> {
+        Box::pin(async move {
+            let created = self.inner.insert_many(items, false).await?;
+            // The workers learn of them now rather than at their next poll.
+            if created.iter().any(|c| matches!(c, Created::Unclaimed)) {
+                self.inner.hints.send(Notice::Ready);
+            }
+            Ok(created)
+        })
     }
 
     fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<InstanceRecord>>> {

@@ -20,7 +20,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::backend::Notice;
 
-use super::Inner;
+use super::{Cached, Inner};
 
 /// How long the listener waits for its own test notification.
 const SELF_TEST: Duration = Duration::from_secs(3);
@@ -145,7 +145,7 @@ pub(super) async fn notifier(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<
 
 async fn send(inner: &Inner, payloads: &[String]) -> crate::error::Result<()> {
     let conn = inner.conn().await?;
-    conn.execute(
+    conn.execute_cached(
         "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
         &[&inner.channel(), &payloads],
     )

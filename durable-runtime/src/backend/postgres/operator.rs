@@ -12,6 +12,7 @@ use crate::backend::{Created, Lease, Notice, Reopen};
 use crate::error::{Error, Result, UsageError};
 use crate::records::{CheckpointRecord, InstanceRecord};
 
+use super::Cached;
 use super::commit::Cp;
 use super::status::{self, READY};
 use super::{Inner, decode, encode, io};
@@ -52,7 +53,7 @@ impl Inner {
         let names: Vec<&str> = cps.iter().map(|c| c.name.as_str()).collect();
         let ended: Vec<bool> = cps.iter().map(|c| c.ended_wait).collect();
         let records: Vec<&[u8]> = cps.iter().map(|c| c.bytes.as_slice()).collect();
-        tx.execute(
+        tx.execute_cached(
             &self.sql(
                 "INSERT INTO {s}.checkpoints (instance_id, key, name, ended_wait, record)
                  SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::bool[],
@@ -68,7 +69,7 @@ impl Inner {
         // (the `set_event` and `write_stream` checkpoints among them).
         for (key, value) in crate::records::published_by(checkpoints) {
             let bytes = encode(&value, id, &format!("published key {key:?}"))?;
-            tx.execute(
+            tx.execute_cached(
                 &self.sql(
                     "INSERT INTO {s}.published (instance_id, key, record) VALUES ($1, $2, $3)
                      ON CONFLICT (instance_id, key) DO UPDATE SET record = EXCLUDED.record",
@@ -80,7 +81,7 @@ impl Inner {
         }
         for (key, offset, value) in crate::records::streamed_by(checkpoints) {
             let bytes = encode(&value, id, &format!("stream {key:?}"))?;
-            tx.execute(
+            tx.execute_cached(
                 &self.sql(
                     "INSERT INTO {s}.streams (instance_id, key, \"offset\", record)
                      VALUES ($1, $2, $3, $4)
@@ -107,7 +108,7 @@ impl Inner {
             .await
             .map_err(io("begin a reopening"))?;
         let row = tx
-            .query_opt(
+            .query_opt_cached(
                 &self.sql("SELECT record FROM {s}.instances WHERE id = $1 FOR UPDATE"),
                 &[&id],
             )
@@ -119,7 +120,7 @@ impl Inner {
         let record: InstanceRecord = decode(row.get(0), || format!("instance {id:?}"))?;
         // Read under the lock: every write of an owner committed before is seen.
         let checkpoints = tx
-            .query(
+            .query_cached(
                 &self.sql("SELECT record FROM {s}.checkpoints WHERE instance_id = $1 ORDER BY key"),
                 &[&id],
             )
@@ -137,7 +138,7 @@ impl Inner {
             .map(|c| Cp::of(id, c).map(|cp| cp.key))
             .collect::<Result<Vec<Vec<u8>>>>()?;
         if !keys.is_empty() {
-            tx.execute(
+            tx.execute_cached(
                 &self.sql("DELETE FROM {s}.checkpoints WHERE instance_id = $1 AND key = ANY($2)"),
                 &[&id, &keys],
             )
@@ -150,7 +151,7 @@ impl Inner {
             status::RUNNING => READY,
             other => other,
         };
-        tx.execute(
+        tx.execute_cached(
             &self.sql(
                 "UPDATE {s}.instances
                  SET record = $2, status = $3, finished = $4, updated_ms = $5, paused = $6,
@@ -192,7 +193,7 @@ impl Inner {
             .await
             .map_err(io("begin a pause"))?;
         let row = tx
-            .query_opt(
+            .query_opt_cached(
                 &self.sql("SELECT record FROM {s}.instances WHERE id = $1 FOR UPDATE"),
                 &[&id],
             )
@@ -208,7 +209,7 @@ impl Inner {
         };
         let bytes = encode(&record, id, "the instance record")?;
         // The epoch and the owner stay: an owner finishes the step it runs.
-        tx.execute(
+        tx.execute_cached(
             &self.sql(
                 "UPDATE {s}.instances SET record = $2, updated_ms = $3, paused = $4,
                      updated_at = now()
@@ -235,7 +236,7 @@ impl Inner {
     pub(super) async fn owned_paused(&self, seen: &mut HashSet<String>) -> Result<()> {
         let conn = self.conn().await?;
         let now: HashSet<String> = conn
-            .query(
+            .query_cached(
                 &self.sql("SELECT id FROM {s}.instances WHERE owner = $1 AND paused"),
                 &[&self.me()],
             )
@@ -254,8 +255,8 @@ impl Inner {
     /// See [`Backend::purge`](crate::backend::Backend::purge): a page of
     /// instances at a time, each row locked and its condition checked again
     /// under the lock (one reopened meanwhile no longer passes); their
-    /// checkpoints and events go with them (`ON DELETE CASCADE`, and
-    /// explicitly, in the same statement).
+    /// checkpoints and events go with them, in the same statement (and
+    /// what they published, by `ON DELETE CASCADE`).
     pub(super) async fn purge(&self, before_ms: u64) -> Result<u64> {
         let before = before_ms.min(i64::MAX as u64) as i64;
         let conn = self.conn().await?;

@@ -8,6 +8,7 @@ use crate::backend::{Committed, Lease, Notice};
 use crate::error::{Error, InstanceError, Result, UsageError};
 use crate::records::{CheckpointRecord, EventRecord};
 
+use super::Cached;
 use super::commit::{Cp, MIN_ATTEMPTS};
 use super::group::retryable;
 use super::{Inner, decode, encode, io};
@@ -124,7 +125,7 @@ impl Inner {
     ) -> Result<Vec<(u64, EventRecord)>> {
         let conn = self.conn().await?;
         let exists = conn
-            .query_one(
+            .query_one_cached(
                 &self.sql("SELECT EXISTS (SELECT 1 FROM {s}.instances WHERE id = $1)"),
                 &[&id],
             )
@@ -134,7 +135,7 @@ impl Inner {
             return Err(Error::Usage(UsageError::NotFound { id: id.to_string() }));
         }
         let rows = conn
-            .query(
+            .query_cached(
                 &self.sql(
                     "SELECT \"offset\", record FROM {s}.streams
                      WHERE instance_id = $1 AND key = $2 AND \"offset\" >= $3
@@ -165,7 +166,7 @@ impl Inner {
     pub(super) async fn published(&self, id: &str, key: &str) -> Result<Option<EventRecord>> {
         let conn = self.conn().await?;
         let row = conn
-            .query_one(
+            .query_one_cached(
                 &self.sql(
                     "SELECT EXISTS (SELECT 1 FROM {s}.instances WHERE id = $1),
                             (SELECT record FROM {s}.published WHERE instance_id = $1 AND key = $2)",

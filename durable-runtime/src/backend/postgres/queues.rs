@@ -11,6 +11,7 @@ use crate::error::{Error, Result, StoreError};
 use crate::queue::QueueSpec;
 use crate::records::{InstanceRecord, TransitionKind, TransitionRecord};
 
+use super::Cached;
 use super::status::{self, RUNNING};
 use super::{Inner, decode, encode, io};
 
@@ -49,7 +50,7 @@ impl Inner {
         let conn = self.conn().await?;
         // ON CONFLICT DO NOTHING covers both the id and a held dedup id.
         let inserted = conn
-            .query(
+            .query_cached(
                 &self.sql(&format!(
                     "INSERT INTO {{s}}.instances
                          (id, workflow, status, epoch, owner, created_at_ms, updated_ms, record,
@@ -90,7 +91,7 @@ impl Inner {
                 continue;
             }
             let row = conn
-                .query_opt(
+                .query_opt_cached(
                     &self.sql("SELECT record FROM {s}.instances WHERE id = $1"),
                     &[&id],
                 )
@@ -104,7 +105,7 @@ impl Inner {
                 continue;
             }
             let holder = conn
-                .query_opt(
+                .query_opt_cached(
                     &self.sql(
                         "SELECT id FROM {s}.instances
                          WHERE queue = $1 AND dedup = $2 AND NOT finished",
@@ -148,7 +149,7 @@ impl Inner {
             .map_err(io("begin a dispatch"))?;
         let rate = spec.rate_ms();
         let as_int = |v: Option<u32>| v.map(|n| n.min(i32::MAX as u32) as i32);
-        tx.execute(
+        tx.execute_cached(
             &self.sql(
                 "INSERT INTO {s}.queues
                      (name, concurrency, partition_concurrency, per_worker, rate_n, rate_ms)
@@ -171,7 +172,7 @@ impl Inner {
         )
         .await
         .map_err(io("declare a queue"))?;
-        tx.query_one(
+        tx.query_one_cached(
             &self.sql("SELECT name FROM {s}.queues WHERE name = $1 FOR UPDATE"),
             &[&name],
         )
@@ -181,7 +182,7 @@ impl Inner {
         let mut per_partition: HashMap<Option<String>, i64> = HashMap::new();
         if spec.concurrency.is_some() || spec.partition_concurrency.is_some() {
             let rows = tx
-                .query(
+                .query_cached(
                     &self.sql(
                         "SELECT partition_key, count(*) FROM {s}.instances
                          WHERE queue = $1 AND NOT queued AND NOT finished
@@ -203,7 +204,7 @@ impl Inner {
         }
         if let Some((n, period)) = spec.rate_ms() {
             let row = tx
-                .query_one(
+                .query_one_cached(
                     &self.sql(
                         "SELECT count(*) FROM {s}.instances
                          WHERE queue = $1 AND dispatched_ms > $2",
@@ -225,7 +226,7 @@ impl Inner {
             room.min(SCAN as usize) as i64
         };
         let rows = tx
-            .query(
+            .query_cached(
                 &self.sql(
                     "SELECT id, partition_key, record, recoveries FROM {s}.instances
                      WHERE queue = $1 AND queued AND NOT finished AND not_before_ms <= $2
@@ -258,7 +259,7 @@ impl Inner {
             });
             let bytes = encode(&record, &id, "the instance record")?;
             let updated = tx
-                .query_one(
+                .query_one_cached(
                     &self.sql(
                         "UPDATE {s}.instances
                          SET queued = false, dispatched_ms = $2, owner = $3, epoch = epoch + 1,
@@ -295,7 +296,7 @@ impl Inner {
     pub(super) async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
         let conn = self.conn().await?;
         let rows = conn
-            .query(
+            .query_cached(
                 &self.sql(
                     "WITH c AS (
                          SELECT queue, count(*) FILTER (WHERE queued) AS pending,

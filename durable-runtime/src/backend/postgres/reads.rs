@@ -9,13 +9,14 @@ use crate::records::{
 };
 use crate::time::to_ms;
 
+use super::Cached;
 use super::{Inner, decode, encode, io, status};
 
 impl Inner {
     pub(super) async fn load(&self, id: &str) -> Result<Option<InstanceRecord>> {
         let conn = self.conn().await?;
         let row = conn
-            .query_opt(
+            .query_opt_cached(
                 &self.sql("SELECT record FROM {s}.instances WHERE id = $1"),
                 &[&id],
             )
@@ -28,7 +29,7 @@ impl Inner {
     pub(super) async fn park_of(&self, id: &str) -> Result<Option<ParkRecord>> {
         let conn = self.conn().await?;
         let row = conn
-            .query_opt(
+            .query_opt_cached(
                 &self.sql(&format!(
                     "SELECT park FROM {{s}}.instances WHERE id = $1 AND status IN ({}, {})",
                     status::SLEEPING,
@@ -46,7 +47,7 @@ impl Inner {
 
     pub(super) async fn checkpoints(&self, id: &str) -> Result<Vec<CheckpointRecord>> {
         let conn = self.conn().await?;
-        conn.query(
+        conn.query_cached(
             &self.sql("SELECT record FROM {s}.checkpoints WHERE instance_id = $1 ORDER BY key"),
             &[&id],
         )
@@ -65,7 +66,7 @@ impl Inner {
     ) -> Result<Option<EventRecord>> {
         let conn = self.conn().await?;
         let row = conn
-            .query_opt(
+            .query_opt_cached(
                 &self.sql(
                     "SELECT record FROM {s}.events WHERE instance_id = $1 AND name = $2 AND seq = $3",
                 ),
@@ -84,7 +85,7 @@ impl Inner {
     pub(super) async fn events_of(&self, id: &str) -> Result<Vec<(String, u64, String)>> {
         let conn = self.conn().await?;
         let rows = conn
-            .query(
+            .query_cached(
                 &self.sql(
                     "SELECT name, record FROM {s}.events WHERE instance_id = $1
                      ORDER BY octet_length(name), name, seq",
@@ -106,7 +107,7 @@ impl Inner {
     pub(super) async fn event_records(&self, id: &str) -> Result<Vec<(String, u32, EventRecord)>> {
         let conn = self.conn().await?;
         let rows = conn
-            .query(
+            .query_cached(
                 &self.sql(
                     "SELECT name, seq, record FROM {s}.events WHERE instance_id = $1
                      ORDER BY octet_length(name), name, seq",
@@ -129,7 +130,7 @@ impl Inner {
     pub(super) async fn manifest(&self, hash: u64) -> Result<Option<Manifest>> {
         let conn = self.conn().await?;
         let row = conn
-            .query_opt(
+            .query_opt_cached(
                 &self.sql("SELECT manifest FROM {s}.manifests WHERE hash = $1"),
                 &[&(hash as i64)],
             )
@@ -149,7 +150,7 @@ impl Inner {
             .map(|m| encode(*m, "", "a manifest"))
             .collect::<Result<Vec<_>>>()?;
         let conn = self.conn().await?;
-        conn.execute(
+        conn.execute_cached(
             &self.sql(
                 "INSERT INTO {s}.manifests (hash, manifest)
                  SELECT * FROM unnest($1::int8[], $2::bytea[]) ON CONFLICT (hash) DO NOTHING",
@@ -177,7 +178,7 @@ impl Inner {
         let limit = filter.limit.max(1);
         let conn = self.conn().await?;
         let rows = conn
-            .query(
+            .query_cached(
                 &self.sql(
                     "SELECT id, status, record, park, created_at_ms FROM {s}.instances
                      WHERE ($1::text IS NULL OR workflow = $1)

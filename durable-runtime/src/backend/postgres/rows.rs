@@ -3,6 +3,7 @@
 //! runs in one transaction under an advisory lock on (schema, table, key),
 //! so it also serializes against a concurrent insert of an absent row.
 
+use super::Cached;
 use super::{Inner, io};
 use crate::backend::{Change, DecideRow, Table};
 use crate::error::Result;
@@ -21,7 +22,7 @@ impl Inner {
         let (name, key) = names(table);
         let conn = self.conn().await?;
         let rows = conn
-            .query(
+            .query_cached(
                 &self.sql(&format!(
                     "SELECT {key}, record FROM {{s}}.{name} ORDER BY {key}"
                 )),
@@ -55,7 +56,7 @@ impl Inner {
         .await
         .map_err(io("lock a schedule or debounce"))?;
         let current: Option<Vec<u8>> = tx
-            .query_opt(
+            .query_opt_cached(
                 &self.sql(&format!(
                     "SELECT record FROM {{s}}.{name} WHERE {column} = $1"
                 )),
@@ -67,7 +68,7 @@ impl Inner {
         let after = match decide(current.as_deref())? {
             Change::Keep => return Ok(current),
             Change::Put(value) => {
-                tx.execute(
+                tx.execute_cached(
                     &self.sql(&format!(
                         "INSERT INTO {{s}}.{name} ({column}, record) VALUES ($1, $2)
                          ON CONFLICT ({column}) DO UPDATE SET record = EXCLUDED.record"
@@ -79,7 +80,7 @@ impl Inner {
                 Some(value)
             }
             Change::Delete => {
-                tx.execute(
+                tx.execute_cached(
                     &self.sql(&format!("DELETE FROM {{s}}.{name} WHERE {column} = $1")),
                     &[&key],
                 )

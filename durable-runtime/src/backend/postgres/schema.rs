@@ -19,6 +19,10 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("migrations/0003_paused.sql")),
     (4, include_str!("migrations/0004_queues.sql")),
     (5, include_str!("migrations/0005_schedules.sql")),
+    (
+        6,
+        include_str!("migrations/0006_checkpoints_unreferenced.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows (tests).

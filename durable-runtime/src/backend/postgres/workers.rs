@@ -11,6 +11,7 @@ use deadpool_postgres::Pool;
 use crate::backend::Notice;
 use crate::error::Result;
 
+use super::Cached;
 use super::{Inner, io, notify::jitter, pool_error};
 
 /// Registers this process as a new worker; returns its id.
@@ -43,7 +44,7 @@ impl Inner {
         let me = self.me();
         let sent = std::time::Instant::now();
         let renewed = conn
-            .execute(
+            .execute_cached(
                 &self.sql(
                     "UPDATE {s}.workers SET lease_until = now() + make_interval(secs => $2)
                      WHERE id = $1 AND state = 0",
@@ -81,27 +82,48 @@ impl Inner {
 
     /// Declares dead every worker whose lease ran out more than the grace
     /// ago and releases its instances (owner gone, epoch moved), and those
-    /// of any worker declared dead or gone before: a worker declared dead
+    /// owned by any id that is not a live worker: a worker declared dead
     /// that has not noticed yet may still claim or create instances under
-    /// its old id, which nobody would release otherwise. Returns how many
-    /// instances were released.
+    /// its old id, which nobody would release otherwise. Then deletes the
+    /// rows of workers gone for longer than the retention that hold
+    /// nothing (the table does not grow with every process start). Returns
+    /// how many instances were released.
     pub(super) async fn reap(&self) -> Result<u64> {
         let conn = self.conn().await?;
         let released = conn
-            .execute(
+            .execute_cached(
                 &self.sql(
                     "WITH dead AS (
                          UPDATE {s}.workers SET state = 2
                          WHERE state = 0 AND lease_until < now() - make_interval(secs => $1)
                          RETURNING id)
                      UPDATE {s}.instances i SET owner = NULL, epoch = i.epoch + 1, updated_at = now()
-                     WHERE i.owner IN (SELECT id FROM dead)
-                        OR i.owner IN (SELECT id FROM {s}.workers WHERE state <> 0)",
+                     WHERE i.owner IS NOT NULL
+                       AND (i.owner IN (SELECT id FROM dead)
+                            OR NOT EXISTS (SELECT 1 FROM {s}.workers w
+                                           WHERE w.id = i.owner AND w.state = 0))",
                 ),
                 &[&self.options.grace().as_secs_f64()],
             )
             .await
             .map_err(io("reap expired workers"))?;
+        let deleted = conn
+            .execute_cached(
+                &self.sql(
+                    "DELETE FROM {s}.workers w
+                     WHERE w.state <> 0 AND w.lease_until < now() - make_interval(secs => $1)
+                       AND NOT EXISTS (SELECT 1 FROM {s}.instances i WHERE i.owner = w.id)",
+                ),
+                &[&self.options.worker_retention.as_secs_f64()],
+            )
+            .await
+            .map_err(io("delete the rows of gone workers"))?;
+        if deleted > 0 {
+            tracing::debug!(
+                durable.workers = deleted,
+                "deleted the rows of gone workers"
+            );
+        }
         if released > 0 {
             tracing::warn!(
                 durable.instances = released,
@@ -153,11 +175,12 @@ pub(super) async fn close(inner: Arc<Inner>) {
     if inner.stop.send_replace(true) {
         return;
     }
+    inner.creator.close().await;
     inner.committer.close().await;
     let me = inner.me();
     let released = async {
         let conn = inner.conn().await?;
-        conn.execute(
+        conn.execute_cached(
             &inner.sql(
                 "WITH gone AS (UPDATE {s}.workers SET state = 3 WHERE id = $1 AND state = 0)
                  UPDATE {s}.instances SET owner = NULL, epoch = epoch + 1, updated_at = now()

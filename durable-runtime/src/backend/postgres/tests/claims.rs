@@ -30,6 +30,7 @@ async fn sixteen_creators_of_one_id_make_exactly_one_new_instance() {
                     new += 1;
                 }
                 Created::Exists(existing) => assert_eq!(existing.workflow, "wf"),
+                Created::Unclaimed => panic!("created owned"),
             }
         }
         assert_eq!(new, 1, "round {round}");
@@ -37,6 +38,48 @@ async fn sixteen_creators_of_one_id_make_exactly_one_new_instance() {
     for backend in backends {
         backend.close().await;
     }
+}
+
+/// A pure client's starts: one statement records the new instances
+/// unowned (no release after), existing ones are answered as such, and a
+/// worker claims the new ones at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unclaimed_creates_are_left_for_the_workers() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let client = db.backend().await;
+    let worker = db.backend().await;
+    let _lease = create(&worker, "old").await;
+    let items: Vec<(String, InstanceRecord)> = ["a", "old", "b"]
+        .iter()
+        .map(|id| (id.to_string(), record("wf", 7)))
+        .collect();
+    let created = client.create_unclaimed(&items).await.unwrap();
+    assert!(matches!(created[0], Created::Unclaimed));
+    assert!(matches!(created[1], Created::Exists(_)));
+    assert!(matches!(created[2], Created::Unclaimed));
+    let sql = db.client().await;
+    let owners: Vec<Option<i64>> = sql
+        .query("SELECT owner FROM instances WHERE id IN ('a', 'b')", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(owners, vec![None, None]);
+    let mut claimed: Vec<String> = worker
+        .claim_due(&[("wf", 1)], 10)
+        .await
+        .unwrap()
+        .claims
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    claimed.sort();
+    assert_eq!(claimed, ["a", "b"]);
+    client.close().await;
+    worker.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -381,6 +381,83 @@ async fn guard<T>(f: impl std::future::Future<Output = T>) -> T {
 }
 
 /// Makes `worker`'s lease run out an hour ago (as if it had been frozen).
+/// The `workers` table does not grow with every process start: the rows
+/// of gone workers that hold nothing are deleted after the retention, and
+/// an id whose row is gone cannot keep an instance (a zombie that claims
+/// under it is released at the next reap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_gone_workers_are_deleted_and_their_ids_hold_nothing() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let a = db
+        .backend_with(PgOptions {
+            worker_retention: Duration::from_secs(60),
+            ..TestDb::options()
+        })
+        .await;
+    let client = db.client().await;
+    for _ in 0..5 {
+        db.backend().await.close().await;
+    }
+    let z = db.backend().await;
+    let z_id = z.inner().me();
+    let _held = create(&z, "held").await;
+    z.inner().heartbeat_paused.store(true, Ordering::SeqCst);
+    // Its lease ran out (past the grace), less than the retention ago.
+    client
+        .execute(
+            "UPDATE workers SET lease_until = now() - interval '20 seconds' WHERE id = $1",
+            &[&z_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(workers(&client).await, 7);
+
+    // Within the retention: z is declared dead and its instance released;
+    // no row goes yet.
+    assert_eq!(a.inner().reap().await.unwrap(), 1);
+    assert_eq!(workers(&client).await, 7);
+
+    // Past it (the leases of the gone ones ran out long ago): only the
+    // live worker's row is left.
+    client
+        .execute(
+            "UPDATE workers SET lease_until = now() - interval '2 minutes' WHERE state <> 0",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.inner().reap().await.unwrap(), 0);
+    assert_eq!(workers(&client).await, 1);
+
+    // The zombie wakes and claims under its old id, whose row is gone:
+    // the next reap releases the instance.
+    client
+        .execute(
+            "UPDATE instances SET owner = $1 WHERE id = 'held'",
+            &[&z_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.inner().reap().await.unwrap(), 1);
+    let owner: Option<i64> = client
+        .query_one("SELECT owner FROM instances WHERE id = 'held'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, None);
+    a.close().await;
+}
+
+async fn workers(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM workers", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn expire(client: &tokio_postgres::Client, worker: &PgBackend) {
     client
         .execute(

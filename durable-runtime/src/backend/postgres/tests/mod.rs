@@ -65,6 +65,7 @@ impl TestDb {
             poll_listening: Duration::from_millis(50),
             pool_size: 4,
             listen: false,
+            worker_retention: super::WORKER_RETENTION,
         }
     }
 
@@ -192,7 +193,7 @@ pub(super) async fn create(backend: &PgBackend, id: &str) -> Lease {
         .expect("create")
     {
         Created::New(lease) => lease,
-        Created::Exists(_) => panic!("{id} exists"),
+        other => panic!("{id}: {other:?}"),
     }
 }
 
