@@ -9,7 +9,9 @@
 //!    INSERT into a hand-rolled checkpoint table over tokio-postgres;
 //! 2. concurrent: steps/s with 1, 16, 64 and 256 instances in flight in one
 //!    worker process, against the table with as many tasks inserting (over
-//!    a pool of up to 32 connections);
+//!    a pool of up to 32 connections); then with 2 and 4 worker processes
+//!    (children of this one) running what this process, a pure client,
+//!    starts and awaits;
 //! 3. failover: a worker process holding 16 running instances is killed
 //!    with SIGKILL; the time until this process runs them all again (lease
 //!    2 s: lease + grace + a reaper period bound it);
@@ -70,6 +72,68 @@ async fn five(_ctx: &Ctx, n: u64) -> Result<u64, String> {
         lap(t);
     }
     Ok(total as u64)
+}
+
+const WORKER_ENV: &str = "DURABLE_PG_BENCH_WORKER";
+
+/// A worker process of figure 2: runs `five` on `schema` until killed.
+async fn worker_child(schema: &str) {
+    let _engine = builder(schema).register(five).open().await.unwrap();
+    println!("READY");
+    std::future::pending::<()>().await;
+}
+
+/// Steps/s of `five` run by `procs` worker processes, `in_flight` at a
+/// time, started and awaited by this process as a pure client.
+async fn ours_processes(schema: &str, procs: usize, instances: u64, in_flight: usize) -> f64 {
+    let mut children = Vec::new();
+    for _ in 0..procs {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env(WORKER_ENV, schema)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let ready = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(out).lines().next()
+        })
+        .await
+        .unwrap();
+        assert_eq!(ready.unwrap().unwrap(), "READY");
+        children.push(child);
+    }
+    let client = builder(schema).open().await.unwrap();
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    let permits = std::sync::Arc::new(Semaphore::new(in_flight));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for n in 0..instances {
+        let permit = std::sync::Arc::clone(&permits)
+            .acquire_owned()
+            .await
+            .unwrap();
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .run(five, format!("p-{run}-{n}"), n)
+                .await
+                .unwrap()
+                .unwrap();
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = (instances * 5) as f64 / start.elapsed().as_secs_f64();
+    client.shutdown().await;
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    rate
 }
 
 /// Instances of `hold` that began their first step in this process.
@@ -387,6 +451,10 @@ fn main() {
         rt.block_on(holder_child(&spec));
         return;
     }
+    if let Ok(schema) = std::env::var(WORKER_ENV) {
+        rt.block_on(worker_child(&schema));
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     rt.block_on(run(quick));
 }
@@ -446,6 +514,24 @@ async fn run(quick: bool) {
         }
     }
     engine.shutdown().await;
+    if wanted(2) {
+        for procs in [2usize, 4] {
+            for in_flight in [1usize, 16, 64, 256] {
+                let instances = (in_flight as u64 * 4).max(64);
+                let mut t = Vec::new();
+                let mut o = Vec::new();
+                for _ in 0..runs {
+                    t.push(table_concurrent(&schema, instances, in_flight).await);
+                    o.push(ours_processes(&schema, procs, instances, in_flight).await);
+                }
+                let (t, o) = (median(t), median(o));
+                println!(
+                    "{in_flight:>3} in flight, {procs} worker processes (a pure client starts and awaits): durable {o:>7.0} steps/s, table {t:>7.0} steps/s, ratio {:.2}x",
+                    o / t
+                );
+            }
+        }
+    }
 
     if wanted(3) {
         let mut f = Vec::new();

@@ -126,7 +126,12 @@ impl Inner {
             records.push(encode(record, id, "the instance record")?);
             ids.push(id.as_str());
             workflows.push(record.workflow.as_str());
-            statuses.push(status::of_state(&record.state));
+            // Left for the workers: claimed as ready to run (a wake-up),
+            // not as an instance to recover.
+            statuses.push(match status::of_state(&record.state) {
+                status::RUNNING if !owned => status::READY,
+                code => code,
+            });
             created_at.push(record.created_at_ms as i64);
             updated.push(status::updated_ms(record));
             finished.push(status::finished(&record.state));

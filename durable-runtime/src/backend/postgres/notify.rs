@@ -1,5 +1,5 @@
 //! Wake-up hints across processes: NOTIFY sent by a notifier task outside
-//! every commit transaction (coalesced), received by a dedicated LISTEN
+//! every commit transaction (those queued meanwhile sent together), received by a dedicated LISTEN
 //! connection outside the pool, and a poll tick that makes everything
 //! correct without either (a lost hint costs one poll interval).
 //!
@@ -24,8 +24,6 @@ use super::{Cached, Inner};
 
 /// How long the listener waits for its own test notification.
 const SELF_TEST: Duration = Duration::from_secs(3);
-/// How long the notifier gathers hints before it sends them.
-const COALESCE: Duration = Duration::from_millis(2);
 /// The largest payload PostgreSQL takes is 8000 bytes.
 const MAX_PAYLOAD: usize = 7900;
 
@@ -122,12 +120,13 @@ fn parse(payload: &str) -> Option<(u64, Result<Notice, &str>)> {
     Some((token, Ok(notice)))
 }
 
-/// Sends queued hints as NOTIFY, a few milliseconds' worth at a time, in
-/// their own statement (never inside a commit). A failed send is dropped:
+/// Sends queued hints as NOTIFY, what queued during the last send at a
+/// time, in their own statement (never inside a commit). A failed send is dropped:
 /// the poll tick delivers what it carried.
 pub(super) async fn notifier(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Notice>) {
     while let Some(first) = rx.recv().await {
-        tokio::time::sleep(COALESCE).await;
+        // No wait before a send: the hints queued while one is sent go
+        // together in the next.
         let mut payloads = HashSet::new();
         payloads.insert(payload(inner.token, &first));
         while let Ok(next) = rx.try_recv() {
