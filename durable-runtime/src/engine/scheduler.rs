@@ -229,20 +229,21 @@ impl Core {
             return;
         };
         // Only a hint that something may be claimable (`Notice::Ready`), a
-        // due timer, a poll or lost hints start a round: an instance's end
-        // or an event for a running owner makes nothing claimable.
-        let mut round = true;
+        // due timer, a poll or lost hints start a claim round: an
+        // instance's end or an event for a running owner makes nothing
+        // claimable. Handles waiting on instances run elsewhere are
+        // resolved by their `Ended` hints, and looked at again only at a
+        // poll (each look is a read per handle).
+        let (mut round, mut resolve) = (true, true);
         let mut polled_at = tokio::time::Instant::now();
         loop {
             let next = {
                 let Some(core) = core.upgrade() else { return };
-                if round {
-                    if let Err(e) = core.claim_round().await {
-                        tracing::warn!(durable.error = %e, "claim round failed; retrying at the next poll");
-                    }
-                    if poll.is_some() {
-                        core.resolve_waiting().await;
-                    }
+                if round && let Err(e) = core.claim_round().await {
+                    tracing::warn!(durable.error = %e, "claim round failed; retrying at the next poll");
+                }
+                if resolve && poll.is_some() {
+                    core.resolve_waiting().await;
                 }
                 core.services.backend.next_due()
             };
@@ -252,29 +253,29 @@ impl Core {
                     None => std::future::pending().await,
                 }
             };
-            if round {
-                polled_at = tokio::time::Instant::now();
-            }
-            // Counted from the last round, not from the last hint.
+            // Every `poll`, however many hints came between.
             let polled = async {
                 match poll {
                     Some(every) => tokio::time::sleep_until(polled_at + every).await,
                     None => std::future::pending().await,
                 }
             };
-            round = tokio::select! {
+            (round, resolve) = tokio::select! {
                 notice = notices.recv() => match notice {
                     Ok(notice) => {
                         let Some(core) = core.upgrade() else { return };
                         let ready = matches!(notice, Notice::Ready);
                         core.follow(notice).await;
-                        ready
+                        (ready, false)
                     }
-                    Err(RecvError::Lagged(_)) => true,
+                    Err(RecvError::Lagged(_)) => (true, true),
                     Err(RecvError::Closed) => return,
                 },
-                _ = timer => true,
-                _ = polled => true,
+                _ = timer => (true, false),
+                _ = polled => {
+                    polled_at = tokio::time::Instant::now();
+                    (true, true)
+                }
             };
         }
     }
