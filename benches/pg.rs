@@ -105,29 +105,7 @@ async fn ours_processes(schema: &str, procs: usize, instances: u64, in_flight: u
         children.push(child);
     }
     let client = builder(schema).open().await.unwrap();
-    let run = RUN.fetch_add(1, Ordering::Relaxed);
-    let permits = std::sync::Arc::new(Semaphore::new(in_flight));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for n in 0..instances {
-        let permit = std::sync::Arc::clone(&permits)
-            .acquire_owned()
-            .await
-            .unwrap();
-        let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            client
-                .run(five, format!("p-{run}-{n}"), n)
-                .await
-                .unwrap()
-                .unwrap();
-            drop(permit);
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let rate = (instances * 5) as f64 / start.elapsed().as_secs_f64();
+    let rate = ours_concurrent(&client, instances, in_flight).await;
     client.shutdown().await;
     for mut child in children {
         let _ = child.kill();
@@ -300,6 +278,9 @@ async fn ours_sequential(engine: &Engine, instances: u64) -> Duration {
     Duration::from_secs_f64(median(lat))
 }
 
+/// Ours: steps/s of `five` started and awaited through `engine`,
+/// `in_flight` at a time (run by `engine`, or by the workers when it is a
+/// pure client).
 async fn ours_concurrent(engine: &Engine, instances: u64, in_flight: usize) -> f64 {
     let run = RUN.fetch_add(1, Ordering::Relaxed);
     let permits = std::sync::Arc::new(Semaphore::new(in_flight));

@@ -153,7 +153,7 @@ impl Birth {
 impl Core {
     /// Starts `id` or attaches to it; returns the receiver of its outcome.
     /// With `run.here` false (a pure client of a shared store), a new
-    /// instance is recorded and released at once, and an existing one only
+    /// instance is recorded without an owner, and an existing one only
     /// attached to: other processes run it.
     ///
     /// The store decides: a create-if-absent for a new instance, a claim to
@@ -268,18 +268,7 @@ impl Core {
             }
         };
         let claim = match created {
-            Created::Unclaimed => {
-                crate::crash::point("start.after_record");
-                tracing::info!(
-                    durable.workflow = workflow,
-                    durable.instance_id = %id,
-                    "instance started for the workers"
-                );
-                crate::metrics::instance_started(workflow);
-                slot.driving.store(false, Ordering::SeqCst);
-                return Ok(());
-            }
-            Created::New(lease) => {
+            Created::New(_) | Created::Unclaimed => {
                 crate::crash::point("start.after_record");
                 tracing::info!(
                     durable.workflow = workflow,
@@ -287,16 +276,12 @@ impl Core {
                     "instance started"
                 );
                 crate::metrics::instance_started(workflow);
-                if !here {
-                    // Left to the workers: unowned, it is claimable at once.
-                    slot.driving.store(false, Ordering::SeqCst);
-                    if let Err(e) = backend.release(&id, lease).await {
-                        // Its lease runs out with this worker's, if ever.
-                        tracing::warn!(durable.instance_id = %id, durable.error = %e, "could not hand a started instance to the workers at once");
-                    }
-                    return Ok(());
+                match created {
+                    Created::New(lease) => self.spawn(id, erased, fresh, Begin::Fresh, slot, lease),
+                    // Left to the workers (a pure client's start): unowned,
+                    // it is claimable at once.
+                    _ => slot.driving.store(false, Ordering::SeqCst),
                 }
-                self.spawn(id, erased, fresh, Begin::Fresh, slot, lease);
                 return Ok(());
             }
             Created::Exists(record) => {

@@ -251,6 +251,19 @@ impl Inner {
     }
 }
 
+/// Waits for the next queued item and takes whatever else is queued with
+/// it, up to `max` in all; `None` once the channel is closed and empty.
+pub(super) async fn gather<T>(rx: &mut mpsc::UnboundedReceiver<T>, max: usize) -> Option<Vec<T>> {
+    let mut batch = vec![rx.recv().await?];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 /// A write counted as pending until this drops (answered, or its caller
 /// gone).
 struct Pending<'a>(&'a Committer);
@@ -273,18 +286,11 @@ pub(super) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Job>)
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             break;
         };
-        let Some(job) = rx.recv().await else {
-            break;
-        };
-        let mut group = vec![job];
         #[cfg(test)]
         drop(inner.committer.hold.lock().await);
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
+        let Some(group) = gather(&mut rx, MAX_GROUP).await else {
+            break;
+        };
         let inner = Arc::clone(&inner);
         tokio::spawn(async move {
             let results = super::group::write_group(&inner, &group).await;

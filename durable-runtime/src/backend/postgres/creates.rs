@@ -91,16 +91,9 @@ pub(super) async fn run(inner: Arc<Inner>, Batches(mut rx): Batches) {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             break;
         };
-        let Some(first) = rx.recv().await else {
+        let Some(batch) = super::commit::gather(&mut rx, MAX_BATCH).await else {
             break;
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(pending) => batch.push(pending),
-                Err(_) => break,
-            }
-        }
         let inner = Arc::clone(&inner);
         tokio::spawn(async move {
             write(&inner, batch).await;
