@@ -27,6 +27,9 @@ use super::scheduler::PARK_AFTER_MS;
 pub(super) enum Begin {
     /// Just created: nothing to resume.
     Fresh,
+    /// Just created by this process without checkpoints (a start): like
+    /// `Fresh`, and nothing is stored to read before it runs.
+    Created,
     /// Resumed by recovery or by a start that found it unfinished; counts
     /// towards `max_recoveries`. Carries the stored count of resumes
     /// without progress when the caller already read it.
@@ -139,9 +142,12 @@ impl Core {
             return DriveEnd::Finished(self.end(id, record, 0, lease, Err(error)).await);
         }
         // Before any body runs: does the recorded history fit this code?
-        let checkpoints = match backend.checkpoints(id).await {
-            Ok(c) => c,
-            Err(e) => return DriveEnd::Finished(Err(e)),
+        let checkpoints = match begin {
+            Begin::Created => Vec::new(),
+            _ => match backend.checkpoints(id).await {
+                Ok(c) => c,
+                Err(e) => return DriveEnd::Finished(Err(e)),
+            },
         };
         let admitted = self
             .admit(id, &record, erased.manifest(), &checkpoints)
@@ -158,7 +164,7 @@ impl Core {
         };
         let mut lane = None;
         let recoveries = match begin {
-            Begin::Fresh | Begin::Wake => 0,
+            Begin::Fresh | Begin::Created | Begin::Wake => 0,
             Begin::ResumeByHand => 1,
             Begin::Resume(known) => {
                 let stored = known.unwrap_or(0);

@@ -269,7 +269,7 @@ impl Core {
                     }
                     return Ok(());
                 }
-                self.spawn(id, erased, fresh, Begin::Fresh, slot, lease);
+                self.spawn(id, erased, fresh, Begin::Created, slot, lease);
                 return Ok(());
             }
             Created::Exists(record) => {
