@@ -258,6 +258,10 @@ async fn start_batch(dir: &Path, instances: u64, many: bool) -> f64 {
         handle.result().await.unwrap().unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
+    if std::env::var_os("DURABLE_BENCH_GROUPS").is_some() {
+        let (batches, groups) = engine.commit_stats();
+        eprintln!("   ({batches} durable writes in {groups} group commits)");
+    }
     engine.shutdown().await;
     (instances * 5) as f64 / secs
 }
@@ -591,7 +595,12 @@ async fn run(p: Profile, quick: bool) {
             "4. concurrent ({} instances x 5 steps)",
             p.concurrent_instances
         );
-        for in_flight in [1usize, 16, 64, 256] {
+        // `DURABLE_BENCH_IN_FLIGHT=256` (a list) runs only those levels.
+        let levels: Vec<usize> = std::env::var("DURABLE_BENCH_IN_FLIGHT")
+            .ok()
+            .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![1, 16, 64, 256]);
+        for in_flight in levels {
             let mut rates = Vec::new();
             for _ in 0..p.runs {
                 let d = fresh_dir("conc");

@@ -22,7 +22,10 @@ fn config() -> impl bincode::config::Config {
 
 /// Encodes `value` behind the current format version.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
-    let mut out = vec![FORMAT_VERSION];
+    // Room for a typical record at once: growing from one byte reallocates
+    // several times per record (the buffer only lives until it is stored).
+    let mut out = Vec::with_capacity(256);
+    out.push(FORMAT_VERSION);
     bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| e.to_string())?;
     Ok(out)
 }
@@ -111,9 +114,73 @@ pub(crate) fn decode_seed<'de, S: serde::de::DeserializeSeed<'de>>(
     Ok(value)
 }
 
+/// `#[serde(with = "crate::codec::bytes")]` for a `Vec<u8>` field: written
+/// as one byte string instead of a sequence of `u8`s. bincode encodes both
+/// the same way (a varint length, then the bytes), so stored records do not
+/// change; only the per-byte serde calls are gone.
+pub(crate) mod bytes {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::ser::Serializer;
+
+    pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(Bytes)
+    }
+
+    struct Bytes;
+
+    impl<'de> Visitor<'de> for Bytes {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(b) = seq.next_element()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct AsBytes(#[serde(with = "bytes")] Vec<u8>, u32);
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct AsSeq(Vec<u8>, u32);
+
+    #[test]
+    fn byte_fields_encode_as_a_vec_of_u8_does() {
+        for len in [0usize, 1, 127, 128, 300, 70_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let as_bytes = encode(&AsBytes(data.clone(), 9)).unwrap();
+            let as_seq = encode(&AsSeq(data.clone(), 9)).unwrap();
+            assert_eq!(as_bytes, as_seq, "length {len}");
+            assert_eq!(
+                decode::<AsBytes>(&as_seq).unwrap(),
+                AsBytes(data.clone(), 9)
+            );
+            assert_eq!(decode::<AsSeq>(&as_bytes).unwrap(), AsSeq(data, 9));
+        }
+    }
 
     #[test]
     fn round_trip() {

@@ -27,7 +27,10 @@ use crate::store::{Batch, Store};
 /// Most batches one group takes, so one slow group cannot grow without bound.
 const MAX_GROUP: usize = 4096;
 
-type Reply = oneshot::Sender<Result<(), StoreError>>;
+/// The answer to one queued commit, with its batch handed back: the
+/// waiter's thread frees it, not the committer's (whose time every other
+/// waiter of the group waits for).
+type Reply = oneshot::Sender<(Result<(), StoreError>, Batch)>;
 
 /// Counters of the committer's work.
 #[derive(Debug, Default)]
@@ -106,7 +109,13 @@ impl Committer {
         if !sent {
             return Err(StoreError::Closed);
         }
-        done.await.unwrap_or(Err(StoreError::Closed))
+        match done.await {
+            Ok((result, batch)) => {
+                drop(batch);
+                result
+            }
+            Err(_) => Err(StoreError::Closed),
+        }
     }
 
     /// The error of the first failed apply, if one failed.
@@ -154,9 +163,8 @@ fn run(
             let _applying = applying.lock().unwrap_or_else(|e| e.into_inner());
             apply(&*store, &batches, &stats, &failure)
         };
-        batches.clear();
-        for reply in replies.drain(..) {
-            let _ = reply.send(result.clone());
+        for (reply, batch) in replies.drain(..).zip(batches.drain(..)) {
+            let _ = reply.send((result.clone(), batch));
         }
     }
 }

@@ -113,6 +113,7 @@ pub(crate) struct InstanceRecord {
     pub version: u32,
     /// The hash of the manifest the instance started with (see `manifest`).
     pub manifest: u64,
+    #[serde(with = "crate::codec::bytes")]
     pub input: Vec<u8>,
     pub state: InstanceState,
     pub created_at_ms: u64,
@@ -125,6 +126,7 @@ pub(crate) enum InstanceState {
     Running,
     /// Finished, written by versions that did not record `is_err`; read only.
     Completed {
+        #[serde(with = "crate::codec::bytes")]
         output: Vec<u8>,
     },
     Failed {
@@ -142,6 +144,7 @@ pub(crate) enum InstanceState {
     /// Finished: the encoded output, and whether the workflow returned `Err`.
     /// (Appended last: older records keep their encoding.)
     Returned {
+        #[serde(with = "crate::codec::bytes")]
         output: Vec<u8>,
         is_err: bool,
     },
@@ -437,6 +440,7 @@ pub(crate) enum CheckpointState {
         type_name: String,
         /// The fingerprint of the step's `Result<T, E>` types when written.
         fingerprint: u64,
+        #[serde(with = "crate::codec::bytes")]
         outcome: Vec<u8>,
         error_text: Option<String>,
     },
@@ -455,6 +459,7 @@ pub(crate) enum CheckpointState {
         type_name: String,
         /// The fingerprint of the payload's type when sent.
         fingerprint: u64,
+        #[serde(with = "crate::codec::bytes")]
         payload: Vec<u8>,
     },
     /// A `wait_for!` whose timeout passed before an event came.
@@ -500,6 +505,7 @@ pub(crate) struct EventRecord {
     /// The payload type's fingerprint and shape.
     pub fingerprint: u64,
     pub shape: String,
+    #[serde(with = "crate::codec::bytes")]
     pub payload: Vec<u8>,
     pub sent_at_ms: u64,
 }

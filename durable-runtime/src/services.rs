@@ -93,17 +93,31 @@ impl Services {
         what: &str,
         value: &T,
     ) -> Result<Vec<u8>> {
-        let bytes = crate::codec::encode(value).map_err(|reason| {
-            Error::Replay(ReplayError::Encode {
-                instance: id.to_string(),
-                what: what.to_string(),
-                reason,
-            })
-        })?;
+        self.encode_value_as(id, || what.to_string(), value)
+    }
+
+    /// [`encode_value`](Self::encode_value), with the words for the value
+    /// built only for an error (a step's outcome is encoded on every step).
+    pub(crate) fn encode_value_as<T: Serialize + ?Sized>(
+        &self,
+        id: &str,
+        what: impl FnOnce() -> String,
+        value: &T,
+    ) -> Result<Vec<u8>> {
+        let bytes = match crate::codec::encode(value) {
+            Ok(bytes) => bytes,
+            Err(reason) => {
+                return Err(Error::Replay(ReplayError::Encode {
+                    instance: id.to_string(),
+                    what: what(),
+                    reason,
+                }));
+            }
+        };
         if bytes.len() > self.max_value_size {
             return Err(Error::Replay(ReplayError::ValueTooLarge {
                 instance: id.to_string(),
-                what: what.to_string(),
+                what: what(),
                 size: bytes.len(),
                 limit: self.max_value_size,
             }));

@@ -581,9 +581,9 @@ fn done_state<T: Serialize, E: Serialize + std::fmt::Debug>(
     outcome: &Result<T, E>,
     fingerprint: u64,
 ) -> Result<CheckpointState, Error> {
-    let bytes = ctx.services.encode_value(
+    let bytes = ctx.services.encode_value_as(
         &ctx.id,
-        &format!("the outcome of step {:?} ({})", site.name, site.at),
+        || format!("the outcome of step {:?} ({})", site.name, site.at),
         outcome,
     )?;
     Ok(CheckpointState::Done {
