@@ -251,17 +251,14 @@ impl Inner {
     }
 }
 
-/// Waits for the next queued item and takes whatever else is queued with
-/// it, up to `max` in all; `None` once the channel is closed and empty.
-pub(super) async fn gather<T>(rx: &mut mpsc::UnboundedReceiver<T>, max: usize) -> Option<Vec<T>> {
-    let mut batch = vec![rx.recv().await?];
+/// Adds to `batch` whatever else is queued, up to `max` in all.
+pub(super) fn fill<T>(rx: &mut mpsc::UnboundedReceiver<T>, batch: &mut Vec<T>, max: usize) {
     while batch.len() < max {
         match rx.try_recv() {
             Ok(item) => batch.push(item),
             Err(_) => break,
         }
     }
-    Some(batch)
 }
 
 /// A write counted as pending until this drops (answered, or its caller
@@ -286,11 +283,13 @@ pub(super) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Job>)
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             break;
         };
-        #[cfg(test)]
-        drop(inner.committer.hold.lock().await);
-        let Some(group) = gather(&mut rx, MAX_GROUP).await else {
+        let Some(job) = rx.recv().await else {
             break;
         };
+        let mut group = vec![job];
+        #[cfg(test)]
+        drop(inner.committer.hold.lock().await);
+        fill(&mut rx, &mut group, MAX_GROUP);
         let inner = Arc::clone(&inner);
         tokio::spawn(async move {
             let results = super::group::write_group(&inner, &group).await;

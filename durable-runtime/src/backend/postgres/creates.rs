@@ -91,9 +91,11 @@ pub(super) async fn run(inner: Arc<Inner>, Batches(mut rx): Batches) {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             break;
         };
-        let Some(batch) = super::commit::gather(&mut rx, MAX_BATCH).await else {
+        let Some(first) = rx.recv().await else {
             break;
         };
+        let mut batch = vec![first];
+        super::commit::fill(&mut rx, &mut batch, MAX_BATCH);
         let inner = Arc::clone(&inner);
         tokio::spawn(async move {
             write(&inner, batch).await;
