@@ -62,7 +62,7 @@ pub(super) async fn decide_and_write(
     let current = conn.prepare_cached("SELECT txid_current()").await?;
     // One round trip: the three go out pipelined, in this order.
     let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
-    let begin = format!("BEGIN; {}", inner.idle_timeout());
+    let begin = format!("BEGIN; {}", inner.tx_settings());
     let (begun, id, rows) = tokio::join!(
         conn.batch_execute(&begin),
         conn.query_one(&current, &[]),

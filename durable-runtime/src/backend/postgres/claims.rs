@@ -277,7 +277,7 @@ impl Inner {
         let conn = self.conn().await?;
         let me = self.me();
         let rows = conn
-            .query_cached(
+            .query(
                 &self.sql(&format!(
                     "WITH c AS (
                          SELECT id, status, wake_at_ms FROM {{s}}.instances

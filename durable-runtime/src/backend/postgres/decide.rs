@@ -25,7 +25,7 @@ impl Inner {
         let bytes = encode(&event, id, &format!("event {name:?}"))?;
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(io("begin an event"))?;
-        tx.batch_execute(&self.idle_timeout())
+        tx.batch_execute(&self.tx_settings())
             .await
             .map_err(io("begin an event"))?;
         let row = tx
@@ -164,7 +164,7 @@ impl Inner {
     ) -> Result<()> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(io("begin a cancel"))?;
-        tx.batch_execute(&self.idle_timeout())
+        tx.batch_execute(&self.tx_settings())
             .await
             .map_err(io("begin a cancel"))?;
         let row = tx

@@ -195,9 +195,10 @@ fn injected_error() -> tokio_postgres::Error {
 }
 
 /// A lone checkpoint: one statement, fence and upsert, in its own
-/// transaction (one round trip, like an INSERT). The fence is a share
-/// lock on the instance's row (a takeover or cancel waits for it, and this
-/// statement sees theirs): no new row version unless the count of resumes
+/// transaction (one round trip, like an INSERT), planned once per
+/// connection (the row is found by its id alone, so that a generic plan
+/// takes the primary key). The fence is a share lock on the instance's
+/// row (a takeover or cancel waits for it, and this statement sees theirs): no new row version unless the count of resumes
 /// without progress must go back to 0. A broken connection
 /// leaves its outcome unknown, and that is safe to retry: the statement is
 /// idempotent (it writes the same record under the same fence; if the
@@ -214,9 +215,10 @@ async fn lone_checkpoint(
     let written = async {
         let statement = conn
             .prepare_cached(&inner.sql(
-                "WITH f AS (
-                     SELECT id, recoveries FROM {s}.instances
-                     WHERE id = $1 AND epoch = $2 AND owner = $3 FOR SHARE),
+                "WITH l AS (
+                     SELECT id, epoch, owner, recoveries FROM {s}.instances
+                     WHERE id = $1 FOR SHARE),
+                 f AS (SELECT id, recoveries FROM l WHERE epoch = $2 AND owner = $3),
                  r AS (
                      UPDATE {s}.instances i SET recoveries = 0
                      FROM f WHERE i.id = f.id AND $7 AND f.recoveries <> 0),

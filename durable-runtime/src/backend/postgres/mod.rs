@@ -126,15 +126,6 @@ impl<C: deadpool_postgres::GenericClient + Sync> Cached for C {
     }
 }
 
-/// Set on every pooled connection. Statements are prepared once per
-/// connection, and PostgreSQL would otherwise switch a prepared statement
-/// to a generic plan after five runs, made with the statistics of that
-/// moment and kept: a schema created empty then keeps sequential scans of
-/// `instances` in every group commit while the table grows (until an
-/// `ANALYZE`). Planned at each run instead, each plan fits the table's
-/// size now; the plans are small and cheap to make.
-const SESSION: &str = "SET plan_cache_mode = force_custom_plan";
-
 /// How long the row of a gone worker is kept by default (for whoever
 /// looks at the `workers` table after an incident).
 pub(crate) const WORKER_RETENTION: Duration = Duration::from_secs(3600);
@@ -246,14 +237,6 @@ impl PgBackend {
             },
         );
         let pool = Pool::builder(manager)
-            .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
-                Box::pin(async move {
-                    client
-                        .batch_execute(SESSION)
-                        .await
-                        .map_err(deadpool_postgres::HookError::Backend)
-                })
-            }))
             .max_size(options.pool_size.max(2))
             .runtime(Runtime::Tokio1)
             .create_timeout(Some(Duration::from_secs(10)))
@@ -364,14 +347,22 @@ impl Inner {
         }))
     }
 
-    /// Bounds how long a transaction of this worker may sit idle (its
-    /// process frozen between two statements) to one lease: the server then
-    /// ends the session and its row locks go, so that a frozen worker never
-    /// keeps the reaper and the others from the instances it held. `SET
-    /// LOCAL`, so it also works behind a transaction-mode pooler.
-    fn idle_timeout(&self) -> String {
+    /// What every transaction of this worker begins with, `SET LOCAL` (so
+    /// it also works behind a transaction-mode pooler):
+    /// - how long it may sit idle (its process frozen between two
+    ///   statements): one lease; the server then ends the session and its
+    ///   row locks go, so that a frozen worker never keeps the reaper and
+    ///   the others from the instances it held;
+    /// - a plan for each statement at each run. Statements are prepared
+    ///   once per connection, and PostgreSQL would otherwise switch one to
+    ///   a generic plan after five runs, made with the statistics of that
+    ///   moment and kept: on a schema created empty, the group commit's
+    ///   statements (arrays of ids joined with `instances`) then kept
+    ///   scanning the whole table as it grew, until an `ANALYZE`.
+    fn tx_settings(&self) -> String {
         format!(
-            "SET LOCAL idle_in_transaction_session_timeout = {}",
+            "SET LOCAL idle_in_transaction_session_timeout = {}; \
+             SET LOCAL plan_cache_mode = force_custom_plan",
             self.options.lease.as_millis().max(1)
         )
     }

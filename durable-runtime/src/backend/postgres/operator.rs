@@ -104,7 +104,7 @@ impl Inner {
     pub(super) async fn reopen(&self, id: &str, decide: Reopen<'_>) -> Result<bool> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(io("begin a reopening"))?;
-        tx.batch_execute(&self.idle_timeout())
+        tx.batch_execute(&self.tx_settings())
             .await
             .map_err(io("begin a reopening"))?;
         let row = tx
@@ -189,7 +189,7 @@ impl Inner {
     ) -> Result<bool> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(io("begin a pause"))?;
-        tx.batch_execute(&self.idle_timeout())
+        tx.batch_execute(&self.tx_settings())
             .await
             .map_err(io("begin a pause"))?;
         let row = tx

@@ -144,7 +144,7 @@ impl Inner {
         let name = spec.name.as_str();
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(io("begin a dispatch"))?;
-        tx.batch_execute(&self.idle_timeout())
+        tx.batch_execute(&self.tx_settings())
             .await
             .map_err(io("begin a dispatch"))?;
         let rate = spec.rate_ms();

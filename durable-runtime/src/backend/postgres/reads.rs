@@ -178,7 +178,7 @@ impl Inner {
         let limit = filter.limit.max(1);
         let conn = self.conn().await?;
         let rows = conn
-            .query_cached(
+            .query(
                 &self.sql(
                     "SELECT id, status, record, park, created_at_ms FROM {s}.instances
                      WHERE ($1::text IS NULL OR workflow = $1)

@@ -46,7 +46,7 @@ impl Inner {
             .transaction()
             .await
             .map_err(io("begin a schedule or debounce update"))?;
-        tx.batch_execute(&self.idle_timeout())
+        tx.batch_execute(&self.tx_settings())
             .await
             .map_err(io("begin a schedule or debounce update"))?;
         tx.execute(
