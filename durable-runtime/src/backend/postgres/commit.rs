@@ -21,6 +21,7 @@ use crate::backend::{Committed, Lease, Write};
 use crate::error::{Error, Result, StoreError};
 use crate::records::{CheckpointRecord, CheckpointState, InstanceState, keyed_key, occurrence_key};
 
+use super::batches::{Batches, fill};
 use super::{Inner, encode, status};
 
 /// Most writes in one transaction.
@@ -99,11 +100,9 @@ pub(crate) struct CommitStats {
 
 /// The sending side of the committer task.
 pub(super) struct Committer {
-    tx: std::sync::Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    queue: Batches<Job>,
     /// Writes handed over or written directly, not answered yet.
     pending: std::sync::atomic::AtomicUsize,
-    done: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
-    done_tx: std::sync::Mutex<Option<oneshot::Sender<()>>>,
     pub(super) stats: CommitStats,
     /// Held by a test to let writes gather into one group.
     #[cfg(test)]
@@ -127,14 +126,11 @@ pub(super) enum Fault {
 
 impl Committer {
     pub(super) fn new() -> (Committer, mpsc::UnboundedReceiver<Job>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (done_tx, done) = oneshot::channel();
+        let (queue, rx) = Batches::new();
         (
             Committer {
-                tx: std::sync::Mutex::new(Some(tx)),
+                queue,
                 pending: Default::default(),
-                done: tokio::sync::Mutex::new(Some(done)),
-                done_tx: std::sync::Mutex::new(Some(done_tx)),
                 stats: CommitStats::default(),
                 #[cfg(test)]
                 hold: tokio::sync::Mutex::new(()),
@@ -146,8 +142,9 @@ impl Committer {
     }
 
     /// Whether a write may go to the database from its caller's task: none
-    /// is pending (it is then marked pending until its [`Pending`] drops). Saves the hand-off to the committer
-    /// and back for a lone write; with others pending, it joins a group.
+    /// is pending (it is then marked pending until its [`Pending`] drops).
+    /// Saves the hand-off to the committer and back for a lone write; with
+    /// others pending, it joins a group.
     fn direct(&self) -> bool {
         #[cfg(test)]
         if self.hold.try_lock().is_err()
@@ -164,17 +161,9 @@ impl Committer {
             .is_ok()
     }
 
-    /// Whether the committer stopped taking writes.
-    fn closed(&self) -> bool {
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).is_none()
-    }
-
     /// Stops taking writes and waits until every queued one is answered.
     pub(super) async fn close(&self) {
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(done) = self.done.lock().await.take() {
-            let _ = done.await;
-        }
+        self.queue.close().await;
     }
 }
 
@@ -224,7 +213,7 @@ impl Inner {
             write: prepared,
             reply,
         };
-        if self.committer.closed() {
+        if self.committer.queue.closed() {
             return Err(Error::Store(StoreError::Closed));
         }
         if matches!(job.write, Prepared::Checkpoint(..)) && self.committer.direct() {
@@ -237,27 +226,13 @@ impl Inner {
         }
         self.committer.pending.fetch_add(1, Ordering::SeqCst);
         let _pending = Pending(&self.committer);
-        let sent = match &*self.committer.tx.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(tx) => tx.send(job).is_ok(),
-            None => false,
-        };
-        if !sent {
+        if !self.committer.queue.send(job) {
             return Err(Error::Store(StoreError::Closed));
         }
         self.committer.stats.sent.fetch_add(1, Ordering::Relaxed);
         answer
             .await
             .unwrap_or(Err(Error::Store(StoreError::Closed)))
-    }
-}
-
-/// Adds to `batch` whatever else is queued, up to `max` in all.
-pub(super) fn fill<T>(rx: &mut mpsc::UnboundedReceiver<T>, batch: &mut Vec<T>, max: usize) {
-    while batch.len() < max {
-        match rx.try_recv() {
-            Ok(item) => batch.push(item),
-            Err(_) => break,
-        }
     }
 }
 
@@ -306,13 +281,5 @@ pub(super) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Job>)
     }
     // Every group answered before the committer says it is done.
     let _ = slots.acquire_many(GROUPS_IN_FLIGHT as u32).await;
-    if let Some(done) = inner
-        .committer
-        .done_tx
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-    {
-        let _ = done.send(());
-    }
+    inner.committer.queue.answered();
 }

@@ -14,6 +14,7 @@ use crate::error::{Error, Result, StoreError};
 use crate::records::InstanceRecord;
 
 use super::Inner;
+use super::batches::{Batches, fill};
 
 /// Most creates in one statement.
 const MAX_BATCH: usize = 1024;
@@ -21,44 +22,14 @@ const MAX_BATCH: usize = 1024;
 const BATCHES_IN_FLIGHT: usize = 2;
 
 /// One create waiting for its batch.
-struct Pending {
+pub(super) struct Pending {
     id: String,
     record: InstanceRecord,
     reply: oneshot::Sender<Result<Created>>,
 }
 
-/// The sending side of the batch task.
-pub(super) struct Creator {
-    tx: std::sync::Mutex<Option<mpsc::UnboundedSender<Pending>>>,
-    done: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
-    done_tx: std::sync::Mutex<Option<oneshot::Sender<()>>>,
-}
-
-/// The receiving side, for [`run`].
-pub(super) struct Batches(mpsc::UnboundedReceiver<Pending>);
-
-impl Creator {
-    pub(super) fn new() -> (Creator, Batches) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (done_tx, done) = oneshot::channel();
-        (
-            Creator {
-                tx: std::sync::Mutex::new(Some(tx)),
-                done: tokio::sync::Mutex::new(Some(done)),
-                done_tx: std::sync::Mutex::new(Some(done_tx)),
-            },
-            Batches(rx),
-        )
-    }
-
-    /// Stops taking creates and waits until every queued one is answered.
-    pub(super) async fn close(&self) {
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(done) = self.done.lock().await.take() {
-            let _ = done.await;
-        }
-    }
-}
+/// The queue of the batch task.
+pub(super) type Creator = Batches<Pending>;
 
 impl Inner {
     /// Atomic create-if-absent of instance `id`, owned by this worker when
@@ -70,11 +41,7 @@ impl Inner {
             record: record.clone(),
             reply,
         };
-        let sent = match &*self.creator.tx.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(tx) => tx.send(pending).is_ok(),
-            None => false,
-        };
-        if !sent {
+        if !self.creator.send(pending) {
             return Err(Error::Store(StoreError::Closed));
         }
         answer
@@ -85,7 +52,7 @@ impl Inner {
 
 /// The batch task: takes what is queued, creates it with one statement,
 /// answers, again, until the backend closes.
-pub(super) async fn run(inner: Arc<Inner>, Batches(mut rx): Batches) {
+pub(super) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     loop {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
@@ -95,7 +62,7 @@ pub(super) async fn run(inner: Arc<Inner>, Batches(mut rx): Batches) {
             break;
         };
         let mut batch = vec![first];
-        super::commit::fill(&mut rx, &mut batch, MAX_BATCH);
+        fill(&mut rx, &mut batch, MAX_BATCH);
         let inner = Arc::clone(&inner);
         tokio::spawn(async move {
             write(&inner, batch).await;
@@ -103,15 +70,7 @@ pub(super) async fn run(inner: Arc<Inner>, Batches(mut rx): Batches) {
         });
     }
     let _ = slots.acquire_many(BATCHES_IN_FLIGHT as u32).await;
-    if let Some(done) = inner
-        .creator
-        .done_tx
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-    {
-        let _ = done.send(());
-    }
+    inner.creator.answered();
 }
 
 /// Creates a batch and answers each create. An id asked twice in one

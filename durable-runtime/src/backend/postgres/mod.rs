@@ -20,6 +20,7 @@
 //! other workers claim them at their next poll or on the hint.
 
 mod batch;
+mod batches;
 mod claims;
 mod commit;
 mod creates;
