@@ -194,16 +194,16 @@ fn injected_error() -> tokio_postgres::Error {
     tokio_postgres::Error::__private_api_timeout()
 }
 
-/// A lone checkpoint: one statement, fence and upsert, in its own
-/// transaction (one round trip, like an INSERT), planned once per
-/// connection (the row is found by its id alone, so that a generic plan
-/// takes the primary key). The fence is a share lock on the instance's
-/// row (a takeover or cancel waits for it, and this statement sees theirs): no new row version unless the count of resumes
-/// without progress must go back to 0. A broken connection
-/// leaves its outcome unknown, and that is safe to retry: the statement is
-/// idempotent (it writes the same record under the same fence; if the
-/// first try committed and the lease moved since, the retry is refused
-/// with `LeaseLost`, and the new owner replays the checkpoint).
+/// A lone checkpoint: one statement, fence and upsert, in its own transaction
+/// (one round trip, like an INSERT), planned once per connection (the row is
+/// found by its id alone, so that a generic plan takes the primary key). The
+/// fence is a share lock on the instance's row (a takeover or cancel waits for
+/// it, and this statement sees theirs): no new row version unless the count of
+/// resumes without progress must go back to 0. A broken connection leaves its
+/// outcome unknown, and that is safe to retry: the statement is idempotent (it
+/// writes the same record under the same fence; if the first try committed and
+/// the lease moved since, the retry is refused with `LeaseLost`, and the new
+/// owner replays the checkpoint).
 async fn lone_checkpoint(
     inner: &Inner,
     conn: &deadpool_postgres::Object,
