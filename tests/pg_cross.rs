@@ -178,6 +178,17 @@ async fn a_pure_client_starts_instances_the_workers_run() {
     let worker = schema.builder().register(doubled).open().await.unwrap();
     let out = support::guarded("the early instance completes", early.result()).await;
     assert_eq!(out.unwrap(), Ok(40));
+    // The worker ran it as a new instance, not as one to recover: it
+    // began, and counts no resume.
+    let history = client.history("early").await.unwrap();
+    assert!(
+        history
+            .transitions
+            .iter()
+            .all(|t| t.kind != durable::TransitionKind::Resumed),
+        "{:?}",
+        history.transitions
+    );
 
     // With a worker up: started by the client, run by the worker.
     let handles = start_ten(&client).await;
