@@ -124,11 +124,17 @@ async fn children_run_on_another_worker_process_across_its_kill() {
         .unwrap();
     let mut worker = spawn_worker(&schema, dir.path());
     let handle = engine.start(sum_of_children, "sum", 4).await.unwrap();
-    // Child 2 blocks in the worker: kill the worker then.
+    // Child 2 blocks in the worker: kill the worker then, once child 1
+    // (run beside it) completed, so that its body must not run again.
     support::wait_until("child 2 runs in the worker process", async || {
-        if support::read_ledger(dir.path())
-            .iter()
-            .any(|l| l == "BODY 2")
+        let one_done = matches!(
+            engine.status("sum/times_ten-0").await,
+            Ok(Status::Completed { .. })
+        );
+        if one_done
+            && support::read_ledger(dir.path())
+                .iter()
+                .any(|l| l == "BODY 2")
         {
             Ok(())
         } else if let Ok(Some(status)) = worker.try_wait() {
