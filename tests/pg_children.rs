@@ -144,8 +144,18 @@ async fn children_run_on_another_worker_process_across_its_kill() {
         }
     })
     .await;
+    // What completed before the kill must not run again; a child in its
+    // body at the kill (run beside child 2) may, once, after the takeover.
+    let mut completed = Vec::new();
+    for n in 1..=4u64 {
+        let id = format!("sum/times_ten-{}", n - 1);
+        if let Ok(Status::Completed { .. }) = engine.status(&id).await {
+            completed.push(n);
+        }
+    }
     worker.kill().unwrap();
     worker.wait().unwrap();
+    assert!(completed.contains(&1), "{completed:?}");
     // A new worker process takes child 2 over once its lease ran out.
     let mut worker = spawn_worker(&schema, dir.path());
     let out = support::guarded("the parent completes", handle.result()).await;
@@ -153,7 +163,8 @@ async fn children_run_on_another_worker_process_across_its_kill() {
     let ledger = support::read_ledger(dir.path());
     for n in [1, 3, 4] {
         let runs = ledger.iter().filter(|l| **l == format!("BODY {n}")).count();
-        assert_eq!(runs, 1, "child {n}: {ledger:?}");
+        let most = if completed.contains(&n) { 1 } else { 2 };
+        assert!((1..=most).contains(&runs), "child {n}: {ledger:?}");
     }
     let history = engine.history("sum").await.unwrap();
     assert_eq!(
