@@ -71,19 +71,16 @@ pub(super) async fn decide_and_write(
     begun?;
     *txid = Some(id?.get(0));
     let rows = rows?;
-    let mut held: HashMap<String, (i64, Option<i64>)> = rows
+    // Each locked row's epoch and owner, and its count of resumes without
+    // progress as this group leaves it (a checkpoint rewrites the row only
+    // to set that back to 0).
+    let mut held: HashMap<String, (i64, Option<i64>, i32)> = rows
         .iter()
-        .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2))))
+        .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2), r.get(3))))
         .collect();
-    // Each row's count of resumes without progress, as this group leaves
-    // it: a checkpoint rewrites the row only to set it back to 0.
-    let mut recoveries: HashMap<String, i32> = rows
-        .iter()
-        .map(|r| (r.get::<_, String>(0), r.get(3)))
-        .collect();
-    let fenced = |held: &HashMap<String, (i64, Option<i64>)>, job: &Job| {
+    let fenced = |held: &HashMap<String, (i64, Option<i64>, i32)>, job: &Job| {
         held.get(&job.id)
-            .is_some_and(|(epoch, owner)| *epoch == job.epoch && *owner == Some(me))
+            .is_some_and(|(epoch, owner, _)| *epoch == job.epoch && *owner == Some(me))
     };
     // The events that parks and timeouts of held instances depend on.
     let mut wanted: (Vec<&str>, Vec<&str>, Vec<i32>) = Default::default();
@@ -144,7 +141,10 @@ pub(super) async fn decide_and_write(
         let result = match &job.write {
             Prepared::Checkpoint(cp, progress) => {
                 checkpoints.push((id, cp.clone()));
-                if *progress && recoveries.insert(job.id.clone(), 0).is_some_and(|n| n != 0) {
+                if *progress
+                    && let Some((_, _, n)) = held.get_mut(id)
+                    && std::mem::take(n) != 0
+                {
                     changes.entry(id).or_default().recoveries = Some(0);
                 }
                 Committed::Written
@@ -194,7 +194,9 @@ pub(super) async fn decide_and_write(
                     Some(n) => {
                         let n = (*n).min(i32::MAX as u32) as i32;
                         change.recoveries = Some(n);
-                        recoveries.insert(job.id.clone(), n);
+                        if let Some((_, _, stored)) = held.get_mut(id) {
+                            *stored = n;
+                        }
                     }
                     None => {
                         change.finished = true;
