@@ -363,7 +363,14 @@ impl Embedded {
                     state.owned.remove(id);
                     state.parked.remove(id);
                     drop(state);
-                    self.notify(Notice::Ended { id: id.to_string() });
+                    // Only a queue's dispatch loop waits on an end here (a
+                    // slot to fill): the lease holder that wrote it is the
+                    // task that resolves the instance's handles, and no other
+                    // process shares the store. A hint for every end would
+                    // wake the claim loop for nothing once per instance.
+                    if record.queue_entry().is_some() {
+                        self.notify(Notice::Ended { id: id.to_string() });
+                    }
                 }
                 Ok(Committed::Written)
             }

@@ -184,7 +184,10 @@ pub(crate) enum Notice {
     Event { id: String, name: String },
     /// Instance `id` was cancelled (its owner stops between steps).
     Cancelled { id: String },
-    /// Instance `id` finished or was set aside (handles elsewhere re-read it).
+    /// Instance `id` finished or was set aside (handles elsewhere re-read
+    /// it; a queue's dispatch loop fills the slot it held). The embedded
+    /// backend, whose every instance ends in the task that resolves its
+    /// handles, sends it for a queue's instance only.
     Ended { id: String },
     /// Instance `id` was paused or unpaused (its owner looks at the record).
     Paused { id: String },
