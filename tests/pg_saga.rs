@@ -2,7 +2,9 @@
 //! completed steps in reverse order, and an instance started on one engine
 //! and cancelled from another (each its own worker, sharing only the
 //! schema) compensates each completed step exactly once, then ends
-//! cancelled, with the handle on the first engine resolving.
+//! cancelled, with the handle on the first engine resolving. A cancel while
+//! a step runs in the same engine keeps its request in the history the
+//! run's own writes end.
 //!
 //! `cargo test --features postgres --test pg_saga`. Needs PostgreSQL
 //! (`DURABLE_TEST_PG`); without it the tests pass after saying "skipped: no
@@ -12,7 +14,7 @@
 mod support;
 
 use durable::prelude::*;
-use durable::{InstanceError, Status};
+use durable::{InstanceError, Status, TransitionKind};
 use serde::{Deserialize, Serialize};
 
 use support::pg::Schema;
@@ -134,5 +136,87 @@ async fn a_cancel_from_another_engine_compensates_once() {
     );
     first.shutdown().await;
     second.shutdown().await;
+    schema.drop_schema().await;
+}
+
+/// While set, the "slow" step of `gated_pg_trip` does not return.
+static GATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+#[durable]
+async fn gated_pg_trip(_ctx: &Ctx, trip: Trip) -> Result<(), String> {
+    step!(
+        "car",
+        async { book(&trip, "car") }.await,
+        compensate = |b: Booking| cancel_booking(b)
+    )?;
+    step!(
+        "slow",
+        async {
+            let booked = book(&trip, "room");
+            while GATE.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            booked
+        }
+        .await,
+        compensate = |b: Booking| cancel_booking(b)
+    )?;
+    step!("never", async { book(&trip, "never") }.await)?;
+    Ok(())
+}
+
+/// A cancel of an instance whose step runs in this engine: the request is
+/// recorded while the run goes on; the run compensates and ends cancelled,
+/// and its writes keep the request in the history (they append to the
+/// stored transitions, read under the row's lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_a_step_stays_in_the_history() {
+    let Some(schema) = Schema::new("durable_saga").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let engine = schema
+        .builder()
+        .register(gated_pg_trip)
+        .open()
+        .await
+        .unwrap();
+    let handle = engine
+        .start(gated_pg_trip, "s-3", trip_in(dir.path(), false))
+        .await
+        .unwrap();
+    support::wait_until("the slow step runs", async || {
+        let ledger = support::read_ledger(dir.path());
+        if ledger.len() == 2 {
+            Ok(())
+        } else {
+            Err(ledger)
+        }
+    })
+    .await;
+    engine.cancel("s-3").await.unwrap();
+    GATE.store(false, std::sync::atomic::Ordering::SeqCst);
+    let err = support::guarded("the trip ends", handle.result())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Instance(InstanceError::Cancelled { .. })),
+        "{err:?}"
+    );
+    assert_eq!(
+        support::read_ledger(dir.path()),
+        ["book car", "book room", "undo room", "undo car"]
+    );
+    let history = engine.history("s-3").await.unwrap();
+    let kinds: Vec<TransitionKind> = history.transitions.iter().map(|t| t.kind.clone()).collect();
+    let at = |want: fn(&TransitionKind) -> bool| kinds.iter().position(want);
+    let requested = at(|k| matches!(k, TransitionKind::CancelRequested { .. }));
+    let compensated = at(|k| matches!(k, TransitionKind::Compensated { count: 2 }));
+    let cancelled = at(|k| matches!(k, TransitionKind::Cancelled));
+    assert!(
+        requested.is_some() && requested < compensated && compensated < cancelled,
+        "{kinds:?}"
+    );
+    engine.shutdown().await;
     schema.drop_schema().await;
 }

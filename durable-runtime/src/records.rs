@@ -262,7 +262,41 @@ pub(crate) struct QueueEntry {
     pub not_before_ms: u64,
 }
 
+/// Transitions kept per instance; older `Resumed` entries are dropped first.
+const MAX_TRANSITIONS: usize = 64;
+
 impl InstanceRecord {
+    /// Appends `transition`, dropping the oldest `Resumed` entry once the
+    /// record holds [`MAX_TRANSITIONS`].
+    pub(crate) fn push_transition(&mut self, transition: TransitionRecord) {
+        if self.transitions.len() >= MAX_TRANSITIONS
+            && let Some(i) = self
+                .transitions
+                .iter()
+                .position(|t| t.kind == TransitionKind::Resumed)
+        {
+            self.transitions.remove(i);
+        }
+        self.transitions.push(transition);
+    }
+
+    /// Takes `stored`, the transitions in the store (an operator may have
+    /// recorded some since the owner's claim), as this record's, if known,
+    /// then appends `appended`: what a [`Write::Record`] with a transition
+    /// to append writes, read and written under the instance's lock.
+    ///
+    /// [`Write::Record`]: crate::backend::Write::Record
+    pub(crate) fn restate(
+        &mut self,
+        stored: Option<Vec<TransitionRecord>>,
+        appended: TransitionRecord,
+    ) {
+        if let Some(stored) = stored {
+            self.transitions = stored;
+        }
+        self.push_transition(appended);
+    }
+
     /// Whether a cancel was requested that has not yet been carried out
     /// (the instance compensates, then ends cancelled): unfinished, and its
     /// last `CancelRequested` is not followed by a reopening.

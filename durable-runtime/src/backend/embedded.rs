@@ -69,12 +69,25 @@ struct State {
     foreign: HashMap<String, ParkRecord>,
     /// Paused instances: never claimed.
     paused: std::collections::HashSet<String>,
+    /// Owned instances whose stored transitions differ from their owner's
+    /// copy since the claim (an operator recorded a pause or a cancel
+    /// request, or a write appended one): the owner's next write that
+    /// appends a transition reads the stored ones.
+    touched: std::collections::HashSet<String>,
     /// Paused instances that came due (or were runnable) while paused:
     /// claimable once unpaused.
     held: Vec<String>,
     /// Unfinished instances found at open, for the first claim round:
     /// (id bytes, resumes without progress).
     pending: Option<Vec<(Vec<u8>, u32)>>,
+}
+
+impl State {
+    /// Ends this process's ownership of `id`: the epoch it was owned with.
+    fn disown(&mut self, id: &str) -> Option<u64> {
+        self.touched.remove(id);
+        self.owned.remove(id)
+    }
 }
 
 impl Embedded {
@@ -145,6 +158,7 @@ impl Embedded {
     fn own(&self, state: &mut State, id: &str) -> Lease {
         let epoch = self.epochs.fetch_add(1, Ordering::Relaxed);
         state.owned.insert(id.to_string(), epoch);
+        state.touched.remove(id);
         Lease { epoch, owner: 0 }
     }
 
@@ -353,14 +367,33 @@ impl Embedded {
                 self.journal.checkpoint(id, &record, progress).await?;
                 Ok(Committed::Written)
             }
-            Write::Record { record, active } => {
+            Write::Record {
+                mut record,
+                active,
+                appended,
+            } => {
                 let _stripe = self.stripe(id).lock().await;
                 self.fence(id, lease)?;
+                let appending = appended.is_some();
+                if let Some(transition) = appended {
+                    // Read only if the record was rewritten since the claim
+                    // by an operator or by such a write: otherwise the
+                    // owner's transitions are the stored ones.
+                    let stored = match self.state().touched.remove(id) {
+                        true => self.journal.load(id)?.map(|r| r.transitions),
+                        false => None,
+                    };
+                    record.restate(stored, transition);
+                }
                 let running = record.state == InstanceState::Running;
                 self.journal.commit_record(id, &record, active).await?;
+                if running && appending {
+                    // The owner's copy lacks the transition appended here.
+                    self.state().touched.insert(id.to_string());
+                }
                 if !running {
                     let mut state = self.state();
-                    state.owned.remove(id);
+                    state.disown(id);
                     state.parked.remove(id);
                     drop(state);
                     // Only a queue's dispatch loop waits on an end here (a
@@ -387,7 +420,7 @@ impl Embedded {
                     // cancel removed it from the table already.
                     return Err(Self::lost(id, lease));
                 }
-                state.owned.remove(id);
+                state.disown(id);
                 let earliest = state.parked.insert(id, &park.conds, |d| d);
                 drop(state);
                 if earliest {
@@ -495,7 +528,7 @@ impl Backend for Embedded {
             {
                 let mut state = self.state();
                 for (id, _) in &new {
-                    state.owned.remove(*id);
+                    state.disown(id);
                 }
                 return Err(e);
             }
@@ -516,7 +549,7 @@ impl Backend for Embedded {
             }
             let lease = self.own(&mut self.state(), id);
             if let Err(e) = self.journal.create_with(id, record, checkpoints).await {
-                self.state().owned.remove(id);
+                self.state().disown(id);
                 return Err(e);
             }
             Ok(Created::New(lease))
@@ -676,7 +709,7 @@ impl Backend for Embedded {
         Box::pin(async move {
             let mut state = self.state();
             if state.owned.get(id) == Some(&lease.epoch) {
-                state.owned.remove(id);
+                state.disown(id);
             }
             Ok(())
         })
@@ -749,7 +782,7 @@ impl Backend for Embedded {
             // The owner's later writes are refused from here on.
             let previous = {
                 let mut state = self.state();
-                let previous = state.owned.remove(id);
+                let previous = state.disown(id);
                 state.parked.remove(id);
                 state.ready.retain(|r| r != id);
                 previous
@@ -779,7 +812,7 @@ impl Backend for Embedded {
             // is fenced out from here on.
             let previous = {
                 let mut state = self.state();
-                let previous = state.owned.remove(id);
+                let previous = state.disown(id);
                 state.parked.remove(id);
                 state.ready.retain(|r| r != id);
                 previous
@@ -816,6 +849,9 @@ impl Backend for Embedded {
                 .await?;
             {
                 let mut state = self.state();
+                if state.owned.contains_key(id) {
+                    state.touched.insert(id.to_string());
+                }
                 if paused {
                     state.paused.insert(id.to_string());
                 } else {
@@ -1022,6 +1058,7 @@ mod tests {
             Write::Record {
                 record: record(),
                 active: None,
+                appended: None,
             },
         ] {
             let refused = b.commit("a", lease, write).await.unwrap_err();

@@ -31,7 +31,7 @@ use std::pin::Pin;
 use crate::error::Result;
 use crate::listing::{ListFilter, Page};
 use crate::manifest::Manifest;
-use crate::records::{CheckpointRecord, EventRecord, InstanceRecord, ParkRecord};
+use crate::records::{CheckpointRecord, EventRecord, InstanceRecord, ParkRecord, TransitionRecord};
 
 /// A boxed, sendable future (the seam is object-safe).
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -108,9 +108,16 @@ pub(crate) enum Write {
     /// or blocked), with `n` resumes without progress. `None`: finished;
     /// its park record goes. A record whose state is not `Running` releases
     /// the instance (nobody owns a blocked or finished instance).
+    ///
+    /// With `appended`, the record's transitions are not its own but the
+    /// stored ones followed by `appended`, read and written under the
+    /// instance's lock: an operator may have recorded some since the claim
+    /// (a pause, a cancel request), and none is lost (see
+    /// [`InstanceRecord::restate`]).
     Record {
         record: InstanceRecord,
         active: Option<u32>,
+        appended: Option<TransitionRecord>,
     },
     /// Parks the instance on what `park` waits for and releases it, unless
     /// an awaited event is already stored: then nothing is written, the

@@ -195,10 +195,10 @@ impl Core {
         if matches!(begin, Begin::Resume(_) | Begin::ResumeByHand) {
             crate::crash::point("recovery.before_resume");
             record.state = InstanceState::Running;
-            self.push_transition(&mut record, TransitionKind::Resumed);
             let write = Write::Record {
                 record: record.clone(),
                 active: Some(recoveries),
+                appended: Some(self.transition(TransitionKind::Resumed)),
             };
             if let Err(e) = backend.commit(id, lease, write).await {
                 return DriveEnd::Finished(Err(e));

@@ -10,9 +10,6 @@ use super::Core;
 use super::driver::lost;
 use super::handle::outcome_of;
 
-/// Transitions kept per instance; older `Resumed` entries are dropped first.
-const MAX_TRANSITIONS: usize = 64;
-
 impl Core {
     /// Records how the instance ended: completed, blocked (resumable),
     /// failed or cancelled. The write is fenced: a cancel that was recorded
@@ -25,20 +22,19 @@ impl Core {
         lease: Lease,
         outcome: Result<(Vec<u8>, bool)>,
     ) -> Result<Vec<u8>> {
-        self.fresh_transitions(id, &mut record).await;
         match outcome {
             Ok((output, is_err)) => {
                 record.state = InstanceState::Returned {
                     output: output.clone(),
                     is_err,
                 };
-                self.push_transition(&mut record, TransitionKind::Completed);
                 let ending = crate::metrics::Ending::new(&record.workflow, &record.state);
                 let parent = record.parent().map(|(p, _)| p.to_string());
                 crate::crash::point("complete.before_write");
                 let write = Write::Record {
                     record,
                     active: None,
+                    appended: Some(self.transition(TransitionKind::Completed)),
                 };
                 self.services.backend.commit(id, lease, write).await?;
                 ending.record();
@@ -64,7 +60,6 @@ impl Core {
         lease: Lease,
         error: Error,
     ) -> Result<Vec<u8>> {
-        self.fresh_transitions(id, &mut record).await;
         let text = error.to_string();
         let active = error.blocks().then_some(recoveries);
         let kind =
@@ -112,7 +107,6 @@ impl Core {
                 TransitionKind::Failed { error: text }
             };
         tracing::warn!(durable.error = %error, durable.status = ?kind, "instance stopped by an error");
-        self.push_transition(&mut record, kind);
         let ending = crate::metrics::Ending::new(&record.workflow, &record.state);
         let cancelled = record.state == InstanceState::Cancelled;
         // A parent waits for this end (not for a blocked child's).
@@ -121,7 +115,11 @@ impl Core {
             .map(|(p, _)| p.to_string());
         // If the store itself is failing this write fails too; the instance
         // then stays `Running` in the store and resumes at the next open.
-        let write = Write::Record { record, active };
+        let write = Write::Record {
+            record,
+            active,
+            appended: Some(self.transition(kind)),
+        };
         match self.services.backend.commit(id, lease, write).await {
             Ok(_) => {
                 ending.record();
@@ -143,28 +141,17 @@ impl Core {
         }
     }
 
-    /// Takes the stored transitions of `id` into `record` (the owner's copy
-    /// is from its claim; an operator may have recorded a pause since).
-    async fn fresh_transitions(&self, id: &str, record: &mut InstanceRecord) {
-        if let Ok(Some(stored)) = self.services.backend.load(id).await {
-            record.transitions = stored.transitions;
-        }
+    /// Appends a transition stamped now (see
+    /// [`InstanceRecord::push_transition`]).
+    pub(super) fn push_transition(&self, record: &mut InstanceRecord, kind: TransitionKind) {
+        record.push_transition(self.transition(kind));
     }
 
-    /// Appends a transition stamped now, dropping the oldest `Resumed`
-    /// entry once the record holds [`MAX_TRANSITIONS`].
-    pub(super) fn push_transition(&self, record: &mut InstanceRecord, kind: TransitionKind) {
-        if record.transitions.len() >= MAX_TRANSITIONS
-            && let Some(i) = record
-                .transitions
-                .iter()
-                .position(|t| t.kind == TransitionKind::Resumed)
-        {
-            record.transitions.remove(i);
-        }
-        record.transitions.push(TransitionRecord {
+    /// A transition stamped now.
+    pub(super) fn transition(&self, kind: TransitionKind) -> TransitionRecord {
+        TransitionRecord {
             at_ms: self.services.clock.now_ms(),
             kind,
-        });
+        }
     }
 }

@@ -180,14 +180,11 @@ impl Core {
             Err(other) => return Err(other.clone()),
         };
         let mut record = record.clone();
-        if let Ok(Some(stored)) = self.services.backend.load(id).await {
-            record.transitions = stored.transitions;
-        }
         record.state = InstanceState::Running;
-        self.push_transition(&mut record, kind);
         let write = Write::Record {
             record,
             active: Some(ctx.recoveries()),
+            appended: Some(self.transition(kind)),
         };
         self.services.backend.commit(id, lease, write).await?;
         result.map(|_| ())

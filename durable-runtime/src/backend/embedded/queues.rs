@@ -229,6 +229,7 @@ impl Embedded {
             let write = Write::Record {
                 record: record.clone(),
                 active: Some(0),
+                appended: None,
             };
             if let Err(e) = self.commit_inner(id, claim.lease, write).await {
                 crate::backend::Backend::release(self, id, claim.lease).await?;

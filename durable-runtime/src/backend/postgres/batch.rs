@@ -9,9 +9,10 @@ use std::collections::{HashMap, HashSet};
 
 use crate::backend::{Committed, Notice};
 use crate::error::{Error, InstanceError, Result};
+use crate::records::InstanceRecord;
 
-use super::commit::{Cp, Job, Prepared};
-use super::{Inner, status};
+use super::commit::{Body, Cp, Job, Prepared};
+use super::{Inner, decode, encode, status};
 
 /// The change a group makes to one instance row.
 #[derive(Default)]
@@ -53,15 +54,32 @@ pub(super) async fn decide_and_write(
     let mut ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
+    // The stored records of the instances a record write appends a
+    // transition to (an operator may have recorded some since the claim).
+    let appending: Vec<&str> = jobs
+        .iter()
+        .filter(|j| {
+            matches!(
+                j.write,
+                Prepared::Record {
+                    body: Body::Appending(..),
+                    ..
+                }
+            )
+        })
+        .map(|j| j.id.as_str())
+        .collect();
     let fence = conn
         .prepare_cached(&inner.sql(
-            "SELECT id, epoch, owner, recoveries FROM {s}.instances WHERE id = ANY($1)
+            "SELECT id, epoch, owner, recoveries,
+                    CASE WHEN id = ANY($2) THEN record END
+             FROM {s}.instances WHERE id = ANY($1)
              ORDER BY id FOR UPDATE",
         ))
         .await?;
     let current = conn.prepare_cached("SELECT txid_current()").await?;
     // One round trip: the three go out pipelined, in this order.
-    let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
+    let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&ids, &appending];
     let begin = format!("BEGIN; {}", inner.tx_settings());
     let (begun, id, rows) = tokio::join!(
         conn.batch_execute(&begin),
@@ -71,6 +89,14 @@ pub(super) async fn decide_and_write(
     begun?;
     *txid = Some(id?.get(0));
     let rows = rows?;
+    // As this group leaves them (a later write of the group reads what an
+    // earlier one wrote).
+    let mut records: HashMap<String, Vec<u8>> = HashMap::new();
+    for row in &rows {
+        if let Some(bytes) = row.get::<_, Option<Vec<u8>>>(4) {
+            records.insert(row.get(0), bytes);
+        }
+    }
     // Each locked row's epoch and owner, and its count of resumes without
     // progress as this group leaves it (a checkpoint rewrites the row only
     // to set that back to 0).
@@ -179,14 +205,36 @@ pub(super) async fn decide_and_write(
                 }
             }
             Prepared::Record {
-                bytes,
+                body,
                 status,
                 active,
                 blocked,
                 updated_ms,
             } => {
+                let bytes = match body {
+                    Body::Encoded(bytes) => bytes.clone(),
+                    Body::Appending(record, transition) => {
+                        let mut record = (**record).clone();
+                        let stored = records.get(id).and_then(|bytes| {
+                            decode::<InstanceRecord>(bytes, String::new)
+                                .ok()
+                                .map(|r| r.transitions)
+                        });
+                        record.restate(stored, transition.clone());
+                        match encode(&record, id, "the instance record") {
+                            Ok(bytes) => bytes,
+                            Err(e) => {
+                                results.push(Err(e));
+                                continue;
+                            }
+                        }
+                    }
+                };
+                if let Some(stored) = records.get_mut(id) {
+                    stored.clone_from(&bytes);
+                }
                 let change = changes.entry(id).or_default();
-                change.record = Some(bytes.clone());
+                change.record = Some(bytes);
                 change.status = Some(*status);
                 change.updated_ms = Some(*updated_ms);
                 change.blocked = *blocked;

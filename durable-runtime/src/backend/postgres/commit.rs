@@ -19,7 +19,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::{Committed, Lease, Write};
 use crate::error::{Error, Result, StoreError};
-use crate::records::{CheckpointRecord, CheckpointState, InstanceState, keyed_key, occurrence_key};
+use crate::records::{
+    CheckpointRecord, CheckpointState, InstanceRecord, InstanceState, TransitionRecord, keyed_key,
+    occurrence_key,
+};
 
 use super::batches::{Batches, fill};
 use super::{Inner, encode, status};
@@ -40,11 +43,20 @@ pub(super) struct Job {
     reply: oneshot::Sender<Result<Committed>>,
 }
 
+/// An instance record to write.
+pub(super) enum Body {
+    /// Encoded, as given.
+    Encoded(Vec<u8>),
+    /// To take the stored transitions, read under the row's lock, followed
+    /// by the transition, and then be encoded (see [`Write::Record`]).
+    Appending(Box<InstanceRecord>, TransitionRecord),
+}
+
 /// A write, encoded for the statements.
 pub(super) enum Prepared {
     Checkpoint(Cp, bool),
     Record {
-        bytes: Vec<u8>,
+        body: Body,
         status: i16,
         /// `None`: finished.
         active: Option<u32>,
@@ -186,12 +198,22 @@ impl Inner {
             Write::Checkpoint { record, progress } => {
                 Prepared::Checkpoint(Cp::of(id, &record)?, progress)
             }
-            Write::Record { record, active } => Prepared::Record {
-                bytes: encode(&record, id, "the instance record")?,
+            Write::Record {
+                record,
+                active,
+                appended,
+            } => Prepared::Record {
                 status: status::of_state(&record.state),
                 active,
                 blocked: matches!(record.state, InstanceState::Blocked { .. }),
-                updated_ms: status::updated_ms(&record),
+                updated_ms: match &appended {
+                    Some(t) => t.at_ms as i64,
+                    None => status::updated_ms(&record),
+                },
+                body: match appended {
+                    Some(t) => Body::Appending(Box::new(record), t),
+                    None => Body::Encoded(encode(&record, id, "the instance record")?),
+                },
             },
             Write::Park(park) => Prepared::Park {
                 bytes: encode(&park, id, "a park record")?,

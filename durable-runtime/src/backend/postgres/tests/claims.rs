@@ -216,6 +216,7 @@ async fn a_blocked_instance_is_retried_once_its_worker_is_gone() {
         Write::Record {
             record: blocked,
             active: Some(1),
+            appended: None,
         },
     )
     .await

@@ -35,6 +35,7 @@ async fn finish(backend: &PgBackend, id: &str, lease: Lease, state: InstanceStat
     let write = Write::Record {
         record,
         active: None,
+        appended: None,
     };
     assert_eq!(
         backend.commit(id, lease, write).await.unwrap(),
