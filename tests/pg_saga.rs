@@ -13,8 +13,8 @@
 
 mod support;
 
+use durable::Status;
 use durable::prelude::*;
-use durable::{InstanceError, Status, TransitionKind};
 use serde::{Deserialize, Serialize};
 
 use support::pg::Schema;
@@ -122,13 +122,7 @@ async fn a_cancel_from_another_engine_compensates_once() {
     })
     .await;
     second.cancel("s-2").await.unwrap();
-    let err = support::guarded("the trip ends", handle.result())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::Instance(InstanceError::Cancelled { .. })),
-        "{err:?}"
-    );
+    support::assert_cancelled(handle.result()).await;
     assert_eq!(second.status("s-2").await.unwrap(), Status::Cancelled);
     assert_eq!(
         support::read_ledger(dir.path()),
@@ -185,38 +179,15 @@ async fn a_cancel_during_a_step_stays_in_the_history() {
         .start(gated_pg_trip, "s-3", trip_in(dir.path(), false))
         .await
         .unwrap();
-    support::wait_until("the slow step runs", async || {
-        let ledger = support::read_ledger(dir.path());
-        if ledger.len() == 2 {
-            Ok(())
-        } else {
-            Err(ledger)
-        }
-    })
-    .await;
+    support::wait_for_ledger(dir.path(), 2).await;
     engine.cancel("s-3").await.unwrap();
     GATE.store(false, std::sync::atomic::Ordering::SeqCst);
-    let err = support::guarded("the trip ends", handle.result())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::Instance(InstanceError::Cancelled { .. })),
-        "{err:?}"
-    );
+    support::assert_cancelled(handle.result()).await;
     assert_eq!(
         support::read_ledger(dir.path()),
         ["book car", "book room", "undo room", "undo car"]
     );
-    let history = engine.history("s-3").await.unwrap();
-    let kinds: Vec<TransitionKind> = history.transitions.iter().map(|t| t.kind.clone()).collect();
-    let at = |want: fn(&TransitionKind) -> bool| kinds.iter().position(want);
-    let requested = at(|k| matches!(k, TransitionKind::CancelRequested { .. }));
-    let compensated = at(|k| matches!(k, TransitionKind::Compensated { count: 2 }));
-    let cancelled = at(|k| matches!(k, TransitionKind::Cancelled));
-    assert!(
-        requested.is_some() && requested < compensated && compensated < cancelled,
-        "{kinds:?}"
-    );
+    support::assert_compensated_then_cancelled(&engine.history("s-3").await.unwrap(), 2);
     engine.shutdown().await;
     schema.drop_schema().await;
 }

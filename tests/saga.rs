@@ -232,13 +232,7 @@ async fn a_cancel_compensates_the_completed_steps_then_cancels() {
     })
     .await;
     engine.cancel("t-3").await.unwrap();
-    let err = support::guarded("the trip ends", handle.result())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::Instance(InstanceError::Cancelled { .. })),
-        "{err:?}"
-    );
+    support::assert_cancelled(handle.result()).await;
     assert_eq!(
         support::read_ledger(dir.path()),
         [
@@ -251,15 +245,7 @@ async fn a_cancel_compensates_the_completed_steps_then_cancels() {
         ]
     );
     assert_eq!(engine.status("t-3").await.unwrap(), Status::Cancelled);
-    let kinds = kinds(&engine.history("t-3").await.unwrap());
-    let at = |want: fn(&TransitionKind) -> bool| kinds.iter().position(want);
-    let requested = at(|k| matches!(k, TransitionKind::CancelRequested { .. }));
-    let compensated = at(|k| matches!(k, TransitionKind::Compensated { count: 3 }));
-    let cancelled = at(|k| matches!(k, TransitionKind::Cancelled));
-    assert!(
-        requested < compensated && compensated < cancelled && requested.is_some(),
-        "{kinds:?}"
-    );
+    support::assert_compensated_then_cancelled(&engine.history("t-3").await.unwrap(), 3);
     // A second cancel finds it finished.
     assert!(engine.cancel("t-3").await.is_err());
     engine.shutdown().await;
@@ -371,24 +357,10 @@ async fn a_cancel_during_a_step_and_a_panicking_step_compensate() {
         .start(gated_trip, "g-1", input(dir.path()))
         .await
         .unwrap();
-    support::wait_until("the slow step runs", async || {
-        let ledger = support::read_ledger(dir.path());
-        if ledger.len() == 2 {
-            Ok(())
-        } else {
-            Err(ledger)
-        }
-    })
-    .await;
+    support::wait_for_ledger(dir.path(), 2).await;
     engine.cancel("g-1").await.unwrap();
     GATE.store(false, std::sync::atomic::Ordering::SeqCst);
-    let err = support::guarded("g-1 ends", handle.result())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::Instance(InstanceError::Cancelled { .. })),
-        "{err:?}"
-    );
+    support::assert_cancelled(handle.result()).await;
     assert_eq!(
         support::read_ledger(dir.path()),
         ["book car", "book room", "undo room", "undo car"]
@@ -396,15 +368,7 @@ async fn a_cancel_during_a_step_and_a_panicking_step_compensate() {
     assert_eq!(engine.status("g-1").await.unwrap(), Status::Cancelled);
     // The request, recorded while the run went on, stays in the history
     // the run's own writes end.
-    let kinds = kinds(&engine.history("g-1").await.unwrap());
-    let at = |want: fn(&TransitionKind) -> bool| kinds.iter().position(want);
-    let requested = at(|k| matches!(k, TransitionKind::CancelRequested { .. }));
-    let compensated = at(|k| matches!(k, TransitionKind::Compensated { count: 2 }));
-    let cancelled = at(|k| matches!(k, TransitionKind::Cancelled));
-    assert!(
-        requested.is_some() && requested < compensated && compensated < cancelled,
-        "{kinds:?}"
-    );
+    support::assert_compensated_then_cancelled(&engine.history("g-1").await.unwrap(), 2);
 
     // A panic on the last attempt: the instance fails, compensated.
     let dir2 = tempfile::tempdir().unwrap();

@@ -313,6 +313,50 @@ pub fn read_ledger(dir: &Path) -> Vec<String> {
     read_ledger_raw(dir).into_iter().flatten().collect()
 }
 
+/// Waits until the ledger of `dir` holds `lines` lines (a step body in
+/// flight has recorded itself).
+pub async fn wait_for_ledger(dir: &Path, lines: usize) {
+    wait_until("the ledger's lines", async || {
+        let ledger = read_ledger(dir);
+        if ledger.len() == lines {
+            Ok(())
+        } else {
+            Err(ledger)
+        }
+    })
+    .await;
+}
+
+/// Awaits `result` (an instance's outcome) under the hang guard and
+/// asserts that the instance ended cancelled.
+pub async fn assert_cancelled<T: Debug>(
+    result: impl std::future::Future<Output = durable::Result<T>>,
+) {
+    let err = guarded("the instance ends", result).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            durable::Error::Instance(durable::InstanceError::Cancelled { .. })
+        ),
+        "{err:?}"
+    );
+}
+
+/// Asserts that `history` holds a cancel request, then the compensation of
+/// `count` steps, then the cancelled end, in that order.
+pub fn assert_compensated_then_cancelled(history: &durable::History, count: u32) {
+    use durable::TransitionKind;
+    let kinds: Vec<&TransitionKind> = history.transitions.iter().map(|t| &t.kind).collect();
+    let at = |want: &dyn Fn(&TransitionKind) -> bool| kinds.iter().position(|k| want(k));
+    let requested = at(&|k| matches!(k, TransitionKind::CancelRequested { .. }));
+    let compensated = at(&|k| *k == TransitionKind::Compensated { count });
+    let cancelled = at(&|k| matches!(k, TransitionKind::Cancelled));
+    assert!(
+        requested.is_some() && requested < compensated && compensated < cancelled,
+        "{kinds:?}"
+    );
+}
+
 // ------------------------------------------------------------------ workload
 
 /// One torture instance: its id is `r{round}-i{index}`.
