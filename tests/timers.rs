@@ -114,12 +114,19 @@ async fn two_events(ctx: &Ctx, _n: u32) -> Result<Vec<u32>, String> {
     Ok(got)
 }
 
+#[durable]
+async fn one_event(_ctx: &Ctx, _n: u32) -> Result<u32, String> {
+    let n: u32 = wait_for!("number");
+    Ok(n)
+}
+
 fn builder(dir: &std::path::Path) -> durable::EngineBuilder {
     Engine::builder()
         .path(dir)
         .register(nap)
         .register(approval)
         .register(two_events)
+        .register(one_event)
 }
 
 /// The registry of the kit's tests (the kit brings its own store and clock).
@@ -278,6 +285,43 @@ async fn an_event_sent_while_the_workflow_is_down_is_consumed_after_restart() {
     assert_eq!(out.unwrap(), Ok("approved by mia".into()));
     assert_eq!(ran("ap-1/draft"), 1);
     assert_eq!(ran("ap-1/provision"), 1);
+}
+
+/// An event wakes a parked instance while a start of the same id attaches
+/// to it: the claim round and the starter ask for the one claim, and
+/// whichever gets it runs the instance. (A claim round that won it used to
+/// let go of it again, seeing the starter's slot; the starter, refused, left
+/// the instance to nobody and its handle waited forever.) The race is
+/// narrow, so it is run on many instances at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_racing_an_events_wake_up_still_runs_the_instance() {
+    const INSTANCES: u32 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder(dir.path()).open().await.unwrap();
+    let id = |i: u32| format!("race-{i}");
+    for i in 0..INSTANCES {
+        // The handle is dropped: nothing here holds the instance's slot.
+        let _ = engine.start(one_event, &id(i), i).await.unwrap();
+    }
+    for i in 0..INSTANCES {
+        assert!(parked_wait(&engine, &id(i)).await.is_ok());
+    }
+    let mut runs = tokio::task::JoinSet::new();
+    for i in 0..INSTANCES {
+        let (engine, id) = (engine.clone(), id(i));
+        runs.spawn(async move {
+            engine.send_event(&id, "number", i).await.unwrap();
+            let out = engine.run(one_event, &id, i).await.unwrap();
+            assert_eq!(out, Ok(i), "{id}");
+        });
+    }
+    support::guarded("every raced instance completes", async {
+        while let Some(run) = runs.join_next().await {
+            run.unwrap();
+        }
+    })
+    .await;
+    engine.shutdown().await;
 }
 
 #[tokio::test]

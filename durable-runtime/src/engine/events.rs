@@ -154,7 +154,7 @@ impl Core {
         if let Some(slot) = self.instances.get(id) {
             slot.signals.cancelled.store(true, Ordering::SeqCst);
             slot.signals.ring();
-            if !slot.driving.load(Ordering::SeqCst) {
+            if !slot.driving.active() {
                 self.finish_slot(
                     id,
                     &slot,

@@ -3,7 +3,6 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::sync::watch;
 
@@ -119,7 +118,7 @@ impl Core {
         // Two receivers: the probe and `last`, which is still alive.
         let unwatched = last.same_channel(&probe) && slot.done.receiver_count() <= 2;
         drop(probe);
-        if unwatched && !slot.driving.load(Ordering::SeqCst) {
+        if unwatched && !slot.driving.active() {
             running.remove(id);
         }
     }

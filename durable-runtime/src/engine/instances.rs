@@ -3,7 +3,7 @@
 //! [`Handle`](super::Handle) (`handle.rs`) waits for the outcome.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
@@ -30,22 +30,74 @@ pub(super) struct Slot {
     pub done: watch::Sender<Outcome>,
     pub task: TaskSlot,
     pub signals: Arc<Signals>,
-    /// Whether a task of this process drives the instance now; changed
-    /// under the `running` lock.
-    pub driving: AtomicBool,
+    /// Whether a task of this process drives the instance now, or a
+    /// starter is about to.
+    pub driving: Driving,
     /// The lease the driving task holds, to let go of at shutdown.
     pub lease: Mutex<Option<Lease>>,
 }
 
+/// Who drives a live instance in this process: nobody (parked, run
+/// elsewhere, or not yet claimed), a starter that reserved the slot and
+/// waits for the store's decision, or a task.
+///
+/// Whoever holds the instance's exclusive claim drives it. A claim round
+/// can win the claim a reserving starter asked for (the starter then gets
+/// none): the round takes the slot over, and the starter leaves it alone.
+pub(super) struct Driving(AtomicU8);
+
+impl Driving {
+    const IDLE: u8 = 0;
+    const RESERVED: u8 = 1;
+    const DRIVEN: u8 = 2;
+
+    /// Reserved by a starter (`true`) or driven by nobody.
+    fn new(reserved: bool) -> Driving {
+        Driving(AtomicU8::new(if reserved {
+            Driving::RESERVED
+        } else {
+            Driving::IDLE
+        }))
+    }
+
+    /// Whether a task of this process drives the instance, or a starter
+    /// reserved it.
+    pub(super) fn active(&self) -> bool {
+        self.0.load(Ordering::SeqCst) != Driving::IDLE
+    }
+
+    /// Taken by the holder of the instance's claim: `false` if a task of
+    /// this process drives it already.
+    pub(super) fn take(&self) -> bool {
+        self.0.swap(Driving::DRIVEN, Ordering::SeqCst) != Driving::DRIVEN
+    }
+
+    /// A starter that got no claim lets the slot go, unless a claim round
+    /// took it over meanwhile.
+    pub(super) fn give_up(&self) {
+        let _ = self.0.compare_exchange(
+            Driving::RESERVED,
+            Driving::IDLE,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// No task of this process drives the instance any more.
+    pub(super) fn stop(&self) {
+        self.0.store(Driving::IDLE, Ordering::SeqCst);
+    }
+}
+
 impl Slot {
-    pub(super) fn new(workflow: &'static str, input: Vec<u8>, driving: bool) -> Arc<Slot> {
+    pub(super) fn new(workflow: &'static str, input: Vec<u8>, reserved: bool) -> Arc<Slot> {
         Arc::new(Slot {
             workflow,
             input,
             done: watch::Sender::new(None),
             task: Mutex::new(None),
             signals: Arc::new(Signals::new()),
-            driving: AtomicBool::new(driving),
+            driving: Driving::new(reserved),
             lease: Mutex::new(None),
         })
     }
@@ -280,7 +332,7 @@ impl Core {
                     Created::New(lease) => self.spawn(id, erased, fresh, Begin::Fresh, slot, lease),
                     // Left to the workers (a pure client's start): unowned,
                     // it is claimable at once.
-                    _ => slot.driving.store(false, Ordering::SeqCst),
+                    _ => slot.driving.give_up(),
                 }
                 return Ok(());
             }
@@ -296,7 +348,7 @@ impl Core {
                     return Ok(());
                 }
                 if !here {
-                    slot.driving.store(false, Ordering::SeqCst);
+                    slot.driving.give_up();
                     return Ok(());
                 }
                 match backend.claim(&id).await {
@@ -309,8 +361,10 @@ impl Core {
             }
         };
         let Some(claim) = claim else {
-            // Parked, or run by another process: its end resolves the slot.
-            slot.driving.store(false, Ordering::SeqCst);
+            // Parked, or claimed by another process or by a claim round of
+            // this one (which then took the slot over): its end resolves
+            // the slot.
+            slot.driving.give_up();
             return Ok(());
         };
         if let Some(outcome) = outcome_of(&id, &claim.record, manual) {
@@ -356,6 +410,22 @@ impl Core {
         }
     }
 
+    /// The slot of instance `claim`, taken for the task that will drive
+    /// it (from a starter that reserved it, too: the claim is exclusive, so
+    /// that starter got none); `None` if a task of this process drives it
+    /// already.
+    pub(super) fn take_slot(&self, claim: &Claim) -> Option<Arc<Slot>> {
+        let mut running = self.instances.lock();
+        let slot = running.entry(claim.id.clone()).or_insert_with(|| {
+            let workflow = self
+                .registry
+                .for_record(&claim.record)
+                .map_or("", |(w, _)| w);
+            Slot::new(workflow, claim.record.input.clone(), false)
+        });
+        slot.driving.take().then(|| Arc::clone(slot))
+    }
+
     /// Runs instance `id` on a task of its own, which holds the engine alive.
     pub(super) fn spawn(
         self: Arc<Self>,
@@ -367,6 +437,7 @@ impl Core {
         lease: Lease,
     ) {
         *slot.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
+        slot.driving.take();
         let Some(alive) = self.instances.alive() else {
             self.finish_slot(
                 &id,
@@ -407,7 +478,7 @@ impl Core {
     /// another), and forgets it if nobody waits for its outcome.
     pub(super) fn stop_driving(&self, id: &str, slot: &Arc<Slot>) {
         let mut running = self.instances.lock();
-        slot.driving.store(false, Ordering::SeqCst);
+        slot.driving.stop();
         *slot.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
         slot.lease.lock().unwrap_or_else(|e| e.into_inner()).take();
         if slot.done.receiver_count() == 0 && running.get(id).is_some_and(|s| Arc::ptr_eq(s, slot))

@@ -7,7 +7,6 @@
 //! `not_before` time.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -22,7 +21,7 @@ use crate::workflow::{IntoWorkflow, Workflow};
 
 use super::driver::Begin;
 use super::handle::{Handle, outcome_of};
-use super::instances::{Birth, Outcome, Reserved, Slot};
+use super::instances::{Birth, Outcome, Reserved};
 use super::{Core, Engine, In, Out};
 use crate::queue::{EnqueueOptions, Queue, QueueInfo};
 
@@ -254,7 +253,7 @@ impl Core {
             Reserved::Attached(rx) => return Ok(rx),
             Reserved::Slot(slot) => {
                 // Driven by whoever dispatches it; its end resolves the slot.
-                slot.driving.store(false, Ordering::SeqCst);
+                slot.driving.give_up();
                 slot.done.subscribe()
             }
         };
@@ -288,11 +287,7 @@ impl Core {
                 Some(limit) => {
                     let mut local = self.queues.local.lock().unwrap_or_else(|e| e.into_inner());
                     let ids = local.entry(spec.name.clone()).or_default();
-                    ids.retain(|id| {
-                        self.instances
-                            .get(id)
-                            .is_some_and(|s| s.driving.load(Ordering::SeqCst))
-                    });
+                    ids.retain(|id| self.instances.get(id).is_some_and(|s| s.driving.active()));
                     (limit as usize).saturating_sub(ids.len())
                 }
                 None => usize::MAX,
@@ -323,21 +318,7 @@ impl Core {
 
     /// Drives dispatched instance `claim` on a task of its own.
     async fn drive_dispatched(self: &Arc<Self>, claim: Claim) {
-        let slot = {
-            let mut running = self.instances.lock();
-            let slot = running.entry(claim.id.clone()).or_insert_with(|| {
-                let workflow = self
-                    .registry
-                    .for_record(&claim.record)
-                    .map_or("", |(w, _)| w);
-                Slot::new(workflow, claim.record.input.clone(), false)
-            });
-            if slot.driving.swap(true, Ordering::SeqCst) {
-                None
-            } else {
-                Some(Arc::clone(slot))
-            }
-        };
+        let slot = self.take_slot(&claim);
         match slot {
             Some(slot) => Arc::clone(self).run_claim(claim, Begin::Wake, slot),
             None => {

@@ -95,7 +95,7 @@ impl Core {
                 && record.paused_since().is_none()
                 && !record.cancel_requested()
         };
-        if !slot.driving.load(Ordering::SeqCst) || !open(record) {
+        if !slot.driving.active() || !open(record) {
             return Ok(false);
         }
         slot.signals.cancel_here.store(true, Ordering::SeqCst);
@@ -123,7 +123,7 @@ impl Core {
         tracing::info!(durable.instance_id = %id, durable.by = %by, "cancel requested; the instance compensates where it stands");
         slot.signals.cancelled.store(true, Ordering::SeqCst);
         slot.signals.ring();
-        if !slot.driving.load(Ordering::SeqCst) {
+        if !slot.driving.active() {
             self.wake_cancelled(id).await;
         }
         Ok(true)

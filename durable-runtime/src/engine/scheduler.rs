@@ -115,23 +115,10 @@ impl Core {
         let mut recovered = 0;
         for claim in std::mem::take(&mut round.claims) {
             let id = claim.id.clone();
-            let slot = {
-                let mut running = self.instances.lock();
-                let slot = running.entry(id.clone()).or_insert_with(|| {
-                    let workflow = self
-                        .registry
-                        .for_record(&claim.record)
-                        .map_or("", |(w, _)| w);
-                    Slot::new(workflow, claim.record.input.clone(), false)
-                });
-                if slot.driving.swap(true, Ordering::SeqCst) {
-                    None
-                } else {
-                    Some(Arc::clone(slot))
-                }
-            };
+            let slot = self.take_slot(&claim);
             let Some(slot) = slot else {
-                // Driven here already (cannot happen with an exclusive claim).
+                // Driven here already (cannot happen with an exclusive
+                // claim).
                 let _ = self.services.backend.release(&id, claim.lease).await;
                 continue;
             };
@@ -191,7 +178,7 @@ impl Core {
         let Some(slot) = self.instances.get(id) else {
             return;
         };
-        if slot.driving.load(Ordering::SeqCst) {
+        if slot.driving.active() {
             return;
         }
         if let Ok(Some(record)) = self.services.backend.load(id).await
@@ -208,7 +195,7 @@ impl Core {
             .instances
             .lock()
             .iter()
-            .filter(|(_, s)| !s.driving.load(Ordering::SeqCst))
+            .filter(|(_, s)| !s.driving.active())
             .map(|(id, _)| id.clone())
             .collect();
         for id in waiting {
@@ -301,7 +288,7 @@ impl Core {
             .map(|(id, s)| (id.clone(), Arc::clone(s)))
             .collect();
         for (id, slot) in slots {
-            if !slot.driving.load(Ordering::SeqCst) {
+            if !slot.driving.active() {
                 continue;
             }
             let waits: Vec<WaitCond> = slot
