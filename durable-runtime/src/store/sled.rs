@@ -59,9 +59,15 @@
 //!   by sled itself (snapshots, the shredded log tail) or here (its log,
 //!   blobs, and the directory entries of its renames and removals).
 //! - sled's own lock is taken inside `open`, after it has touched files; this
-//!   store first takes an exclusive `flock` on `durable.lock` in the
-//!   directory, so a second process gets [`StoreError::Locked`] without
-//!   touching anything.
+//!   store first takes an exclusive lock on `durable.lock` in the directory,
+//!   so a second process (or a second open in this one) gets
+//!   [`StoreError::Locked`] without touching anything. It is a POSIX record
+//!   lock, which a child process does not inherit: an `flock` is shared with
+//!   every child forked while it is held, until the child's `exec` closes
+//!   it, so a store closed and opened again while another thread spawned a
+//!   process was found locked by its own process. Within the process a
+//!   registry of the stores open here stands in for the lock (record locks
+//!   do not conflict within a process).
 //! - After a failed blob write (out of space, say) sled 0.34.7 leaks a log
 //!   reservation, and every later flush waits forever, including the one it
 //!   runs when its last handle drops. A store that saw an error is closed on
@@ -136,8 +142,8 @@ pub struct SledStore {
 struct Handles {
     db: sled::Db,
     trees: Vec<sled::Tree>,
-    /// Holds the `flock` on [`LOCK_FILE`]; dropped (unlocked) last.
-    _lock: File,
+    /// Holds the lock on [`LOCK_FILE`]; dropped (unlocked) last.
+    _lock: StoreLock,
 }
 
 /// Counters of the syncs this store made, for tests.
@@ -943,10 +949,41 @@ fn os(op: &'static str, e: &std::io::Error) -> StoreError {
 /// the previous handle of this process releasing its files.
 const SLED_LOCK_WAIT: Duration = Duration::from_secs(30);
 
-/// Takes the store's exclusive lock, or fails with [`StoreError::Locked`].
-/// An `flock` is released by the kernel when its holder dies, even by
+/// The stores this process holds the lock of, by canonical path.
+static HELD: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// The store's exclusive lock: a POSIX record lock on [`LOCK_FILE`] against
+/// other processes, and an entry in [`HELD`] against this one. Released
+/// when dropped, and by the kernel when the process dies, even by
 /// `kill -9`, so a crash never leaves a stale lock behind.
-fn lock(path: &Path) -> Result<File, StoreError> {
+struct StoreLock {
+    /// Open while the lock is held; closing it releases the record lock.
+    file: Option<File>,
+    /// The entry in [`HELD`].
+    path: PathBuf,
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        // Under the registry's lock: a record lock belongs to the process,
+        // and closing any descriptor of the file releases it, so no other
+        // open of this store in this process may have taken it meanwhile.
+        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        drop(self.file.take());
+        held.retain(|p| p != &self.path);
+    }
+}
+
+/// Takes the store's exclusive lock, or fails with [`StoreError::Locked`].
+fn lock(path: &Path) -> Result<StoreLock, StoreError> {
+    let locked = || StoreError::Locked {
+        path: path.to_path_buf(),
+    };
+    let canonical = canonical(path);
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    if held.contains(&canonical) {
+        return Err(locked());
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -957,20 +994,28 @@ fn lock(path: &Path) -> Result<File, StoreError> {
     #[cfg(unix)]
     {
         use std::os::fd::AsRawFd;
-        // SAFETY: flock on a descriptor this function owns for its whole call.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        // SAFETY: an all-zero `flock` is a valid value of this plain C
+        // struct; the fields that matter are set below.
+        let mut range: libc::flock = unsafe { std::mem::zeroed() };
+        range.l_type = libc::F_WRLCK as _;
+        range.l_whence = libc::SEEK_SET as _;
+        // `l_start` and `l_len` 0: the whole file, however long.
+        // SAFETY: fcntl on a descriptor this function owns for its whole
+        // call, with a pointer to a live `flock`.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &range) };
         if rc != 0 {
             let e = std::io::Error::last_os_error();
-            return Err(if e.kind() == std::io::ErrorKind::WouldBlock {
-                StoreError::Locked {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                os("lock the store", &e)
+            return Err(match e.raw_os_error() {
+                Some(libc::EACCES | libc::EAGAIN) => locked(),
+                _ => os("lock the store", &e),
             });
         }
     }
-    Ok(file)
+    held.push(canonical.clone());
+    Ok(StoreLock {
+        file: Some(file),
+        path: canonical,
+    })
 }
 
 fn map_open_error(path: &Path, e: sled::Error) -> StoreError {
@@ -1239,6 +1284,41 @@ mod tests {
             generating.exists(),
             "a locked-out open removed the holder's file"
         );
+    }
+
+    /// A child forked while the store is open holds copies of its
+    /// descriptors until it execs or exits (here: until killed). Dropped and
+    /// opened again meanwhile, the store is not found locked by its own
+    /// process: the child does not hold the store's lock, and the open
+    /// waits for sled's, which the child does hold, until the child is gone.
+    #[cfg(unix)]
+    #[test]
+    fn a_forked_child_does_not_keep_the_store_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        // SAFETY: the child calls only async-signal-safe `pause` until it is
+        // killed.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            loop {
+                // SAFETY: async-signal-safe; returns only on a signal.
+                unsafe { libc::pause() };
+            }
+        }
+        assert!(pid > 0, "fork failed");
+        drop(store);
+        let killer = std::thread::spawn(move || {
+            // Stands in for the child's exec, which closes the copies.
+            std::thread::sleep(Duration::from_secs(2));
+            // SAFETY: `pid` is this test's own child, reaped here.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        });
+        let reopened = SledStore::open(dir.path());
+        killer.join().unwrap();
+        reopened.unwrap();
     }
 
     // ------------------------------------------------------------ open path
