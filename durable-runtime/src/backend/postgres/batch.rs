@@ -14,6 +14,47 @@ use crate::records::InstanceRecord;
 use super::commit::{Body, Cp, Job, Prepared};
 use super::{Inner, decode, encode, status};
 
+/// Locks the rows of a group's instances (`$1`, sorted) and reads their
+/// epoch, owner and count of resumes, and the stored record of those in
+/// `$2` (whose record write appends a transition).
+pub(super) const FENCE: &str = "SELECT id, epoch, owner, recoveries,
+        CASE WHEN id = ANY($2) THEN record END
+ FROM {s}.instances WHERE id = ANY($1)
+ ORDER BY id FOR UPDATE";
+
+/// Which of the events (instance, name, number) that parks and timeouts
+/// wait for are stored.
+pub(super) const AWAITED_EVENTS: &str = "SELECT e.instance_id, e.name, e.seq FROM {s}.events e
+ JOIN unnest($1::text[], $2::text[], $3::int4[]) AS w(id, name, seq)
+   ON e.instance_id = w.id AND e.name = w.name AND e.seq = w.seq";
+
+/// Writes a group's checkpoints, one row per key.
+pub(super) const UPSERT_CHECKPOINTS: &str =
+    "INSERT INTO {s}.checkpoints (instance_id, key, name, ended_wait, record)
+ SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::bool[], $5::bytea[])
+ ON CONFLICT (instance_id, key) DO UPDATE
+   SET record = EXCLUDED.record, ended_wait = EXCLUDED.ended_wait";
+
+/// Applies a group's changes to its instance rows, one per row.
+pub(super) const UPDATE_ROWS: &str = "UPDATE {s}.instances i SET
+         record = COALESCE(u.record, i.record),
+         status = COALESCE(u.status, i.status),
+         owner = CASE WHEN u.release THEN NULL ELSE i.owner END,
+         blocked_by = CASE WHEN u.blocked THEN $12 ELSE i.blocked_by END,
+         recoveries = COALESCE(u.recoveries, i.recoveries),
+         park = CASE u.park_op WHEN 1 THEN u.park WHEN 2 THEN NULL ELSE i.park END,
+         wake_at_ms = CASE u.park_op WHEN 1 THEN u.wake_at WHEN 2 THEN NULL
+                      ELSE i.wake_at_ms END,
+         finished = i.finished OR u.finished,
+         updated_ms = COALESCE(u.updated_ms, i.updated_ms),
+         updated_at = now()
+     FROM unnest($1::text[], $2::bytea[], $3::int2[], $4::bool[], $5::bool[],
+                 $6::int4[], $7::int2[], $8::bytea[], $9::int8[], $10::bool[],
+                 $11::int8[])
+          AS u(id, record, status, release, blocked, recoveries, park_op, park,
+               wake_at, finished, updated_ms)
+     WHERE i.id = u.id";
+
 /// The change a group makes to one instance row.
 #[derive(Default)]
 struct Change {
@@ -69,18 +110,11 @@ pub(super) async fn decide_and_write(
         })
         .map(|j| j.id.as_str())
         .collect();
-    let fence = conn
-        .prepare_cached(&inner.sql(
-            "SELECT id, epoch, owner, recoveries,
-                    CASE WHEN id = ANY($2) THEN record END
-             FROM {s}.instances WHERE id = ANY($1)
-             ORDER BY id FOR UPDATE",
-        ))
-        .await?;
+    let fence = conn.prepare_cached(&inner.sql(FENCE)).await?;
     let current = conn.prepare_cached("SELECT txid_current()").await?;
     // One round trip: the three go out pipelined, in this order.
     let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&ids, &appending];
-    let begin = format!("BEGIN; {}", inner.tx_settings());
+    let begin = format!("BEGIN; {}", inner.group_tx_settings());
     let (begun, id, rows) = tokio::join!(
         conn.batch_execute(&begin),
         conn.query_one(&current, &[]),
@@ -133,13 +167,7 @@ pub(super) async fn decide_and_write(
         HashSet::new()
     } else {
         conn.query(
-            &conn
-                .prepare_cached(&inner.sql(
-                    "SELECT e.instance_id, e.name, e.seq FROM {s}.events e
-                 JOIN unnest($1::text[], $2::text[], $3::int4[]) AS w(id, name, seq)
-                   ON e.instance_id = w.id AND e.name = w.name AND e.seq = w.seq",
-                ))
-                .await?,
+            &conn.prepare_cached(&inner.sql(AWAITED_EVENTS)).await?,
             &[&wanted.0, &wanted.1, &wanted.2],
         )
         .await?
@@ -274,14 +302,7 @@ pub(super) async fn decide_and_write(
             .filter(|(id, cp)| seen.insert((*id, cp.key.as_slice())))
             .collect();
         cps.sort_by(|a, b| (a.0, &a.1.key).cmp(&(b.0, &b.1.key)));
-        let insert = conn
-            .prepare_cached(&inner.sql(
-                "INSERT INTO {s}.checkpoints (instance_id, key, name, ended_wait, record)
-                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::bool[], $5::bytea[])
-                 ON CONFLICT (instance_id, key) DO UPDATE
-                   SET record = EXCLUDED.record, ended_wait = EXCLUDED.ended_wait",
-            ))
-            .await?;
+        let insert = conn.prepare_cached(&inner.sql(UPSERT_CHECKPOINTS)).await?;
         let params: Params = vec![
             Box::new(cps.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>()),
             Box::new(cps.iter().map(|(_, cp)| cp.key.clone()).collect::<Vec<_>>()),
@@ -302,28 +323,7 @@ pub(super) async fn decide_and_write(
     if !changes.is_empty() {
         let mut rows: Vec<(&str, Change)> = changes.into_iter().collect();
         rows.sort_by(|a, b| a.0.cmp(b.0));
-        let update = conn
-            .prepare_cached(&inner.sql(
-                "UPDATE {s}.instances i SET
-                     record = COALESCE(u.record, i.record),
-                     status = COALESCE(u.status, i.status),
-                     owner = CASE WHEN u.release THEN NULL ELSE i.owner END,
-                     blocked_by = CASE WHEN u.blocked THEN $12 ELSE i.blocked_by END,
-                     recoveries = COALESCE(u.recoveries, i.recoveries),
-                     park = CASE u.park_op WHEN 1 THEN u.park WHEN 2 THEN NULL ELSE i.park END,
-                     wake_at_ms = CASE u.park_op WHEN 1 THEN u.wake_at WHEN 2 THEN NULL
-                                  ELSE i.wake_at_ms END,
-                     finished = i.finished OR u.finished,
-                     updated_ms = COALESCE(u.updated_ms, i.updated_ms),
-                     updated_at = now()
-                 FROM unnest($1::text[], $2::bytea[], $3::int2[], $4::bool[], $5::bool[],
-                             $6::int4[], $7::int2[], $8::bytea[], $9::int8[], $10::bool[],
-                             $11::int8[])
-                      AS u(id, record, status, release, blocked, recoveries, park_op, park,
-                           wake_at, finished, updated_ms)
-                 WHERE i.id = u.id",
-            ))
-            .await?;
+        let update = conn.prepare_cached(&inner.sql(UPDATE_ROWS)).await?;
         let params: Params = vec![
             Box::new(
                 rows.iter()

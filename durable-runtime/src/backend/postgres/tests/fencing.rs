@@ -292,7 +292,7 @@ async fn a_transaction_left_idle_past_the_lease_is_ended_by_the_server() {
     // A transaction begun as the group commit begins its own, left idle
     // with the instance's row locked: the process froze.
     let conn = a.inner().conn().await.unwrap();
-    conn.batch_execute(&format!("BEGIN; {}", a.inner().tx_settings()))
+    conn.batch_execute(&format!("BEGIN; {}", a.inner().group_tx_settings()))
         .await
         .unwrap();
     conn.execute(

@@ -9,6 +9,7 @@ mod faults;
 mod fencing;
 mod listing;
 mod operator;
+mod plans;
 mod schema;
 mod speed;
 
