@@ -194,16 +194,44 @@ fn injected_error() -> tokio_postgres::Error {
     tokio_postgres::Error::__private_api_timeout()
 }
 
+/// A lone checkpoint's statement (see [`lone_checkpoint`]): one row
+/// written if the fence holds, none if not.
+const LONE_CHECKPOINT: &str =
+    "INSERT INTO {s}.checkpoints (instance_id, key, name, ended_wait, record)
+     SELECT id, $4, $5, $6, $7 FROM {s}.instances
+     WHERE id = $1 AND epoch = $2 AND owner = $3 FOR SHARE
+     ON CONFLICT (instance_id, key) DO UPDATE
+       SET record = EXCLUDED.record, ended_wait = EXCLUDED.ended_wait";
+
+/// [`LONE_CHECKPOINT`] that also sets the count of resumes without
+/// progress back to 0 (when `$8`); answers 1 if the fence held, 0 if not.
+const LONE_CHECKPOINT_RESETTING: &str = "WITH l AS (
+         SELECT id, epoch, owner, recoveries FROM {s}.instances
+         WHERE id = $1 FOR SHARE),
+     f AS (SELECT id, recoveries FROM l WHERE epoch = $2 AND owner = $3),
+     r AS (
+         UPDATE {s}.instances i SET recoveries = 0
+         FROM f WHERE i.id = f.id AND $8 AND f.recoveries <> 0),
+     c AS (
+         INSERT INTO {s}.checkpoints (instance_id, key, name, ended_wait, record)
+         SELECT f.id, $4, $5, $6, $7 FROM f
+         ON CONFLICT (instance_id, key) DO UPDATE
+           SET record = EXCLUDED.record, ended_wait = EXCLUDED.ended_wait)
+     SELECT count(*) FROM f";
+
 /// A lone checkpoint: one statement, fence and upsert, in its own transaction
 /// (one round trip, like an INSERT), planned once per connection (the row is
 /// found by its id alone, so that a generic plan takes the primary key). The
-/// fence is a share lock on the instance's row (a takeover or cancel waits for
-/// it, and this statement sees theirs): no new row version unless the count of
-/// resumes without progress must go back to 0. A broken connection leaves its
-/// outcome unknown, and that is safe to retry: the statement is idempotent (it
-/// writes the same record under the same fence; if the first try committed and
-/// the lease moved since, the retry is refused with `LeaseLost`, and the new
-/// owner replays the checkpoint).
+/// fence is a share lock on the instance's row, taken only if the row still
+/// has this owner's epoch (a takeover or cancel waits for it, and this
+/// statement sees theirs): no new row version of the instance. With
+/// `progress` (the count of resumes without progress must go back to 0) the
+/// statement also updates that count, in a longer form that costs about a
+/// sixth more, so only then. A broken connection leaves its outcome unknown,
+/// and that is safe to retry: the statement is idempotent (it writes the same
+/// record under the same fence; if the first try committed and the lease
+/// moved since, the retry is refused with `LeaseLost`, and the new owner
+/// replays the checkpoint).
 async fn lone_checkpoint(
     inner: &Inner,
     conn: &deadpool_postgres::Object,
@@ -213,38 +241,24 @@ async fn lone_checkpoint(
     me: i64,
 ) -> Attempt {
     let written = async {
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+            &job.id,
+            &job.epoch,
+            &me,
+            &cp.key,
+            &cp.name,
+            &cp.ended_wait,
+            &cp.bytes,
+            &progress,
+        ];
+        if !progress {
+            let statement = conn.prepare_cached(&inner.sql(LONE_CHECKPOINT)).await?;
+            return Ok(conn.execute(&statement, &params[..7]).await? == 1);
+        }
         let statement = conn
-            .prepare_cached(&inner.sql(
-                "WITH l AS (
-                     SELECT id, epoch, owner, recoveries FROM {s}.instances
-                     WHERE id = $1 FOR SHARE),
-                 f AS (SELECT id, recoveries FROM l WHERE epoch = $2 AND owner = $3),
-                 r AS (
-                     UPDATE {s}.instances i SET recoveries = 0
-                     FROM f WHERE i.id = f.id AND $7 AND f.recoveries <> 0),
-                 c AS (
-                     INSERT INTO {s}.checkpoints (instance_id, key, name, ended_wait, record)
-                     SELECT f.id, $4, $5, $6, $8 FROM f
-                     ON CONFLICT (instance_id, key) DO UPDATE
-                       SET record = EXCLUDED.record, ended_wait = EXCLUDED.ended_wait)
-                 SELECT count(*) FROM f",
-            ))
+            .prepare_cached(&inner.sql(LONE_CHECKPOINT_RESETTING))
             .await?;
-        let row = conn
-            .query_one(
-                &statement,
-                &[
-                    &job.id,
-                    &job.epoch,
-                    &me,
-                    &cp.key,
-                    &cp.name,
-                    &cp.ended_wait,
-                    &progress,
-                    &cp.bytes,
-                ],
-            )
-            .await?;
+        let row = conn.query_one(&statement, &params).await?;
         Ok::<bool, tokio_postgres::Error>(row.get::<_, i64>(0) == 1)
     }
     .await;

@@ -467,3 +467,62 @@ async fn expire(client: &tokio_postgres::Client, worker: &PgBackend) {
         .await
         .unwrap();
 }
+
+/// A lone checkpoint has two statements: a plain one, and one that also
+/// sets the count of resumes without progress back to 0 (`progress`).
+/// Both write under the fence, and only the second touches the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_forms_of_a_lone_checkpoint_are_fenced_and_only_progress_resets_the_count() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let a = db.backend().await;
+    let client = db.client().await;
+    let lease = create(&a, "r").await;
+    let recoveries = async || -> i32 {
+        client
+            .query_one("SELECT recoveries FROM instances WHERE id = 'r'", &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    // As stored before a resume.
+    client
+        .execute("UPDATE instances SET recoveries = 2 WHERE id = 'r'", &[])
+        .await
+        .unwrap();
+    let write = |name: &str, progress: bool| Write::Checkpoint {
+        record: step(name, 0, 1),
+        progress,
+    };
+    let plain = a.commit("r", lease, write("one", false)).await;
+    assert_eq!(plain.unwrap(), Committed::Written);
+    assert_eq!(recoveries().await, 2, "a plain checkpoint keeps the count");
+    let resetting = a.commit("r", lease, write("two", true)).await;
+    assert_eq!(resetting.unwrap(), Committed::Written);
+    assert_eq!(recoveries().await, 0, "progress sets the count back to 0");
+
+    // Taken over (the epoch moved): both forms are refused, write nothing.
+    client
+        .execute("UPDATE instances SET epoch = epoch + 1 WHERE id = 'r'", &[])
+        .await
+        .unwrap();
+    client
+        .execute("UPDATE instances SET recoveries = 3 WHERE id = 'r'", &[])
+        .await
+        .unwrap();
+    for progress in [false, true] {
+        let late = a.commit("r", lease, write("three", progress)).await;
+        assert_eq!(lease_lost(&late), Some(lease.epoch), "progress {progress}");
+    }
+    assert_eq!(recoveries().await, 3, "a refused write leaves the count");
+    let names: Vec<String> = a
+        .checkpoints("r")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["one", "two"]);
+    a.close().await;
+}
