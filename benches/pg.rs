@@ -11,7 +11,8 @@
 //!    worker process, against the table with as many tasks inserting (over
 //!    a pool of up to 32 connections); then with 2 and 4 worker processes
 //!    (children of this one) running what this process, a pure client,
-//!    starts and awaits;
+//!    starts and awaits; each for 16 rounds of its in-flight count (at
+//!    least 256 instances);
 //! 3. failover: a worker process holding 16 running instances is killed
 //!    with SIGKILL; the time until this process runs them all again (lease
 //!    2 s: lease + grace + a reaper period bound it);
@@ -492,7 +493,10 @@ async fn run(quick: bool) {
             n => format!("{n} worker processes (a pure client starts and awaits)"),
         };
         for in_flight in [1usize, 16, 64, 256] {
-            let instances = (in_flight as u64 * 4).max(64);
+            // Long enough (16 rounds of the in-flight count, at least
+            // 1,280 steps) that opening connections and preparing
+            // statements does not decide the rate.
+            let instances = (in_flight as u64 * 16).max(256);
             let mut t = Vec::new();
             let mut o = Vec::new();
             for _ in 0..runs {
