@@ -204,14 +204,14 @@ const LONE_CHECKPOINT: &str =
        SET record = EXCLUDED.record, ended_wait = EXCLUDED.ended_wait";
 
 /// [`LONE_CHECKPOINT`] that also sets the count of resumes without
-/// progress back to 0 (when `$8`); answers 1 if the fence held, 0 if not.
+/// progress back to 0; answers 1 if the fence held, 0 if not.
 const LONE_CHECKPOINT_RESETTING: &str = "WITH l AS (
          SELECT id, epoch, owner, recoveries FROM {s}.instances
          WHERE id = $1 FOR SHARE),
      f AS (SELECT id, recoveries FROM l WHERE epoch = $2 AND owner = $3),
      r AS (
          UPDATE {s}.instances i SET recoveries = 0
-         FROM f WHERE i.id = f.id AND $8 AND f.recoveries <> 0),
+         FROM f WHERE i.id = f.id AND f.recoveries <> 0),
      c AS (
          INSERT INTO {s}.checkpoints (instance_id, key, name, ended_wait, record)
          SELECT f.id, $4, $5, $6, $7 FROM f
@@ -241,7 +241,7 @@ async fn lone_checkpoint(
     me: i64,
 ) -> Attempt {
     let written = async {
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
             &job.id,
             &job.epoch,
             &me,
@@ -249,11 +249,10 @@ async fn lone_checkpoint(
             &cp.name,
             &cp.ended_wait,
             &cp.bytes,
-            &progress,
         ];
         if !progress {
             let statement = conn.prepare_cached(&inner.sql(LONE_CHECKPOINT)).await?;
-            return Ok(conn.execute(&statement, &params[..7]).await? == 1);
+            return Ok(conn.execute(&statement, &params).await? == 1);
         }
         let statement = conn
             .prepare_cached(&inner.sql(LONE_CHECKPOINT_RESETTING))
