@@ -348,8 +348,9 @@ impl Inner {
         }))
     }
 
-    /// What every transaction of this worker begins with, `SET LOCAL` (so
-    /// it also works behind a transaction-mode pooler):
+    /// What every transaction of this worker begins with (the group
+    /// commit's: [`group_tx_settings`](Self::group_tx_settings)), `SET
+    /// LOCAL` (so it also works behind a transaction-mode pooler):
     /// - how long it may sit idle (its process frozen between two
     ///   statements): one lease; the server then ends the session and its
     ///   row locks go, so that a frozen worker never keeps the reaper and
@@ -357,14 +358,13 @@ impl Inner {
     /// - a plan for each statement at each run. Statements are prepared
     ///   once per connection, and PostgreSQL would otherwise switch one to
     ///   a generic plan after five runs, made with the statistics of that
-    ///   moment and kept: on a schema created empty, the group commit's
-    ///   statements (arrays of ids joined with `instances`) then kept
-    ///   scanning the whole table as it grew, until an `ANALYZE`.
+    ///   moment and kept: on a schema created empty, a statement joining
+    ///   an array of ids with `instances` then kept scanning the whole
+    ///   table as it grew, until an `ANALYZE`.
     fn tx_settings(&self) -> String {
         format!(
-            "SET LOCAL idle_in_transaction_session_timeout = {}; \
-             SET LOCAL plan_cache_mode = force_custom_plan",
-            self.options.lease.as_millis().max(1)
+            "{}; SET LOCAL plan_cache_mode = force_custom_plan",
+            self.idle_setting()
         )
     }
 
@@ -377,9 +377,16 @@ impl Inner {
     /// at each run cost about a fifth of the server's time per group.
     fn group_tx_settings(&self) -> String {
         format!(
-            "SET LOCAL idle_in_transaction_session_timeout = {}; \
-             SET LOCAL enable_seqscan = off; \
+            "{}; SET LOCAL enable_seqscan = off; \
              SET LOCAL plan_cache_mode = force_generic_plan",
+            self.idle_setting()
+        )
+    }
+
+    /// How long a transaction of this worker may sit idle: one lease.
+    fn idle_setting(&self) -> String {
+        format!(
+            "SET LOCAL idle_in_transaction_session_timeout = {}",
             self.options.lease.as_millis().max(1)
         )
     }
