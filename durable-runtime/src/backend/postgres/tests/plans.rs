@@ -1,10 +1,11 @@
-//! The group commit's statements find their rows by key at any size of
-//! the tables: their plans are made once per connection and kept, on
-//! whatever the tables hold then (often nothing), and must never read a
-//! table whole.
+//! The statements of the group commit and of a claim round find their
+//! rows by key or through partial indexes at any size of the tables: their
+//! plans are made once per connection and kept, on whatever the tables
+//! hold then (often nothing), and must never read a table whole.
 
 use super::*;
 use crate::backend::postgres::batch::{AWAITED_EVENTS, FENCE, UPDATE_ROWS, UPSERT_CHECKPOINTS};
+use crate::backend::postgres::claims::claim_due_sql;
 
 /// The highest `$n` in `sql`.
 fn parameters(sql: &str) -> usize {
@@ -19,7 +20,7 @@ fn parameters(sql: &str) -> usize {
 }
 
 #[tokio::test]
-async fn the_group_commits_kept_plans_read_no_table_whole() {
+async fn kept_plans_read_no_table_whole() {
     let Some(db) = TestDb::new().await else {
         return;
     };
@@ -31,11 +32,13 @@ async fn the_group_commits_kept_plans_read_no_table_whole() {
         .batch_execute(&format!("BEGIN; {}", inner.group_tx_settings()))
         .await
         .unwrap();
+    let claim_due = claim_due_sql();
     for (name, sql) in [
         ("fence", FENCE),
         ("awaited_events", AWAITED_EVENTS),
         ("upsert_checkpoints", UPSERT_CHECKPOINTS),
         ("update_rows", UPDATE_ROWS),
+        ("claim_due", claim_due.as_str()),
     ] {
         let sql = inner.sql(sql);
         client
