@@ -200,6 +200,10 @@ pub(crate) struct Inner {
     timers: Mutex<claims::Timers>,
     /// Ids whose record this build cannot read: left to other workers.
     unreadable: Mutex<Vec<String>>,
+    /// Hashes of the manifests this process stored (or found stored): a
+    /// manifest is never changed or removed, so a pure client's starts
+    /// store each once, not at every start.
+    manifests_stored: Mutex<std::collections::HashSet<u64>>,
     failure: Mutex<Option<StoreError>>,
     /// Whether the listener proved it receives notifications.
     listening: AtomicBool,
@@ -267,6 +271,7 @@ impl PgBackend {
             creator,
             timers: Mutex::new(claims::Timers::default()),
             unreadable: Mutex::new(Vec::new()),
+            manifests_stored: Mutex::new(std::collections::HashSet::new()),
             failure: Mutex::new(None),
             listening: AtomicBool::new(false),
             listener_pid: std::sync::atomic::AtomicI32::new(0),

@@ -140,14 +140,26 @@ impl Inner {
         Ok(row.and_then(|r| crate::codec::decode(r.get(0)).ok()))
     }
 
+    /// Stores each of `manifests` not stored before (by this process).
     pub(super) async fn store_manifests(&self, manifests: &[&Manifest]) -> Result<()> {
+        let manifests: Vec<(u64, &Manifest)> = {
+            let stored = self
+                .manifests_stored
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            manifests
+                .iter()
+                .map(|m| (m.hash(), *m))
+                .filter(|(hash, _)| !stored.contains(hash))
+                .collect()
+        };
         if manifests.is_empty() {
             return Ok(());
         }
-        let hashes: Vec<i64> = manifests.iter().map(|m| m.hash() as i64).collect();
+        let hashes: Vec<i64> = manifests.iter().map(|(hash, _)| *hash as i64).collect();
         let bytes = manifests
             .iter()
-            .map(|m| encode(*m, "", "a manifest"))
+            .map(|(_, m)| encode(*m, "", "a manifest"))
             .collect::<Result<Vec<_>>>()?;
         let conn = self.conn().await?;
         conn.execute_cached(
@@ -159,6 +171,10 @@ impl Inner {
         )
         .await
         .map_err(io("store manifests"))?;
+        self.manifests_stored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(manifests.iter().map(|(hash, _)| *hash));
         Ok(())
     }
 
