@@ -25,50 +25,58 @@ impl Inner {
         let bytes = encode(&event, id, &format!("event {name:?}"))?;
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(io("begin an event"))?;
-        tx.batch_execute(&self.tx_settings())
-            .await
-            .map_err(io("begin an event"))?;
-        let row = tx
-            .query_opt(
-                &self
-                    .sql("SELECT record, park, status FROM {s}.instances WHERE id = $1 FOR UPDATE"),
-                &[&id],
-            )
-            .await
-            .map_err(io("lock an instance for an event"))?;
+        let prepared = async {
+            let lock =
+                self.sql("SELECT record, park, status FROM {s}.instances WHERE id = $1 FOR UPDATE");
+            let keyed = self.sql("SELECT 1 FROM {s}.send_keys WHERE instance_id = $1 AND key = $2");
+            let count = self.sql(
+                "SELECT (SELECT count(*) FROM {s}.events WHERE instance_id = $1 AND name = $2),
+                        (SELECT count(*) FROM {s}.checkpoints
+                         WHERE instance_id = $1 AND name = $2 AND ended_wait)",
+            );
+            Ok::<_, tokio_postgres::Error>((
+                tx.prepare_cached(&lock).await?,
+                tx.prepare_cached(&keyed).await?,
+                tx.prepare_cached(&count).await?,
+            ))
+        };
+        let (lock, keyed, count) = prepared.await.map_err(io("begin an event"))?;
+        // One round trip: the settings, the row lock, the key's lookup and
+        // the count go out pipelined, in this order. Each statement's
+        // snapshot is taken when the one before has run: the lookup and the
+        // count see every write that committed before the lock was granted
+        // (a concurrent send with the same key waits for this one and then
+        // finds its key; the count sees every write of the owner).
+        let settings = self.tx_settings();
+        let by_id: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+        let by_name: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id, &name];
+        let (set, row, seen, counts) = tokio::join!(
+            tx.batch_execute(&settings),
+            tx.query_opt(&lock, &by_id),
+            async {
+                match key {
+                    Some(key) => tx
+                        .query_opt(&keyed, &[&id, &key])
+                        .await
+                        .map(|r| r.is_some()),
+                    None => Ok(false),
+                }
+            },
+            tx.query_one(&count, &by_name),
+        );
+        set.map_err(io("begin an event"))?;
+        let row = row.map_err(io("lock an instance for an event"))?;
+        let seen = seen.map_err(io("look up the key of an event"))?;
+        let counts = counts.map_err(io("number an event"))?;
         let Some(row) = row else {
             return Err(Error::Usage(UsageError::NotFound { id: id.to_string() }));
         };
         let record: InstanceRecord = decode(row.get(0), || format!("instance {id:?}"))?;
-        // Under the row lock: a concurrent send with the same key waits
-        // for this one and then finds its key.
-        if let Some(key) = key
-            && tx
-                .query_opt_cached(
-                    &self.sql("SELECT 1 FROM {s}.send_keys WHERE instance_id = $1 AND key = $2"),
-                    &[&id, &key],
-                )
-                .await
-                .map_err(io("look up the key of an event"))?
-                .is_some()
-        {
+        if seen {
             return Ok(None);
         }
         status::ensure_unfinished(id, &record.state)?;
         let code: i16 = row.get(2);
-        // Counted in a statement of its own, after the lock: its snapshot
-        // sees every write of the owner that committed before.
-        let counts = tx
-            .query_one_cached(
-                &self.sql(
-                    "SELECT (SELECT count(*) FROM {s}.events WHERE instance_id = $1 AND name = $2),
-                            (SELECT count(*) FROM {s}.checkpoints
-                             WHERE instance_id = $1 AND name = $2 AND ended_wait)",
-                ),
-                &[&id, &name],
-            )
-            .await
-            .map_err(io("number an event"))?;
         let events: i64 = counts.get(0);
         let ended: i64 = counts.get(1);
         let seq = u32::try_from(events.max(ended)).unwrap_or(u32::MAX);
@@ -164,16 +172,16 @@ impl Inner {
     ) -> Result<()> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(io("begin a cancel"))?;
-        tx.batch_execute(&self.tx_settings())
+        let lock = tx
+            .prepare_cached(&self.sql("SELECT record FROM {s}.instances WHERE id = $1 FOR UPDATE"))
             .await
             .map_err(io("begin a cancel"))?;
-        let row = tx
-            .query_opt_cached(
-                &self.sql("SELECT record FROM {s}.instances WHERE id = $1 FOR UPDATE"),
-                &[&id],
-            )
-            .await
-            .map_err(io("lock an instance to cancel it"))?;
+        // One round trip: the settings and the row lock, pipelined.
+        let settings = self.tx_settings();
+        let by_id: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+        let (set, row) = tokio::join!(tx.batch_execute(&settings), tx.query_opt(&lock, &by_id));
+        set.map_err(io("begin a cancel"))?;
+        let row = row.map_err(io("lock an instance to cancel it"))?;
         let Some(row) = row else {
             return Err(Error::Usage(UsageError::NotFound { id: id.to_string() }));
         };
