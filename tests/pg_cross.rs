@@ -3,8 +3,9 @@
 //! polling alone must deliver: an event sent by a pure client before the
 //! instance reaches its wait, a cancel by a pure client of a parked
 //! instance, and a handle in one engine that completes when another engine
-//! finishes the instance; and a pure client that starts instances the
-//! workers run (with or without a worker up at the time).
+//! finishes the instance; a pure client that starts instances the
+//! workers run (with or without a worker up at the time); and an instance
+//! owned by a live worker that none of its tasks runs, let go of.
 //!
 //! `cargo test --features postgres --test pg_cross`. Needs PostgreSQL
 //! (`DURABLE_TEST_PG`); without it the tests pass after saying "skipped: no
@@ -258,5 +259,65 @@ async fn start_many_records_a_batch_the_workers_run() {
     ));
     client.shutdown().await;
     worker.shutdown().await;
+    schema.drop_schema().await;
+}
+
+/// Runs of `strayed` (a counter of its own: tests run in parallel).
+static STRAYED_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[durable]
+async fn strayed(_ctx: &Ctx, n: u64) -> Result<u64, String> {
+    let twice = step!("double", async { Ok::<_, String>(n * 2) }.await)?;
+    STRAYED_RUNS.fetch_add(1, Ordering::SeqCst);
+    Ok(twice)
+}
+
+/// An instance owned by a live worker that none of that worker's tasks
+/// runs: what a claim or create leaves when its COMMIT took but the answer
+/// was lost with the connection (the caller was told it failed). The
+/// worker's lease stays current, so no takeover would ever come; the
+/// worker lets go of it at its second sweep that finds it, and another
+/// worker claims and runs it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_its_owner_does_not_run_is_let_go() {
+    let Some(schema) = Schema::new("durable_cross").await else {
+        return;
+    };
+    // A process that registers no workflow: it starts, and runs nothing.
+    let owner = schema.builder().open().await.unwrap();
+    let owner_id: i64 = schema
+        .client
+        .query_one(
+            &format!(
+                "SELECT max(id) FROM {}.workers WHERE state = 0",
+                schema.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let handle = owner.start(strayed, "stray", 21).await.unwrap();
+    // The state a lost answer leaves: owned, under a new epoch, by a
+    // worker that is alive and drives no task of it.
+    let owned = schema
+        .client
+        .execute(
+            &format!(
+                "UPDATE {}.instances SET owner = $1, epoch = epoch + 1
+                 WHERE id = 'stray' AND owner IS NULL",
+                schema.name
+            ),
+            &[&owner_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(owned, 1);
+    let worker = schema.builder().register(strayed).open().await.unwrap();
+    let out = support::guarded("the stray instance completes", handle.result()).await;
+    assert_eq!(out.unwrap(), Ok(42));
+    assert_eq!(STRAYED_RUNS.load(Ordering::SeqCst), 1);
+    worker.shutdown().await;
+    owner.shutdown().await;
     schema.drop_schema().await;
 }

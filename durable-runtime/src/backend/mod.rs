@@ -383,6 +383,16 @@ pub(crate) trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// The unfinished instances this process's worker owns now, with their
+    /// leases, on a shared store (none on one process, where every lease is
+    /// this process's and a task stops only by letting go). The engine lets
+    /// go of those no task of it drives: the answer to their claim or
+    /// create was lost (a connection that broke after COMMIT), and nobody
+    /// else would ever claim them while this worker lives.
+    fn owned(&self) -> BoxFuture<'_, Result<Vec<(String, Lease)>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     // --- decisions about an instance, from any process ---
 
     /// Stores `event` as the next event `name` of instance `id`, numbered

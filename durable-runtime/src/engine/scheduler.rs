@@ -5,6 +5,7 @@
 //! claims, and follows the backend's wake-up hints. Recovery at open is its
 //! first round. Every deadline is on the engine's clock.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -22,6 +23,11 @@ use super::instances::Slot;
 
 /// Waits ending sooner than this stay in memory instead of parking.
 pub(crate) const PARK_AFTER_MS: u64 = 1_000;
+
+/// How often, at most, a worker of a shared store looks for instances it
+/// owns that none of its tasks drives (see [`Core::release_strays`]): one
+/// is let go of at the second sweep that finds it, 2 to 4 s after.
+const STRAY_SWEEP: Duration = Duration::from_secs(2);
 
 /// The claim loop's task, and the lock that makes a claim round atomic for
 /// the test kit's idle check.
@@ -203,6 +209,44 @@ impl Core {
         }
     }
 
+    /// Lets go of the instances this worker owns on a shared store that no
+    /// task here drives, seen so at two sweeps in a row under the same
+    /// lease (`suspects` holds those of the last sweep). Such an instance
+    /// is one whose claim or create committed while its answer was lost
+    /// (the connection broke after COMMIT): the caller was told it failed,
+    /// and while this worker lives nobody else would ever claim it. A
+    /// start or claim takes its slot before its answer is acted on, so an
+    /// instance being started or claimed here is never taken for one;
+    /// letting go of one that a task drove after all costs that task its
+    /// next write (`LeaseLost`), as a takeover does.
+    async fn release_strays(self: &Arc<Self>, suspects: &mut HashMap<String, Lease>) {
+        let owned = match self.services.backend.owned().await {
+            Ok(owned) => owned,
+            Err(e) => {
+                tracing::debug!(durable.error = %e, "could not list the instances this worker owns");
+                return;
+            }
+        };
+        let mut next = HashMap::new();
+        for (id, lease) in owned {
+            if self.instances.get(&id).is_some_and(|s| s.driving.active()) {
+                continue;
+            }
+            if suspects.get(&id) == Some(&lease) {
+                tracing::warn!(
+                    durable.instance_id = %id,
+                    "this worker owned an instance that none of its tasks ran (the answer to its claim or create was lost); let go of it for the next claim"
+                );
+                if let Err(e) = self.services.backend.release(&id, lease).await {
+                    tracing::debug!(durable.instance_id = %id, durable.error = %e, "could not let go of an instance");
+                }
+            } else {
+                next.insert(id, lease);
+            }
+        }
+        *suspects = next;
+    }
+
     /// The claim loop: a round whenever a hint comes, a parked timer is
     /// due, or (on a shared store) the poll interval passes; until the
     /// engine is gone.
@@ -223,6 +267,9 @@ impl Core {
         // poll (each look is a read per handle).
         let (mut round, mut resolve) = (true, true);
         let mut polled_at = tokio::time::Instant::now();
+        // Instances owned here and driven by no task, at the last sweep.
+        let mut strays = HashMap::new();
+        let mut swept_at = tokio::time::Instant::now();
         loop {
             let next = {
                 let Some(core) = core.upgrade() else { return };
@@ -231,6 +278,10 @@ impl Core {
                 }
                 if resolve && poll.is_some() {
                     core.resolve_waiting().await;
+                    if swept_at.elapsed() >= STRAY_SWEEP {
+                        swept_at = tokio::time::Instant::now();
+                        core.release_strays(&mut strays).await;
+                    }
                 }
                 core.services.backend.next_due()
             };

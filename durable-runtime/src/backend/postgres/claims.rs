@@ -367,6 +367,34 @@ impl Inner {
         Ok(round)
     }
 
+    /// The unfinished instances this worker owns, with their leases (an
+    /// unnamed statement, planned with this worker's id: a sweep every few
+    /// seconds, through the index of owned instances).
+    pub(super) async fn owned(&self) -> Result<Vec<(String, Lease)>> {
+        let conn = self.conn().await?;
+        let me = self.me();
+        let rows = conn
+            .query(
+                &self.sql("SELECT id, epoch FROM {s}.instances WHERE owner = $1 AND NOT finished"),
+                &[&me],
+            )
+            .await
+            .map_err(io("list the instances this worker owns"))?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let epoch: i64 = row.get(1);
+                (
+                    row.get(0),
+                    Lease {
+                        epoch: epoch as u64,
+                        owner: me,
+                    },
+                )
+            })
+            .collect())
+    }
+
     /// The ids of every unfinished instance.
     pub(super) async fn unfinished(&self) -> Result<Vec<String>> {
         let conn = self.conn().await?;

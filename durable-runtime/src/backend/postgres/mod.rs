@@ -483,6 +483,10 @@ impl Backend for PgBackend {
         })
     }
 
+    fn owned(&self) -> BoxFuture<'_, Result<Vec<(String, Lease)>>> {
+        Box::pin(self.inner.owned())
+    }
+
     fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<InstanceRecord>>> {
         Box::pin(self.inner.load(id))
     }
