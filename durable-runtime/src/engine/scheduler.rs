@@ -165,7 +165,7 @@ impl Core {
                 }
                 self.resolve(&id).await;
             }
-            Notice::Ended { id } => self.resolve(&id).await,
+            Notice::Ended { id } => self.resolve_soon(id),
             Notice::Paused { id } => {
                 if let Some(slot) = self.instances.get(&id)
                     && let Ok(Some(record)) = self.services.backend.load(&id).await
@@ -192,6 +192,26 @@ impl Core {
         {
             self.finish_slot(id, &slot, outcome);
         }
+    }
+
+    /// [`resolve`](Self::resolve) in a task of its own, if a handle here
+    /// waits on `id` and no task here drives it: the loop goes on with the
+    /// next hint while the outcome is read (a pure client awaiting many
+    /// instances would otherwise read their outcomes one after another).
+    fn resolve_soon(self: &Arc<Self>, id: String) {
+        if self
+            .instances
+            .get(&id)
+            .is_none_or(|slot| slot.driving.active())
+        {
+            return;
+        }
+        let core = Arc::downgrade(self);
+        self.runtime.spawn(async move {
+            if let Some(core) = core.upgrade() {
+                core.resolve(&id).await;
+            }
+        });
     }
 
     /// Resolves every handle waiting on an instance no task here drives (a
