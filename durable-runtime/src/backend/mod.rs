@@ -66,6 +66,10 @@ pub(crate) enum ClaimKind {
     /// A parked instance whose timer is due or whose awaited event arrived:
     /// not a recovery.
     Wake,
+    /// As [`Wake`](Self::Wake), with no checkpoint stored (the claim saw
+    /// none): an instance a pure client started, claimed for the first
+    /// time, has nothing to replay and nothing to read before it runs.
+    Unstarted,
     /// An unfinished instance nobody owns: its owner died or stopped, or it
     /// was blocked and someone attached. Counts towards `max_recoveries`.
     Recover,

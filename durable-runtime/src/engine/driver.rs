@@ -25,7 +25,8 @@ use super::scheduler::PARK_AFTER_MS;
 /// How an instance task begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Begin {
-    /// Just created here: nothing to resume, no checkpoint to load.
+    /// Just created here, or claimed with no checkpoint stored (see
+    /// `ClaimKind::Unstarted`): nothing to resume, no checkpoint to load.
     Fresh,
     /// Forked from another instance: its copied checkpoints replay.
     Forked,

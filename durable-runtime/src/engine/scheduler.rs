@@ -133,6 +133,8 @@ impl Core {
                     tracing::debug!(durable.instance_id = %id, "instance woken");
                     Begin::Wake
                 }
+                // Nothing stored to load: as one created here.
+                ClaimKind::Unstarted => Begin::Fresh,
                 ClaimKind::Recover => Begin::Resume(Some(claim.recoveries)),
             };
             if claim.kind == ClaimKind::Recover {

@@ -66,8 +66,10 @@ const CLAIMED: &str = "i.id, i.epoch, i.record, i.recoveries, c.status";
 /// unowned instances of the workflows `$1` that can run now (new or woken,
 /// parked with a timer due at `$2`, or blocked by a worker that is gone),
 /// skipping those locked by another round and the ids `$5`, and makes
-/// worker `$4` their owner under a new epoch. Every arm of its condition
-/// is served by a partial index, so its plan needs no table scan.
+/// worker `$4` their owner under a new epoch. Returns [`CLAIMED`], the due
+/// time before the claim, and whether no checkpoint is stored. Every arm
+/// of its condition is served by a partial index, so its plan needs no
+/// table scan.
 pub(super) fn claim_due_sql() -> String {
     format!(
         "WITH c AS (
@@ -85,7 +87,8 @@ pub(super) fn claim_due_sql() -> String {
              status = CASE WHEN i.status = {BLOCKED} THEN i.status ELSE {RUNNING} END,
              park = NULL, wake_at_ms = NULL
          FROM c WHERE i.id = c.id
-         RETURNING {CLAIMED}, c.wake_at_ms",
+         RETURNING {CLAIMED}, c.wake_at_ms,
+             NOT EXISTS (SELECT 1 FROM {{s}}.checkpoints k WHERE k.instance_id = i.id)",
         status::SLEEPING,
         status::WAITING
     )
@@ -330,7 +333,14 @@ impl Inner {
             .map_err(io("claim runnable instances"))?;
         for row in rows {
             claim_lag(&row, now);
-            match self.claimed(&row, me) {
+            let claimed = self.claimed(&row, me).map(|mut claim| {
+                // Woken with nothing stored: no checkpoint to read.
+                if claim.kind == ClaimKind::Wake && row.get::<_, bool>(6) {
+                    claim.kind = ClaimKind::Unstarted;
+                }
+                claim
+            });
+            match claimed {
                 Ok(claim)
                     if runnable.iter().any(|(name, version)| {
                         *name == claim.record.workflow && *version == claim.record.version

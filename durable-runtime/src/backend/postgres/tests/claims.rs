@@ -68,14 +68,10 @@ async fn unclaimed_creates_are_left_for_the_workers() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(owners, vec![None, None]);
-    let mut claimed: Vec<String> = worker
-        .claim_due(&[("wf", 1)], 10)
-        .await
-        .unwrap()
-        .claims
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
+    let claims = worker.claim_due(&[("wf", 1)], 10).await.unwrap().claims;
+    // Nothing stored to replay: the worker reads no checkpoint first.
+    assert!(claims.iter().all(|c| c.kind == ClaimKind::Unstarted));
+    let mut claimed: Vec<String> = claims.into_iter().map(|c| c.id).collect();
     claimed.sort();
     assert_eq!(claimed, ["a", "b"]);
     client.close().await;
@@ -152,6 +148,20 @@ async fn a_due_timer_is_claimed_as_a_wake_up_on_the_engine_clock() {
     let b = db.backend().await;
     let now = db.clock.now_ms();
     let lease = create(&a, "sleeper").await;
+    // A step before the sleep: the woken instance has a checkpoint to
+    // replay.
+    let written = a
+        .commit(
+            "sleeper",
+            lease,
+            Write::Checkpoint {
+                record: step("before", 0, 1),
+                progress: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, Committed::Written);
     let parked = a
         .commit("sleeper", lease, Write::Park(sleep_park(now + 60_000)))
         .await

@@ -58,7 +58,8 @@ async fn an_event_for_a_parked_instance_makes_it_claimable_as_a_wake_up() {
     );
     let claims = owner.claim_due(&[("wf", 1)], 10).await.unwrap().claims;
     assert_eq!(claims.len(), 1);
-    assert_eq!(claims[0].kind, ClaimKind::Wake);
+    // A wake-up, with no checkpoint stored before the wait.
+    assert_eq!(claims[0].kind, ClaimKind::Unstarted);
 
     // The next event of the name: number 1, not awaited (no type to check).
     let seq = sender
@@ -129,7 +130,8 @@ async fn a_timeout_and_an_event_racing_have_exactly_one_winner() {
             .unwrap();
         let claims = owner.claim_due(&[("wf", 1)], 1).await.unwrap().claims;
         assert_eq!(claims.len(), 1);
-        assert_eq!(claims[0].kind, ClaimKind::Wake);
+        // A wake-up, with no checkpoint stored before the wait.
+        assert_eq!(claims[0].kind, ClaimKind::Unstarted);
         let lease = claims[0].lease;
         let timeout = {
             let (owner, id) = (Arc::clone(&owner), id.clone());
@@ -258,7 +260,8 @@ async fn without_a_listener_polling_delivers_a_woken_instance() {
     .await
     .expect("hang guard");
     assert_eq!(claim.id, "p");
-    assert_eq!(claim.kind, ClaimKind::Wake);
+    // A wake-up, with no checkpoint stored before the wait.
+    assert_eq!(claim.kind, ClaimKind::Unstarted);
     a.close().await;
     b.close().await;
 }
