@@ -69,6 +69,9 @@ pub(crate) enum ClaimKind {
     /// As [`Wake`](Self::Wake), with no checkpoint stored (the claim saw
     /// none): an instance a pure client started, claimed for the first
     /// time, has nothing to replay and nothing to read before it runs.
+    /// Only PostgreSQL's claims say so: the embedded store's checkpoint
+    /// reads are local.
+    #[cfg(feature = "postgres")]
     Unstarted,
     /// An unfinished instance nobody owns: its owner died or stopped, or it
     /// was blocked and someone attached. Counts towards `max_recoveries`.

@@ -134,6 +134,7 @@ impl Core {
                     Begin::Wake
                 }
                 // Nothing stored to load: as one created here.
+                #[cfg(feature = "postgres")]
                 ClaimKind::Unstarted => Begin::Fresh,
                 ClaimKind::Recover => Begin::Resume(Some(claim.recoveries)),
             };
