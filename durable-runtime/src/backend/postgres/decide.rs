@@ -165,6 +165,34 @@ impl Inner {
         Ok(Some(seq))
     }
 
+    /// In `tx`: the transaction's settings and the lock of instance `id`'s
+    /// row, pipelined in one round trip, and its record as read under the
+    /// lock (`NotFound` if there is no such instance). `begin` and `lock`
+    /// name the operation in errors.
+    pub(super) async fn lock_record(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        id: &str,
+        begin: &'static str,
+        lock: &'static str,
+    ) -> Result<InstanceRecord> {
+        let statement = tx
+            .prepare_cached(&self.sql("SELECT record FROM {s}.instances WHERE id = $1 FOR UPDATE"))
+            .await
+            .map_err(io(begin))?;
+        let settings = self.tx_settings();
+        let by_id: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+        let (set, row) = tokio::join!(
+            tx.batch_execute(&settings),
+            tx.query_opt(&statement, &by_id)
+        );
+        set.map_err(io(begin))?;
+        let Some(row) = row.map_err(io(lock))? else {
+            return Err(Error::Usage(UsageError::NotFound { id: id.to_string() }));
+        };
+        decode(row.get(0), || format!("instance {id:?}"))
+    }
+
     pub(super) async fn cancel(
         &self,
         id: &str,
@@ -172,20 +200,9 @@ impl Inner {
     ) -> Result<()> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(io("begin a cancel"))?;
-        let lock = tx
-            .prepare_cached(&self.sql("SELECT record FROM {s}.instances WHERE id = $1 FOR UPDATE"))
-            .await
-            .map_err(io("begin a cancel"))?;
-        // One round trip: the settings and the row lock, pipelined.
-        let settings = self.tx_settings();
-        let by_id: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
-        let (set, row) = tokio::join!(tx.batch_execute(&settings), tx.query_opt(&lock, &by_id));
-        set.map_err(io("begin a cancel"))?;
-        let row = row.map_err(io("lock an instance to cancel it"))?;
-        let Some(row) = row else {
-            return Err(Error::Usage(UsageError::NotFound { id: id.to_string() }));
-        };
-        let record: InstanceRecord = decode(row.get(0), || format!("instance {id:?}"))?;
+        let record = self
+            .lock_record(&tx, id, "begin a cancel", "lock an instance to cancel it")
+            .await?;
         status::ensure_unfinished(id, &record.state)?;
         let record = update(record);
         let bytes = encode(&record, id, "the instance record")?;

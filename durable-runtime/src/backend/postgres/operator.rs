@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 
 use crate::backend::{Created, Lease, Notice, Reopen};
-use crate::error::{Error, Result, UsageError};
+use crate::error::{Error, Result};
 use crate::records::{CheckpointRecord, InstanceRecord};
 
 use super::Cached;
@@ -104,20 +104,14 @@ impl Inner {
     pub(super) async fn reopen(&self, id: &str, decide: Reopen<'_>) -> Result<bool> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(io("begin a reopening"))?;
-        tx.batch_execute(&self.tx_settings())
-            .await
-            .map_err(io("begin a reopening"))?;
-        let row = tx
-            .query_opt_cached(
-                &self.sql("SELECT record FROM {s}.instances WHERE id = $1 FOR UPDATE"),
-                &[&id],
+        let record = self
+            .lock_record(
+                &tx,
+                id,
+                "begin a reopening",
+                "lock an instance to reopen it",
             )
-            .await
-            .map_err(io("lock an instance to reopen it"))?;
-        let Some(row) = row else {
-            return Err(Error::Usage(UsageError::NotFound { id: id.to_string() }));
-        };
-        let record: InstanceRecord = decode(row.get(0), || format!("instance {id:?}"))?;
+            .await?;
         // Read under the lock: every write of an owner committed before is seen.
         let checkpoints = tx
             .query_cached(
@@ -189,20 +183,9 @@ impl Inner {
     ) -> Result<bool> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(io("begin a pause"))?;
-        tx.batch_execute(&self.tx_settings())
-            .await
-            .map_err(io("begin a pause"))?;
-        let row = tx
-            .query_opt_cached(
-                &self.sql("SELECT record FROM {s}.instances WHERE id = $1 FOR UPDATE"),
-                &[&id],
-            )
-            .await
-            .map_err(io("lock an instance to pause it"))?;
-        let Some(row) = row else {
-            return Err(Error::Usage(UsageError::NotFound { id: id.to_string() }));
-        };
-        let record: InstanceRecord = decode(row.get(0), || format!("instance {id:?}"))?;
+        let record = self
+            .lock_record(&tx, id, "begin a pause", "lock an instance to pause it")
+            .await?;
         status::ensure_unfinished(id, &record.state)?;
         let Some(record) = update(record) else {
             return Ok(false);
