@@ -19,6 +19,9 @@
 //! 8. starting 2,000 instances at once: from a loop of `start` (a durable
 //!    write each) and with one `start_many` (one durable write): steps/s
 //!    until all finished, against the sequential step rate of scenario 3;
+//!    beside them, sled's floor: sled alone (no log, no encoding, no task)
+//!    inserting on one thread what those instances store, the most steps/s
+//!    any run of them on this machine could reach;
 //! 9. queues: dispatch overhead, the median time from `enqueue` to the first
 //!    step's beginning against `start` to the first step in the same run
 //!    (one instance at a time).
@@ -264,6 +267,56 @@ async fn start_batch(dir: &Path, instances: u64, many: bool) -> f64 {
     }
     engine.shutdown().await;
     (instances * 5) as f64 / secs
+}
+
+/// Sled's floor for scenario 8: the time sled 0.34.7 alone takes, on one
+/// thread, to apply the writes `instances` five-step instances make in the
+/// embedded store, in the order a run makes them (each creation: record,
+/// active mark and creation index; five rounds of checkpoints; each end:
+/// record, and the active mark and timer removed), with the stored sizes of
+/// the benchmark's workflow (keys of 5 to 19 bytes, records of 58 bytes,
+/// checkpoints of 202). No log, no fsync, no encoding, no task: what is left
+/// when everything durable adds is taken away. Two threads inserting into
+/// one sled tree are no faster than one on this kind of machine, so this
+/// bounds the run from below.
+fn sled_floor(dir: &Path, instances: u64) -> Duration {
+    let db = sled::Config::new()
+        .path(dir.join("sled"))
+        .flush_every_ms(None)
+        .open()
+        .unwrap();
+    let tree = |name: &str| db.open_tree(name).unwrap();
+    let (records, active, created) = (tree("instances"), tree("active"), tree("created"));
+    let (checkpoints, timers) = (tree("checkpoints"), tree("timers"));
+    let record = [7u8; 58];
+    let checkpoint = [9u8; 202];
+    let ids: Vec<String> = (0..instances).map(|n| format!("b-{n}")).collect();
+    let start = Instant::now();
+    for id in &ids {
+        records.insert(id.as_bytes(), &record[..]).unwrap();
+        active
+            .insert(id.as_bytes(), &0u32.to_be_bytes()[..])
+            .unwrap();
+        let mut key = 1_764_547_200_000u64.to_be_bytes().to_vec();
+        key.extend_from_slice(id.as_bytes());
+        created.insert(key, &[][..]).unwrap();
+    }
+    for step in 1..=5u32 {
+        for id in &ids {
+            let mut key = (id.len() as u32).to_be_bytes().to_vec();
+            key.extend_from_slice(id.as_bytes());
+            key.extend_from_slice(&2u32.to_be_bytes());
+            key.extend_from_slice(format!("s{step}").as_bytes());
+            key.extend_from_slice(&0u32.to_be_bytes());
+            checkpoints.insert(key, &checkpoint[..]).unwrap();
+        }
+    }
+    for id in &ids {
+        records.insert(id.as_bytes(), &record[..]).unwrap();
+        active.remove(id.as_bytes()).unwrap();
+        timers.remove(id.as_bytes()).unwrap();
+    }
+    start.elapsed()
 }
 
 struct Recovery {
@@ -687,6 +740,21 @@ async fn run(p: Profile, quick: bool) {
                 rate * floor_s
             );
         }
+        let mut floors = Vec::new();
+        for _ in 0..p.runs {
+            let d = fresh_dir("sled-floor");
+            floors.push(sled_floor(d.path(), p.batch_instances).as_secs_f64());
+        }
+        let floor = median(floors);
+        let rate = (p.batch_instances * 5) as f64 / floor;
+        let against_sequential = match sequential {
+            Some(seq) => format!("{:.1}x the sequential step rate", rate * seq),
+            None => "(scenario 3 not run)".to_string(),
+        };
+        println!(
+            "   sled alone, one thread (floor)  {:>6.1} ms  {rate:>10.0} steps/s   at most {against_sequential}",
+            floor * 1000.0
+        );
     }
     if want(9) {
         let d = fresh_dir("queues");

@@ -6,13 +6,19 @@
 //! Side by side in one run, each figure the median of the runs:
 //! 1. sequential: one instance at a time of the benchmark's 5-step workflow
 //!    (~100-byte outputs): per-step latency, against one autocommitted
-//!    INSERT into a hand-rolled checkpoint table over tokio-postgres;
+//!    INSERT into a hand-rolled checkpoint table over tokio-postgres, and
+//!    against that INSERT fenced as any multi-process engine must fence a
+//!    checkpoint (it selects the instance's owner row for its epoch and owner,
+//!    under a share lock, so a takeover waits for it: what `durable`'s lone
+//!    checkpoint does, with nothing else of the engine);
 //! 2. concurrent: steps/s with 1, 16, 64 and 256 instances in flight in one
 //!    worker process, against the table with as many tasks inserting (over
 //!    a pool of up to 32 connections); then with 2 and 4 worker processes
 //!    (children of this one) running what this process, a pure client,
 //!    starts and awaits; each for 16 rounds of its in-flight count (at
-//!    least 256 instances);
+//!    least 256 instances); in one worker process, also the CPU time per
+//!    step of this process and of PostgreSQL's processes (when the server
+//!    runs on this machine), for durable and for the table;
 //! 3. failover: a worker process holding 16 running instances is killed
 //!    with SIGKILL; the time until this process runs them all again (lease
 //!    2 s: lease + grace + a reaper period bound it);
@@ -177,35 +183,100 @@ fn builder(schema: &str) -> durable::EngineBuilder {
 }
 
 /// The hand-rolled table: per-step latency (median) of one INSERT commit,
-/// one at a time.
-async fn table_sequential(schema: &str, steps: usize) -> Duration {
+/// one at a time. With `fenced`, each instance first gets an owner row
+/// (untimed), and each INSERT selects it by id, epoch and owner under a
+/// share lock (`FOR SHARE`), as a fenced checkpoint must.
+async fn table_sequential(schema: &str, steps: usize, fenced: bool) -> Duration {
     let client = connect().await.unwrap();
     let insert = client
+        .prepare(&if fenced {
+            format!(
+                "INSERT INTO {schema}.hand (id, name, occ, value)
+                 SELECT id, $2, $3, $4 FROM {schema}.hand_owner
+                 WHERE id = $1 AND epoch = 1 AND owner = 7 FOR SHARE"
+            )
+        } else {
+            format!("INSERT INTO {schema}.hand (id, name, occ, value) VALUES ($1, $2, $3, $4)")
+        })
+        .await
+        .unwrap();
+    let owner = client
         .prepare(&format!(
-            "INSERT INTO {schema}.hand (id, name, occ, value) VALUES ($1, $2, $3, $4)"
+            "INSERT INTO {schema}.hand_owner (id, epoch, owner) VALUES ($1, 1, 7)"
         ))
         .await
         .unwrap();
     let run = RUN.fetch_add(1, Ordering::Relaxed);
     let mut lat = Vec::with_capacity(steps);
     for i in 0..steps {
+        let id = format!("seq-{run}-{}", i / 5);
+        if fenced && i % 5 == 0 {
+            client.execute(&owner, &[&id]).await.unwrap();
+        }
         let value = serde_json_like(i as u64);
         let t = Instant::now();
-        client
-            .execute(
-                &insert,
-                &[
-                    &format!("seq-{run}-{}", i / 5),
-                    &"s",
-                    &((i % 5) as i32),
-                    &value,
-                ],
-            )
+        let written = client
+            .execute(&insert, &[&id, &"s", &((i % 5) as i32), &value])
             .await
             .unwrap();
         lat.push(t.elapsed().as_secs_f64());
+        assert_eq!(written, 1, "the fence held");
     }
     Duration::from_secs_f64(median(lat))
+}
+
+/// CPU seconds used so far by this process, and by PostgreSQL's processes
+/// if the server runs on this machine (`None` if none is found). The
+/// server's count includes the backends that exited (the postmaster's
+/// reaped children), so connections closed during a run still count.
+fn cpu_seconds() -> (f64, Option<f64>) {
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let of = |pid: &str, reaped: bool| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command's closing parenthesis: utime is the
+        // 12th, stime the 13th, then the reaped children's cutime, cstime.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let children = if reaped { ticks(13) + ticks(14) } else { 0.0 };
+        (ticks(11) + ticks(12) + children) / tick
+    };
+    let mut server = None;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if pid.bytes().all(|b| b.is_ascii_digit())
+            && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        {
+            *server.get_or_insert(0.0) += of(&pid, true);
+        }
+    }
+    (of("self", false), server)
+}
+
+/// Runs `run` and returns its result with the CPU microseconds per step it
+/// cost this process and PostgreSQL's processes.
+async fn with_cpu<F: std::future::Future<Output = f64>>(
+    steps: u64,
+    run: F,
+) -> (f64, f64, Option<f64>) {
+    let (here, server) = cpu_seconds();
+    let rate = run.await;
+    let (here_after, server_after) = cpu_seconds();
+    let per_step = |s: f64| s * 1e6 / steps as f64;
+    (
+        rate,
+        per_step(here_after - here),
+        server.zip(server_after).map(|(a, b)| per_step(b - a)),
+    )
 }
 
 static RUN: AtomicU64 = AtomicU64::new(0);
@@ -455,7 +526,8 @@ async fn run(quick: bool) {
     db.batch_execute(&format!(
         "CREATE SCHEMA {schema};
          CREATE TABLE {schema}.hand (id text, name text, occ int, value bytea,
-             PRIMARY KEY (id, name, occ))"
+             PRIMARY KEY (id, name, occ));
+         CREATE TABLE {schema}.hand_owner (id text PRIMARY KEY, epoch bigint, owner bigint)"
     ))
     .await
     .unwrap();
@@ -465,18 +537,21 @@ async fn run(quick: bool) {
 
     let engine = builder(&schema).register(five).open().await.unwrap();
     if wanted(1) {
-        let mut t = Vec::new();
-        let mut o = Vec::new();
+        let (mut t, mut f, mut o) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
-            t.push(table_sequential(&schema, 200).await.as_secs_f64());
+            t.push(table_sequential(&schema, 200, false).await.as_secs_f64());
+            f.push(table_sequential(&schema, 200, true).await.as_secs_f64());
             o.push(ours_sequential(&engine, 40).await.as_secs_f64());
         }
-        let (t, o) = (median(t), median(o));
+        let (t, f, o) = (median(t), median(f), median(o));
         println!(
-            "sequential per-step latency: durable {:.3} ms, table {:.3} ms, ratio {:.2}x",
+            "sequential per-step latency: durable {:.3} ms, table {:.3} ms, ratio {:.2}x; table fenced by a share lock on an owner row {:.3} ms ({:.2}x the table; durable {:.2}x it)",
             o * 1000.0,
             t * 1000.0,
-            o / t
+            o / t,
+            f * 1000.0,
+            f / t,
+            o / f
         );
     }
     // One worker process (this one), then 2 and 4 (children of this one,
@@ -497,12 +572,24 @@ async fn run(quick: bool) {
             // 1,280 steps) that opening connections and preparing
             // statements does not decide the rate.
             let instances = (in_flight as u64 * 16).max(256);
-            let mut t = Vec::new();
-            let mut o = Vec::new();
+            let steps = instances * 5;
+            let (mut t, mut o) = (Vec::new(), Vec::new());
+            // CPU µs per step: this process, PostgreSQL (durable, table).
+            let (mut oc, mut os, mut tc, mut ts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..runs {
-                t.push(table_concurrent(&schema, instances, in_flight).await);
+                let (rate, here, server) =
+                    with_cpu(steps, table_concurrent(&schema, instances, in_flight)).await;
+                t.push(rate);
+                tc.push(here);
+                ts.extend(server);
                 o.push(match &engine {
-                    Some(engine) => ours_concurrent(engine, instances, in_flight).await,
+                    Some(engine) => {
+                        let (rate, here, server) =
+                            with_cpu(steps, ours_concurrent(engine, instances, in_flight)).await;
+                        oc.push(here);
+                        os.extend(server);
+                        rate
+                    }
                     None => ours_processes(&schema, procs, instances, in_flight).await,
                 });
             }
@@ -511,6 +598,15 @@ async fn run(quick: bool) {
                 "{in_flight:>3} in flight, {who}: durable {o:>7.0} steps/s, table {t:>7.0} steps/s, ratio {:.2}x",
                 o / t
             );
+            if !oc.is_empty() && os.len() == oc.len() && ts.len() == tc.len() {
+                println!(
+                    "      CPU per step: durable {:.0} µs here + {:.0} µs PostgreSQL, table {:.0} µs here + {:.0} µs PostgreSQL",
+                    median(oc),
+                    median(os),
+                    median(tc),
+                    median(ts)
+                );
+            }
         }
     }
     if let Some(engine) = engine {
