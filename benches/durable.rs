@@ -724,6 +724,10 @@ async fn run(p: Profile, quick: bool) {
             "8. starting {} five-step instances at once, first start -> all finished",
             p.batch_instances
         );
+        let against_sequential = |rate: f64| match sequential {
+            Some(seq) => format!("{:.1}x the sequential step rate", rate * seq),
+            None => "(scenario 3 not run)".to_string(),
+        };
         for (label, many) in [("a loop of start", false), ("one start_many", true)] {
             let mut rates = Vec::new();
             for _ in 0..p.runs {
@@ -731,10 +735,7 @@ async fn run(p: Profile, quick: bool) {
                 rates.push(start_batch(d.path(), p.batch_instances, many).await);
             }
             let rate = median(rates);
-            let against_sequential = match sequential {
-                Some(seq) => format!("{:.1}x the sequential step rate", rate * seq),
-                None => "(scenario 3 not run)".to_string(),
-            };
+            let against_sequential = against_sequential(rate);
             println!(
                 "   {label:<16}                    {rate:>10.0} steps/s   {against_sequential}; ratio to floor ops/s {:.2}x",
                 rate * floor_s
@@ -747,13 +748,10 @@ async fn run(p: Profile, quick: bool) {
         }
         let floor = median(floors);
         let rate = (p.batch_instances * 5) as f64 / floor;
-        let against_sequential = match sequential {
-            Some(seq) => format!("{:.1}x the sequential step rate", rate * seq),
-            None => "(scenario 3 not run)".to_string(),
-        };
         println!(
-            "   sled alone, one thread (floor)  {:>6.1} ms  {rate:>10.0} steps/s   at most {against_sequential}",
-            floor * 1000.0
+            "   sled alone, one thread (floor)  {:>6.1} ms  {rate:>10.0} steps/s   at most {}",
+            floor * 1000.0,
+            against_sequential(rate)
         );
     }
     if want(9) {
